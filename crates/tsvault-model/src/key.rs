@@ -1,0 +1,250 @@
+//! Series keys: validation and the canonical encoding.
+//!
+//! Canonical form: the metric, then for each tag in ascending byte order of its key,
+//! `\x1f key \x1e value`. Names may hold any UTF-8 except ASCII control characters, so the two
+//! separators can never appear inside a name and the encoding is unambiguous.
+
+use std::fmt;
+
+const TAG_SEP: char = '\x1f';
+const KV_SEP: char = '\x1e';
+
+/// Bounds on what a series key may hold.
+pub struct Limits {
+    /// Longest metric name, tag key or tag value, in bytes.
+    pub name_bytes_max: usize,
+    /// Most tags on one series.
+    pub tags_max: usize,
+}
+
+/// The bounds every ingest path enforces.
+pub const LIMITS: Limits = Limits { name_bytes_max: 4096, tags_max: 256 };
+
+/// Why a metric name or tag set was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    /// The metric name is empty.
+    #[error("metric name is empty")]
+    EmptyMetric,
+    /// A tag key is empty.
+    #[error("tag key is empty")]
+    EmptyTagKey,
+    /// A tag has an empty value.
+    #[error("tag '{key}' has an empty value")]
+    EmptyTagValue {
+        /// The tag's key.
+        key: String,
+    },
+    /// A name holds an ASCII control character.
+    #[error("{what} '{name}' contains a control character")]
+    ControlChar {
+        /// Which part: "metric name", "tag key" or "tag value".
+        what: &'static str,
+        /// The offending name, with control characters escaped.
+        name: String,
+    },
+    /// A name is longer than [`Limits::name_bytes_max`].
+    #[error("{what} is {len} bytes long; the limit is {max}")]
+    TooLong {
+        /// Which part.
+        what: &'static str,
+        /// Its length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The same tag key appears twice.
+    #[error("tag '{key}' appears more than once")]
+    DuplicateTag {
+        /// The repeated key.
+        key: String,
+    },
+    /// More tags than [`Limits::tags_max`].
+    #[error("{count} tags; the limit is {max}")]
+    TooManyTags {
+        /// How many tags were given.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A stored canonical key does not parse (corrupt input to [`SeriesKey::from_canonical`]).
+    #[error("malformed canonical series key")]
+    Malformed,
+}
+
+fn check_name(what: &'static str, name: &str) -> Result<(), KeyError> {
+    if name.len() > LIMITS.name_bytes_max {
+        return Err(KeyError::TooLong { what, len: name.len(), max: LIMITS.name_bytes_max });
+    }
+    if name.chars().any(|c| c.is_ascii_control()) {
+        return Err(KeyError::ControlChar { what, name: name.escape_debug().to_string() });
+    }
+    Ok(())
+}
+
+/// A validated, sorted tag set in canonical encoding, built once and shared by every metric
+/// of one input line (a line protocol line with ten fields yields ten series keys).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct TagSet(String);
+
+impl TagSet {
+    /// Validates and sorts `tags`. Empty keys or values, duplicates and control characters are
+    /// refused.
+    pub fn new<K: AsRef<str>, V: AsRef<str>>(tags: &[(K, V)]) -> Result<Self, KeyError> {
+        if tags.len() > LIMITS.tags_max {
+            return Err(KeyError::TooManyTags { count: tags.len(), max: LIMITS.tags_max });
+        }
+        let mut sorted: Vec<(&str, &str)> =
+            tags.iter().map(|(k, v)| (k.as_ref(), v.as_ref())).collect();
+        sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let mut out = String::new();
+        for (i, (k, v)) in sorted.iter().enumerate() {
+            if k.is_empty() {
+                return Err(KeyError::EmptyTagKey);
+            }
+            if v.is_empty() {
+                return Err(KeyError::EmptyTagValue { key: (*k).to_owned() });
+            }
+            check_name("tag key", k)?;
+            check_name("tag value", v)?;
+            if i > 0 && sorted[i - 1].0 == *k {
+                return Err(KeyError::DuplicateTag { key: (*k).to_owned() });
+            }
+            out.push(TAG_SEP);
+            out.push_str(k);
+            out.push(KV_SEP);
+            out.push_str(v);
+        }
+        Ok(TagSet(out))
+    }
+
+    /// The series key of `metric` with these tags.
+    pub fn key_for(&self, metric: &str) -> Result<SeriesKey, KeyError> {
+        if metric.is_empty() {
+            return Err(KeyError::EmptyMetric);
+        }
+        check_name("metric name", metric)?;
+        let mut s = String::with_capacity(metric.len() + self.0.len());
+        s.push_str(metric);
+        s.push_str(&self.0);
+        Ok(SeriesKey(s.into_boxed_str()))
+    }
+
+    /// True when the set holds no tag.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// The identity of a series: a metric name plus its sorted tags, in canonical encoding.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SeriesKey(Box<str>);
+
+impl SeriesKey {
+    /// Builds and validates a key from a metric and tags in any order.
+    pub fn new<K: AsRef<str>, V: AsRef<str>>(
+        metric: &str,
+        tags: &[(K, V)],
+    ) -> Result<Self, KeyError> {
+        TagSet::new(tags)?.key_for(metric)
+    }
+
+    /// Rebuilds a key from its canonical encoding (as stored in the WAL or a segment),
+    /// checking every rule again: stored bytes are input like any other.
+    pub fn from_canonical(s: &str) -> Result<Self, KeyError> {
+        let mut parts = s.split(TAG_SEP);
+        let metric = parts.next().ok_or(KeyError::Malformed)?;
+        let mut tags = Vec::new();
+        for part in parts {
+            let (k, v) = part.split_once(KV_SEP).ok_or(KeyError::Malformed)?;
+            tags.push((k, v));
+        }
+        let key = Self::new(metric, &tags)?;
+        if &*key.0 != s {
+            // Tags out of order: not the canonical form.
+            return Err(KeyError::Malformed);
+        }
+        Ok(key)
+    }
+
+    /// The canonical encoding.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The metric name.
+    pub fn metric(&self) -> &str {
+        match self.0.find(TAG_SEP) {
+            Some(i) => &self.0[..i],
+            None => &self.0,
+        }
+    }
+
+    /// The tags in ascending key order.
+    pub fn tags(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+        let rest = &self.0[self.metric().len()..];
+        rest.split(TAG_SEP).skip(1).map(|p| p.split_once(KV_SEP).unwrap_or((p, "")))
+    }
+
+    /// The value of tag `key`, if the series has it.
+    pub fn tag(&self, key: &str) -> Option<&str> {
+        self.tags().find(|(k, _)| *k == key).map(|(_, v)| v)
+    }
+}
+
+impl fmt::Display for SeriesKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.metric())?;
+        f.write_str("{")?;
+        for (i, (k, v)) in self.tags().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{k}={v:?}")?;
+        }
+        f.write_str("}")
+    }
+}
+
+impl fmt::Debug for SeriesKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sorts_tags_and_round_trips() {
+        let k = SeriesKey::new("cpu_usage", &[("host", "a"), ("dc", "eu")]).unwrap();
+        assert_eq!(k.metric(), "cpu_usage");
+        assert_eq!(k.tags().collect::<Vec<_>>(), vec![("dc", "eu"), ("host", "a")]);
+        assert_eq!(k.tag("host"), Some("a"));
+        assert_eq!(k.to_string(), r#"cpu_usage{dc="eu",host="a"}"#);
+        assert_eq!(SeriesKey::from_canonical(k.as_str()).unwrap(), k);
+        let bare = SeriesKey::new::<&str, &str>("m", &[]).unwrap();
+        assert_eq!(bare.tags().count(), 0);
+        assert_eq!(SeriesKey::from_canonical(bare.as_str()).unwrap(), bare);
+    }
+
+    #[test]
+    fn refuses_bad_names() {
+        let e = |m: &str, t: &[(&str, &str)]| SeriesKey::new(m, t).unwrap_err();
+        assert_eq!(e("", &[]), KeyError::EmptyMetric);
+        assert_eq!(e("m", &[("", "v")]), KeyError::EmptyTagKey);
+        assert_eq!(e("m", &[("k", "")]), KeyError::EmptyTagValue { key: "k".into() });
+        assert_eq!(e("m", &[("k", "1"), ("k", "2")]), KeyError::DuplicateTag { key: "k".into() });
+        assert!(matches!(e("m\u{1f}x", &[]), KeyError::ControlChar { what: "metric name", .. }));
+        assert!(matches!(e("m", &[("k", "a\nb")]), KeyError::ControlChar { .. }));
+        let long = "x".repeat(LIMITS.name_bytes_max + 1);
+        assert!(matches!(e(&long, &[]), KeyError::TooLong { .. }));
+    }
+
+    #[test]
+    fn from_canonical_refuses_non_canonical() {
+        assert_eq!(SeriesKey::from_canonical("m\x1fb\x1e1\x1fa\x1e2"), Err(KeyError::Malformed));
+        assert_eq!(SeriesKey::from_canonical("m\x1fnovalue"), Err(KeyError::Malformed));
+    }
+}
