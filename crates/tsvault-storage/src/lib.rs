@@ -1,1 +1,23 @@
-//! placeholder
+//! The single-node storage engine of tsvault: write-ahead log with group commit, in-memory
+//! head, immutable columnar segment files per time partition, an atomic manifest, the series
+//! index, compaction and retention.
+//!
+//! It guarantees that a write it acknowledges (under `FsyncMode::Always`) survives a crash,
+//! and that data failing a checksum is reported, never returned. It knows nothing of HTTP,
+//! protocols or query languages: callers hand it `Point`s and read back samples per series.
+
+mod bytes;
+mod commit;
+mod engine;
+mod error;
+mod fsutil;
+mod head;
+mod index;
+mod manifest;
+mod segment;
+mod wal;
+
+pub use engine::{Engine, EngineConfig, EngineStats, FsyncMode, QuarantinedFile, WriteOutcome, system_clock_ms};
+pub use error::{Error, Result};
+pub use manifest::Manifest;
+pub use segment::SegmentInfo;

@@ -1,0 +1,97 @@
+//! The narrow read-only interface the engine queries, and an in-memory implementation.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use tsvault_model::{Sample, SeriesKey};
+
+/// A storage failure reported by a [`Source`], e.g. a corrupt block.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SourceError(pub String);
+
+/// The series a [`Source::select`] returns: each key with its samples.
+pub type Selection = Vec<(SeriesKey, Vec<Sample>)>;
+
+/// Where the engine reads series from; implemented by the storage engine.
+pub trait Source {
+    /// Every series of `metric` (exact name) for which `matches` is true and that has samples in
+    /// `[start_ms, end_ms]`, with those samples sorted by time and without duplicate
+    /// timestamps. Returning more (series without samples in range, samples outside the range)
+    /// is allowed; the engine trims. `matches` lets storage skip reading non-matching series.
+    fn select(
+        &self,
+        metric: &str,
+        start_ms: i64,
+        end_ms: i64,
+        matches: &dyn Fn(&SeriesKey) -> bool,
+    ) -> Result<Selection, SourceError>;
+
+    /// Every metric name, sorted.
+    fn metric_names(&self) -> Vec<String>;
+
+    /// Every tag key, sorted.
+    fn tag_keys(&self) -> Vec<String>;
+
+    /// Every tag value of any key, sorted.
+    fn tag_values(&self) -> Vec<String>;
+}
+
+/// A [`Source`] held in a `BTreeMap`, for tests and as the reference model for storage.
+#[derive(Debug, Clone, Default)]
+pub struct MemorySource {
+    series: BTreeMap<SeriesKey, BTreeMap<i64, f64>>,
+}
+
+impl MemorySource {
+    /// An empty source.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Stores one sample; a later sample at the same timestamp replaces the earlier one.
+    pub fn insert(&mut self, key: &SeriesKey, ts_ms: i64, value: f64) {
+        self.series.entry(key.clone()).or_default().insert(ts_ms, value);
+    }
+}
+
+impl Source for MemorySource {
+    fn select(
+        &self,
+        metric: &str,
+        start_ms: i64,
+        end_ms: i64,
+        matches: &dyn Fn(&SeriesKey) -> bool,
+    ) -> Result<Selection, SourceError> {
+        let mut out = Vec::new();
+        for (key, samples) in &self.series {
+            if key.metric() != metric || !matches(key) {
+                continue;
+            }
+            let picked: Vec<Sample> = samples
+                .range(start_ms..=end_ms)
+                .map(|(&ts_ms, &value)| Sample { ts_ms, value })
+                .collect();
+            if !picked.is_empty() {
+                out.push((key.clone(), picked));
+            }
+        }
+        Ok(out)
+    }
+
+    fn metric_names(&self) -> Vec<String> {
+        let names: BTreeSet<&str> = self.series.keys().map(SeriesKey::metric).collect();
+        names.into_iter().map(str::to_owned).collect()
+    }
+
+    fn tag_keys(&self) -> Vec<String> {
+        let keys: BTreeSet<&str> =
+            self.series.keys().flat_map(|k| k.tags().map(|(tk, _)| tk)).collect();
+        keys.into_iter().map(str::to_owned).collect()
+    }
+
+    fn tag_values(&self) -> Vec<String> {
+        let values: BTreeSet<&str> =
+            self.series.keys().flat_map(|k| k.tags().map(|(_, tv)| tv)).collect();
+        values.into_iter().map(str::to_owned).collect()
+    }
+}

@@ -1,0 +1,877 @@
+//! The storage engine: recovery, the write path, flush, compaction, retention and reads.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{SyncSender, sync_channel};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex, RwLock};
+use tsvault_model::{Point, Sample, SeriesKey};
+
+use crate::commit::{self, CommitRequest};
+use crate::error::{Error, IoContext, Result};
+use crate::fsutil::sync_dir;
+use crate::head::{Head, normalize};
+use crate::index::{Registry, SeriesId};
+use crate::manifest::{MANIFEST_FILE, Manifest};
+use crate::segment::{Segment, SegmentInfo, segment_file_name, write_segment};
+use crate::wal::{WalEnd, WalWriter, list_wal_files, read_wal_file, truncate_torn_tail};
+
+/// When a write is made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncMode {
+    /// Fsync before every acknowledgement (group commit batches concurrent writers).
+    Always,
+    /// Fsync at most every `interval_ms`: acknowledged writes of the last interval may be lost
+    /// on power failure. Only when the user asks for it.
+    Interval {
+        /// Longest time between fsyncs.
+        interval_ms: u64,
+    },
+}
+
+/// How the engine is set up. Every field has a working default.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// The data directory (created when missing).
+    pub data_dir: PathBuf,
+    /// When writes are made durable.
+    pub fsync: FsyncMode,
+    /// Width of a time partition (one segment file per partition and flush).
+    pub segment_duration_ms: i64,
+    /// Samples older than this (relative to the clock) are dropped; None keeps everything.
+    pub retention_ms: Option<i64>,
+    /// A WAL file is closed and a new one started past this size.
+    pub wal_segment_bytes_max: u64,
+    /// The head is flushed to segments when it holds more samples than this.
+    pub head_samples_max: usize,
+    /// The head is flushed at least this often when it holds anything.
+    pub flush_interval_ms: u64,
+    /// A partition with this many segments is compacted even while still being written.
+    pub compaction_segments_min: usize,
+    /// At start, move damaged files aside and serve the rest instead of refusing to start.
+    pub quarantine_corrupt: bool,
+    /// The clock, in milliseconds since the epoch (injected so retention can be tested).
+    pub clock: fn() -> i64,
+}
+
+/// The system clock in milliseconds since the Unix epoch.
+pub fn system_clock_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl EngineConfig {
+    /// The defaults for a data directory.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        EngineConfig {
+            data_dir: data_dir.into(),
+            fsync: FsyncMode::Always,
+            segment_duration_ms: 2 * 3600 * 1000,
+            retention_ms: None,
+            wal_segment_bytes_max: 64 << 20,
+            head_samples_max: 32 << 20,
+            flush_interval_ms: 30 * 60 * 1000,
+            compaction_segments_min: 4,
+            quarantine_corrupt: false,
+            clock: system_clock_ms,
+        }
+    }
+}
+
+/// A file moved aside at start because it failed its checks, and what it held.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct QuarantinedFile {
+    /// Where the file was.
+    pub file: PathBuf,
+    /// Where it is now.
+    pub moved_to: PathBuf,
+    /// Which check failed.
+    pub reason: String,
+    /// What data is no longer served because of it.
+    pub lost: String,
+}
+
+/// Counters and gauges for `/metrics`.
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    pub samples_written: AtomicU64,
+    pub wal_bytes_written: AtomicU64,
+    pub flushes: AtomicU64,
+    pub compactions: AtomicU64,
+    pub samples_dropped_retention: AtomicU64,
+}
+
+/// A point-in-time view of the engine's figures.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EngineStats {
+    /// Samples acknowledged since start.
+    pub samples_written: u64,
+    /// Series known.
+    pub series: u64,
+    /// Samples in memory (head), including any being flushed.
+    pub head_samples: u64,
+    /// Bytes in WAL files on disk.
+    pub wal_bytes: u64,
+    /// Live segments.
+    pub segments: u64,
+    /// Bytes of live segments.
+    pub segment_bytes: u64,
+    /// Samples in live segments.
+    pub segment_samples: u64,
+    /// Flushes since start.
+    pub flushes: u64,
+    /// Compactions since start.
+    pub compactions: u64,
+    /// Samples refused because they were older than the retention period.
+    pub samples_dropped_retention: u64,
+}
+
+/// What a write did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteOutcome {
+    /// Samples made durable.
+    pub written: usize,
+    /// Samples refused because they are older than the retention period.
+    pub dropped_beyond_retention: usize,
+}
+
+pub(crate) struct LoadedSegment {
+    seg: Segment,
+    blocks: HashMap<SeriesId, u32>,
+}
+
+pub(crate) struct State {
+    pub live: Head,
+    pub frozen: Option<Arc<Head>>,
+    pub segments: Arc<Vec<Arc<LoadedSegment>>>,
+}
+
+pub(crate) struct Inner {
+    pub config: EngineConfig,
+    pub wal_dir: PathBuf,
+    seg_dir: PathBuf,
+    pub registry: RwLock<Registry>,
+    pub state: RwLock<State>,
+    /// The durable manifest; holding this lock serializes flush, compaction and retention.
+    manifest: Mutex<Manifest>,
+    poisoned: Mutex<Option<String>>,
+    poisoned_flag: AtomicBool,
+    pub stats: Stats,
+    quarantined: Vec<QuarantinedFile>,
+    stop: Mutex<bool>,
+    stop_cv: Condvar,
+    /// The data directory lock, held until shutdown completes.
+    lock: Mutex<Option<File>>,
+}
+
+impl Inner {
+    pub(crate) fn poison(&self, e: &Error) {
+        tracing::error!(error = %e, "write path failed; refusing further writes until restart");
+        let mut p = self.poisoned.lock();
+        if p.is_none() {
+            *p = Some(e.to_string());
+        }
+        self.poisoned_flag.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn poisoned(&self) -> Option<String> {
+        if !self.poisoned_flag.load(Ordering::Acquire) {
+            return None;
+        }
+        self.poisoned.lock().clone()
+    }
+}
+
+/// The single-node storage engine.
+pub struct Engine {
+    inner: Arc<Inner>,
+    commit_tx: SyncSender<CommitRequest>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    closed: AtomicBool,
+}
+
+/// Most write requests waiting for the commit thread.
+const COMMIT_QUEUE_MAX: usize = 1024;
+/// How often the maintenance thread looks for work.
+const MAINTENANCE_TICK_MS: u64 = 1000;
+
+impl Engine {
+    /// Opens (or creates) the data directory: verifies the manifest and every segment,
+    /// replays the WAL (cutting a torn tail), and starts the commit and maintenance threads.
+    pub fn open(config: EngineConfig) -> Result<Self> {
+        if config.segment_duration_ms <= 0 {
+            return Err(Error::Config("segment duration must be positive".into()));
+        }
+        if config.retention_ms.is_some_and(|r| r <= 0) {
+            return Err(Error::Config("retention must be positive".into()));
+        }
+        let dir = config.data_dir.clone();
+        fs::create_dir_all(&dir).ctx("create", &dir)?;
+        let lock_path = dir.join("LOCK");
+        let lock = File::create(&lock_path).ctx("create", &lock_path)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Err(Error::Locked(dir)),
+            Err(fs::TryLockError::Error(e)) => return Err(e).ctx("lock", lock_path),
+        }
+        let wal_dir = dir.join("wal");
+        let seg_dir = dir.join("segments");
+        for d in [&wal_dir, &seg_dir] {
+            fs::create_dir_all(d).ctx("create", d)?;
+        }
+        let mut quarantined = Vec::new();
+        let mut registry = Registry::default();
+
+        let (mut manifest, segments) = load_segments(&config, &dir, &seg_dir, &mut registry, &mut quarantined)?;
+        remove_stray_files(&seg_dir, &manifest)?;
+
+        // Replay the WAL into the head.
+        let mut head = Head::default();
+        let wal_files = list_wal_files(&wal_dir)?;
+        let last_number = wal_files.last().map_or(0, |(n, _)| *n);
+        for (n, path) in &wal_files {
+            if *n < manifest.wal_start {
+                fs::remove_file(path).ctx("remove", path)?;
+                continue;
+            }
+            let mut ids: HashMap<u32, SeriesId> = HashMap::new();
+            let mut bad_id = None;
+            let end = read_wal_file(path, |batch| {
+                for (wal_id, key) in batch.defs {
+                    ids.insert(wal_id, registry.get_or_insert(&key));
+                }
+                for (wal_id, ts, v) in batch.samples {
+                    match ids.get(&wal_id) {
+                        Some(&id) => head.append(id, ts, v),
+                        None => bad_id = Some(wal_id),
+                    }
+                }
+                Ok(())
+            })?;
+            if let Some(id) = bad_id {
+                return Err(Error::Corrupt { path: path.clone(), detail: format!("sample refers to undefined series id {id}") });
+            }
+            match end {
+                WalEnd::Clean => {}
+                WalEnd::TornTail { valid_len } => {
+                    tracing::warn!(file = %path.display(), valid_len, "cutting torn WAL tail at the last valid record");
+                    if valid_len < crate::wal::WAL_MAGIC.len() as u64 {
+                        fs::remove_file(path).ctx("remove", path)?;
+                    } else {
+                        truncate_torn_tail(path, valid_len)?;
+                    }
+                }
+                WalEnd::Corrupt { offset, detail } => {
+                    if !config.quarantine_corrupt {
+                        return Err(Error::Corrupt { path: path.clone(), detail });
+                    }
+                    quarantined.push(quarantine(&dir, path, detail, format!("WAL records from byte {offset} on; earlier records of the file were replayed"))?);
+                }
+            }
+        }
+        if manifest.wal_start == 0 {
+            manifest.wal_start = 1;
+        }
+        let wal = WalWriter::create(&wal_dir, (last_number + 1).max(manifest.wal_start))?;
+        if !quarantined.is_empty() {
+            manifest.store(&dir)?;
+            for q in &quarantined {
+                tracing::error!(file = %q.file.display(), moved_to = %q.moved_to.display(), reason = %q.reason, lost = %q.lost, "quarantined a damaged file");
+            }
+        }
+
+        let inner = Arc::new(Inner {
+            config,
+            wal_dir,
+            seg_dir,
+            registry: RwLock::new(registry),
+            state: RwLock::new(State { live: head, frozen: None, segments: Arc::new(segments) }),
+            manifest: Mutex::new(manifest),
+            poisoned: Mutex::new(None),
+            poisoned_flag: AtomicBool::new(false),
+            stats: Stats::default(),
+            quarantined,
+            stop: Mutex::new(false),
+            stop_cv: Condvar::new(),
+            lock: Mutex::new(Some(lock)),
+        });
+        let (tx, rx) = sync_channel(COMMIT_QUEUE_MAX);
+        let commit_inner = inner.clone();
+        let commit = std::thread::Builder::new()
+            .name("tsvault-commit".into())
+            .spawn(move || commit::run(commit_inner, wal, rx))
+            .ctx("spawn commit thread for", &inner.config.data_dir)?;
+        let engine = Engine { inner, commit_tx: tx, threads: Mutex::new(vec![commit]), closed: AtomicBool::new(false) };
+        let maint_engine = engine.handle();
+        let maint = std::thread::Builder::new()
+            .name("tsvault-maintenance".into())
+            .spawn(move || maint_engine.maintenance_loop())
+            .ctx("spawn maintenance thread for", &engine.inner.config.data_dir)?;
+        engine.threads.lock().push(maint);
+        Ok(engine)
+    }
+
+    fn handle(&self) -> EngineHandle {
+        EngineHandle { inner: self.inner.clone(), commit_tx: self.commit_tx.clone() }
+    }
+
+    /// Makes `points` durable and visible; returns once they are (per the fsync mode).
+    /// Samples older than the retention period are refused and counted.
+    pub fn write(&self, points: &[Point]) -> Result<WriteOutcome> {
+        self.handle().write(points)
+    }
+
+    /// Flushes the head into segment files and truncates the WAL.
+    pub fn flush(&self) -> Result<()> {
+        self.handle().flush()
+    }
+
+    /// Compacts every partition that has more than one segment.
+    pub fn compact(&self) -> Result<usize> {
+        self.handle().compact(true)
+    }
+
+    /// Drops segments wholly older than the retention period.
+    pub fn apply_retention(&self) -> Result<usize> {
+        self.handle().apply_retention()
+    }
+
+    /// Every series of `metric` accepted by `filter`, with its samples in
+    /// `[start_ms, end_ms]`, sorted and deduplicated (the last written value wins).
+    pub fn select(
+        &self,
+        metric: &str,
+        filter: &dyn Fn(&SeriesKey) -> bool,
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<Vec<(SeriesKey, Vec<Sample>)>> {
+        self.handle().select(metric, filter, start_ms, end_ms)
+    }
+
+    /// All metric names, sorted.
+    pub fn metric_names(&self) -> Vec<String> {
+        self.inner.registry.read().metric_names()
+    }
+
+    /// All tag keys, sorted.
+    pub fn tag_keys(&self) -> Vec<String> {
+        self.inner.registry.read().tag_keys()
+    }
+
+    /// All tag values, sorted.
+    pub fn tag_values(&self) -> Vec<String> {
+        self.inner.registry.read().tag_values()
+    }
+
+    /// Why writes are refused, when they are.
+    pub fn poisoned(&self) -> Option<String> {
+        self.inner.poisoned()
+    }
+
+    /// Files moved aside at start.
+    pub fn quarantined(&self) -> &[QuarantinedFile] {
+        &self.inner.quarantined
+    }
+
+    /// Current figures.
+    pub fn stats(&self) -> EngineStats {
+        let s = &self.inner.stats;
+        let (head_samples, segments) = {
+            let st = self.inner.state.read();
+            (st.live.samples() + st.frozen.as_ref().map_or(0, |f| f.samples()), st.segments.clone())
+        };
+        let wal_bytes = list_wal_files(&self.inner.wal_dir)
+            .map(|files| files.iter().filter_map(|(_, p)| fs::metadata(p).ok()).map(|m| m.len()).sum())
+            .unwrap_or(0);
+        EngineStats {
+            samples_written: s.samples_written.load(Ordering::Relaxed),
+            series: self.inner.registry.read().len() as u64,
+            head_samples: head_samples as u64,
+            wal_bytes,
+            segments: segments.len() as u64,
+            segment_bytes: segments.iter().map(|s| s.seg.info.size_bytes).sum(),
+            segment_samples: segments.iter().map(|s| s.seg.info.samples).sum(),
+            flushes: s.flushes.load(Ordering::Relaxed),
+            compactions: s.compactions.load(Ordering::Relaxed),
+            samples_dropped_retention: s.samples_dropped_retention.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The live segments as the manifest lists them.
+    pub fn segments(&self) -> Vec<SegmentInfo> {
+        self.inner.manifest.lock().segments.clone()
+    }
+
+    /// Stops the background threads, flushes the head (unless the store is poisoned) and
+    /// syncs the WAL. Also done on drop; calling it reports the flush's error.
+    pub fn close(&self) -> Result<()> {
+        self.shut_down(true)
+    }
+
+    /// Stops without flushing: the head is dropped and the next open replays the WAL, as
+    /// after a crash. For fast shutdowns and for tests of recovery.
+    pub fn close_without_flush(&self) {
+        let _ = self.shut_down(false);
+    }
+
+    fn shut_down(&self, flush: bool) -> Result<()> {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        *self.inner.stop.lock() = true;
+        self.inner.stop_cv.notify_all();
+        let maint = self.threads.lock().pop();
+        if let Some(t) = maint {
+            let _ = t.join();
+        }
+        let flushed = if flush && self.inner.poisoned().is_none() { self.flush() } else { Ok(()) };
+        let _ = self.commit_tx.send(CommitRequest::Shutdown);
+        for t in self.threads.lock().drain(..) {
+            let _ = t.join();
+        }
+        self.inner.lock.lock().take();
+        flushed
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if let Err(e) = self.close() {
+            tracing::error!(error = %e, "flush at shutdown failed; the WAL still holds the data");
+        }
+    }
+}
+
+/// What the background thread and the public methods share.
+#[derive(Clone)]
+struct EngineHandle {
+    inner: Arc<Inner>,
+    commit_tx: SyncSender<CommitRequest>,
+}
+
+impl EngineHandle {
+    fn write(&self, points: &[Point]) -> Result<WriteOutcome> {
+        if let Some(msg) = self.inner.poisoned() {
+            return Err(Error::Poisoned(msg));
+        }
+        let cutoff = self.retention_cutoff();
+        let mut samples = Vec::with_capacity(points.len());
+        let mut misses = Vec::new();
+        {
+            let registry = self.inner.registry.read();
+            for (i, p) in points.iter().enumerate() {
+                if cutoff.is_some_and(|c| p.ts_ms < c) {
+                    continue;
+                }
+                match registry.get(&p.key) {
+                    Some(id) => samples.push((id, p.ts_ms, p.value)),
+                    None => {
+                        misses.push(i);
+                        samples.push((SeriesId::MAX, p.ts_ms, p.value));
+                    }
+                }
+            }
+        }
+        if !misses.is_empty() {
+            let mut registry = self.inner.registry.write();
+            let mut j = 0;
+            // Walk the kept points again to fill in the ids of new series, in order.
+            let mut k = 0;
+            for (i, p) in points.iter().enumerate() {
+                if cutoff.is_some_and(|c| p.ts_ms < c) {
+                    continue;
+                }
+                if j < misses.len() && misses[j] == i {
+                    samples[k].0 = registry.get_or_insert(&p.key);
+                    j += 1;
+                }
+                k += 1;
+            }
+        }
+        let dropped = points.len() - samples.len();
+        if dropped > 0 {
+            self.inner.stats.samples_dropped_retention.fetch_add(dropped as u64, Ordering::Relaxed);
+        }
+        let written = samples.len();
+        if written > 0 {
+            let (done_tx, done_rx) = sync_channel(1);
+            self.commit_tx
+                .send(CommitRequest::Write { samples, done: done_tx })
+                .map_err(|_| Error::Closed)?;
+            done_rx.recv().map_err(|_| Error::Closed)??;
+            self.inner.stats.samples_written.fetch_add(written as u64, Ordering::Relaxed);
+        }
+        Ok(WriteOutcome { written, dropped_beyond_retention: dropped })
+    }
+
+    fn retention_cutoff(&self) -> Option<i64> {
+        self.inner.config.retention_ms.map(|r| (self.inner.config.clock)().saturating_sub(r))
+    }
+
+    fn flush(&self) -> Result<()> {
+        let mut manifest = self.inner.manifest.lock();
+        let (done_tx, done_rx) = sync_channel(1);
+        self.commit_tx.send(CommitRequest::Rotate { done: done_tx }).map_err(|_| Error::Closed)?;
+        let (wal_start, frozen) = done_rx.recv().map_err(|_| Error::Closed)??;
+        let result = self.flush_frozen(&mut manifest, wal_start, &frozen);
+        if let Err(e) = &result {
+            // The frozen head stays queryable and the WAL still holds it; refuse writes so
+            // that nothing newer is acknowledged on top of a failed flush.
+            self.inner.poison(e);
+            return result;
+        }
+        drop(manifest);
+        self.compact(false)?;
+        self.apply_retention()?;
+        Ok(())
+    }
+
+    fn flush_frozen(&self, manifest: &mut Manifest, wal_start: u64, frozen: &Head) -> Result<()> {
+        let cutoff = self.retention_cutoff();
+        let dur = self.inner.config.segment_duration_ms;
+        let mut new_segments = Vec::new();
+        let mut next = manifest.clone();
+        for (start, mut series) in frozen.partitions(dur) {
+            let end = start.saturating_add(dur);
+            if cutoff.is_some_and(|c| end <= c) {
+                continue;
+            }
+            let registry = self.inner.registry.read();
+            let mut keyed: Vec<(SeriesKey, Vec<Sample>)> =
+                series.drain(..).map(|(id, s)| (registry.key(id).clone(), s)).collect();
+            drop(registry);
+            keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            let seq = next.next_segment_seq;
+            next.next_segment_seq += 1;
+            let info = write_segment(&self.inner.seg_dir, seq, (start, end), keyed.into_iter().map(Ok))?;
+            new_segments.push(self.open_segment(&info)?);
+            next.segments.push(info);
+        }
+        next.wal_start = wal_start;
+        next.store(&self.inner.config.data_dir)?;
+        *manifest = next;
+        {
+            let mut state = self.inner.state.write();
+            let mut segs: Vec<Arc<LoadedSegment>> = state.segments.iter().cloned().collect();
+            segs.extend(new_segments);
+            state.segments = Arc::new(segs);
+            state.frozen = None;
+        }
+        self.inner.stats.flushes.fetch_add(1, Ordering::Relaxed);
+        for (n, path) in list_wal_files(&self.inner.wal_dir)? {
+            if n < wal_start {
+                fs::remove_file(&path).ctx("remove", &path)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens a segment just written, checking it against what was written (pair assertion).
+    fn open_segment(&self, info: &SegmentInfo) -> Result<Arc<LoadedSegment>> {
+        let path = self.inner.seg_dir.join(segment_file_name(info.seq));
+        let seg = Segment::open(&path, info.seq, Some(info))?;
+        let mut registry = self.inner.registry.write();
+        Ok(Arc::new(index_segment(seg, &mut registry)))
+    }
+
+    /// Merges the segments of partitions that have several. `all`: every such partition;
+    /// otherwise only those past their end or with `compaction_segments_min` segments.
+    fn compact(&self, all: bool) -> Result<usize> {
+        let mut manifest = self.inner.manifest.lock();
+        let now = (self.inner.config.clock)();
+        let mut by_partition: BTreeMap<i64, Vec<SegmentInfo>> = BTreeMap::new();
+        for s in &manifest.segments {
+            by_partition.entry(s.partition_start_ms).or_default().push(s.clone());
+        }
+        let mut done = 0;
+        for (start, group) in by_partition {
+            let end = group[0].partition_end_ms;
+            let due = group.len() >= self.inner.config.compaction_segments_min.max(2) || end <= now;
+            if group.len() < 2 || !(all || due) {
+                continue;
+            }
+            let r = self.compact_partition(&mut manifest, (start, end), &group);
+            if let Err(e) = &r {
+                self.inner.poison(e);
+            }
+            r?;
+            done += 1;
+        }
+        Ok(done)
+    }
+
+    fn compact_partition(&self, manifest: &mut Manifest, partition: (i64, i64), group: &[SegmentInfo]) -> Result<()> {
+        let seqs: Vec<u64> = group.iter().map(|s| s.seq).collect();
+        let inputs: Vec<Arc<LoadedSegment>> =
+            self.inner.state.read().segments.iter().filter(|s| seqs.contains(&s.seg.info.seq)).cloned().collect();
+        // Every series in any input, in key order; inputs are ascending by seq (oldest first).
+        let mut keys: Vec<&SeriesKey> = inputs.iter().flat_map(|s| s.seg.blocks.iter().map(|b| &b.key)).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let merged = keys.into_iter().map(|key| {
+            let mut samples = Vec::new();
+            for input in &inputs {
+                if let Ok(i) = input.seg.blocks.binary_search_by(|b| b.key.cmp(key)) {
+                    samples.extend(input.seg.read_block(i)?);
+                }
+            }
+            normalize(&mut samples);
+            Ok((key.clone(), samples))
+        });
+        let mut next = manifest.clone();
+        let seq = next.next_segment_seq;
+        next.next_segment_seq += 1;
+        let info = write_segment(&self.inner.seg_dir, seq, partition, merged)?;
+        let loaded = self.open_segment(&info)?;
+        next.segments.retain(|s| !seqs.contains(&s.seq));
+        next.segments.push(info);
+        next.store(&self.inner.config.data_dir)?;
+        *manifest = next;
+        {
+            let mut state = self.inner.state.write();
+            let mut segs: Vec<Arc<LoadedSegment>> =
+                state.segments.iter().filter(|s| !seqs.contains(&s.seg.info.seq)).cloned().collect();
+            segs.push(loaded);
+            state.segments = Arc::new(segs);
+        }
+        for s in seqs {
+            let p = self.inner.seg_dir.join(segment_file_name(s));
+            fs::remove_file(&p).ctx("remove", &p)?;
+        }
+        self.inner.stats.compactions.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn apply_retention(&self) -> Result<usize> {
+        let Some(cutoff) = self.retention_cutoff() else { return Ok(0) };
+        let mut manifest = self.inner.manifest.lock();
+        let expired: Vec<u64> =
+            manifest.segments.iter().filter(|s| s.partition_end_ms <= cutoff).map(|s| s.seq).collect();
+        if expired.is_empty() {
+            return Ok(0);
+        }
+        let mut next = manifest.clone();
+        next.segments.retain(|s| !expired.contains(&s.seq));
+        next.store(&self.inner.config.data_dir)?;
+        *manifest = next;
+        {
+            let mut state = self.inner.state.write();
+            let segs: Vec<Arc<LoadedSegment>> =
+                state.segments.iter().filter(|s| !expired.contains(&s.seg.info.seq)).cloned().collect();
+            state.segments = Arc::new(segs);
+        }
+        for s in &expired {
+            let p = self.inner.seg_dir.join(segment_file_name(*s));
+            fs::remove_file(&p).ctx("remove", &p)?;
+        }
+        tracing::info!(segments = expired.len(), cutoff_ms = cutoff, "retention dropped expired segments");
+        Ok(expired.len())
+    }
+
+    fn select(
+        &self,
+        metric: &str,
+        filter: &dyn Fn(&SeriesKey) -> bool,
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<Vec<(SeriesKey, Vec<Sample>)>> {
+        let start_ms = self.retention_cutoff().map_or(start_ms, |c| start_ms.max(c));
+        let ids: Vec<(SeriesId, SeriesKey)> = {
+            let registry = self.inner.registry.read();
+            registry.series_of(metric).iter().map(|&id| (id, registry.key(id))).filter(|(_, k)| filter(k)).map(|(id, k)| (id, k.clone())).collect()
+        };
+        // Head samples are copied under the lock; segment blocks are read after it.
+        let (segments, mut head) = {
+            let state = self.inner.state.read();
+            let mut head: Vec<Vec<Sample>> = Vec::with_capacity(ids.len());
+            for (id, _) in &ids {
+                let mut v = Vec::new();
+                if let Some(f) = &state.frozen {
+                    f.collect(*id, start_ms, end_ms, &mut v);
+                }
+                state.live.collect(*id, start_ms, end_ms, &mut v);
+                head.push(v);
+            }
+            (state.segments.clone(), head)
+        };
+        let mut out = Vec::with_capacity(ids.len());
+        for ((id, key), head_samples) in ids.into_iter().zip(head.iter_mut()) {
+            let mut samples = Vec::new();
+            for s in segments.iter() {
+                let info = &s.seg.info;
+                if info.partition_end_ms <= start_ms || info.partition_start_ms > end_ms {
+                    continue;
+                }
+                let Some(&b) = s.blocks.get(&id) else { continue };
+                let meta = &s.seg.blocks[b as usize];
+                if meta.max_ts < start_ms || meta.min_ts > end_ms {
+                    continue;
+                }
+                samples.extend(s.seg.read_block(b as usize)?.into_iter().filter(|x| x.ts_ms >= start_ms && x.ts_ms <= end_ms));
+            }
+            samples.append(head_samples);
+            normalize(&mut samples);
+            if !samples.is_empty() {
+                out.push((key, samples));
+            }
+        }
+        Ok(out)
+    }
+
+    fn maintenance_loop(&self) {
+        let tick = Duration::from_millis(MAINTENANCE_TICK_MS);
+        let mut last_flush = Instant::now();
+        loop {
+            {
+                let mut stop = self.inner.stop.lock();
+                if !*stop {
+                    self.inner.stop_cv.wait_for(&mut stop, tick);
+                }
+                if *stop {
+                    return;
+                }
+            }
+            if self.inner.poisoned().is_some() {
+                continue;
+            }
+            let head_samples = self.inner.state.read().live.samples();
+            let interval_due = last_flush.elapsed() >= Duration::from_millis(self.inner.config.flush_interval_ms);
+            let r = if head_samples >= self.inner.config.head_samples_max || (interval_due && head_samples > 0) {
+                last_flush = Instant::now();
+                self.flush()
+            } else {
+                self.apply_retention().map(|_| ())
+            };
+            if let Err(e) = r {
+                tracing::error!(error = %e, "background maintenance failed");
+                if !matches!(e, Error::Poisoned(_) | Error::Closed) {
+                    self.inner.poison(&e);
+                }
+            }
+        }
+    }
+}
+
+fn index_segment(seg: Segment, registry: &mut Registry) -> LoadedSegment {
+    let blocks = seg.blocks.iter().enumerate().map(|(i, b)| (registry.get_or_insert(&b.key), i as u32)).collect();
+    LoadedSegment { seg, blocks }
+}
+
+fn quarantine(dir: &Path, file: &Path, reason: String, lost: String) -> Result<QuarantinedFile> {
+    let qdir = dir.join("quarantine");
+    fs::create_dir_all(&qdir).ctx("create", &qdir)?;
+    let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let moved_to = qdir.join(format!("{}-{name}", system_clock_ms()));
+    fs::rename(file, &moved_to).ctx("move aside", file)?;
+    sync_dir(&qdir)?;
+    if let Some(parent) = file.parent() {
+        sync_dir(parent)?;
+    }
+    Ok(QuarantinedFile { file: file.to_owned(), moved_to, reason, lost })
+}
+
+/// Loads the manifest and opens every segment it lists, verifying each. With
+/// `quarantine_corrupt`, damaged segments (or a damaged manifest, rebuilt from the segment
+/// files) are moved aside and reported instead of stopping the start.
+fn load_segments(
+    config: &EngineConfig,
+    dir: &Path,
+    seg_dir: &Path,
+    registry: &mut Registry,
+    quarantined: &mut Vec<QuarantinedFile>,
+) -> Result<(Manifest, Vec<Arc<LoadedSegment>>)> {
+    let mut manifest = match Manifest::load(dir) {
+        Ok(Some(m)) => m,
+        Ok(None) => Manifest::new(),
+        Err(Error::Corrupt { path, detail }) if config.quarantine_corrupt => {
+            let q = quarantine(dir, &path, detail, "the list of live segments; rebuilt from the segment files, and the WAL is replayed from its oldest file".into())?;
+            quarantined.push(q);
+            rebuild_manifest(seg_dir)?
+        }
+        Err(e) => return Err(e),
+    };
+    let mut loaded = Vec::new();
+    let mut kept = Vec::new();
+    for info in &manifest.segments {
+        let path = seg_dir.join(segment_file_name(info.seq));
+        match Segment::open(&path, info.seq, Some(info)) {
+            Ok(seg) => {
+                loaded.push(Arc::new(index_segment(seg, registry)));
+                kept.push(info.clone());
+            }
+            Err(Error::Corrupt { path, detail }) if config.quarantine_corrupt => {
+                let lost = format!(
+                    "{} samples of {} series in partition {}..{} ms",
+                    info.samples, info.series, info.partition_start_ms, info.partition_end_ms
+                );
+                quarantined.push(quarantine(dir, &path, detail, lost)?);
+            }
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                let e = Error::Corrupt { path: path.clone(), detail: "listed in the manifest but missing".into() };
+                if !config.quarantine_corrupt {
+                    return Err(e);
+                }
+                quarantined.push(QuarantinedFile {
+                    file: path,
+                    moved_to: PathBuf::new(),
+                    reason: "listed in the manifest but missing".into(),
+                    lost: format!("{} samples of {} series", info.samples, info.series),
+                });
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    manifest.segments = kept;
+    Ok((manifest, loaded))
+}
+
+fn rebuild_manifest(seg_dir: &Path) -> Result<Manifest> {
+    let mut m = Manifest::new();
+    let mut seqs = Vec::new();
+    for entry in fs::read_dir(seg_dir).ctx("list", seg_dir)? {
+        let entry = entry.ctx("list", seg_dir)?;
+        if let Some(seq) = entry.file_name().to_str().and_then(|n| n.strip_suffix(".seg")).and_then(|n| n.parse::<u64>().ok()) {
+            seqs.push(seq);
+        }
+    }
+    seqs.sort_unstable();
+    for seq in seqs {
+        // Damaged ones are found (and quarantined) when the segments are opened.
+        if let Ok(seg) = Segment::open(&seg_dir.join(segment_file_name(seq)), seq, None) {
+            m.segments.push(seg.info.clone());
+        }
+        m.next_segment_seq = seq + 1;
+    }
+    Ok(m)
+}
+
+/// Removes what a crash can leave behind: temporary files, and segment files that no
+/// manifest lists (written by a flush or compaction whose manifest update never happened).
+fn remove_stray_files(seg_dir: &Path, manifest: &Manifest) -> Result<()> {
+    for entry in fs::read_dir(seg_dir).ctx("list", seg_dir)? {
+        let entry = entry.ctx("list", seg_dir)?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let stray = name.ends_with(".tmp")
+            || name
+                .strip_suffix(".seg")
+                .and_then(|n| n.parse::<u64>().ok())
+                .is_some_and(|seq| seq >= manifest.next_segment_seq || !manifest.segments.iter().any(|s| s.seq == seq));
+        if stray {
+            let p = entry.path();
+            tracing::info!(file = %p.display(), "removing a file left by an interrupted flush or compaction");
+            fs::remove_file(&p).ctx("remove", &p)?;
+        }
+    }
+    let tmp = seg_dir.parent().map(|d| d.join(MANIFEST_FILE).with_extension("tmp"));
+    if let Some(tmp) = tmp.filter(|t| t.exists()) {
+        fs::remove_file(&tmp).ctx("remove", &tmp)?;
+    }
+    Ok(())
+}

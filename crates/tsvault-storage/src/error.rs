@@ -1,0 +1,61 @@
+//! The storage error type.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Everything that can go wrong in the storage engine.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An I/O operation failed on a named file or directory.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done ("write", "fsync", "open", ...).
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// A file failed a checksum or a structural check: it is never served.
+    #[error("corrupt file {path}: {detail}")]
+    Corrupt {
+        /// The damaged file.
+        path: PathBuf,
+        /// What check failed, and where.
+        detail: String,
+    },
+    /// An earlier write or fsync failed; the store refuses writes until restarted.
+    #[error("the store refuses writes after a failed write or fsync ({0}); restart the server to recover from the write-ahead log")]
+    Poisoned(String),
+    /// Another process holds the data directory.
+    #[error("data directory {0} is in use by another tsvault process")]
+    Locked(PathBuf),
+    /// The engine is shutting down.
+    #[error("the store is shutting down")]
+    Closed,
+    /// A configuration value is out of range.
+    #[error("invalid storage configuration: {0}")]
+    Config(String),
+}
+
+/// The storage result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Attaches an operation and a path to an `io::Result`.
+pub(crate) trait IoContext<T> {
+    fn ctx(self, op: &'static str, path: impl Into<PathBuf>) -> Result<T>;
+}
+
+impl<T> IoContext<T> for io::Result<T> {
+    fn ctx(self, op: &'static str, path: impl Into<PathBuf>) -> Result<T> {
+        self.map_err(|source| Error::Io { op, path: path.into(), source })
+    }
+}
+
+impl Error {
+    /// True when the error means the disk is full (ENOSPC).
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, Error::Io { source, .. } if source.raw_os_error() == Some(28))
+    }
+}

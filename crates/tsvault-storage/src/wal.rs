@@ -1,0 +1,310 @@
+//! The write-ahead log: numbered segment files of CRC32C-framed records (see FORMAT.md).
+//!
+//! Each process lifetime writes its own files and never appends to a file it did not create,
+//! so a torn tail can only sit at the end of a file that was being written at a crash. Replay
+//! cuts such a tail at the last valid record; a bad record followed by a valid one is
+//! corruption, not a torn write, and is reported instead of silently dropped.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use tsvault_model::SeriesKey;
+
+use crate::bytes::{Reader, put_ivarint, put_uvarint};
+use crate::error::{IoContext, Result};
+use crate::fsutil::sync_dir;
+
+/// Magic and version at the start of every WAL file.
+pub(crate) const WAL_MAGIC: &[u8; 8] = b"TSVWAL\x00\x01";
+/// Frame header: payload length (u32 LE) and CRC32C of the payload (u32 LE).
+const FRAME_HEADER_BYTES: usize = 8;
+/// The largest payload a frame may declare; anything larger is damage.
+pub(crate) const WAL_RECORD_BYTES_MAX: usize = 256 << 20;
+/// Record type of a write batch.
+const RECORD_BATCH: u8 = 1;
+
+/// The file name of WAL file number `n`.
+pub(crate) fn wal_file_name(n: u64) -> String {
+    format!("{n:020}.wal")
+}
+
+/// Lists WAL files in `dir` as (number, path), ascending. Files not named like WAL files are
+/// ignored.
+pub(crate) fn list_wal_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).ctx("list", dir)? {
+        let entry = entry.ctx("list", dir)?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(num) = name.strip_suffix(".wal").and_then(|n| n.parse::<u64>().ok()) {
+            out.push((num, entry.path()));
+        }
+    }
+    out.sort_unstable_by_key(|(n, _)| *n);
+    Ok(out)
+}
+
+/// Encodes one write batch as a framed record appended to `out`.
+///
+/// `defs` introduces series ids not yet defined in the current WAL file; `samples` reference
+/// ids defined earlier in the same file or in this record.
+pub(crate) fn encode_batch(out: &mut Vec<u8>, defs: &[(u32, &SeriesKey)], samples: &[(u32, i64, f64)]) {
+    let frame_start = out.len();
+    out.extend_from_slice(&[0u8; FRAME_HEADER_BYTES]);
+    let payload_start = out.len();
+    out.push(RECORD_BATCH);
+    put_uvarint(out, defs.len() as u64);
+    for (id, key) in defs {
+        put_uvarint(out, u64::from(*id));
+        put_uvarint(out, key.as_str().len() as u64);
+        out.extend_from_slice(key.as_str().as_bytes());
+    }
+    put_uvarint(out, samples.len() as u64);
+    for &(id, ts, v) in samples {
+        put_uvarint(out, u64::from(id));
+        put_ivarint(out, ts);
+        out.extend_from_slice(&v.to_bits().to_le_bytes());
+    }
+    let payload_len = out.len() - payload_start;
+    let crc = crc32c::crc32c(&out[payload_start..]);
+    out[frame_start..frame_start + 4].copy_from_slice(&(payload_len as u32).to_le_bytes());
+    out[frame_start + 4..frame_start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// One decoded write batch.
+#[derive(Debug, Default)]
+pub(crate) struct WalBatch {
+    pub defs: Vec<(u32, SeriesKey)>,
+    pub samples: Vec<(u32, i64, f64)>,
+}
+
+fn decode_batch(payload: &[u8]) -> Option<WalBatch> {
+    let mut r = Reader::new(payload);
+    if r.bytes(1)? != [RECORD_BATCH] {
+        return None;
+    }
+    let n_defs = r.uvarint()? as usize;
+    let mut batch = WalBatch::default();
+    for _ in 0..n_defs {
+        let id = u32::try_from(r.uvarint()?).ok()?;
+        let len = r.uvarint()? as usize;
+        let key = std::str::from_utf8(r.bytes(len)?).ok()?;
+        batch.defs.push((id, SeriesKey::from_canonical(key).ok()?));
+    }
+    let n_samples = r.uvarint()? as usize;
+    // Each sample takes at least 10 bytes: refuse a count the payload cannot hold.
+    if n_samples > payload.len() / 10 {
+        return None;
+    }
+    batch.samples.reserve(n_samples);
+    for _ in 0..n_samples {
+        let id = u32::try_from(r.uvarint()?).ok()?;
+        let ts = r.ivarint()?;
+        let v = r.f64()?;
+        batch.samples.push((id, ts, v));
+    }
+    r.is_empty().then_some(batch)
+}
+
+/// Checks the frame at `off`: Some(frame length) when it is whole and its checksum holds.
+fn valid_frame_at(buf: &[u8], off: usize) -> Option<usize> {
+    let mut r = Reader::new(buf.get(off..)?);
+    let len = r.u32()? as usize;
+    let crc = r.u32()?;
+    if len == 0 || len > WAL_RECORD_BYTES_MAX {
+        return None;
+    }
+    let payload = r.bytes(len)?;
+    (crc32c::crc32c(payload) == crc).then_some(FRAME_HEADER_BYTES + len)
+}
+
+/// How a WAL file ended when read.
+#[derive(Debug, PartialEq)]
+pub(crate) enum WalEnd {
+    /// Every byte belonged to a valid record.
+    Clean,
+    /// The file ends in a partial or damaged record with nothing valid after it: a torn
+    /// write. The valid prefix is `valid_len` bytes long.
+    TornTail { valid_len: u64 },
+    /// A damaged record is followed by valid data (or sits in a file that was closed
+    /// cleanly): real corruption at `offset`.
+    Corrupt { offset: u64, detail: String },
+}
+
+/// Reads every record of a WAL file, handing each decoded batch to `apply`, and says how the
+/// file ended. `apply` sees only records before the first damaged one.
+pub(crate) fn read_wal_file(
+    path: &Path,
+    mut apply: impl FnMut(WalBatch) -> Result<()>,
+) -> Result<WalEnd> {
+    let buf = fs::read(path).ctx("read", path)?;
+    if buf.len() < WAL_MAGIC.len() {
+        return Ok(WalEnd::TornTail { valid_len: 0 });
+    }
+    if &buf[..WAL_MAGIC.len()] != WAL_MAGIC {
+        return Ok(WalEnd::Corrupt { offset: 0, detail: "bad magic: not a tsvault WAL file".into() });
+    }
+    let mut off = WAL_MAGIC.len();
+    while off < buf.len() {
+        let Some(frame_len) = valid_frame_at(&buf, off) else {
+            // Torn tail or corruption? If any valid frame starts after this point, the damage
+            // is not a torn write: data written after it reached the disk.
+            let later = (off + 1..buf.len().saturating_sub(FRAME_HEADER_BYTES))
+                .find(|&o| valid_frame_at(&buf, o).is_some());
+            return Ok(match later {
+                None => WalEnd::TornTail { valid_len: off as u64 },
+                Some(o) => WalEnd::Corrupt {
+                    offset: off as u64,
+                    detail: format!(
+                        "damaged record at byte {off} is followed by a valid record at byte {o}"
+                    ),
+                },
+            });
+        };
+        let payload = &buf[off + FRAME_HEADER_BYTES..off + frame_len];
+        let Some(batch) = decode_batch(payload) else {
+            return Ok(WalEnd::Corrupt {
+                offset: off as u64,
+                detail: format!("record at byte {off} has a valid checksum but does not decode"),
+            });
+        };
+        apply(batch)?;
+        off += frame_len;
+    }
+    Ok(WalEnd::Clean)
+}
+
+/// An open WAL file being appended to.
+pub(crate) struct WalWriter {
+    file: File,
+    path: PathBuf,
+    number: u64,
+    size_bytes: u64,
+}
+
+impl WalWriter {
+    /// Creates WAL file `number` in `dir`; the header and the directory entry are durable
+    /// before this returns.
+    pub(crate) fn create(dir: &Path, number: u64) -> Result<Self> {
+        let path = dir.join(wal_file_name(number));
+        let mut file =
+            OpenOptions::new().write(true).create_new(true).open(&path).ctx("create", &path)?;
+        file.write_all(WAL_MAGIC).ctx("write", &path)?;
+        file.sync_all().ctx("fsync", &path)?;
+        sync_dir(dir)?;
+        Ok(WalWriter { file, path, number, size_bytes: WAL_MAGIC.len() as u64 })
+    }
+
+    /// Appends already framed records (not yet durable).
+    pub(crate) fn append(&mut self, frames: &[u8]) -> Result<()> {
+        self.file.write_all(frames).ctx("write", &self.path)?;
+        self.size_bytes += frames.len() as u64;
+        Ok(())
+    }
+
+    /// Makes everything appended so far durable.
+    pub(crate) fn sync(&mut self) -> Result<()> {
+        self.file.sync_data().ctx("fsync", &self.path)
+    }
+
+    pub(crate) fn number(&self) -> u64 {
+        self.number
+    }
+
+    pub(crate) fn size_bytes(&self) -> u64 {
+        self.size_bytes
+    }
+}
+
+/// Cuts a torn tail: truncates `path` to `len` bytes and makes that durable.
+pub(crate) fn truncate_torn_tail(path: &Path, len: u64) -> Result<()> {
+    let file = OpenOptions::new().write(true).open(path).ctx("open", path)?;
+    file.set_len(len).ctx("truncate", path)?;
+    file.sync_all().ctx("fsync", path)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(m: &str) -> SeriesKey {
+        SeriesKey::new(m, &[("host", "a")]).unwrap()
+    }
+
+    fn write_file(dir: &Path, n: u64, batches: usize) -> PathBuf {
+        let mut w = WalWriter::create(dir, n).unwrap();
+        let k = key("m");
+        for i in 0..batches {
+            let mut buf = Vec::new();
+            let defs = if i == 0 { vec![(0u32, &k)] } else { vec![] };
+            encode_batch(&mut buf, &defs, &[(0, i as i64 * 1000, i as f64 + 0.5)]);
+            w.append(&buf).unwrap();
+        }
+        w.sync().unwrap();
+        dir.join(wal_file_name(n))
+    }
+
+    fn read_all(path: &Path) -> (Vec<(u32, i64, f64)>, WalEnd) {
+        let mut samples = Vec::new();
+        let end = read_wal_file(path, |b| {
+            samples.extend(b.samples);
+            Ok(())
+        })
+        .unwrap();
+        (samples, end)
+    }
+
+    #[test]
+    fn round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_file(dir.path(), 1, 5);
+        let (samples, end) = read_all(&path);
+        assert_eq!(end, WalEnd::Clean);
+        assert_eq!(samples.len(), 5);
+        assert_eq!(samples[4], (0, 4000, 4.5));
+    }
+
+    #[test]
+    fn torn_tail_is_cut_at_every_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_file(dir.path(), 1, 3);
+        let full = fs::read(&path).unwrap();
+        let (_, end) = read_all(&path);
+        assert_eq!(end, WalEnd::Clean);
+        // Record boundaries: find the length of the first two records.
+        for cut in 0..full.len() {
+            fs::write(&path, &full[..cut]).unwrap();
+            let (samples, end) = read_all(&path);
+            match end {
+                WalEnd::TornTail { valid_len } => {
+                    assert!(valid_len as usize <= cut);
+                    assert!(samples.len() < 3);
+                }
+                WalEnd::Clean => assert!(cut == WAL_MAGIC.len() || samples.len() < 3),
+                WalEnd::Corrupt { .. } => panic!("a truncated file at {cut} is not corruption"),
+            }
+        }
+        // Garbage appended after valid records is a torn tail too.
+        let mut torn = full.clone();
+        torn.extend_from_slice(&[0xAB; 13]);
+        fs::write(&path, &torn).unwrap();
+        let (samples, end) = read_all(&path);
+        assert_eq!(samples.len(), 3);
+        assert_eq!(end, WalEnd::TornTail { valid_len: full.len() as u64 });
+    }
+
+    #[test]
+    fn damage_before_valid_records_is_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_file(dir.path(), 1, 3);
+        let mut bytes = fs::read(&path).unwrap();
+        // Flip a byte inside the first record's payload.
+        bytes[WAL_MAGIC.len() + FRAME_HEADER_BYTES + 3] ^= 0x40;
+        fs::write(&path, &bytes).unwrap();
+        let (samples, end) = read_all(&path);
+        assert!(samples.is_empty());
+        assert!(matches!(end, WalEnd::Corrupt { offset: 8, .. }), "{end:?}");
+    }
+}

@@ -1,0 +1,271 @@
+//! Engine behaviour through its public API: durability across restarts, flush, compaction,
+//! retention, out-of-order and duplicate samples, corruption handling, and a model-based test
+//! against a BTreeMap reference.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+
+use proptest::prelude::*;
+use tsvault_model::{Point, Sample, SeriesKey};
+use tsvault_storage::{Engine, EngineConfig, Error};
+
+const HOUR: i64 = 3_600_000;
+
+fn key(metric: &str, host: &str) -> SeriesKey {
+    SeriesKey::new(metric, &[("host", host)]).unwrap()
+}
+
+fn pt(k: &SeriesKey, ts_ms: i64, value: f64) -> Point {
+    Point { key: k.clone(), ts_ms, value }
+}
+
+fn open(dir: &Path) -> Engine {
+    Engine::open(EngineConfig::new(dir)).unwrap()
+}
+
+fn all(e: &Engine, metric: &str) -> Vec<(SeriesKey, Vec<Sample>)> {
+    e.select(metric, &|_| true, i64::MIN, i64::MAX).unwrap()
+}
+
+fn s(ts_ms: i64, value: f64) -> Sample {
+    Sample { ts_ms, value }
+}
+
+#[test]
+fn writes_survive_restart_with_and_without_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = key("cpu", "a");
+    {
+        let e = open(dir.path());
+        e.write(&[pt(&a, 1000, 1.5), pt(&a, 2000, 2.5)]).unwrap();
+        assert_eq!(all(&e, "cpu"), vec![(a.clone(), vec![s(1000, 1.5), s(2000, 2.5)])]);
+        e.close_without_flush();
+    }
+    {
+        let e = open(dir.path());
+        assert_eq!(all(&e, "cpu"), vec![(a.clone(), vec![s(1000, 1.5), s(2000, 2.5)])]);
+        e.write(&[pt(&a, 3000, 3.5)]).unwrap();
+        e.close().unwrap();
+    }
+    let e = open(dir.path());
+    assert_eq!(all(&e, "cpu")[0].1.len(), 3);
+    let st = e.stats();
+    assert_eq!(st.head_samples, 0, "a clean close flushed the head");
+    assert_eq!(st.segment_samples, 3);
+}
+
+#[test]
+fn out_of_order_late_and_duplicate_samples_merge_last_write_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = key("m", "a");
+    let e = open(dir.path());
+    e.write(&[pt(&a, 5 * HOUR, 5.0), pt(&a, HOUR, 1.0), pt(&a, 3 * HOUR, 3.0)]).unwrap();
+    e.flush().unwrap();
+    // Late sample into a flushed partition, and an overwrite of a flushed sample.
+    e.write(&[pt(&a, 2 * HOUR, 2.0), pt(&a, HOUR, 10.0)]).unwrap();
+    let want = vec![s(HOUR, 10.0), s(2 * HOUR, 2.0), s(3 * HOUR, 3.0), s(5 * HOUR, 5.0)];
+    assert_eq!(all(&e, "m")[0].1, want);
+    e.flush().unwrap();
+    assert_eq!(all(&e, "m")[0].1, want, "after the second flush");
+    // Another overwrite in the head, then a full compaction.
+    e.write(&[pt(&a, HOUR, 11.0), pt(&a, HOUR, 12.0)]).unwrap();
+    e.flush().unwrap();
+    e.compact().unwrap();
+    let per_partition: BTreeMap<i64, usize> =
+        e.segments().iter().fold(BTreeMap::new(), |mut m, s| {
+            *m.entry(s.partition_start_ms).or_default() += 1;
+            m
+        });
+    assert!(per_partition.values().all(|&n| n == 1), "{per_partition:?}");
+    let want = vec![s(HOUR, 12.0), s(2 * HOUR, 2.0), s(3 * HOUR, 3.0), s(5 * HOUR, 5.0)];
+    assert_eq!(all(&e, "m")[0].1, want);
+    e.close().unwrap();
+    assert_eq!(all(&open(dir.path()), "m")[0].1, want, "after restart");
+}
+
+#[test]
+fn select_filters_by_metric_tags_and_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path());
+    let (a, b, c) = (key("m", "a"), key("m", "b"), key("other", "a"));
+    e.write(&[pt(&a, 10, 1.0), pt(&a, 20, 2.0), pt(&b, 15, 3.0), pt(&c, 10, 4.0)]).unwrap();
+    let got = e.select("m", &|k| k.tag("host") == Some("a"), 15, 25).unwrap();
+    assert_eq!(got, vec![(a.clone(), vec![s(20, 2.0)])]);
+    assert_eq!(e.metric_names(), vec!["m".to_string(), "other".to_string()]);
+    assert_eq!(e.tag_values(), vec!["a".to_string(), "b".to_string()]);
+}
+
+#[test]
+fn retention_refuses_old_samples_and_drops_old_segments() {
+    fn clock() -> i64 {
+        100 * HOUR
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = EngineConfig::new(dir.path());
+    cfg.retention_ms = Some(10 * HOUR);
+    cfg.clock = clock;
+    let a = key("m", "a");
+    {
+        let e = Engine::open(cfg.clone()).unwrap();
+        let out = e.write(&[pt(&a, 50 * HOUR, 1.0), pt(&a, 95 * HOUR, 2.0)]).unwrap();
+        assert_eq!((out.written, out.dropped_beyond_retention), (1, 1));
+        e.close().unwrap();
+    }
+    // A segment written when retention was longer is dropped once it expires.
+    let mut long = cfg.clone();
+    long.retention_ms = Some(80 * HOUR);
+    {
+        let e = Engine::open(long).unwrap();
+        e.write(&[pt(&a, 30 * HOUR, 3.0)]).unwrap();
+        e.close().unwrap();
+    }
+    let e = Engine::open(cfg).unwrap();
+    assert_eq!(all(&e, "m")[0].1, vec![s(95 * HOUR, 2.0)]);
+    assert_eq!(e.apply_retention().unwrap(), 1);
+    assert_eq!(e.segments().len(), 1);
+}
+
+#[test]
+fn second_process_on_same_dir_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let _e = open(dir.path());
+    let err = Engine::open(EngineConfig::new(dir.path())).err().expect("second open must fail");
+    assert!(matches!(err, Error::Locked(_)), "{err}");
+}
+
+fn flushed_store(dir: &Path) {
+    let e = open(dir);
+    let (a, b) = (key("m", "a"), key("m", "b"));
+    e.write(&[pt(&a, 1000, 1.0), pt(&b, 3 * HOUR, 2.0)]).unwrap();
+    e.close().unwrap();
+}
+
+#[test]
+fn corrupt_segment_refuses_start_naming_file_or_is_quarantined() {
+    let dir = tempfile::tempdir().unwrap();
+    flushed_store(dir.path());
+    let seg_dir = dir.path().join("segments");
+    let mut files: Vec<_> = fs::read_dir(&seg_dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    assert_eq!(files.len(), 2);
+    let victim = &files[0];
+    let mut bytes = fs::read(victim).unwrap();
+    bytes[20] ^= 0x01;
+    fs::write(victim, &bytes).unwrap();
+
+    let err = Engine::open(EngineConfig::new(dir.path())).err().expect("must refuse to start");
+    let msg = err.to_string();
+    assert!(msg.contains(&victim.display().to_string()), "{msg}");
+    assert!(matches!(err, Error::Corrupt { .. }));
+
+    let mut cfg = EngineConfig::new(dir.path());
+    cfg.quarantine_corrupt = true;
+    let e = Engine::open(cfg).unwrap();
+    assert_eq!(e.quarantined().len(), 1);
+    assert_eq!(e.quarantined()[0].file, *victim);
+    assert!(e.quarantined()[0].moved_to.exists());
+    // The other partition is still served; the damaged one is not.
+    assert_eq!(all(&e, "m"), vec![(key("m", "b"), vec![s(3 * HOUR, 2.0)])]);
+    e.close().unwrap();
+    // The manifest no longer lists it: a normal start works again.
+    assert_eq!(all(&open(dir.path()), "m").len(), 1);
+}
+
+#[test]
+fn corrupt_manifest_refuses_start_or_is_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    flushed_store(dir.path());
+    let mpath = dir.path().join("MANIFEST");
+    let mut bytes = fs::read(&mpath).unwrap();
+    let n = bytes.len();
+    bytes[n - 3] ^= 0x20;
+    fs::write(&mpath, &bytes).unwrap();
+    let msg = Engine::open(EngineConfig::new(dir.path())).err().unwrap().to_string();
+    assert!(msg.contains("MANIFEST") && msg.contains("checksum"), "{msg}");
+    let mut cfg = EngineConfig::new(dir.path());
+    cfg.quarantine_corrupt = true;
+    let e = Engine::open(cfg).unwrap();
+    assert_eq!(all(&e, "m").len(), 2, "both segments were found again");
+}
+
+#[test]
+fn torn_wal_tail_is_cut_and_later_writes_survive() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = key("m", "a");
+    {
+        let e = open(dir.path());
+        e.write(&[pt(&a, 1, 1.0)]).unwrap();
+        e.write(&[pt(&a, 2, 2.0)]).unwrap();
+        e.close_without_flush();
+    }
+    let wal_dir = dir.path().join("wal");
+    let mut wals: Vec<_> = fs::read_dir(&wal_dir).unwrap().map(|e| e.unwrap().path()).collect();
+    wals.sort();
+    let last_with_data = wals.iter().rev().find(|p| fs::metadata(p).unwrap().len() > 8).unwrap().clone();
+    let len = fs::metadata(&last_with_data).unwrap().len();
+    // Tear the last record: cut its final 5 bytes.
+    fs::OpenOptions::new().write(true).open(&last_with_data).unwrap().set_len(len - 5).unwrap();
+    {
+        let e = open(dir.path());
+        assert_eq!(all(&e, "m")[0].1, vec![s(1, 1.0)], "the torn (unacknowledged) record is gone");
+        e.write(&[pt(&a, 3, 3.0)]).unwrap();
+        e.close_without_flush();
+    }
+    assert_eq!(all(&open(dir.path()), "m")[0].1, vec![s(1, 1.0), s(3, 3.0)]);
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Write(Vec<(u8, i64, i32)>),
+    Flush,
+    Compact,
+    Restart,
+    Crash,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => prop::collection::vec((0u8..6, -3i64..40, any::<i32>()), 1..20).prop_map(Op::Write),
+        1 => Just(Op::Flush),
+        1 => Just(Op::Compact),
+        1 => Just(Op::Restart),
+        1 => Just(Op::Crash),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    /// Random writes (with overwrites, out of order, across partitions), flushes,
+    /// compactions, clean restarts and crashes: the engine always answers like a BTreeMap.
+    #[test]
+    fn engine_matches_btreemap_model(ops in prop::collection::vec(op(), 1..40)) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = EngineConfig::new(dir.path());
+        cfg.segment_duration_ms = 10 * 1000;
+        let keys: Vec<SeriesKey> = (0..6).map(|i| key(if i % 2 == 0 { "m" } else { "n" }, &format!("h{i}"))).collect();
+        let mut model: BTreeMap<(SeriesKey, i64), f64> = BTreeMap::new();
+        let mut e = Engine::open(cfg.clone()).unwrap();
+        for op in ops {
+            match op {
+                Op::Write(points) => {
+                    let pts: Vec<Point> = points.iter().map(|&(k, t, v)| pt(&keys[k as usize], t * 1000, f64::from(v))).collect();
+                    e.write(&pts).unwrap();
+                    for p in pts {
+                        model.insert((p.key, p.ts_ms), p.value);
+                    }
+                }
+                Op::Flush => e.flush().unwrap(),
+                Op::Compact => { e.compact().unwrap(); }
+                Op::Restart => { e.close().unwrap(); drop(e); e = Engine::open(cfg.clone()).unwrap(); }
+                Op::Crash => { e.close_without_flush(); drop(e); e = Engine::open(cfg.clone()).unwrap(); }
+            }
+            for metric in ["m", "n"] {
+                let got: BTreeMap<(SeriesKey, i64), f64> = all(&e, metric).into_iter()
+                    .flat_map(|(k, ss)| ss.into_iter().map(move |x| ((k.clone(), x.ts_ms), x.value))).collect();
+                let want: BTreeMap<(SeriesKey, i64), f64> = model.iter().filter(|((k, _), _)| k.metric() == metric).map(|(k, v)| (k.clone(), *v)).collect();
+                prop_assert_eq!(got, want);
+            }
+        }
+    }
+}
