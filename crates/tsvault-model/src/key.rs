@@ -18,7 +18,10 @@ pub struct Limits {
 }
 
 /// The bounds every ingest path enforces.
-pub const LIMITS: Limits = Limits { name_bytes_max: 4096, tags_max: 256 };
+pub const LIMITS: Limits = Limits {
+    name_bytes_max: 4096,
+    tags_max: 256,
+};
 
 /// Why a metric name or tag set was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -74,10 +77,17 @@ pub enum KeyError {
 
 fn check_name(what: &'static str, name: &str) -> Result<(), KeyError> {
     if name.len() > LIMITS.name_bytes_max {
-        return Err(KeyError::TooLong { what, len: name.len(), max: LIMITS.name_bytes_max });
+        return Err(KeyError::TooLong {
+            what,
+            len: name.len(),
+            max: LIMITS.name_bytes_max,
+        });
     }
     if name.chars().any(|c| c.is_ascii_control()) {
-        return Err(KeyError::ControlChar { what, name: name.escape_debug().to_string() });
+        return Err(KeyError::ControlChar {
+            what,
+            name: name.escape_debug().to_string(),
+        });
     }
     Ok(())
 }
@@ -92,7 +102,10 @@ impl TagSet {
     /// refused.
     pub fn new<K: AsRef<str>, V: AsRef<str>>(tags: &[(K, V)]) -> Result<Self, KeyError> {
         if tags.len() > LIMITS.tags_max {
-            return Err(KeyError::TooManyTags { count: tags.len(), max: LIMITS.tags_max });
+            return Err(KeyError::TooManyTags {
+                count: tags.len(),
+                max: LIMITS.tags_max,
+            });
         }
         let mut sorted: Vec<(&str, &str)> =
             tags.iter().map(|(k, v)| (k.as_ref(), v.as_ref())).collect();
@@ -103,12 +116,16 @@ impl TagSet {
                 return Err(KeyError::EmptyTagKey);
             }
             if v.is_empty() {
-                return Err(KeyError::EmptyTagValue { key: (*k).to_owned() });
+                return Err(KeyError::EmptyTagValue {
+                    key: (*k).to_owned(),
+                });
             }
             check_name("tag key", k)?;
             check_name("tag value", v)?;
             if i > 0 && sorted[i - 1].0 == *k {
-                return Err(KeyError::DuplicateTag { key: (*k).to_owned() });
+                return Err(KeyError::DuplicateTag {
+                    key: (*k).to_owned(),
+                });
             }
             out.push(TAG_SEP);
             out.push_str(k);
@@ -183,7 +200,9 @@ impl SeriesKey {
     /// The tags in ascending key order.
     pub fn tags(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
         let rest = &self.0[self.metric().len()..];
-        rest.split(TAG_SEP).skip(1).map(|p| p.split_once(KV_SEP).unwrap_or((p, "")))
+        rest.split(TAG_SEP)
+            .skip(1)
+            .map(|p| p.split_once(KV_SEP).unwrap_or((p, "")))
     }
 
     /// The value of tag `key`, if the series has it.
@@ -220,7 +239,10 @@ mod tests {
     fn sorts_tags_and_round_trips() {
         let k = SeriesKey::new("cpu_usage", &[("host", "a"), ("dc", "eu")]).unwrap();
         assert_eq!(k.metric(), "cpu_usage");
-        assert_eq!(k.tags().collect::<Vec<_>>(), vec![("dc", "eu"), ("host", "a")]);
+        assert_eq!(
+            k.tags().collect::<Vec<_>>(),
+            vec![("dc", "eu"), ("host", "a")]
+        );
         assert_eq!(k.tag("host"), Some("a"));
         assert_eq!(k.to_string(), r#"cpu_usage{dc="eu",host="a"}"#);
         assert_eq!(SeriesKey::from_canonical(k.as_str()).unwrap(), k);
@@ -234,17 +256,38 @@ mod tests {
         let e = |m: &str, t: &[(&str, &str)]| SeriesKey::new(m, t).unwrap_err();
         assert_eq!(e("", &[]), KeyError::EmptyMetric);
         assert_eq!(e("m", &[("", "v")]), KeyError::EmptyTagKey);
-        assert_eq!(e("m", &[("k", "")]), KeyError::EmptyTagValue { key: "k".into() });
-        assert_eq!(e("m", &[("k", "1"), ("k", "2")]), KeyError::DuplicateTag { key: "k".into() });
-        assert!(matches!(e("m\u{1f}x", &[]), KeyError::ControlChar { what: "metric name", .. }));
-        assert!(matches!(e("m", &[("k", "a\nb")]), KeyError::ControlChar { .. }));
+        assert_eq!(
+            e("m", &[("k", "")]),
+            KeyError::EmptyTagValue { key: "k".into() }
+        );
+        assert_eq!(
+            e("m", &[("k", "1"), ("k", "2")]),
+            KeyError::DuplicateTag { key: "k".into() }
+        );
+        assert!(matches!(
+            e("m\u{1f}x", &[]),
+            KeyError::ControlChar {
+                what: "metric name",
+                ..
+            }
+        ));
+        assert!(matches!(
+            e("m", &[("k", "a\nb")]),
+            KeyError::ControlChar { .. }
+        ));
         let long = "x".repeat(LIMITS.name_bytes_max + 1);
         assert!(matches!(e(&long, &[]), KeyError::TooLong { .. }));
     }
 
     #[test]
     fn from_canonical_refuses_non_canonical() {
-        assert_eq!(SeriesKey::from_canonical("m\x1fb\x1e1\x1fa\x1e2"), Err(KeyError::Malformed));
-        assert_eq!(SeriesKey::from_canonical("m\x1fnovalue"), Err(KeyError::Malformed));
+        assert_eq!(
+            SeriesKey::from_canonical("m\x1fb\x1e1\x1fa\x1e2"),
+            Err(KeyError::Malformed)
+        );
+        assert_eq!(
+            SeriesKey::from_canonical("m\x1fnovalue"),
+            Err(KeyError::Malformed)
+        );
     }
 }

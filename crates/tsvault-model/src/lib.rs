@@ -6,7 +6,7 @@
 
 mod key;
 
-pub use key::{KeyError, SeriesKey, TagSet, LIMITS};
+pub use key::{KeyError, LIMITS, SeriesKey, TagSet};
 
 /// One sample of a series: a timestamp in milliseconds since the Unix epoch and a value.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -3,6 +3,8 @@
 //! Sub-queries are numbered from 1 in messages ("query 2" is the second `m=` parameter or the
 //! second entry of `queries`), because the messages are read by people, not programs.
 
+use crate::source::SourceError;
+
 /// Why a request could not be parsed or executed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
@@ -139,6 +141,14 @@ pub enum Error {
         /// The metric name.
         metric: String,
     },
+    /// The request holds more sub-queries than [`crate::Limits::sub_queries_max`].
+    #[error("the request has {count} sub-queries; the limit is {limit} (sub_queries_max)")]
+    TooManyQueries {
+        /// How many sub-queries the request holds.
+        count: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// The request would do more work than [`crate::Limits`] allows.
     #[error(
         "query {query}: {what} exceeds the limit of {limit} ({limit_name}); narrow the time range, add filters or downsample"
@@ -161,16 +171,10 @@ pub enum Error {
         /// The timestamp of the infinite value.
         ts_ms: i64,
     },
-    /// The data source failed (e.g. a corrupt block), or broke its contract.
-    #[error("query {query}: storage error reading metric '{metric}': {message}")]
-    Source {
-        /// The sub-query, numbered from 1.
-        query: usize,
-        /// The metric being read.
-        metric: String,
-        /// The source's message.
-        message: String,
-    },
+    /// The data source failed (e.g. a corrupt block) or broke its contract; the message names
+    /// the sub-query and metric. A server error, unlike the others, which are the client's.
+    #[error("storage error: {0}")]
+    Source(SourceError),
     /// `/api/suggest` was asked for a type other than metrics, tagk or tagv.
     #[error("suggest type '{0}' is unknown; use metrics, tagk or tagv")]
     BadSuggestType(String),

@@ -14,16 +14,16 @@ pub type Selection = Vec<(SeriesKey, Vec<Sample>)>;
 
 /// Where the engine reads series from; implemented by the storage engine.
 pub trait Source {
-    /// Every series of `metric` (exact name) for which `matches` is true and that has samples in
+    /// Every series of `metric` (exact name) for which `filter` is true and that has samples in
     /// `[start_ms, end_ms]`, with those samples sorted by time and without duplicate
     /// timestamps. Returning more (series without samples in range, samples outside the range)
-    /// is allowed; the engine trims. `matches` lets storage skip reading non-matching series.
+    /// is allowed; the engine trims. `filter` lets storage skip reading non-matching series.
     fn select(
         &self,
         metric: &str,
+        filter: &dyn Fn(&SeriesKey) -> bool,
         start_ms: i64,
         end_ms: i64,
-        matches: &dyn Fn(&SeriesKey) -> bool,
     ) -> Result<Selection, SourceError>;
 
     /// Every metric name, sorted.
@@ -50,7 +50,10 @@ impl MemorySource {
 
     /// Stores one sample; a later sample at the same timestamp replaces the earlier one.
     pub fn insert(&mut self, key: &SeriesKey, ts_ms: i64, value: f64) {
-        self.series.entry(key.clone()).or_default().insert(ts_ms, value);
+        self.series
+            .entry(key.clone())
+            .or_default()
+            .insert(ts_ms, value);
     }
 }
 
@@ -58,13 +61,16 @@ impl Source for MemorySource {
     fn select(
         &self,
         metric: &str,
+        filter: &dyn Fn(&SeriesKey) -> bool,
         start_ms: i64,
         end_ms: i64,
-        matches: &dyn Fn(&SeriesKey) -> bool,
     ) -> Result<Selection, SourceError> {
         let mut out = Vec::new();
+        if start_ms > end_ms {
+            return Ok(out);
+        }
         for (key, samples) in &self.series {
-            if key.metric() != metric || !matches(key) {
+            if key.metric() != metric || !filter(key) {
                 continue;
             }
             let picked: Vec<Sample> = samples
@@ -84,14 +90,20 @@ impl Source for MemorySource {
     }
 
     fn tag_keys(&self) -> Vec<String> {
-        let keys: BTreeSet<&str> =
-            self.series.keys().flat_map(|k| k.tags().map(|(tk, _)| tk)).collect();
+        let keys: BTreeSet<&str> = self
+            .series
+            .keys()
+            .flat_map(|k| k.tags().map(|(tk, _)| tk))
+            .collect();
         keys.into_iter().map(str::to_owned).collect()
     }
 
     fn tag_values(&self) -> Vec<String> {
-        let values: BTreeSet<&str> =
-            self.series.keys().flat_map(|k| k.tags().map(|(_, tv)| tv)).collect();
+        let values: BTreeSet<&str> = self
+            .series
+            .keys()
+            .flat_map(|k| k.tags().map(|(_, tv)| tv))
+            .collect();
         values.into_iter().map(str::to_owned).collect()
     }
 }

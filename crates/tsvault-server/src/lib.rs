@@ -1,1 +1,15 @@
-//! placeholder
+//! The tsvault HTTP server: the write protocols (InfluxDB line protocol, OpenTSDB `/api/put`),
+//! the OpenTSDB query API, health, readiness and metrics, over one storage engine.
+//!
+//! It maps protocol requests onto `tsvault-ingest`, `tsvault-query` and `tsvault-storage`, and
+//! each error onto the status code and body shape of the protocol it copies. It holds no data
+//! of its own and never decides durability: a 2xx is sent only after the engine says durable.
+
+mod app;
+mod error;
+mod health;
+mod influx;
+mod metrics;
+mod opentsdb;
+
+pub use app::{ServerConfig, ServerError, serve};

@@ -84,7 +84,17 @@ mod tests {
 
     #[test]
     fn varints_round_trip() {
-        let vals = [0i64, 1, -1, 63, -64, 64, i64::MAX, i64::MIN, 1_700_000_000_000];
+        let vals = [
+            0i64,
+            1,
+            -1,
+            63,
+            -64,
+            64,
+            i64::MAX,
+            i64::MIN,
+            1_700_000_000_000,
+        ];
         let mut out = Vec::new();
         for v in vals {
             put_ivarint(&mut out, v);

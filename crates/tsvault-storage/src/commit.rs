@@ -21,10 +21,15 @@ const COMMIT_SAMPLES_MAX: usize = 4 << 20;
 /// What the commit thread is asked to do.
 pub(crate) enum CommitRequest {
     /// Make these samples durable, then visible; answer when done.
-    Write { samples: Vec<(SeriesId, i64, f64)>, done: SyncSender<Result<()>> },
+    Write {
+        samples: Vec<(SeriesId, i64, f64)>,
+        done: SyncSender<Result<()>>,
+    },
     /// Start a new WAL file and move the head aside for flushing: everything in the returned
     /// head came from WAL files numbered below the returned number.
-    Rotate { done: SyncSender<Result<(u64, Arc<Head>)>> },
+    Rotate {
+        done: SyncSender<Result<(u64, Arc<Head>)>>,
+    },
     /// Sync and stop.
     Shutdown,
 }
@@ -66,25 +71,49 @@ pub(crate) fn run(inner: Arc<Inner>, mut wal: WalWriter, rx: Receiver<CommitRequ
                     }
                 }
                 CommitRequest::Rotate { done } => {
-                    commit(&inner, &mut wal, &mut defined, &mut frames, std::mem::take(&mut writes), interval.is_none());
+                    commit(
+                        &inner,
+                        &mut wal,
+                        &mut defined,
+                        &mut frames,
+                        std::mem::take(&mut writes),
+                        interval.is_none(),
+                    );
                     let _ = done.send(rotate(&inner, &mut wal, &mut defined));
                 }
                 CommitRequest::Shutdown => {
-                    commit(&inner, &mut wal, &mut defined, &mut frames, std::mem::take(&mut writes), true);
+                    commit(
+                        &inner,
+                        &mut wal,
+                        &mut defined,
+                        &mut frames,
+                        std::mem::take(&mut writes),
+                        true,
+                    );
                     sync_or_poison(&inner, &mut wal);
                     return;
                 }
             }
         }
         if !writes.is_empty() {
-            commit(&inner, &mut wal, &mut defined, &mut frames, writes, interval.is_none());
+            commit(
+                &inner,
+                &mut wal,
+                &mut defined,
+                &mut frames,
+                writes,
+                interval.is_none(),
+            );
             if interval.is_some() && dirty_since.is_none() {
                 dirty_since = Some(Instant::now());
             }
         }
         if wal.size_bytes() >= inner.config.wal_segment_bytes_max && inner.poisoned().is_none() {
             // Rolling makes the old file's contents durable first, then opens the next one.
-            match wal.sync().and_then(|()| WalWriter::create(&inner.wal_dir, wal.number() + 1)) {
+            match wal
+                .sync()
+                .and_then(|()| WalWriter::create(&inner.wal_dir, wal.number() + 1))
+            {
                 Ok(next) => {
                     wal = next;
                     defined.clear();
@@ -107,7 +136,14 @@ fn sync_or_poison(inner: &Inner, wal: &mut WalWriter) {
 
 type Write = (Vec<(SeriesId, i64, f64)>, SyncSender<Result<()>>);
 
-fn commit(inner: &Inner, wal: &mut WalWriter, defined: &mut Vec<bool>, frames: &mut Vec<u8>, writes: Vec<Write>, fsync: bool) {
+fn commit(
+    inner: &Inner,
+    wal: &mut WalWriter,
+    defined: &mut Vec<bool>,
+    frames: &mut Vec<u8>,
+    writes: Vec<Write>,
+    fsync: bool,
+) {
     if writes.is_empty() {
         return;
     }
@@ -135,7 +171,9 @@ fn commit(inner: &Inner, wal: &mut WalWriter, defined: &mut Vec<bool>, frames: &
                 }
             }
         }
-        let r = wal.append(frames).and_then(|()| if fsync { wal.sync() } else { Ok(()) });
+        let r = wal
+            .append(frames)
+            .and_then(|()| if fsync { wal.sync() } else { Ok(()) });
         if let Err(e) = &r {
             inner.poison(e);
         }
@@ -148,7 +186,11 @@ fn commit(inner: &Inner, wal: &mut WalWriter, defined: &mut Vec<bool>, frames: &
                 state.live.append(id, ts, v);
             }
         }
-        inner.stats.wal_bytes_written.store(wal.size_bytes(), std::sync::atomic::Ordering::Relaxed);
+        let head_full = state.live.samples() >= inner.config.head_samples_max;
+        drop(state);
+        if head_full {
+            inner.wake_maintenance();
+        }
     }
     for (_, done) in writes {
         let _ = done.send(match &result {
@@ -162,7 +204,9 @@ fn rotate(inner: &Inner, wal: &mut WalWriter, defined: &mut Vec<bool>) -> Result
     if let Some(msg) = inner.poisoned() {
         return Err(Error::Poisoned(msg));
     }
-    let next = wal.sync().and_then(|()| WalWriter::create(&inner.wal_dir, wal.number() + 1));
+    let next = wal
+        .sync()
+        .and_then(|()| WalWriter::create(&inner.wal_dir, wal.number() + 1));
     let next = match next {
         Ok(n) => n,
         Err(e) => {
@@ -173,7 +217,10 @@ fn rotate(inner: &Inner, wal: &mut WalWriter, defined: &mut Vec<bool>) -> Result
     *wal = next;
     defined.clear();
     let mut state = inner.state.write();
-    assert!(state.frozen.is_none(), "flush invariant: one flush at a time");
+    assert!(
+        state.frozen.is_none(),
+        "flush invariant: one flush at a time"
+    );
     let frozen = Arc::new(std::mem::take(&mut state.live));
     state.frozen = Some(frozen.clone());
     Ok((wal.number(), frozen))

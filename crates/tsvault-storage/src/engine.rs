@@ -101,7 +101,6 @@ pub struct QuarantinedFile {
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
     pub samples_written: AtomicU64,
-    pub wal_bytes_written: AtomicU64,
     pub flushes: AtomicU64,
     pub compactions: AtomicU64,
     pub samples_dropped_retention: AtomicU64,
@@ -180,6 +179,11 @@ impl Inner {
         self.poisoned_flag.store(true, Ordering::Release);
     }
 
+    /// Wakes the maintenance thread early (the head passed its limit).
+    pub(crate) fn wake_maintenance(&self) {
+        self.stop_cv.notify_all();
+    }
+
     pub(crate) fn poisoned(&self) -> Option<String> {
         if !self.poisoned_flag.load(Ordering::Acquire) {
             return None;
@@ -228,7 +232,8 @@ impl Engine {
         let mut quarantined = Vec::new();
         let mut registry = Registry::default();
 
-        let (mut manifest, segments) = load_segments(&config, &dir, &seg_dir, &mut registry, &mut quarantined)?;
+        let (mut manifest, segments) =
+            load_segments(&config, &dir, &seg_dir, &mut registry, &mut quarantined)?;
         remove_stray_files(&seg_dir, &manifest)?;
 
         // Replay the WAL into the head.
@@ -255,7 +260,10 @@ impl Engine {
                 Ok(())
             })?;
             if let Some(id) = bad_id {
-                return Err(Error::Corrupt { path: path.clone(), detail: format!("sample refers to undefined series id {id}") });
+                return Err(Error::Corrupt {
+                    path: path.clone(),
+                    detail: format!("sample refers to undefined series id {id}"),
+                });
             }
             match end {
                 WalEnd::Clean => {}
@@ -269,7 +277,10 @@ impl Engine {
                 }
                 WalEnd::Corrupt { offset, detail } => {
                     if !config.quarantine_corrupt {
-                        return Err(Error::Corrupt { path: path.clone(), detail });
+                        return Err(Error::Corrupt {
+                            path: path.clone(),
+                            detail,
+                        });
                     }
                     quarantined.push(quarantine(&dir, path, detail, format!("WAL records from byte {offset} on; earlier records of the file were replayed"))?);
                 }
@@ -291,7 +302,11 @@ impl Engine {
             wal_dir,
             seg_dir,
             registry: RwLock::new(registry),
-            state: RwLock::new(State { live: head, frozen: None, segments: Arc::new(segments) }),
+            state: RwLock::new(State {
+                live: head,
+                frozen: None,
+                segments: Arc::new(segments),
+            }),
             manifest: Mutex::new(manifest),
             poisoned: Mutex::new(None),
             poisoned_flag: AtomicBool::new(false),
@@ -307,24 +322,40 @@ impl Engine {
             .name("tsvault-commit".into())
             .spawn(move || commit::run(commit_inner, wal, rx))
             .ctx("spawn commit thread for", &inner.config.data_dir)?;
-        let engine = Engine { inner, commit_tx: tx, threads: Mutex::new(vec![commit]), closed: AtomicBool::new(false) };
+        let engine = Engine {
+            inner,
+            commit_tx: tx,
+            threads: Mutex::new(vec![commit]),
+            closed: AtomicBool::new(false),
+        };
         let maint_engine = engine.handle();
         let maint = std::thread::Builder::new()
             .name("tsvault-maintenance".into())
             .spawn(move || maint_engine.maintenance_loop())
-            .ctx("spawn maintenance thread for", &engine.inner.config.data_dir)?;
+            .ctx(
+                "spawn maintenance thread for",
+                &engine.inner.config.data_dir,
+            )?;
         engine.threads.lock().push(maint);
         Ok(engine)
     }
 
     fn handle(&self) -> EngineHandle {
-        EngineHandle { inner: self.inner.clone(), commit_tx: self.commit_tx.clone() }
+        EngineHandle {
+            inner: self.inner.clone(),
+            commit_tx: self.commit_tx.clone(),
+        }
     }
 
     /// Makes `points` durable and visible; returns once they are (per the fsync mode).
     /// Samples older than the retention period are refused and counted.
     pub fn write(&self, points: &[Point]) -> Result<WriteOutcome> {
         self.handle().write(points)
+    }
+
+    /// Samples before this time are refused (None when retention is unlimited).
+    pub fn retention_cutoff_ms(&self) -> Option<i64> {
+        self.handle().retention_cutoff()
     }
 
     /// Flushes the head into segment files and truncates the WAL.
@@ -384,10 +415,19 @@ impl Engine {
         let s = &self.inner.stats;
         let (head_samples, segments) = {
             let st = self.inner.state.read();
-            (st.live.samples() + st.frozen.as_ref().map_or(0, |f| f.samples()), st.segments.clone())
+            (
+                st.live.samples() + st.frozen.as_ref().map_or(0, |f| f.samples()),
+                st.segments.clone(),
+            )
         };
         let wal_bytes = list_wal_files(&self.inner.wal_dir)
-            .map(|files| files.iter().filter_map(|(_, p)| fs::metadata(p).ok()).map(|m| m.len()).sum())
+            .map(|files| {
+                files
+                    .iter()
+                    .filter_map(|(_, p)| fs::metadata(p).ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
             .unwrap_or(0);
         EngineStats {
             samples_written: s.samples_written.load(Ordering::Relaxed),
@@ -430,7 +470,11 @@ impl Engine {
         if let Some(t) = maint {
             let _ = t.join();
         }
-        let flushed = if flush && self.inner.poisoned().is_none() { self.flush() } else { Ok(()) };
+        let flushed = if flush && self.inner.poisoned().is_none() {
+            self.flush()
+        } else {
+            Ok(())
+        };
         let _ = self.commit_tx.send(CommitRequest::Shutdown);
         for t in self.threads.lock().drain(..) {
             let _ = t.join();
@@ -496,28 +540,45 @@ impl EngineHandle {
         }
         let dropped = points.len() - samples.len();
         if dropped > 0 {
-            self.inner.stats.samples_dropped_retention.fetch_add(dropped as u64, Ordering::Relaxed);
+            self.inner
+                .stats
+                .samples_dropped_retention
+                .fetch_add(dropped as u64, Ordering::Relaxed);
         }
         let written = samples.len();
         if written > 0 {
             let (done_tx, done_rx) = sync_channel(1);
             self.commit_tx
-                .send(CommitRequest::Write { samples, done: done_tx })
+                .send(CommitRequest::Write {
+                    samples,
+                    done: done_tx,
+                })
                 .map_err(|_| Error::Closed)?;
             done_rx.recv().map_err(|_| Error::Closed)??;
-            self.inner.stats.samples_written.fetch_add(written as u64, Ordering::Relaxed);
+            self.inner
+                .stats
+                .samples_written
+                .fetch_add(written as u64, Ordering::Relaxed);
         }
-        Ok(WriteOutcome { written, dropped_beyond_retention: dropped })
+        Ok(WriteOutcome {
+            written,
+            dropped_beyond_retention: dropped,
+        })
     }
 
     fn retention_cutoff(&self) -> Option<i64> {
-        self.inner.config.retention_ms.map(|r| (self.inner.config.clock)().saturating_sub(r))
+        self.inner
+            .config
+            .retention_ms
+            .map(|r| (self.inner.config.clock)().saturating_sub(r))
     }
 
     fn flush(&self) -> Result<()> {
         let mut manifest = self.inner.manifest.lock();
         let (done_tx, done_rx) = sync_channel(1);
-        self.commit_tx.send(CommitRequest::Rotate { done: done_tx }).map_err(|_| Error::Closed)?;
+        self.commit_tx
+            .send(CommitRequest::Rotate { done: done_tx })
+            .map_err(|_| Error::Closed)?;
         let (wal_start, frozen) = done_rx.recv().map_err(|_| Error::Closed)??;
         let result = self.flush_frozen(&mut manifest, wal_start, &frozen);
         if let Err(e) = &result {
@@ -543,13 +604,20 @@ impl EngineHandle {
                 continue;
             }
             let registry = self.inner.registry.read();
-            let mut keyed: Vec<(SeriesKey, Vec<Sample>)> =
-                series.drain(..).map(|(id, s)| (registry.key(id).clone(), s)).collect();
+            let mut keyed: Vec<(SeriesKey, Vec<Sample>)> = series
+                .drain(..)
+                .map(|(id, s)| (registry.key(id).clone(), s))
+                .collect();
             drop(registry);
             keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
             let seq = next.next_segment_seq;
             next.next_segment_seq += 1;
-            let info = write_segment(&self.inner.seg_dir, seq, (start, end), keyed.into_iter().map(Ok))?;
+            let info = write_segment(
+                &self.inner.seg_dir,
+                seq,
+                (start, end),
+                keyed.into_iter().map(Ok),
+            )?;
             new_segments.push(self.open_segment(&info)?);
             next.segments.push(info);
         }
@@ -587,7 +655,10 @@ impl EngineHandle {
         let now = (self.inner.config.clock)();
         let mut by_partition: BTreeMap<i64, Vec<SegmentInfo>> = BTreeMap::new();
         for s in &manifest.segments {
-            by_partition.entry(s.partition_start_ms).or_default().push(s.clone());
+            by_partition
+                .entry(s.partition_start_ms)
+                .or_default()
+                .push(s.clone());
         }
         let mut done = 0;
         for (start, group) in by_partition {
@@ -606,12 +677,27 @@ impl EngineHandle {
         Ok(done)
     }
 
-    fn compact_partition(&self, manifest: &mut Manifest, partition: (i64, i64), group: &[SegmentInfo]) -> Result<()> {
+    fn compact_partition(
+        &self,
+        manifest: &mut Manifest,
+        partition: (i64, i64),
+        group: &[SegmentInfo],
+    ) -> Result<()> {
         let seqs: Vec<u64> = group.iter().map(|s| s.seq).collect();
-        let inputs: Vec<Arc<LoadedSegment>> =
-            self.inner.state.read().segments.iter().filter(|s| seqs.contains(&s.seg.info.seq)).cloned().collect();
+        let inputs: Vec<Arc<LoadedSegment>> = self
+            .inner
+            .state
+            .read()
+            .segments
+            .iter()
+            .filter(|s| seqs.contains(&s.seg.info.seq))
+            .cloned()
+            .collect();
         // Every series in any input, in key order; inputs are ascending by seq (oldest first).
-        let mut keys: Vec<&SeriesKey> = inputs.iter().flat_map(|s| s.seg.blocks.iter().map(|b| &b.key)).collect();
+        let mut keys: Vec<&SeriesKey> = inputs
+            .iter()
+            .flat_map(|s| s.seg.blocks.iter().map(|b| &b.key))
+            .collect();
         keys.sort_unstable();
         keys.dedup();
         let merged = keys.into_iter().map(|key| {
@@ -635,8 +721,12 @@ impl EngineHandle {
         *manifest = next;
         {
             let mut state = self.inner.state.write();
-            let mut segs: Vec<Arc<LoadedSegment>> =
-                state.segments.iter().filter(|s| !seqs.contains(&s.seg.info.seq)).cloned().collect();
+            let mut segs: Vec<Arc<LoadedSegment>> = state
+                .segments
+                .iter()
+                .filter(|s| !seqs.contains(&s.seg.info.seq))
+                .cloned()
+                .collect();
             segs.push(loaded);
             state.segments = Arc::new(segs);
         }
@@ -649,10 +739,16 @@ impl EngineHandle {
     }
 
     fn apply_retention(&self) -> Result<usize> {
-        let Some(cutoff) = self.retention_cutoff() else { return Ok(0) };
+        let Some(cutoff) = self.retention_cutoff() else {
+            return Ok(0);
+        };
         let mut manifest = self.inner.manifest.lock();
-        let expired: Vec<u64> =
-            manifest.segments.iter().filter(|s| s.partition_end_ms <= cutoff).map(|s| s.seq).collect();
+        let expired: Vec<u64> = manifest
+            .segments
+            .iter()
+            .filter(|s| s.partition_end_ms <= cutoff)
+            .map(|s| s.seq)
+            .collect();
         if expired.is_empty() {
             return Ok(0);
         }
@@ -662,15 +758,23 @@ impl EngineHandle {
         *manifest = next;
         {
             let mut state = self.inner.state.write();
-            let segs: Vec<Arc<LoadedSegment>> =
-                state.segments.iter().filter(|s| !expired.contains(&s.seg.info.seq)).cloned().collect();
+            let segs: Vec<Arc<LoadedSegment>> = state
+                .segments
+                .iter()
+                .filter(|s| !expired.contains(&s.seg.info.seq))
+                .cloned()
+                .collect();
             state.segments = Arc::new(segs);
         }
         for s in &expired {
             let p = self.inner.seg_dir.join(segment_file_name(*s));
             fs::remove_file(&p).ctx("remove", &p)?;
         }
-        tracing::info!(segments = expired.len(), cutoff_ms = cutoff, "retention dropped expired segments");
+        tracing::info!(
+            segments = expired.len(),
+            cutoff_ms = cutoff,
+            "retention dropped expired segments"
+        );
         Ok(expired.len())
     }
 
@@ -681,10 +785,18 @@ impl EngineHandle {
         start_ms: i64,
         end_ms: i64,
     ) -> Result<Vec<(SeriesKey, Vec<Sample>)>> {
-        let start_ms = self.retention_cutoff().map_or(start_ms, |c| start_ms.max(c));
+        let start_ms = self
+            .retention_cutoff()
+            .map_or(start_ms, |c| start_ms.max(c));
         let ids: Vec<(SeriesId, SeriesKey)> = {
             let registry = self.inner.registry.read();
-            registry.series_of(metric).iter().map(|&id| (id, registry.key(id))).filter(|(_, k)| filter(k)).map(|(id, k)| (id, k.clone())).collect()
+            registry
+                .series_of(metric)
+                .iter()
+                .map(|&id| (id, registry.key(id)))
+                .filter(|(_, k)| filter(k))
+                .map(|(id, k)| (id, k.clone()))
+                .collect()
         };
         // Head samples are copied under the lock; segment blocks are read after it.
         let (segments, mut head) = {
@@ -708,12 +820,19 @@ impl EngineHandle {
                 if info.partition_end_ms <= start_ms || info.partition_start_ms > end_ms {
                     continue;
                 }
-                let Some(&b) = s.blocks.get(&id) else { continue };
+                let Some(&b) = s.blocks.get(&id) else {
+                    continue;
+                };
                 let meta = &s.seg.blocks[b as usize];
                 if meta.max_ts < start_ms || meta.min_ts > end_ms {
                     continue;
                 }
-                samples.extend(s.seg.read_block(b as usize)?.into_iter().filter(|x| x.ts_ms >= start_ms && x.ts_ms <= end_ms));
+                samples.extend(
+                    s.seg
+                        .read_block(b as usize)?
+                        .into_iter()
+                        .filter(|x| x.ts_ms >= start_ms && x.ts_ms <= end_ms),
+                );
             }
             samples.append(head_samples);
             normalize(&mut samples);
@@ -741,8 +860,11 @@ impl EngineHandle {
                 continue;
             }
             let head_samples = self.inner.state.read().live.samples();
-            let interval_due = last_flush.elapsed() >= Duration::from_millis(self.inner.config.flush_interval_ms);
-            let r = if head_samples >= self.inner.config.head_samples_max || (interval_due && head_samples > 0) {
+            let interval_due =
+                last_flush.elapsed() >= Duration::from_millis(self.inner.config.flush_interval_ms);
+            let r = if head_samples >= self.inner.config.head_samples_max
+                || (interval_due && head_samples > 0)
+            {
                 last_flush = Instant::now();
                 self.flush()
             } else {
@@ -759,21 +881,34 @@ impl EngineHandle {
 }
 
 fn index_segment(seg: Segment, registry: &mut Registry) -> LoadedSegment {
-    let blocks = seg.blocks.iter().enumerate().map(|(i, b)| (registry.get_or_insert(&b.key), i as u32)).collect();
+    let blocks = seg
+        .blocks
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (registry.get_or_insert(&b.key), i as u32))
+        .collect();
     LoadedSegment { seg, blocks }
 }
 
 fn quarantine(dir: &Path, file: &Path, reason: String, lost: String) -> Result<QuarantinedFile> {
     let qdir = dir.join("quarantine");
     fs::create_dir_all(&qdir).ctx("create", &qdir)?;
-    let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let moved_to = qdir.join(format!("{}-{name}", system_clock_ms()));
     fs::rename(file, &moved_to).ctx("move aside", file)?;
     sync_dir(&qdir)?;
     if let Some(parent) = file.parent() {
         sync_dir(parent)?;
     }
-    Ok(QuarantinedFile { file: file.to_owned(), moved_to, reason, lost })
+    Ok(QuarantinedFile {
+        file: file.to_owned(),
+        moved_to,
+        reason,
+        lost,
+    })
 }
 
 /// Loads the manifest and opens every segment it lists, verifying each. With
@@ -813,7 +948,10 @@ fn load_segments(
                 quarantined.push(quarantine(dir, &path, detail, lost)?);
             }
             Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                let e = Error::Corrupt { path: path.clone(), detail: "listed in the manifest but missing".into() };
+                let e = Error::Corrupt {
+                    path: path.clone(),
+                    detail: "listed in the manifest but missing".into(),
+                };
                 if !config.quarantine_corrupt {
                     return Err(e);
                 }
@@ -836,7 +974,12 @@ fn rebuild_manifest(seg_dir: &Path) -> Result<Manifest> {
     let mut seqs = Vec::new();
     for entry in fs::read_dir(seg_dir).ctx("list", seg_dir)? {
         let entry = entry.ctx("list", seg_dir)?;
-        if let Some(seq) = entry.file_name().to_str().and_then(|n| n.strip_suffix(".seg")).and_then(|n| n.parse::<u64>().ok()) {
+        if let Some(seq) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.strip_suffix(".seg"))
+            .and_then(|n| n.parse::<u64>().ok())
+        {
             seqs.push(seq);
         }
     }
@@ -862,14 +1005,19 @@ fn remove_stray_files(seg_dir: &Path, manifest: &Manifest) -> Result<()> {
             || name
                 .strip_suffix(".seg")
                 .and_then(|n| n.parse::<u64>().ok())
-                .is_some_and(|seq| seq >= manifest.next_segment_seq || !manifest.segments.iter().any(|s| s.seq == seq));
+                .is_some_and(|seq| {
+                    seq >= manifest.next_segment_seq
+                        || !manifest.segments.iter().any(|s| s.seq == seq)
+                });
         if stray {
             let p = entry.path();
             tracing::info!(file = %p.display(), "removing a file left by an interrupted flush or compaction");
             fs::remove_file(&p).ctx("remove", &p)?;
         }
     }
-    let tmp = seg_dir.parent().map(|d| d.join(MANIFEST_FILE).with_extension("tmp"));
+    let tmp = seg_dir
+        .parent()
+        .map(|d| d.join(MANIFEST_FILE).with_extension("tmp"));
     if let Some(tmp) = tmp.filter(|t| t.exists()) {
         fs::remove_file(&tmp).ctx("remove", &tmp)?;
     }

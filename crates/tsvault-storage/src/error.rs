@@ -26,7 +26,9 @@ pub enum Error {
         detail: String,
     },
     /// An earlier write or fsync failed; the store refuses writes until restarted.
-    #[error("the store refuses writes after a failed write or fsync ({0}); restart the server to recover from the write-ahead log")]
+    #[error(
+        "the store refuses writes after a failed write or fsync ({0}); restart the server to recover from the write-ahead log"
+    )]
     Poisoned(String),
     /// Another process holds the data directory.
     #[error("data directory {0} is in use by another tsvault process")]
@@ -49,7 +51,11 @@ pub(crate) trait IoContext<T> {
 
 impl<T> IoContext<T> for io::Result<T> {
     fn ctx(self, op: &'static str, path: impl Into<PathBuf>) -> Result<T> {
-        self.map_err(|source| Error::Io { op, path: path.into(), source })
+        self.map_err(|source| Error::Io {
+            op,
+            path: path.into(),
+            source,
+        })
     }
 }
 

@@ -8,7 +8,10 @@ use crate::error::{IoContext, Result};
 
 /// Fsyncs a directory so that entries created, renamed or removed in it are durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).ctx("open", dir)?.sync_all().ctx("fsync", dir)
+    File::open(dir)
+        .ctx("open", dir)?
+        .sync_all()
+        .ctx("fsync", dir)
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file, fsync, rename, directory fsync.

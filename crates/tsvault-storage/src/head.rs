@@ -18,7 +18,10 @@ pub(crate) struct Head {
 
 impl Head {
     pub(crate) fn append(&mut self, id: SeriesId, ts_ms: i64, value: f64) {
-        self.series.entry(id).or_default().push(Sample { ts_ms, value });
+        self.series
+            .entry(id)
+            .or_default()
+            .push(Sample { ts_ms, value });
         self.samples += 1;
     }
 
@@ -29,12 +32,18 @@ impl Head {
     /// Appends the samples of `id` in `[start_ms, end_ms]` to `out`, in write order.
     pub(crate) fn collect(&self, id: SeriesId, start_ms: i64, end_ms: i64, out: &mut Vec<Sample>) {
         if let Some(s) = self.series.get(&id) {
-            out.extend(s.iter().filter(|s| s.ts_ms >= start_ms && s.ts_ms <= end_ms));
+            out.extend(
+                s.iter()
+                    .filter(|s| s.ts_ms >= start_ms && s.ts_ms <= end_ms),
+            );
         }
     }
 
     /// Splits the head by time partition, each series sorted and deduplicated.
-    pub(crate) fn partitions(&self, segment_duration_ms: i64) -> BTreeMap<i64, Vec<(SeriesId, Vec<Sample>)>> {
+    pub(crate) fn partitions(
+        &self,
+        segment_duration_ms: i64,
+    ) -> BTreeMap<i64, Vec<(SeriesId, Vec<Sample>)>> {
         let mut out: BTreeMap<i64, Vec<(SeriesId, Vec<Sample>)>> = BTreeMap::new();
         for (&id, samples) in &self.series {
             let mut samples = samples.clone();

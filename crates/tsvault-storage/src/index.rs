@@ -32,7 +32,10 @@ impl Registry {
             .expect("series index invariant: fewer than 2^32 series per process");
         self.keys.push(key.clone());
         self.by_key.insert(key.clone(), id);
-        self.by_metric.entry(key.metric().to_owned()).or_default().push(id);
+        self.by_metric
+            .entry(key.metric().to_owned())
+            .or_default()
+            .push(id);
         id
     }
 
@@ -54,12 +57,20 @@ impl Registry {
     }
 
     pub(crate) fn tag_keys(&self) -> Vec<String> {
-        let set: BTreeSet<&str> = self.keys.iter().flat_map(|k| k.tags().map(|(k, _)| k)).collect();
+        let set: BTreeSet<&str> = self
+            .keys
+            .iter()
+            .flat_map(|k| k.tags().map(|(k, _)| k))
+            .collect();
         set.into_iter().map(str::to_owned).collect()
     }
 
     pub(crate) fn tag_values(&self) -> Vec<String> {
-        let set: BTreeSet<&str> = self.keys.iter().flat_map(|k| k.tags().map(|(_, v)| v)).collect();
+        let set: BTreeSet<&str> = self
+            .keys
+            .iter()
+            .flat_map(|k| k.tags().map(|(_, v)| v))
+            .collect();
         set.into_iter().map(str::to_owned).collect()
     }
 }

@@ -17,7 +17,9 @@ mod manifest;
 mod segment;
 mod wal;
 
-pub use engine::{Engine, EngineConfig, EngineStats, FsyncMode, QuarantinedFile, WriteOutcome, system_clock_ms};
+pub use engine::{
+    Engine, EngineConfig, EngineStats, FsyncMode, QuarantinedFile, WriteOutcome, system_clock_ms,
+};
 pub use error::{Error, Result};
 pub use manifest::Manifest;
 pub use segment::SegmentInfo;

@@ -35,12 +35,18 @@ pub struct Manifest {
 impl Manifest {
     /// An empty manifest for a new data directory.
     pub(crate) fn new() -> Self {
-        Manifest { format: FORMAT_VERSION, next_segment_seq: 1, wal_start: 0, segments: Vec::new() }
+        Manifest {
+            format: FORMAT_VERSION,
+            next_segment_seq: 1,
+            wal_start: 0,
+            segments: Vec::new(),
+        }
     }
 
     /// Encodes the manifest with its frame.
     pub(crate) fn encode(&self) -> Vec<u8> {
-        let payload = serde_json::to_vec(self).expect("manifest invariant: plain data always serializes");
+        let payload =
+            serde_json::to_vec(self).expect("manifest invariant: plain data always serializes");
         let mut out = Vec::with_capacity(payload.len() + 16);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
@@ -59,17 +65,25 @@ impl Manifest {
         let crc = r.u32().ok_or("header is truncated")?;
         let payload = r.rest();
         if payload.len() != len {
-            return Err(format!("payload is {} bytes; the header says {len}", payload.len()));
+            return Err(format!(
+                "payload is {} bytes; the header says {len}",
+                payload.len()
+            ));
         }
         if crc32c::crc32c(payload) != crc {
             return Err("checksum mismatch".into());
         }
         let m: Manifest = serde_json::from_slice(payload).map_err(|e| format!("payload: {e}"))?;
         if m.format != FORMAT_VERSION {
-            return Err(format!("format version {} is not supported (this build reads {FORMAT_VERSION})", m.format));
+            return Err(format!(
+                "format version {} is not supported (this build reads {FORMAT_VERSION})",
+                m.format
+            ));
         }
         if m.segments.windows(2).any(|w| w[0].seq >= w[1].seq)
-            || m.segments.last().is_some_and(|s| s.seq >= m.next_segment_seq)
+            || m.segments
+                .last()
+                .is_some_and(|s| s.seq >= m.next_segment_seq)
         {
             return Err("segment sequence numbers are out of order".into());
         }
@@ -120,7 +134,10 @@ mod tests {
         for pos in 0..good.len() {
             let mut bad = good.clone();
             bad[pos] ^= 0x04;
-            assert!(Manifest::decode(&bad).is_err(), "flip at {pos} went unnoticed");
+            assert!(
+                Manifest::decode(&bad).is_err(),
+                "flip at {pos} went unnoticed"
+            );
         }
         for cut in 0..good.len() {
             assert!(Manifest::decode(&good[..cut]).is_err());

@@ -98,7 +98,11 @@ fn decode_block(bytes: &[u8], count: usize) -> std::result::Result<Vec<Sample>, 
     if ts.windows(2).any(|w| w[0] >= w[1]) {
         return Err("timestamps are not strictly increasing".into());
     }
-    Ok(ts.into_iter().zip(vals).map(|(ts_ms, value)| Sample { ts_ms, value }).collect())
+    Ok(ts
+        .into_iter()
+        .zip(vals)
+        .map(|(ts_ms, value)| Sample { ts_ms, value })
+        .collect())
 }
 
 /// Appends to a file while hashing and counting every byte.
@@ -130,19 +134,21 @@ pub(crate) fn write_segment(
 ) -> Result<SegmentInfo> {
     let path = dir.join(segment_file_name(seq));
     let tmp = path.with_extension("seg.tmp");
-    let result = write_segment_file(&tmp, partition, series).and_then(|(size, hash, n_series, n_samples)| {
-        fs::rename(&tmp, &path).ctx("rename", &tmp)?;
-        sync_dir(dir)?;
-        Ok(SegmentInfo {
-            seq,
-            partition_start_ms: partition.0,
-            partition_end_ms: partition.1,
-            size_bytes: size,
-            blake3: hash,
-            series: n_series,
-            samples: n_samples,
-        })
-    });
+    let result = write_segment_file(&tmp, partition, series).and_then(
+        |(size, hash, n_series, n_samples)| {
+            fs::rename(&tmp, &path).ctx("rename", &tmp)?;
+            sync_dir(dir)?;
+            Ok(SegmentInfo {
+                seq,
+                partition_start_ms: partition.0,
+                partition_end_ms: partition.1,
+                size_bytes: size,
+                blake3: hash,
+                series: n_series,
+                samples: n_samples,
+            })
+        },
+    );
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
@@ -168,9 +174,14 @@ fn write_segment_file(
     let mut prev: Option<SeriesKey> = None;
     for item in series {
         let (key, samples) = item?;
-        let (Some(first), Some(last)) = (samples.first(), samples.last()) else { continue };
+        let (Some(first), Some(last)) = (samples.first(), samples.last()) else {
+            continue;
+        };
         // Pair assertions: the writer checks what the reader will check.
-        assert!(prev.as_ref().is_none_or(|p| p < &key), "segment writer invariant: series in key order");
+        assert!(
+            prev.as_ref().is_none_or(|p| p < &key),
+            "segment writer invariant: series in key order"
+        );
         assert!(
             samples.windows(2).all(|w| w[0].ts_ms < w[1].ts_ms),
             "segment writer invariant: samples of {key} are sorted and unique"
@@ -196,8 +207,11 @@ fn write_segment_file(
         n_samples += samples.len() as u64;
         prev = Some(key);
     }
-    let index = zstd::bulk::compress(&index, INDEX_ZSTD_LEVEL)
-        .map_err(|e| Error::Io { op: "compress index of", path: tmp.to_owned(), source: e })?;
+    let index = zstd::bulk::compress(&index, INDEX_ZSTD_LEVEL).map_err(|e| Error::Io {
+        op: "compress index of",
+        path: tmp.to_owned(),
+        source: e,
+    })?;
     let index_offset = w.pos;
     w.put(&index)?;
     let hash = w.hasher.finalize();
@@ -207,8 +221,11 @@ fn write_segment_file(
     footer.extend_from_slice(&index_offset.to_le_bytes());
     footer.extend_from_slice(&(index.len() as u64).to_le_bytes());
     footer.extend_from_slice(&crc32c::crc32c(&index).to_le_bytes());
-    let n_series_u32 = u32::try_from(n_series)
-        .map_err(|_| Error::Config(format!("{n_series} series in one partition; the limit is 2^32")))?;
+    let n_series_u32 = u32::try_from(n_series).map_err(|_| {
+        Error::Config(format!(
+            "{n_series} series in one partition; the limit is 2^32"
+        ))
+    })?;
     footer.extend_from_slice(&n_series_u32.to_le_bytes());
     footer.extend_from_slice(&n_samples.to_le_bytes());
     footer.extend_from_slice(hash.as_bytes());
@@ -217,7 +234,11 @@ fn write_segment_file(
     footer.extend_from_slice(FOOTER_MAGIC);
     debug_assert_eq!(footer.len(), FOOTER_BYTES);
     w.put(&footer)?;
-    let file = w.out.into_inner().map_err(|e| Error::Io { op: "write", path: tmp.to_owned(), source: e.into_error() })?;
+    let file = w.out.into_inner().map_err(|e| Error::Io {
+        op: "write",
+        path: tmp.to_owned(),
+        source: e.into_error(),
+    })?;
     file.sync_all().ctx("fsync", tmp)?;
     Ok((w.pos, hash.to_hex().to_string(), n_series, n_samples))
 }
@@ -232,7 +253,10 @@ pub(crate) struct Segment {
 
 impl std::fmt::Debug for Segment {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Segment").field("path", &self.path).field("info", &self.info).finish()
+        f.debug_struct("Segment")
+            .field("path", &self.path)
+            .field("info", &self.info)
+            .finish()
     }
 }
 
@@ -240,10 +264,16 @@ impl Segment {
     /// Opens `path` and verifies every structural check and the whole-file hash. When the
     /// manifest names a size and hash, they must match too.
     pub(crate) fn open(path: &Path, seq: u64, expected: Option<&SegmentInfo>) -> Result<Self> {
-        let corrupt = |detail: String| Error::Corrupt { path: path.to_owned(), detail };
+        let corrupt = |detail: String| Error::Corrupt {
+            path: path.to_owned(),
+            detail,
+        };
         let bytes = fs::read(path).ctx("read", path)?;
         if bytes.len() < HEADER_MAGIC.len() + FOOTER_BYTES {
-            return Err(corrupt(format!("file is {} bytes, too short for a segment", bytes.len())));
+            return Err(corrupt(format!(
+                "file is {} bytes, too short for a segment",
+                bytes.len()
+            )));
         }
         if &bytes[..HEADER_MAGIC.len()] != HEADER_MAGIC {
             return Err(corrupt("bad header magic: not a tsvault segment".into()));
@@ -251,21 +281,44 @@ impl Segment {
         let footer_start = bytes.len() - FOOTER_BYTES;
         let footer = &bytes[footer_start..];
         if &footer[FOOTER_BYTES - 8..] != FOOTER_MAGIC {
-            return Err(corrupt("bad footer magic: the file is truncated or damaged".into()));
+            return Err(corrupt(
+                "bad footer magic: the file is truncated or damaged".into(),
+            ));
         }
         let mut r = Reader::new(footer);
         let fields = (|| {
-            Some((r.i64()?, r.i64()?, r.u64()?, r.u64()?, r.u32()?, r.u32()?, r.u64()?, r.bytes(32)?, r.u32()?))
+            Some((
+                r.i64()?,
+                r.i64()?,
+                r.u64()?,
+                r.u64()?,
+                r.u32()?,
+                r.u32()?,
+                r.u64()?,
+                r.bytes(32)?,
+                r.u32()?,
+            ))
         })()
         .ok_or_else(|| corrupt("footer is truncated".into()))?;
-        let (p_start, p_end, index_offset, index_len, index_crc, n_series, n_samples, hash, footer_crc) =
-            fields;
+        let (
+            p_start,
+            p_end,
+            index_offset,
+            index_len,
+            index_crc,
+            n_series,
+            n_samples,
+            hash,
+            footer_crc,
+        ) = fields;
         if crc32c::crc32c(&footer[..FOOTER_BYTES - 12]) != footer_crc {
             return Err(corrupt("footer checksum mismatch".into()));
         }
         let actual_hash = blake3::hash(&bytes[..footer_start]);
         if actual_hash.as_bytes() != hash {
-            return Err(corrupt("file hash mismatch: some bytes were changed".into()));
+            return Err(corrupt(
+                "file hash mismatch: some bytes were changed".into(),
+            ));
         }
         let size = bytes.len() as u64;
         let info = SegmentInfo {
@@ -285,7 +338,9 @@ impl Segment {
                 exp.size_bytes, exp.blake3, info.size_bytes, info.blake3
             )));
         }
-        let index_end = index_offset.checked_add(index_len).filter(|&e| e == footer_start as u64);
+        let index_end = index_offset
+            .checked_add(index_len)
+            .filter(|&e| e == footer_start as u64);
         if index_end.is_none() || index_len > SECTION_BYTES_MAX {
             return Err(corrupt("index position is out of bounds".into()));
         }
@@ -298,36 +353,68 @@ impl Segment {
         let blocks = parse_index(&index, index_offset, n_series as usize)
             .map_err(|d| corrupt(format!("index: {d}")))?;
         if blocks.iter().map(|b| u64::from(b.count)).sum::<u64>() != n_samples {
-            return Err(corrupt("index sample counts disagree with the footer".into()));
+            return Err(corrupt(
+                "index sample counts disagree with the footer".into(),
+            ));
         }
-        if let Some(b) = blocks.iter().find(|b| b.min_ts < p_start || b.max_ts >= p_end) {
-            return Err(corrupt(format!("block of {} lies outside the partition", b.key)));
+        if let Some(b) = blocks
+            .iter()
+            .find(|b| b.min_ts < p_start || b.max_ts >= p_end)
+        {
+            return Err(corrupt(format!(
+                "block of {} lies outside the partition",
+                b.key
+            )));
         }
         let file = File::open(path).ctx("open", path)?;
-        Ok(Segment { path: path.to_owned(), info, blocks, file })
+        Ok(Segment {
+            path: path.to_owned(),
+            info,
+            blocks,
+            file,
+        })
     }
 
     /// Reads and verifies block `i`; a checksum failure is an error naming the file.
     pub(crate) fn read_block(&self, i: usize) -> Result<Vec<Sample>> {
         let b = &self.blocks[i];
         let mut buf = vec![0u8; b.len as usize];
-        self.file.read_exact_at(&mut buf, b.offset).ctx("read", &self.path)?;
-        let corrupt = |detail: String| Error::Corrupt { path: self.path.clone(), detail };
+        self.file
+            .read_exact_at(&mut buf, b.offset)
+            .ctx("read", &self.path)?;
+        let corrupt = |detail: String| Error::Corrupt {
+            path: self.path.clone(),
+            detail,
+        };
         if crc32c::crc32c(&buf) != b.crc {
-            return Err(corrupt(format!("block of series {} at byte {}: checksum mismatch", b.key, b.offset)));
+            return Err(corrupt(format!(
+                "block of series {} at byte {}: checksum mismatch",
+                b.key, b.offset
+            )));
         }
-        let samples = decode_block(&buf, b.count as usize)
-            .map_err(|d| corrupt(format!("block of series {} at byte {}: {d}", b.key, b.offset)))?;
+        let samples = decode_block(&buf, b.count as usize).map_err(|d| {
+            corrupt(format!(
+                "block of series {} at byte {}: {d}",
+                b.key, b.offset
+            ))
+        })?;
         if samples.first().map(|s| s.ts_ms) != Some(b.min_ts)
             || samples.last().map(|s| s.ts_ms) != Some(b.max_ts)
         {
-            return Err(corrupt(format!("block of series {}: time range disagrees with the index", b.key)));
+            return Err(corrupt(format!(
+                "block of series {}: time range disagrees with the index",
+                b.key
+            )));
         }
         Ok(samples)
     }
 }
 
-fn parse_index(index: &[u8], body_end: u64, n_series: usize) -> std::result::Result<Vec<BlockMeta>, String> {
+fn parse_index(
+    index: &[u8],
+    body_end: u64,
+    n_series: usize,
+) -> std::result::Result<Vec<BlockMeta>, String> {
     let mut r = Reader::new(index);
     let mut blocks = Vec::with_capacity(n_series.min(1 << 20));
     let mut prev: Option<SeriesKey> = None;
@@ -343,14 +430,26 @@ fn parse_index(index: &[u8], body_end: u64, n_series: usize) -> std::result::Res
         let min_ts = r.ivarint().ok_or_else(short)?;
         let max_ts = r.ivarint().ok_or_else(short)?;
         let crc = r.u32().ok_or_else(short)?;
-        if offset < HEADER_MAGIC.len() as u64 || offset + u64::from(len) > body_end || count == 0 || min_ts > max_ts {
+        if offset < HEADER_MAGIC.len() as u64
+            || offset + u64::from(len) > body_end
+            || count == 0
+            || min_ts > max_ts
+        {
             return Err(format!("entry {i} ({key}) points outside the data section"));
         }
         if prev.as_ref().is_some_and(|p| p >= &key) {
             return Err(format!("entry {i} ({key}) is out of order"));
         }
         prev = Some(key.clone());
-        blocks.push(BlockMeta { key, offset, len, count, min_ts, max_ts, crc });
+        blocks.push(BlockMeta {
+            key,
+            offset,
+            len,
+            count,
+            min_ts,
+            max_ts,
+            crc,
+        });
     }
     if !r.is_empty() {
         return Err("trailing bytes after the last entry".into());
@@ -367,7 +466,10 @@ mod tests {
             .map(|i| {
                 let key = SeriesKey::new("cpu", &[("host", format!("h{i}"))]).unwrap();
                 let samples = (0..720)
-                    .map(|j| Sample { ts_ms: 7_200_000 + j * 10_000, value: ((i as i64 * 7 + j) % 100) as f64 })
+                    .map(|j| Sample {
+                        ts_ms: 7_200_000 + j * 10_000,
+                        value: ((i as i64 * 7 + j) % 100) as f64,
+                    })
                     .collect();
                 (key, samples)
             })
@@ -380,7 +482,13 @@ mod tests {
     fn round_trip_and_checksums() {
         let dir = tempfile::tempdir().unwrap();
         let data = series(20);
-        let info = write_segment(dir.path(), 7, (7_200_000, 14_400_000), data.clone().into_iter().map(Ok)).unwrap();
+        let info = write_segment(
+            dir.path(),
+            7,
+            (7_200_000, 14_400_000),
+            data.clone().into_iter().map(Ok),
+        )
+        .unwrap();
         assert_eq!(info.samples, 20 * 720);
         let path = dir.path().join(segment_file_name(7));
         let seg = Segment::open(&path, 7, Some(&info)).unwrap();
@@ -404,16 +512,34 @@ mod tests {
         bad[seg.blocks[3].offset as usize + 2] ^= 0x10;
         fs::write(&path, &bad).unwrap();
         let err = seg.read_block(3).unwrap_err().to_string();
-        assert!(err.contains("checksum mismatch") && err.contains(&segment_file_name(7)), "{err}");
+        assert!(
+            err.contains("checksum mismatch") && err.contains(&segment_file_name(7)),
+            "{err}"
+        );
     }
 
     #[test]
     fn special_values_survive() {
         let dir = tempfile::tempdir().unwrap();
         let key = SeriesKey::new::<&str, &str>("m", &[]).unwrap();
-        let vals = [0.0, -0.0, f64::MAX, f64::MIN_POSITIVE, 1e-300, -123.456, 5e15, 0.1];
-        let samples: Vec<Sample> =
-            vals.iter().enumerate().map(|(i, &v)| Sample { ts_ms: i as i64 * 3 - 5, value: v }).collect();
+        let vals = [
+            0.0,
+            -0.0,
+            f64::MAX,
+            f64::MIN_POSITIVE,
+            1e-300,
+            -123.456,
+            5e15,
+            0.1,
+        ];
+        let samples: Vec<Sample> = vals
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| Sample {
+                ts_ms: i as i64 * 3 - 5,
+                value: v,
+            })
+            .collect();
         write_segment(dir.path(), 1, (-100, 100), [Ok((key, samples.clone()))]).unwrap();
         let seg = Segment::open(&dir.path().join(segment_file_name(1)), 1, None).unwrap();
         let back = seg.read_block(0).unwrap();

@@ -37,7 +37,10 @@ pub(crate) fn list_wal_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
         let entry = entry.ctx("list", dir)?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if let Some(num) = name.strip_suffix(".wal").and_then(|n| n.parse::<u64>().ok()) {
+        if let Some(num) = name
+            .strip_suffix(".wal")
+            .and_then(|n| n.parse::<u64>().ok())
+        {
             out.push((num, entry.path()));
         }
     }
@@ -49,7 +52,11 @@ pub(crate) fn list_wal_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
 ///
 /// `defs` introduces series ids not yet defined in the current WAL file; `samples` reference
 /// ids defined earlier in the same file or in this record.
-pub(crate) fn encode_batch(out: &mut Vec<u8>, defs: &[(u32, &SeriesKey)], samples: &[(u32, i64, f64)]) {
+pub(crate) fn encode_batch(
+    out: &mut Vec<u8>,
+    defs: &[(u32, &SeriesKey)],
+    samples: &[(u32, i64, f64)],
+) {
     let frame_start = out.len();
     out.extend_from_slice(&[0u8; FRAME_HEADER_BYTES]);
     let payload_start = out.len();
@@ -143,7 +150,10 @@ pub(crate) fn read_wal_file(
         return Ok(WalEnd::TornTail { valid_len: 0 });
     }
     if &buf[..WAL_MAGIC.len()] != WAL_MAGIC {
-        return Ok(WalEnd::Corrupt { offset: 0, detail: "bad magic: not a tsvault WAL file".into() });
+        return Ok(WalEnd::Corrupt {
+            offset: 0,
+            detail: "bad magic: not a tsvault WAL file".into(),
+        });
     }
     let mut off = WAL_MAGIC.len();
     while off < buf.len() {
@@ -153,7 +163,9 @@ pub(crate) fn read_wal_file(
             let later = (off + 1..buf.len().saturating_sub(FRAME_HEADER_BYTES))
                 .find(|&o| valid_frame_at(&buf, o).is_some());
             return Ok(match later {
-                None => WalEnd::TornTail { valid_len: off as u64 },
+                None => WalEnd::TornTail {
+                    valid_len: off as u64,
+                },
                 Some(o) => WalEnd::Corrupt {
                     offset: off as u64,
                     detail: format!(
@@ -188,12 +200,20 @@ impl WalWriter {
     /// before this returns.
     pub(crate) fn create(dir: &Path, number: u64) -> Result<Self> {
         let path = dir.join(wal_file_name(number));
-        let mut file =
-            OpenOptions::new().write(true).create_new(true).open(&path).ctx("create", &path)?;
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .ctx("create", &path)?;
         file.write_all(WAL_MAGIC).ctx("write", &path)?;
         file.sync_all().ctx("fsync", &path)?;
         sync_dir(dir)?;
-        Ok(WalWriter { file, path, number, size_bytes: WAL_MAGIC.len() as u64 })
+        Ok(WalWriter {
+            file,
+            path,
+            number,
+            size_bytes: WAL_MAGIC.len() as u64,
+        })
     }
 
     /// Appends already framed records (not yet durable).
@@ -219,7 +239,10 @@ impl WalWriter {
 
 /// Cuts a torn tail: truncates `path` to `len` bytes and makes that durable.
 pub(crate) fn truncate_torn_tail(path: &Path, len: u64) -> Result<()> {
-    let file = OpenOptions::new().write(true).open(path).ctx("open", path)?;
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .ctx("open", path)?;
     file.set_len(len).ctx("truncate", path)?;
     file.sync_all().ctx("fsync", path)?;
     Ok(())
@@ -292,7 +315,12 @@ mod tests {
         fs::write(&path, &torn).unwrap();
         let (samples, end) = read_all(&path);
         assert_eq!(samples.len(), 3);
-        assert_eq!(end, WalEnd::TornTail { valid_len: full.len() as u64 });
+        assert_eq!(
+            end,
+            WalEnd::TornTail {
+                valid_len: full.len() as u64
+            }
+        );
     }
 
     #[test]

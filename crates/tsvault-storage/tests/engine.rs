@@ -17,7 +17,11 @@ fn key(metric: &str, host: &str) -> SeriesKey {
 }
 
 fn pt(k: &SeriesKey, ts_ms: i64, value: f64) -> Point {
-    Point { key: k.clone(), ts_ms, value }
+    Point {
+        key: k.clone(),
+        ts_ms,
+        value,
+    }
 }
 
 fn open(dir: &Path) -> Engine {
@@ -39,12 +43,18 @@ fn writes_survive_restart_with_and_without_flush() {
     {
         let e = open(dir.path());
         e.write(&[pt(&a, 1000, 1.5), pt(&a, 2000, 2.5)]).unwrap();
-        assert_eq!(all(&e, "cpu"), vec![(a.clone(), vec![s(1000, 1.5), s(2000, 2.5)])]);
+        assert_eq!(
+            all(&e, "cpu"),
+            vec![(a.clone(), vec![s(1000, 1.5), s(2000, 2.5)])]
+        );
         e.close_without_flush();
     }
     {
         let e = open(dir.path());
-        assert_eq!(all(&e, "cpu"), vec![(a.clone(), vec![s(1000, 1.5), s(2000, 2.5)])]);
+        assert_eq!(
+            all(&e, "cpu"),
+            vec![(a.clone(), vec![s(1000, 1.5), s(2000, 2.5)])]
+        );
         e.write(&[pt(&a, 3000, 3.5)]).unwrap();
         e.close().unwrap();
     }
@@ -60,11 +70,22 @@ fn out_of_order_late_and_duplicate_samples_merge_last_write_wins() {
     let dir = tempfile::tempdir().unwrap();
     let a = key("m", "a");
     let e = open(dir.path());
-    e.write(&[pt(&a, 5 * HOUR, 5.0), pt(&a, HOUR, 1.0), pt(&a, 3 * HOUR, 3.0)]).unwrap();
+    e.write(&[
+        pt(&a, 5 * HOUR, 5.0),
+        pt(&a, HOUR, 1.0),
+        pt(&a, 3 * HOUR, 3.0),
+    ])
+    .unwrap();
     e.flush().unwrap();
     // Late sample into a flushed partition, and an overwrite of a flushed sample.
-    e.write(&[pt(&a, 2 * HOUR, 2.0), pt(&a, HOUR, 10.0)]).unwrap();
-    let want = vec![s(HOUR, 10.0), s(2 * HOUR, 2.0), s(3 * HOUR, 3.0), s(5 * HOUR, 5.0)];
+    e.write(&[pt(&a, 2 * HOUR, 2.0), pt(&a, HOUR, 10.0)])
+        .unwrap();
+    let want = vec![
+        s(HOUR, 10.0),
+        s(2 * HOUR, 2.0),
+        s(3 * HOUR, 3.0),
+        s(5 * HOUR, 5.0),
+    ];
     assert_eq!(all(&e, "m")[0].1, want);
     e.flush().unwrap();
     assert_eq!(all(&e, "m")[0].1, want, "after the second flush");
@@ -78,7 +99,12 @@ fn out_of_order_late_and_duplicate_samples_merge_last_write_wins() {
             m
         });
     assert!(per_partition.values().all(|&n| n == 1), "{per_partition:?}");
-    let want = vec![s(HOUR, 12.0), s(2 * HOUR, 2.0), s(3 * HOUR, 3.0), s(5 * HOUR, 5.0)];
+    let want = vec![
+        s(HOUR, 12.0),
+        s(2 * HOUR, 2.0),
+        s(3 * HOUR, 3.0),
+        s(5 * HOUR, 5.0),
+    ];
     assert_eq!(all(&e, "m")[0].1, want);
     e.close().unwrap();
     assert_eq!(all(&open(dir.path()), "m")[0].1, want, "after restart");
@@ -89,8 +115,16 @@ fn select_filters_by_metric_tags_and_time() {
     let dir = tempfile::tempdir().unwrap();
     let e = open(dir.path());
     let (a, b, c) = (key("m", "a"), key("m", "b"), key("other", "a"));
-    e.write(&[pt(&a, 10, 1.0), pt(&a, 20, 2.0), pt(&b, 15, 3.0), pt(&c, 10, 4.0)]).unwrap();
-    let got = e.select("m", &|k| k.tag("host") == Some("a"), 15, 25).unwrap();
+    e.write(&[
+        pt(&a, 10, 1.0),
+        pt(&a, 20, 2.0),
+        pt(&b, 15, 3.0),
+        pt(&c, 10, 4.0),
+    ])
+    .unwrap();
+    let got = e
+        .select("m", &|k| k.tag("host") == Some("a"), 15, 25)
+        .unwrap();
     assert_eq!(got, vec![(a.clone(), vec![s(20, 2.0)])]);
     assert_eq!(e.metric_names(), vec!["m".to_string(), "other".to_string()]);
     assert_eq!(e.tag_values(), vec!["a".to_string(), "b".to_string()]);
@@ -108,7 +142,9 @@ fn retention_refuses_old_samples_and_drops_old_segments() {
     let a = key("m", "a");
     {
         let e = Engine::open(cfg.clone()).unwrap();
-        let out = e.write(&[pt(&a, 50 * HOUR, 1.0), pt(&a, 95 * HOUR, 2.0)]).unwrap();
+        let out = e
+            .write(&[pt(&a, 50 * HOUR, 1.0), pt(&a, 95 * HOUR, 2.0)])
+            .unwrap();
         assert_eq!((out.written, out.dropped_beyond_retention), (1, 1));
         e.close().unwrap();
     }
@@ -130,14 +166,17 @@ fn retention_refuses_old_samples_and_drops_old_segments() {
 fn second_process_on_same_dir_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let _e = open(dir.path());
-    let err = Engine::open(EngineConfig::new(dir.path())).err().expect("second open must fail");
+    let err = Engine::open(EngineConfig::new(dir.path()))
+        .err()
+        .expect("second open must fail");
     assert!(matches!(err, Error::Locked(_)), "{err}");
 }
 
 fn flushed_store(dir: &Path) {
     let e = open(dir);
     let (a, b) = (key("m", "a"), key("m", "b"));
-    e.write(&[pt(&a, 1000, 1.0), pt(&b, 3 * HOUR, 2.0)]).unwrap();
+    e.write(&[pt(&a, 1000, 1.0), pt(&b, 3 * HOUR, 2.0)])
+        .unwrap();
     e.close().unwrap();
 }
 
@@ -146,7 +185,10 @@ fn corrupt_segment_refuses_start_naming_file_or_is_quarantined() {
     let dir = tempfile::tempdir().unwrap();
     flushed_store(dir.path());
     let seg_dir = dir.path().join("segments");
-    let mut files: Vec<_> = fs::read_dir(&seg_dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<_> = fs::read_dir(&seg_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     files.sort();
     assert_eq!(files.len(), 2);
     let victim = &files[0];
@@ -154,7 +196,9 @@ fn corrupt_segment_refuses_start_naming_file_or_is_quarantined() {
     bytes[20] ^= 0x01;
     fs::write(victim, &bytes).unwrap();
 
-    let err = Engine::open(EngineConfig::new(dir.path())).err().expect("must refuse to start");
+    let err = Engine::open(EngineConfig::new(dir.path()))
+        .err()
+        .expect("must refuse to start");
     let msg = err.to_string();
     assert!(msg.contains(&victim.display().to_string()), "{msg}");
     assert!(matches!(err, Error::Corrupt { .. }));
@@ -181,8 +225,14 @@ fn corrupt_manifest_refuses_start_or_is_rebuilt() {
     let n = bytes.len();
     bytes[n - 3] ^= 0x20;
     fs::write(&mpath, &bytes).unwrap();
-    let msg = Engine::open(EngineConfig::new(dir.path())).err().unwrap().to_string();
-    assert!(msg.contains("MANIFEST") && msg.contains("checksum"), "{msg}");
+    let msg = Engine::open(EngineConfig::new(dir.path()))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        msg.contains("MANIFEST") && msg.contains("checksum"),
+        "{msg}"
+    );
     let mut cfg = EngineConfig::new(dir.path());
     cfg.quarantine_corrupt = true;
     let e = Engine::open(cfg).unwrap();
@@ -200,15 +250,32 @@ fn torn_wal_tail_is_cut_and_later_writes_survive() {
         e.close_without_flush();
     }
     let wal_dir = dir.path().join("wal");
-    let mut wals: Vec<_> = fs::read_dir(&wal_dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut wals: Vec<_> = fs::read_dir(&wal_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     wals.sort();
-    let last_with_data = wals.iter().rev().find(|p| fs::metadata(p).unwrap().len() > 8).unwrap().clone();
+    let last_with_data = wals
+        .iter()
+        .rev()
+        .find(|p| fs::metadata(p).unwrap().len() > 8)
+        .unwrap()
+        .clone();
     let len = fs::metadata(&last_with_data).unwrap().len();
     // Tear the last record: cut its final 5 bytes.
-    fs::OpenOptions::new().write(true).open(&last_with_data).unwrap().set_len(len - 5).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&last_with_data)
+        .unwrap()
+        .set_len(len - 5)
+        .unwrap();
     {
         let e = open(dir.path());
-        assert_eq!(all(&e, "m")[0].1, vec![s(1, 1.0)], "the torn (unacknowledged) record is gone");
+        assert_eq!(
+            all(&e, "m")[0].1,
+            vec![s(1, 1.0)],
+            "the torn (unacknowledged) record is gone"
+        );
         e.write(&[pt(&a, 3, 3.0)]).unwrap();
         e.close_without_flush();
     }

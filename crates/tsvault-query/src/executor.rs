@@ -1,0 +1,329 @@
+//! Running a parsed request against a [`Source`], in OpenTSDB 2.4's order: filter, group,
+//! then per series downsample and rate, then interpolate and aggregate each group.
+//!
+//! Like OpenTSDB, the engine reads a little more than the query range: from the start aligned
+//! down to the downsample interval and then to the hour, to the end aligned up likewise (the
+//! hour-long rows OpenTSDB scans). Points in that margin feed the first bucket, the first rate
+//! and interpolation at the edges; only points within `[start, end]` are returned.
+
+use std::collections::BTreeMap;
+
+use tsvault_model::SeriesKey;
+
+use crate::aggregator::Aggregator;
+use crate::downsample::{FillPolicy, Interval};
+use crate::error::{Error, Result};
+use crate::merge::{merge, union_timestamps};
+use crate::rate::rate;
+use crate::request::{QueryRequest, SubQuery, tag_map};
+use crate::result::QueryResult;
+use crate::source::{Source, SourceError};
+
+/// OpenTSDB's row width, which its scans align to.
+const ROW_SPAN_MS: i64 = 3_600_000;
+
+/// Bounds on the work one request may do; exceeding one is an [`Error::LimitExceeded`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Most sub-queries in one request.
+    pub sub_queries_max: usize,
+    /// Most series one sub-query may match.
+    pub series_max: usize,
+    /// Most samples one request may read, plus the filled buckets it may synthesize.
+    pub samples_max: usize,
+    /// Most data points one request may return.
+    pub datapoints_max: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            sub_queries_max: 1_000,
+            series_max: 1_000_000,
+            samples_max: 100_000_000,
+            datapoints_max: 10_000_000,
+        }
+    }
+}
+
+/// Runs `request` against `source` with the default [`Limits`].
+pub fn execute(source: &dyn Source, request: &QueryRequest) -> Result<Vec<QueryResult>> {
+    execute_with_limits(source, request, &Limits::default())
+}
+
+/// Runs `request` against `source`, refusing work beyond `limits`.
+pub fn execute_with_limits(
+    source: &dyn Source,
+    request: &QueryRequest,
+    limits: &Limits,
+) -> Result<Vec<QueryResult>> {
+    if request.queries.len() > limits.sub_queries_max {
+        return Err(Error::TooManyQueries {
+            count: request.queries.len(),
+            limit: limits.sub_queries_max,
+        });
+    }
+    let mut budget = Budget {
+        samples: 0,
+        datapoints: 0,
+        limits,
+    };
+    let mut results = Vec::new();
+    for (index, sub) in request.queries.iter().enumerate() {
+        run_sub_query(source, request, index, sub, &mut budget, &mut results)?;
+    }
+    Ok(results)
+}
+
+/// What the request has used so far of its [`Limits`].
+struct Budget<'a> {
+    samples: usize,
+    datapoints: usize,
+    limits: &'a Limits,
+}
+
+impl Budget<'_> {
+    fn take_samples(&mut self, query: usize, n: usize, what: &str) -> Result<()> {
+        self.samples = self.samples.saturating_add(n);
+        if self.samples > self.limits.samples_max {
+            return Err(Error::LimitExceeded {
+                query,
+                what: format!("{what} ({} so far)", self.samples),
+                limit: self.limits.samples_max,
+                limit_name: "samples_max",
+            });
+        }
+        Ok(())
+    }
+
+    fn take_datapoints(&mut self, query: usize, n: usize) -> Result<()> {
+        self.datapoints = self.datapoints.saturating_add(n);
+        if self.datapoints > self.limits.datapoints_max {
+            return Err(Error::LimitExceeded {
+                query,
+                what: format!(
+                    "the number of data points returned ({} so far)",
+                    self.datapoints
+                ),
+                limit: self.limits.datapoints_max,
+                limit_name: "datapoints_max",
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The range OpenTSDB scans for a query: `[start, end)` in ms, hour-aligned.
+fn scan_range(start_ms: i64, end_ms: i64, sub: &SubQuery) -> (i64, i64) {
+    let interval_ms = match sub.downsample.as_ref().map(|d| d.interval) {
+        Some(Interval::Ms(iv)) => iv,
+        _ => 0,
+    };
+    let row_s = ROW_SPAN_MS / 1000;
+    let start_s = start_ms.div_euclid(1000);
+    let mut aligned_s = start_s;
+    if interval_ms > 0 {
+        aligned_s -= (start_s * 1000).rem_euclid(interval_ms) / 1000;
+    }
+    let scan_start_s = (aligned_s - aligned_s.rem_euclid(row_s)).max(0);
+    // OpenTSDB bumps the end by a second, then moves to the next interval and row boundary.
+    let end_s = end_ms.div_euclid(1000) + 1;
+    let scan_end_s = if interval_ms > 0 {
+        let next = end_s + (interval_ms - (end_s * 1000).rem_euclid(interval_ms)) / 1000;
+        if next.rem_euclid(row_s) == 0 {
+            next
+        } else {
+            next + row_s - next.rem_euclid(row_s)
+        }
+    } else {
+        end_s + row_s - end_s.rem_euclid(row_s)
+    };
+    (scan_start_s * 1000, scan_end_s * 1000)
+}
+
+fn run_sub_query(
+    source: &dyn Source,
+    request: &QueryRequest,
+    index: usize,
+    sub: &SubQuery,
+    budget: &mut Budget<'_>,
+    results: &mut Vec<QueryResult>,
+) -> Result<()> {
+    let query = index + 1;
+    let (scan_start_ms, scan_end_ms) = scan_range(request.start_ms, request.end_ms, sub);
+    let source_err = |message: String| {
+        let metric = &sub.metric;
+        Error::Source(SourceError(format!(
+            "query {query}, metric '{metric}': {message}"
+        )))
+    };
+    let matches = |key: &SeriesKey| key.metric() == sub.metric && sub.matches(key);
+    let selected = source
+        .select(&sub.metric, &matches, scan_start_ms, scan_end_ms - 1)
+        .map_err(|e| source_err(e.0))?;
+
+    // Check the source's side of the contract: the right series, sorted samples.
+    let mut series: Vec<(SeriesKey, Vec<(i64, f64)>)> = Vec::with_capacity(selected.len());
+    for (key, samples) in selected {
+        if !matches(&key) {
+            continue;
+        }
+        if samples.windows(2).any(|w| w[0].ts_ms >= w[1].ts_ms) {
+            return Err(source_err(format!(
+                "samples of {key} are not sorted by time"
+            )));
+        }
+        let in_range: Vec<_> = samples
+            .into_iter()
+            .filter(|s| s.ts_ms >= scan_start_ms && s.ts_ms < scan_end_ms)
+            .map(|s| (s.ts_ms, s.value))
+            .collect();
+        if !in_range.is_empty() {
+            series.push((key, in_range));
+        }
+    }
+    if series.len() > budget.limits.series_max {
+        return Err(Error::LimitExceeded {
+            query,
+            what: format!("the number of matching series ({})", series.len()),
+            limit: budget.limits.series_max,
+            limit_name: "series_max",
+        });
+    }
+    if series.is_empty() {
+        // OpenTSDB fails on a metric it has never seen, and returns nothing for a quiet one.
+        if source.metric_names().binary_search(&sub.metric).is_err() {
+            return Err(Error::UnknownMetric {
+                query,
+                metric: sub.metric.clone(),
+            });
+        }
+        return Ok(());
+    }
+    series.sort_by(|a, b| a.0.cmp(&b.0));
+    let raw: usize = series.iter().map(|(_, s)| s.len()).sum();
+    budget.take_samples(query, raw, "the number of samples read")?;
+    if let Some(ds) = &sub.downsample {
+        let per_series = ds.filled_buckets(scan_start_ms, scan_end_ms);
+        let filled = usize::try_from(per_series)
+            .unwrap_or(usize::MAX)
+            .saturating_mul(series.len());
+        budget.take_samples(query, filled, "the number of filled downsample buckets")?;
+    }
+
+    let (keys, mut points): (Vec<SeriesKey>, Vec<Vec<(i64, f64)>>) = series
+        .into_iter()
+        .map(|(key, points)| {
+            (
+                key,
+                process_series(points, sub, scan_start_ms, scan_end_ms, request),
+            )
+        })
+        .unzip();
+
+    let nan_as_null = sub
+        .downsample
+        .as_ref()
+        .is_some_and(|d| d.fill == FillPolicy::Null);
+    for members in group(&keys, sub).into_values() {
+        // Each series is in exactly one group, so its points can be moved out.
+        let group_points: Vec<Vec<(i64, f64)>> = members
+            .iter()
+            .map(|&i| std::mem::take(&mut points[i]))
+            .collect();
+        let timestamps = union_timestamps(&group_points, request.start_ms, request.end_ms);
+        budget.take_datapoints(query, timestamps.len())?;
+        let dps = merge(
+            &group_points,
+            &timestamps,
+            sub.aggregator,
+            sub.rate.is_some(),
+        );
+        if let Some((ts_ms, _)) = dps.iter().find(|(_, v)| v.is_infinite()) {
+            return Err(Error::Infinite {
+                query,
+                ts_ms: *ts_ms,
+            });
+        }
+        let group_keys: Vec<&SeriesKey> = members.iter().map(|&i| &keys[i]).collect();
+        let (tags, aggregate_tags) = group_tags(&group_keys);
+        results.push(QueryResult {
+            query_index: index,
+            metric: sub.metric.clone(),
+            tags,
+            aggregate_tags,
+            dps,
+            nan_as_null,
+        });
+    }
+    Ok(())
+}
+
+/// Downsamples, then rates, one series; drops what falls before the scan start.
+fn process_series(
+    points: Vec<(i64, f64)>,
+    sub: &SubQuery,
+    scan_start_ms: i64,
+    scan_end_ms: i64,
+    request: &QueryRequest,
+) -> Vec<(i64, f64)> {
+    let mut points = match &sub.downsample {
+        Some(ds) => ds.apply(
+            &points,
+            scan_start_ms,
+            scan_end_ms,
+            request.start_ms,
+            request.end_ms,
+        ),
+        None => points,
+    };
+    if let Some(options) = &sub.rate {
+        points = rate(&points, options);
+    }
+    points.retain(|(ts, _)| *ts >= scan_start_ms);
+    points
+}
+
+/// Groups series indexes by the values of the group-by tags; `none` keeps each series alone.
+fn group(keys: &[SeriesKey], sub: &SubQuery) -> BTreeMap<Vec<String>, Vec<usize>> {
+    let mut groups: BTreeMap<Vec<String>, Vec<usize>> = BTreeMap::new();
+    if sub.aggregator == Aggregator::None {
+        for (i, key) in keys.iter().enumerate() {
+            groups.insert(vec![key.as_str().to_owned()], vec![i]);
+        }
+        return groups;
+    }
+    let group_keys = sub.group_by_keys();
+    for (i, key) in keys.iter().enumerate() {
+        // Every group-by key is filtered on, so matched series have it.
+        let values: Vec<String> = group_keys
+            .iter()
+            .map(|k| key.tag(k).unwrap_or_default().to_owned())
+            .collect();
+        groups.entry(values).or_default().push(i);
+    }
+    groups
+}
+
+/// Tags shared with equal values by every series, and keys every series has with varying values.
+fn group_tags(keys: &[&SeriesKey]) -> (BTreeMap<String, String>, Vec<String>) {
+    let Some((first, rest)) = keys.split_first() else {
+        return (BTreeMap::new(), Vec::new());
+    };
+    let mut tags = tag_map(first);
+    let mut varying = Vec::new();
+    tags.retain(|k, v| {
+        if rest.iter().any(|key| key.tag(k).is_none()) {
+            return false;
+        }
+        if rest.iter().any(|key| key.tag(k) != Some(v.as_str())) {
+            varying.push(k.clone());
+            return false;
+        }
+        true
+    });
+    (tags, varying)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,32 @@
+//! Mapping storage errors to HTTP statuses shared by every protocol.
+
+use axum::http::StatusCode;
+use tsvault_storage::Error as StorageError;
+
+/// The status and the person-readable message for a failed engine write or read.
+pub(crate) fn storage_status(e: &StorageError) -> (StatusCode, String) {
+    match e {
+        StorageError::Poisoned(_) | StorageError::Closed => {
+            (StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        }
+        e if e.is_disk_full() => (
+            StatusCode::INSUFFICIENT_STORAGE,
+            format!("the data directory's disk is full; free space and retry ({e})"),
+        ),
+        StorageError::Corrupt { .. } => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("stored data failed a checksum and is not served: {e}"),
+        ),
+        _ => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("storage error: {e}"),
+        ),
+    }
+}
+
+/// A body larger than the limit, in words a person can act on.
+pub(crate) fn body_too_large(limit: usize) -> String {
+    format!(
+        "request body is larger than the limit of {limit} bytes; split the write into smaller requests or raise --max-body-bytes"
+    )
+}

@@ -1,0 +1,190 @@
+//! InfluxDB line protocol writes: `POST /write` (1.x) and `POST /api/v2/write` (2.x).
+//!
+//! Valid lines of a body are written even when others are malformed (1.x "partial write"):
+//! the response is then 400, names each bad line and what is wrong with it, and says how
+//! many lines and samples were written.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use tsvault_ingest::{Precision, parse_line_protocol};
+use tsvault_storage::system_clock_ms;
+
+use crate::app::{BodyError, Shared, blocking, read_body};
+use crate::error::{body_too_large, storage_status};
+
+/// Most line errors spelled out in one response; the rest are counted.
+const LINE_ERRORS_SHOWN_MAX: usize = 10;
+
+#[derive(Clone, Copy)]
+enum Flavor {
+    V1,
+    V2,
+}
+
+impl Flavor {
+    fn error(
+        self,
+        status: StatusCode,
+        code: &str,
+        message: String,
+        extra: serde_json::Value,
+    ) -> Response {
+        let mut body = match self {
+            Flavor::V1 => json!({ "error": message }),
+            Flavor::V2 => json!({ "code": code, "message": message }),
+        };
+        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+            b.extend(e.clone());
+        }
+        (status, Json(body)).into_response()
+    }
+}
+
+fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .rev()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// `POST /write?db=&rp=&precision=`: InfluxDB 1.x.
+pub(crate) async fn write_v1(
+    State(st): State<Shared>,
+    Query(params): Query<Vec<(String, String)>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    // 1.x spells nanoseconds "n" as well as "ns".
+    let precision = match param(&params, "precision") {
+        None | Some("") | Some("n") => "ns",
+        Some(p) => p,
+    };
+    write(st, Flavor::V1, precision, headers, body).await
+}
+
+/// `POST /api/v2/write?bucket=&org=&precision=`: InfluxDB 2.x.
+pub(crate) async fn write_v2(
+    State(st): State<Shared>,
+    Query(params): Query<Vec<(String, String)>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let precision = param(&params, "precision")
+        .filter(|p| !p.is_empty())
+        .unwrap_or("ns");
+    write(st, Flavor::V2, precision, headers, body).await
+}
+
+async fn write(
+    st: Shared,
+    flavor: Flavor,
+    precision: &str,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let none = json!({});
+    let precision: Precision = match precision.parse() {
+        Ok(p) => p,
+        Err(_) => {
+            return flavor.error(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                format!("invalid precision '{precision}'; use one of ns, u, us, ms, s, m, h"),
+                none,
+            );
+        }
+    };
+    let body = match read_body(&headers, body, st.max_body_bytes).await {
+        Ok(b) => b,
+        Err(BodyError::TooLarge) => {
+            return flavor.error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request too large",
+                body_too_large(st.max_body_bytes),
+                none,
+            );
+        }
+        Err(BodyError::Bad(msg)) => {
+            return flavor.error(StatusCode::BAD_REQUEST, "invalid", msg, none);
+        }
+    };
+    let engine = st.engine.clone();
+    let result = blocking(move || {
+        let mut parsed = parse_line_protocol(&body, precision, system_clock_ms());
+        let cutoff = engine.retention_cutoff_ms();
+        let before = parsed.points.len();
+        if let Some(c) = cutoff {
+            parsed.points.retain(|p| p.ts_ms >= c);
+        }
+        let beyond_retention = before - parsed.points.len();
+        let written = engine.write(&parsed.points);
+        (parsed, beyond_retention, written)
+    })
+    .await;
+    let (parsed, beyond_retention, written) = result;
+    st.metrics.lines_rejected.inc_by(parsed.errors.len() as u64);
+    st.metrics
+        .string_fields_skipped
+        .inc_by(parsed.string_fields_skipped);
+    let outcome = match written {
+        Ok(o) => o,
+        Err(e) => {
+            let (status, msg) = storage_status(&e);
+            tracing::error!(error = %e, "line protocol write failed");
+            let code = if status == StatusCode::SERVICE_UNAVAILABLE {
+                "unavailable"
+            } else {
+                "internal error"
+            };
+            return flavor.error(status, code, msg, none);
+        }
+    };
+    st.metrics
+        .samples_ingested
+        .get_or_create(&vec![("protocol", "influx")])
+        .inc_by(outcome.written as u64);
+    let dropped = beyond_retention + outcome.dropped_beyond_retention;
+    if parsed.errors.is_empty() && dropped == 0 {
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    let mut problems: Vec<String> = parsed
+        .errors
+        .iter()
+        .take(LINE_ERRORS_SHOWN_MAX)
+        .map(|e| e.to_string())
+        .collect();
+    if parsed.errors.len() > LINE_ERRORS_SHOWN_MAX {
+        problems.push(format!(
+            "and {} more bad lines",
+            parsed.errors.len() - LINE_ERRORS_SHOWN_MAX
+        ));
+    }
+    if dropped > 0 {
+        problems.push(format!(
+            "{dropped} samples older than the retention period were dropped"
+        ));
+    }
+    let message = format!(
+        "partial write: {}; {} lines written ({} samples), {} lines rejected",
+        problems.join("; "),
+        parsed.lines_written,
+        outcome.written,
+        parsed.errors.len()
+    );
+    flavor.error(
+        StatusCode::BAD_REQUEST,
+        "invalid",
+        message,
+        json!({
+            "lines_written": parsed.lines_written,
+            "lines_rejected": parsed.errors.len(),
+            "samples_written": outcome.written,
+            "samples_dropped_beyond_retention": dropped,
+        }),
+    )
+}

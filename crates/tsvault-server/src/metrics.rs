@@ -1,0 +1,138 @@
+//! The `/metrics` endpoint's figures, in the Prometheus text format.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tsvault_storage::EngineStats;
+
+type Label = Vec<(&'static str, &'static str)>;
+
+/// Counters the server itself keeps; engine figures are read at scrape time.
+pub(crate) struct Metrics {
+    registry: Registry,
+    pub samples_ingested: Family<Label, Counter>,
+    pub lines_rejected: Counter,
+    pub string_fields_skipped: Counter,
+    pub query_duration: Family<Label, Histogram>,
+    engine: EngineGauges,
+}
+
+#[derive(Default)]
+struct EngineGauges {
+    series: Gauge,
+    head_samples: Gauge,
+    wal_bytes: Gauge,
+    segments: Gauge,
+    segment_bytes: Gauge,
+    segment_samples: Gauge,
+    flushes: Gauge<u64, AtomicU64>,
+    compactions: Gauge<u64, AtomicU64>,
+    dropped_retention: Gauge<u64, AtomicU64>,
+    poisoned: Gauge,
+}
+
+impl Metrics {
+    pub(crate) fn new() -> Self {
+        let mut registry = Registry::with_prefix("tsvault");
+        let samples_ingested = Family::<Label, Counter>::default();
+        registry.register(
+            "samples_ingested",
+            "Samples made durable, by protocol",
+            samples_ingested.clone(),
+        );
+        let lines_rejected = Counter::default();
+        registry.register(
+            "lines_rejected",
+            "Input lines or data points rejected as malformed",
+            lines_rejected.clone(),
+        );
+        let string_fields_skipped = Counter::default();
+        registry.register(
+            "string_fields_skipped",
+            "Line protocol string fields skipped (not stored)",
+            string_fields_skipped.clone(),
+        );
+        let query_duration = Family::<Label, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+        });
+        registry.register(
+            "query_duration_seconds",
+            "Query latency, by endpoint",
+            query_duration.clone(),
+        );
+        let engine = EngineGauges::default();
+        registry.register("series", "Series known", engine.series.clone());
+        registry.register(
+            "head_samples",
+            "Samples in memory not yet in segments",
+            engine.head_samples.clone(),
+        );
+        registry.register(
+            "wal_bytes",
+            "Bytes of write-ahead log on disk",
+            engine.wal_bytes.clone(),
+        );
+        registry.register("segments", "Live segment files", engine.segments.clone());
+        registry.register(
+            "segment_bytes",
+            "Bytes of live segment files",
+            engine.segment_bytes.clone(),
+        );
+        registry.register(
+            "segment_samples",
+            "Samples in live segment files",
+            engine.segment_samples.clone(),
+        );
+        registry.register(
+            "flushes",
+            "Head flushes since start",
+            engine.flushes.clone(),
+        );
+        registry.register(
+            "compactions",
+            "Compactions since start",
+            engine.compactions.clone(),
+        );
+        registry.register(
+            "samples_dropped_retention",
+            "Samples refused as older than the retention period",
+            engine.dropped_retention.clone(),
+        );
+        registry.register(
+            "write_refused",
+            "1 when writes are refused after a failed fsync or write",
+            engine.poisoned.clone(),
+        );
+        Metrics {
+            registry,
+            samples_ingested,
+            lines_rejected,
+            string_fields_skipped,
+            query_duration,
+            engine,
+        }
+    }
+
+    /// The text exposition, with engine figures as of now.
+    pub(crate) fn render(&self, stats: &EngineStats, poisoned: bool) -> String {
+        let g = &self.engine;
+        g.series.set(stats.series as i64);
+        g.head_samples.set(stats.head_samples as i64);
+        g.wal_bytes.set(stats.wal_bytes as i64);
+        g.segments.set(stats.segments as i64);
+        g.segment_bytes.set(stats.segment_bytes as i64);
+        g.segment_samples.set(stats.segment_samples as i64);
+        g.flushes.set(stats.flushes);
+        g.compactions.set(stats.compactions);
+        g.dropped_retention.set(stats.samples_dropped_retention);
+        g.poisoned.set(i64::from(poisoned));
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}

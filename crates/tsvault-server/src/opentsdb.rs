@@ -1,0 +1,299 @@
+//! The OpenTSDB HTTP API: `/api/put`, `/api/query`, `/api/suggest`, `/api/aggregators`,
+//! `/api/version`, with OpenTSDB's error shape `{"error":{"code":..,"message":..}}`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use tsvault_ingest::parse_opentsdb_put;
+use tsvault_model::SeriesKey;
+use tsvault_query::{QueryRequest, Selection, Source, SourceError};
+use tsvault_storage::{Engine, system_clock_ms};
+
+use crate::app::{BodyError, Shared, blocking, read_body};
+use crate::error::{body_too_large, storage_status};
+
+fn tsdb_error(status: StatusCode, message: impl Into<String>, details: Option<String>) -> Response {
+    let mut err = json!({ "code": status.as_u16(), "message": message.into() });
+    if let Some(d) = details {
+        err["details"] = json!(d);
+    }
+    (status, Json(json!({ "error": err }))).into_response()
+}
+
+fn flag(params: &[(String, String)], name: &str) -> bool {
+    params.iter().any(|(k, v)| k == name && v != "false")
+}
+
+async fn body_or_error(st: &Shared, headers: &HeaderMap, body: Body) -> Result<Vec<u8>, Response> {
+    read_body(headers, body, st.max_body_bytes)
+        .await
+        .map_err(|e| match e {
+            BodyError::TooLarge => tsdb_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                body_too_large(st.max_body_bytes),
+                None,
+            ),
+            BodyError::Bad(msg) => tsdb_error(StatusCode::BAD_REQUEST, msg, None),
+        })
+}
+
+/// `POST /api/put[?summary][&details][&sync]`. Writes are always durable before the answer,
+/// so `sync` changes nothing.
+pub(crate) async fn put(
+    State(st): State<Shared>,
+    Query(params): Query<Vec<(String, String)>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let body = match body_or_error(&st, &headers, body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let engine = st.engine.clone();
+    let result = blocking(move || {
+        let mut parsed = parse_opentsdb_put(&body)?;
+        if let Some(cutoff) = engine.retention_cutoff_ms() {
+            let (keep, old): (Vec<_>, Vec<_>) = parsed.points.into_iter().partition(|(_, p)| p.ts_ms >= cutoff);
+            parsed.points = keep;
+            for (index, p) in old {
+                parsed.errors.push(tsvault_ingest::PutError {
+                    index,
+                    datapoint: json!({ "metric": p.key.metric(), "timestamp": p.ts_ms, "value": p.value }),
+                    error: "timestamp is older than the retention period".into(),
+                });
+            }
+            parsed.errors.sort_by_key(|e| e.index);
+        }
+        let points: Vec<_> = parsed.points.iter().map(|(_, p)| p.clone()).collect();
+        let written = engine.write(&points);
+        Ok::<_, tsvault_ingest::PutBodyError>((parsed, written))
+    })
+    .await;
+    let (parsed, written) = match result {
+        Ok(r) => r,
+        Err(e) => return tsdb_error(StatusCode::BAD_REQUEST, e.to_string(), None),
+    };
+    if let Err(e) = written {
+        tracing::error!(error = %e, "put failed");
+        let (status, msg) = storage_status(&e);
+        return tsdb_error(status, msg, None);
+    }
+    let success = parsed.points.len();
+    let failed = parsed.errors.len();
+    st.metrics
+        .samples_ingested
+        .get_or_create(&vec![("protocol", "opentsdb")])
+        .inc_by(success as u64);
+    st.metrics.lines_rejected.inc_by(failed as u64);
+    let status = if failed == 0 {
+        StatusCode::OK
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    if flag(&params, "details") {
+        let errors: Vec<_> = parsed
+            .errors
+            .iter()
+            .map(|e| json!({ "datapoint": e.datapoint, "error": e.error }))
+            .collect();
+        return (
+            status,
+            Json(json!({ "success": success, "failed": failed, "errors": errors })),
+        )
+            .into_response();
+    }
+    if flag(&params, "summary") {
+        return (
+            status,
+            Json(json!({ "success": success, "failed": failed })),
+        )
+            .into_response();
+    }
+    if failed == 0 {
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    let first = &parsed.errors[0];
+    tsdb_error(
+        StatusCode::BAD_REQUEST,
+        format!("One or more data points had errors ({failed} failed, {success} written)"),
+        Some(format!(
+            "first error: data point {}: {}; append ?details to the request to see every error",
+            first.index, first.error
+        )),
+    )
+}
+
+/// The engine seen through the query crate's data-source trait.
+struct EngineSource(Arc<Engine>);
+
+impl Source for EngineSource {
+    fn select(
+        &self,
+        metric: &str,
+        filter: &dyn Fn(&SeriesKey) -> bool,
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<Selection, SourceError> {
+        self.0
+            .select(metric, filter, start_ms, end_ms)
+            .map_err(|e| SourceError(e.to_string()))
+    }
+
+    fn metric_names(&self) -> Vec<String> {
+        self.0.metric_names()
+    }
+
+    fn tag_keys(&self) -> Vec<String> {
+        self.0.tag_keys()
+    }
+
+    fn tag_values(&self) -> Vec<String> {
+        self.0.tag_values()
+    }
+}
+
+async fn run_query(
+    st: Shared,
+    parsed: Result<QueryRequest, tsvault_query::Error>,
+    endpoint: &'static str,
+) -> Response {
+    let req = match parsed {
+        Ok(r) => r,
+        Err(e) => return tsdb_error(StatusCode::BAD_REQUEST, e.to_string(), None),
+    };
+    let started = Instant::now();
+    let source = EngineSource(st.engine.clone());
+    let result = blocking(move || tsvault_query::execute(&source, &req).map(|r| (r, req))).await;
+    st.metrics
+        .query_duration
+        .get_or_create(&vec![("endpoint", endpoint)])
+        .observe(started.elapsed().as_secs_f64());
+    match result {
+        Ok((results, req)) => Json(tsvault_query::results_to_json(&results, &req)).into_response(),
+        Err(tsvault_query::Error::Source(e)) => {
+            tracing::error!(error = %e.0, "query failed reading storage");
+            tsdb_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("reading stored data failed: {}", e.0),
+                None,
+            )
+        }
+        Err(e) => tsdb_error(StatusCode::BAD_REQUEST, e.to_string(), None),
+    }
+}
+
+/// `GET /api/query?start=..&m=..`.
+pub(crate) async fn query_get(
+    State(st): State<Shared>,
+    Query(params): Query<Vec<(String, String)>>,
+) -> Response {
+    let parsed = QueryRequest::from_params(&params, system_clock_ms());
+    run_query(st, parsed, "query").await
+}
+
+/// `POST /api/query` with a JSON body.
+pub(crate) async fn query_post(
+    State(st): State<Shared>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let body = match body_or_error(&st, &headers, body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let parsed = QueryRequest::from_json(&body, system_clock_ms());
+    run_query(st, parsed, "query").await
+}
+
+fn suggest(st: &Shared, kind: &str, q: &str, max: Option<&str>) -> Response {
+    let max = match max.map(str::parse::<usize>) {
+        None => 25,
+        Some(Ok(m)) => m,
+        Some(Err(_)) => {
+            return tsdb_error(StatusCode::BAD_REQUEST, "max must be a whole number", None);
+        }
+    };
+    let source = EngineSource(st.engine.clone());
+    match tsvault_query::suggest(&source, kind, q, max) {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => tsdb_error(StatusCode::BAD_REQUEST, e.to_string(), None),
+    }
+}
+
+/// `GET /api/suggest?type=metrics|tagk|tagv&q=&max=`.
+pub(crate) async fn suggest_get(
+    State(st): State<Shared>,
+    Query(params): Query<Vec<(String, String)>>,
+) -> Response {
+    let get = |n: &str| params.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
+    let Some(kind) = get("type") else {
+        return tsdb_error(
+            StatusCode::BAD_REQUEST,
+            "Missing parameter <code>type</code>",
+            None,
+        );
+    };
+    suggest(&st, kind, get("q").unwrap_or(""), get("max"))
+}
+
+/// `POST /api/suggest` with `{"type":..,"q":..,"max":..}`.
+pub(crate) async fn suggest_post(
+    State(st): State<Shared>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let body = match body_or_error(&st, &headers, body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let v: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            return tsdb_error(
+                StatusCode::BAD_REQUEST,
+                format!("Unable to parse the given JSON: {e}"),
+                None,
+            );
+        }
+    };
+    let Some(kind) = v.get("type").and_then(|t| t.as_str()) else {
+        return tsdb_error(
+            StatusCode::BAD_REQUEST,
+            "Missing parameter <code>type</code>",
+            None,
+        );
+    };
+    let max = v.get("max").map(|m| m.to_string());
+    suggest(
+        &st,
+        kind,
+        v.get("q").and_then(|q| q.as_str()).unwrap_or(""),
+        max.as_deref(),
+    )
+}
+
+/// `GET /api/aggregators`.
+pub(crate) async fn aggregators() -> Response {
+    Json(tsvault_query::aggregator_names()).into_response()
+}
+
+/// `GET /api/version`.
+pub(crate) async fn version() -> Response {
+    Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "short_revision": "",
+        "full_revision": "",
+        "repo_status": "MODIFIED",
+        "user": "",
+        "host": "",
+        "timestamp": "",
+        "product": "tsvault",
+    }))
+    .into_response()
+}

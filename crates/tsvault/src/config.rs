@@ -1,0 +1,152 @@
+//! `tsvault serve` settings: flags (and `TSVAULT_*` environment variables) over a TOML file
+//! over the embedded defaults.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+use serde::Deserialize;
+use tsvault_server::ServerConfig;
+use tsvault_storage::{EngineConfig, FsyncMode};
+
+/// Fsync policy names as written in flags and files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum FsyncPolicy {
+    /// Fsync before every acknowledgement.
+    Always,
+    /// Fsync every `--fsync-interval`; the last interval's acknowledged writes may be lost.
+    Interval,
+}
+
+/// Flags of `tsvault serve`.
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// A TOML file with the same keys as these flags (e.g. `data-dir = "/var/lib/tsvault"`).
+    #[arg(long, env = "TSVAULT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Where data lives [default: ./tsvault-data].
+    #[arg(long, env = "TSVAULT_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:4242].
+    #[arg(long, env = "TSVAULT_LISTEN")]
+    listen: Option<String>,
+    /// Drop data older than this, e.g. 30d or 1y [default: unlimited].
+    #[arg(long, env = "TSVAULT_RETENTION")]
+    retention: Option<String>,
+    /// Width of a time partition (one segment file per partition) [default: 2h].
+    #[arg(long, env = "TSVAULT_SEGMENT_DURATION")]
+    segment_duration: Option<String>,
+    /// When writes are fsynced [default: always].
+    #[arg(long, env = "TSVAULT_FSYNC", value_enum)]
+    fsync: Option<FsyncPolicy>,
+    /// With `--fsync interval`: the longest time between fsyncs [default: 1s].
+    #[arg(long, env = "TSVAULT_FSYNC_INTERVAL")]
+    fsync_interval: Option<String>,
+    /// Largest accepted request body in bytes, after decompression [default: 67108864].
+    #[arg(long, env = "TSVAULT_MAX_BODY_BYTES")]
+    max_body_bytes: Option<usize>,
+    /// Flush the in-memory head to segments once it holds this many samples
+    /// [default: 33554432].
+    #[arg(long, env = "TSVAULT_HEAD_SAMPLES_MAX")]
+    head_samples_max: Option<usize>,
+    /// Start even when files are damaged: move them aside, serve the rest, report the loss
+    /// in /health and the log.
+    #[arg(long, env = "TSVAULT_QUARANTINE_CORRUPT")]
+    quarantine_corrupt: bool,
+}
+
+/// The same settings as read from a TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    listen: Option<String>,
+    retention: Option<String>,
+    segment_duration: Option<String>,
+    fsync: Option<FsyncPolicy>,
+    fsync_interval: Option<String>,
+    max_body_bytes: Option<usize>,
+    head_samples_max: Option<usize>,
+    quarantine_corrupt: Option<bool>,
+}
+
+fn duration_ms(what: &str, text: &str) -> anyhow::Result<i64> {
+    let d = humantime::parse_duration(text.trim()).with_context(|| {
+        format!("{what} '{text}' is not a duration (examples: 90s, 15m, 2h, 30d)")
+    })?;
+    let ms =
+        i64::try_from(d.as_millis()).with_context(|| format!("{what} '{text}' is too long"))?;
+    if ms <= 0 {
+        bail!("{what} '{text}' must be longer than zero");
+    }
+    Ok(ms)
+}
+
+impl ServeArgs {
+    /// Merges flags over the file over the defaults and checks every value.
+    pub(crate) fn resolve(self) -> anyhow::Result<ServerConfig> {
+        let file = match &self.config {
+            None => FileConfig::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config file {}", path.display()))?;
+                toml::from_str(&text).with_context(|| format!("config file {}", path.display()))?
+            }
+        };
+        let data_dir = self
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("tsvault-data"));
+        let mut engine = EngineConfig::new(data_dir);
+        if let Some(r) = self.retention.or(file.retention)
+            && !matches!(r.trim(), "unlimited" | "0" | "")
+        {
+            engine.retention_ms = Some(duration_ms("--retention", &r)?);
+        }
+        if let Some(s) = self.segment_duration.or(file.segment_duration) {
+            engine.segment_duration_ms = duration_ms("--segment-duration", &s)?;
+        }
+        let interval = self.fsync_interval.or(file.fsync_interval);
+        engine.fsync = match self.fsync.or(file.fsync).unwrap_or(FsyncPolicy::Always) {
+            FsyncPolicy::Always => {
+                if interval.is_some() {
+                    bail!("--fsync-interval needs --fsync interval");
+                }
+                FsyncMode::Always
+            }
+            FsyncPolicy::Interval => {
+                let ms = interval
+                    .map(|i| duration_ms("--fsync-interval", &i))
+                    .transpose()?
+                    .unwrap_or(1000);
+                FsyncMode::Interval {
+                    interval_ms: ms as u64,
+                }
+            }
+        };
+        if let Some(n) = self.head_samples_max.or(file.head_samples_max) {
+            if n == 0 {
+                bail!("--head-samples-max must be at least 1");
+            }
+            engine.head_samples_max = n;
+        }
+        engine.quarantine_corrupt =
+            self.quarantine_corrupt || file.quarantine_corrupt.unwrap_or(false);
+        let max_body_bytes = self
+            .max_body_bytes
+            .or(file.max_body_bytes)
+            .unwrap_or(64 << 20);
+        if max_body_bytes == 0 {
+            bail!("--max-body-bytes must be at least 1");
+        }
+        Ok(ServerConfig {
+            listen: self
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| "127.0.0.1:4242".into()),
+            engine,
+            max_body_bytes,
+        })
+    }
+}

@@ -1,0 +1,204 @@
+//! Test harness: starts the real `tsvault` binary on a free port, talks HTTP to it, and
+//! stops it gently (SIGTERM) or kills it (SIGKILL).
+
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Longest wait for the server to say where it listens.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A running server process.
+pub struct Server {
+    child: Child,
+    pub base: String,
+    pub data_dir: PathBuf,
+    log: Arc<Mutex<String>>,
+    log_done: mpsc::Receiver<()>,
+}
+
+impl Server {
+    /// Starts `tsvault serve --data-dir DIR --listen 127.0.0.1:0 EXTRA...` and waits for its
+    /// "listening on" line.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
+        Self::try_start(data_dir, extra)
+            .unwrap_or_else(|log| panic!("server did not start:\n{log}"))
+    }
+
+    /// Like `start`, but returns the server's log when it exits before listening.
+    pub fn try_start(data_dir: &Path, extra: &[&str]) -> Result<Server, String> {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tsvault"))
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
+            .env("TSVAULT_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tsvault binary");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (addr_tx, addr_rx) = mpsc::channel();
+        let (done_tx, done_rx) = mpsc::channel();
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                {
+                    let mut l = log2.lock().unwrap();
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let addr = rest
+                        .split([',', ' '])
+                        .next()
+                        .unwrap_or_default()
+                        .to_string();
+                    let _ = addr_tx.send(addr);
+                }
+            }
+            let _ = done_tx.send(());
+        });
+        match addr_rx.recv_timeout(START_TIMEOUT) {
+            Ok(addr) => Ok(Server {
+                child,
+                base: format!("http://{addr}"),
+                data_dir: data_dir.to_owned(),
+                log,
+                log_done: done_rx,
+            }),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let _ = done_rx.recv_timeout(START_TIMEOUT);
+                Err(log.lock().unwrap().clone())
+            }
+        }
+    }
+
+    /// Everything the server has logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// SIGKILL: no flush, no goodbye.
+    pub fn kill9(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reap");
+    }
+
+    /// SIGTERM, then waits for the exit; returns the status and the full log.
+    pub fn terminate(mut self) -> (ExitStatus, String) {
+        // SAFETY: plain kill(2) on our own child's pid.
+        let rc = unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        assert_eq!(rc, 0, "kill(SIGTERM)");
+        let status = self.child.wait().expect("wait");
+        let _ = self.log_done.recv_timeout(START_TIMEOUT);
+        (status, self.log())
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP client that returns every status as a response, never as an error.
+pub fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(120)))
+        .build()
+        .into()
+}
+
+/// A response: status and body text.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+fn reply(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<Reply, ureq::Error> {
+    let mut r = r?;
+    let status = r.status().as_u16();
+    let body = r.body_mut().with_config().limit(1 << 30).read_to_string()?;
+    Ok(Reply { status, body })
+}
+
+pub fn try_post(url: &str, content_type: &str, body: &[u8]) -> Result<Reply, ureq::Error> {
+    reply(
+        agent()
+            .post(url)
+            .header("Content-Type", content_type)
+            .send(body),
+    )
+}
+
+pub fn post(url: &str, body: &[u8]) -> Reply {
+    try_post(url, "text/plain", body).unwrap_or_else(|e| panic!("POST {url}: {e}"))
+}
+
+pub fn post_with(url: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+    let mut req = agent().post(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    reply(req.send(body)).unwrap_or_else(|e| panic!("POST {url}: {e}"))
+}
+
+pub fn get(url: &str) -> Reply {
+    reply(agent().get(url).call()).unwrap_or_else(|e| panic!("GET {url}: {e}"))
+}
+
+/// Runs an OpenTSDB query with msResolution and returns each result's (tags, dps) where
+/// dps are (ms, value) sorted.
+pub fn query_dps(base: &str, body: serde_json::Value) -> Vec<(serde_json::Value, Vec<(i64, f64)>)> {
+    let r = post_with(
+        &format!("{base}/api/query"),
+        &[("Content-Type", "application/json")],
+        body.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 200, "query failed: {}", r.body);
+    let v = r.json();
+    v.as_array()
+        .expect("query result is an array")
+        .iter()
+        .map(|res| {
+            let mut dps: Vec<(i64, f64)> = res["dps"]
+                .as_object()
+                .expect("dps is an object")
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.parse().expect("ts key"),
+                        v.as_f64().expect("numeric value"),
+                    )
+                })
+                .collect();
+            dps.sort_by_key(|d| d.0);
+            (res["tags"].clone(), dps)
+        })
+        .collect()
+}

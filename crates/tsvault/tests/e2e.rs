@@ -1,0 +1,341 @@
+//! End to end: the real binary on a real socket, written through each protocol and read back
+//! exactly through `/api/query`.
+
+mod common;
+
+use std::io::Write;
+
+use common::{Server, get, post, post_with, query_dps};
+use serde_json::json;
+
+fn query_none(base: &str, metric: &str) -> Vec<(serde_json::Value, Vec<(i64, f64)>)> {
+    let mut r = query_dps(
+        base,
+        json!({"start": 0, "end": 4_000_000_000_000i64, "msResolution": true,
+               "queries": [{"metric": metric, "aggregator": "none"}]}),
+    );
+    r.sort_by_key(|(tags, _)| tags.to_string());
+    r
+}
+
+#[test]
+fn influx_v1_write_reads_back_exact_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &[]);
+    let body = "cpu,host=web\\ 01,dc=eu usage_user=12.5,usage_idle=80i,up=true 1700000000000000000\n\
+                cpu,host=web\\ 01,dc=eu usage_user=13.25,usage_idle=79i,up=false 1700000010000000000\n\
+                # a comment line\n\
+                cpu,host=db,dc=us usage_user=-0.125 1700000000123456789\n";
+    let r = post(&s.url("/write?db=mydb"), body.as_bytes());
+    assert_eq!(r.status, 204, "{}", r.body);
+    let user = query_none(&s.base, "cpu_usage_user");
+    assert_eq!(user.len(), 2);
+    assert_eq!(user[0].0, json!({"dc": "eu", "host": "web 01"}));
+    assert_eq!(
+        user[0].1,
+        vec![(1_700_000_000_000, 12.5), (1_700_000_010_000, 13.25)]
+    );
+    assert_eq!(user[1].0, json!({"dc": "us", "host": "db"}));
+    assert_eq!(
+        user[1].1,
+        vec![(1_700_000_000_123, -0.125)],
+        "ns are floored to ms"
+    );
+    assert_eq!(
+        query_none(&s.base, "cpu_usage_idle")[0].1,
+        vec![(1_700_000_000_000, 80.0), (1_700_000_010_000, 79.0)]
+    );
+    assert_eq!(
+        query_none(&s.base, "cpu_up")[0].1,
+        vec![(1_700_000_000_000, 1.0), (1_700_000_010_000, 0.0)]
+    );
+    // precision=s
+    let r = post(
+        &s.url("/write?precision=s"),
+        b"mem,host=a used=1.5 1700000100\n",
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert_eq!(
+        query_none(&s.base, "mem_used")[0].1,
+        vec![(1_700_000_100_000, 1.5)]
+    );
+}
+
+#[test]
+fn influx_v2_write_accepts_gzip_and_string_fields_are_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &[]);
+    let body = b"disk,host=a free=42.75,label=\"ssd \\\"fast\\\"\" 1700000000000\n";
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(body).unwrap();
+    let gz = gz.finish().unwrap();
+    let r = post_with(
+        &s.url("/api/v2/write?bucket=b&org=o&precision=ms"),
+        &[("Content-Encoding", "gzip"), ("Content-Type", "text/plain")],
+        &gz,
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert_eq!(
+        query_none(&s.base, "disk_free")[0].1,
+        vec![(1_700_000_000_000, 42.75)]
+    );
+    let r = get(&s.url("/api/query?start=1699999999&m=sum:disk_label"));
+    assert_eq!(r.status, 400, "string fields are not stored: {}", r.body);
+    assert!(r.body.contains("disk_label"), "{}", r.body);
+    let metrics = get(&s.url("/metrics")).body;
+    assert!(
+        metrics.contains("tsvault_string_fields_skipped_total 1"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn opentsdb_put_object_and_array_with_summary_and_details() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &[]);
+    let one = json!({"metric": "sys.cpu.nice", "timestamp": 1_700_000_000, "value": 18, "tags": {"host": "web01"}});
+    let r = post(&s.url("/api/put"), one.to_string().as_bytes());
+    assert_eq!(r.status, 204, "{}", r.body);
+    let many = json!([
+        {"metric": "sys.cpu.nice", "timestamp": 1_700_000_010_500i64, "value": "19.5", "tags": {"host": "web01"}},
+        {"metric": "sys.cpu.nice", "timestamp": 1_700_000_000, "value": 7, "tags": {"host": "web02"}},
+    ]);
+    let r = post(&s.url("/api/put?summary"), many.to_string().as_bytes());
+    assert_eq!(
+        (r.status, r.json()),
+        (200, json!({"success": 2, "failed": 0}))
+    );
+    let got = query_none(&s.base, "sys.cpu.nice");
+    assert_eq!(
+        got[0].1,
+        vec![(1_700_000_000_000, 18.0), (1_700_000_010_500, 19.5)]
+    );
+    assert_eq!(got[1].1, vec![(1_700_000_000_000, 7.0)]);
+
+    let mixed = json!([
+        {"metric": "sys.cpu.nice", "timestamp": 1_700_000_020, "value": 20, "tags": {"host": "web01"}},
+        {"metric": "sys.cpu.nice", "timestamp": 1_700_000_030, "value": 21},
+    ]);
+    let r = post(&s.url("/api/put?details"), mixed.to_string().as_bytes());
+    assert_eq!(r.status, 400, "{}", r.body);
+    let v = r.json();
+    assert_eq!(
+        (v["success"].clone(), v["failed"].clone()),
+        (json!(1), json!(1))
+    );
+    assert_eq!(
+        v["errors"][0]["datapoint"]["timestamp"],
+        json!(1_700_000_030)
+    );
+    assert!(
+        v["errors"][0]["error"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("tag"),
+        "{v}"
+    );
+    assert_eq!(
+        query_none(&s.base, "sys.cpu.nice")[0].1.len(),
+        3,
+        "the valid point was written"
+    );
+}
+
+#[test]
+fn opentsdb_get_query_with_filters_aggregation_and_downsampling() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &[]);
+    let mut lines = String::new();
+    for i in 0..6i64 {
+        lines.push_str(&format!(
+            "req,host=a,dc=eu count={} {}\n",
+            i,
+            1_700_000_000 + i * 10
+        ));
+        lines.push_str(&format!(
+            "req,host=b,dc=eu count={} {}\n",
+            10 * i,
+            1_700_000_000 + i * 10
+        ));
+        lines.push_str(&format!(
+            "req,host=c,dc=us count=1000 {}\n",
+            1_700_000_000 + i * 10
+        ));
+    }
+    let r = post(&s.url("/write?precision=s"), lines.as_bytes());
+    assert_eq!(r.status, 204, "{}", r.body);
+    let r = get(&s.url(
+        "/api/query?start=1699999990&end=1700000100&m=sum:req_count{dc=eu}&msResolution=true",
+    ));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v[0]["tags"], json!({"dc": "eu"}));
+    assert_eq!(v[0]["dps"]["1700000050000"], json!(55.0));
+    let r =
+        get(&s.url("/api/query?start=1699999990&end=1700000100&m=max:30s-avg:req_count{host=*}"));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v.as_array().unwrap().len(), 3, "{v}");
+    let r = get(&s.url("/api/query?start=1699999990&m=summ:req_count"));
+    assert_eq!(r.status, 400);
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("summ"),
+        "{}",
+        r.body
+    );
+    let r = get(&s.url("/api/suggest?type=metrics&q=re"));
+    assert_eq!(r.json(), json!(["req_count"]));
+    let r = get(&s.url("/api/suggest?type=tagv&q=e"));
+    assert_eq!(r.json(), json!(["eu"]));
+    let aggs = get(&s.url("/api/aggregators")).json();
+    for a in [
+        "sum", "avg", "min", "max", "count", "dev", "zimsum", "last", "first", "p50", "p99",
+    ] {
+        assert!(
+            aggs.as_array().unwrap().contains(&json!(a)),
+            "missing aggregator {a}"
+        );
+    }
+    assert_eq!(
+        get(&s.url("/api/version")).json()["version"],
+        json!(env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn health_ready_and_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &[]);
+    let h = get(&s.url("/health"));
+    assert_eq!((h.status, h.json()["status"].clone()), (200, json!("ok")));
+    assert_eq!(get(&s.url("/ready")).status, 200);
+    assert_eq!(
+        post(&s.url("/write"), b"m,host=a v=1 1700000000000000000\n").status,
+        204
+    );
+    let m = get(&s.url("/metrics")).body;
+    for name in [
+        "tsvault_samples_ingested_total{protocol=\"influx\"} 1",
+        "tsvault_series 1",
+        "tsvault_wal_bytes",
+        "tsvault_segments",
+        "tsvault_query_duration_seconds",
+    ] {
+        assert!(m.contains(name), "metrics lack {name}:\n{m}");
+    }
+}
+
+#[test]
+fn sigterm_flushes_and_exits_zero_and_data_survives() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &[]);
+    assert!(
+        s.log()
+            .contains(&format!("data in {}", dir.path().display())),
+        "{}",
+        s.log()
+    );
+    assert_eq!(
+        post(&s.url("/write"), b"m,host=a v=1.25 1700000000000000000\n").status,
+        204
+    );
+    let (status, log) = s.terminate();
+    assert!(status.success(), "exit status {status:?}\n{log}");
+    let segs = std::fs::read_dir(dir.path().join("segments"))
+        .unwrap()
+        .count();
+    assert_eq!(segs, 1, "the head was flushed into a segment at shutdown");
+    let s = Server::start(dir.path(), &[]);
+    assert_eq!(
+        query_none(&s.base, "m_v")[0].1,
+        vec![(1_700_000_000_000, 1.25)]
+    );
+}
+
+#[test]
+fn flipped_byte_in_segment_is_reported_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &[]);
+    assert_eq!(
+        post(
+            &s.url("/write"),
+            b"m,host=a v=1 1700000000000000000\nm,host=a v=2 1800000000000000000\n"
+        )
+        .status,
+        204
+    );
+    assert!(s.terminate().0.success());
+    let mut segs: Vec<_> = std::fs::read_dir(dir.path().join("segments"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    segs.sort();
+    let victim = segs[0].clone();
+    let mut bytes = std::fs::read(&victim).unwrap();
+    let mid = bytes.len() / 3;
+    bytes[mid] ^= 0x08;
+    std::fs::write(&victim, &bytes).unwrap();
+
+    let log = Server::try_start(dir.path(), &[])
+        .err()
+        .expect("must refuse to start on a corrupt segment");
+    let name = victim.file_name().unwrap().to_str().unwrap();
+    assert!(log.contains(name) && log.contains("corrupt"), "{log}");
+
+    let s = Server::start(dir.path(), &["--quarantine-corrupt"]);
+    let h = get(&s.url("/health")).json();
+    assert_eq!(h["status"], json!("degraded"), "{h}");
+    assert!(
+        h["quarantined"][0]["file"]
+            .as_str()
+            .unwrap()
+            .ends_with(name),
+        "{h}"
+    );
+    assert!(
+        h["quarantined"][0]["lost"]
+            .as_str()
+            .unwrap()
+            .contains("1 samples"),
+        "{h}"
+    );
+    assert!(s.log().contains(name));
+    assert_eq!(
+        query_none(&s.base, "m_v")[0].1,
+        vec![(1_800_000_000_000, 2.0)],
+        "the intact partition is served"
+    );
+}
+
+#[test]
+fn torn_wal_tail_after_kill_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &[]);
+    for i in 0..5 {
+        let line = format!(
+            "m,host=a v={i} {}\n",
+            1_700_000_000_000_000_000i64 + i * 1_000_000_000
+        );
+        assert_eq!(post(&s.url("/write"), line.as_bytes()).status, 204);
+    }
+    s.kill9();
+    let mut wals: Vec<_> = std::fs::read_dir(dir.path().join("wal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    wals.sort();
+    // A torn write: half a record's worth of garbage at the end of the newest file.
+    let last = wals.last().unwrap();
+    let mut f = std::fs::OpenOptions::new().append(true).open(last).unwrap();
+    f.write_all(&[0x20, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3])
+        .unwrap();
+    drop(f);
+    let s = Server::start(dir.path(), &[]);
+    assert!(s.log().contains("torn WAL tail"), "{}", s.log());
+    let got = query_none(&s.base, "m_v");
+    assert_eq!(got[0].1.len(), 5, "{got:?}");
+}
