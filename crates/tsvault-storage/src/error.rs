@@ -65,3 +65,17 @@ impl Error {
         matches!(self, Error::Io { source, .. } if source.raw_os_error() == Some(28))
     }
 }
+
+/// Returns an injected I/O error from the enclosing function when failpoint `$name` is
+/// configured (builds with the `failpoints` feature only; otherwise it compiles to nothing).
+macro_rules! failpoint {
+    ($name:literal, $op:literal, $path:expr) => {
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!($name, |_| Err($crate::error::Error::Io {
+            op: $op,
+            path: $path.to_owned(),
+            source: std::io::Error::other(concat!("injected failure at failpoint ", $name)),
+        }));
+    };
+}
+pub(crate) use failpoint;

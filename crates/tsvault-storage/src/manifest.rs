@@ -9,7 +9,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::bytes::Reader;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, IoContext, Result, failpoint};
 use crate::fsutil::write_atomic;
 use crate::segment::SegmentInfo;
 
@@ -104,6 +104,7 @@ impl Manifest {
 
     /// Atomically replaces the manifest in `dir`.
     pub(crate) fn store(&self, dir: &Path) -> Result<()> {
+        failpoint!("manifest-store", "write", dir.join(MANIFEST_FILE));
         write_atomic(&dir.join(MANIFEST_FILE), &self.encode())
     }
 }

@@ -14,7 +14,7 @@ use pco::{ChunkConfig, DeltaSpec};
 use tsvault_model::{Sample, SeriesKey};
 
 use crate::bytes::{Reader, put_ivarint, put_uvarint};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, IoContext, Result, failpoint};
 use crate::fsutil::sync_dir;
 
 const HEADER_MAGIC: &[u8; 8] = b"TSVSEG\x00\x01";
@@ -234,6 +234,7 @@ fn write_segment_file(
     footer.extend_from_slice(FOOTER_MAGIC);
     debug_assert_eq!(footer.len(), FOOTER_BYTES);
     w.put(&footer)?;
+    failpoint!("segment-write", "write", tmp);
     let file = w.out.into_inner().map_err(|e| Error::Io {
         op: "write",
         path: tmp.to_owned(),

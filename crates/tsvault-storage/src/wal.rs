@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use tsvault_model::SeriesKey;
 
 use crate::bytes::{Reader, put_ivarint, put_uvarint};
-use crate::error::{IoContext, Result};
+use crate::error::{IoContext, Result, failpoint};
 use crate::fsutil::sync_dir;
 
 /// Magic and version at the start of every WAL file.
@@ -218,6 +218,7 @@ impl WalWriter {
 
     /// Appends already framed records (not yet durable).
     pub(crate) fn append(&mut self, frames: &[u8]) -> Result<()> {
+        failpoint!("wal-append", "write", self.path);
         self.file.write_all(frames).ctx("write", &self.path)?;
         self.size_bytes += frames.len() as u64;
         Ok(())
@@ -225,6 +226,7 @@ impl WalWriter {
 
     /// Makes everything appended so far durable.
     pub(crate) fn sync(&mut self) -> Result<()> {
+        failpoint!("wal-fsync", "fsync", self.path);
         self.file.sync_data().ctx("fsync", &self.path)
     }
 

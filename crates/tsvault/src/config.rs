@@ -150,3 +150,73 @@ impl ServeArgs {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn resolve(args: &[&str]) -> anyhow::Result<ServerConfig> {
+        T::try_parse_from(std::iter::once("t").chain(args.iter().copied()))?
+            .serve
+            .resolve()
+    }
+
+    #[test]
+    fn defaults_file_and_flags_in_that_order() {
+        let d = resolve(&[]).unwrap();
+        assert_eq!(d.listen, "127.0.0.1:4242");
+        assert_eq!(d.engine.data_dir, PathBuf::from("tsvault-data"));
+        assert_eq!(d.engine.fsync, FsyncMode::Always);
+        assert_eq!(d.engine.retention_ms, None);
+        assert_eq!(d.engine.segment_duration_ms, 7_200_000);
+        assert_eq!(d.max_body_bytes, 64 << 20);
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tsvault.toml");
+        std::fs::write(
+            &file,
+            "data-dir = \"/srv/ts\"\nlisten = \"0.0.0.0:9999\"\nretention = \"30d\"\nfsync = \"interval\"\nfsync-interval = \"250ms\"\nsegment-duration = \"1h\"\n",
+        )
+        .unwrap();
+        let f = file.to_str().unwrap();
+        let c = resolve(&["--config", f]).unwrap();
+        assert_eq!(c.engine.data_dir, PathBuf::from("/srv/ts"));
+        assert_eq!(c.listen, "0.0.0.0:9999");
+        assert_eq!(c.engine.retention_ms, Some(30 * 86_400_000));
+        assert_eq!(c.engine.fsync, FsyncMode::Interval { interval_ms: 250 });
+        assert_eq!(c.engine.segment_duration_ms, 3_600_000);
+        let c = resolve(&[
+            "--config",
+            f,
+            "--listen",
+            "127.0.0.1:1",
+            "--retention",
+            "unlimited",
+        ])
+        .unwrap();
+        assert_eq!(c.listen, "127.0.0.1:1", "flags win over the file");
+        assert_eq!(c.engine.retention_ms, None);
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let e = |args: &[&str]| format!("{:#}", resolve(args).unwrap_err());
+        assert!(e(&["--retention", "forever"]).contains("--retention 'forever'"));
+        assert!(e(&["--segment-duration", "0s"]).contains("longer than zero"));
+        assert!(e(&["--fsync-interval", "1s"]).contains("needs --fsync interval"));
+        assert!(e(&["--max-body-bytes", "0"]).contains("at least 1"));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "data_dirr = 1\n").unwrap();
+        let msg = e(&["--config", file.to_str().unwrap()]);
+        assert!(msg.contains("c.toml") && msg.contains("data_dirr"), "{msg}");
+        assert!(e(&["--config", "/nonexistent.toml"]).contains("/nonexistent.toml"));
+    }
+}
