@@ -268,9 +268,9 @@ fn parse_line(
                 format!("invalid timestamp '{ts_text}': expected an integer (or unescaped space in a field)")
             }
         })?;
-        precision.to_ms(ts).ok_or_else(|| {
+        precision.to_ms(ts).filter(|&ms| tsvault_model::ts_in_range(ms)).ok_or_else(|| {
             format!(
-                "timestamp {ts} at precision {} is out of range for millisecond time",
+                "timestamp {ts} at precision {} is out of range (supported: ±2^60 ms, about ±36 million years around 1970)",
                 precision.name()
             )
         })?
@@ -526,6 +526,21 @@ mod tests {
             e.contains("out of range") && e.contains("precision h"),
             "{e}"
         );
+        for ts in [
+            "9223372036854775807",
+            "-9223372036854775808",
+            "1152921504606846977",
+        ] {
+            let e = parse_line_protocol(format!("m v=1 {ts}").as_bytes(), Precision::Ms, 0).errors
+                [0]
+            .to_string();
+            assert!(e.contains("out of range"), "{ts}: {e}");
+        }
+        assert!(
+            parse_line_protocol(b"m v=1 1152921504606846976", Precision::Ms, 0)
+                .errors
+                .is_empty()
+        );
         let e = parse_line_protocol(b"m,t=\xff v=1", Precision::Ns, 0).errors[0].to_string();
         assert!(e.contains("invalid UTF-8"), "{e}");
         let e = one_error("m,t=a\u{1}b v=1");
@@ -554,7 +569,7 @@ mod tests {
         #[test]
         fn escaped_names_round_trip(
             m in name(), tk in name(), tv in name(), fk in name(),
-            v in any::<i32>(), s in "[a-z \"\\\\]{0,8}", ts in any::<i64>(),
+            v in any::<i32>(), s in "[a-z \"\\\\]{0,8}", ts in tsvault_model::TS_MS_MIN..=tsvault_model::TS_MS_MAX,
         ) {
             prop_assume!(fk != "str");
             let line = format!(

@@ -8,6 +8,17 @@ mod key;
 
 pub use key::{KeyError, LIMITS, SeriesKey, TagSet};
 
+/// The earliest timestamp tsvault stores: -2^60 ms, about 36 million years before 1970.
+/// Bounding time keeps partition arithmetic far from i64 overflow.
+pub const TS_MS_MIN: i64 = -(1 << 60);
+/// The latest timestamp tsvault stores: 2^60 ms, about 36 million years after 1970.
+pub const TS_MS_MAX: i64 = 1 << 60;
+
+/// True when `ts_ms` lies in the supported range [`TS_MS_MIN`, `TS_MS_MAX`].
+pub fn ts_in_range(ts_ms: i64) -> bool {
+    (TS_MS_MIN..=TS_MS_MAX).contains(&ts_ms)
+}
+
 /// One sample of a series: a timestamp in milliseconds since the Unix epoch and a value.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Sample {

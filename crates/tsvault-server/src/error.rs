@@ -13,6 +13,7 @@ pub(crate) fn storage_status(e: &StorageError) -> (StatusCode, String) {
             StatusCode::INSUFFICIENT_STORAGE,
             format!("the data directory's disk is full; free space and retry ({e})"),
         ),
+        StorageError::OutOfRange(msg) => (StatusCode::BAD_REQUEST, msg.clone()),
         StorageError::Corrupt { .. } => (
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("stored data failed a checksum and is not served: {e}"),

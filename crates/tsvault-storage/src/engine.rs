@@ -504,6 +504,12 @@ impl EngineHandle {
         if let Some(msg) = self.inner.poisoned() {
             return Err(Error::Poisoned(msg));
         }
+        if let Some(p) = points.iter().find(|p| !tsvault_model::ts_in_range(p.ts_ms)) {
+            return Err(Error::OutOfRange(format!(
+                "timestamp {} ms of {} is outside the supported range (±2^60 ms)",
+                p.ts_ms, p.key
+            )));
+        }
         let cutoff = self.retention_cutoff();
         let mut samples = Vec::with_capacity(points.len());
         let mut misses = Vec::new();

@@ -36,6 +36,9 @@ pub enum Error {
     /// The engine is shutting down.
     #[error("the store is shutting down")]
     Closed,
+    /// A write holds a value the store does not accept (parsers check this first).
+    #[error("{0}")]
+    OutOfRange(String),
     /// A configuration value is out of range.
     #[error("invalid storage configuration: {0}")]
     Config(String),

@@ -163,6 +163,31 @@ fn retention_refuses_old_samples_and_drops_old_segments() {
 }
 
 #[test]
+fn timestamps_outside_the_supported_range_are_refused_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path());
+    let a = key("m", "a");
+    for ts in [i64::MAX, i64::MIN, tsvault_model::TS_MS_MAX + 1] {
+        let err = e.write(&[pt(&a, 1, 1.0), pt(&a, ts, 2.0)]).unwrap_err();
+        assert!(matches!(err, Error::OutOfRange(_)), "{err}");
+    }
+    e.write(&[
+        pt(&a, tsvault_model::TS_MS_MAX, 3.0),
+        pt(&a, tsvault_model::TS_MS_MIN, 4.0),
+    ])
+    .unwrap();
+    e.flush().unwrap();
+    e.compact().unwrap();
+    assert_eq!(
+        all(&e, "m")[0].1,
+        vec![
+            s(tsvault_model::TS_MS_MIN, 4.0),
+            s(tsvault_model::TS_MS_MAX, 3.0)
+        ]
+    );
+}
+
+#[test]
 fn second_process_on_same_dir_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let _e = open(dir.path());
