@@ -628,20 +628,47 @@ impl EngineHandle {
             next.segments.push(info);
         }
         next.wal_start = wal_start;
-        next.store(&self.inner.config.data_dir)?;
-        *manifest = next;
-        {
-            let mut state = self.inner.state.write();
-            let mut segs: Vec<Arc<LoadedSegment>> = state.segments.iter().cloned().collect();
-            segs.extend(new_segments);
-            state.segments = Arc::new(segs);
-            state.frozen = None;
-        }
+        self.install(manifest, next, &[], new_segments, true)?;
         self.inner.stats.flushes.fetch_add(1, Ordering::Relaxed);
         for (n, path) in list_wal_files(&self.inner.wal_dir)? {
             if n < wal_start {
                 fs::remove_file(&path).ctx("remove", &path)?;
             }
+        }
+        Ok(())
+    }
+
+    /// Makes `next` the durable manifest, then switches readers in one step to the segment
+    /// list without `removed` and with `added` (dropping the frozen head too when
+    /// `clear_frozen`: its data is now in `added`), then deletes the removed files. The order
+    /// matters: files are deleted only after no manifest and no reader refers to them.
+    fn install(
+        &self,
+        manifest: &mut Manifest,
+        next: Manifest,
+        removed: &[u64],
+        added: Vec<Arc<LoadedSegment>>,
+        clear_frozen: bool,
+    ) -> Result<()> {
+        next.store(&self.inner.config.data_dir)?;
+        *manifest = next;
+        {
+            let mut state = self.inner.state.write();
+            let mut segs: Vec<Arc<LoadedSegment>> = state
+                .segments
+                .iter()
+                .filter(|s| !removed.contains(&s.seg.info.seq))
+                .cloned()
+                .collect();
+            segs.extend(added);
+            state.segments = Arc::new(segs);
+            if clear_frozen {
+                state.frozen = None;
+            }
+        }
+        for seq in removed {
+            let p = self.inner.seg_dir.join(segment_file_name(*seq));
+            fs::remove_file(&p).ctx("remove", &p)?;
         }
         Ok(())
     }
@@ -723,23 +750,7 @@ impl EngineHandle {
         let loaded = self.open_segment(&info)?;
         next.segments.retain(|s| !seqs.contains(&s.seq));
         next.segments.push(info);
-        next.store(&self.inner.config.data_dir)?;
-        *manifest = next;
-        {
-            let mut state = self.inner.state.write();
-            let mut segs: Vec<Arc<LoadedSegment>> = state
-                .segments
-                .iter()
-                .filter(|s| !seqs.contains(&s.seg.info.seq))
-                .cloned()
-                .collect();
-            segs.push(loaded);
-            state.segments = Arc::new(segs);
-        }
-        for s in seqs {
-            let p = self.inner.seg_dir.join(segment_file_name(s));
-            fs::remove_file(&p).ctx("remove", &p)?;
-        }
+        self.install(manifest, next, &seqs, vec![loaded], false)?;
         self.inner.stats.compactions.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -760,22 +771,7 @@ impl EngineHandle {
         }
         let mut next = manifest.clone();
         next.segments.retain(|s| !expired.contains(&s.seq));
-        next.store(&self.inner.config.data_dir)?;
-        *manifest = next;
-        {
-            let mut state = self.inner.state.write();
-            let segs: Vec<Arc<LoadedSegment>> = state
-                .segments
-                .iter()
-                .filter(|s| !expired.contains(&s.seg.info.seq))
-                .cloned()
-                .collect();
-            state.segments = Arc::new(segs);
-        }
-        for s in &expired {
-            let p = self.inner.seg_dir.join(segment_file_name(*s));
-            fs::remove_file(&p).ctx("remove", &p)?;
-        }
+        self.install(&mut manifest, next, &expired, Vec::new(), false)?;
         tracing::info!(
             segments = expired.len(),
             cutoff_ms = cutoff,
