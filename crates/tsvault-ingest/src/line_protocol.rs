@@ -1,88 +1,68 @@
-//! InfluxDB line protocol:
-//! `measurement[,tag=value...] field=value[,field=value...] [timestamp]`.
+//! InfluxDB line protocol, as documented for InfluxDB v2:
+//! `measurement[,tag=value...] field=value[,field=value...] [timestamp]`, one point per line.
 //!
-//! Escapes: in the measurement a backslash escapes comma and space; in tag keys, tag values
-//! and field keys it escapes comma, equals sign and space; in string field values it escapes
-//! the double quote and the backslash. A backslash before any other character is kept.
+//! Each numeric field becomes one [`Point`] with metric `<measurement>_<field key>` and the
+//! line's tags. Booleans are stored as 1 and 0; string fields are counted and dropped. A line
+//! is taken whole or refused whole, and a refused line never stops the lines around it.
+//!
+//! Escapes: a backslash escapes comma and space in the measurement; comma, equals sign and
+//! space in tag keys, tag values and field keys; the double quote in string field values; and
+//! a backslash everywhere (`\\` reads as one backslash, as the documentation's table says). A
+//! backslash before any other character is kept literally.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::fmt;
-use std::str::FromStr;
 
-use tsvault_model::{Point, TagSet};
+use tsvault_model::{KeyError, Point, TagSet, ts_in_range};
 
-/// Longest line accepted.
-const LINE_BYTES_MAX: usize = 1 << 20;
+use crate::precision::Precision;
 
-/// The unit of line protocol timestamps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Precision {
-    /// Nanoseconds (the default).
-    Ns,
-    /// Microseconds.
-    Us,
-    /// Milliseconds.
-    Ms,
-    /// Seconds.
-    S,
-    /// Minutes.
-    M,
-    /// Hours.
-    H,
-}
+/// Longest line accepted, in bytes: the bound on the work one line may cause.
+pub const LINE_BYTES_MAX: usize = 1 << 20;
 
-/// An unknown precision name.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid precision '{0}'; use one of ns, u, us, ms, s, m, h")]
-pub struct PrecisionError(pub String);
+/// Field count up to which duplicate field keys are found by a linear scan (cheaper than
+/// hashing for the usual handful of fields); longer lines use a hash map.
+const FIELDS_LINEAR_MAX: usize = 32;
 
-impl FromStr for Precision {
-    type Err = PrecisionError;
+/// Longest piece of input quoted back in an error message, in bytes.
+const QUOTE_BYTES_MAX: usize = 64;
 
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(match s {
-            "ns" | "n" => Precision::Ns,
-            "u" | "us" | "µ" | "µs" => Precision::Us,
-            "ms" => Precision::Ms,
-            "s" => Precision::S,
-            "m" => Precision::M,
-            "h" => Precision::H,
-            other => return Err(PrecisionError(other.to_owned())),
-        })
-    }
-}
+// Byte classes for the scanners: which bytes end (or, for the backslash, interrupt) a token.
+const MEASUREMENT_STOP: u8 = 1;
+const KEY_STOP: u8 = 2;
+const VALUE_STOP: u8 = 4;
 
-impl Precision {
-    /// Converts a timestamp in this precision to milliseconds (floor for finer units).
-    fn to_ms(self, ts: i64) -> Option<i64> {
-        match self {
-            Precision::Ns => Some(ts.div_euclid(1_000_000)),
-            Precision::Us => Some(ts.div_euclid(1_000)),
-            Precision::Ms => Some(ts),
-            Precision::S => ts.checked_mul(1_000),
-            Precision::M => ts.checked_mul(60_000),
-            Precision::H => ts.checked_mul(3_600_000),
-        }
-    }
+/// `CLASS[b]` holds the token kinds that byte `b` stops. A name's stop bytes other than the
+/// backslash are exactly the bytes a backslash escapes in it; the backslash escapes itself.
+static CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    t[b',' as usize] = MEASUREMENT_STOP | KEY_STOP | VALUE_STOP;
+    t[b' ' as usize] = MEASUREMENT_STOP | KEY_STOP | VALUE_STOP;
+    t[b'=' as usize] = KEY_STOP;
+    t[b'\\' as usize] = MEASUREMENT_STOP | KEY_STOP;
+    t
+};
 
-    fn name(self) -> &'static str {
-        match self {
-            Precision::Ns => "ns",
-            Precision::Us => "us",
-            Precision::Ms => "ms",
-            Precision::S => "s",
-            Precision::M => "m",
-            Precision::H => "h",
-        }
-    }
+/// What a line protocol body parsed into.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LineProtocolOutcome {
+    /// Every numeric field of every valid line, in body order.
+    pub points: Vec<Point>,
+    /// One per rejected line, in line order.
+    pub errors: Vec<LineError>,
+    /// Valid lines: lines that produced at least one point or held only string fields.
+    pub lines_written: usize,
+    /// String fields of valid lines; they are not stored.
+    pub string_fields_skipped: u64,
 }
 
 /// One rejected line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LineError {
-    /// 1-based line number in the body.
+    /// 1-based line number in the body (blank and comment lines count).
     pub line: usize,
-    /// What is wrong, for a person.
+    /// What is wrong and where, for a person.
     pub message: String,
 }
 
@@ -92,471 +72,1143 @@ impl fmt::Display for LineError {
     }
 }
 
-/// What a body parsed into.
-#[derive(Debug, Default)]
-pub struct LineProtocolOutcome {
-    /// Every numeric field of every valid line.
-    pub points: Vec<Point>,
-    /// One per rejected line, in line order.
-    pub errors: Vec<LineError>,
-    /// Valid lines.
-    pub lines_written: usize,
-    /// String fields seen in valid lines; they are not stored.
-    pub string_fields_skipped: u64,
-}
+impl std::error::Error for LineError {}
 
-/// Parses a whole body. `now_ms` stamps lines without a timestamp.
+/// Parses a whole body; lines without a timestamp get `now_ms`.
 pub fn parse_line_protocol(body: &[u8], precision: Precision, now_ms: i64) -> LineProtocolOutcome {
-    let mut out = LineProtocolOutcome::default();
-    for (i, raw) in body.split(|&b| b == b'\n').enumerate() {
-        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-        let start = raw
+    let mut out = LineProtocolOutcome {
+        // A numeric field typically costs 30 to 40 bytes of body; half that many points is a
+        // first guess that string-heavy bodies do not overshoot much.
+        points: Vec::with_capacity(body.len() / 64),
+        ..LineProtocolOutcome::default()
+    };
+    let mut scratch = Scratch::default();
+    let mut rest = body;
+    let mut index = 0;
+    while !rest.is_empty() {
+        let (raw, next) = match memchr::memchr(b'\n', rest) {
+            Some(i) => (&rest[..i], &rest[i + 1..]),
+            None => (rest, &rest[rest.len()..]),
+        };
+        rest = next;
+        index += 1;
+        let line = raw.strip_suffix(b"\r").unwrap_or(raw);
+        let start = line
             .iter()
-            .position(|b| !b.is_ascii_whitespace())
-            .unwrap_or(raw.len());
-        let raw = &raw[start..];
-        if raw.is_empty() || raw[0] == b'#' {
+            .position(|&b| b != b' ' && b != b'\t')
+            .unwrap_or(line.len());
+        if start == line.len() || line[start] == b'#' {
             continue;
         }
-        let line_no = i + 1;
-        let result = if raw.len() > LINE_BYTES_MAX {
-            Err(format!(
-                "line is {} bytes long; the limit is {LINE_BYTES_MAX}",
-                raw.len()
-            ))
-        } else {
-            match std::str::from_utf8(raw) {
-                Ok(text) => parse_line(text, precision, now_ms, &mut out),
-                Err(e) => Err(format!(
-                    "invalid UTF-8 at byte {} of the line",
-                    e.valid_up_to() + start
-                )),
+        let mark = out.points.len();
+        match parse_line(
+            line,
+            start,
+            precision,
+            now_ms,
+            &mut scratch,
+            &mut out.points,
+        ) {
+            Ok(strings) => {
+                out.lines_written += 1;
+                out.string_fields_skipped += strings;
             }
-        };
-        match result {
-            Ok(()) => out.lines_written += 1,
-            Err(message) => out.errors.push(LineError {
-                line: line_no,
-                message,
-            }),
+            Err(message) => {
+                // A line is all or nothing: drop the points it produced before failing.
+                out.points.truncate(mark);
+                out.errors.push(LineError {
+                    line: index,
+                    message,
+                });
+            }
         }
     }
     out
 }
 
-/// Reads up to the first unescaped byte of `stops`; `escapable` are the bytes a backslash
-/// escapes here. Returns the unescaped text and the rest starting at the stop byte.
-fn scan<'a>(s: &'a str, stops: &[u8], escapable: &[u8]) -> (Cow<'a, str>, &'a str) {
-    let b = s.as_bytes();
-    let mut i = 0;
-    let mut owned: Option<String> = None;
-    let mut copied_to = 0;
-    while i < b.len() {
-        let c = b[i];
-        if c == b'\\' && i + 1 < b.len() && escapable.contains(&b[i + 1]) {
-            let o = owned.get_or_insert_with(String::new);
-            o.push_str(&s[copied_to..i]);
-            copied_to = i + 1;
-            i += 2;
-            continue;
-        }
-        if stops.contains(&c) {
-            break;
-        }
-        i += 1;
-    }
-    let text = match owned {
-        None => Cow::Borrowed(&s[..i]),
-        Some(mut o) => {
-            o.push_str(&s[copied_to..i]);
-            Cow::Owned(o)
-        }
-    };
-    (text, &s[i..])
+/// Buffers reused from line to line, so a line costs no allocation beyond its tag set and
+/// one series key per numeric field (and unescaped copies of names that hold escapes).
+#[derive(Default)]
+struct Scratch<'a> {
+    tags: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+    /// Field keys with their value; `None` for a string field.
+    fields: Vec<(Cow<'a, str>, Option<f64>)>,
+    metric: String,
 }
 
-const MEASUREMENT_ESC: &[u8] = b", ";
-const KEY_ESC: &[u8] = b",= ";
-
-enum FieldValue {
-    Number(f64),
-    Str,
-}
-
-fn parse_line(
-    line: &str,
+/// Parses one non-blank, non-comment line starting at byte `start`; appends its points and
+/// returns how many string fields it held. Columns in messages are 1-based byte offsets.
+fn parse_line<'a>(
+    line: &'a [u8],
+    start: usize,
     precision: Precision,
     now_ms: i64,
-    out: &mut LineProtocolOutcome,
-) -> Result<(), String> {
-    let (measurement, mut rest) = scan(line, b", ", MEASUREMENT_ESC);
-    if measurement.is_empty() {
-        return Err("missing measurement name".into());
+    scratch: &mut Scratch<'a>,
+    points: &mut Vec<Point>,
+) -> Result<u64, String> {
+    if line.len() > LINE_BYTES_MAX {
+        return Err(format!(
+            "line is {} bytes long; the limit is {LINE_BYTES_MAX} bytes",
+            line.len()
+        ));
     }
-    let mut tags: Vec<(Cow<str>, Cow<str>)> = Vec::new();
-    while let Some(r) = rest.strip_prefix(',') {
-        let (key, r) = scan(r, b",= ", KEY_ESC);
-        let Some(r) = r.strip_prefix('=') else {
-            return Err(if key.is_empty() {
-                "empty tag (a comma not followed by key=value)".into()
-            } else {
-                format!("tag '{key}' has no value (expected '{key}=value')")
-            });
-        };
-        let (value, r) = scan(r, b", =", KEY_ESC);
-        if r.starts_with('=') {
+    let line = std::str::from_utf8(line)
+        .map_err(|e| format!("invalid UTF-8 at column {}", e.valid_up_to() + 1))?;
+    let b = line.as_bytes();
+    scratch.tags.clear();
+    scratch.fields.clear();
+
+    // Measurement and tags.
+    let (measurement, mut pos) = scan_name(line, start, MEASUREMENT_STOP);
+    if measurement.is_empty() {
+        return Err(format!("missing measurement name at column {}", start + 1));
+    }
+    while b.get(pos) == Some(&b',') {
+        let key_at = pos + 1;
+        let (key, p) = scan_name(line, key_at, KEY_STOP);
+        if key.is_empty() {
+            return Err(format!("empty tag key at column {}", key_at + 1));
+        }
+        if b.get(p) != Some(&b'=') {
             return Err(format!(
-                "tag '{key}' has an unescaped '=' in its value (escape it as '\\=')"
+                "tag key {} is not followed by '=value' (column {})",
+                named(&key),
+                p + 1
             ));
         }
-        tags.push((key, value));
-        rest = r;
+        let (value, p) = scan_name(line, p + 1, KEY_STOP);
+        if b.get(p) == Some(&b'=') {
+            return Err(format!(
+                "tag {} has an unescaped '=' in its value at column {} (write it as \\=)",
+                named(&key),
+                p + 1
+            ));
+        }
+        scratch.tags.push((key, value));
+        pos = p;
     }
-    let tagset = TagSet::new(&tags).map_err(|e| e.to_string())?;
-    let rest = rest.trim_start_matches(' ');
-    if rest.is_empty() {
+
+    // Fields.
+    pos = skip_spaces(b, pos);
+    if pos == b.len() {
         return Err(
-            "missing fields (expected 'field=value' after the measurement and tags)".into(),
+            "no fields: expected a space and field=value after the measurement and tags".into(),
         );
     }
-    // Fields.
-    let mut fields: Vec<(Cow<str>, FieldValue)> = Vec::new();
-    let mut r = rest;
     loop {
-        let (key, after) = scan(r, b",= ", KEY_ESC);
+        let key_at = pos;
+        let (key, p) = scan_name(line, key_at, KEY_STOP);
         if key.is_empty() {
-            return Err("missing field key (expected 'field=value')".into());
+            return Err(format!("empty field key at column {}", key_at + 1));
         }
-        let Some(after) = after.strip_prefix('=') else {
-            return Err(format!(
-                "field '{key}' has no value (expected '{key}=value')"
-            ));
-        };
-        let (value, after) = if let Some(quoted) = after.strip_prefix('"') {
-            let (_, tail) = scan(quoted, b"\"", b"\"\\");
-            let Some(tail) = tail.strip_prefix('"') else {
+        if b.get(p) != Some(&b'=') {
+            if scratch.fields.is_empty() && parse_i64(key.as_bytes()).is_ok() {
                 return Err(format!(
-                    "string value of field '{key}' has no closing double quote"
+                    "no fields: {} after the measurement and tags looks like a timestamp; a line needs at least one field=value",
+                    quote(&key)
+                ));
+            }
+            return Err(format!(
+                "field key {} is not followed by '=value' (column {})",
+                named(&key),
+                p + 1
+            ));
+        }
+        let value_at = p + 1;
+        let (value, end) = if b.get(value_at) == Some(&b'"') {
+            let Some(close) = find_closing_quote(b, value_at + 1) else {
+                return Err(format!(
+                    "string value of field {} has no closing double quote (opened at column {})",
+                    named(&key),
+                    value_at + 1
                 ));
             };
-            (FieldValue::Str, tail)
+            (None, close + 1)
         } else {
-            let end = after.find([',', ' ']).unwrap_or(after.len());
-            (parse_value(&key, &after[..end])?, &after[end..])
+            let end = scan_value(b, value_at);
+            if end == value_at {
+                return Err(format!(
+                    "field {} has no value (column {})",
+                    named(&key),
+                    value_at + 1
+                ));
+            }
+            (Some(parse_value(&key, &line[value_at..end])?), end)
         };
-        if let Some(i) = fields.iter().position(|(k, _)| *k == key) {
-            fields.remove(i);
-        }
-        fields.push((key, value));
-        match after.strip_prefix(',') {
-            Some(next) => r = next,
-            None => {
-                r = after;
+        scratch.fields.push((key, value));
+        match b.get(end) {
+            Some(b',') => pos = end + 1,
+            Some(b' ') | None => {
+                pos = end;
                 break;
             }
+            Some(_) => {
+                // Only a closing quote can be followed by anything else.
+                let c = line[end..].chars().next().unwrap_or_default();
+                return Err(format!(
+                    "unexpected {c:?} after the string value of field {} at column {}",
+                    named(scratch.fields.last().map_or("", |(k, _)| k)),
+                    end + 1
+                ));
+            }
         }
     }
+
     // Timestamp.
-    let ts_text = r.trim_matches(' ');
-    let ts_ms = if ts_text.is_empty() {
+    let ts_at = skip_spaces(b, pos);
+    let ts_ms = if ts_at == b.len() {
         now_ms
     } else {
-        let ts: i64 = ts_text.parse().map_err(|_| {
-            if ts_text.bytes().all(|b| b.is_ascii_digit() || b == b'-') && !ts_text.is_empty() {
-                format!("timestamp '{ts_text}' does not fit in a signed 64-bit integer")
-            } else {
-                format!("invalid timestamp '{ts_text}': expected an integer (or unescaped space in a field)")
-            }
-        })?;
-        precision.to_ms(ts).filter(|&ms| tsvault_model::ts_in_range(ms)).ok_or_else(|| {
-            format!(
-                "timestamp {ts} at precision {} is out of range (supported: ±2^60 ms, about ±36 million years around 1970)",
-                precision.name()
-            )
-        })?
-    };
-    let prefix_len = measurement.len() + 1;
-    let mut metric = String::with_capacity(prefix_len + 16);
-    for (key, value) in fields {
-        match value {
-            FieldValue::Str => out.string_fields_skipped += 1,
-            FieldValue::Number(v) => {
-                metric.clear();
-                metric.push_str(&measurement);
-                metric.push('_');
-                metric.push_str(&key);
-                let key = tagset
-                    .key_for(&metric)
-                    .map_err(|e| format!("field '{}': {e}", &metric[prefix_len..]))?;
-                out.points.push(Point {
-                    key,
-                    ts_ms,
-                    value: v,
-                });
-            }
+        let ts_end = b[ts_at..]
+            .iter()
+            .position(|&c| c == b' ')
+            .map_or(b.len(), |i| ts_at + i);
+        let rest = skip_spaces(b, ts_end);
+        if rest < b.len() {
+            return Err(format!(
+                "unexpected text after the timestamp at column {}: {}",
+                rest + 1,
+                quote(&line[rest..])
+            ));
         }
+        parse_timestamp(&line[ts_at..ts_end], precision)?
+    };
+
+    // Semantics: names against the model's rules, then one point per numeric field.
+    let tagset = TagSet::new(&scratch.tags).map_err(|e| e.to_string())?;
+    if has_control(&measurement) {
+        return Err(format!(
+            "measurement {} contains a control character",
+            named(&measurement)
+        ));
     }
-    Ok(())
+    let fields = &scratch.fields;
+    let last_index: HashMap<&str, usize> = if fields.len() > FIELDS_LINEAR_MAX {
+        fields
+            .iter()
+            .enumerate()
+            .map(|(i, (k, _))| (&**k, i))
+            .collect()
+    } else {
+        HashMap::new()
+    };
+    let mut strings = 0;
+    for (i, (key, value)) in fields.iter().enumerate() {
+        // InfluxDB keeps the last of duplicate field keys.
+        let superseded = if fields.len() > FIELDS_LINEAR_MAX {
+            last_index.get(&**key) != Some(&i)
+        } else {
+            fields[i + 1..].iter().any(|(k, _)| k == key)
+        };
+        if superseded {
+            continue;
+        }
+        let Some(value) = *value else {
+            if has_control(key) {
+                return Err(format!(
+                    "field key {} contains a control character",
+                    named(key)
+                ));
+            }
+            strings += 1;
+            continue;
+        };
+        let metric = &mut scratch.metric;
+        metric.clear();
+        metric.push_str(&measurement);
+        metric.push('_');
+        metric.push_str(key);
+        let series = tagset.key_for(metric).map_err(|e| match e {
+            KeyError::ControlChar { .. } => {
+                format!("field key {} contains a control character", named(key))
+            }
+            e => format!("field {}: {e}", named(key)),
+        })?;
+        points.push(Point {
+            key: series,
+            ts_ms,
+            value,
+        });
+    }
+    Ok(strings)
 }
 
-fn parse_value(key: &str, text: &str) -> Result<FieldValue, String> {
-    let bad = || {
+/// Reads a name from `start` up to its first unescaped stop byte of class `stop`; returns it
+/// unescaped (borrowed when it holds no escape) and the index of the stop byte or the end.
+fn scan_name(line: &str, start: usize, stop: u8) -> (Cow<'_, str>, usize) {
+    let b = line.as_bytes();
+    let mut i = start;
+    let mut escaped = false;
+    loop {
+        while i < b.len() && CLASS[usize::from(b[i])] & stop == 0 {
+            i += 1;
+        }
+        if i < b.len() && b[i] == b'\\' {
+            if b.get(i + 1)
+                .is_some_and(|&n| CLASS[usize::from(n)] & stop != 0)
+            {
+                escaped = true;
+                i += 2;
+            } else {
+                i += 1;
+            }
+            continue;
+        }
+        break;
+    }
+    let raw = &line[start..i];
+    if !escaped {
+        return (Cow::Borrowed(raw), i);
+    }
+    let rb = raw.as_bytes();
+    let mut name = String::with_capacity(raw.len());
+    let mut copied = 0;
+    let mut j = 0;
+    while j < rb.len() {
+        if rb[j] == b'\\'
+            && rb
+                .get(j + 1)
+                .is_some_and(|&n| CLASS[usize::from(n)] & stop != 0)
+        {
+            // Splitting at ASCII bytes keeps both slices valid UTF-8.
+            name.push_str(&raw[copied..j]);
+            copied = j + 1;
+            j += 2;
+        } else {
+            j += 1;
+        }
+    }
+    name.push_str(&raw[copied..]);
+    (Cow::Owned(name), i)
+}
+
+/// The index of the quote closing a string value whose content starts at `from`.
+fn find_closing_quote(b: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    while i < b.len() {
+        match b[i] {
+            b'\\' if matches!(b.get(i + 1), Some(b'"' | b'\\')) => i += 2,
+            b'"' => return Some(i),
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// The end of an unquoted field value: the next comma, space or the end of the line.
+fn scan_value(b: &[u8], from: usize) -> usize {
+    b[from..]
+        .iter()
+        .position(|&c| CLASS[usize::from(c)] & VALUE_STOP != 0)
+        .map_or(b.len(), |i| from + i)
+}
+
+fn skip_spaces(b: &[u8], from: usize) -> usize {
+    b[from..]
+        .iter()
+        .position(|&c| c != b' ')
+        .map_or(b.len(), |i| from + i)
+}
+
+fn has_control(s: &str) -> bool {
+    s.bytes().any(|c| c.is_ascii_control())
+}
+
+/// A piece of input in double quotes with Rust escapes, cut to [`QUOTE_BYTES_MAX`].
+fn quote(s: &str) -> String {
+    let (head, cut) = cut(s);
+    format!("{head:?}{cut}")
+}
+
+/// A name in single quotes, control characters escaped as the model does, cut to
+/// [`QUOTE_BYTES_MAX`].
+fn named(s: &str) -> String {
+    let (head, cut) = cut(s);
+    format!("'{}'{cut}", head.escape_debug())
+}
+
+fn cut(s: &str) -> (&str, &'static str) {
+    if s.len() <= QUOTE_BYTES_MAX {
+        return (s, "");
+    }
+    let mut end = QUOTE_BYTES_MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    (&s[..end], "...")
+}
+
+/// Parses an unquoted field value: float, `i` integer, `u` unsigned or boolean.
+fn parse_value(key: &str, text: &str) -> Result<f64, String> {
+    // Only error paths format the key.
+    let key = || named(key);
+    let b = text.as_bytes();
+    let not_a_value = || {
         format!(
-            "invalid value for field '{key}': \"{text}\" is not a float, an integer (123i), an unsigned integer (123u), a boolean or a double-quoted string"
+            "invalid field value for {}: {} is not a number, integer (i), unsigned (u), boolean or string",
+            key(),
+            quote(text)
         )
     };
-    if text.is_empty() {
-        return Err(format!("field '{key}' has an empty value"));
+    match b.first() {
+        Some(b't' | b'T' | b'f' | b'F') => {
+            return match text {
+                "t" | "T" | "true" | "True" | "TRUE" => Ok(1.0),
+                "f" | "F" | "false" | "False" | "FALSE" => Ok(0.0),
+                _ => Err(not_a_value()),
+            };
+        }
+        None => return Err(not_a_value()),
+        _ => {}
     }
-    let v = match text {
-        "t" | "T" | "true" | "True" | "TRUE" => 1.0,
-        "f" | "F" | "false" | "False" | "FALSE" => 0.0,
-        _ => {
-            if let Some(int) = text.strip_suffix('i') {
-                let n: i64 = int.parse().map_err(|_| {
-                    if is_integer(int) {
-                        format!("integer value of field '{key}' is out of range: {text}")
-                    } else {
-                        bad()
-                    }
-                })?;
-                n as f64
-            } else if let Some(uint) = text.strip_suffix('u') {
-                let n: u64 = uint.parse().map_err(|_| {
-                    if is_integer(uint) {
-                        format!("unsigned value of field '{key}' is out of range: {text}")
-                    } else {
-                        bad()
-                    }
-                })?;
-                n as f64
-            } else {
-                // Only digits, sign, point and exponent: Rust would also accept "inf" and
-                // "NaN", which line protocol does not.
-                if !text
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E'))
-                {
-                    return Err(
-                        if text.eq_ignore_ascii_case("nan")
-                            || text.to_ascii_lowercase().contains("inf")
-                        {
-                            format!(
-                                "field '{key}' is {text}: NaN and infinite values are not accepted"
-                            )
-                        } else {
-                            bad()
-                        },
-                    );
-                }
-                let v: f64 = text.parse().map_err(|_| bad())?;
-                if !v.is_finite() {
-                    return Err(format!(
-                        "float value of field '{key}' is out of range: {text}"
-                    ));
-                }
-                v
+    if is_nan_or_inf(b) {
+        return Err(format!(
+            "invalid field value for {}: {} is not a finite number (NaN and infinity are not accepted)",
+            key(),
+            quote(text)
+        ));
+    }
+    let (body, last) = b.split_at(b.len() - 1);
+    match last[0] {
+        b'i' => match parse_i64(body) {
+            Ok(v) => Ok(v as f64),
+            Err(IntError::Overflow) => Err(format!(
+                "invalid field value for {}: {text} is out of range for an integer (i64)",
+                key()
+            )),
+            Err(IntError::Invalid) => Err(not_a_value()),
+        },
+        b'u' => {
+            if let Some(digits) = body.strip_prefix(b"-")
+                && parse_u64(digits).is_ok()
+            {
+                return Err(format!(
+                    "invalid field value for {}: {text} is out of range for an unsigned integer (u64): it is negative",
+                    key()
+                ));
+            }
+            match parse_u64(body) {
+                Ok(v) => Ok(v as f64),
+                Err(IntError::Overflow) => Err(format!(
+                    "invalid field value for {}: {text} is out of range for an unsigned integer (u64)",
+                    key()
+                )),
+                Err(IntError::Invalid) => Err(not_a_value()),
             }
         }
-    };
-    Ok(FieldValue::Number(v))
+        _ => {
+            if !is_float_syntax(b) {
+                return Err(not_a_value());
+            }
+            match text.parse::<f64>() {
+                Ok(v) if v.is_finite() => Ok(v),
+                Ok(_) => Err(format!(
+                    "invalid field value for {}: {text} is out of range for a float (f64)",
+                    key()
+                )),
+                Err(_) => Err(not_a_value()),
+            }
+        }
+    }
 }
 
-fn is_integer(s: &str) -> bool {
-    let digits = s.strip_prefix('-').unwrap_or(s);
-    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+/// True for `nan`, `inf` and `infinity` in any case, with an optional sign.
+fn is_nan_or_inf(b: &[u8]) -> bool {
+    let b = match b.first() {
+        Some(b'+' | b'-') => &b[1..],
+        _ => b,
+    };
+    matches!(b.first(), Some(b'n' | b'N' | b'i' | b'I'))
+        && (b.eq_ignore_ascii_case(b"nan")
+            || b.eq_ignore_ascii_case(b"inf")
+            || b.eq_ignore_ascii_case(b"infinity"))
+}
+
+/// Line protocol floats: `-?(digits[.digits?] | .digits)([eE][+-]?digits)?`. Stricter than
+/// `f64::from_str`, which also takes `+1`, `inf` and `NaN`.
+fn is_float_syntax(b: &[u8]) -> bool {
+    let mut i = usize::from(b.first() == Some(&b'-'));
+    let digits = |i: &mut usize| {
+        let from = *i;
+        while b.get(*i).is_some_and(u8::is_ascii_digit) {
+            *i += 1;
+        }
+        *i - from
+    };
+    let mut mantissa = digits(&mut i);
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        mantissa += digits(&mut i);
+    }
+    if mantissa == 0 {
+        return false;
+    }
+    if matches!(b.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(b.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        if digits(&mut i) == 0 {
+            return false;
+        }
+    }
+    i == b.len()
+}
+
+enum IntError {
+    Invalid,
+    Overflow,
+}
+
+/// Parses `-?digits` exactly (no `+`, no spaces), telling bad syntax from overflow.
+fn parse_i64(b: &[u8]) -> Result<i64, IntError> {
+    let (negative, digits) = match b.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, b),
+    };
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return Err(IntError::Invalid);
+    }
+    let mut v: i64 = 0;
+    for &d in digits {
+        let d = i64::from(d - b'0');
+        // Accumulating negative numbers downwards reaches i64::MIN without overflow.
+        v = v
+            .checked_mul(10)
+            .and_then(|v| {
+                if negative {
+                    v.checked_sub(d)
+                } else {
+                    v.checked_add(d)
+                }
+            })
+            .ok_or(IntError::Overflow)?;
+    }
+    Ok(v)
+}
+
+/// Parses `digits` exactly, telling bad syntax from overflow.
+fn parse_u64(digits: &[u8]) -> Result<u64, IntError> {
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return Err(IntError::Invalid);
+    }
+    let mut v: u64 = 0;
+    for &d in digits {
+        v = v
+            .checked_mul(10)
+            .and_then(|v| v.checked_add(u64::from(d - b'0')))
+            .ok_or(IntError::Overflow)?;
+    }
+    Ok(v)
+}
+
+/// Parses a timestamp in `precision` and converts it to milliseconds within tsvault's range.
+fn parse_timestamp(text: &str, precision: Precision) -> Result<i64, String> {
+    let ts = parse_i64(text.as_bytes()).map_err(|e| match e {
+        IntError::Overflow => format!("timestamp {text} does not fit in a 64-bit integer"),
+        IntError::Invalid if text.contains('=') => format!(
+            "invalid timestamp {}: expected an integer (is there an unescaped space in a field?)",
+            quote(text)
+        ),
+        IntError::Invalid => format!("invalid timestamp {}: expected an integer", quote(text)),
+    })?;
+    precision
+        .to_ms(ts)
+        .filter(|&ms| ts_in_range(ms))
+        .ok_or_else(|| {
+            format!(
+                "timestamp {ts} (precision {precision}) is out of range: tsvault stores times \
+                 within 2^60 ms (about 36 million years) of 1970"
+            )
+        })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use expect_test::{Expect, expect};
     use proptest::prelude::*;
+    use std::fmt::Write as _;
     use tsvault_model::SeriesKey;
 
-    fn parse(body: &str) -> LineProtocolOutcome {
-        parse_line_protocol(body.as_bytes(), Precision::Ns, 777)
+    const TSBS_LINE: &str = "cpu,hostname=host_0,region=eu-west-1,datacenter=eu-west-1a,rack=87,os=Ubuntu16.10,arch=x86,team=NYC,service=18,service_version=1,service_environment=production usage_user=58i,usage_system=2i,usage_idle=24i,usage_nice=61i,usage_iowait=22i,usage_irq=63i,usage_softirq=6i,usage_steal=44i,usage_guest=80i,usage_guest_nice=38i 1451606400000000000";
+
+    /// Points, errors and counters of `body` parsed at `precision` with now = 777 ms.
+    fn render_at(body: &[u8], precision: Precision) -> String {
+        let out = parse_line_protocol(body, precision, 777);
+        let mut s = String::new();
+        for p in &out.points {
+            writeln!(s, "{} {} {:?}", p.key, p.ts_ms, p.value).unwrap();
+        }
+        for e in &out.errors {
+            writeln!(s, "{e}").unwrap();
+        }
+        write!(
+            s,
+            "lines_written={} string_fields_skipped={}",
+            out.lines_written, out.string_fields_skipped
+        )
+        .unwrap();
+        s
     }
 
-    fn one_error(body: &str) -> String {
-        let out = parse(body);
-        assert_eq!(out.errors.len(), 1, "{body:?} -> {:?}", out.errors);
-        out.errors[0].to_string()
+    fn check(body: &str, expect: Expect) {
+        expect.assert_eq(&render_at(body.as_bytes(), Precision::Ns));
     }
 
     #[test]
     fn tsbs_line() {
-        let line = "cpu,hostname=host_0,region=eu-west-1,datacenter=eu-west-1a,rack=87,os=Ubuntu16.10,arch=x86,team=NYC,service=18,service_version=1,service_environment=production usage_user=58i,usage_system=2i,usage_idle=24i,usage_nice=61i,usage_iowait=22i,usage_irq=63i,usage_softirq=6i,usage_steal=44i,usage_guest=80i,usage_guest_nice=38i 1451606400000000000";
-        let out = parse(line);
-        assert!(out.errors.is_empty(), "{:?}", out.errors);
-        assert_eq!(out.points.len(), 10);
-        assert_eq!(out.points[0].key.metric(), "cpu_usage_user");
-        assert_eq!(out.points[0].key.tag("rack"), Some("87"));
-        assert_eq!(out.points[9].value, 38.0);
-        assert_eq!(out.points[9].ts_ms, 1_451_606_400_000);
+        let out = parse_line_protocol(TSBS_LINE.as_bytes(), Precision::Ns, 0);
+        assert_eq!(out.errors, []);
+        assert_eq!(out.lines_written, 1);
+        let tags = [
+            ("hostname", "host_0"),
+            ("region", "eu-west-1"),
+            ("datacenter", "eu-west-1a"),
+            ("rack", "87"),
+            ("os", "Ubuntu16.10"),
+            ("arch", "x86"),
+            ("team", "NYC"),
+            ("service", "18"),
+            ("service_version", "1"),
+            ("service_environment", "production"),
+        ];
+        let fields = [
+            ("usage_user", 58.0),
+            ("usage_system", 2.0),
+            ("usage_idle", 24.0),
+            ("usage_nice", 61.0),
+            ("usage_iowait", 22.0),
+            ("usage_irq", 63.0),
+            ("usage_softirq", 6.0),
+            ("usage_steal", 44.0),
+            ("usage_guest", 80.0),
+            ("usage_guest_nice", 38.0),
+        ];
+        let want: Vec<Point> = fields
+            .iter()
+            .map(|(f, v)| Point {
+                key: SeriesKey::new(&format!("cpu_{f}"), &tags).unwrap(),
+                ts_ms: 1_451_606_400_000,
+                value: *v,
+            })
+            .collect();
+        assert_eq!(out.points, want);
     }
 
     #[test]
     fn field_types() {
-        let out =
-            parse("m f=1.5,i=-3i,u=18446744073709551615u,b=true,B=F,e=-1.5e3,s=\"x\" 5000000");
-        assert!(out.errors.is_empty(), "{:?}", out.errors);
-        let vals: Vec<(&str, f64)> = out
-            .points
-            .iter()
-            .map(|p| (p.key.metric(), p.value))
-            .collect();
-        assert_eq!(
-            vals,
-            vec![
-                ("m_f", 1.5),
-                ("m_i", -3.0),
-                ("m_u", 18446744073709551615.0),
-                ("m_b", 1.0),
-                ("m_B", 0.0),
-                ("m_e", -1500.0)
-            ]
+        check(
+            r#"m f=1.5,g=1,h=-1.5e3,j=1.,k=.5,l=2E+2,m=-0.0,i=-3i,imin=-9223372036854775808i,imax=9223372036854775807i,u=18446744073709551615u,u0=0u,s="x",b1=t,b2=T,b3=true,b4=True,b5=TRUE,b6=f,b7=F,b8=false,b9=False,b10=FALSE 5000000"#,
+            expect![[r#"
+                m_f{} 5 1.5
+                m_g{} 5 1.0
+                m_h{} 5 -1500.0
+                m_j{} 5 1.0
+                m_k{} 5 0.5
+                m_l{} 5 200.0
+                m_m{} 5 -0.0
+                m_i{} 5 -3.0
+                m_imin{} 5 -9.223372036854776e18
+                m_imax{} 5 9.223372036854776e18
+                m_u{} 5 1.8446744073709552e19
+                m_u0{} 5 0.0
+                m_b1{} 5 1.0
+                m_b2{} 5 1.0
+                m_b3{} 5 1.0
+                m_b4{} 5 1.0
+                m_b5{} 5 1.0
+                m_b6{} 5 0.0
+                m_b7{} 5 0.0
+                m_b8{} 5 0.0
+                m_b9{} 5 0.0
+                m_b10{} 5 0.0
+                lines_written=1 string_fields_skipped=1"#]],
         );
-        assert_eq!(out.string_fields_skipped, 1);
-        assert_eq!(out.points[0].ts_ms, 5);
+        // A line of string fields only is written and stores nothing.
+        check(
+            r#"m s="a",t="b""#,
+            expect!["lines_written=1 string_fields_skipped=2"],
+        );
     }
 
     #[test]
     fn escapes() {
-        let out =
-            parse(r#"my\ meas\,x,tag\ k\=1=v\,a\ l\=ue fie\ ld\=\,=1,s="a \"q\" \\ b",c=2 1"#);
-        assert!(out.errors.is_empty(), "{:?}", out.errors);
-        let k = &out.points[0].key;
-        assert_eq!(k.metric(), "my meas,x_fie ld=,");
-        assert_eq!(k.tags().collect::<Vec<_>>(), vec![("tag k=1", "v,a l=ue")]);
-        assert_eq!(out.points[1].key.metric(), "my meas,x_c");
-        // A backslash before other characters is literal.
-        let out = parse(r"m,t=a\b v=1 1");
-        assert_eq!(out.points[0].key.tag("t"), Some(r"a\b"));
+        // Measurement: comma and space; `=` and quotes are literal.
+        check(
+            r#"my\ meas\,x=y"z v=1 1000000"#,
+            expect![[r#"
+                my meas,x=y"z_v{} 1 1.0
+                lines_written=1 string_fields_skipped=0"#]],
+        );
+        // Tag keys, tag values and field keys: comma, equals sign and space.
+        check(
+            r#"m,tag\ k\=1=v\,a\ l\=ue fie\ ld\=\,=1 1000000"#,
+            expect![[r#"
+                m_fie ld=,{tag k=1="v,a l=ue"} 1 1.0
+                lines_written=1 string_fields_skipped=0"#]],
+        );
+        // A backslash before another character is literal; `\\` is one backslash.
+        check(
+            r#"m\a\=,t=C:\path\\,t\\2=x\  v\\=1 1000000"#,
+            expect![[r#"
+                m\a\=_v\{t="C:\\path\\",t\2="x "} 1 1.0
+                lines_written=1 string_fields_skipped=0"#]],
+        );
+        // A name ending in a backslash needs `\\`; a single one escapes the separator.
+        check(
+            r"m,t=a\\ v=1",
+            expect![[r#"
+                m_v{t="a\\"} 777 1.0
+                lines_written=1 string_fields_skipped=0"#]],
+        );
+        check(
+            r"m,t=a\ v=1",
+            expect![[r#"
+                line 1: tag 't' has an unescaped '=' in its value at column 9 (write it as \=)
+                lines_written=0 string_fields_skipped=0"#]],
+        );
+        // String values: `\"` and `\\` do not end the string; separators inside are content.
+        check(
+            r#"m s="a \"q\" \\",t="x, y=z \n",u="\\",v=2 1000000"#,
+            expect![[r#"
+                m_v{} 1 2.0
+                lines_written=1 string_fields_skipped=3"#]],
+        );
+        // Unicode names need no escaping.
+        check(
+            "mé,tag=🍭 fièld=1 1000000",
+            expect![[r#"
+                mé_fièld{tag="🍭"} 1 1.0
+                lines_written=1 string_fields_skipped=0"#]],
+        );
     }
 
     #[test]
-    fn precision_and_default_time() {
-        let p = |prec, ts: &str| {
-            parse_line_protocol(format!("m v=1 {ts}").as_bytes(), prec, 0).points[0].ts_ms
+    fn timestamps_in_every_precision() {
+        let ts = |precision, ts: &str| {
+            render_at(format!("m v=1 {ts}").as_bytes(), precision)
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_owned()
         };
-        assert_eq!(p(Precision::Ns, "-1"), -1, "floor, not truncation");
-        assert_eq!(p(Precision::Us, "1999"), 1);
-        assert_eq!(p(Precision::Ms, "42"), 42);
-        assert_eq!(p(Precision::S, "2"), 2000);
-        assert_eq!(p(Precision::M, "2"), 120_000);
-        assert_eq!(p(Precision::H, "1"), 3_600_000);
-        assert_eq!(parse("m v=1").points[0].ts_ms, 777);
-        assert_eq!("u".parse::<Precision>(), Ok(Precision::Us));
-        assert!(
-            "x".parse::<Precision>()
-                .unwrap_err()
-                .to_string()
-                .contains("'x'")
+        use Precision::*;
+        let got: Vec<String> = [
+            (Ns, "1451606400123456789"),
+            (Ns, "-1"),
+            (Ns, "-1000001"),
+            (Ns, "0"),
+            (Us, "1999"),
+            (Us, "-1"),
+            (Ms, "42"),
+            (Ms, "-42"),
+            (S, "2"),
+            (S, "-2"),
+            (M, "2"),
+            (H, "1"),
+            (Ms, "1152921504606846976"),
+            (Ms, "-1152921504606846976"),
+        ]
+        .iter()
+        .map(|(p, t)| format!("{p} {t} -> {}", ts(*p, t)))
+        .collect();
+        expect![[r#"
+            ns 1451606400123456789 -> m_v{} 1451606400123 1.0
+            ns -1 -> m_v{} -1 1.0
+            ns -1000001 -> m_v{} -2 1.0
+            ns 0 -> m_v{} 0 1.0
+            us 1999 -> m_v{} 1 1.0
+            us -1 -> m_v{} -1 1.0
+            ms 42 -> m_v{} 42 1.0
+            ms -42 -> m_v{} -42 1.0
+            s 2 -> m_v{} 2000 1.0
+            s -2 -> m_v{} -2000 1.0
+            m 2 -> m_v{} 120000 1.0
+            h 1 -> m_v{} 3600000 1.0
+            ms 1152921504606846976 -> m_v{} 1152921504606846976 1.0
+            ms -1152921504606846976 -> m_v{} -1152921504606846976 1.0"#]]
+        .assert_eq(&got.join("\n"));
+        // No timestamp: now; trailing spaces are fine.
+        check(
+            "m v=1\nm v=2   \nm v=3 5000000   ",
+            expect![[r#"
+                m_v{} 777 1.0
+                m_v{} 777 2.0
+                m_v{} 5 3.0
+                lines_written=3 string_fields_skipped=0"#]],
         );
+    }
+
+    #[test]
+    fn timestamps_out_of_range_for_each_precision() {
+        use Precision::*;
+        let mut got = String::new();
+        for (p, t) in [
+            (Ns, "9223372036854775808"),
+            (Ns, "-9223372036854775809"),
+            (Us, "99999999999999999999"),
+            (Ms, "1152921504606846977"),
+            (Ms, "-1152921504606846977"),
+            (Ms, "9223372036854775807"),
+            (S, "9223372036854775807"),
+            (S, "1152921504606847"),
+            (S, "-9223372036854775808"),
+            (M, "153722867280913"),
+            (H, "9223372036854775807"),
+            (H, "-2562047788016"),
+        ] {
+            writeln!(
+                got,
+                "{p} {t} -> {}",
+                render_at(format!("m v=1 {t}").as_bytes(), p)
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+            )
+            .unwrap();
+        }
+        expect![[r#"
+            ns 9223372036854775808 -> line 1: timestamp 9223372036854775808 does not fit in a 64-bit integer
+            ns -9223372036854775809 -> line 1: timestamp -9223372036854775809 does not fit in a 64-bit integer
+            us 99999999999999999999 -> line 1: timestamp 99999999999999999999 does not fit in a 64-bit integer
+            ms 1152921504606846977 -> line 1: timestamp 1152921504606846977 (precision ms) is out of range: tsvault stores times within 2^60 ms (about 36 million years) of 1970
+            ms -1152921504606846977 -> line 1: timestamp -1152921504606846977 (precision ms) is out of range: tsvault stores times within 2^60 ms (about 36 million years) of 1970
+            ms 9223372036854775807 -> line 1: timestamp 9223372036854775807 (precision ms) is out of range: tsvault stores times within 2^60 ms (about 36 million years) of 1970
+            s 9223372036854775807 -> line 1: timestamp 9223372036854775807 (precision s) is out of range: tsvault stores times within 2^60 ms (about 36 million years) of 1970
+            s 1152921504606847 -> line 1: timestamp 1152921504606847 (precision s) is out of range: tsvault stores times within 2^60 ms (about 36 million years) of 1970
+            s -9223372036854775808 -> line 1: timestamp -9223372036854775808 (precision s) is out of range: tsvault stores times within 2^60 ms (about 36 million years) of 1970
+            m 153722867280913 -> line 1: timestamp 153722867280913 (precision m) is out of range: tsvault stores times within 2^60 ms (about 36 million years) of 1970
+            h 9223372036854775807 -> line 1: timestamp 9223372036854775807 (precision h) is out of range: tsvault stores times within 2^60 ms (about 36 million years) of 1970
+            h -2562047788016 -> line 1: timestamp -2562047788016 (precision h) is out of range: tsvault stores times within 2^60 ms (about 36 million years) of 1970
+        "#]]
+        .assert_eq(&got);
+        // The extremes of i64 in ns and us are always in range.
+        for p in [Ns, Us] {
+            for t in [i64::MIN, i64::MAX] {
+                let out = parse_line_protocol(format!("m v=1 {t}").as_bytes(), p, 0);
+                assert_eq!(out.errors, [], "{p} {t}");
+            }
+        }
     }
 
     #[test]
     fn comments_blank_lines_crlf_and_partial_writes() {
-        let body = "# header\r\n\r\nm v=1 1\r\nm v=oops 2\r\n  \nm v=3 3\n";
-        let out = parse(body);
-        assert_eq!(out.lines_written, 2);
+        check(
+            "# header\r\n\r\nm v=1 1000000\r\nm v=oops 2\r\n  \n  # indented comment\nm,t=a v=3,s=\"x\" 3000000\r\n\t\nm v=4\n",
+            expect![[r#"
+                m_v{} 1 1.0
+                m_v{t="a"} 3 3.0
+                m_v{} 777 4.0
+                line 4: invalid field value for 'v': "oops" is not a number, integer (i), unsigned (u), boolean or string
+                lines_written=3 string_fields_skipped=1"#]],
+        );
+        // Strings of a rejected line are not counted; points before the bad field are dropped.
+        check(
+            "m a=1,s=\"x\",b=2,c=zz\nm a=5",
+            expect![[r#"
+                m_a{} 777 5.0
+                line 1: invalid field value for 'c': "zz" is not a number, integer (i), unsigned (u), boolean or string
+                lines_written=1 string_fields_skipped=0"#]],
+        );
+        // Invalid UTF-8 on one line leaves the others intact.
+        expect![[r#"
+            m_v{} 777 1.0
+            m_v{} 777 3.0
+            line 2: invalid UTF-8 at column 5
+            lines_written=2 string_fields_skipped=0"#]]
+        .assert_eq(&render_at(b"m v=1\nm,t=\xff\xfe v=2\nm v=3", Precision::Ns));
+        check("", expect!["lines_written=0 string_fields_skipped=0"]);
+        check(
+            "\n\n# only comments\n",
+            expect!["lines_written=0 string_fields_skipped=0"],
+        );
+    }
+
+    #[test]
+    fn duplicate_fields_keep_the_last() {
+        check(
+            r#"m v=1,w=5,v=2 1000000"#,
+            expect![[r#"
+                m_w{} 1 5.0
+                m_v{} 1 2.0
+                lines_written=1 string_fields_skipped=0"#]],
+        );
+        // The last value is a string: nothing stored for that key.
+        check(
+            r#"m v=1,v="s""#,
+            expect!["lines_written=1 string_fields_skipped=1"],
+        );
+        // Past the linear-scan bound, the hash map path.
+        let fields: Vec<String> = (0..40).map(|i| format!("f{}={i}", i % 20)).collect();
+        let out = parse_line_protocol(
+            format!("m {}", fields.join(",")).as_bytes(),
+            Precision::Ns,
+            0,
+        );
+        let got: Vec<(&str, f64)> = out
+            .points
+            .iter()
+            .map(|p| (p.key.metric(), p.value))
+            .collect();
+        let want: Vec<(String, f64)> = (20..40)
+            .map(|i| (format!("m_f{}", i % 20), f64::from(i)))
+            .collect();
         assert_eq!(
-            out.points.iter().map(|p| p.value).collect::<Vec<_>>(),
-            vec![1.0, 3.0]
-        );
-        assert_eq!(out.errors.len(), 1);
-        assert_eq!(out.errors[0].line, 4);
-        assert!(
-            out.errors[0]
-                .to_string()
-                .starts_with("line 4: invalid value for field 'v'"),
-            "{}",
-            out.errors[0]
+            got,
+            want.iter()
+                .map(|(m, v)| (m.as_str(), *v))
+                .collect::<Vec<_>>()
         );
     }
 
     #[test]
-    fn duplicate_fields_keep_last() {
-        let out = parse("m v=1,v=2 1");
-        assert_eq!(out.points.len(), 1);
-        assert_eq!(out.points[0].value, 2.0);
-    }
-
-    #[test]
-    fn errors_name_what_is_wrong() {
-        let cases = [
-            ("", "missing"),
-            (",t=a v=1", "missing measurement"),
-            ("m,t=a", "missing fields"),
-            ("m,t=a ", "missing fields"),
-            ("m,t v=1", "tag 't' has no value"),
-            ("m,t= v=1", "tag 't' has an empty value"),
-            ("m,=a v=1", "tag key is empty"),
-            ("m,t=a,t=b v=1", "tag 't' appears more than once"),
-            ("m v", "field 'v' has no value"),
-            ("m v=", "field 'v' has an empty value"),
-            ("m =1", "missing field key"),
-            ("m v=NaN", "NaN and infinite"),
-            ("m v=inf", "NaN and infinite"),
-            ("m v=-Infinity", "NaN and infinite"),
-            ("m v=1e999", "out of range"),
-            ("m v=99999999999999999999i", "out of range"),
-            ("m v=-1u", "out of range"),
-            ("m v=1.5i", "is not a float"),
-            ("m v=\"open", "no closing double quote"),
-            ("m v=1 12x", "invalid timestamp"),
-            ("m v=1 99999999999999999999", "does not fit"),
-            ("m v=1 1 2", "invalid timestamp"),
-            ("m,t=a=b v=1", "unescaped '='"),
+    fn error_messages() {
+        let cases: &[&str] = &[
+            // Structure.
+            ",t=a v=1",
+            "m",
+            "m,t=a",
+            "m,t=a ",
+            "m,host=a 1700000000000000000",
+            "m,t v=1",
+            "m,=a v=1",
+            "m, v=1",
+            "m,t=a, v=1",
+            "m,t=a=b v=1",
+            "m =1",
+            r"m\ v=1",
+            r"m v\=1",
+            "m v=1,,w=2",
+            "m v=1,",
+            "m v",
+            "m v=",
+            "m v=,w=1",
+            "m v=\"open",
+            "m v=\"a\"x",
+            "m v=1 1 2",
+            "m v=1 12x",
+            "m v=1 -",
+            "m s=\"a\" w=2",
+            // Field values.
+            "m usage=abc",
+            "m v=1i2",
+            "m v=1.5i",
+            "m v=i",
+            "m v=+1",
+            "m v=0x10",
+            "m v=1e",
+            "m v=1.2.3",
+            "m v=tru",
+            "m v='1'",
+            "m v=NaN",
+            "m v=nan",
+            "m v=Inf",
+            "m v=-inf",
+            "m v=+Infinity",
+            "m v=1e999",
+            "m v=-1e999",
+            "m v=9223372036854775808i",
+            "m v=-9223372036854775809i",
+            "m v=18446744073709551616u",
+            "m v=-1u",
+            "m v=1.5u",
+            // Names against the model's rules.
+            "m,host= v=1",
+            "m,host=,dc=x v=1",
+            "m,host=a,host=b v=1",
+            "m,t=a\u{1}b v=1",
+            "m,t\u{7f}=a v=1",
+            "m\u{1b} v=1",
+            "m f\u{1}=1",
+            "m f\u{1}=\"s\"",
         ];
-        for (line, needle) in cases {
-            if line.is_empty() {
-                assert!(
-                    parse(line).errors.is_empty(),
-                    "an empty body is not an error"
-                );
-                continue;
-            }
-            let e = one_error(line);
-            assert!(e.contains(needle), "{line:?}: {e}");
+        let mut got = String::new();
+        for line in cases {
+            let out = parse_line_protocol(line.as_bytes(), Precision::Ns, 0);
+            assert_eq!(out.points, [], "{line:?}");
+            assert_eq!(out.lines_written, 0, "{line:?}");
+            let msgs: Vec<String> = out.errors.iter().map(|e| e.to_string()).collect();
+            writeln!(got, "{line:?}\n    {}", msgs.join(" | ")).unwrap();
         }
-        let e = parse_line_protocol(b"m v=1 9223372036854775807", Precision::H, 0).errors[0]
-            .to_string();
-        assert!(
-            e.contains("out of range") && e.contains("precision h"),
-            "{e}"
-        );
-        for ts in [
-            "9223372036854775807",
-            "-9223372036854775808",
-            "1152921504606846977",
-        ] {
-            let e = parse_line_protocol(format!("m v=1 {ts}").as_bytes(), Precision::Ms, 0).errors
-                [0]
-            .to_string();
-            assert!(e.contains("out of range"), "{ts}: {e}");
-        }
-        assert!(
-            parse_line_protocol(b"m v=1 1152921504606846976", Precision::Ms, 0)
-                .errors
-                .is_empty()
-        );
-        let e = parse_line_protocol(b"m,t=\xff v=1", Precision::Ns, 0).errors[0].to_string();
-        assert!(e.contains("invalid UTF-8"), "{e}");
-        let e = one_error("m,t=a\u{1}b v=1");
-        assert!(e.contains("control character"), "{e}");
+        expect![[r#"
+            ",t=a v=1"
+                line 1: missing measurement name at column 1
+            "m"
+                line 1: no fields: expected a space and field=value after the measurement and tags
+            "m,t=a"
+                line 1: no fields: expected a space and field=value after the measurement and tags
+            "m,t=a "
+                line 1: no fields: expected a space and field=value after the measurement and tags
+            "m,host=a 1700000000000000000"
+                line 1: no fields: "1700000000000000000" after the measurement and tags looks like a timestamp; a line needs at least one field=value
+            "m,t v=1"
+                line 1: tag key 't' is not followed by '=value' (column 4)
+            "m,=a v=1"
+                line 1: empty tag key at column 3
+            "m, v=1"
+                line 1: empty tag key at column 3
+            "m,t=a, v=1"
+                line 1: empty tag key at column 7
+            "m,t=a=b v=1"
+                line 1: tag 't' has an unescaped '=' in its value at column 6 (write it as \=)
+            "m =1"
+                line 1: empty field key at column 3
+            "m\\ v=1"
+                line 1: no fields: expected a space and field=value after the measurement and tags
+            "m v\\=1"
+                line 1: field key 'v=1' is not followed by '=value' (column 7)
+            "m v=1,,w=2"
+                line 1: empty field key at column 7
+            "m v=1,"
+                line 1: empty field key at column 7
+            "m v"
+                line 1: field key 'v' is not followed by '=value' (column 4)
+            "m v="
+                line 1: field 'v' has no value (column 5)
+            "m v=,w=1"
+                line 1: field 'v' has no value (column 5)
+            "m v=\"open"
+                line 1: string value of field 'v' has no closing double quote (opened at column 5)
+            "m v=\"a\"x"
+                line 1: unexpected 'x' after the string value of field 'v' at column 8
+            "m v=1 1 2"
+                line 1: unexpected text after the timestamp at column 9: "2"
+            "m v=1 12x"
+                line 1: invalid timestamp "12x": expected an integer
+            "m v=1 -"
+                line 1: invalid timestamp "-": expected an integer
+            "m s=\"a\" w=2"
+                line 1: invalid timestamp "w=2": expected an integer (is there an unescaped space in a field?)
+            "m usage=abc"
+                line 1: invalid field value for 'usage': "abc" is not a number, integer (i), unsigned (u), boolean or string
+            "m v=1i2"
+                line 1: invalid field value for 'v': "1i2" is not a number, integer (i), unsigned (u), boolean or string
+            "m v=1.5i"
+                line 1: invalid field value for 'v': "1.5i" is not a number, integer (i), unsigned (u), boolean or string
+            "m v=i"
+                line 1: invalid field value for 'v': "i" is not a number, integer (i), unsigned (u), boolean or string
+            "m v=+1"
+                line 1: invalid field value for 'v': "+1" is not a number, integer (i), unsigned (u), boolean or string
+            "m v=0x10"
+                line 1: invalid field value for 'v': "0x10" is not a number, integer (i), unsigned (u), boolean or string
+            "m v=1e"
+                line 1: invalid field value for 'v': "1e" is not a number, integer (i), unsigned (u), boolean or string
+            "m v=1.2.3"
+                line 1: invalid field value for 'v': "1.2.3" is not a number, integer (i), unsigned (u), boolean or string
+            "m v=tru"
+                line 1: invalid field value for 'v': "tru" is not a number, integer (i), unsigned (u), boolean or string
+            "m v='1'"
+                line 1: invalid field value for 'v': "'1'" is not a number, integer (i), unsigned (u), boolean or string
+            "m v=NaN"
+                line 1: invalid field value for 'v': "NaN" is not a finite number (NaN and infinity are not accepted)
+            "m v=nan"
+                line 1: invalid field value for 'v': "nan" is not a finite number (NaN and infinity are not accepted)
+            "m v=Inf"
+                line 1: invalid field value for 'v': "Inf" is not a finite number (NaN and infinity are not accepted)
+            "m v=-inf"
+                line 1: invalid field value for 'v': "-inf" is not a finite number (NaN and infinity are not accepted)
+            "m v=+Infinity"
+                line 1: invalid field value for 'v': "+Infinity" is not a finite number (NaN and infinity are not accepted)
+            "m v=1e999"
+                line 1: invalid field value for 'v': 1e999 is out of range for a float (f64)
+            "m v=-1e999"
+                line 1: invalid field value for 'v': -1e999 is out of range for a float (f64)
+            "m v=9223372036854775808i"
+                line 1: invalid field value for 'v': 9223372036854775808i is out of range for an integer (i64)
+            "m v=-9223372036854775809i"
+                line 1: invalid field value for 'v': -9223372036854775809i is out of range for an integer (i64)
+            "m v=18446744073709551616u"
+                line 1: invalid field value for 'v': 18446744073709551616u is out of range for an unsigned integer (u64)
+            "m v=-1u"
+                line 1: invalid field value for 'v': -1u is out of range for an unsigned integer (u64): it is negative
+            "m v=1.5u"
+                line 1: invalid field value for 'v': "1.5u" is not a number, integer (i), unsigned (u), boolean or string
+            "m,host= v=1"
+                line 1: tag 'host' has an empty value
+            "m,host=,dc=x v=1"
+                line 1: tag 'host' has an empty value
+            "m,host=a,host=b v=1"
+                line 1: tag 'host' appears more than once
+            "m,t=a\u{1}b v=1"
+                line 1: tag value 'a\u{1}b' contains a control character
+            "m,t\u{7f}=a v=1"
+                line 1: tag key 't\u{7f}' contains a control character
+            "m\u{1b} v=1"
+                line 1: measurement 'm\u{1b}' contains a control character
+            "m f\u{1}=1"
+                line 1: field key 'f\u{1}' contains a control character
+            "m f\u{1}=\"s\""
+                line 1: field key 'f\u{1}' contains a control character
+        "#]]
+        .assert_eq(&got);
+    }
+
+    #[test]
+    fn long_lines_and_names() {
         let long = format!("m v=1,{}=1", "x".repeat(LINE_BYTES_MAX));
-        assert!(one_error(&long).contains("limit"));
+        expect!["line 1: line is 1048584 bytes long; the limit is 1048576 bytes"].assert_eq(
+            &parse_line_protocol(long.as_bytes(), Precision::Ns, 0).errors[0].to_string(),
+        );
+        // A line of exactly the limit is parsed.
+        let exact = format!("m v=1,{}=\"\"", "x".repeat(LINE_BYTES_MAX - 9));
+        assert_eq!(exact.len(), LINE_BYTES_MAX);
+        let out = parse_line_protocol(exact.as_bytes(), Precision::Ns, 0);
+        assert_eq!((out.errors.len(), out.points.len()), (0, 1));
+        // A metric name past the model's limit names the field.
+        let name = format!("m {}=1", "f".repeat(5000));
+        expect!["line 1: field 'ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff'...: metric name is 5002 bytes long; the limit is 4096"]
+            .assert_eq(&parse_line_protocol(name.as_bytes(), Precision::Ns, 0).errors[0].to_string());
     }
 
+    /// The characters names are drawn from: plain, separators, escape, quotes, Unicode.
     fn name() -> impl Strategy<Value = String> {
-        "[a-zA-Z0-9 ,=\"_.é-]{1,12}"
+        let chars = vec![
+            'a', 'Z', '0', '_', '.', '-', ' ', ',', '=', '\\', '"', '\'', '#', 'é', '🍭',
+        ];
+        prop::collection::vec(prop::sample::select(chars), 1..10)
+            .prop_map(|cs| cs.into_iter().collect())
     }
 
-    fn escape(s: &str, special: &[char]) -> String {
+    #[derive(Debug, Clone)]
+    enum Value {
+        Float(f64),
+        Int(i64),
+        UInt(u64),
+        Bool(&'static str, bool),
+        Str(String),
+    }
+
+    fn value() -> impl Strategy<Value = Value> {
+        let spellings = vec![
+            ("t", true),
+            ("T", true),
+            ("true", true),
+            ("True", true),
+            ("TRUE", true),
+            ("f", false),
+            ("F", false),
+            ("false", false),
+            ("False", false),
+            ("FALSE", false),
+        ];
+        prop_oneof![
+            any::<f64>()
+                .prop_filter("finite", |v| v.is_finite())
+                .prop_map(Value::Float),
+            any::<i64>().prop_map(Value::Int),
+            any::<u64>().prop_map(Value::UInt),
+            prop::sample::select(spellings).prop_map(|(s, b)| Value::Bool(s, b)),
+            name().prop_map(Value::Str),
+        ]
+    }
+
+    /// Escapes `s` for line protocol: a backslash before every byte of `special` and before
+    /// every backslash.
+    fn escape(s: &str, special: &str) -> String {
         let mut out = String::new();
         for c in s.chars() {
-            if special.contains(&c) {
+            if c == '\\' || special.contains(c) {
                 out.push('\\');
             }
             out.push(c);
@@ -565,31 +1217,79 @@ mod tests {
     }
 
     proptest! {
-        /// Any names, correctly escaped, parse back to exactly those names and values.
+        /// Names and values written with correct escaping parse back to exactly themselves.
         #[test]
-        fn escaped_names_round_trip(
-            m in name(), tk in name(), tv in name(), fk in name(),
-            v in any::<i32>(), s in "[a-z \"\\\\]{0,8}", ts in tsvault_model::TS_MS_MIN..=tsvault_model::TS_MS_MAX,
+        fn escaped_lines_round_trip(
+            measurement in name().prop_filter("a leading # makes a comment", |m| !m.starts_with('#')),
+            tags in prop::collection::btree_map(name(), name(), 0..4),
+            fields in prop::collection::btree_map(name(), value(), 1..5),
+            ts in prop::option::of(any::<i64>()),
         ) {
-            prop_assume!(fk != "str");
-            let line = format!(
-                "{},{}={} {}={}i,str=\"{}\" {}",
-                escape(&m, &[',', ' ']),
-                escape(&tk, &[',', '=', ' ']),
-                escape(&tv, &[',', '=', ' ']),
-                escape(&fk, &[',', '=', ' ']),
-                v,
-                escape(&s, &['"', '\\']),
-                ts
-            );
-            let out = parse_line_protocol(line.as_bytes(), Precision::Ms, 0);
-            prop_assert!(out.errors.is_empty(), "{} -> {:?}", line, out.errors);
-            let want = SeriesKey::new(&format!("{m}_{fk}"), &[(tk.as_str(), tv.as_str())]).unwrap();
-            prop_assert_eq!(out.points.len(), 1);
-            prop_assert_eq!(&out.points[0].key, &want);
-            prop_assert_eq!(out.points[0].value, f64::from(v));
-            prop_assert_eq!(out.points[0].ts_ms, ts);
-            prop_assert_eq!(out.string_fields_skipped, 1);
+            let mut line = escape(&measurement, ", ");
+            for (k, v) in &tags {
+                write!(line, ",{}={}", escape(k, ",= "), escape(v, ",= ")).unwrap();
+            }
+            for (i, (k, v)) in fields.iter().enumerate() {
+                line.push(if i == 0 { ' ' } else { ',' });
+                line.push_str(&escape(k, ",= "));
+                line.push('=');
+                match v {
+                    Value::Float(f) => write!(line, "{f:?}").unwrap(),
+                    Value::Int(n) => write!(line, "{n}i").unwrap(),
+                    Value::UInt(n) => write!(line, "{n}u").unwrap(),
+                    Value::Bool(s, _) => line.push_str(s),
+                    Value::Str(s) => write!(line, "\"{}\"", escape(s, "\"")).unwrap(),
+                }
+            }
+            if let Some(ts) = ts {
+                write!(line, " {ts}").unwrap();
+            }
+            let tag_list: Vec<(&String, &String)> = tags.iter().collect();
+            let ts_ms = ts.map_or(-7, |t| t.div_euclid(1_000_000));
+            let mut want = Vec::new();
+            let mut strings = 0;
+            for (k, v) in &fields {
+                let value = match v {
+                    Value::Float(f) => *f,
+                    Value::Int(n) => *n as f64,
+                    Value::UInt(n) => *n as f64,
+                    Value::Bool(_, b) => f64::from(u8::from(*b)),
+                    Value::Str(_) => {
+                        strings += 1;
+                        continue;
+                    }
+                };
+                let key = SeriesKey::new(&format!("{measurement}_{k}"), &tag_list).unwrap();
+                want.push(Point { key, ts_ms, value });
+            }
+            let out = parse_line_protocol(line.as_bytes(), Precision::Ns, -7);
+            prop_assert_eq!(&out.errors, &[], "{}", line);
+            prop_assert_eq!(out.points, want, "{}", line);
+            prop_assert_eq!(out.string_fields_skipped, strings);
+            prop_assert_eq!(out.lines_written, 1);
         }
+    }
+
+    proptest! {
+        /// Any bytes parse without panicking; every line is either written or reported once,
+        /// in order, and a point never carries a non-finite value.
+        #[test]
+        fn arbitrary_bytes_never_panic(body in prop::collection::vec(
+            prop::sample::select(b"mvt0129-.eEiuTfF\\\",= \n\r#\t\xff\x01\xc3\xa9".to_vec()),
+            0..300,
+        )) {
+            let out = parse_line_protocol(&body, Precision::S, 0);
+            prop_assert!(out.errors.windows(2).all(|w| w[0].line < w[1].line));
+            prop_assert!(out.lines_written + out.errors.len() <= body.split(|&b| b == b'\n').count());
+            prop_assert!(out.points.iter().all(|p| p.value.is_finite() && ts_in_range(p.ts_ms)));
+        }
+    }
+
+    #[test]
+    fn outcome_is_independent_of_line_order_tags() {
+        // Tag order in the line does not change the series.
+        let a = parse_line_protocol(b"m,b=2,a=1 v=1 0", Precision::Ns, 0);
+        let b = parse_line_protocol(b"m,a=1,b=2 v=1 0", Precision::Ns, 0);
+        assert_eq!(a, b);
     }
 }

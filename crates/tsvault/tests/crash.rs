@@ -9,6 +9,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use common::{Server, query_dps, try_post};
 use rand::{Rng, SeedableRng};
@@ -17,6 +18,16 @@ use serde_json::json;
 const WRITERS: usize = 3;
 const SERIES_PER_WRITER: usize = 4;
 const POINTS_PER_BATCH: usize = 50;
+/// Longest wait for the writers' next acknowledgement before the test fails with the log.
+const PROGRESS_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What the writers report to the thread that kills the server.
+#[derive(Default)]
+struct Progress {
+    acked_batches: usize,
+    writers_done: usize,
+    failure: Option<String>,
+}
 
 /// (series, ts_ms) -> value of every write attempted, and the subset acknowledged.
 #[derive(Default)]
@@ -50,23 +61,26 @@ fn sigkill_at_random_moments_loses_no_acknowledged_write() {
         };
         let server = Server::start(dir.path(), extra);
         verify(&server, &ledger, cycle);
-        let acked_batches = Arc::new((Mutex::new(0usize), Condvar::new()));
+        let progress = Arc::new((Mutex::new(Progress::default()), Condvar::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let kill_after = rng.random_range(1..40usize);
         let next_ts = Arc::new(AtomicUsize::new(0));
         let mut handles = Vec::new();
         for w in 0..WRITERS {
-            let (url, ledger, acked_batches, stop, next_ts) = (
+            let (url, ledger, progress, stop, next_ts) = (
                 server.url("/write?precision=ms"),
                 ledger.clone(),
-                acked_batches.clone(),
+                progress.clone(),
                 stop.clone(),
                 next_ts.clone(),
             );
             let value_seed: u64 = rng.random();
             handles.push(std::thread::spawn(move || {
                 let mut vrng = rand::rngs::StdRng::seed_from_u64(value_seed);
-                while !stop.load(Ordering::Relaxed) {
+                let outcome = loop {
+                    if stop.load(Ordering::Relaxed) {
+                        break None;
+                    }
                     let mut body = String::new();
                     let mut batch = Vec::new();
                     for _ in 0..POINTS_PER_BATCH {
@@ -87,27 +101,54 @@ fn sigkill_at_random_moments_loses_no_acknowledged_write() {
                     match try_post(&url, "text/plain", body.as_bytes()) {
                         Ok(r) if r.status == 204 => {
                             ledger.lock().unwrap().acked.extend(batch);
-                            let (m, cv) = &*acked_batches;
-                            *m.lock().unwrap() += 1;
+                            let (m, cv) = &*progress;
+                            m.lock().unwrap().acked_batches += 1;
                             cv.notify_all();
                         }
-                        Ok(r) => panic!("write answered {}: {}", r.status, r.body),
-                        Err(_) => break, // the server died mid-request: not acknowledged
+                        Ok(r) => break Some(format!("write answered {}: {}", r.status, r.body)),
+                        // The server died mid-request: not acknowledged.
+                        Err(e) => {
+                            break if stop.load(Ordering::Relaxed) {
+                                None
+                            } else {
+                                Some(format!("write failed before the kill: {e}"))
+                            };
+                        }
                     }
+                };
+                let (m, cv) = &*progress;
+                let mut p = m.lock().unwrap();
+                p.writers_done += 1;
+                if p.failure.is_none() {
+                    p.failure = outcome;
                 }
+                cv.notify_all();
             }));
         }
         {
-            let (m, cv) = &*acked_batches;
-            let guard = cv
-                .wait_while(m.lock().unwrap(), |n| *n < kill_after)
+            let (m, cv) = &*progress;
+            let (p, timeout) = cv
+                .wait_timeout_while(m.lock().unwrap(), PROGRESS_TIMEOUT, |p| {
+                    p.acked_batches < kill_after && p.failure.is_none() && p.writers_done < WRITERS
+                })
                 .unwrap();
-            drop(guard);
+            if let Some(f) = &p.failure {
+                panic!("cycle {cycle}: {f}\nserver log:\n{}", server.log());
+            }
+            assert!(
+                !timeout.timed_out() && p.acked_batches >= kill_after,
+                "cycle {cycle}: writers made no progress ({} of {kill_after} batches acknowledged) within {PROGRESS_TIMEOUT:?}\nserver log:\n{}",
+                p.acked_batches,
+                server.log()
+            );
         }
-        server.kill9();
         stop.store(true, Ordering::Relaxed);
+        server.kill9();
         for h in handles {
             h.join().expect("writer thread");
+        }
+        if cycle % 50 == 49 {
+            eprintln!("crash test: {} cycles done", cycle + 1);
         }
         total_acked = ledger.lock().unwrap().acked.len();
     }
