@@ -259,6 +259,18 @@ impl Engine {
                 }
                 Ok(())
             })?;
+            // Only the newest file can end in a torn write: every older one was fsynced whole
+            // before the next was created (and a cut tail is fsynced before the start goes
+            // on). Damage at the end of an older file is corruption of fsynced data.
+            let end = match end {
+                WalEnd::TornTail { valid_len } if *n != last_number => WalEnd::Corrupt {
+                    offset: valid_len,
+                    detail: format!(
+                        "damaged record at byte {valid_len} at the end of a WAL file that is not the newest; it was fsynced whole, so this is corruption, not a torn write"
+                    ),
+                },
+                end => end,
+            };
             if let Some(id) = bad_id {
                 return Err(Error::Corrupt {
                     path: path.clone(),

@@ -307,6 +307,47 @@ fn torn_wal_tail_is_cut_and_later_writes_survive() {
     assert_eq!(all(&open(dir.path()), "m")[0].1, vec![s(1, 1.0), s(3, 3.0)]);
 }
 
+#[test]
+fn damaged_tail_of_an_older_wal_file_is_corruption_not_a_torn_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = key("m", "a");
+    for ts in [1, 2] {
+        let e = open(dir.path());
+        e.write(&[pt(&a, ts, ts as f64)]).unwrap();
+        e.close_without_flush();
+    }
+    let mut wals: Vec<_> = fs::read_dir(dir.path().join("wal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    wals.sort();
+    let older = wals[0].clone();
+    let len = fs::metadata(&older).unwrap().len();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&older)
+        .unwrap()
+        .set_len(len - 5)
+        .unwrap();
+    let err = Engine::open(EngineConfig::new(dir.path()))
+        .err()
+        .expect("must refuse to start");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&older.display().to_string()) && msg.contains("not the newest"),
+        "{msg}"
+    );
+    let mut cfg = EngineConfig::new(dir.path());
+    cfg.quarantine_corrupt = true;
+    let e = Engine::open(cfg).unwrap();
+    assert_eq!(e.quarantined().len(), 1);
+    assert_eq!(
+        all(&e, "m")[0].1,
+        vec![s(2, 2.0)],
+        "the intact newer file is still replayed"
+    );
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Write(Vec<(u8, i64, i32)>),
