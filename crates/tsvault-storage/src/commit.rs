@@ -14,6 +14,13 @@ use crate::error::{Error, Result};
 use crate::head::Head;
 use crate::index::SeriesId;
 use crate::wal::{WalWriter, encode_batch};
+use tsvault_model::SeriesKey;
+
+/// A frame is closed once its definitions and samples reach this size, so that no frame
+/// comes near `WAL_RECORD_BYTES_MAX` (one series key adds at most about 2 MiB past it).
+const WAL_FRAME_BUDGET_BYTES: usize = 16 << 20;
+/// The most bytes one sample takes in a frame (id, timestamp and value).
+const SAMPLE_FRAME_BYTES_MAX: usize = 5 + 10 + 8;
 
 /// Most samples gathered into one group commit.
 const COMMIT_SAMPLES_MAX: usize = 4 << 20;
@@ -154,21 +161,7 @@ fn commit(
         {
             let registry = inner.registry.read();
             for (samples, _) in &writes {
-                let mut defs = Vec::new();
-                for &(id, _, _) in samples {
-                    let i = id as usize;
-                    if i >= defined.len() {
-                        defined.resize(i + 1, false);
-                    }
-                    if !defined[i] {
-                        defined[i] = true;
-                        defs.push((id, registry.key(id)));
-                    }
-                }
-                for chunk in samples.chunks(1 << 20) {
-                    encode_batch(frames, &defs, chunk);
-                    defs.clear();
-                }
+                encode_write(frames, defined, |id| registry.key(id), samples);
             }
         }
         let r = wal
@@ -200,6 +193,41 @@ fn commit(
     }
 }
 
+/// Encodes one write as frames of bounded size. Each series id not yet defined in the current
+/// WAL file is defined in the frame that first uses it, so every frame replays on its own.
+fn encode_write<'k>(
+    frames: &mut Vec<u8>,
+    defined: &mut Vec<bool>,
+    key_of: impl Fn(SeriesId) -> &'k SeriesKey,
+    samples: &[(SeriesId, i64, f64)],
+) {
+    let mut defs: Vec<(SeriesId, &SeriesKey)> = Vec::new();
+    let mut start = 0;
+    let mut frame_bytes = 0;
+    for (i, &(id, _, _)) in samples.iter().enumerate() {
+        let idx = id as usize;
+        if idx >= defined.len() {
+            defined.resize(idx + 1, false);
+        }
+        if !defined[idx] {
+            defined[idx] = true;
+            let key = key_of(id);
+            frame_bytes += key.as_str().len() + 16;
+            defs.push((id, key));
+        }
+        frame_bytes += SAMPLE_FRAME_BYTES_MAX;
+        if frame_bytes >= WAL_FRAME_BUDGET_BYTES {
+            encode_batch(frames, &defs, &samples[start..=i]);
+            defs.clear();
+            start = i + 1;
+            frame_bytes = 0;
+        }
+    }
+    if start < samples.len() {
+        encode_batch(frames, &defs, &samples[start..]);
+    }
+}
+
 fn rotate(inner: &Inner, wal: &mut WalWriter, defined: &mut Vec<bool>) -> Result<(u64, Arc<Head>)> {
     if let Some(msg) = inner.poisoned() {
         return Err(Error::Poisoned(msg));
@@ -224,4 +252,54 @@ fn rotate(inner: &Inner, wal: &mut WalWriter, defined: &mut Vec<bool>) -> Result
     let frozen = Arc::new(std::mem::take(&mut state.live));
     state.frozen = Some(frozen.clone());
     Ok((wal.number(), frozen))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::{WAL_RECORD_BYTES_MAX, read_wal_file};
+
+    #[test]
+    fn large_writes_become_bounded_self_contained_frames() {
+        // 24 series with keys of about 1 MiB each: more than one frame budget of definitions.
+        let tags: Vec<(String, String)> = (0..250)
+            .map(|t| (format!("t{t:03}"), "v".repeat(4000)))
+            .collect();
+        let keys: Vec<SeriesKey> = (0..24)
+            .map(|i| SeriesKey::new(&format!("m{i}"), &tags).unwrap())
+            .collect();
+        let samples: Vec<(SeriesId, i64, f64)> = (0..48u32)
+            .map(|i| (i % 24, i64::from(i), f64::from(i)))
+            .collect();
+        let mut frames = Vec::new();
+        let mut defined = Vec::new();
+        encode_write(&mut frames, &mut defined, |id| &keys[id as usize], &samples);
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("1.wal");
+        let mut bytes = crate::wal::WAL_MAGIC.to_vec();
+        bytes.extend_from_slice(&frames);
+        std::fs::write(&path, &bytes).unwrap();
+        let mut n_frames = 0;
+        let mut got = Vec::new();
+        let mut seen_defs = std::collections::HashSet::new();
+        let end = read_wal_file(&path, |batch| {
+            n_frames += 1;
+            seen_defs.extend(batch.defs.iter().map(|(id, _)| *id));
+            // Every sample's series is defined in this frame or an earlier one.
+            assert!(
+                batch
+                    .samples
+                    .iter()
+                    .all(|(id, _, _)| seen_defs.contains(id))
+            );
+            got.extend(batch.samples);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(end, crate::wal::WalEnd::Clean);
+        assert!(n_frames >= 2, "{n_frames} frames");
+        assert_eq!(got, samples);
+        assert!(frames.len() / n_frames < WAL_RECORD_BYTES_MAX);
+    }
 }

@@ -216,7 +216,7 @@ impl Engine {
             return Err(Error::Config("retention must be positive".into()));
         }
         let dir = config.data_dir.clone();
-        fs::create_dir_all(&dir).ctx("create", &dir)?;
+        create_dir_durable(&dir)?;
         let lock_path = dir.join("LOCK");
         let lock = File::create(&lock_path).ctx("create", &lock_path)?;
         match lock.try_lock() {
@@ -227,13 +227,24 @@ impl Engine {
         let wal_dir = dir.join("wal");
         let seg_dir = dir.join("segments");
         for d in [&wal_dir, &seg_dir] {
-            fs::create_dir_all(d).ctx("create", d)?;
+            create_dir_durable(d)?;
         }
         let mut quarantined = Vec::new();
         let mut registry = Registry::default();
 
         let (mut manifest, segments) =
             load_segments(&config, &dir, &seg_dir, &mut registry, &mut quarantined)?;
+        match manifest.segment_duration_ms {
+            0 => manifest.segment_duration_ms = config.segment_duration_ms,
+            d if d != config.segment_duration_ms => {
+                return Err(Error::Config(format!(
+                    "the data directory {} holds segments {d} ms wide; the configured segment duration is {} ms. Changing it is not supported: start with --segment-duration {d}ms",
+                    dir.display(),
+                    config.segment_duration_ms
+                )));
+            }
+            _ => {}
+        }
         remove_stray_files(&seg_dir, &manifest)?;
 
         // Replay the WAL into the head.
@@ -294,7 +305,10 @@ impl Engine {
                             detail,
                         });
                     }
-                    quarantined.push(quarantine(&dir, path, detail, format!("WAL records from byte {offset} on; earlier records of the file were replayed"))?);
+                    // Keep the replayed prefix in place (it may hold acknowledged writes not
+                    // yet in any segment); set a copy of the whole file aside.
+                    quarantined.push(quarantine_copy(&dir, path, detail, format!("WAL records from byte {offset} on; earlier records of the file were replayed and kept"))?);
+                    truncate_torn_tail(path, offset)?;
                 }
             }
         }
@@ -483,7 +497,8 @@ impl Engine {
             let _ = t.join();
         }
         let flushed = if flush && self.inner.poisoned().is_none() {
-            self.flush()
+            let h = self.handle();
+            h.guarded("flush at shutdown", || h.flush())
         } else {
             Ok(())
         };
@@ -607,7 +622,7 @@ impl EngineHandle {
         }
         drop(manifest);
         self.compact(false)?;
-        self.apply_retention()?;
+        self.guarded("retention", || self.apply_retention())?;
         Ok(())
     }
 
@@ -628,8 +643,7 @@ impl EngineHandle {
                 .collect();
             drop(registry);
             keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-            let seq = next.next_segment_seq;
-            next.next_segment_seq += 1;
+            let seq = allocate_seq(manifest, &mut next);
             let info = write_segment(
                 &self.inner.seg_dir,
                 seq,
@@ -662,6 +676,7 @@ impl EngineHandle {
         added: Vec<Arc<LoadedSegment>>,
         clear_frozen: bool,
     ) -> Result<()> {
+        self.refuse_if_poisoned()?;
         next.store(&self.inner.config.data_dir)?;
         *manifest = next;
         {
@@ -685,6 +700,32 @@ impl EngineHandle {
         Ok(())
     }
 
+    fn refuse_if_poisoned(&self) -> Result<()> {
+        match self.inner.poisoned() {
+            Some(msg) => Err(Error::Poisoned(msg)),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs background or shutdown work; a panic (a broken invariant) or an error poisons
+    /// the store instead of silently stopping maintenance.
+    fn guarded<T>(&self, what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(Error::Internal(format!("{what} panicked: {msg}")))
+        });
+        if let Err(e) = &r
+            && !matches!(e, Error::Poisoned(_) | Error::Closed)
+        {
+            self.inner.poison(e);
+        }
+        r
+    }
+
     /// Opens a segment just written, checking it against what was written (pair assertion).
     fn open_segment(&self, info: &SegmentInfo) -> Result<Arc<LoadedSegment>> {
         let path = self.inner.seg_dir.join(segment_file_name(info.seq));
@@ -696,6 +737,7 @@ impl EngineHandle {
     /// Merges the segments of partitions that have several. `all`: every such partition;
     /// otherwise only those past their end or with `compaction_segments_min` segments.
     fn compact(&self, all: bool) -> Result<usize> {
+        self.refuse_if_poisoned()?;
         let mut manifest = self.inner.manifest.lock();
         let now = (self.inner.config.clock)();
         let mut by_partition: BTreeMap<i64, Vec<SegmentInfo>> = BTreeMap::new();
@@ -756,8 +798,7 @@ impl EngineHandle {
             Ok((key.clone(), samples))
         });
         let mut next = manifest.clone();
-        let seq = next.next_segment_seq;
-        next.next_segment_seq += 1;
+        let seq = allocate_seq(manifest, &mut next);
         let info = write_segment(&self.inner.seg_dir, seq, partition, merged)?;
         let loaded = self.open_segment(&info)?;
         next.segments.retain(|s| !seqs.contains(&s.seq));
@@ -768,6 +809,7 @@ impl EngineHandle {
     }
 
     fn apply_retention(&self) -> Result<usize> {
+        self.refuse_if_poisoned()?;
         let Some(cutoff) = self.retention_cutoff() else {
             return Ok(0);
         };
@@ -880,15 +922,12 @@ impl EngineHandle {
                 || (interval_due && head_samples > 0)
             {
                 last_flush = Instant::now();
-                self.flush()
+                self.guarded("flush", || self.flush())
             } else {
-                self.apply_retention().map(|_| ())
+                self.guarded("retention", || self.apply_retention().map(|_| ()))
             };
             if let Err(e) = r {
                 tracing::error!(error = %e, "background maintenance failed");
-                if !matches!(e, Error::Poisoned(_) | Error::Closed) {
-                    self.inner.poison(&e);
-                }
             }
         }
     }
@@ -904,9 +943,59 @@ fn index_segment(seg: Segment, registry: &mut Registry) -> LoadedSegment {
     LoadedSegment { seg, blocks }
 }
 
+/// Creates a directory (and missing parents) so that its entry survives power loss.
+fn create_dir_durable(d: &Path) -> Result<()> {
+    if d.is_dir() {
+        return Ok(());
+    }
+    fs::create_dir_all(d).ctx("create", d)?;
+    let parent = d
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    sync_dir(parent)
+}
+
+/// Allocates the next segment sequence number in both the in-memory manifest and the one
+/// being prepared, so that a failed attempt never hands the same number out twice.
+fn allocate_seq(current: &mut Manifest, next: &mut Manifest) -> u64 {
+    let seq = current.next_segment_seq.max(next.next_segment_seq);
+    current.next_segment_seq = seq + 1;
+    next.next_segment_seq = seq + 1;
+    seq
+}
+
+/// Copies a damaged file into `quarantine/` (the caller then cuts the original).
+fn quarantine_copy(
+    dir: &Path,
+    file: &Path,
+    reason: String,
+    lost: String,
+) -> Result<QuarantinedFile> {
+    let qdir = dir.join("quarantine");
+    create_dir_durable(&qdir)?;
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let copied_to = qdir.join(format!("{}-{name}", system_clock_ms()));
+    fs::copy(file, &copied_to).ctx("copy aside", file)?;
+    File::open(&copied_to)
+        .ctx("open", &copied_to)?
+        .sync_all()
+        .ctx("fsync", &copied_to)?;
+    sync_dir(&qdir)?;
+    Ok(QuarantinedFile {
+        file: file.to_owned(),
+        moved_to: copied_to,
+        reason,
+        lost,
+    })
+}
+
 fn quarantine(dir: &Path, file: &Path, reason: String, lost: String) -> Result<QuarantinedFile> {
     let qdir = dir.join("quarantine");
-    fs::create_dir_all(&qdir).ctx("create", &qdir)?;
+    create_dir_durable(&qdir)?;
     let name = file
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -941,7 +1030,7 @@ fn load_segments(
         Err(Error::Corrupt { path, detail }) if config.quarantine_corrupt => {
             let q = quarantine(dir, &path, detail, "the list of live segments; rebuilt from the segment files, and the WAL is replayed from its oldest file".into())?;
             quarantined.push(q);
-            rebuild_manifest(seg_dir)?
+            rebuild_manifest(dir, seg_dir, quarantined)?
         }
         Err(e) => return Err(e),
     };
@@ -983,7 +1072,11 @@ fn load_segments(
     Ok((manifest, loaded))
 }
 
-fn rebuild_manifest(seg_dir: &Path) -> Result<Manifest> {
+fn rebuild_manifest(
+    dir: &Path,
+    seg_dir: &Path,
+    quarantined: &mut Vec<QuarantinedFile>,
+) -> Result<Manifest> {
     let mut m = Manifest::new();
     let mut seqs = Vec::new();
     for entry in fs::read_dir(seg_dir).ctx("list", seg_dir)? {
@@ -999,9 +1092,13 @@ fn rebuild_manifest(seg_dir: &Path) -> Result<Manifest> {
     }
     seqs.sort_unstable();
     for seq in seqs {
-        // Damaged ones are found (and quarantined) when the segments are opened.
-        if let Ok(seg) = Segment::open(&seg_dir.join(segment_file_name(seq)), seq, None) {
-            m.segments.push(seg.info.clone());
+        let path = seg_dir.join(segment_file_name(seq));
+        match Segment::open(&path, seq, None) {
+            Ok(seg) => m.segments.push(seg.info.clone()),
+            Err(Error::Corrupt { path, detail }) => {
+                quarantined.push(quarantine(dir, &path, detail, "an unknown part of the data: the manifest that described this segment was damaged too".into())?);
+            }
+            Err(e) => return Err(e),
         }
         m.next_segment_seq = seq + 1;
     }

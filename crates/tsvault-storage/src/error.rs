@@ -39,6 +39,9 @@ pub enum Error {
     /// A write holds a value the store does not accept (parsers check this first).
     #[error("{0}")]
     OutOfRange(String),
+    /// An internal invariant failed (a bug); the store refuses writes.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// A configuration value is out of range.
     #[error("invalid storage configuration: {0}")]
     Config(String),

@@ -28,6 +28,9 @@ pub struct Manifest {
     pub next_segment_seq: u64,
     /// WAL files numbered below this hold only data already in segments.
     pub wal_start: u64,
+    /// The partition width the segments were written with (0: not yet recorded).
+    #[serde(default)]
+    pub segment_duration_ms: i64,
     /// Live segments, ascending by sequence number.
     pub segments: Vec<SegmentInfo>,
 }
@@ -39,6 +42,7 @@ impl Manifest {
             format: FORMAT_VERSION,
             next_segment_seq: 1,
             wal_start: 0,
+            segment_duration_ms: 0,
             segments: Vec::new(),
         }
     }

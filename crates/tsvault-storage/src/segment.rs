@@ -432,7 +432,9 @@ fn parse_index(
         let max_ts = r.ivarint().ok_or_else(short)?;
         let crc = r.u32().ok_or_else(short)?;
         if offset < HEADER_MAGIC.len() as u64
-            || offset + u64::from(len) > body_end
+            || offset
+                .checked_add(u64::from(len))
+                .is_none_or(|end| end > body_end)
             || count == 0
             || min_ts > max_ts
         {

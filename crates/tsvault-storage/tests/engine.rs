@@ -348,6 +348,94 @@ fn damaged_tail_of_an_older_wal_file_is_corruption_not_a_torn_write() {
     );
 }
 
+#[test]
+fn changing_the_segment_duration_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = EngineConfig::new(dir.path());
+    cfg.segment_duration_ms = HOUR;
+    {
+        let e = Engine::open(cfg.clone()).unwrap();
+        e.write(&[pt(&key("m", "a"), 90 * 60_000, 1.0)]).unwrap();
+        e.close().unwrap();
+    }
+    cfg.segment_duration_ms = 2 * HOUR;
+    let msg = Engine::open(cfg.clone())
+        .err()
+        .expect("must refuse")
+        .to_string();
+    assert!(msg.contains("--segment-duration 3600000ms"), "{msg}");
+    cfg.segment_duration_ms = HOUR;
+    assert_eq!(all(&Engine::open(cfg).unwrap(), "m").len(), 1);
+}
+
+#[test]
+fn quarantined_wal_keeps_its_replayed_prefix_across_a_later_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = key("m", "a");
+    {
+        let e = open(dir.path());
+        for ts in 1..=3 {
+            e.write(&[pt(&a, ts, ts as f64)]).unwrap();
+        }
+        e.close_without_flush();
+    }
+    let wal = fs::read_dir(dir.path().join("wal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max()
+        .unwrap();
+    let mut bytes = fs::read(&wal).unwrap();
+    let first_len = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
+    bytes[8 + 8 + first_len + 8 + 2] ^= 0x40; // inside the second record's payload
+    fs::write(&wal, &bytes).unwrap();
+    let mut cfg = EngineConfig::new(dir.path());
+    cfg.quarantine_corrupt = true;
+    {
+        let e = Engine::open(cfg).unwrap();
+        assert_eq!(e.quarantined().len(), 1);
+        assert!(
+            e.quarantined()[0].moved_to.exists(),
+            "a copy of the damaged file is kept"
+        );
+        assert_eq!(all(&e, "m")[0].1, vec![s(1, 1.0)]);
+        e.close_without_flush();
+    }
+    let e = open(dir.path());
+    assert_eq!(
+        all(&e, "m")[0].1,
+        vec![s(1, 1.0)],
+        "the replayed prefix survived the crash"
+    );
+}
+
+#[test]
+fn rebuilt_manifest_quarantines_damaged_segments_instead_of_deleting_them() {
+    let dir = tempfile::tempdir().unwrap();
+    flushed_store(dir.path());
+    let mpath = dir.path().join("MANIFEST");
+    let mut bytes = fs::read(&mpath).unwrap();
+    bytes[10] ^= 0x01;
+    fs::write(&mpath, &bytes).unwrap();
+    let mut segs: Vec<_> = fs::read_dir(dir.path().join("segments"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    segs.sort();
+    let mut seg = fs::read(&segs[1]).unwrap();
+    seg[12] ^= 0x01;
+    fs::write(&segs[1], &seg).unwrap();
+    let mut cfg = EngineConfig::new(dir.path());
+    cfg.quarantine_corrupt = true;
+    let e = Engine::open(cfg).unwrap();
+    let files: Vec<_> = e.quarantined().iter().map(|q| q.file.clone()).collect();
+    assert!(files.contains(&segs[1]), "{files:?}");
+    assert!(
+        e.quarantined().iter().all(|q| q.moved_to.exists()),
+        "nothing was deleted"
+    );
+    assert_eq!(all(&e, "m").len(), 1, "the intact segment is served");
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Write(Vec<(u8, i64, i32)>),
