@@ -21,6 +21,11 @@ use crate::precision::Precision;
 /// Longest line accepted, in bytes: the bound on the work one line may cause.
 pub const LINE_BYTES_MAX: usize = 1 << 20;
 
+/// Most bytes of series keys one line may expand to (each numeric field is a key holding all
+/// the line's tags): bounds the memory a request can make the server use to about
+/// `LINE_KEY_BYTES_MAX / LINE_BYTES_MAX` times its body size.
+pub const LINE_KEY_BYTES_MAX: usize = 16 << 20;
+
 /// Field count up to which duplicate field keys are found by a linear scan (cheaper than
 /// hashing for the usual handful of fields); longer lines use a hash map.
 const FIELDS_LINEAR_MAX: usize = 32;
@@ -293,6 +298,7 @@ fn parse_line<'a>(
         HashMap::new()
     };
     let mut strings = 0;
+    let mut key_bytes = 0usize;
     for (i, (key, value)) in fields.iter().enumerate() {
         // InfluxDB keeps the last of duplicate field keys.
         let superseded = if fields.len() > FIELDS_LINEAR_MAX {
@@ -324,6 +330,13 @@ fn parse_line<'a>(
             }
             e => format!("field {}: {e}", named(key)),
         })?;
+        key_bytes += series.as_str().len();
+        if key_bytes > LINE_KEY_BYTES_MAX {
+            return Err(format!(
+                "the line expands to more than {LINE_KEY_BYTES_MAX} bytes of series keys ({} fields, each a series with all of the line's tags); split the fields across lines or use fewer or shorter tags",
+                fields.len()
+            ));
+        }
         points.push(Point {
             key: series,
             ts_ms,
@@ -1146,6 +1159,21 @@ mod tests {
 
     #[test]
     fn long_lines_and_names() {
+        // Many fields times a large tag set: refused before it takes the memory.
+        let tags: String = (0..200)
+            .map(|t| format!(",t{t}={}", "v".repeat(2000)))
+            .collect();
+        let fields: Vec<String> = (0..100).map(|f| format!("f{f}=1")).collect();
+        let line = format!("m{tags} {}", fields.join(","));
+        assert!(line.len() < LINE_BYTES_MAX);
+        let out = parse_line_protocol(line.as_bytes(), Precision::Ns, 0);
+        assert!(out.points.is_empty());
+        assert!(
+            out.errors[0].message.contains("bytes of series keys"),
+            "{}",
+            out.errors[0]
+        );
+
         let long = format!("m v=1,{}=1", "x".repeat(LINE_BYTES_MAX));
         expect!["line 1: line is 1048584 bytes long; the limit is 1048576 bytes"].assert_eq(
             &parse_line_protocol(long.as_bytes(), Precision::Ns, 0).errors[0].to_string(),
