@@ -299,16 +299,36 @@ impl Engine {
                     }
                 }
                 WalEnd::Corrupt { offset, detail } => {
-                    if !config.quarantine_corrupt {
+                    // In the newest file, damage followed by valid records is what a power
+                    // cut leaves when unsynced pages reach the disk out of order: fdatasync
+                    // made everything before an acknowledged record durable, so nothing from
+                    // the damage on was acknowledged (unless the disk itself rotted, which is
+                    // why a copy is kept and the cut reported). Older files were fsynced
+                    // whole: damage there needs --quarantine-corrupt.
+                    let newest = *n == last_number;
+                    if !newest && !config.quarantine_corrupt {
                         return Err(Error::Corrupt {
                             path: path.clone(),
                             detail,
                         });
                     }
+                    let lost = if newest {
+                        format!(
+                            "WAL records from byte {offset} on of the newest WAL file, cut at start; after a power cut they were never acknowledged; earlier records were replayed and kept"
+                        )
+                    } else {
+                        format!(
+                            "WAL records from byte {offset} on; earlier records of the file were replayed and kept"
+                        )
+                    };
                     // Keep the replayed prefix in place (it may hold acknowledged writes not
                     // yet in any segment); set a copy of the whole file aside.
-                    quarantined.push(quarantine_copy(&dir, path, detail, format!("WAL records from byte {offset} on; earlier records of the file were replayed and kept"))?);
-                    truncate_torn_tail(path, offset)?;
+                    quarantined.push(quarantine_copy(&dir, path, detail, lost)?);
+                    if offset < crate::wal::WAL_MAGIC.len() as u64 {
+                        fs::remove_file(path).ctx("remove", path)?;
+                    } else {
+                        truncate_torn_tail(path, offset)?;
+                    }
                 }
             }
         }

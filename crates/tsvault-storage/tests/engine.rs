@@ -436,6 +436,41 @@ fn rebuilt_manifest_quarantines_damaged_segments_instead_of_deleting_them() {
     assert_eq!(all(&e, "m").len(), 1, "the intact segment is served");
 }
 
+#[test]
+fn power_cut_hole_in_the_newest_wal_file_is_cut_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = key("m", "a");
+    {
+        let e = open(dir.path());
+        for ts in 1..=3 {
+            e.write(&[pt(&a, ts, ts as f64)]).unwrap();
+        }
+        e.close_without_flush();
+    }
+    let wal = fs::read_dir(dir.path().join("wal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max()
+        .unwrap();
+    let mut bytes = fs::read(&wal).unwrap();
+    let first_len = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
+    // The second record's pages never reached the disk; the third one's did.
+    let second = 8 + 8 + first_len;
+    let second_len = 8 + u32::from_le_bytes(bytes[second..second + 4].try_into().unwrap()) as usize;
+    bytes[second..second + second_len].fill(0);
+    fs::write(&wal, &bytes).unwrap();
+    let e = open(dir.path());
+    assert_eq!(all(&e, "m")[0].1, vec![s(1, 1.0)]);
+    assert_eq!(e.quarantined().len(), 1, "the cut is reported");
+    assert!(e.quarantined()[0].lost.contains("newest WAL file"));
+    e.write(&[pt(&a, 4, 4.0)]).unwrap();
+    e.close_without_flush();
+    drop(e);
+    let e = open(dir.path());
+    assert_eq!(all(&e, "m")[0].1, vec![s(1, 1.0), s(4, 4.0)]);
+    assert!(e.quarantined().is_empty(), "the next start is clean");
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Write(Vec<(u8, i64, i32)>),
