@@ -985,8 +985,18 @@ fn allocate_seq(current: &mut Manifest, next: &mut Manifest) -> u64 {
     seq
 }
 
-/// Copies a damaged file into `quarantine/` (the caller then cuts the original).
-fn quarantine_copy(
+/// How a damaged file is set aside.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SetAside {
+    /// Move it: nothing of it is served any more.
+    Move,
+    /// Copy it: the caller cuts the original and keeps serving its valid prefix.
+    Copy,
+}
+
+/// Sets a damaged file aside in `<data dir>/quarantine/` durably, and describes it.
+fn quarantine_as(
+    how: SetAside,
     dir: &Path,
     file: &Path,
     reason: String,
@@ -998,40 +1008,42 @@ fn quarantine_copy(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let copied_to = qdir.join(format!("{}-{name}", system_clock_ms()));
-    fs::copy(file, &copied_to).ctx("copy aside", file)?;
-    File::open(&copied_to)
-        .ctx("open", &copied_to)?
-        .sync_all()
-        .ctx("fsync", &copied_to)?;
-    sync_dir(&qdir)?;
-    Ok(QuarantinedFile {
-        file: file.to_owned(),
-        moved_to: copied_to,
-        reason,
-        lost,
-    })
-}
-
-fn quarantine(dir: &Path, file: &Path, reason: String, lost: String) -> Result<QuarantinedFile> {
-    let qdir = dir.join("quarantine");
-    create_dir_durable(&qdir)?;
-    let name = file
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
     let moved_to = qdir.join(format!("{}-{name}", system_clock_ms()));
-    fs::rename(file, &moved_to).ctx("move aside", file)?;
-    sync_dir(&qdir)?;
-    if let Some(parent) = file.parent() {
-        sync_dir(parent)?;
+    match how {
+        SetAside::Move => {
+            fs::rename(file, &moved_to).ctx("move aside", file)?;
+            if let Some(parent) = file.parent() {
+                sync_dir(parent)?;
+            }
+        }
+        SetAside::Copy => {
+            fs::copy(file, &moved_to).ctx("copy aside", file)?;
+            File::open(&moved_to)
+                .ctx("open", &moved_to)?
+                .sync_all()
+                .ctx("fsync", &moved_to)?;
+        }
     }
+    sync_dir(&qdir)?;
     Ok(QuarantinedFile {
         file: file.to_owned(),
         moved_to,
         reason,
         lost,
     })
+}
+
+fn quarantine_copy(
+    dir: &Path,
+    file: &Path,
+    reason: String,
+    lost: String,
+) -> Result<QuarantinedFile> {
+    quarantine_as(SetAside::Copy, dir, file, reason, lost)
+}
+
+fn quarantine(dir: &Path, file: &Path, reason: String, lost: String) -> Result<QuarantinedFile> {
+    quarantine_as(SetAside::Move, dir, file, reason, lost)
 }
 
 /// Loads the manifest and opens every segment it lists, verifying each. With

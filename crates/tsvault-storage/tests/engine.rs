@@ -368,8 +368,9 @@ fn changing_the_segment_duration_is_refused() {
     assert_eq!(all(&Engine::open(cfg).unwrap(), "m").len(), 1);
 }
 
-#[test]
-fn quarantined_wal_keeps_its_replayed_prefix_across_a_later_crash() {
+/// A store whose only WAL file holds three one-sample records (ts 1, 2, 3): its directory,
+/// the file, its bytes, and the byte offset of the second record.
+fn three_records_in_one_wal_file() -> (tempfile::TempDir, std::path::PathBuf, Vec<u8>, usize) {
     let dir = tempfile::tempdir().unwrap();
     let a = key("m", "a");
     {
@@ -384,9 +385,15 @@ fn quarantined_wal_keeps_its_replayed_prefix_across_a_later_crash() {
         .map(|e| e.unwrap().path())
         .max()
         .unwrap();
-    let mut bytes = fs::read(&wal).unwrap();
+    let bytes = fs::read(&wal).unwrap();
     let first_len = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
-    bytes[8 + 8 + first_len + 8 + 2] ^= 0x40; // inside the second record's payload
+    (dir, wal, bytes, 8 + 8 + first_len)
+}
+
+#[test]
+fn quarantined_wal_keeps_its_replayed_prefix_across_a_later_crash() {
+    let (dir, wal, mut bytes, second) = three_records_in_one_wal_file();
+    bytes[second + 8 + 2] ^= 0x40; // inside the second record's payload
     fs::write(&wal, &bytes).unwrap();
     let mut cfg = EngineConfig::new(dir.path());
     cfg.quarantine_corrupt = true;
@@ -438,24 +445,9 @@ fn rebuilt_manifest_quarantines_damaged_segments_instead_of_deleting_them() {
 
 #[test]
 fn power_cut_hole_in_the_newest_wal_file_is_cut_and_reported() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, wal, mut bytes, second) = three_records_in_one_wal_file();
     let a = key("m", "a");
-    {
-        let e = open(dir.path());
-        for ts in 1..=3 {
-            e.write(&[pt(&a, ts, ts as f64)]).unwrap();
-        }
-        e.close_without_flush();
-    }
-    let wal = fs::read_dir(dir.path().join("wal"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .max()
-        .unwrap();
-    let mut bytes = fs::read(&wal).unwrap();
-    let first_len = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
     // The second record's pages never reached the disk; the third one's did.
-    let second = 8 + 8 + first_len;
     let second_len = 8 + u32::from_le_bytes(bytes[second..second + 4].try_into().unwrap()) as usize;
     bytes[second..second + second_len].fill(0);
     fs::write(&wal, &bytes).unwrap();
