@@ -22,9 +22,13 @@ use crate::precision::Precision;
 pub const LINE_BYTES_MAX: usize = 1 << 20;
 
 /// Most bytes of series keys one line may expand to (each numeric field is a key holding all
-/// the line's tags): bounds the memory a request can make the server use to about
-/// `LINE_KEY_BYTES_MAX / LINE_BYTES_MAX` times its body size.
+/// the line's tags).
 pub const LINE_KEY_BYTES_MAX: usize = 16 << 20;
+
+/// A whole body may expand to at most this many bytes of series keys per body byte (but at
+/// least `LINE_KEY_BYTES_MAX`): the bound on the memory one request can make the parser use.
+/// TSBS-shaped lines expand about 7 times.
+pub const BODY_KEY_BYTES_PER_BYTE_MAX: usize = 16;
 
 /// Field count up to which duplicate field keys are found by a linear scan (cheaper than
 /// hashing for the usual handful of fields); longer lines use a hash map.
@@ -87,7 +91,11 @@ pub fn parse_line_protocol(body: &[u8], precision: Precision, now_ms: i64) -> Li
         points: Vec::with_capacity(body.len() / 64),
         ..LineProtocolOutcome::default()
     };
-    let mut scratch = Scratch::default();
+    let mut scratch = Scratch {
+        key_budget_left: LINE_KEY_BYTES_MAX
+            .max(BODY_KEY_BYTES_PER_BYTE_MAX.saturating_mul(body.len())),
+        ..Scratch::default()
+    };
     let mut rest = body;
     let mut index = 0;
     while !rest.is_empty() {
@@ -139,6 +147,8 @@ struct Scratch<'a> {
     /// Field keys with their value; `None` for a string field.
     fields: Vec<(Cow<'a, str>, Option<f64>)>,
     metric: String,
+    /// Bytes of series keys the rest of the body may still produce.
+    key_budget_left: usize,
 }
 
 /// Parses one non-blank, non-comment line starting at byte `start`; appends its points and
@@ -331,6 +341,11 @@ fn parse_line<'a>(
             e => format!("field {}: {e}", named(key)),
         })?;
         key_bytes += series.as_str().len();
+        scratch.key_budget_left = scratch.key_budget_left.checked_sub(series.as_str().len()).ok_or_else(|| {
+            format!(
+                "the request expands to more than {BODY_KEY_BYTES_PER_BYTE_MAX} times its size in series keys (every numeric field is a series with all of its line's tags); send fewer tags or fields per request"
+            )
+        })?;
         if key_bytes > LINE_KEY_BYTES_MAX {
             return Err(format!(
                 "the line expands to more than {LINE_KEY_BYTES_MAX} bytes of series keys ({} fields, each a series with all of the line's tags); split the fields across lines or use fewer or shorter tags",
@@ -1159,6 +1174,29 @@ mod tests {
 
     #[test]
     fn long_lines_and_names() {
+        // Many lines that each expand a lot: the body as a whole is bounded.
+        let tags: String = (0..16)
+            .map(|t| format!(",t{t}={}", "v".repeat(500)))
+            .collect();
+        let fields: Vec<String> = (0..2000).map(|f| format!("f{f}=1")).collect();
+        let line = format!("m{tags} {}\n", fields.join(","));
+        let body = line.repeat(8);
+        let out = parse_line_protocol(body.as_bytes(), Precision::Ns, 0);
+        assert!(out.lines_written < 8, "{} lines written", out.lines_written);
+        assert!(
+            out.points
+                .iter()
+                .map(|p| p.key.as_str().len())
+                .sum::<usize>()
+                <= LINE_KEY_BYTES_MAX.max(16 * body.len())
+        );
+        assert!(
+            out.errors
+                .iter()
+                .any(|e| e.message.contains("times its size")),
+            "{:?}",
+            out.errors.first()
+        );
         // Many fields times a large tag set: refused before it takes the memory.
         let tags: String = (0..200)
             .map(|t| format!(",t{t}={}", "v".repeat(2000)))
@@ -1169,7 +1207,7 @@ mod tests {
         let out = parse_line_protocol(line.as_bytes(), Precision::Ns, 0);
         assert!(out.points.is_empty());
         assert!(
-            out.errors[0].message.contains("bytes of series keys"),
+            out.errors[0].message.contains("series keys"),
             "{}",
             out.errors[0]
         );

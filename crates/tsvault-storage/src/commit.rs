@@ -41,7 +41,29 @@ pub(crate) enum CommitRequest {
     Shutdown,
 }
 
-pub(crate) fn run(inner: Arc<Inner>, mut wal: WalWriter, rx: Receiver<CommitRequest>) {
+pub(crate) fn run(inner: Arc<Inner>, wal: WalWriter, rx: Receiver<CommitRequest>) {
+    let watcher = inner.clone();
+    let outcome =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_loop(inner, wal, rx)));
+    if let Err(panic) = outcome {
+        // A broken invariant: refuse writes visibly instead of answering "shutting down".
+        watcher.poison(&Error::Internal(format!(
+            "the commit thread panicked: {}",
+            panic_message(&*panic)
+        )));
+    }
+}
+
+/// The text of a panic payload.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
+}
+
+fn run_loop(inner: Arc<Inner>, mut wal: WalWriter, rx: Receiver<CommitRequest>) {
     let mut defined: Vec<bool> = Vec::new();
     let mut frames: Vec<u8> = Vec::new();
     let interval = match inner.config.fsync {
@@ -245,10 +267,11 @@ fn rotate(inner: &Inner, wal: &mut WalWriter, defined: &mut Vec<bool>) -> Result
     *wal = next;
     defined.clear();
     let mut state = inner.state.write();
-    assert!(
-        state.frozen.is_none(),
-        "flush invariant: one flush at a time"
-    );
+    if state.frozen.is_some() {
+        return Err(Error::Internal(
+            "a flush was asked for while another one's data is still being written".into(),
+        ));
+    }
     let frozen = Arc::new(std::mem::take(&mut state.live));
     state.frozen = Some(frozen.clone());
     Ok((wal.number(), frozen))
@@ -300,6 +323,17 @@ mod tests {
         assert_eq!(end, crate::wal::WalEnd::Clean);
         assert!(n_frames >= 2, "{n_frames} frames");
         assert_eq!(got, samples);
-        assert!(frames.len() / n_frames < WAL_RECORD_BYTES_MAX);
+        // Every frame closes near the budget: at most one key and one sample past it.
+        let key_max = keys.iter().map(|k| k.as_str().len()).max().unwrap();
+        let mut off = 0;
+        while off < frames.len() {
+            let len = u32::from_le_bytes(frames[off..off + 4].try_into().unwrap()) as usize;
+            assert!(
+                len <= WAL_FRAME_BUDGET_BYTES + key_max + 64,
+                "a frame of {len} bytes"
+            );
+            assert!(len < WAL_RECORD_BYTES_MAX);
+            off += 8 + len;
+        }
     }
 }

@@ -234,6 +234,22 @@ impl Engine {
 
         let (mut manifest, segments) =
             load_segments(&config, &dir, &seg_dir, &mut registry, &mut quarantined)?;
+        if manifest.segment_duration_ms == 0 {
+            // Not recorded (a rebuilt manifest): the segments' own width, if they agree.
+            let mut widths = manifest
+                .segments
+                .iter()
+                .map(|s| s.partition_end_ms - s.partition_start_ms);
+            if let Some(w) = widths.next() {
+                if widths.any(|x| x != w) {
+                    return Err(Error::Config(format!(
+                        "the segments in {} have different partition widths; this data directory cannot be opened safely",
+                        dir.display()
+                    )));
+                }
+                manifest.segment_duration_ms = w;
+            }
+        }
         match manifest.segment_duration_ms {
             0 => manifest.segment_duration_ms = config.segment_duration_ms,
             d if d != config.segment_duration_ms => {
@@ -282,6 +298,7 @@ impl Engine {
                 },
                 end => end,
             };
+            let hole_in_newest = *n == last_number && matches!(end, WalEnd::Hole { .. });
             if let Some(id) = bad_id {
                 return Err(Error::Corrupt {
                     path: path.clone(),
@@ -298,14 +315,15 @@ impl Engine {
                         truncate_torn_tail(path, valid_len)?;
                     }
                 }
-                WalEnd::Corrupt { offset, detail } => {
-                    // In the newest file, damage followed by valid records is what a power
-                    // cut leaves when unsynced pages reach the disk out of order: fdatasync
-                    // made everything before an acknowledged record durable, so nothing from
-                    // the damage on was acknowledged (unless the disk itself rotted, which is
-                    // why a copy is kept and the cut reported). Older files were fsynced
-                    // whole: damage there needs --quarantine-corrupt.
-                    let newest = *n == last_number;
+                WalEnd::Hole { offset, detail } | WalEnd::Corrupt { offset, detail } => {
+                    // In the newest file, a hole (a short or checksum-failing record followed
+                    // by valid ones) is what a power cut leaves when unsynced pages reach the
+                    // disk out of order: fdatasync made everything before an acknowledged
+                    // record durable, so nothing from the hole on was acknowledged (unless the
+                    // disk itself rotted, which is why a copy is kept and the cut reported).
+                    // Anything else, and any damage in an older file (fsynced whole), needs
+                    // --quarantine-corrupt.
+                    let newest = hole_in_newest;
                     if !newest && !config.quarantine_corrupt {
                         return Err(Error::Corrupt {
                             path: path.clone(),
@@ -406,17 +424,20 @@ impl Engine {
 
     /// Flushes the head into segment files and truncates the WAL.
     pub fn flush(&self) -> Result<()> {
-        self.handle().flush()
+        let h = self.handle();
+        h.guarded("flush", || h.flush())
     }
 
     /// Compacts every partition that has more than one segment.
     pub fn compact(&self) -> Result<usize> {
-        self.handle().compact(true)
+        let h = self.handle();
+        h.guarded("compaction", || h.compact(true))
     }
 
     /// Drops segments wholly older than the retention period.
     pub fn apply_retention(&self) -> Result<usize> {
-        self.handle().apply_retention()
+        let h = self.handle();
+        h.guarded("retention", || h.apply_retention())
     }
 
     /// Every series of `metric` accepted by `filter`, with its samples in
@@ -731,12 +752,10 @@ impl EngineHandle {
     /// the store instead of silently stopping maintenance.
     fn guarded<T>(&self, what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
-            let msg = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            Err(Error::Internal(format!("{what} panicked: {msg}")))
+            Err(Error::Internal(format!(
+                "{what} panicked: {}",
+                commit::panic_message(&*panic)
+            )))
         });
         if let Err(e) = &r
             && !matches!(e, Error::Poisoned(_) | Error::Closed)
@@ -965,15 +984,27 @@ fn index_segment(seg: Segment, registry: &mut Registry) -> LoadedSegment {
 
 /// Creates a directory (and missing parents) so that its entry survives power loss.
 fn create_dir_durable(d: &Path) -> Result<()> {
-    if d.is_dir() {
-        return Ok(());
-    }
+    // The levels that do not exist yet, deepest last.
+    let missing: Vec<&Path> = d
+        .ancestors()
+        .take_while(|a| !a.as_os_str().is_empty() && !a.is_dir())
+        .collect();
     fs::create_dir_all(d).ctx("create", d)?;
-    let parent = d
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    sync_dir(parent)
+    // Each new entry is durable once its parent is fsynced. The immediate parent is synced
+    // even when `d` already existed: an earlier run may have crashed before its fsync.
+    let parent_of = |p: &Path| {
+        p.parent()
+            .filter(|q| !q.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_owned()
+    };
+    let mut parents: Vec<PathBuf> = missing.iter().map(|m| parent_of(m)).collect();
+    parents.push(parent_of(d));
+    parents.dedup();
+    for p in parents {
+        sync_dir(&p)?;
+    }
+    Ok(())
 }
 
 /// Allocates the next segment sequence number in both the in-memory manifest and the one

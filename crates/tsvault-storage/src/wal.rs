@@ -134,8 +134,11 @@ pub(crate) enum WalEnd {
     /// The file ends in a partial or damaged record with nothing valid after it: a torn
     /// write. The valid prefix is `valid_len` bytes long.
     TornTail { valid_len: u64 },
-    /// A damaged record is followed by valid data (or sits in a file that was closed
-    /// cleanly): real corruption at `offset`.
+    /// A short or checksum-failing record is followed by a valid one: in the newest file,
+    /// what a power cut leaves when unsynced pages land out of order; elsewhere, corruption.
+    Hole { offset: u64, detail: String },
+    /// Damage no crash can cause (bad magic, a record whose checksum holds but which does not
+    /// decode): corruption at `offset`.
     Corrupt { offset: u64, detail: String },
 }
 
@@ -166,7 +169,7 @@ pub(crate) fn read_wal_file(
                 None => WalEnd::TornTail {
                     valid_len: off as u64,
                 },
-                Some(o) => WalEnd::Corrupt {
+                Some(o) => WalEnd::Hole {
                     offset: off as u64,
                     detail: format!(
                         "damaged record at byte {off} is followed by a valid record at byte {o}"
@@ -308,7 +311,9 @@ mod tests {
                     assert!(samples.len() < 3);
                 }
                 WalEnd::Clean => assert!(cut == WAL_MAGIC.len() || samples.len() < 3),
-                WalEnd::Corrupt { .. } => panic!("a truncated file at {cut} is not corruption"),
+                WalEnd::Corrupt { .. } | WalEnd::Hole { .. } => {
+                    panic!("a truncated file at {cut} is not corruption")
+                }
             }
         }
         // Garbage appended after valid records is a torn tail too.
@@ -335,6 +340,6 @@ mod tests {
         fs::write(&path, &bytes).unwrap();
         let (samples, end) = read_all(&path);
         assert!(samples.is_empty());
-        assert!(matches!(end, WalEnd::Corrupt { offset: 8, .. }), "{end:?}");
+        assert!(matches!(end, WalEnd::Hole { offset: 8, .. }), "{end:?}");
     }
 }

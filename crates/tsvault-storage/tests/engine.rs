@@ -391,6 +391,22 @@ fn three_records_in_one_wal_file() -> (tempfile::TempDir, std::path::PathBuf, Ve
 }
 
 #[test]
+fn damage_no_crash_can_cause_in_the_newest_wal_file_refuses_to_start() {
+    let (dir, wal, mut bytes, _) = three_records_in_one_wal_file();
+    bytes[..8].fill(0); // the header was fsynced when the file was created
+    fs::write(&wal, &bytes).unwrap();
+    let msg = Engine::open(EngineConfig::new(dir.path()))
+        .err()
+        .expect("must refuse")
+        .to_string();
+    assert!(
+        msg.contains("bad magic") && msg.contains(&wal.display().to_string()),
+        "{msg}"
+    );
+    assert!(wal.exists(), "nothing was cut or deleted");
+}
+
+#[test]
 fn quarantined_wal_keeps_its_replayed_prefix_across_a_later_crash() {
     let (dir, wal, mut bytes, second) = three_records_in_one_wal_file();
     bytes[second + 8 + 2] ^= 0x40; // inside the second record's payload
