@@ -121,6 +121,9 @@ fn router(state: Shared) -> Router {
         .route("/api/admin/flush", post(health::flush))
         .route("/api/admin/compact", post(health::compact))
         .with_state(state)
+        // A panic in a handler (a bug, never expected input) answers 500 instead of
+        // dropping the connection without a word.
+        .layer(tower_http::catch_panic::CatchPanicLayer::new())
 }
 
 /// Why a request body could not be read.
@@ -169,7 +172,8 @@ pub(crate) async fn read_body(
     }
 }
 
-/// Runs blocking engine work off the async workers.
+/// Runs blocking engine work off the async workers. A panic there is re-raised in the
+/// handler, where the router's `CatchPanicLayer` turns it into a 500.
 pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f)
         .await
