@@ -1,14 +1,15 @@
 //! Running a parsed request against a [`Source`], in OpenTSDB 2.4's order: filter, group,
-//! then per series downsample and rate, then interpolate and aggregate each group.
+//! then per series downsample and rate, then interpolate and aggregate each group. A `where`
+//! row filter (a tsvault extension) trims each series' raw samples before all of that.
 //!
 //! Like OpenTSDB, the engine reads a little more than the query range: from the start aligned
 //! down to the downsample interval and then to the hour, to the end aligned up likewise (the
 //! hour-long rows OpenTSDB scans). Points in that margin feed the first bucket, the first rate
 //! and interpolation at the edges; only points within `[start, end]` are returned.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
-use tsvault_model::SeriesKey;
+use tsvault_model::{Sample, SeriesKey};
 
 use crate::aggregator::Aggregator;
 use crate::downsample::{FillPolicy, Interval};
@@ -17,6 +18,7 @@ use crate::merge::{merge, union_timestamps};
 use crate::rate::rate;
 use crate::request::{QueryRequest, SubQuery, tag_map};
 use crate::result::QueryResult;
+use crate::row_filter::{RowFilter, retain_passing, tag_set_of};
 use crate::source::{Source, SourceError};
 
 /// OpenTSDB's row width, which its scans align to.
@@ -203,6 +205,20 @@ fn run_sub_query(
     series.sort_by(|a, b| a.0.cmp(&b.0));
     let raw: usize = series.iter().map(|(_, s)| s.len()).sum();
     budget.take_samples(query, raw, "the number of samples read")?;
+    if let Some(row_filter) = &sub.row_filter {
+        apply_row_filter(
+            source,
+            query,
+            sub,
+            row_filter,
+            &mut series,
+            (scan_start_ms, scan_end_ms),
+            budget,
+        )?;
+        if series.is_empty() {
+            return Ok(());
+        }
+    }
     if let Some(ds) = &sub.downsample {
         let per_series = ds.filled_buckets(scan_start_ms, scan_end_ms);
         let filled = usize::try_from(per_series)
@@ -256,6 +272,84 @@ fn run_sub_query(
             nan_as_null,
         });
     }
+    Ok(())
+}
+
+/// Keeps the raw samples of each series whose row passes `row_filter`, and drops the series
+/// left with none. The condition metric is read in one [`Source::select`] over the same scan
+/// range, restricted to the tag sets of `series`, then joined by a merge walk per series.
+fn apply_row_filter(
+    source: &dyn Source,
+    query: usize,
+    sub: &SubQuery,
+    row_filter: &RowFilter,
+    series: &mut Vec<(SeriesKey, Vec<(i64, f64)>)>,
+    (scan_start_ms, scan_end_ms): (i64, i64),
+    budget: &mut Budget<'_>,
+) -> Result<()> {
+    if row_filter.metric == sub.metric {
+        // The condition series is the series itself: its own values decide.
+        for (_, points) in series.iter_mut() {
+            points.retain(|&(_, value)| row_filter.passes(value));
+        }
+        series.retain(|(_, points)| !points.is_empty());
+        return Ok(());
+    }
+    let source_err = |message: String| {
+        let metric = &row_filter.metric;
+        Error::Source(SourceError(format!(
+            "query {query}, where metric '{metric}': {message}"
+        )))
+    };
+    let wanted: HashMap<&str, usize> = series
+        .iter()
+        .enumerate()
+        .map(|(i, (key, _))| (tag_set_of(key), i))
+        .collect();
+    let matches =
+        |key: &SeriesKey| key.metric() == row_filter.metric && wanted.contains_key(tag_set_of(key));
+    let selected = source
+        .select(&row_filter.metric, &matches, scan_start_ms, scan_end_ms - 1)
+        .map_err(|e| source_err(e.0))?;
+    // As for the sub-query's own metric: a name never written is a mistake, not an empty row
+    // set (a typo would otherwise silently return nothing).
+    if selected.is_empty()
+        && source
+            .metric_names()
+            .binary_search(&row_filter.metric)
+            .is_err()
+    {
+        return Err(Error::UnknownMetric {
+            query,
+            metric: row_filter.metric.clone(),
+        });
+    }
+    let mut conditions: Vec<Vec<Sample>> = vec![Vec::new(); series.len()];
+    let mut read = 0usize;
+    for (key, mut samples) in selected {
+        // Check the source's side of the contract, as for the sub-query's own metric.
+        let slot = match wanted.get(tag_set_of(&key)) {
+            Some(&i) if key.metric() == row_filter.metric => i,
+            _ => continue,
+        };
+        if samples.windows(2).any(|w| w[0].ts_ms >= w[1].ts_ms) {
+            return Err(source_err(format!(
+                "samples of {key} are not sorted by time"
+            )));
+        }
+        samples.retain(|s| s.ts_ms >= scan_start_ms && s.ts_ms < scan_end_ms);
+        read = read.saturating_add(samples.len());
+        conditions[slot] = samples;
+    }
+    budget.take_samples(
+        query,
+        read,
+        "the number of samples read, with the 'where' metric",
+    )?;
+    for ((_, points), condition) in series.iter_mut().zip(&conditions) {
+        retain_passing(points, condition, row_filter);
+    }
+    series.retain(|(_, points)| !points.is_empty());
     Ok(())
 }
 

@@ -2,7 +2,8 @@
 //! bodies and GET `m=` parameters), selects series through the [`Source`] trait, and applies
 //! filters, grouping, downsampling, rates, interpolation and aggregation in OpenTSDB's order,
 //! returning results in OpenTSDB's JSON shape. It also answers `/api/aggregators` and
-//! `/api/suggest`.
+//! `/api/suggest`. One extension goes beyond OpenTSDB: a sub-query's `where` row filter, which
+//! keeps the samples whose row (same tag set and timestamp) passes a condition on another metric.
 //!
 //! It is not an HTTP layer (the server crate maps requests and errors to HTTP) and it never
 //! writes: it reads through [`Source`] only, and refuses OpenTSDB's `delete` queries. The core
@@ -27,6 +28,7 @@ mod merge;
 mod rate;
 mod request;
 mod result;
+mod row_filter;
 mod source;
 mod suggest;
 mod time;
@@ -39,5 +41,6 @@ pub use filter::{Filter, FilterKind};
 pub use rate::RateOptions;
 pub use request::{QueryRequest, SubQuery};
 pub use result::{QueryResult, results_to_json};
+pub use row_filter::{CompareOp, RowFilter};
 pub use source::{MemorySource, Selection, Source, SourceError};
 pub use suggest::{SUGGEST_DEFAULT_MAX, suggest};

@@ -10,6 +10,7 @@ use crate::downsample::Downsample;
 use crate::error::{Error, Result};
 use crate::filter::{Filter, FilterError};
 use crate::rate::RateOptions;
+use crate::row_filter::{COMPARE_OP_NAMES, CompareOp, RowFilter};
 use crate::time::parse_time;
 
 /// The latest time accepted, 9999-12-31T23:59:59.999Z, so range arithmetic cannot overflow.
@@ -52,6 +53,10 @@ pub struct SubQuery {
     pub filters: Vec<Filter>,
     /// Series must have exactly the filtered tag keys and no others.
     pub explicit_tags: bool,
+    /// The `where` row filter, applied to raw samples before rate, downsampling and
+    /// aggregation. Only the POST JSON body can set it; GET `m=` parameters have no syntax
+    /// for it.
+    pub row_filter: Option<RowFilter>,
 }
 
 impl SubQuery {
@@ -79,7 +84,7 @@ impl SubQuery {
         keys.into_iter().collect()
     }
 
-    /// The sub-query in OpenTSDB's `showQuery` shape.
+    /// The sub-query in OpenTSDB's `showQuery` shape, plus `where` when it has a row filter.
     pub fn to_json(&self) -> Value {
         let filters: Vec<Value> = self
             .filters
@@ -101,7 +106,7 @@ impl SubQuery {
                 "dropResets": o.drop_resets,
             })
         });
-        json!({
+        let mut out = json!({
             "aggregator": self.aggregator.name(),
             "metric": self.metric,
             "tsuids": null,
@@ -111,7 +116,19 @@ impl SubQuery {
             "filters": filters,
             "rateOptions": rate_options,
             "tags": {},
-        })
+        });
+        // Only when set, so the echo of a plain OpenTSDB query keeps OpenTSDB's shape.
+        if let (Some(row_filter), Value::Object(obj)) = (&self.row_filter, &mut out) {
+            obj.insert(
+                "where".into(),
+                json!({
+                    "metric": row_filter.metric,
+                    "op": row_filter.op.name(),
+                    "value": row_filter.value,
+                }),
+            );
+        }
+        out
     }
 }
 
@@ -374,7 +391,86 @@ fn sub_query_from_json(item: &Value, query: usize) -> Result<SubQuery> {
         downsample,
         filters,
         explicit_tags: qflag("explicitTags")?,
+        row_filter: row_filter_from_json(obj.get("where"), query)?,
     })
+}
+
+/// Parses `"where": {"metric": "...", "op": "gt", "value": 90}`; absent or null is no filter.
+fn row_filter_from_json(value: Option<&Value>, query: usize) -> Result<Option<RowFilter>> {
+    let err = |field: &str, problem: String| Error::QueryField {
+        query,
+        field: field.to_owned(),
+        problem,
+    };
+    let obj = match value {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Object(obj)) => obj,
+        Some(other) => {
+            return Err(err(
+                "where",
+                format!(
+                    "expected an object such as {{\"metric\": \"cpu_usage_user\", \"op\": \"gt\", \"value\": 90}}, got {other}"
+                ),
+            ));
+        }
+    };
+    let metric = match obj.get("metric") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.is_empty() => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(other) => {
+            return Err(err(
+                "where.metric",
+                format!("expected a metric name, got {other}"),
+            ));
+        }
+    };
+    let metric = metric.ok_or_else(|| {
+        err(
+            "where.metric",
+            "missing; name the metric whose value decides which rows are kept".into(),
+        )
+    })?;
+    let op = match obj.get("op") {
+        None | Some(Value::Null) => {
+            return Err(err(
+                "where.op",
+                format!("missing; use one of {COMPARE_OP_NAMES}"),
+            ));
+        }
+        Some(Value::String(name)) => CompareOp::from_name(name).ok_or_else(|| {
+            err(
+                "where.op",
+                format!("unknown operator '{name}'; use one of {COMPARE_OP_NAMES}"),
+            )
+        })?,
+        Some(other) => {
+            return Err(err(
+                "where.op",
+                format!("expected one of {COMPARE_OP_NAMES}, got {other}"),
+            ));
+        }
+    };
+    let value = obj.get("value").unwrap_or(&Value::Null);
+    // A number, or a string holding one, as Jackson reads numbers.
+    let threshold = match value {
+        Value::Null => return Err(err("where.value", "missing; give a number".into())),
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().parse::<f64>().ok(),
+        _ => None,
+    }
+    .ok_or_else(|| err("where.value", format!("expected a number, got {value}")))?;
+    if !threshold.is_finite() {
+        return Err(err(
+            "where.value",
+            format!("expected a finite number, got {value}"),
+        ));
+    }
+    Ok(Some(RowFilter {
+        metric,
+        op,
+        value: threshold,
+    }))
 }
 
 fn aggregator_named(name: Option<&str>, query: usize) -> Result<Aggregator> {
@@ -498,6 +594,7 @@ fn parse_m(m: &str, query: usize) -> Result<SubQuery> {
         downsample: None,
         filters,
         explicit_tags: false,
+        row_filter: None,
     };
     for part in &parts[1..parts.len() - 1] {
         let lower = part.to_ascii_lowercase();
@@ -668,6 +765,14 @@ mod tests {
                     f.kind().name(),
                     f.expr(),
                     f.group_by()
+                ));
+            }
+            if let Some(w) = &q.row_filter {
+                out.push_str(&format!(
+                    "    where {} {} {:?}\n",
+                    w.metric,
+                    w.op.name(),
+                    w.value
                 ));
             }
         }
@@ -908,6 +1013,103 @@ mod tests {
             field 'msResolution': expected true or false, got 1
             delete (the query engine never writes) is not supported by tsvault
             query 1: tsuids sub-queries is not supported by tsvault
+        "#]]
+        .assert_eq(&got);
+    }
+
+    #[test]
+    fn post_json_where() {
+        check_json(
+            r#"{"start": "1h-ago", "queries": [
+                  {"aggregator": "none", "metric": "cpu_usage_system",
+                   "filters": [{"type": "literal_or", "tagk": "hostname", "filter": "host_3", "groupBy": false}],
+                   "where": {"metric": "cpu_usage_user", "op": "gt", "value": 90}},
+                  {"aggregator": "sum", "metric": "m", "where": {"metric": "m", "op": "<=", "value": "-2.5e3"}},
+                  {"aggregator": "sum", "metric": "m", "where": null}
+                ]}"#,
+            expect![[r#"
+                start=1699996400000 end=1700000000000 ms=false show_query=false
+                  q1: none cpu_usage_system downsample=None rate=None explicit=false
+                    hostname=literal_or(host_3) group_by=false
+                    where cpu_usage_user gt 90.0
+                  q2: sum m downsample=None rate=None explicit=false
+                    where m le -2500.0
+                  q3: sum m downsample=None rate=None explicit=false
+            "#]],
+        );
+    }
+
+    /// `showQuery`'s echo of a sub-query parses back to the same sub-query.
+    #[test]
+    fn show_query_echo_round_trips() {
+        let body = r#"{"start": "1h-ago", "queries": [
+            {"aggregator": "max", "metric": "cpu_usage_system", "downsample": "1m-max", "rate": true,
+             "rateOptions": {"counter": true, "counterMax": 100},
+             "filters": [{"type": "wildcard", "tagk": "hostname", "filter": "host_*", "groupBy": true}],
+             "where": {"metric": "cpu_usage_user", "op": "!=", "value": 0.5}},
+            {"aggregator": "sum", "metric": "m"}]}"#;
+        let req = QueryRequest::from_json(body.as_bytes(), NOW_MS).unwrap();
+        let echoed: Vec<Value> = req.queries.iter().map(SubQuery::to_json).collect();
+        expect![[r#"
+            {"aggregator":"max","downsample":"1m-max","explicitTags":false,"filters":[{"filter":"host_*","group_by":true,"tagk":"hostname","type":"wildcard"}],"metric":"cpu_usage_system","rate":true,"rateOptions":{"counter":true,"counterMax":100,"dropResets":false,"resetValue":0},"tags":{},"tsuids":null,"where":{"metric":"cpu_usage_user","op":"ne","value":0.5}}
+            {"aggregator":"sum","downsample":null,"explicitTags":false,"filters":[],"metric":"m","rate":false,"rateOptions":null,"tags":{},"tsuids":null}
+        "#]]
+        .assert_eq(&echoed.iter().map(|q| format!("{q}\n")).collect::<String>());
+        let again = json!({"start": "1h-ago", "queries": echoed}).to_string();
+        let reparsed = QueryRequest::from_json(again.as_bytes(), NOW_MS).unwrap();
+        assert_eq!(describe(&reparsed), describe(&req));
+    }
+
+    #[test]
+    fn post_json_where_errors() {
+        let cases = [
+            r#""where": [1]"#,
+            r#""where": "usage_user > 90""#,
+            r#""where": {"op": "gt", "value": 90}"#,
+            r#""where": {"metric": "", "op": "gt", "value": 90}"#,
+            r#""where": {"metric": 7, "op": "gt", "value": 90}"#,
+            r#""where": {"metric": "u", "value": 90}"#,
+            r#""where": {"metric": "u", "op": "=>", "value": 90}"#,
+            r#""where": {"metric": "u", "op": "GT", "value": 90}"#,
+            r#""where": {"metric": "u", "op": 1, "value": 90}"#,
+            r#""where": {"metric": "u", "op": "gt"}"#,
+            r#""where": {"metric": "u", "op": "gt", "value": "ninety"}"#,
+            r#""where": {"metric": "u", "op": "gt", "value": true}"#,
+            r#""where": {"metric": "u", "op": "gt", "value": [90]}"#,
+            r#""where": {"metric": "u", "op": "gt", "value": "NaN"}"#,
+            r#""where": {"metric": "u", "op": "gt", "value": "-inf"}"#,
+            r#""where": {"metric": "u", "op": "gt", "value": "1e400"}"#,
+        ];
+        let got: String = cases
+            .iter()
+            .map(|w| {
+                let body = format!(
+                    r#"{{"start": "1h-ago", "queries": [{{"aggregator": "sum", "metric": "m"}},
+                        {{"aggregator": "sum", "metric": "m", {w}}}]}}"#
+                );
+                match QueryRequest::from_json(body.as_bytes(), NOW_MS) {
+                    Ok(r) => format!("ok: {} queries\n", r.queries.len()),
+                    Err(e) => format!("{e}\n"),
+                }
+            })
+            .collect();
+        expect![[r#"
+            query 2: field 'where': expected an object such as {"metric": "cpu_usage_user", "op": "gt", "value": 90}, got [1]
+            query 2: field 'where': expected an object such as {"metric": "cpu_usage_user", "op": "gt", "value": 90}, got "usage_user > 90"
+            query 2: field 'where.metric': missing; name the metric whose value decides which rows are kept
+            query 2: field 'where.metric': missing; name the metric whose value decides which rows are kept
+            query 2: field 'where.metric': expected a metric name, got 7
+            query 2: field 'where.op': missing; use one of gt, ge, lt, le, eq, ne, >, >=, <, <=, ==, !=
+            query 2: field 'where.op': unknown operator '=>'; use one of gt, ge, lt, le, eq, ne, >, >=, <, <=, ==, !=
+            query 2: field 'where.op': unknown operator 'GT'; use one of gt, ge, lt, le, eq, ne, >, >=, <, <=, ==, !=
+            query 2: field 'where.op': expected one of gt, ge, lt, le, eq, ne, >, >=, <, <=, ==, !=, got 1
+            query 2: field 'where.value': missing; give a number
+            query 2: field 'where.value': expected a number, got "ninety"
+            query 2: field 'where.value': expected a number, got true
+            query 2: field 'where.value': expected a number, got [90]
+            query 2: field 'where.value': expected a finite number, got "NaN"
+            query 2: field 'where.value': expected a finite number, got "-inf"
+            query 2: field 'where.value': expected a finite number, got "1e400"
         "#]]
         .assert_eq(&got);
     }

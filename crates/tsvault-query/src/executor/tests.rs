@@ -726,3 +726,379 @@ fn execution_errors() {
     "#]]
     .assert_eq(&got);
 }
+
+/// TSBS's `cpu` rows as line protocol stores them: one metric per field, each with the row's
+/// tags and timestamp.
+fn cpu_rows_source() -> MemorySource {
+    let mut src = MemorySource::new();
+    /// (offset s, usage_user, usage_system)
+    type Row = (i64, f64, f64);
+    let rows: [(&str, &[Row]); 2] = [
+        (
+            "host_1",
+            &[
+                (0, 95.0, 1.0),
+                (10, 50.0, 2.0),
+                (20, 91.0, 3.0),
+                (30, 90.0, 4.0),
+                (60, 99.0, 5.0),
+                (70, 10.0, 6.0),
+            ],
+        ),
+        (
+            "host_2",
+            &[
+                (0, 10.0, 11.0),
+                (10, 99.0, 12.0),
+                (20, 20.0, 13.0),
+                (30, 100.0, 14.0),
+                (60, 5.0, 15.0),
+                (70, 92.0, 16.0),
+            ],
+        ),
+    ];
+    for (host, rows) in rows {
+        let tags = [("hostname", host)];
+        for &(offset_s, user, system) in rows {
+            put(&mut src, "cpu_usage_user", &tags, &[(offset_s, user)]);
+            put(&mut src, "cpu_usage_system", &tags, &[(offset_s, system)]);
+        }
+    }
+    // A row of host_1 without usage_user: no condition sample, so never kept.
+    put(
+        &mut src,
+        "cpu_usage_system",
+        &[("hostname", "host_1")],
+        &[(40, 7.0)],
+    );
+    // host_3 never reported usage_user: its condition series does not exist.
+    put(
+        &mut src,
+        "cpu_usage_system",
+        &[("hostname", "host_3")],
+        &[(0, 21.0), (60, 22.0)],
+    );
+    // A superset of host_1's tags, always over 90: it must not stand in for host_1's own rows.
+    let rack: Vec<(i64, f64)> = (0..8).map(|i| (i * 10, 99.0)).collect();
+    put(
+        &mut src,
+        "cpu_usage_user",
+        &[("hostname", "host_1"), ("rack", "r1")],
+        &rack,
+    );
+    src
+}
+
+/// A POST body over `[T0, T0 + 90s]` with one sub-query, given as the inside of its object.
+fn where_body(sub_query: &str) -> String {
+    format!(
+        r#"{{"start": {T0_S}, "end": {}, "queries": [{{{sub_query}}}]}}"#,
+        T0_S + 90
+    )
+}
+
+fn run_post(src: &dyn Source, body: &str) -> String {
+    match QueryRequest::from_json(body.as_bytes(), NOW_MS).and_then(|req| execute(src, &req)) {
+        Ok(results) => render(&results),
+        Err(e) => format!("error: {e}\n"),
+    }
+}
+
+const USER_OVER_90: &str = r#""where": {"metric": "cpu_usage_user", "op": "gt", "value": 90}"#;
+
+#[test]
+fn where_keeps_rows_whose_condition_holds_per_tag_set() {
+    let src = cpu_rows_source();
+    // TSBS high-cpu-1: every field of host_1's rows where usage_user > 90.
+    let high_cpu = |metric: &str| {
+        where_body(&format!(
+            r#""metric": "{metric}", "aggregator": "none",
+               "filters": [{{"type": "literal_or", "tagk": "hostname", "filter": "host_1", "groupBy": false}}],
+               {USER_OVER_90}"#
+        ))
+    };
+    let got = [
+        run_post(&src, &high_cpu("cpu_usage_system")),
+        run_post(&src, &high_cpu("cpu_usage_user")),
+    ]
+    .concat();
+    // usage_user is 95, 91 and 99 at +0s, +20s and +60s; 90 at +30s is not over 90. The
+    // usage_system row at +40s has no usage_user. The rack=r1 series is a different tag set:
+    // it is selected for usage_user (its own value passes) but never joins host_1's rows.
+    expect![[r#"
+        q0 cpu_usage_system {hostname=host_1} aggregateTags=[]
+          +0s 1.0
+          +20s 3.0
+          +60s 5.0
+        q0 cpu_usage_user {hostname=host_1} aggregateTags=[]
+          +0s 95.0
+          +20s 91.0
+          +60s 99.0
+        q0 cpu_usage_user {hostname=host_1,rack=r1} aggregateTags=[]
+          +0s 99.0
+          +10s 99.0
+          +20s 99.0
+          +30s 99.0
+          +40s 99.0
+          +50s 99.0
+          +60s 99.0
+          +70s 99.0
+    "#]]
+    .assert_eq(&got);
+
+    // Two hosts with different usage_user at the same timestamps: each is joined with its
+    // own condition series, not with any series that passes at that time. host_3 has no
+    // usage_user series and keeps nothing, so it has no result.
+    check_post(
+        &src,
+        &where_body(&format!(
+            r#""metric": "cpu_usage_system", "aggregator": "none", {USER_OVER_90}"#
+        )),
+        expect![[r#"
+            q0 cpu_usage_system {hostname=host_1} aggregateTags=[]
+              +0s 1.0
+              +20s 3.0
+              +60s 5.0
+            q0 cpu_usage_system {hostname=host_2} aggregateTags=[]
+              +10s 12.0
+              +30s 14.0
+              +70s 16.0
+        "#]],
+    );
+}
+
+fn check_post(src: &dyn Source, body: &str, expect: Expect) {
+    expect.assert_eq(&run_post(src, body));
+}
+
+#[test]
+fn where_on_the_metric_itself_is_a_value_filter() {
+    let src = cpu_rows_source();
+    check_post(
+        &src,
+        &where_body(
+            r#""metric": "cpu_usage_user", "aggregator": "none",
+               "filters": [{"type": "wildcard", "tagk": "hostname", "filter": "host_*", "groupBy": false}],
+               "explicitTags": true,
+               "where": {"metric": "cpu_usage_user", "op": ">=", "value": 91}"#,
+        ),
+        expect![[r#"
+            q0 cpu_usage_user {hostname=host_1} aggregateTags=[]
+              +0s 95.0
+              +20s 91.0
+              +60s 99.0
+            q0 cpu_usage_user {hostname=host_2} aggregateTags=[]
+              +10s 99.0
+              +30s 100.0
+              +70s 92.0
+        "#]],
+    );
+}
+
+#[test]
+fn where_with_a_missing_condition_series_keeps_nothing_and_an_unknown_metric_is_an_error() {
+    let src = cpu_rows_source();
+    let host_3 = r#""metric": "cpu_usage_system", "aggregator": "sum",
+        "filters": [{"type": "literal_or", "tagk": "hostname", "filter": "host_3", "groupBy": false}]"#;
+    let got = [
+        // host_3 has no usage_user series.
+        run_post(&src, &where_body(&format!("{host_3}, {USER_OVER_90}"))),
+        // A condition metric never written: an error naming it, as for a sub-query's metric.
+        run_post(
+            &src,
+            &where_body(
+                r#""metric": "cpu_usage_system", "aggregator": "sum",
+                   "where": {"metric": "cpu_usage_idle", "op": "gt", "value": 0}"#,
+            ),
+        ),
+        // Without the condition host_3 has data.
+        run_post(&src, &where_body(host_3)),
+    ]
+    .concat();
+    expect![[r#"
+        error: query 1: no such metric 'cpu_usage_idle'
+        q0 cpu_usage_system {hostname=host_3} aggregateTags=[]
+          +0s 21.0
+          +60s 22.0
+    "#]]
+    .assert_eq(&got);
+}
+
+#[test]
+fn where_applies_to_raw_samples_before_downsample_rate_and_aggregation() {
+    let src = cpu_rows_source();
+    let got = [
+        // Kept usage_system: host_1 1 (+0s), 3 (+20s), 5 (+60s); host_2 12 (+10s), 14 (+30s),
+        // 16 (+70s). 1m-max: host_1 3 and 5, host_2 14 and 16; summed 17 and 21.
+        run_post(
+            &src,
+            &where_body(&format!(
+                r#""metric": "cpu_usage_system", "aggregator": "sum", "downsample": "1m-max",
+                   {USER_OVER_90}"#
+            )),
+        ),
+        // Without the condition, host_1's +40s row (7) and host_3 (21, 22) count: 42 and 44.
+        run_post(
+            &src,
+            &where_body(
+                r#""metric": "cpu_usage_system", "aggregator": "sum", "downsample": "1m-max""#,
+            ),
+        ),
+        // Rate runs over the kept samples: (3 - 1) / 20 s, then (5 - 3) / 40 s.
+        run_post(
+            &src,
+            &where_body(&format!(
+                r#""metric": "cpu_usage_system", "aggregator": "sum", "rate": true,
+                   "filters": [{{"type": "literal_or", "tagk": "hostname", "filter": "host_1", "groupBy": true}}],
+                   {USER_OVER_90}"#
+            )),
+        ),
+    ]
+    .concat();
+    expect![[r#"
+        q0 cpu_usage_system {} aggregateTags=["hostname"]
+          +0s 17.0
+          +60s 21.0
+        q0 cpu_usage_system {} aggregateTags=["hostname"]
+          +0s 42.0
+          +60s 44.0
+        q0 cpu_usage_system {hostname=host_1} aggregateTags=[]
+          +20s 0.1
+          +60s 0.05
+    "#]]
+    .assert_eq(&got);
+}
+
+#[test]
+fn where_with_every_op() {
+    let src = cpu_rows_source();
+    let mut got = String::new();
+    // host_1's usage_user: 95, 50, 91, 90, 99, 10 at +0s, +10s, +20s, +30s, +60s, +70s.
+    for (word, symbol) in [
+        ("gt", ">"),
+        ("ge", ">="),
+        ("lt", "<"),
+        ("le", "<="),
+        ("eq", "=="),
+        ("ne", "!="),
+    ] {
+        let run = |op: &str| {
+            run_post(
+                &src,
+                &where_body(&format!(
+                    r#""metric": "cpu_usage_system", "aggregator": "none",
+                       "filters": [{{"type": "literal_or", "tagk": "hostname", "filter": "host_1", "groupBy": false}}],
+                       "where": {{"metric": "cpu_usage_user", "op": "{op}", "value": 90}}"#
+                )),
+            )
+        };
+        let by_word = run(word);
+        assert_eq!(by_word, run(symbol), "{word} and {symbol} differ");
+        let kept: Vec<&str> = by_word.lines().skip(1).map(str::trim).collect();
+        got.push_str(&format!("{word:<2} {symbol:<2} 90: {}\n", kept.join("  ")));
+    }
+    expect![[r#"
+        gt >  90: +0s 1.0  +20s 3.0  +60s 5.0
+        ge >= 90: +0s 1.0  +20s 3.0  +30s 4.0  +60s 5.0
+        lt <  90: +10s 2.0  +70s 6.0
+        le <= 90: +10s 2.0  +30s 4.0  +70s 6.0
+        eq == 90: +30s 4.0
+        ne != 90: +0s 1.0  +10s 2.0  +20s 3.0  +60s 5.0  +70s 6.0
+    "#]]
+    .assert_eq(&got);
+}
+
+/// A [`MemorySource`] that records each `select` (metric and the keys its filter passed) and
+/// can fail for one metric.
+struct RecordingSource {
+    inner: MemorySource,
+    fail_metric: Option<&'static str>,
+    calls: std::cell::RefCell<Vec<String>>,
+}
+
+impl Source for RecordingSource {
+    fn select(
+        &self,
+        metric: &str,
+        filter: &dyn Fn(&SeriesKey) -> bool,
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<Selection, SourceError> {
+        if self.fail_metric == Some(metric) {
+            return Err(SourceError("block 2 fails its checksum".into()));
+        }
+        let selection = self.inner.select(metric, filter, start_ms, end_ms)?;
+        let keys: Vec<String> = selection.iter().map(|(k, _)| k.to_string()).collect();
+        self.calls
+            .borrow_mut()
+            .push(format!("{metric}: {}", keys.join(" ")));
+        Ok(selection)
+    }
+    fn metric_names(&self) -> Vec<String> {
+        self.inner.metric_names()
+    }
+    fn tag_keys(&self) -> Vec<String> {
+        self.inner.tag_keys()
+    }
+    fn tag_values(&self) -> Vec<String> {
+        self.inner.tag_values()
+    }
+}
+
+#[test]
+fn where_reads_the_condition_once_for_the_selected_tag_sets() {
+    let src = RecordingSource {
+        inner: cpu_rows_source(),
+        fail_metric: None,
+        calls: Default::default(),
+    };
+    let body = where_body(&format!(
+        r#""metric": "cpu_usage_system", "aggregator": "none",
+           "filters": [{{"type": "literal_or", "tagk": "hostname", "filter": "host_1|host_3", "groupBy": false}}],
+           {USER_OVER_90}"#
+    ));
+    run_post(&src, &body);
+    // One read of the condition metric, for host_1 and host_3's tag sets only: neither host_2
+    // nor host_1 with rack=r1.
+    expect![[r#"
+        cpu_usage_system: cpu_usage_system{hostname="host_1"} cpu_usage_system{hostname="host_3"}
+        cpu_usage_user: cpu_usage_user{hostname="host_1"}"#]]
+    .assert_eq(&src.calls.borrow().join("\n"));
+}
+
+#[test]
+fn where_execution_errors() {
+    let body = where_body(&format!(
+        r#""metric": "cpu_usage_system", "aggregator": "none",
+           "filters": [{{"type": "literal_or", "tagk": "hostname", "filter": "host_1", "groupBy": false}}],
+           {USER_OVER_90}"#
+    ));
+    let req = QueryRequest::from_json(body.as_bytes(), NOW_MS).unwrap();
+    let failing = RecordingSource {
+        inner: cpu_rows_source(),
+        fail_metric: Some("cpu_usage_user"),
+        calls: Default::default(),
+    };
+    // host_1's usage_system has 7 samples and its usage_user 6: the condition's count too.
+    let limits = |samples_max| Limits {
+        samples_max,
+        ..Limits::default()
+    };
+    let got: String = [
+        execute(&failing, &req),
+        execute_with_limits(&cpu_rows_source(), &req, &limits(12)),
+        execute_with_limits(&cpu_rows_source(), &req, &limits(13)),
+    ]
+    .into_iter()
+    .map(|r| match r {
+        Ok(results) => format!("ok: {} results\n", results.len()),
+        Err(e) => format!("{e}\n"),
+    })
+    .collect();
+    expect![[r#"
+        storage error: query 1, where metric 'cpu_usage_user': block 2 fails its checksum
+        query 1: the number of samples read, with the 'where' metric (13 so far) exceeds the limit of 12 (samples_max); narrow the time range, add filters or downsample
+        ok: 1 results
+    "#]]
+    .assert_eq(&got);
+}

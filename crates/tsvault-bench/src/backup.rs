@@ -1,0 +1,83 @@
+//! Backup and restore of the peers with their own tools: vmbackup/vmrestore for
+//! VictoriaMetrics, restic over InfluxDB's directory.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
+
+/// Runs `cmd` to completion and returns how long it took; a non-zero exit is an error with
+/// the command's output.
+pub fn timed(cmd: &mut Command) -> anyhow::Result<Duration> {
+    let what = format!("{cmd:?}");
+    let t = Instant::now();
+    let out = cmd.output().with_context(|| format!("running {what}"))?;
+    let elapsed = t.elapsed();
+    ensure!(
+        out.status.success(),
+        "{what} failed with {}:\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(elapsed)
+}
+
+/// `vmbackup` of a running VictoriaMetrics into a local `fs://` destination. A second run to
+/// the same destination uploads only the parts it does not hold (its incremental mode).
+pub fn vmbackup(base: &str, data_dir: &Path, dst: &Path) -> anyhow::Result<Duration> {
+    timed(
+        Command::new("vmbackup")
+            .arg(format!("-storageDataPath={}", data_dir.display()))
+            .arg(format!("-snapshot.createURL={base}/snapshot/create"))
+            .arg(format!("-dst=fs://{}", dst.display()))
+            .arg("-loggerLevel=ERROR"),
+    )
+}
+
+/// `vmrestore` from a local `fs://` backup into an empty directory.
+pub fn vmrestore(src: &Path, data_dir: &Path) -> anyhow::Result<Duration> {
+    timed(
+        Command::new("vmrestore")
+            .arg(format!("-src=fs://{}", src.display()))
+            .arg(format!("-storageDataPath={}", data_dir.display()))
+            .arg("-loggerLevel=ERROR"),
+    )
+}
+
+/// A restic repository with a fixed password and its cache beside it.
+pub struct Restic<'a> {
+    pub repo: &'a Path,
+    pub cache: &'a Path,
+}
+
+impl Restic<'_> {
+    fn cmd(&self) -> Command {
+        let mut c = Command::new("restic");
+        c.env("RESTIC_PASSWORD", "tsvault-bench")
+            .env("RESTIC_CACHE_DIR", self.cache)
+            .arg("--repo")
+            .arg(self.repo)
+            .arg("--quiet");
+        c
+    }
+
+    pub fn init(&self) -> anyhow::Result<()> {
+        timed(self.cmd().arg("init")).map(|_| ())
+    }
+
+    /// A snapshot of `dir`; restic reads only changed files again and stores only new chunks.
+    pub fn backup(&self, dir: &Path) -> anyhow::Result<Duration> {
+        timed(self.cmd().arg("backup").arg(dir))
+    }
+
+    /// Restores the latest snapshot under `target` (which then holds the absolute paths).
+    pub fn restore(&self, target: &Path) -> anyhow::Result<Duration> {
+        timed(
+            self.cmd()
+                .args(["restore", "latest", "--target"])
+                .arg(target),
+        )
+    }
+}

@@ -1,0 +1,166 @@
+//! The results table: each figure for each system, and tsvault's ratio to the best peer.
+
+use serde_json::{Value, json};
+
+/// Which direction is better for a figure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Better {
+    Higher,
+    Lower,
+}
+
+/// A table cell.
+#[derive(Debug, Clone)]
+pub enum Cell {
+    Num(f64),
+    Text(&'static str),
+    Empty,
+}
+
+/// The systems' columns, in order.
+pub const COLUMNS: [&str; 4] = ["tsvault", "VictoriaMetrics", "InfluxDB", "restic"];
+
+/// One figure.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub figure: String,
+    pub unit: &'static str,
+    pub better: Better,
+    pub cells: [Cell; 4],
+}
+
+impl Row {
+    pub fn new(figure: impl Into<String>, unit: &'static str, better: Better) -> Row {
+        Row {
+            figure: figure.into(),
+            unit,
+            better,
+            cells: [Cell::Empty, Cell::Empty, Cell::Empty, Cell::Empty],
+        }
+    }
+
+    pub fn set(mut self, column: usize, value: f64) -> Row {
+        self.cells[column] = Cell::Num(value);
+        self
+    }
+
+    pub fn text(mut self, column: usize, text: &'static str) -> Row {
+        self.cells[column] = Cell::Text(text);
+        self
+    }
+
+    /// tsvault's value divided by the best peer's.
+    pub fn ratio(&self) -> Option<f64> {
+        let Cell::Num(ours) = self.cells[0] else {
+            return None;
+        };
+        let peers = self.cells[1..].iter().filter_map(|c| match c {
+            Cell::Num(v) => Some(*v),
+            _ => None,
+        });
+        let best = match self.better {
+            Better::Higher => peers.fold(None, |b: Option<f64>, v| Some(b.map_or(v, |b| b.max(v)))),
+            Better::Lower => peers.fold(None, |b: Option<f64>, v| Some(b.map_or(v, |b| b.min(v)))),
+        }?;
+        (best > 0.0).then(|| ours / best)
+    }
+
+    /// Whether tsvault leads (or ties) the best peer on this figure.
+    pub fn leads(&self) -> Option<bool> {
+        self.ratio().map(|r| match self.better {
+            Better::Higher => r >= 1.0,
+            Better::Lower => r <= 1.0,
+        })
+    }
+
+    fn format(&self, v: f64) -> String {
+        match self.unit {
+            "samples/s" => format!("{} samples/s", thousands(v.round() as u64)),
+            "bytes/sample" => format!("{v:.3}"),
+            "ms" => format!("{v:.2} ms"),
+            "s" => format!("{v:.2} s"),
+            "MiB" => format!("{v:.1} MiB"),
+            "MiB/s" => format!("{v:.1} MiB/s"),
+            _ => format!("{v}"),
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        let cells: serde_json::Map<String, Value> = COLUMNS
+            .iter()
+            .zip(&self.cells)
+            .filter_map(|(name, c)| match c {
+                Cell::Num(v) => Some((name.to_string(), json!(v))),
+                Cell::Text(t) => Some((name.to_string(), json!(t))),
+                Cell::Empty => None,
+            })
+            .collect();
+        json!({"figure": self.figure, "unit": self.unit,
+               "better": if self.better == Better::Higher { "higher" } else { "lower" },
+               "values": cells, "ratio_to_best_peer": self.ratio(), "tsvault_leads": self.leads()})
+    }
+}
+
+/// A markdown table of `rows`.
+pub fn markdown(rows: &[Row]) -> String {
+    let mut s = String::from(
+        "| figure | tsvault | VictoriaMetrics | InfluxDB | restic | tsvault ÷ best peer |\n|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        s.push_str(&format!("| {} |", r.figure));
+        for c in &r.cells {
+            let text = match c {
+                Cell::Num(v) => r.format(*v),
+                Cell::Text(t) => t.to_string(),
+                Cell::Empty => String::new(),
+            };
+            s.push_str(&format!(" {text} |"));
+        }
+        let ratio = match (r.ratio(), r.leads()) {
+            (Some(x), Some(true)) => format!("{x:.2}x (leads)"),
+            (Some(x), Some(false)) => format!("{x:.2}x (behind)"),
+            _ => String::new(),
+        };
+        s.push_str(&format!(" {ratio} |\n"));
+    }
+    s
+}
+
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, ch) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ratio_against_the_best_peer() {
+        let r = Row::new("ingest", "samples/s", Better::Higher)
+            .set(0, 300.0)
+            .set(1, 200.0)
+            .set(2, 100.0);
+        assert_eq!(r.ratio(), Some(1.5));
+        assert_eq!(r.leads(), Some(true));
+        let r = Row::new("bytes", "bytes/sample", Better::Lower)
+            .set(0, 1.0)
+            .set(1, 0.5)
+            .set(2, 2.0);
+        assert_eq!(r.ratio(), Some(2.0));
+        assert_eq!(r.leads(), Some(false));
+        let r = Row::new("backup", "s", Better::Lower)
+            .text(0, "not yet")
+            .set(1, 1.0);
+        assert_eq!(r.ratio(), None);
+        assert_eq!(thousands(1234567), "1,234,567");
+        assert_eq!(thousands(12), "12");
+    }
+}
