@@ -61,6 +61,10 @@ impl<'a> Reader<'a> {
         s
     }
 
+    pub(crate) fn u8(&mut self) -> Option<u8> {
+        Some(self.bytes(1)?[0])
+    }
+
     pub(crate) fn u32(&mut self) -> Option<u32> {
         Some(u32::from_le_bytes(self.bytes(4)?.try_into().ok()?))
     }

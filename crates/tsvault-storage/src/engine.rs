@@ -41,8 +41,10 @@ pub struct EngineConfig {
     pub data_dir: PathBuf,
     /// When writes are made durable.
     pub fsync: FsyncMode,
-    /// Width of a time partition (one segment file per partition and flush).
-    pub segment_duration_ms: i64,
+    /// Width of a time partition (one segment file per partition and flush). `None`: the
+    /// width the data directory already uses, or [`DEFAULT_SEGMENT_DURATION_MS`] for a new
+    /// one. A width different from the directory's is refused.
+    pub segment_duration_ms: Option<i64>,
     /// Samples older than this (relative to the clock) are dropped; None keeps everything.
     pub retention_ms: Option<i64>,
     /// A WAL file is closed and a new one started past this size.
@@ -72,7 +74,7 @@ impl EngineConfig {
         EngineConfig {
             data_dir: data_dir.into(),
             fsync: FsyncMode::Always,
-            segment_duration_ms: 2 * 3600 * 1000,
+            segment_duration_ms: None,
             retention_ms: None,
             wal_segment_bytes_max: 64 << 20,
             head_samples_max: 32 << 20,
@@ -153,6 +155,8 @@ pub(crate) struct State {
 
 pub(crate) struct Inner {
     pub config: EngineConfig,
+    /// The partition width in use: the directory's, or the configured one for a new directory.
+    pub segment_duration_ms: i64,
     pub wal_dir: PathBuf,
     seg_dir: PathBuf,
     pub registry: RwLock<Registry>,
@@ -202,6 +206,12 @@ pub struct Engine {
 
 /// Most write requests waiting for the commit thread.
 const COMMIT_QUEUE_MAX: usize = 1024;
+/// The partition width of a new data directory: 6 hours. Wider partitions hold more samples
+/// per block (2,160 at a 10 s interval), which compress better and decode faster per sample;
+/// narrower ones rewrite less at each compaction and drop data at a finer grain under
+/// retention. See BENCHMARKS.md for the measurements behind the choice.
+pub const DEFAULT_SEGMENT_DURATION_MS: i64 = 6 * 3600 * 1000;
+
 /// How often the maintenance thread looks for work.
 const MAINTENANCE_TICK_MS: u64 = 1000;
 
@@ -209,7 +219,7 @@ impl Engine {
     /// Opens (or creates) the data directory: verifies the manifest and every segment,
     /// replays the WAL (cutting a torn tail), and starts the commit and maintenance threads.
     pub fn open(config: EngineConfig) -> Result<Self> {
-        if config.segment_duration_ms <= 0 {
+        if config.segment_duration_ms.is_some_and(|d| d <= 0) {
             return Err(Error::Config("segment duration must be positive".into()));
         }
         if config.retention_ms.is_some_and(|r| r <= 0) {
@@ -250,17 +260,19 @@ impl Engine {
                 manifest.segment_duration_ms = w;
             }
         }
-        match manifest.segment_duration_ms {
-            0 => manifest.segment_duration_ms = config.segment_duration_ms,
-            d if d != config.segment_duration_ms => {
+        match (manifest.segment_duration_ms, config.segment_duration_ms) {
+            (0, asked) => {
+                manifest.segment_duration_ms = asked.unwrap_or(DEFAULT_SEGMENT_DURATION_MS);
+            }
+            (d, Some(asked)) if d != asked => {
                 return Err(Error::Config(format!(
-                    "the data directory {} holds segments {d} ms wide; the configured segment duration is {} ms. Changing it is not supported: start with --segment-duration {d}ms",
+                    "the data directory {} holds segments {d} ms wide; the configured segment duration is {asked} ms. Changing it is not supported: start with --segment-duration {d}ms, or without the flag",
                     dir.display(),
-                    config.segment_duration_ms
                 )));
             }
             _ => {}
         }
+        let segment_duration_ms = manifest.segment_duration_ms;
         remove_stray_files(&seg_dir, &manifest)?;
 
         // Replay the WAL into the head.
@@ -362,6 +374,7 @@ impl Engine {
         }
 
         let inner = Arc::new(Inner {
+            segment_duration_ms,
             config,
             wal_dir,
             seg_dir,
@@ -669,7 +682,7 @@ impl EngineHandle {
 
     fn flush_frozen(&self, manifest: &mut Manifest, wal_start: u64, frozen: &Head) -> Result<()> {
         let cutoff = self.retention_cutoff();
-        let dur = self.inner.config.segment_duration_ms;
+        let dur = self.inner.segment_duration_ms;
         let mut new_segments = Vec::new();
         let mut next = manifest.clone();
         for (start, mut series) in frozen.partitions(dur) {

@@ -18,7 +18,8 @@ mod segment;
 mod wal;
 
 pub use engine::{
-    Engine, EngineConfig, EngineStats, FsyncMode, QuarantinedFile, WriteOutcome, system_clock_ms,
+    DEFAULT_SEGMENT_DURATION_MS, Engine, EngineConfig, EngineStats, FsyncMode, QuarantinedFile,
+    WriteOutcome, system_clock_ms,
 };
 pub use error::{Error, Result};
 pub use manifest::Manifest;

@@ -1,8 +1,8 @@
 //! Immutable segment files: one time partition, columnar per series (see FORMAT.md).
 //!
-//! A block holds one series' samples in the partition: timestamps compressed by pco with
-//! delta-of-delta, values by pco (which finds integer, decimal and float patterns and
-//! entropy-codes them). The index of blocks is zstd-compressed. Every block has a CRC32C,
+//! A block holds one series' samples in the partition: timestamps at a constant step as first
+//! and step, others by pco with delta-of-delta; values that are decimals as scaled integers by
+//! pco, others by pco's float modes. The index of blocks is zstd-compressed. Every block has a CRC32C,
 //! checked on every read; the whole file has a BLAKE3 hash, checked when it is opened.
 
 use std::fs::{self, File};
@@ -17,7 +17,9 @@ use crate::bytes::{Reader, put_ivarint, put_uvarint};
 use crate::error::{Error, IoContext, Result, failpoint};
 use crate::fsutil::sync_dir;
 
-const HEADER_MAGIC: &[u8; 8] = b"TSVSEG\x00\x01";
+/// The header of the format written; format 1 (same layout, older block encoding) is read.
+const HEADER_MAGIC: &[u8; 8] = b"TSVSEG\x00\x02";
+const HEADER_MAGIC_V1: &[u8; 8] = b"TSVSEG\x00\x01";
 const FOOTER_MAGIC: &[u8; 8] = b"TSVSEGND";
 /// partition start/end, index offset/len, index crc, series count, sample count, file hash,
 /// footer crc, magic.
@@ -67,27 +69,128 @@ fn ts_config() -> ChunkConfig {
     ChunkConfig::default().with_delta_spec(DeltaSpec::TryConsecutive(2))
 }
 
+/// Timestamp column encodings (format 2).
+const TS_PCO: u8 = 0;
+const TS_REGULAR: u8 = 1;
+/// Value column encodings (format 2).
+const VALUES_PCO_F64: u8 = 0;
+const VALUES_DECIMAL: u8 = 1;
+/// The most decimal places a value column is scaled by before being stored as integers.
+const DECIMAL_PLACES_MAX: u8 = 9;
+
+/// `values` as integers scaled by `10^places`, for the fewest places (up to
+/// [`DECIMAL_PLACES_MAX`]) at which every value round-trips bit for bit; `None` when no such
+/// scale exists (NaN, infinities, -0.0, more places, or magnitudes past 2^53).
+fn as_decimal(values: &[f64]) -> Option<(u8, Vec<i64>)> {
+    const EXACT_MAX: f64 = 9_007_199_254_740_992.0; // 2^53
+    'places: for places in 0..=DECIMAL_PLACES_MAX {
+        let scale = 10f64.powi(i32::from(places));
+        let mut out = Vec::with_capacity(values.len());
+        for &v in values {
+            let x = (v * scale).round();
+            if !(x.abs() < EXACT_MAX) {
+                continue 'places;
+            }
+            // Exactly what decoding computes, so that -0.0 (stored as 0) is refused.
+            let n = x as i64;
+            if (n as f64 / scale).to_bits() != v.to_bits() {
+                continue 'places;
+            }
+            out.push(n);
+        }
+        return Some((places, out));
+    }
+    None
+}
+
+/// Format 2: each column starts with its encoding byte. Timestamps at a constant step are
+/// stored as first and step; others as a pco chunk with delta-of-delta. Values that are all
+/// decimals with at most [`DECIMAL_PLACES_MAX`] places are stored as scaled integers in a pco
+/// chunk (smaller and faster to decode than pco's float modes); others as a pco f64 chunk.
 fn encode_block(samples: &[Sample]) -> std::result::Result<Vec<u8>, pco::errors::PcoError> {
     let ts: Vec<i64> = samples.iter().map(|s| s.ts_ms).collect();
     let vals: Vec<f64> = samples.iter().map(|s| s.value).collect();
-    let ts_bytes = pco::standalone::simple_compress(&ts, &ts_config())?;
-    let val_bytes = pco::standalone::simple_compress(&vals, &ChunkConfig::default())?;
-    let mut out = Vec::with_capacity(ts_bytes.len() + val_bytes.len() + 8);
-    put_uvarint(&mut out, ts_bytes.len() as u64);
-    out.extend_from_slice(&ts_bytes);
-    out.extend_from_slice(&val_bytes);
+    let mut out = Vec::new();
+    let step = ts.get(1).map_or(0, |t| t - ts[0]);
+    if !ts.is_empty() && ts.windows(2).all(|w| w[1] - w[0] == step) {
+        out.push(TS_REGULAR);
+        put_ivarint(&mut out, ts[0]);
+        put_uvarint(&mut out, step as u64);
+    } else {
+        let ts_bytes = pco::standalone::simple_compress(&ts, &ts_config())?;
+        out.push(TS_PCO);
+        put_uvarint(&mut out, ts_bytes.len() as u64);
+        out.extend_from_slice(&ts_bytes);
+    }
+    match as_decimal(&vals) {
+        Some((places, ints)) => {
+            out.push(VALUES_DECIMAL);
+            out.push(places);
+            out.extend_from_slice(&pco::standalone::simple_compress(
+                &ints,
+                &ChunkConfig::default(),
+            )?);
+        }
+        None => {
+            out.push(VALUES_PCO_F64);
+            out.extend_from_slice(&pco::standalone::simple_compress(
+                &vals,
+                &ChunkConfig::default(),
+            )?);
+        }
+    }
     Ok(out)
 }
 
-fn decode_block(bytes: &[u8], count: usize) -> std::result::Result<Vec<Sample>, String> {
+/// Decodes a block of segment format `version` holding `count` samples.
+fn decode_block(
+    version: u8,
+    bytes: &[u8],
+    count: usize,
+) -> std::result::Result<Vec<Sample>, String> {
     let mut r = Reader::new(bytes);
-    let ts_len = r.uvarint().ok_or("block header is truncated")? as usize;
-    let ts_bytes = r.bytes(ts_len).ok_or("timestamp column is truncated")?;
-    let val_bytes = r.rest();
-    let ts: Vec<i64> = pco::standalone::simple_decompress(ts_bytes)
-        .map_err(|e| format!("timestamp column does not decode: {e}"))?;
-    let vals: Vec<f64> = pco::standalone::simple_decompress(val_bytes)
-        .map_err(|e| format!("value column does not decode: {e}"))?;
+    let (ts, vals): (Vec<i64>, Vec<f64>) = if version == 1 {
+        let ts_len = r.uvarint().ok_or("block header is truncated")? as usize;
+        let ts_bytes = r.bytes(ts_len).ok_or("timestamp column is truncated")?;
+        (
+            decode_pco(ts_bytes, "timestamp")?,
+            decode_pco(r.rest(), "value")?,
+        )
+    } else {
+        let ts = match r.u8().ok_or("block header is truncated")? {
+            TS_REGULAR => {
+                let first = r.ivarint().ok_or("timestamp column is truncated")?;
+                let step = r.uvarint().ok_or("timestamp column is truncated")?;
+                let step = i64::try_from(step).map_err(|_| "timestamp step out of range")?;
+                (0..count as i64)
+                    .map(|i| i.checked_mul(step).and_then(|d| first.checked_add(d)))
+                    .collect::<Option<Vec<i64>>>()
+                    .ok_or("timestamps overflow")?
+            }
+            TS_PCO => {
+                let len = r.uvarint().ok_or("timestamp column is truncated")? as usize;
+                decode_pco(
+                    r.bytes(len).ok_or("timestamp column is truncated")?,
+                    "timestamp",
+                )?
+            }
+            other => return Err(format!("unknown timestamp encoding {other}")),
+        };
+        let vals = match r.u8().ok_or("value column is truncated")? {
+            VALUES_DECIMAL => {
+                let places = r.u8().ok_or("value column is truncated")?;
+                if places > DECIMAL_PLACES_MAX {
+                    return Err(format!("value column scaled by 10^{places}"));
+                }
+                let scale = 10f64.powi(i32::from(places));
+                let ints: Vec<i64> = decode_pco(r.rest(), "value")?;
+                ints.into_iter().map(|x| x as f64 / scale).collect()
+            }
+            VALUES_PCO_F64 => decode_pco(r.rest(), "value")?,
+            other => return Err(format!("unknown value encoding {other}")),
+        };
+        (ts, vals)
+    };
     if ts.len() != count || vals.len() != count {
         return Err(format!(
             "block holds {} timestamps and {} values; the index says {count}",
@@ -103,6 +206,14 @@ fn decode_block(bytes: &[u8], count: usize) -> std::result::Result<Vec<Sample>, 
         .zip(vals)
         .map(|(ts_ms, value)| Sample { ts_ms, value })
         .collect())
+}
+
+fn decode_pco<T: pco::data_types::Number>(
+    bytes: &[u8],
+    column: &str,
+) -> std::result::Result<Vec<T>, String> {
+    pco::standalone::simple_decompress(bytes)
+        .map_err(|e| format!("{column} column does not decode: {e}"))
 }
 
 /// Appends to a file while hashing and counting every byte.
@@ -249,6 +360,8 @@ pub(crate) struct Segment {
     pub path: PathBuf,
     pub info: SegmentInfo,
     pub blocks: Vec<BlockMeta>,
+    /// The segment format (1 or 2), which decides the block encoding.
+    version: u8,
     file: File,
 }
 
@@ -276,9 +389,11 @@ impl Segment {
                 bytes.len()
             )));
         }
-        if &bytes[..HEADER_MAGIC.len()] != HEADER_MAGIC {
-            return Err(corrupt("bad header magic: not a tsvault segment".into()));
-        }
+        let version = match &bytes[..HEADER_MAGIC.len()] {
+            m if m == HEADER_MAGIC => 2,
+            m if m == HEADER_MAGIC_V1 => 1,
+            _ => return Err(corrupt("bad header magic: not a tsvault segment".into())),
+        };
         let footer_start = bytes.len() - FOOTER_BYTES;
         let footer = &bytes[footer_start..];
         if &footer[FOOTER_BYTES - 8..] != FOOTER_MAGIC {
@@ -372,6 +487,7 @@ impl Segment {
             path: path.to_owned(),
             info,
             blocks,
+            version,
             file,
         })
     }
@@ -393,7 +509,7 @@ impl Segment {
                 b.key, b.offset
             )));
         }
-        let samples = decode_block(&buf, b.count as usize).map_err(|d| {
+        let samples = decode_block(self.version, &buf, b.count as usize).map_err(|d| {
             corrupt(format!(
                 "block of series {} at byte {}: {d}",
                 b.key, b.offset
@@ -479,6 +595,115 @@ mod tests {
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
+    }
+
+    fn samples_of(ts: &[i64], values: &[f64]) -> Vec<Sample> {
+        ts.iter()
+            .zip(values)
+            .map(|(&ts_ms, &value)| Sample { ts_ms, value })
+            .collect()
+    }
+
+    fn same_bits(a: &[Sample], b: &[Sample]) -> bool {
+        a.len() == b.len()
+            && a.iter()
+                .zip(b)
+                .all(|(x, y)| x.ts_ms == y.ts_ms && x.value.to_bits() == y.value.to_bits())
+    }
+
+    #[test]
+    fn block_encodings_are_chosen_by_content() {
+        let regular: Vec<i64> = (0..5).map(|i| 1_000 + i * 10_000).collect();
+        let irregular = [1_000, 2_000, 2_500, 9_000, 9_001];
+        let cases: [(&[i64], [f64; 5], u8, Option<u8>); 6] = [
+            (&regular, [1.0, 2.0, 3.0, -4.0, 0.0], TS_REGULAR, Some(0)),
+            (&irregular, [1.25, 2.5, 3.75, 4.0, 99.99], TS_PCO, Some(2)),
+            (&regular, [0.1, 0.2, 0.3, 1e-9, 5.0], TS_REGULAR, Some(9)),
+            // Not decimals that round-trip: stored as f64 bit patterns.
+            (&regular, [f64::NAN, 1.0, 2.0, 3.0, 4.0], TS_REGULAR, None),
+            (&regular, [-0.0, 1.0, 2.0, 3.0, 4.0], TS_REGULAR, None),
+            (
+                &regular,
+                [1e300, f64::INFINITY, 0.1 + 0.2, 1e-10, 4.0],
+                TS_REGULAR,
+                None,
+            ),
+        ];
+        for (ts, values, ts_enc, places) in cases {
+            let samples = samples_of(ts, &values);
+            let block = encode_block(&samples).unwrap();
+            assert_eq!(block[0], ts_enc, "{values:?}");
+            let value_start = if ts_enc == TS_REGULAR {
+                let mut r = Reader::new(&block[1..]);
+                r.ivarint().unwrap();
+                r.uvarint().unwrap();
+                block.len() - r.rest().len()
+            } else {
+                let mut r = Reader::new(&block[1..]);
+                let len = r.uvarint().unwrap() as usize;
+                block.len() - r.rest().len() + len
+            };
+            match places {
+                Some(p) => assert_eq!(block[value_start..value_start + 2], [VALUES_DECIMAL, p]),
+                None => assert_eq!(block[value_start], VALUES_PCO_F64, "{values:?}"),
+            }
+            let back = decode_block(2, &block, samples.len()).unwrap();
+            assert!(same_bits(&back, &samples), "{values:?}");
+            // The count comes from the index; a disagreeing one is corruption.
+            assert!(decode_block(2, &block, samples.len() + 1).is_err());
+        }
+        // A single sample is a regular column of one.
+        let one = samples_of(&[42], &[7.5]);
+        let block = encode_block(&one).unwrap();
+        assert_eq!(block[0], TS_REGULAR);
+        assert!(same_bits(&decode_block(2, &block, 1).unwrap(), &one));
+    }
+
+    #[test]
+    fn format_1_blocks_still_decode() {
+        let samples = samples_of(&[1_000, 2_000, 4_000], &[1.5, f64::NAN, -0.0]);
+        let ts: Vec<i64> = samples.iter().map(|s| s.ts_ms).collect();
+        let vals: Vec<f64> = samples.iter().map(|s| s.value).collect();
+        let ts_bytes = pco::standalone::simple_compress(&ts, &ts_config()).unwrap();
+        let mut v1 = Vec::new();
+        put_uvarint(&mut v1, ts_bytes.len() as u64);
+        v1.extend_from_slice(&ts_bytes);
+        v1.extend_from_slice(
+            &pco::standalone::simple_compress(&vals, &ChunkConfig::default()).unwrap(),
+        );
+        assert!(same_bits(&decode_block(1, &v1, 3).unwrap(), &samples));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn blocks_round_trip_every_value_bit_for_bit(
+            start in -(1i64 << 60)..(1i64 << 60),
+            steps in proptest::collection::vec(1i64..100_000, 1..200),
+            regular in proptest::bool::ANY,
+            kind in 0u8..5,
+            raw in proptest::collection::vec(proptest::num::u64::ANY, 200),
+        ) {
+            let mut ts = vec![start];
+            for step in &steps[1..] {
+                let step = if regular { steps[0] } else { *step };
+                ts.push(ts.last().unwrap().saturating_add(step));
+            }
+            ts.dedup();
+            let values: Vec<f64> = raw[..ts.len()]
+                .iter()
+                .map(|&r| match kind {
+                    0 => f64::from_bits(r),                          // any bit pattern
+                    1 => (r % 10_000) as f64 - 5_000.0,              // integers
+                    2 => ((r % 100_000) as f64 - 50_000.0) / 100.0,  // two decimals
+                    3 => (r % 1_000) as f64 / 1e6,                   // six decimals
+                    _ => [-0.0, 0.0, 1.0, f64::NAN, f64::INFINITY][(r % 5) as usize],
+                })
+                .collect();
+            let samples = samples_of(&ts, &values);
+            let block = encode_block(&samples).unwrap();
+            let back = decode_block(2, &block, samples.len()).unwrap();
+            proptest::prop_assert!(same_bits(&back, &samples));
+        }
     }
 
     #[test]

@@ -200,7 +200,8 @@ fn second_process_on_same_dir_is_refused() {
 fn flushed_store(dir: &Path) {
     let e = open(dir);
     let (a, b) = (key("m", "a"), key("m", "b"));
-    e.write(&[pt(&a, 1000, 1.0), pt(&b, 3 * HOUR, 2.0)])
+    // Two partitions (the default width is 6 h), so two segment files.
+    e.write(&[pt(&a, 1000, 1.0), pt(&b, 7 * HOUR, 2.0)])
         .unwrap();
     e.close().unwrap();
 }
@@ -235,7 +236,7 @@ fn corrupt_segment_refuses_start_naming_file_or_is_quarantined() {
     assert_eq!(e.quarantined()[0].file, *victim);
     assert!(e.quarantined()[0].moved_to.exists());
     // The other partition is still served; the damaged one is not.
-    assert_eq!(all(&e, "m"), vec![(key("m", "b"), vec![s(3 * HOUR, 2.0)])]);
+    assert_eq!(all(&e, "m"), vec![(key("m", "b"), vec![s(7 * HOUR, 2.0)])]);
     e.close().unwrap();
     // The manifest no longer lists it: a normal start works again.
     assert_eq!(all(&open(dir.path()), "m").len(), 1);
@@ -352,19 +353,19 @@ fn damaged_tail_of_an_older_wal_file_is_corruption_not_a_torn_write() {
 fn changing_the_segment_duration_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = EngineConfig::new(dir.path());
-    cfg.segment_duration_ms = HOUR;
+    cfg.segment_duration_ms = Some(HOUR);
     {
         let e = Engine::open(cfg.clone()).unwrap();
         e.write(&[pt(&key("m", "a"), 90 * 60_000, 1.0)]).unwrap();
         e.close().unwrap();
     }
-    cfg.segment_duration_ms = 2 * HOUR;
+    cfg.segment_duration_ms = Some(2 * HOUR);
     let msg = Engine::open(cfg.clone())
         .err()
         .expect("must refuse")
         .to_string();
     assert!(msg.contains("--segment-duration 3600000ms"), "{msg}");
-    cfg.segment_duration_ms = HOUR;
+    cfg.segment_duration_ms = Some(HOUR);
     assert_eq!(all(&Engine::open(cfg).unwrap(), "m").len(), 1);
 }
 
@@ -506,7 +507,7 @@ proptest! {
     fn engine_matches_btreemap_model(ops in prop::collection::vec(op(), 1..40)) {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = EngineConfig::new(dir.path());
-        cfg.segment_duration_ms = 10 * 1000;
+        cfg.segment_duration_ms = Some(10 * 1000);
         let keys: Vec<SeriesKey> = (0..6).map(|i| key(if i % 2 == 0 { "m" } else { "n" }, &format!("h{i}"))).collect();
         let mut model: BTreeMap<(SeriesKey, i64), f64> = BTreeMap::new();
         let mut e = Engine::open(cfg.clone()).unwrap();

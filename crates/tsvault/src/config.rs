@@ -34,7 +34,8 @@ pub(crate) struct ServeArgs {
     /// Drop data older than this, e.g. 30d or 1y [default: unlimited].
     #[arg(long, env = "TSVAULT_RETENTION")]
     retention: Option<String>,
-    /// Width of a time partition (one segment file per partition) [default: 2h].
+    /// Width of a time partition (one segment file per partition) [default: the data
+    /// directory's width; 6h for a new one].
     #[arg(long, env = "TSVAULT_SEGMENT_DURATION")]
     segment_duration: Option<String>,
     /// When writes are fsynced [default: always].
@@ -105,7 +106,7 @@ impl ServeArgs {
             engine.retention_ms = Some(duration_ms("--retention", &r)?);
         }
         if let Some(s) = self.segment_duration.or(file.segment_duration) {
-            engine.segment_duration_ms = duration_ms("--segment-duration", &s)?;
+            engine.segment_duration_ms = Some(duration_ms("--segment-duration", &s)?);
         }
         let interval = self.fsync_interval.or(file.fsync_interval);
         engine.fsync = match self.fsync.or(file.fsync).unwrap_or(FsyncPolicy::Always) {
@@ -175,7 +176,7 @@ mod tests {
         assert_eq!(d.engine.data_dir, PathBuf::from("tsvault-data"));
         assert_eq!(d.engine.fsync, FsyncMode::Always);
         assert_eq!(d.engine.retention_ms, None);
-        assert_eq!(d.engine.segment_duration_ms, 7_200_000);
+        assert_eq!(d.engine.segment_duration_ms, None);
         assert_eq!(d.max_body_bytes, 64 << 20);
 
         let dir = tempfile::tempdir().unwrap();
@@ -191,7 +192,7 @@ mod tests {
         assert_eq!(c.listen, "0.0.0.0:9999");
         assert_eq!(c.engine.retention_ms, Some(30 * 86_400_000));
         assert_eq!(c.engine.fsync, FsyncMode::Interval { interval_ms: 250 });
-        assert_eq!(c.engine.segment_duration_ms, 3_600_000);
+        assert_eq!(c.engine.segment_duration_ms, Some(3_600_000));
         let c = resolve(&[
             "--config",
             f,
