@@ -88,7 +88,8 @@ fn as_decimal(values: &[f64]) -> Option<(u8, Vec<i64>)> {
         let mut out = Vec::with_capacity(values.len());
         for &v in values {
             let x = (v * scale).round();
-            if !(x.abs() < EXACT_MAX) {
+            // NaN and infinities fail here too.
+            if x.is_nan() || x.abs() >= EXACT_MAX {
                 continue 'places;
             }
             // Exactly what decoding computes, so that -0.0 (stored as 0) is refused.
