@@ -616,7 +616,9 @@ mod tests {
     fn block_encodings_are_chosen_by_content() {
         let regular: Vec<i64> = (0..5).map(|i| 1_000 + i * 10_000).collect();
         let irregular = [1_000, 2_000, 2_500, 9_000, 9_001];
-        let cases: [(&[i64], [f64; 5], u8, Option<u8>); 6] = [
+        /// Timestamps, values, the expected timestamp encoding and decimal places.
+        type Case<'a> = (&'a [i64], [f64; 5], u8, Option<u8>);
+        let cases: [Case; 6] = [
             (&regular, [1.0, 2.0, 3.0, -4.0, 0.0], TS_REGULAR, Some(0)),
             (&irregular, [1.25, 2.5, 3.75, 4.0, 99.99], TS_PCO, Some(2)),
             (&regular, [0.1, 0.2, 0.3, 1e-9, 5.0], TS_REGULAR, Some(9)),
