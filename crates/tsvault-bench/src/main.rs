@@ -40,6 +40,12 @@ enum Variant {
     Both,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Peer {
+    VictoriaMetrics,
+    Influxdb,
+}
+
 #[derive(Parser)]
 #[command(
     about = "tsvault vs VictoriaMetrics, InfluxDB and restic on a TSBS cpu-only workload",
@@ -82,6 +88,14 @@ struct Args {
     /// Skip the backup and restore figures.
     #[arg(long)]
     no_backup: bool,
+    /// Which peers to run beside tsvault (for profiling one comparison; the published table
+    /// runs both).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "victoria-metrics,influxdb"
+    )]
+    peers: Vec<Peer>,
     /// The tsvault binary (default: `tsvault` next to this binary).
     #[arg(long)]
     tsvault_bin: Option<PathBuf>,
@@ -313,7 +327,12 @@ fn run_variant(
         Better::Lower,
     );
     let mut running = Vec::new();
-    for (col, kind) in Kind::ALL.into_iter().enumerate() {
+    let kinds = Kind::ALL.into_iter().enumerate().filter(|(_, k)| match k {
+        Kind::Tsvault => true,
+        Kind::Victoria => args.peers.contains(&Peer::VictoriaMetrics),
+        Kind::Influx => args.peers.contains(&Peer::Influxdb),
+    });
+    for (col, kind) in kinds {
         let sys = Running::start(
             kind,
             &root.path().join(kind.name()),
@@ -397,7 +416,11 @@ fn run_variant(
         let mut p50 = Row::new(format!("{} p50", qt.name()), "ms", Better::Lower);
         let mut p99 = Row::new(format!("{} p99", qt.name()), "ms", Better::Lower);
         let mut answers: Vec<Vec<queries::Answer>> = Vec::new();
-        for (col, sys) in running.iter().enumerate() {
+        for sys in &running {
+            let col = Kind::ALL
+                .iter()
+                .position(|k| *k == sys.kind)
+                .expect("a known system");
             let agent = http::agent();
             let pb = bar(
                 params.len() as u64,
@@ -479,7 +502,7 @@ fn run_variant(
         args.query_runs
     ));
 
-    if !args.no_backup {
+    if !args.no_backup && running.len() == Kind::ALL.len() {
         rows.extend(backups(
             &wl,
             &running,

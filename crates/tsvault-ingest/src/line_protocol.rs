@@ -11,10 +11,10 @@
 //! backslash before any other character is kept literally.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 
-use tsvault_model::{KeyError, Point, TagSet, ts_in_range};
+use tsvault_model::{KeyError, Point, SeriesKey, TagSet, ts_in_range};
 
 use crate::precision::Precision;
 
@@ -25,9 +25,10 @@ pub const LINE_BYTES_MAX: usize = 1 << 20;
 /// the line's tags).
 pub const LINE_KEY_BYTES_MAX: usize = 16 << 20;
 
-/// A whole body may expand to at most this many bytes of series keys per body byte (but at
-/// least `LINE_KEY_BYTES_MAX`): the bound on the memory one request can make the parser use.
-/// TSBS-shaped lines expand about 7 times.
+/// A whole body may expand to at most this many bytes of distinct series keys per body byte
+/// (but at least `LINE_KEY_BYTES_MAX`): the bound on the memory one request can make the
+/// parser use (samples of one series share its key). TSBS-shaped lines expand about 7 times
+/// when every line is a new series.
 pub const BODY_KEY_BYTES_PER_BYTE_MAX: usize = 16;
 
 /// Field count up to which duplicate field keys are found by a linear scan (cheaper than
@@ -147,7 +148,11 @@ struct Scratch<'a> {
     /// Field keys with their value; `None` for a string field.
     fields: Vec<(Cow<'a, str>, Option<f64>)>,
     metric: String,
-    /// Bytes of series keys the rest of the body may still produce.
+    /// The canonical key of the field being parsed, to find it in `keys`.
+    lookup: String,
+    /// Every series key the body has produced so far.
+    keys: HashSet<SeriesKey>,
+    /// Bytes of new series keys the rest of the body may still produce.
     key_budget_left: usize,
 }
 
@@ -334,18 +339,31 @@ fn parse_line<'a>(
         metric.push_str(&measurement);
         metric.push('_');
         metric.push_str(key);
-        let series = tagset.key_for(metric).map_err(|e| match e {
-            KeyError::ControlChar { .. } => {
-                format!("field key {} contains a control character", named(key))
+        // A series seen earlier in the body shares its key: a body holds each key once, not
+        // once per sample. The lookup string is the canonical key a new one would have.
+        let lookup = &mut scratch.lookup;
+        lookup.clear();
+        lookup.push_str(metric);
+        lookup.push_str(tagset.canonical());
+        let series = match scratch.keys.get(lookup.as_str()) {
+            Some(known) => known.clone(),
+            None => {
+                let series = tagset.key_for(metric).map_err(|e| match e {
+                    KeyError::ControlChar { .. } => {
+                        format!("field key {} contains a control character", named(key))
+                    }
+                    e => format!("field {}: {e}", named(key)),
+                })?;
+                scratch.key_budget_left = scratch.key_budget_left.checked_sub(series.as_str().len()).ok_or_else(|| {
+                    format!(
+                        "the request expands to more than {BODY_KEY_BYTES_PER_BYTE_MAX} times its size in distinct series keys (every numeric field is a series with all of its line's tags); send fewer tags or fields per request"
+                    )
+                })?;
+                scratch.keys.insert(series.clone());
+                series
             }
-            e => format!("field {}: {e}", named(key)),
-        })?;
+        };
         key_bytes += series.as_str().len();
-        scratch.key_budget_left = scratch.key_budget_left.checked_sub(series.as_str().len()).ok_or_else(|| {
-            format!(
-                "the request expands to more than {BODY_KEY_BYTES_PER_BYTE_MAX} times its size in series keys (every numeric field is a series with all of its line's tags); send fewer tags or fields per request"
-            )
-        })?;
         if key_bytes > LINE_KEY_BYTES_MAX {
             return Err(format!(
                 "the line expands to more than {LINE_KEY_BYTES_MAX} bytes of series keys ({} fields, each a series with all of the line's tags); split the fields across lines or use fewer or shorter tags",
@@ -1174,13 +1192,18 @@ mod tests {
 
     #[test]
     fn long_lines_and_names() {
-        // Many lines that each expand a lot: the body as a whole is bounded.
+        // Many lines that each expand a lot into new series: the body as a whole is bounded.
         let tags: String = (0..16)
             .map(|t| format!(",t{t}={}", "v".repeat(500)))
             .collect();
         let fields: Vec<String> = (0..2000).map(|f| format!("f{f}=1")).collect();
-        let line = format!("m{tags} {}\n", fields.join(","));
-        let body = line.repeat(8);
+        let body: String = (0..8)
+            .map(|i| format!("m,line={i}{tags} {}\n", fields.join(",")))
+            .collect();
+        // The same series repeated share their keys, so the same lines repeated are fine.
+        let same = format!("m,line=0{tags} {}\n", fields.join(",")).repeat(8);
+        let repeated = parse_line_protocol(same.as_bytes(), Precision::Ns, 0);
+        assert_eq!(repeated.lines_written, 8, "{:?}", repeated.errors);
         let out = parse_line_protocol(body.as_bytes(), Precision::Ns, 0);
         assert!(out.lines_written < 8, "{} lines written", out.lines_written);
         assert!(

@@ -5,6 +5,7 @@
 //! separators can never appear inside a name and the encoding is unambiguous.
 
 use std::fmt;
+use std::sync::Arc;
 
 const TAG_SEP: char = '\x1f';
 const KV_SEP: char = '\x1e';
@@ -144,7 +145,12 @@ impl TagSet {
         let mut s = String::with_capacity(metric.len() + self.0.len());
         s.push_str(metric);
         s.push_str(&self.0);
-        Ok(SeriesKey(s.into_boxed_str()))
+        Ok(SeriesKey(s.into()))
+    }
+
+    /// The canonical encoding of the tags: a series key is its metric followed by this.
+    pub fn canonical(&self) -> &str {
+        &self.0
     }
 
     /// True when the set holds no tag.
@@ -154,8 +160,16 @@ impl TagSet {
 }
 
 /// The identity of a series: a metric name plus its sorted tags, in canonical encoding.
+/// Shared (`Arc`), so that the many samples of one series in a request hold one copy.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SeriesKey(Box<str>);
+pub struct SeriesKey(Arc<str>);
+
+/// A key is looked up by its canonical encoding (its hash and order are the string's).
+impl std::borrow::Borrow<str> for SeriesKey {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
 
 impl SeriesKey {
     /// Builds and validates a key from a metric and tags in any order.

@@ -162,15 +162,19 @@ impl Downsample {
         let mut buckets: Vec<(i64, f64)> = Vec::new();
         let mut values: Vec<f64> = Vec::new();
         let mut current: Option<i64> = None;
+        // Samples are sorted, so a bucket closes only when a sample reaches its end: one
+        // division per bucket rather than per sample.
+        let mut bucket_end = i64::MIN;
         for &(ts, value) in samples.iter().filter(|(ts, _)| *ts >= first_boundary) {
-            let bucket = align(ts, iv);
-            if let Some(open) = current
-                && open != bucket
-            {
-                buckets.push((open, self.function.run(&values)));
-                values.clear();
+            if ts >= bucket_end {
+                if let Some(open) = current {
+                    buckets.push((open, self.function.run(&values)));
+                    values.clear();
+                }
+                let bucket = align(ts, iv);
+                current = Some(bucket);
+                bucket_end = bucket.saturating_add(iv);
             }
-            current = Some(bucket);
             values.push(value);
         }
         if let Some(open) = current {

@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use rayon::prelude::*;
 use tsvault_model::{Sample, SeriesKey};
 
 use crate::aggregator::Aggregator;
@@ -19,7 +20,13 @@ use crate::rate::rate;
 use crate::request::{QueryRequest, SubQuery, tag_map};
 use crate::result::QueryResult;
 use crate::row_filter::{RowFilter, retain_passing, tag_set_of};
-use crate::source::{Source, SourceError};
+use crate::source::{Selection, Source, SourceError};
+
+/// One series' key and its `(ts, value)` points.
+type Series = (SeriesKey, Vec<(i64, f64)>);
+
+/// Series of a sub-query are checked and downsampled in parallel from this many on.
+const PARALLEL_SERIES_MIN: usize = 16;
 
 /// OpenTSDB's row width, which its scans align to.
 const ROW_SPAN_MS: i64 = 3_600_000;
@@ -71,8 +78,33 @@ pub fn execute_with_limits(
         limits,
     };
     let mut results = Vec::new();
-    for (index, sub) in request.queries.iter().enumerate() {
-        run_sub_query(source, request, index, sub, &mut budget, &mut results)?;
+    // Sub-queries are read from the source a few at a time in parallel (as many as rayon has
+    // threads), then processed in order with the budget checked as if sequentially, so at
+    // most that many selections are held before a limit can refuse the request, and errors
+    // are the same as in a sequential run.
+    let width = rayon::current_num_threads().max(1);
+    for (chunk_index, chunk) in request.queries.chunks(width).enumerate() {
+        let selections: Vec<_> = chunk
+            .par_iter()
+            .map(|sub| {
+                let (scan_start_ms, scan_end_ms) =
+                    scan_range(request.start_ms, request.end_ms, sub);
+                let matches = |key: &SeriesKey| key.metric() == sub.metric && sub.matches(key);
+                source.select(&sub.metric, &matches, scan_start_ms, scan_end_ms - 1)
+            })
+            .collect();
+        for (offset, (sub, selected)) in chunk.iter().zip(selections).enumerate() {
+            let index = chunk_index * width + offset;
+            run_sub_query(
+                source,
+                request,
+                index,
+                sub,
+                selected,
+                &mut budget,
+                &mut results,
+            )?;
+        }
     }
     Ok(results)
 }
@@ -143,11 +175,14 @@ fn scan_range(start_ms: i64, end_ms: i64, sub: &SubQuery) -> (i64, i64) {
     (scan_start_s * 1000, scan_end_s * 1000)
 }
 
+/// Checks, processes and aggregates one sub-query's `selected` series (what
+/// [`Source::select`] returned for it over its scan range).
 fn run_sub_query(
     source: &dyn Source,
     request: &QueryRequest,
     index: usize,
     sub: &SubQuery,
+    selected: std::result::Result<Selection, SourceError>,
     budget: &mut Budget<'_>,
     results: &mut Vec<QueryResult>,
 ) -> Result<()> {
@@ -160,15 +195,13 @@ fn run_sub_query(
         )))
     };
     let matches = |key: &SeriesKey| key.metric() == sub.metric && sub.matches(key);
-    let selected = source
-        .select(&sub.metric, &matches, scan_start_ms, scan_end_ms - 1)
-        .map_err(|e| source_err(e.0))?;
+    let selected = selected.map_err(|e| source_err(e.0))?;
 
-    // Check the source's side of the contract: the right series, sorted samples.
-    let mut series: Vec<(SeriesKey, Vec<(i64, f64)>)> = Vec::with_capacity(selected.len());
-    for (key, samples) in selected {
+    // Check the source's side of the contract: the right series, sorted samples. Series are
+    // checked and trimmed in parallel (rayon's pool), as they are processed below.
+    let check = |(key, samples): (SeriesKey, Vec<Sample>)| {
         if !matches(&key) {
-            continue;
+            return Ok(None);
         }
         if samples.windows(2).any(|w| w[0].ts_ms >= w[1].ts_ms) {
             return Err(source_err(format!(
@@ -180,10 +213,14 @@ fn run_sub_query(
             .filter(|s| s.ts_ms >= scan_start_ms && s.ts_ms < scan_end_ms)
             .map(|s| (s.ts_ms, s.value))
             .collect();
-        if !in_range.is_empty() {
-            series.push((key, in_range));
-        }
-    }
+        Ok((!in_range.is_empty()).then_some((key, in_range)))
+    };
+    let checked: Result<Vec<Option<Series>>> = if selected.len() >= PARALLEL_SERIES_MIN {
+        selected.into_par_iter().map(check).collect()
+    } else {
+        selected.into_iter().map(check).collect()
+    };
+    let mut series: Vec<(SeriesKey, Vec<(i64, f64)>)> = checked?.into_iter().flatten().collect();
     if series.len() > budget.limits.series_max {
         return Err(Error::LimitExceeded {
             query,
@@ -227,15 +264,18 @@ fn run_sub_query(
         budget.take_samples(query, filled, "the number of filled downsample buckets")?;
     }
 
-    let (keys, mut points): (Vec<SeriesKey>, Vec<Vec<(i64, f64)>>) = series
-        .into_iter()
-        .map(|(key, points)| {
-            (
-                key,
-                process_series(points, sub, scan_start_ms, scan_end_ms, request),
-            )
-        })
-        .unzip();
+    let process = |(key, points): (SeriesKey, Vec<(i64, f64)>)| {
+        (
+            key,
+            process_series(points, sub, scan_start_ms, scan_end_ms, request),
+        )
+    };
+    let (keys, mut points): (Vec<SeriesKey>, Vec<Vec<(i64, f64)>>) =
+        if series.len() >= PARALLEL_SERIES_MIN {
+            series.into_par_iter().map(process).unzip()
+        } else {
+            series.into_iter().map(process).unzip()
+        };
 
     let nan_as_null = sub
         .downsample

@@ -12,8 +12,9 @@ pub struct SourceError(pub String);
 /// The series a [`Source::select`] returns: each key with its samples.
 pub type Selection = Vec<(SeriesKey, Vec<Sample>)>;
 
-/// Where the engine reads series from; implemented by the storage engine.
-pub trait Source {
+/// Where the engine reads series from; implemented by the storage engine. `Sync`, because
+/// the executor reads several sub-queries at once.
+pub trait Source: Sync {
     /// Every series of `metric` (exact name) for which `filter` is true and that has samples in
     /// `[start_ms, end_ms]`, with those samples sorted by time and without duplicate
     /// timestamps. Returning more (series without samples in range, samples outside the range)

@@ -10,6 +10,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, RwLock};
+use rayon::prelude::*;
 use tsvault_model::{Point, Sample, SeriesKey};
 
 use crate::commit::{self, CommitRequest};
@@ -211,6 +212,13 @@ const COMMIT_QUEUE_MAX: usize = 1024;
 /// narrower ones rewrite less at each compaction and drop data at a finer grain under
 /// retention. See BENCHMARKS.md for the measurements behind the choice.
 pub const DEFAULT_SEGMENT_DURATION_MS: i64 = 6 * 3600 * 1000;
+
+/// One series a select returns, with its samples.
+type SelectedSeries = (SeriesKey, Vec<Sample>);
+
+/// A select reads series in parallel from this many on; below it, waking threads costs
+/// more than it saves.
+const PARALLEL_SERIES_MIN: usize = 16;
 
 /// How often the maintenance thread looks for work.
 const MAINTENANCE_TICK_MS: u64 = 1000;
@@ -843,7 +851,9 @@ impl EngineHandle {
             let mut samples = Vec::new();
             for input in &inputs {
                 if let Ok(i) = input.seg.blocks.binary_search_by(|b| b.key.cmp(key)) {
-                    samples.extend(input.seg.read_block(i)?);
+                    input
+                        .seg
+                        .read_block_into(i, i64::MIN, i64::MAX, &mut samples)?;
                 }
             }
             normalize(&mut samples);
@@ -907,7 +917,7 @@ impl EngineHandle {
                 .collect()
         };
         // Head samples are copied under the lock; segment blocks are read after it.
-        let (segments, mut head) = {
+        let (segments, head) = {
             let state = self.inner.state.read();
             let mut head: Vec<Vec<Sample>> = Vec::with_capacity(ids.len());
             for (id, _) in &ids {
@@ -920,9 +930,11 @@ impl EngineHandle {
             }
             (state.segments.clone(), head)
         };
-        let mut out = Vec::with_capacity(ids.len());
-        for ((id, key), head_samples) in ids.into_iter().zip(head.iter_mut()) {
-            let mut samples = Vec::new();
+        // Series are read in parallel (rayon's pool, one thread per core): decoding blocks is
+        // most of a large query's time.
+        let read_one = |((id, key), head_samples): ((SeriesId, SeriesKey), Vec<Sample>)| {
+            let mut samples: Vec<Sample> = Vec::new();
+            let mut unsorted = false;
             for s in segments.iter() {
                 let info = &s.seg.info;
                 if info.partition_end_ms <= start_ms || info.partition_start_ms > end_ms {
@@ -935,20 +947,40 @@ impl EngineHandle {
                 if meta.max_ts < start_ms || meta.min_ts > end_ms {
                     continue;
                 }
-                samples.extend(
-                    s.seg
-                        .read_block(b as usize)?
-                        .into_iter()
-                        .filter(|x| x.ts_ms >= start_ms && x.ts_ms <= end_ms),
-                );
+                // Blocks are sorted and unique (decoding checks it); their concatenation is
+                // too unless one overlaps what came before (segments of a partition not yet
+                // compacted, or late data in an older partition).
+                let last_before = samples.last().map(|x| x.ts_ms);
+                let appended_from = samples.len();
+                s.seg
+                    .read_block_into(b as usize, start_ms, end_ms, &mut samples)?;
+                if let (Some(last), Some(first)) = (last_before, samples.get(appended_from)) {
+                    unsorted |= first.ts_ms <= last;
+                }
             }
-            samples.append(head_samples);
-            normalize(&mut samples);
-            if !samples.is_empty() {
-                out.push((key, samples));
+            if !head_samples.is_empty() {
+                // The head keeps samples in write order (late and repeated ones included).
+                unsorted = true;
+                if samples.is_empty() {
+                    samples = head_samples;
+                } else {
+                    samples.extend_from_slice(&head_samples);
+                }
             }
-        }
-        Ok(out)
+            if unsorted {
+                normalize(&mut samples);
+            }
+            Ok((!samples.is_empty()).then_some((key, samples)))
+        };
+        let read: Result<Vec<Option<SelectedSeries>>> = if ids.len() >= PARALLEL_SERIES_MIN {
+            ids.into_par_iter()
+                .zip(head.into_par_iter())
+                .map(read_one)
+                .collect()
+        } else {
+            ids.into_iter().zip(head).map(read_one).collect()
+        };
+        Ok(read?.into_iter().flatten().collect())
     }
 
     fn maintenance_loop(&self) {

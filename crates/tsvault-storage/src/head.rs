@@ -9,6 +9,9 @@ use tsvault_model::Sample;
 
 use crate::index::SeriesId;
 
+/// A head series doubles its capacity up to this many samples, then grows by an eighth.
+const HEAD_DOUBLING_MAX: usize = 1024;
+
 /// In-memory samples of every series, in the order they were written.
 #[derive(Debug, Default)]
 pub(crate) struct Head {
@@ -18,10 +21,13 @@ pub(crate) struct Head {
 
 impl Head {
     pub(crate) fn append(&mut self, id: SeriesId, ts_ms: i64, value: f64) {
-        self.series
-            .entry(id)
-            .or_default()
-            .push(Sample { ts_ms, value });
+        let samples = self.series.entry(id).or_default();
+        // Past a few KiB a series grows by an eighth rather than doubling: the head holds
+        // most of the server's memory, and doubling left up to half of it unused.
+        if samples.len() == samples.capacity() && samples.len() >= HEAD_DOUBLING_MAX {
+            samples.reserve_exact(samples.len() / 8);
+        }
+        samples.push(Sample { ts_ms, value });
         self.samples += 1;
     }
 

@@ -144,11 +144,27 @@ fn encode_block(samples: &[Sample]) -> std::result::Result<Vec<u8>, pco::errors:
 }
 
 /// Decodes a block of segment format `version` holding `count` samples.
+#[cfg(test)]
 fn decode_block(
     version: u8,
     bytes: &[u8],
     count: usize,
 ) -> std::result::Result<Vec<Sample>, String> {
+    let (ts, vals) = decode_columns(version, bytes, count)?;
+    Ok(ts
+        .into_iter()
+        .zip(vals)
+        .map(|(ts_ms, value)| Sample { ts_ms, value })
+        .collect())
+}
+
+/// The timestamp and value columns of a block of segment format `version` holding `count`
+/// samples, checked: both of that length, timestamps strictly increasing.
+fn decode_columns(
+    version: u8,
+    bytes: &[u8],
+    count: usize,
+) -> std::result::Result<(Vec<i64>, Vec<f64>), String> {
     let mut r = Reader::new(bytes);
     let (ts, vals): (Vec<i64>, Vec<f64>) = if version == 1 {
         let ts_len = r.uvarint().ok_or("block header is truncated")? as usize;
@@ -202,11 +218,7 @@ fn decode_block(
     if ts.windows(2).any(|w| w[0] >= w[1]) {
         return Err("timestamps are not strictly increasing".into());
     }
-    Ok(ts
-        .into_iter()
-        .zip(vals)
-        .map(|(ts_ms, value)| Sample { ts_ms, value })
-        .collect())
+    Ok((ts, vals))
 }
 
 fn decode_pco<T: pco::data_types::Number>(
@@ -494,7 +506,23 @@ impl Segment {
     }
 
     /// Reads and verifies block `i`; a checksum failure is an error naming the file.
-    pub(crate) fn read_block(&self, i: usize) -> Result<Vec<Sample>> {
+    #[cfg(test)]
+    fn read_block(&self, i: usize) -> Result<Vec<Sample>> {
+        let mut out = Vec::new();
+        self.read_block_into(i, i64::MIN, i64::MAX, &mut out)?;
+        Ok(out)
+    }
+
+    /// Reads and verifies block `i` and appends its samples within `[start_ms, end_ms]` to
+    /// `out`; a checksum failure or a block that disagrees with the index is an error naming
+    /// the file.
+    pub(crate) fn read_block_into(
+        &self,
+        i: usize,
+        start_ms: i64,
+        end_ms: i64,
+        out: &mut Vec<Sample>,
+    ) -> Result<()> {
         let b = &self.blocks[i];
         let mut buf = vec![0u8; b.len as usize];
         self.file
@@ -510,21 +538,29 @@ impl Segment {
                 b.key, b.offset
             )));
         }
-        let samples = decode_block(self.version, &buf, b.count as usize).map_err(|d| {
+        let (ts, vals) = decode_columns(self.version, &buf, b.count as usize).map_err(|d| {
             corrupt(format!(
                 "block of series {} at byte {}: {d}",
                 b.key, b.offset
             ))
         })?;
-        if samples.first().map(|s| s.ts_ms) != Some(b.min_ts)
-            || samples.last().map(|s| s.ts_ms) != Some(b.max_ts)
-        {
+        if ts.first() != Some(&b.min_ts) || ts.last() != Some(&b.max_ts) {
             return Err(corrupt(format!(
                 "block of series {}: time range disagrees with the index",
                 b.key
             )));
         }
-        Ok(samples)
+        let from = ts.partition_point(|&t| t < start_ms);
+        let to = ts.partition_point(|&t| t <= end_ms);
+        if from < to {
+            out.extend(
+                ts[from..to]
+                    .iter()
+                    .zip(&vals[from..to])
+                    .map(|(&ts_ms, &value)| Sample { ts_ms, value }),
+            );
+        }
+        Ok(())
     }
 }
 

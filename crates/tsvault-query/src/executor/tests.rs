@@ -1013,7 +1013,7 @@ fn where_with_every_op() {
 struct RecordingSource {
     inner: MemorySource,
     fail_metric: Option<&'static str>,
-    calls: std::cell::RefCell<Vec<String>>,
+    calls: std::sync::Mutex<Vec<String>>,
 }
 
 impl Source for RecordingSource {
@@ -1030,7 +1030,8 @@ impl Source for RecordingSource {
         let selection = self.inner.select(metric, filter, start_ms, end_ms)?;
         let keys: Vec<String> = selection.iter().map(|(k, _)| k.to_string()).collect();
         self.calls
-            .borrow_mut()
+            .lock()
+            .unwrap()
             .push(format!("{metric}: {}", keys.join(" ")));
         Ok(selection)
     }
@@ -1063,7 +1064,7 @@ fn where_reads_the_condition_once_for_the_selected_tag_sets() {
     expect![[r#"
         cpu_usage_system: cpu_usage_system{hostname="host_1"} cpu_usage_system{hostname="host_3"}
         cpu_usage_user: cpu_usage_user{hostname="host_1"}"#]]
-    .assert_eq(&src.calls.borrow().join("\n"));
+    .assert_eq(&src.calls.lock().unwrap().join("\n"));
 }
 
 #[test]
