@@ -169,13 +169,17 @@ impl Aggregator {
     pub fn run(self, values: &[f64]) -> f64 {
         let real = || values.iter().copied().filter(|v| !v.is_nan());
         match self {
-            A::Sum | A::Pfsum | A::Zimsum => nan_if_none(real().count(), sum(real())),
+            A::Sum | A::Pfsum | A::Zimsum => {
+                let (n, total) = count_and_sum(values);
+                nan_if_none(n, total)
+            }
             A::SquareSum => nan_if_none(real().count(), sum(real().map(|v| v * v))),
-            A::Min | A::Mimmin => real().reduce(f64::min).unwrap_or(f64::NAN),
-            A::Max | A::Mimmax => real().reduce(f64::max).unwrap_or(f64::NAN),
+            // f64::min and f64::max skip a NaN operand; NaN only when every value is NaN.
+            A::Min | A::Mimmin => values.iter().copied().fold(f64::NAN, f64::min),
+            A::Max | A::Mimmax => values.iter().copied().fold(f64::NAN, f64::max),
             A::Avg => {
-                let n = real().count();
-                nan_if_none(n, sum(real()) / n as f64)
+                let (n, total) = count_and_sum(values);
+                nan_if_none(n, total / n as f64)
             }
             A::Median => {
                 let mut sorted: Vec<f64> = real().collect();
@@ -194,6 +198,20 @@ impl Aggregator {
             } => percentile(values, per_mille, estimation),
         }
     }
+}
+
+/// The count and the sum (from +0.0, in input order) of the values that are not NaN, in one
+/// pass: the same bits as [`sum`] over the filtered values.
+fn count_and_sum(values: &[f64]) -> (usize, f64) {
+    let mut n = 0;
+    let mut total = 0.0;
+    for &v in values {
+        if !v.is_nan() {
+            n += 1;
+            total += v;
+        }
+    }
+    (n, total)
 }
 
 /// Sums from +0.0 in input order, as OpenTSDB does (`Iterator::sum` starts from -0.0).
