@@ -151,11 +151,75 @@ fn decode_block(
     count: usize,
 ) -> std::result::Result<Vec<Sample>, String> {
     let (ts, vals) = decode_columns(version, bytes, count)?;
-    Ok(ts
-        .into_iter()
-        .zip(vals)
-        .map(|(ts_ms, value)| Sample { ts_ms, value })
+    Ok((0..count)
+        .map(|i| Sample {
+            ts_ms: ts.get(i),
+            value: vals[i],
+        })
         .collect())
+}
+
+/// A decoded timestamp column, strictly increasing.
+enum Timestamps {
+    /// `first + i × step` for `i` in `0..count` (step > 0 when count > 1; checked not to
+    /// overflow).
+    Regular {
+        first: i64,
+        step: i64,
+        count: usize,
+    },
+    Explicit(Vec<i64>),
+}
+
+impl Timestamps {
+    fn len(&self) -> usize {
+        match self {
+            Timestamps::Regular { count, .. } => *count,
+            Timestamps::Explicit(ts) => ts.len(),
+        }
+    }
+
+    fn get(&self, i: usize) -> i64 {
+        match self {
+            Timestamps::Regular { first, step, .. } => first + i as i64 * step,
+            Timestamps::Explicit(ts) => ts[i],
+        }
+    }
+
+    /// The index of the first timestamp at or after `t` (`len()` when none is).
+    fn lower_bound(&self, t: i64) -> usize {
+        match *self {
+            Timestamps::Regular { first, step, count } => {
+                if t <= first {
+                    0
+                } else if step == 0 {
+                    count
+                } else {
+                    let n = (i128::from(t) - i128::from(first) + i128::from(step) - 1)
+                        / i128::from(step);
+                    usize::try_from(n).map_or(count, |n| n.min(count))
+                }
+            }
+            Timestamps::Explicit(ref ts) => ts.partition_point(|&x| x < t),
+        }
+    }
+
+    /// The index of the first timestamp after `t` (`len()` when none is).
+    fn upper_bound(&self, t: i64) -> usize {
+        match *self {
+            Timestamps::Regular { first, step, count } => {
+                if t < first {
+                    0
+                } else if step == 0 {
+                    count
+                } else {
+                    let n = (i128::from(t) - i128::from(first)) / i128::from(step) + 1;
+                    usize::try_from(n).map_or(count, |n| n.min(count))
+                }
+            }
+            Timestamps::Explicit(ref ts) => ts.partition_point(|&x| x <= t),
+        }
+    }
 }
 
 /// The timestamp and value columns of a block of segment format `version` holding `count`
@@ -164,13 +228,13 @@ fn decode_columns(
     version: u8,
     bytes: &[u8],
     count: usize,
-) -> std::result::Result<(Vec<i64>, Vec<f64>), String> {
+) -> std::result::Result<(Timestamps, Vec<f64>), String> {
     let mut r = Reader::new(bytes);
-    let (ts, vals): (Vec<i64>, Vec<f64>) = if version == 1 {
+    let (ts, vals) = if version == 1 {
         let ts_len = r.uvarint().ok_or("block header is truncated")? as usize;
         let ts_bytes = r.bytes(ts_len).ok_or("timestamp column is truncated")?;
         (
-            decode_pco(ts_bytes, "timestamp")?,
+            Timestamps::Explicit(decode_pco(ts_bytes, "timestamp")?),
             decode_pco(r.rest(), "value")?,
         )
     } else {
@@ -179,17 +243,24 @@ fn decode_columns(
                 let first = r.ivarint().ok_or("timestamp column is truncated")?;
                 let step = r.uvarint().ok_or("timestamp column is truncated")?;
                 let step = i64::try_from(step).map_err(|_| "timestamp step out of range")?;
-                (0..count as i64)
-                    .map(|i| i.checked_mul(step).and_then(|d| first.checked_add(d)))
-                    .collect::<Option<Vec<i64>>>()
-                    .ok_or("timestamps overflow")?
+                if count > 1 && step == 0 {
+                    return Err("timestamps are not strictly increasing".into());
+                }
+                let span = i64::try_from(count.saturating_sub(1))
+                    .ok()
+                    .and_then(|n| n.checked_mul(step))
+                    .and_then(|d| first.checked_add(d));
+                if span.is_none() {
+                    return Err("timestamps overflow".into());
+                }
+                Timestamps::Regular { first, step, count }
             }
             TS_PCO => {
                 let len = r.uvarint().ok_or("timestamp column is truncated")? as usize;
-                decode_pco(
+                Timestamps::Explicit(decode_pco(
                     r.bytes(len).ok_or("timestamp column is truncated")?,
                     "timestamp",
-                )?
+                )?)
             }
             other => return Err(format!("unknown timestamp encoding {other}")),
         };
@@ -199,9 +270,13 @@ fn decode_columns(
                 if places > DECIMAL_PLACES_MAX {
                     return Err(format!("value column scaled by 10^{places}"));
                 }
-                let scale = 10f64.powi(i32::from(places));
                 let ints: Vec<i64> = decode_pco(r.rest(), "value")?;
-                ints.into_iter().map(|x| x as f64 / scale).collect()
+                if places == 0 {
+                    ints.into_iter().map(|x| x as f64).collect()
+                } else {
+                    let scale = 10f64.powi(i32::from(places));
+                    ints.into_iter().map(|x| x as f64 / scale).collect()
+                }
             }
             VALUES_PCO_F64 => decode_pco(r.rest(), "value")?,
             other => return Err(format!("unknown value encoding {other}")),
@@ -215,7 +290,9 @@ fn decode_columns(
             vals.len()
         ));
     }
-    if ts.windows(2).any(|w| w[0] >= w[1]) {
+    if let Timestamps::Explicit(ts) = &ts
+        && ts.windows(2).any(|w| w[0] >= w[1])
+    {
         return Err("timestamps are not strictly increasing".into());
     }
     Ok((ts, vals))
@@ -544,21 +621,30 @@ impl Segment {
                 b.key, b.offset
             ))
         })?;
-        if ts.first() != Some(&b.min_ts) || ts.last() != Some(&b.max_ts) {
+        let n = ts.len();
+        if n == 0 || ts.get(0) != b.min_ts || ts.get(n - 1) != b.max_ts {
             return Err(corrupt(format!(
                 "block of series {}: time range disagrees with the index",
                 b.key
             )));
         }
-        let from = ts.partition_point(|&t| t < start_ms);
-        let to = ts.partition_point(|&t| t <= end_ms);
+        let from = ts.lower_bound(start_ms);
+        let to = ts.upper_bound(end_ms);
         if from < to {
-            out.extend(
-                ts[from..to]
-                    .iter()
-                    .zip(&vals[from..to])
-                    .map(|(&ts_ms, &value)| Sample { ts_ms, value }),
-            );
+            match &ts {
+                Timestamps::Regular { first, step, .. } => {
+                    out.extend((from..to).zip(&vals[from..to]).map(|(i, &value)| Sample {
+                        ts_ms: first + i as i64 * step,
+                        value,
+                    }))
+                }
+                Timestamps::Explicit(ts) => out.extend(
+                    ts[from..to]
+                        .iter()
+                        .zip(&vals[from..to])
+                        .map(|(&ts_ms, &value)| Sample { ts_ms, value }),
+                ),
+            }
         }
         Ok(())
     }
@@ -714,6 +800,23 @@ mod tests {
     }
 
     proptest::proptest! {
+        #[test]
+        fn regular_timestamp_bounds_match_a_search(
+            first in -(1i64 << 60)..(1i64 << 60),
+            step in 1i64..1_000_000,
+            count in 1usize..500,
+            probes in proptest::collection::vec(proptest::num::i64::ANY, 10),
+            near in proptest::collection::vec(-2_000_000i64..600_000_000, 10),
+        ) {
+            let regular = Timestamps::Regular { first, step: if count == 1 { 0 } else { step }, count };
+            let explicit = Timestamps::Explicit((0..count).map(|i| regular.get(i)).collect());
+            let edges = [i64::MIN, i64::MAX, first, first - 1, first + 1];
+            for t in probes.iter().copied().chain(near.iter().map(|d| first.saturating_add(*d))).chain(edges) {
+                proptest::prop_assert_eq!(regular.lower_bound(t), explicit.lower_bound(t), "lower {}", t);
+                proptest::prop_assert_eq!(regular.upper_bound(t), explicit.upper_bound(t), "upper {}", t);
+            }
+        }
+
         #[test]
         fn blocks_round_trip_every_value_bit_for_bit(
             start in -(1i64 << 60)..(1i64 << 60),
