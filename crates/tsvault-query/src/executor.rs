@@ -20,7 +20,7 @@ use crate::rate::rate;
 use crate::request::{QueryRequest, SubQuery, tag_map};
 use crate::result::QueryResult;
 use crate::row_filter::{RowFilter, retain_passing, tag_set_of};
-use crate::source::{Selection, Source, SourceError};
+use crate::source::{Source, SourceError};
 
 /// One series' key and its `(ts, value)` points.
 type Series = (SeriesKey, Vec<(i64, f64)>);
@@ -78,35 +78,44 @@ pub fn execute_with_limits(
         limits,
     };
     let mut results = Vec::new();
-    // Sub-queries are read from the source a few at a time in parallel (as many as rayon has
-    // threads), then processed in order with the budget checked as if sequentially, so at
-    // most that many selections are held before a limit can refuse the request, and errors
-    // are the same as in a sequential run.
+    // Sub-queries are read, checked and processed a few at a time in parallel (as many as
+    // rayon has threads); each records what it used of the budget, which is then charged in
+    // request order. So errors are those of a sequential run, and a sub-query that alone would
+    // pass the budget left at the start of its batch is not processed at all.
     let width = rayon::current_num_threads().max(1);
     for (chunk_index, chunk) in request.queries.chunks(width).enumerate() {
-        let selections: Vec<_> = chunk
+        let samples_left = limits.samples_max.saturating_sub(budget.samples);
+        let prepared: Vec<Result<Prepared>> = chunk
             .par_iter()
-            .map(|sub| {
-                let (scan_start_ms, scan_end_ms) =
-                    scan_range(request.start_ms, request.end_ms, sub);
-                let matches = |key: &SeriesKey| key.metric() == sub.metric && sub.matches(key);
-                source.select(&sub.metric, &matches, scan_start_ms, scan_end_ms - 1)
+            .enumerate()
+            .map(|(offset, sub)| {
+                prepare_sub_query(
+                    source,
+                    request,
+                    chunk_index * width + offset,
+                    sub,
+                    limits,
+                    samples_left,
+                )
             })
             .collect();
-        for (offset, (sub, selected)) in chunk.iter().zip(selections).enumerate() {
+        for (offset, (sub, prepared)) in chunk.iter().zip(prepared).enumerate() {
             let index = chunk_index * width + offset;
-            run_sub_query(
-                source,
-                request,
-                index,
-                sub,
-                selected,
-                &mut budget,
-                &mut results,
-            )?;
+            finish_sub_query(request, index, sub, prepared?, &mut budget, &mut results)?;
         }
     }
     Ok(results)
+}
+
+/// Each series' key, and its points after downsampling and rate, in the same order.
+type Processed = (Vec<SeriesKey>, Vec<Vec<(i64, f64)>>);
+
+/// A sub-query read, checked and (when its own use fits the budget) processed.
+struct Prepared {
+    /// What it read and would build, in the order a sequential run charges the budget.
+    charges: Vec<(usize, &'static str)>,
+    /// After the charges: an error, no series, or each series' key and processed points.
+    outcome: Result<Option<Processed>>,
 }
 
 /// What the request has used so far of its [`Limits`].
@@ -175,17 +184,18 @@ fn scan_range(start_ms: i64, end_ms: i64, sub: &SubQuery) -> (i64, i64) {
     (scan_start_s * 1000, scan_end_s * 1000)
 }
 
-/// Checks, processes and aggregates one sub-query's `selected` series (what
-/// [`Source::select`] returned for it over its scan range).
-fn run_sub_query(
+/// Reads one sub-query over its scan range, checks the source's answer, applies the row
+/// filter and downsamples and rates each series, unless what it reads and builds exceeds
+/// `samples_left` (the budget is charged later, in order, by [`finish_sub_query`]). An `Err`
+/// is a failure found before anything is charged.
+fn prepare_sub_query(
     source: &dyn Source,
     request: &QueryRequest,
     index: usize,
     sub: &SubQuery,
-    selected: std::result::Result<Selection, SourceError>,
-    budget: &mut Budget<'_>,
-    results: &mut Vec<QueryResult>,
-) -> Result<()> {
+    limits: &Limits,
+    samples_left: usize,
+) -> Result<Prepared> {
     let query = index + 1;
     let (scan_start_ms, scan_end_ms) = scan_range(request.start_ms, request.end_ms, sub);
     let source_err = |message: String| {
@@ -195,7 +205,9 @@ fn run_sub_query(
         )))
     };
     let matches = |key: &SeriesKey| key.metric() == sub.metric && sub.matches(key);
-    let selected = selected.map_err(|e| source_err(e.0))?;
+    let selected = source
+        .select(&sub.metric, &matches, scan_start_ms, scan_end_ms - 1)
+        .map_err(|e| source_err(e.0))?;
 
     // Check the source's side of the contract: the right series, sorted samples. Series are
     // checked and trimmed in parallel (rayon's pool), as they are processed below.
@@ -221,14 +233,18 @@ fn run_sub_query(
         selected.into_iter().map(check).collect()
     };
     let mut series: Vec<(SeriesKey, Vec<(i64, f64)>)> = checked?.into_iter().flatten().collect();
-    if series.len() > budget.limits.series_max {
+    if series.len() > limits.series_max {
         return Err(Error::LimitExceeded {
             query,
             what: format!("the number of matching series ({})", series.len()),
-            limit: budget.limits.series_max,
+            limit: limits.series_max,
             limit_name: "series_max",
         });
     }
+    let mut prepared = Prepared {
+        charges: Vec::new(),
+        outcome: Ok(None),
+    };
     if series.is_empty() {
         // OpenTSDB fails on a metric it has never seen, and returns nothing for a quiet one.
         if source.metric_names().binary_search(&sub.metric).is_err() {
@@ -237,23 +253,39 @@ fn run_sub_query(
                 metric: sub.metric.clone(),
             });
         }
-        return Ok(());
+        return Ok(prepared);
     }
     series.sort_by(|a, b| a.0.cmp(&b.0));
     let raw: usize = series.iter().map(|(_, s)| s.len()).sum();
-    budget.take_samples(query, raw, "the number of samples read")?;
+    prepared.charges.push((raw, "the number of samples read"));
+    let over = |p: &Prepared| {
+        p.charges
+            .iter()
+            .fold(0usize, |a, (n, _)| a.saturating_add(*n))
+            > samples_left
+    };
+    if over(&prepared) {
+        return Ok(prepared);
+    }
     if let Some(row_filter) = &sub.row_filter {
-        apply_row_filter(
+        match apply_row_filter(
             source,
             query,
             sub,
             row_filter,
             &mut series,
             (scan_start_ms, scan_end_ms),
-            budget,
-        )?;
-        if series.is_empty() {
-            return Ok(());
+        ) {
+            Ok(read) => prepared
+                .charges
+                .push((read, "the number of samples read, with the 'where' metric")),
+            Err(e) => {
+                prepared.outcome = Err(e);
+                return Ok(prepared);
+            }
+        }
+        if series.is_empty() || over(&prepared) {
+            return Ok(prepared);
         }
     }
     if let Some(ds) = &sub.downsample {
@@ -261,7 +293,12 @@ fn run_sub_query(
         let filled = usize::try_from(per_series)
             .unwrap_or(usize::MAX)
             .saturating_mul(series.len());
-        budget.take_samples(query, filled, "the number of filled downsample buckets")?;
+        prepared
+            .charges
+            .push((filled, "the number of filled downsample buckets"));
+        if over(&prepared) {
+            return Ok(prepared);
+        }
     }
 
     let process = |(key, points): (SeriesKey, Vec<(i64, f64)>)| {
@@ -270,13 +307,31 @@ fn run_sub_query(
             process_series(points, sub, scan_start_ms, scan_end_ms, request),
         )
     };
-    let (keys, mut points): (Vec<SeriesKey>, Vec<Vec<(i64, f64)>>) =
-        if series.len() >= PARALLEL_SERIES_MIN {
-            series.into_par_iter().map(process).unzip()
-        } else {
-            series.into_iter().map(process).unzip()
-        };
+    prepared.outcome = Ok(Some(if series.len() >= PARALLEL_SERIES_MIN {
+        series.into_par_iter().map(process).unzip()
+    } else {
+        series.into_iter().map(process).unzip()
+    }));
+    Ok(prepared)
+}
 
+/// Charges a prepared sub-query's use to the budget, then groups, interpolates and
+/// aggregates its series into results.
+fn finish_sub_query(
+    request: &QueryRequest,
+    index: usize,
+    sub: &SubQuery,
+    prepared: Prepared,
+    budget: &mut Budget<'_>,
+    results: &mut Vec<QueryResult>,
+) -> Result<()> {
+    let query = index + 1;
+    for (n, what) in prepared.charges {
+        budget.take_samples(query, n, what)?;
+    }
+    let Some((keys, mut points)) = prepared.outcome? else {
+        return Ok(());
+    };
     let nan_as_null = sub
         .downsample
         .as_ref()
@@ -316,8 +371,9 @@ fn run_sub_query(
 }
 
 /// Keeps the raw samples of each series whose row passes `row_filter`, and drops the series
-/// left with none. The condition metric is read in one [`Source::select`] over the same scan
-/// range, restricted to the tag sets of `series`, then joined by a merge walk per series.
+/// left with none; returns how many condition samples it read. The condition metric is read
+/// in one [`Source::select`] over the same scan range, restricted to the tag sets of
+/// `series`, then joined by a merge walk per series.
 fn apply_row_filter(
     source: &dyn Source,
     query: usize,
@@ -325,15 +381,14 @@ fn apply_row_filter(
     row_filter: &RowFilter,
     series: &mut Vec<(SeriesKey, Vec<(i64, f64)>)>,
     (scan_start_ms, scan_end_ms): (i64, i64),
-    budget: &mut Budget<'_>,
-) -> Result<()> {
+) -> Result<usize> {
     if row_filter.metric == sub.metric {
         // The condition series is the series itself: its own values decide.
         for (_, points) in series.iter_mut() {
             points.retain(|&(_, value)| row_filter.passes(value));
         }
         series.retain(|(_, points)| !points.is_empty());
-        return Ok(());
+        return Ok(0);
     }
     let source_err = |message: String| {
         let metric = &row_filter.metric;
@@ -381,16 +436,11 @@ fn apply_row_filter(
         read = read.saturating_add(samples.len());
         conditions[slot] = samples;
     }
-    budget.take_samples(
-        query,
-        read,
-        "the number of samples read, with the 'where' metric",
-    )?;
     for ((_, points), condition) in series.iter_mut().zip(&conditions) {
         retain_passing(points, condition, row_filter);
     }
     series.retain(|(_, points)| !points.is_empty());
-    Ok(())
+    Ok(read)
 }
 
 /// Downsamples, then rates, one series; drops what falls before the scan start.

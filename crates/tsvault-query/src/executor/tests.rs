@@ -712,6 +712,35 @@ fn execution_errors() {
             ..Limits::default()
         },
     );
+    // Sub-queries run in parallel batches, but the budget is charged and errors reported in
+    // request order, as in a sequential run: 2 + 2 fit, the third's 4 more do not.
+    let five = Limits {
+        samples_max: 5,
+        ..Limits::default()
+    };
+    run(
+        &src,
+        format!("{range}&m=sum:m{{host=a}}&m=sum:m{{host=b}}&m=sum:m"),
+        &five,
+    );
+    // The first failure in request order wins: an unknown metric before a budget excess,
+    run(
+        &src,
+        format!("{range}&m=sum:nosuch&m=sum:m"),
+        &Limits {
+            samples_max: 1,
+            ..Limits::default()
+        },
+    );
+    // and a budget excess before a later unknown metric.
+    run(
+        &src,
+        format!("{range}&m=sum:m&m=sum:nosuch"),
+        &Limits {
+            samples_max: 3,
+            ..Limits::default()
+        },
+    );
     expect![[r#"
         query 2: no such metric 'nosuch'
         ok: 0 results
@@ -723,6 +752,9 @@ fn execution_errors() {
         query 1: the number of samples read (4 so far) exceeds the limit of 3 (samples_max); narrow the time range, add filters or downsample
         query 1: the number of filled downsample buckets (720004 so far) exceeds the limit of 500000 (samples_max); narrow the time range, add filters or downsample
         the request has 2 sub-queries; the limit is 1 (sub_queries_max)
+        query 3: the number of samples read (8 so far) exceeds the limit of 5 (samples_max); narrow the time range, add filters or downsample
+        query 1: no such metric 'nosuch'
+        query 1: the number of samples read (4 so far) exceeds the limit of 3 (samples_max); narrow the time range, add filters or downsample
     "#]]
     .assert_eq(&got);
 }
