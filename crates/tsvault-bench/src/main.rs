@@ -236,9 +236,10 @@ fn versions(tsvault_bin: &Path) -> Vec<(String, String)> {
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| "unknown".into())
     };
+    let own = run(std::process::Command::new(tsvault_bin).arg("--version"));
     let mut out = vec![(
         "tsvault".to_string(),
-        run(std::process::Command::new(tsvault_bin).arg("--version")),
+        own.strip_prefix("tsvault ").unwrap_or(&own).to_string(),
     )];
     for pkg in ["victoria-metrics", "influxdb", "restic"] {
         out.push((
@@ -498,8 +499,13 @@ fn run_variant(
         rows.push(p99);
     }
     notes.push(format!(
-        "Answers: all {compared} query instances ({} per type) answered the same numbers on the three systems ({points_compared} data points compared with each peer).",
-        args.query_runs
+        "Answers: all {compared} query instances ({} per type) answered the same numbers on {} ({points_compared} data points compared with each peer).",
+        args.query_runs,
+        running
+            .iter()
+            .map(|s| s.kind.name())
+            .collect::<Vec<_>>()
+            .join(", ")
     ));
 
     if !args.no_backup && running.len() == Kind::ALL.len() {
