@@ -1,8 +1,11 @@
-//! The `tsvault` command: `tsvault serve` runs the server.
+//! The `tsvault` command: `tsvault serve` runs the server; `tsvault backup` and
+//! `tsvault restore` work with backup repositories.
 
+mod backup_cli;
 mod config;
 
 use std::io::IsTerminal;
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -21,9 +24,14 @@ struct Cli {
 enum Command {
     /// Run the server (single node).
     Serve(ServeArgs),
+    /// Backup repositories: init, create, list, show, verify.
+    #[command(subcommand)]
+    Backup(backup_cli::BackupCommand),
+    /// Restore a backup into an empty data directory.
+    Restore(backup_cli::RestoreArgs),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<ExitCode> {
     tune_allocator();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -43,9 +51,11 @@ fn main() -> anyhow::Result<()> {
                 .context("starting the async runtime")?;
             rt.block_on(tsvault_server::serve(config, shutdown_signal()))
                 .context("tsvault serve")?;
+            Ok(ExitCode::SUCCESS)
         }
+        Command::Backup(cmd) => backup_cli::backup(cmd),
+        Command::Restore(args) => backup_cli::restore(args),
     }
-    Ok(())
 }
 
 /// Tunes glibc's allocator for a server whose memory is mostly the head and query buffers.

@@ -1,0 +1,67 @@
+//! What can go wrong with a repository, each naming the object, backup or file involved.
+
+use std::path::PathBuf;
+
+/// A repository or backup error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The object store failed (network, permissions, missing bucket).
+    #[error("repository {op} {path}: {source}")]
+    Store {
+        op: &'static str,
+        path: String,
+        #[source]
+        source: object_store::Error,
+    },
+    /// A local file operation failed.
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The repository URL or an option is wrong.
+    #[error("{0}")]
+    Config(String),
+    /// The passphrase does not open the repository's key.
+    #[error("wrong passphrase: it does not unlock the key of repository {repo}")]
+    WrongPassword { repo: String },
+    /// The repository is encrypted and no passphrase was given.
+    #[error("repository {repo} is encrypted: set TSVAULT_REPO_PASSWORD or pass --password-file")]
+    PasswordNeeded { repo: String },
+    /// An object's bytes are not what they must be.
+    #[error("{what} is damaged: {detail}")]
+    Corrupt { what: String, detail: String },
+    /// An object the repository must hold is missing.
+    #[error("{what} is missing from the repository")]
+    Missing { what: String },
+    /// The request itself is wrong (unknown backup id, non-empty target, unsafe path...).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn store(
+        op: &'static str,
+        path: &object_store::path::Path,
+    ) -> impl FnOnce(object_store::Error) -> Error {
+        let path = path.to_string();
+        move |source| match source {
+            object_store::Error::NotFound { .. } => Error::Missing {
+                what: format!("object {path}"),
+            },
+            source => Error::Store { op, path, source },
+        }
+    }
+
+    pub(crate) fn io(
+        op: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.into();
+        move |source| Error::Io { op, path, source }
+    }
+}

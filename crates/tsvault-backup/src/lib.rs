@@ -1,0 +1,20 @@
+//! tsvault's backup repository (see FORMAT.md): content-addressed blobs, compressed with
+//! zstd and sealed with ChaCha20-Poly1305 under a master key wrapped by an Argon2id key from
+//! the passphrase, on any `object_store` target (a local directory or S3). Blobs are written
+//! first and a backup's manifest last, so a manifest exists only for a complete backup.
+//!
+//! What exists so far: `init`, full backups of a stopped data directory, `list`/`show`,
+//! restore into an empty directory, and verify (structure, read-data).
+
+mod crypto;
+mod data_dir;
+mod error;
+mod manifest;
+mod repo;
+
+pub use data_dir::{
+    CHUNK_BYTES, NoProgress, Problem, Progress, backup_data_dir, restore_data_dir, verify_backup,
+};
+pub use error::{Error, Result};
+pub use manifest::{BackupManifest, BackupType, FileEntry};
+pub use repo::{RepoConfig, RepoOptions, Repository};

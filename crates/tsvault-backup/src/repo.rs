@@ -1,0 +1,360 @@
+//! A repository on any object store: `config`, `data/<2 hex>/<id>` blobs and `backups/<id>`
+//! manifests (FORMAT.md). Blobs are written before the manifest that names them.
+
+use std::sync::Arc;
+
+use futures::TryStreamExt;
+use object_store::path::Path as ObjPath;
+use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::{KeyWrap, Keys};
+use crate::error::{Error, Result};
+use crate::manifest::BackupManifest;
+
+/// The repository format this code writes and reads.
+const FORMAT: u32 = 1;
+/// The largest plaintext a blob or manifest may decompress to.
+pub const OBJECT_BYTES_MAX: usize = 1 << 30;
+
+/// The repository's `config` object (JSON, never encrypted: it holds the wrapped key).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RepoConfig {
+    pub format: u32,
+    /// Random, hex; names the repository in backups and messages.
+    pub id: String,
+    /// The wrapped master key of an encrypted repository.
+    pub encryption: Option<KeyWrap>,
+    /// The blob-id key of an unencrypted repository, hex.
+    pub id_key: Option<String>,
+}
+
+/// How to reach a repository: a URL and the credentials to open it.
+#[derive(Debug, Clone, Default)]
+pub struct RepoOptions {
+    /// `file:///path`, a plain path, or `s3://bucket/prefix`.
+    pub url: String,
+    /// The passphrase; required for an encrypted repository.
+    pub password: Option<Vec<u8>>,
+    /// S3 endpoint for S3-compatible servers (else `AWS_ENDPOINT` or AWS itself).
+    pub s3_endpoint: Option<String>,
+    /// Allow plain HTTP to the S3 endpoint.
+    pub s3_allow_http: bool,
+}
+
+/// An open repository.
+pub struct Repository {
+    store: Arc<dyn ObjectStore>,
+    keys: Keys,
+    pub config: RepoConfig,
+    /// The URL it was opened with, for messages.
+    pub url: String,
+}
+
+fn store_for(opts: &RepoOptions) -> Result<Arc<dyn ObjectStore>> {
+    let url = opts.url.trim();
+    if url.is_empty() {
+        return Err(Error::Config(
+            "--repo is empty: give a path, file:///path or s3://bucket/prefix".into(),
+        ));
+    }
+    if let Some(rest) = url.strip_prefix("s3://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(Error::Config(format!(
+                "repository URL {url} names no bucket"
+            )));
+        }
+        let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+        if let Some(endpoint) = &opts.s3_endpoint {
+            b = b.with_endpoint(endpoint);
+        }
+        if opts.s3_allow_http {
+            b = b.with_allow_http(true);
+        }
+        let s3 = b
+            .build()
+            .map_err(|e| Error::Config(format!("repository {url}: {e}")))?;
+        let prefix = prefix.trim_matches('/');
+        return Ok(if prefix.is_empty() {
+            Arc::new(s3)
+        } else {
+            Arc::new(object_store::prefix::PrefixStore::new(s3, prefix))
+        });
+    }
+    let path = url.strip_prefix("file://").unwrap_or(url);
+    if url.contains("://") && !url.starts_with("file://") {
+        return Err(Error::Config(format!(
+            "repository URL {url}: only file:// paths, plain paths and s3:// are supported"
+        )));
+    }
+    std::fs::create_dir_all(path).map_err(Error::io("create repository directory", path))?;
+    let local = object_store::local::LocalFileSystem::new_with_prefix(path)
+        .map_err(|e| Error::Config(format!("repository {url}: {e}")))?;
+    Ok(Arc::new(local))
+}
+
+impl Repository {
+    /// Creates a repository at `opts.url`; encrypted unless `encrypt` is false. Refuses a
+    /// location that already holds a repository.
+    pub async fn init(opts: &RepoOptions, encrypt: bool) -> Result<Repository> {
+        let store = store_for(opts)?;
+        let mut id = [0u8; 16];
+        rand::rng().fill_bytes(&mut id);
+        let (keys, config) = if encrypt {
+            let password = opts.password.as_deref().ok_or_else(|| {
+                Error::Config(
+                    "an encrypted repository needs a passphrase: set TSVAULT_REPO_PASSWORD or pass --password-file (or --no-encryption)".into(),
+                )
+            })?;
+            if password.is_empty() {
+                return Err(Error::Config("the passphrase is empty".into()));
+            }
+            let (keys, wrap) = Keys::new_encrypted(password)?;
+            let config = RepoConfig {
+                format: FORMAT,
+                id: hex::encode(id),
+                encryption: Some(wrap),
+                id_key: None,
+            };
+            (keys, config)
+        } else {
+            let mut id_key = [0u8; 32];
+            rand::rng().fill_bytes(&mut id_key);
+            let config = RepoConfig {
+                format: FORMAT,
+                id: hex::encode(id),
+                encryption: None,
+                id_key: Some(hex::encode(id_key)),
+            };
+            (Keys::plain(id_key), config)
+        };
+        let path = ObjPath::from("config");
+        let body = serde_json::to_vec_pretty(&config).expect("config serializes");
+        store
+            .put_opts(
+                &path,
+                PutPayload::from(body),
+                PutOptions {
+                    mode: PutMode::Create,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| match e {
+                object_store::Error::AlreadyExists { .. } => Error::Invalid(format!(
+                    "{} already holds a repository (its config exists)",
+                    opts.url
+                )),
+                e => Error::Store {
+                    op: "write",
+                    path: "config".into(),
+                    source: e,
+                },
+            })?;
+        Ok(Repository {
+            store,
+            keys,
+            config,
+            url: opts.url.clone(),
+        })
+    }
+
+    /// Opens the repository at `opts.url`, unlocking its key with the passphrase.
+    pub async fn open(opts: &RepoOptions) -> Result<Repository> {
+        let store = store_for(opts)?;
+        let path = ObjPath::from("config");
+        let body = match store.get(&path).await {
+            Ok(r) => r.bytes().await.map_err(Error::store("read", &path))?,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(Error::Invalid(format!(
+                    "{} holds no repository (no config); create one with `tsvault backup init --repo {}`",
+                    opts.url, opts.url
+                )));
+            }
+            Err(e) => return Err(Error::store("read", &path)(e)),
+        };
+        let config: RepoConfig = serde_json::from_slice(&body).map_err(|e| Error::Corrupt {
+            what: format!("the config of repository {}", opts.url),
+            detail: e.to_string(),
+        })?;
+        if config.format != FORMAT {
+            return Err(Error::Invalid(format!(
+                "repository {} has format {}; this tsvault reads format {FORMAT}",
+                opts.url, config.format
+            )));
+        }
+        let keys = match (&config.encryption, &config.id_key) {
+            (Some(wrap), _) => {
+                let password = opts
+                    .password
+                    .as_deref()
+                    .ok_or_else(|| Error::PasswordNeeded {
+                        repo: opts.url.clone(),
+                    })?;
+                Keys::open_encrypted(wrap, password, &opts.url)?
+            }
+            (None, Some(k)) => {
+                let key: [u8; 32] = hex::decode(k)
+                    .ok()
+                    .and_then(|v| v.try_into().ok())
+                    .ok_or_else(|| Error::Corrupt {
+                        what: format!("the config of repository {}", opts.url),
+                        detail: "the id key is not 32 bytes of hex".into(),
+                    })?;
+                Keys::plain(key)
+            }
+            (None, None) => {
+                return Err(Error::Corrupt {
+                    what: format!("the config of repository {}", opts.url),
+                    detail: "it has neither an encryption key nor an id key".into(),
+                });
+            }
+        };
+        Ok(Repository {
+            store,
+            keys,
+            config,
+            url: opts.url.clone(),
+        })
+    }
+
+    /// Whether the repository encrypts its objects.
+    pub fn encrypted(&self) -> bool {
+        self.config.encryption.is_some()
+    }
+
+    fn blob_path(id: &str) -> ObjPath {
+        ObjPath::from(format!("data/{}/{id}", &id[..2.min(id.len())]))
+    }
+
+    /// Stores `plaintext` as a blob unless the repository already holds it; returns its id
+    /// and the bytes uploaded (0 when it was already there).
+    pub async fn put_blob(&self, plaintext: &[u8]) -> Result<(String, u64)> {
+        let id = self.keys.blob_id(plaintext);
+        let path = Self::blob_path(&id);
+        match self.store.head(&path).await {
+            Ok(_) => return Ok((id, 0)),
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(Error::store("check", &path)(e)),
+        }
+        let body = self.keys.seal(&format!("blob {id}"), plaintext)?;
+        let n = body.len() as u64;
+        self.store
+            .put(&path, PutPayload::from(body))
+            .await
+            .map_err(Error::store("write", &path))?;
+        Ok((id, n))
+    }
+
+    /// The plaintext of blob `id`, checked against its id.
+    pub async fn get_blob(&self, id: &str) -> Result<Vec<u8>> {
+        if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::Corrupt {
+                what: format!("blob id {id:?}"),
+                detail: "not a 64-digit hex id".into(),
+            });
+        }
+        let path = Self::blob_path(id);
+        let body = match self.store.get(&path).await {
+            Ok(r) => r.bytes().await.map_err(Error::store("read", &path))?,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(Error::Missing {
+                    what: format!("blob {id}"),
+                });
+            }
+            Err(e) => return Err(Error::store("read", &path)(e)),
+        };
+        let name = format!("blob {id}");
+        let plaintext = self.keys.open(&name, &body, OBJECT_BYTES_MAX)?;
+        if self.keys.blob_id(&plaintext) != id {
+            return Err(Error::Corrupt {
+                what: name,
+                detail: "its content does not hash to its id".into(),
+            });
+        }
+        Ok(plaintext)
+    }
+
+    /// Whether blob `id` exists (without reading it).
+    pub async fn has_blob(&self, id: &str) -> Result<bool> {
+        let path = Self::blob_path(id);
+        match self.store.head(&path).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(Error::store("check", &path)(e)),
+        }
+    }
+
+    /// Writes a backup's manifest: the last object of a backup, which makes it visible.
+    pub async fn put_manifest(&self, m: &BackupManifest) -> Result<()> {
+        let path = ObjPath::from(format!("backups/{}", m.id));
+        let body = self.keys.seal(
+            &format!("backup {}", m.id),
+            &serde_json::to_vec(m).expect("manifest serializes"),
+        )?;
+        self.store
+            .put_opts(
+                &path,
+                PutPayload::from(body),
+                PutOptions {
+                    mode: PutMode::Create,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(Error::store("write", &path))?;
+        Ok(())
+    }
+
+    /// The manifest of backup `id`.
+    pub async fn manifest(&self, id: &str) -> Result<BackupManifest> {
+        if id.is_empty()
+            || id.starts_with('.')
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        {
+            return Err(Error::Invalid(format!("{id:?} is not a backup id")));
+        }
+        let path = ObjPath::from(format!("backups/{id}"));
+        let body = match self.store.get(&path).await {
+            Ok(r) => r.bytes().await.map_err(Error::store("read", &path))?,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(Error::Invalid(format!(
+                    "no backup {id} in repository {}; `tsvault backup list --repo {}` lists them",
+                    self.url, self.url
+                )));
+            }
+            Err(e) => return Err(Error::store("read", &path)(e)),
+        };
+        let name = format!("backup {id}");
+        let plaintext = self.keys.open(&name, &body, OBJECT_BYTES_MAX)?;
+        let m: BackupManifest = serde_json::from_slice(&plaintext).map_err(|e| Error::Corrupt {
+            what: format!("the manifest of backup {id}"),
+            detail: e.to_string(),
+        })?;
+        if m.id != id {
+            return Err(Error::Corrupt {
+                what: format!("the manifest of backup {id}"),
+                detail: format!("it names itself {}", m.id),
+            });
+        }
+        Ok(m)
+    }
+
+    /// The ids of every backup, oldest first (ids sort by time).
+    pub async fn backup_ids(&self) -> Result<Vec<String>> {
+        let prefix = ObjPath::from("backups");
+        let mut ids: Vec<String> = self
+            .store
+            .list(Some(&prefix))
+            .map_ok(|meta| meta.location.filename().unwrap_or_default().to_string())
+            .try_collect()
+            .await
+            .map_err(Error::store("list", &prefix))?;
+        ids.sort();
+        Ok(ids)
+    }
+}

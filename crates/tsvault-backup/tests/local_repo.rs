@@ -1,0 +1,228 @@
+//! Backups of a real data directory into a local repository: round trip, and verify
+//! catching each kind of damage.
+
+use std::path::Path;
+
+use tsvault_backup::{
+    NoProgress, RepoOptions, Repository, backup_data_dir, restore_data_dir, verify_backup,
+};
+use tsvault_model::{Point, Sample, SeriesKey};
+use tsvault_storage::{Engine, EngineConfig};
+
+fn key(host: &str) -> SeriesKey {
+    SeriesKey::new("cpu_usage", &[("host", host)]).unwrap()
+}
+
+/// A data directory with flushed segments and samples still in the WAL.
+fn data_dir(dir: &Path) {
+    let e = Engine::open(EngineConfig::new(dir)).unwrap();
+    let points: Vec<Point> = (0..2000)
+        .flat_map(|i| {
+            ["a", "b"].map(|h| Point {
+                key: key(h),
+                ts_ms: 1_700_000_000_000 + i * 10_000,
+                value: (i % 97) as f64 / 4.0,
+            })
+        })
+        .collect();
+    e.write(&points[..3000]).unwrap();
+    e.flush().unwrap();
+    e.write(&points[3000..]).unwrap();
+    e.close_without_flush();
+}
+
+fn all(dir: &Path) -> Vec<(SeriesKey, Vec<Sample>)> {
+    let e = Engine::open(EngineConfig::new(dir)).unwrap();
+    let out = e
+        .select("cpu_usage", &|_| true, i64::MIN / 4, i64::MAX / 4)
+        .unwrap();
+    e.close().unwrap();
+    out
+}
+
+fn opts(repo: &Path, password: Option<&str>) -> RepoOptions {
+    RepoOptions {
+        url: repo.display().to_string(),
+        password: password.map(|p| p.as_bytes().to_vec()),
+        ..RepoOptions::default()
+    }
+}
+
+#[tokio::test]
+async fn full_backup_restores_every_sample_and_dedups_a_second_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, repo_dir, dst) = (
+        tmp.path().join("src"),
+        tmp.path().join("repo"),
+        tmp.path().join("dst"),
+    );
+    data_dir(&src);
+    let repo = Repository::init(&opts(&repo_dir, Some("pw")), true)
+        .await
+        .unwrap();
+    let first = backup_data_dir(&repo, &src, &NoProgress).await.unwrap();
+    assert!(first.uploaded_bytes > 0);
+    assert!(first.files.iter().any(|f| f.path.starts_with("segments/")));
+    assert!(first.files.iter().any(|f| f.path.starts_with("wal/")));
+    // Nothing changed: the second backup uploads nothing new.
+    let second = backup_data_dir(&repo, &src, &NoProgress).await.unwrap();
+    assert_eq!(second.uploaded_bytes, 0);
+    assert_eq!(
+        repo.backup_ids().await.unwrap(),
+        vec![first.id.clone(), second.id.clone()]
+    );
+
+    let reopened = Repository::open(&opts(&repo_dir, Some("pw")))
+        .await
+        .unwrap();
+    restore_data_dir(&reopened, Some(&first.id), &dst, &NoProgress)
+        .await
+        .unwrap();
+    let want = all(&src);
+    assert_eq!(want.len(), 2);
+    assert_eq!(want[0].1.len(), 2000);
+    assert_eq!(all(&dst), want);
+    assert!(verify_backup(&reopened, &first.id, true).await.is_empty());
+
+    // A non-empty target is refused, and so is an unknown backup.
+    let err = restore_data_dir(&reopened, None, &dst, &NoProgress)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("is not empty"), "{err}");
+    let err = restore_data_dir(
+        &reopened,
+        Some("20990101T000000.000Z-00000000"),
+        &tmp.path().join("x"),
+        &NoProgress,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("no backup 20990101T000000.000Z-00000000"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn wrong_or_missing_passphrase_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo_dir = tmp.path().join("repo");
+    Repository::init(&opts(&repo_dir, Some("right")), true)
+        .await
+        .unwrap();
+    let err = Repository::open(&opts(&repo_dir, Some("wrong")))
+        .await
+        .err()
+        .unwrap();
+    assert!(err.to_string().starts_with("wrong passphrase"), "{err}");
+    let err = Repository::open(&opts(&repo_dir, None))
+        .await
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("TSVAULT_REPO_PASSWORD"), "{err}");
+    let err = Repository::init(&opts(&repo_dir, Some("right")), true)
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string().contains("already holds a repository"),
+        "{err}"
+    );
+    let err = Repository::open(&opts(&tmp.path().join("none"), None))
+        .await
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("holds no repository"), "{err}");
+}
+
+/// Every file under `dir`, recursively.
+fn files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn verify_names_each_kind_of_damage() {
+    for encrypted in [true, false] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (src, repo_dir) = (tmp.path().join("src"), tmp.path().join("repo"));
+        data_dir(&src);
+        let o = opts(&repo_dir, encrypted.then_some("pw"));
+        let repo = Repository::init(&o, encrypted).await.unwrap();
+        let b = backup_data_dir(&repo, &src, &NoProgress).await.unwrap();
+        assert!(verify_backup(&repo, &b.id, true).await.is_empty());
+        let blobs = files(&repo_dir.join("data"));
+        assert!(blobs.len() >= 3, "{blobs:?}");
+
+        // A flipped byte in a blob: found by read-data, not by the structure check.
+        let mut bytes = std::fs::read(&blobs[0]).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x40;
+        std::fs::write(&blobs[0], &bytes).unwrap();
+        let flipped = blobs[0].file_name().unwrap().to_str().unwrap().to_string();
+        assert!(verify_backup(&repo, &b.id, false).await.is_empty());
+        let problems = verify_backup(&repo, &b.id, true).await;
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].detail.contains(&format!("blob {flipped}")),
+            "{problems:?}"
+        );
+        assert_eq!(problems[0].backup, b.id);
+
+        // A missing blob: found by both.
+        std::fs::remove_file(&blobs[1]).unwrap();
+        let missing = blobs[1].file_name().unwrap().to_str().unwrap().to_string();
+        let problems = verify_backup(&repo, &b.id, false).await;
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0]
+                .detail
+                .contains(&format!("blob {missing} is missing")),
+            "{problems:?}"
+        );
+        // A restore stops at the damage, naming it, and leaves no half-written file in place.
+        let dst = tmp.path().join("dst");
+        let err = restore_data_dir(&repo, Some(&b.id), &dst, &NoProgress)
+            .await
+            .unwrap_err();
+        // Whichever damaged blob comes first in file order is named.
+        let err = err.to_string();
+        assert!(
+            err.contains(&format!("blob {missing}")) || err.contains(&format!("blob {flipped}")),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains(&format!("of backup {}", b.id)),
+            "{err}"
+        );
+        assert!(
+            files(&dst)
+                .iter()
+                .all(|f| f.extension().is_none_or(|x| x != "restoring")),
+            "a partial file was left: {:?}",
+            files(&dst)
+        );
+
+        // A truncated manifest.
+        let mpath = repo_dir.join("backups").join(&b.id);
+        let m = std::fs::read(&mpath).unwrap();
+        std::fs::write(&mpath, &m[..m.len() / 2]).unwrap();
+        let problems = verify_backup(&repo, &b.id, false).await;
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].detail.contains(&format!("backup {}", b.id)),
+            "{problems:?}"
+        );
+        assert!(problems[0].detail.contains("damaged"), "{problems:?}");
+    }
+}

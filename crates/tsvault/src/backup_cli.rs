@@ -1,0 +1,309 @@
+//! `tsvault backup ...` and `tsvault restore`: the repository commands. Each shows a progress
+//! bar on a terminal and prints JSON with `--json`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+use tsvault_backup::{BackupManifest, Progress, RepoOptions, Repository};
+
+/// How to reach and open a repository.
+#[derive(Args, Debug, Clone)]
+pub struct RepoArgs {
+    /// The repository: a path, file:///path, or s3://bucket/prefix (credentials and region from
+    /// the AWS_* environment variables).
+    #[arg(long, env = "TSVAULT_REPO")]
+    repo: String,
+    /// A file whose first line is the passphrase (else TSVAULT_REPO_PASSWORD).
+    #[arg(long)]
+    password_file: Option<PathBuf>,
+    /// The S3 endpoint, for S3-compatible servers.
+    #[arg(long, env = "AWS_ENDPOINT")]
+    s3_endpoint: Option<String>,
+    /// Allow plain HTTP to the S3 endpoint.
+    #[arg(long)]
+    s3_allow_http: bool,
+    /// Print the result as JSON (and no progress bar).
+    #[arg(long)]
+    json: bool,
+}
+
+impl RepoArgs {
+    fn options(&self) -> anyhow::Result<RepoOptions> {
+        let password = match &self.password_file {
+            Some(f) => {
+                let text = std::fs::read_to_string(f)
+                    .with_context(|| format!("reading the passphrase from {}", f.display()))?;
+                Some(text.lines().next().unwrap_or("").as_bytes().to_vec())
+            }
+            None => std::env::var_os("TSVAULT_REPO_PASSWORD")
+                .map(|p| p.to_string_lossy().as_bytes().to_vec()),
+        };
+        Ok(RepoOptions {
+            url: self.repo.clone(),
+            password,
+            s3_endpoint: self.s3_endpoint.clone(),
+            s3_allow_http: self.s3_allow_http,
+        })
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BackupCommand {
+    /// Create a repository (encrypted unless --no-encryption).
+    Init {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// Store backups unencrypted (compressed and checksummed only).
+        #[arg(long)]
+        no_encryption: bool,
+    },
+    /// Back up a stopped data directory (a full backup; blobs the repository already holds
+    /// are not uploaded again).
+    Create {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// The data directory of a stopped server.
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+    /// List the backups.
+    List {
+        #[command(flatten)]
+        repo: RepoArgs,
+    },
+    /// Show one backup.
+    Show {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// The backup id, or `latest`.
+        id: String,
+    },
+    /// Check backups without restoring them: every referenced blob exists; with
+    /// --read-data, every blob is read, decrypted and hashed. Exits 1 naming each problem.
+    Verify {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// The backup id, or `latest`.
+        #[arg(conflicts_with = "all", required_unless_present = "all")]
+        id: Option<String>,
+        /// Every backup.
+        #[arg(long)]
+        all: bool,
+        /// Read, decrypt and hash every blob.
+        #[arg(long)]
+        read_data: bool,
+    },
+}
+
+/// `tsvault restore`.
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    #[command(flatten)]
+    repo: RepoArgs,
+    /// The backup id, or `latest`.
+    #[arg(long, default_value = "latest")]
+    backup: String,
+    /// An empty (or new) directory to restore into.
+    #[arg(long)]
+    data_dir: PathBuf,
+}
+
+/// A byte progress bar on a terminal; nothing otherwise or with --json.
+struct Bar(ProgressBar);
+
+impl Bar {
+    fn new(json: bool, what: &str) -> Bar {
+        let pb = if json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            ProgressBar::hidden()
+        } else {
+            ProgressBar::new(0)
+        };
+        pb.set_style(
+            ProgressStyle::with_template(
+                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .expect("template")
+            .progress_chars("=> "),
+        );
+        pb.set_message(what.to_string());
+        Bar(pb)
+    }
+}
+
+impl Progress for Bar {
+    fn start(&self, total_bytes: u64) {
+        self.0.set_length(total_bytes);
+    }
+    fn advance(&self, bytes: u64) {
+        self.0.inc(bytes);
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn summary(m: &BackupManifest) -> serde_json::Value {
+    json!({"id": m.id, "type": m.kind, "parent": m.parent, "base": m.base,
+           "started_ms": m.started_ms, "finished_ms": m.finished_ms, "source": m.source,
+           "files": m.files.len(), "logical_bytes": m.logical_bytes,
+           "uploaded_bytes": m.uploaded_bytes})
+}
+
+async fn resolve(repo: &Repository, id: &str) -> anyhow::Result<String> {
+    if id != "latest" {
+        return Ok(id.to_string());
+    }
+    repo.backup_ids()
+        .await?
+        .pop()
+        .with_context(|| format!("repository {} holds no backup", repo.url))
+}
+
+pub fn backup(cmd: BackupCommand) -> anyhow::Result<ExitCode> {
+    let rt = runtime()?;
+    rt.block_on(async move {
+        match cmd {
+            BackupCommand::Init {
+                repo,
+                no_encryption,
+            } => {
+                let r = Repository::init(&repo.options()?, !no_encryption).await?;
+                if repo.json {
+                    println!("{}", json!({"repository": r.url, "id": r.config.id, "encrypted": r.encrypted()}));
+                } else {
+                    println!(
+                        "created {} repository {} at {}",
+                        if r.encrypted() { "encrypted" } else { "unencrypted" },
+                        r.config.id,
+                        r.url
+                    );
+                }
+            }
+            BackupCommand::Create { repo, data_dir } => {
+                let r = Repository::open(&repo.options()?).await?;
+                let bar = Bar::new(repo.json, "backing up");
+                let m = tsvault_backup::backup_data_dir(&r, &data_dir, &bar).await?;
+                bar.0.finish_and_clear();
+                if repo.json {
+                    println!("{}", summary(&m));
+                } else {
+                    println!(
+                        "backup {} ({:?}): {} files, {} bytes, {} bytes uploaded",
+                        m.id,
+                        m.kind,
+                        m.files.len(),
+                        m.logical_bytes,
+                        m.uploaded_bytes
+                    );
+                }
+            }
+            BackupCommand::List { repo } => {
+                let r = Repository::open(&repo.options()?).await?;
+                let mut all = Vec::new();
+                for id in r.backup_ids().await? {
+                    all.push(r.manifest(&id).await?);
+                }
+                if repo.json {
+                    println!("{}", json!(all.iter().map(summary).collect::<Vec<_>>()));
+                } else {
+                    for m in &all {
+                        println!(
+                            "{}  {:<12}  {:>6} files  {:>14} bytes  {:>14} uploaded  {}",
+                            m.id,
+                            format!("{:?}", m.kind).to_lowercase(),
+                            m.files.len(),
+                            m.logical_bytes,
+                            m.uploaded_bytes,
+                            m.source
+                        );
+                    }
+                }
+            }
+            BackupCommand::Show { repo, id } => {
+                let r = Repository::open(&repo.options()?).await?;
+                let m = r.manifest(&resolve(&r, &id).await?).await?;
+                if repo.json {
+                    println!("{}", serde_json::to_string_pretty(&m)?);
+                } else {
+                    println!("{}", serde_json::to_string_pretty(&summary(&m))?);
+                    for f in &m.files {
+                        println!("  {}  {} bytes  {} blobs", f.path, f.size, f.blobs.len());
+                    }
+                }
+            }
+            BackupCommand::Verify {
+                repo,
+                id,
+                all,
+                read_data,
+            } => {
+                let r = Repository::open(&repo.options()?).await?;
+                let ids = if all {
+                    r.backup_ids().await?
+                } else {
+                    vec![resolve(&r, id.as_deref().unwrap_or("latest")).await?]
+                };
+                let mut problems = Vec::new();
+                for id in &ids {
+                    problems.extend(tsvault_backup::verify_backup(&r, id, read_data).await);
+                }
+                if repo.json {
+                    println!(
+                        "{}",
+                        json!({"backups": ids, "read_data": read_data, "ok": problems.is_empty(),
+                               "problems": problems.iter().map(|p| json!({"backup": p.backup, "problem": p.detail})).collect::<Vec<_>>()})
+                    );
+                } else {
+                    for p in &problems {
+                        eprintln!("backup {}: {}", p.backup, p.detail);
+                    }
+                    if problems.is_empty() {
+                        println!(
+                            "{} backup(s) verified ({})",
+                            ids.len(),
+                            if read_data { "every blob read and hashed" } else { "every blob present" }
+                        );
+                    }
+                }
+                if !problems.is_empty() {
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+pub fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let r = Repository::open(&args.repo.options()?).await?;
+        let bar = Bar::new(args.repo.json, "restoring");
+        let m =
+            tsvault_backup::restore_data_dir(&r, Some(&args.backup), &args.data_dir, &bar).await?;
+        bar.0.finish_and_clear();
+        if args.repo.json {
+            println!(
+                "{}",
+                json!({"restored": summary(&m), "data_dir": args.data_dir})
+            );
+        } else {
+            println!(
+                "restored backup {} into {} ({} files, {} bytes)",
+                m.id,
+                args.data_dir.display(),
+                m.files.len(),
+                m.logical_bytes
+            );
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
