@@ -41,6 +41,9 @@ pub struct RepoOptions {
     pub s3_endpoint: Option<String>,
     /// Allow plain HTTP to the S3 endpoint.
     pub s3_allow_http: bool,
+    /// S3 credentials and region; unset, they come from the `AWS_*` environment variables.
+    pub s3_credentials: Option<(String, String)>,
+    pub s3_region: Option<String>,
 }
 
 /// An open repository.
@@ -72,6 +75,12 @@ fn store_for(opts: &RepoOptions) -> Result<Arc<dyn ObjectStore>> {
         }
         if opts.s3_allow_http {
             b = b.with_allow_http(true);
+        }
+        if let Some((key, secret)) = &opts.s3_credentials {
+            b = b.with_access_key_id(key).with_secret_access_key(secret);
+        }
+        if let Some(region) = &opts.s3_region {
+            b = b.with_region(region);
         }
         let s3 = b
             .build()

@@ -47,6 +47,7 @@ impl RepoArgs {
             password,
             s3_endpoint: self.s3_endpoint.clone(),
             s3_allow_http: self.s3_allow_http,
+            ..RepoOptions::default()
         })
     }
 }
