@@ -7,6 +7,7 @@ use std::path::{Component, Path, PathBuf};
 use rand::RngCore;
 
 use crate::error::{Error, Result};
+use crate::locks::{Lock, LockKind, now_ms};
 use crate::manifest::{BackupManifest, BackupType, FileEntry};
 use crate::repo::Repository;
 
@@ -26,12 +27,6 @@ pub struct NoProgress;
 impl Progress for NoProgress {
     fn start(&self, _: u64) {}
     fn advance(&self, _: u64) {}
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// A new backup id: the UTC time to the millisecond, then random hex, so ids sort by time.
@@ -126,6 +121,33 @@ pub async fn backup_data_dir(
             dir.display()
         )));
     }
+    let repo_lock = Lock::acquire(repo, LockKind::Backup).await?;
+    let result = backup_locked(repo, dir, progress, repo_lock).await;
+    drop(lock);
+    result
+}
+
+/// The body of [`backup_data_dir`], holding the repository's shared lock, which it releases
+/// (on success and on failure) after the manifest is written.
+async fn backup_locked(
+    repo: &Repository,
+    dir: &Path,
+    progress: &dyn Progress,
+    mut repo_lock: Lock,
+) -> Result<BackupManifest> {
+    let written = write_backup(repo, dir, progress, &mut repo_lock).await;
+    let released = repo_lock.release(repo).await;
+    let manifest = written?;
+    released?;
+    Ok(manifest)
+}
+
+async fn write_backup(
+    repo: &Repository,
+    dir: &Path,
+    progress: &dyn Progress,
+    repo_lock: &mut Lock,
+) -> Result<BackupManifest> {
     let started_ms = now_ms();
     let files = data_files(dir)?;
     let mut total = 0;
@@ -151,6 +173,7 @@ pub async fn backup_data_dir(
             let chunk = &buf[..n];
             hasher.update(chunk);
             let (id, up) = repo.put_blob(chunk).await?;
+            repo_lock.refresh_if_due(repo).await?;
             blobs.push(id);
             uploaded += up;
             size += n as u64;
@@ -177,7 +200,6 @@ pub async fn backup_data_dir(
         files: entries,
     };
     repo.put_manifest(&manifest).await?;
-    drop(lock);
     Ok(manifest)
 }
 

@@ -4,17 +4,21 @@
 //! first and a backup's manifest last, so a manifest exists only for a complete backup.
 //!
 //! What exists so far: `init`, full backups of a stopped data directory, `list`/`show`,
-//! restore into an empty directory, and verify (structure, read-data).
+//! restore into an empty directory, verify (structure, read-data), and prune with locks.
 
 mod crypto;
 mod data_dir;
 mod error;
+mod locks;
 mod manifest;
+mod prune;
 mod repo;
 
 pub use data_dir::{
     CHUNK_BYTES, NoProgress, Problem, Progress, backup_data_dir, restore_data_dir, verify_backup,
 };
 pub use error::{Error, Result};
+pub use locks::{LOCK_STALE_MS, Lock, LockInfo, LockKind};
 pub use manifest::{BackupManifest, BackupType, FileEntry};
+pub use prune::{BackupTime, KeepPolicy, PruneReport, prune, select_kept};
 pub use repo::{RepoConfig, RepoOptions, Repository};

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::crypto::{KeyWrap, Keys};
 use crate::error::{Error, Result};
+use crate::locks::{LockInfo, LockKind};
 use crate::manifest::BackupManifest;
 
 /// The repository format this code writes and reads.
@@ -293,6 +294,94 @@ impl Repository {
             Ok(_) => Ok(true),
             Err(object_store::Error::NotFound { .. }) => Ok(false),
             Err(e) => Err(Error::store("check", &path)(e)),
+        }
+    }
+
+    /// Writes lock `name` (plain JSON: it says who holds it, nothing secret).
+    pub(crate) async fn put_lock(&self, name: &str, info: &LockInfo) -> Result<()> {
+        let path = ObjPath::from(format!("locks/{name}"));
+        let body = serde_json::to_vec(info).expect("lock serializes");
+        self.store
+            .put(&path, PutPayload::from(body))
+            .await
+            .map_err(Error::store("write", &path))?;
+        Ok(())
+    }
+
+    pub(crate) async fn delete_lock(&self, name: &str) -> Result<()> {
+        let path = ObjPath::from(format!("locks/{name}"));
+        match self.store.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(Error::store("delete", &path)(e)),
+        }
+    }
+
+    /// Every lock, by name; unreadable ones count as live backup locks (safe for prune).
+    pub(crate) async fn locks(&self) -> Result<Vec<(String, LockInfo)>> {
+        let prefix = ObjPath::from("locks");
+        let names: Vec<ObjPath> = self
+            .store
+            .list(Some(&prefix))
+            .map_ok(|meta| meta.location)
+            .try_collect()
+            .await
+            .map_err(Error::store("list", &prefix))?;
+        let mut out = Vec::new();
+        for path in names {
+            let name = path.filename().unwrap_or_default().to_string();
+            let info = match self.store.get(&path).await {
+                Ok(r) => r
+                    .bytes()
+                    .await
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<LockInfo>(&b).ok()),
+                // Removed between the listing and the read: released.
+                Err(object_store::Error::NotFound { .. }) => continue,
+                Err(e) => return Err(Error::store("read", &path)(e)),
+            };
+            let info = info.unwrap_or(LockInfo {
+                kind: LockKind::Backup,
+                id: name.clone(),
+                host: "(unreadable lock)".into(),
+                pid: 0,
+                refreshed_ms: crate::locks::now_ms(),
+            });
+            out.push((name, info));
+        }
+        Ok(out)
+    }
+
+    /// Removes backup `id`'s manifest (its blobs stay until garbage collection).
+    pub(crate) async fn delete_manifest(&self, id: &str) -> Result<()> {
+        let path = ObjPath::from(format!("backups/{id}"));
+        self.store
+            .delete(&path)
+            .await
+            .map_err(Error::store("delete", &path))
+    }
+
+    /// Every stored blob: id, size in bytes and when it was written (ms since the epoch).
+    pub(crate) async fn blobs(&self) -> Result<Vec<(String, u64, i64)>> {
+        let prefix = ObjPath::from("data");
+        self.store
+            .list(Some(&prefix))
+            .map_ok(|meta| {
+                (
+                    meta.location.filename().unwrap_or_default().to_string(),
+                    meta.size,
+                    meta.last_modified.timestamp_millis(),
+                )
+            })
+            .try_collect()
+            .await
+            .map_err(Error::store("list", &prefix))
+    }
+
+    pub(crate) async fn delete_blob(&self, id: &str) -> Result<()> {
+        let path = Self::blob_path(id);
+        match self.store.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(Error::store("delete", &path)(e)),
         }
     }
 

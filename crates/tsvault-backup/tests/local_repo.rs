@@ -4,7 +4,8 @@
 use std::path::Path;
 
 use tsvault_backup::{
-    NoProgress, RepoOptions, Repository, backup_data_dir, restore_data_dir, verify_backup,
+    KeepPolicy, NoProgress, RepoOptions, Repository, backup_data_dir, prune, restore_data_dir,
+    verify_backup,
 };
 use tsvault_model::{Point, Sample, SeriesKey};
 use tsvault_storage::{Engine, EngineConfig};
@@ -225,4 +226,82 @@ async fn verify_names_each_kind_of_damage() {
         );
         assert!(problems[0].detail.contains("damaged"), "{problems:?}");
     }
+}
+
+#[tokio::test]
+async fn prune_removes_what_the_policy_drops_and_waits_for_running_backups() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, repo_dir) = (tmp.path().join("src"), tmp.path().join("repo"));
+    data_dir(&src);
+    let repo = Repository::init(&opts(&repo_dir, None), false)
+        .await
+        .unwrap();
+    let first = backup_data_dir(&repo, &src, &NoProgress).await.unwrap();
+    // More data, flushed into a new segment: the second backup has blobs the first lacks,
+    // and shares the first's segment.
+    {
+        let e = Engine::open(EngineConfig::new(&src)).unwrap();
+        let p: Vec<Point> = (0..500)
+            .map(|i| Point {
+                key: key("c"),
+                ts_ms: 1_800_000_000_000 + i,
+                value: i as f64,
+            })
+            .collect();
+        e.write(&p).unwrap();
+        e.close().unwrap();
+    }
+    let second = backup_data_dir(&repo, &src, &NoProgress).await.unwrap();
+    assert!(second.uploaded_bytes > 0);
+    let blobs_before = files(&repo_dir.join("data")).len();
+
+    // A backup in progress holds its lock: prune refuses, naming it, and deletes nothing.
+    let running = tsvault_backup::LockKind::Backup;
+    let lock = tsvault_backup::Lock::acquire(&repo, running).await.unwrap();
+    let keep_last_1 = KeepPolicy {
+        last: 1,
+        ..KeepPolicy::default()
+    };
+    let err = prune(&repo, &keep_last_1, false).await.unwrap_err();
+    assert!(err.to_string().contains("a backup is running"), "{err}");
+    assert_eq!(files(&repo_dir.join("data")).len(), blobs_before);
+    lock.release(&repo).await.unwrap();
+
+    // An empty policy is refused rather than removing everything.
+    let err = prune(&repo, &KeepPolicy::default(), false)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("--keep-last"), "{err}");
+
+    // Dry run: reports, changes nothing.
+    let dry = prune(&repo, &keep_last_1, true).await.unwrap();
+    assert_eq!(dry.removed, vec![first.id.clone()]);
+    assert_eq!(repo.backup_ids().await.unwrap().len(), 2);
+    assert_eq!(files(&repo_dir.join("data")).len(), blobs_before);
+
+    let done = prune(&repo, &keep_last_1, false).await.unwrap();
+    assert_eq!(done.removed, vec![first.id.clone()]);
+    assert_eq!(repo.backup_ids().await.unwrap(), vec![second.id.clone()]);
+    // Exactly the blobs only the first backup used are gone; the second is whole.
+    let referenced: std::collections::HashSet<&String> =
+        second.files.iter().flat_map(|f| &f.blobs).collect();
+    let only_first: std::collections::HashSet<&String> = first
+        .files
+        .iter()
+        .flat_map(|f| &f.blobs)
+        .filter(|b| !referenced.contains(b))
+        .collect();
+    assert!(!only_first.is_empty());
+    assert_eq!(done.blobs_deleted as usize, only_first.len());
+    assert_eq!(
+        files(&repo_dir.join("data")).len(),
+        blobs_before - only_first.len()
+    );
+    assert!(verify_backup(&repo, &second.id, true).await.is_empty());
+    assert!(
+        files(&repo_dir)
+            .iter()
+            .all(|f| !f.starts_with(repo_dir.join("locks"))),
+        "locks left behind"
+    );
 }

@@ -98,6 +98,30 @@ pub enum BackupCommand {
         #[arg(long)]
         read_data: bool,
     },
+    /// Remove the backups a keep policy does not keep, then delete the blobs no remaining
+    /// backup references (never while a backup is running).
+    Prune {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// Keep the newest N backups.
+        #[arg(long, default_value_t = 0)]
+        keep_last: usize,
+        /// Keep the newest backup of each of the last N hours that have one.
+        #[arg(long, default_value_t = 0)]
+        keep_hourly: usize,
+        /// ... of each of the last N days (UTC).
+        #[arg(long, default_value_t = 0)]
+        keep_daily: usize,
+        /// ... of each of the last N weeks (Monday to Sunday, UTC).
+        #[arg(long, default_value_t = 0)]
+        keep_weekly: usize,
+        /// ... of each of the last N months (UTC).
+        #[arg(long, default_value_t = 0)]
+        keep_monthly: usize,
+        /// Report what would be removed, and remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 /// `tsvault restore`.
@@ -276,6 +300,44 @@ pub fn backup(cmd: BackupCommand) -> anyhow::Result<ExitCode> {
                 }
                 if !problems.is_empty() {
                     return Ok(ExitCode::FAILURE);
+                }
+            }
+            BackupCommand::Prune {
+                repo,
+                keep_last,
+                keep_hourly,
+                keep_daily,
+                keep_weekly,
+                keep_monthly,
+                dry_run,
+            } => {
+                let r = Repository::open(&repo.options()?).await?;
+                let policy = tsvault_backup::KeepPolicy {
+                    last: keep_last,
+                    hourly: keep_hourly,
+                    daily: keep_daily,
+                    weekly: keep_weekly,
+                    monthly: keep_monthly,
+                };
+                let report = tsvault_backup::prune(&r, &policy, dry_run).await?;
+                if repo.json {
+                    println!("{}", serde_json::to_string(&report)?);
+                } else {
+                    let verb = if dry_run { "would remove" } else { "removed" };
+                    for (id, why) in &report.kept {
+                        println!("keep    {id}  ({})", why.join(", "));
+                    }
+                    for id in &report.removed {
+                        println!("{verb:<7} {id}");
+                    }
+                    println!(
+                        "{} {} backup(s) and {} unreferenced blob(s), {} bytes; {} blob(s) kept",
+                        verb,
+                        report.removed.len(),
+                        report.blobs_deleted,
+                        report.bytes_deleted,
+                        report.blobs_kept
+                    );
                 }
             }
         }

@@ -129,6 +129,25 @@ fn backup_restore_and_verify_through_the_cli() {
     assert_eq!(answers(&s.base), want);
     drop(s);
 
+    // Prune through the CLI: one backup, kept; no rule at all is refused.
+    let pruned = ok(&tsvault(
+        &[
+            "backup",
+            "prune",
+            "--repo",
+            repo_s,
+            "--keep-last",
+            "1",
+            "--json",
+        ],
+        "pw",
+    ));
+    assert_eq!(pruned["removed"], json!([]));
+    assert_eq!(pruned["kept"][id.as_str()], json!(["last"]));
+    let none = tsvault(&["backup", "prune", "--repo", repo_s], "pw");
+    assert_eq!(none.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&none.stderr).contains("no keep rule given"));
+
     // Damage one blob: verify --read-data exits 1 and names it.
     let blob = first_file(&repo.join("data"));
     let mut bytes = std::fs::read(&blob).unwrap();

@@ -1,0 +1,108 @@
+//! Repository locks (`locks/<kind>-<id>`): a backup holds a shared lock while it writes, prune
+//! an exclusive one while it deletes, so prune never deletes a blob a running backup has
+//! found already stored and is about to reference. Each side creates its lock, then looks for
+//! the other's: of two that start together at least one sees the other and backs off.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::repo::Repository;
+
+/// A lock not refreshed for this long is stale (its process died): ignored and removable.
+pub const LOCK_STALE_MS: i64 = 30 * 60 * 1000;
+/// How often a long operation rewrites its lock.
+pub const LOCK_REFRESH_MS: i64 = 5 * 60 * 1000;
+
+/// What holds a lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LockKind {
+    Backup,
+    Prune,
+}
+
+/// The content of a lock object.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LockInfo {
+    pub kind: LockKind,
+    pub id: String,
+    pub host: String,
+    pub pid: u32,
+    /// When it was last written, ms since the epoch.
+    pub refreshed_ms: i64,
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A held lock; [`Lock::release`] removes it (a lock dropped without release goes stale).
+pub struct Lock {
+    info: LockInfo,
+    name: String,
+}
+
+impl Lock {
+    /// Takes a lock of `kind`, refusing when a conflicting live lock exists: a backup
+    /// conflicts with a prune; a prune with anything.
+    pub async fn acquire(repo: &Repository, kind: LockKind) -> Result<Lock> {
+        let mut rnd = [0u8; 8];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut rnd);
+        let id = hex::encode(rnd);
+        let info = LockInfo {
+            kind,
+            id: id.clone(),
+            host: std::fs::read_to_string("/etc/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_default(),
+            pid: std::process::id(),
+            refreshed_ms: now_ms(),
+        };
+        let name = format!(
+            "{}-{id}",
+            if kind == LockKind::Backup {
+                "backup"
+            } else {
+                "prune"
+            }
+        );
+        repo.put_lock(&name, &info).await?;
+        let lock = Lock { info, name };
+        let now = now_ms();
+        for (other_name, other) in repo.locks().await? {
+            if other_name == lock.name || now - other.refreshed_ms > LOCK_STALE_MS {
+                continue;
+            }
+            let conflict = kind == LockKind::Prune || other.kind == LockKind::Prune;
+            if conflict {
+                lock.release(repo).await?;
+                let what = if other.kind == LockKind::Prune {
+                    "a prune"
+                } else {
+                    "a backup"
+                };
+                return Err(Error::Invalid(format!(
+                    "{what} is running on repository {} (lock {other_name}, host {:?}, pid {}); try again when it ends",
+                    repo.url, other.host, other.pid
+                )));
+            }
+        }
+        Ok(lock)
+    }
+
+    /// Rewrites the lock if it is due, so it does not go stale during a long operation.
+    pub async fn refresh_if_due(&mut self, repo: &Repository) -> Result<()> {
+        let now = now_ms();
+        if now - self.info.refreshed_ms >= LOCK_REFRESH_MS {
+            self.info.refreshed_ms = now;
+            repo.put_lock(&self.name, &self.info).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn release(self, repo: &Repository) -> Result<()> {
+        repo.delete_lock(&self.name).await
+    }
+}
