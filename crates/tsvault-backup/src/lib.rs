@@ -4,8 +4,9 @@
 //! first and a backup's manifest last, so a manifest exists only for a complete backup.
 //!
 //! What exists so far: `init`, full backups of a stopped data directory, `list`/`show`,
-//! restore into an empty directory, verify (structure, read-data), and prune with locks.
+//! restore into an empty directory, verify (structure, read-data), prune with locks, and copy to a second repository.
 
+mod copy;
 mod crypto;
 mod data_dir;
 mod error;
@@ -14,6 +15,7 @@ mod manifest;
 mod prune;
 mod repo;
 
+pub use copy::{CopyReport, copy_backups};
 pub use data_dir::{
     CHUNK_BYTES, NoProgress, Problem, Progress, backup_data_dir, restore_data_dir, verify_backup,
 };

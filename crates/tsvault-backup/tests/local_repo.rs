@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use tsvault_backup::{
-    KeepPolicy, NoProgress, RepoOptions, Repository, backup_data_dir, prune, restore_data_dir,
-    verify_backup,
+    KeepPolicy, NoProgress, RepoOptions, Repository, backup_data_dir, copy_backups, prune,
+    restore_data_dir, verify_backup,
 };
 use tsvault_model::{Point, Sample, SeriesKey};
 use tsvault_storage::{Engine, EngineConfig};
@@ -304,4 +304,40 @@ async fn prune_removes_what_the_policy_drops_and_waits_for_running_backups() {
             .all(|f| !f.starts_with(repo_dir.join("locks"))),
         "locks left behind"
     );
+}
+
+#[tokio::test]
+async fn copy_mirrors_backups_into_a_second_repository_uploading_only_what_it_lacks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, a_dir, b_dir, dst) = (
+        tmp.path().join("src"),
+        tmp.path().join("a"),
+        tmp.path().join("b"),
+        tmp.path().join("dst"),
+    );
+    data_dir(&src);
+    let a = Repository::init(&opts(&a_dir, Some("pw-a")), true)
+        .await
+        .unwrap();
+    let b = Repository::init(&opts(&b_dir, None), false).await.unwrap();
+    let first = backup_data_dir(&a, &src, &NoProgress).await.unwrap();
+    let second = backup_data_dir(&a, &src, &NoProgress).await.unwrap();
+    let ids = a.backup_ids().await.unwrap();
+    let report = copy_backups(&a, &b, &ids).await.unwrap();
+    assert_eq!(report.copied, ids);
+    // The second backup shares every blob with the first: uploaded once.
+    let distinct: std::collections::HashSet<&String> =
+        first.files.iter().flat_map(|f| &f.blobs).collect();
+    assert_eq!(report.blobs_uploaded as usize, distinct.len());
+    assert_eq!(b.manifest(&second.id).await.unwrap().uploaded_bytes, 0);
+    // Again: nothing to do.
+    let again = copy_backups(&a, &b, &ids).await.unwrap();
+    assert_eq!(again.already_there, ids);
+    assert_eq!(again.blobs_uploaded, 0);
+    // The copy restores on its own, under the target's keys.
+    assert!(verify_backup(&b, &first.id, true).await.is_empty());
+    restore_data_dir(&b, Some(&first.id), &dst, &NoProgress)
+        .await
+        .unwrap();
+    assert_eq!(all(&dst), all(&src));
 }

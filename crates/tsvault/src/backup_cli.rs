@@ -122,6 +122,27 @@ pub enum BackupCommand {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Copy backups to a second repository (offsite), uploading only the blobs it lacks.
+    Copy {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// The target repository (a path, file:///path or s3://bucket/prefix).
+        #[arg(long)]
+        to: String,
+        /// A file whose first line is the target's passphrase (else
+        /// TSVAULT_TO_REPO_PASSWORD).
+        #[arg(long)]
+        to_password_file: Option<PathBuf>,
+        /// The target's S3 endpoint, for S3-compatible servers.
+        #[arg(long)]
+        to_s3_endpoint: Option<String>,
+        /// The backup id, or `latest`.
+        #[arg(conflicts_with = "all", required_unless_present = "all")]
+        id: Option<String>,
+        /// Every backup.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 /// `tsvault restore`.
@@ -300,6 +321,55 @@ pub fn backup(cmd: BackupCommand) -> anyhow::Result<ExitCode> {
                 }
                 if !problems.is_empty() {
                     return Ok(ExitCode::FAILURE);
+                }
+            }
+            BackupCommand::Copy {
+                repo,
+                to,
+                to_password_file,
+                to_s3_endpoint,
+                id,
+                all,
+            } => {
+                let from = Repository::open(&repo.options()?).await?;
+                let password = match &to_password_file {
+                    Some(f) => Some(
+                        std::fs::read_to_string(f)
+                            .with_context(|| format!("reading the passphrase from {}", f.display()))?
+                            .lines()
+                            .next()
+                            .unwrap_or("")
+                            .as_bytes()
+                            .to_vec(),
+                    ),
+                    None => std::env::var_os("TSVAULT_TO_REPO_PASSWORD")
+                        .map(|p| p.to_string_lossy().as_bytes().to_vec()),
+                };
+                let target = Repository::open(&RepoOptions {
+                    url: to,
+                    password,
+                    s3_endpoint: to_s3_endpoint,
+                    s3_allow_http: repo.s3_allow_http,
+                    ..RepoOptions::default()
+                })
+                .await?;
+                let ids = if all {
+                    from.backup_ids().await?
+                } else {
+                    vec![resolve(&from, id.as_deref().unwrap_or("latest")).await?]
+                };
+                let report = tsvault_backup::copy_backups(&from, &target, &ids).await?;
+                if repo.json {
+                    println!("{}", serde_json::to_string(&report)?);
+                } else {
+                    println!(
+                        "copied {} backup(s) to {} ({} already there): {} blob(s), {} bytes uploaded",
+                        report.copied.len(),
+                        target.url,
+                        report.already_there.len(),
+                        report.blobs_uploaded,
+                        report.bytes_uploaded
+                    );
                 }
             }
             BackupCommand::Prune {

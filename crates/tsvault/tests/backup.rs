@@ -148,6 +148,35 @@ fn backup_restore_and_verify_through_the_cli() {
     assert_eq!(none.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&none.stderr).contains("no keep rule given"));
 
+    // Copy to a second, unencrypted repository, then restore from it.
+    let mirror = tmp.path().join("mirror");
+    let mirror_s = mirror.to_str().unwrap();
+    ok(&tsvault(
+        &["backup", "init", "--repo", mirror_s, "--no-encryption"],
+        "pw",
+    ));
+    let copied = ok(&tsvault(
+        &[
+            "backup", "copy", "--repo", repo_s, "--to", mirror_s, "--all", "--json",
+        ],
+        "pw",
+    ));
+    assert_eq!(copied["copied"], json!([id.as_str()]));
+    let from_mirror = tmp.path().join("from-mirror");
+    ok(&tsvault(
+        &[
+            "restore",
+            "--repo",
+            mirror_s,
+            "--data-dir",
+            from_mirror.to_str().unwrap(),
+        ],
+        "pw",
+    ));
+    let s = Server::start(&from_mirror, &[]);
+    assert_eq!(answers(&s.base), want);
+    drop(s);
+
     // Damage one blob: verify --read-data exits 1 and names it.
     let blob = first_file(&repo.join("data"));
     let mut bytes = std::fs::read(&blob).unwrap();
