@@ -92,11 +92,15 @@ fn data_files(dir: &Path) -> Result<Vec<String>> {
     Ok(out)
 }
 
-/// Backs up the stopped data directory `dir` as a full backup. Refuses a directory a running
+/// Backs up the stopped data directory `dir`. `kind` None: incremental when the repository
+/// holds a full backup of this directory, else full. Incremental (against the newest backup
+/// of the directory) and differential (against its newest full) backups list every file but
+/// read only those whose size or modification time changed. Refuses a directory a running
 /// server holds (its lock is taken). Blobs first, the manifest last.
 pub async fn backup_data_dir(
     repo: &Repository,
     dir: &Path,
+    kind: Option<BackupType>,
     progress: &dyn Progress,
 ) -> Result<BackupManifest> {
     if !dir.join("MANIFEST").is_file() && !dir.join("wal").is_dir() {
@@ -122,7 +126,7 @@ pub async fn backup_data_dir(
         )));
     }
     let repo_lock = Lock::acquire(repo, LockKind::Backup).await?;
-    let result = backup_locked(repo, dir, progress, repo_lock).await;
+    let result = backup_locked(repo, dir, kind, progress, repo_lock).await;
     drop(lock);
     result
 }
@@ -132,34 +136,123 @@ pub async fn backup_data_dir(
 async fn backup_locked(
     repo: &Repository,
     dir: &Path,
+    kind: Option<BackupType>,
     progress: &dyn Progress,
     mut repo_lock: Lock,
 ) -> Result<BackupManifest> {
-    let written = write_backup(repo, dir, progress, &mut repo_lock).await;
+    let written = write_backup(repo, dir, kind, progress, &mut repo_lock).await;
     let released = repo_lock.release(repo).await;
     let manifest = written?;
     released?;
     Ok(manifest)
 }
 
+/// The modification time of `md` in ns since the epoch (0 when the system has none).
+fn mtime_ns(md: &fs::Metadata) -> i128 {
+    md.modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as i128)
+}
+
+/// The backup an incremental (the newest of this source) or differential (the newest full
+/// of this source) backup is taken against; None for a full one, or when there is none.
+async fn reference(
+    repo: &Repository,
+    source: &str,
+    kind: BackupType,
+) -> Result<Option<BackupManifest>> {
+    if kind == BackupType::Full {
+        return Ok(None);
+    }
+    let ids = repo.backup_ids().await?;
+    for id in ids.iter().rev() {
+        let m = repo.manifest(id).await?;
+        if m.source != source {
+            continue;
+        }
+        if kind == BackupType::Incremental || m.kind == BackupType::Full {
+            return Ok(Some(m));
+        }
+    }
+    Ok(None)
+}
+
+/// The type a backup gets when none is asked for: incremental when the repository holds a
+/// full backup of this source, else full.
+async fn default_kind(repo: &Repository, source: &str) -> Result<BackupType> {
+    Ok(
+        match reference(repo, source, BackupType::Differential).await? {
+            Some(_) => BackupType::Incremental,
+            None => BackupType::Full,
+        },
+    )
+}
+
 async fn write_backup(
     repo: &Repository,
     dir: &Path,
+    kind: Option<BackupType>,
     progress: &dyn Progress,
     repo_lock: &mut Lock,
 ) -> Result<BackupManifest> {
     let started_ms = now_ms();
+    let source = fs::canonicalize(dir)
+        .map_err(Error::io("resolve", dir))?
+        .display()
+        .to_string();
+    let kind = match kind {
+        Some(k) => k,
+        None => default_kind(repo, &source).await?,
+    };
+    let reference = reference(repo, &source, kind).await?;
+    if kind != BackupType::Full && reference.is_none() {
+        return Err(Error::Invalid(format!(
+            "no full backup of {source} in repository {} to take a {} backup against; take a full one first",
+            repo.url,
+            if kind == BackupType::Incremental {
+                "incremental"
+            } else {
+                "differential"
+            }
+        )));
+    }
+    let known: std::collections::HashMap<&str, &FileEntry> = reference
+        .iter()
+        .flat_map(|m| m.files.iter().map(|f| (f.path.as_str(), f)))
+        .collect();
     let files = data_files(dir)?;
+    let mut stats = Vec::with_capacity(files.len());
     let mut total = 0;
     for f in &files {
         let p = dir.join(f);
-        total += fs::metadata(&p).map_err(Error::io("stat", &p))?.len();
+        let md = fs::metadata(&p).map_err(Error::io("stat", &p))?;
+        total += md.len();
+        stats.push((md.len(), mtime_ns(&md)));
     }
     progress.start(total);
     let mut entries = Vec::with_capacity(files.len());
-    let (mut logical, mut uploaded) = (0u64, 0u64);
+    let (mut logical, mut uploaded, mut read) = (0u64, 0u64, 0u64);
     let mut buf = vec![0u8; CHUNK_BYTES];
-    for rel in files {
+    for (rel, (size_now, mtime)) in files.into_iter().zip(stats) {
+        // Unchanged since the reference (same size and modification time) and still whole
+        // in the repository: its entry is reused without reading the file.
+        if let Some(old) = known.get(rel.as_str())
+            && old.size == size_now
+            && old.mtime_ns == mtime
+            && mtime != 0
+        {
+            let mut present = true;
+            for blob in &old.blobs {
+                present &= repo.has_blob(blob).await?;
+            }
+            if present {
+                logical += old.size;
+                progress.advance(old.size);
+                entries.push((*old).clone());
+                continue;
+            }
+        }
         let p = dir.join(&rel);
         let mut file = File::open(&p).map_err(Error::io("open", &p))?;
         let mut hasher = blake3::Hasher::new();
@@ -179,24 +272,39 @@ async fn write_backup(
             size += n as u64;
             progress.advance(n as u64);
         }
+        read += size;
         logical += size;
         entries.push(FileEntry {
             path: rel,
             size,
             blake3: hasher.finalize().to_hex().to_string(),
             blobs,
+            mtime_ns: mtime,
         });
     }
+    let (parent, base) = match (&reference, kind) {
+        (Some(r), BackupType::Incremental) => (
+            Some(r.id.clone()),
+            if r.kind == BackupType::Full {
+                Some(r.id.clone())
+            } else {
+                r.base.clone()
+            },
+        ),
+        (Some(r), BackupType::Differential) => (Some(r.id.clone()), Some(r.id.clone())),
+        _ => (None, None),
+    };
     let manifest = BackupManifest {
         id: new_backup_id(started_ms),
-        kind: BackupType::Full,
-        parent: None,
-        base: None,
+        kind,
+        parent,
+        base,
         started_ms,
         finished_ms: now_ms(),
-        source: dir.display().to_string(),
+        source,
         logical_bytes: logical,
         uploaded_bytes: uploaded,
+        read_bytes: read,
         files: entries,
     };
     repo.put_manifest(&manifest).await?;

@@ -20,6 +20,10 @@ pub struct FileEntry {
     /// BLAKE3 of the whole file, hex.
     pub blake3: String,
     pub blobs: Vec<String>,
+    /// The file's modification time (ns since the epoch) when it was read: with the size, how
+    /// a later incremental or differential backup knows it is unchanged without reading it.
+    #[serde(default)]
+    pub mtime_ns: i128,
 }
 
 /// A backup (`backups/<id>`).
@@ -40,5 +44,8 @@ pub struct BackupManifest {
     pub logical_bytes: u64,
     /// Bytes uploaded for this backup (after deduplication, compression, encryption).
     pub uploaded_bytes: u64,
+    /// Bytes read from the source: files unchanged since the parent (or base) are not read.
+    #[serde(default)]
+    pub read_bytes: u64,
     pub files: Vec<FileEntry>,
 }

@@ -10,8 +10,10 @@ use crate::locks::{Lock, LockKind, now_ms};
 use crate::repo::Repository;
 
 /// How many backups to keep: the newest `last`, and the newest of each of the `hourly` most
-/// recent hours that have a backup (likewise days, ISO weeks, months; all UTC). A backup kept
-/// by any rule is kept, and so are the backups it needs (its parent and base).
+/// recent hours that have a backup (likewise days, weeks, months; all UTC). A backup kept by
+/// any rule is kept. Every manifest lists all of its files (an incremental or differential
+/// backup only skipped reading the unchanged ones), so a backup never needs its parent or
+/// base to be restored, and each is kept or removed on its own.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct KeepPolicy {
     pub last: usize,
@@ -32,8 +34,6 @@ impl KeepPolicy {
 pub struct BackupTime {
     pub id: String,
     pub started_ms: i64,
-    pub parent: Option<String>,
-    pub base: Option<String>,
 }
 
 /// Days since 1970-01-01 of (year, month, day): Howard Hinnant's algorithm.
@@ -91,20 +91,6 @@ pub fn select_kept(
             }
         }
     }
-    // A kept incremental or differential needs its chain.
-    let by_id: BTreeMap<&str, &BackupTime> = backups.iter().map(|b| (b.id.as_str(), b)).collect();
-    let mut stack: Vec<String> = kept.keys().cloned().collect();
-    while let Some(id) = stack.pop() {
-        let Some(b) = by_id.get(id.as_str()) else {
-            continue;
-        };
-        for dep in [&b.parent, &b.base].into_iter().flatten() {
-            if by_id.contains_key(dep.as_str()) && !kept.contains_key(dep) {
-                kept.insert(dep.clone(), vec![format!("needed by {id}")]);
-                stack.push(dep.clone());
-            }
-        }
-    }
     let removed = newest_first
         .iter()
         .filter(|b| !kept.contains_key(&b.id))
@@ -153,8 +139,6 @@ async fn prune_locked(
         times.push(BackupTime {
             id,
             started_ms: m.started_ms,
-            parent: m.parent,
-            base: m.base,
         });
     }
     let (kept, removed) = select_kept(&times, policy);
@@ -203,8 +187,6 @@ mod tests {
         BackupTime {
             id: id.into(),
             started_ms: ms,
-            parent: None,
-            base: None,
         }
     }
 
@@ -308,40 +290,5 @@ mod tests {
             .len(),
             40
         );
-    }
-
-    #[test]
-    fn a_kept_backup_keeps_its_chain() {
-        let mut backups = vec![
-            at("full", 0),
-            at("inc1", H),
-            at("inc2", 2 * H),
-            at("other", 3 * H),
-        ];
-        backups[1].parent = Some("full".into());
-        backups[1].base = Some("full".into());
-        backups[2].parent = Some("inc1".into());
-        backups[2].base = Some("full".into());
-        let (k, removed) = select_kept(
-            &backups[..3],
-            &KeepPolicy {
-                last: 1,
-                ..KeepPolicy::default()
-            },
-        );
-        assert_eq!(
-            k.keys().cloned().collect::<Vec<_>>(),
-            vec!["full", "inc1", "inc2"]
-        );
-        assert_eq!(k["inc1"], vec!["needed by inc2"]);
-        assert!(removed.is_empty());
-        let (_, removed) = select_kept(
-            &backups,
-            &KeepPolicy {
-                last: 1,
-                ..KeepPolicy::default()
-            },
-        );
-        assert_eq!(removed, vec!["inc2", "inc1", "full"]);
     }
 }

@@ -61,12 +61,16 @@ async fn full_backup_restores_every_sample_and_dedups_a_second_run() {
     let repo = Repository::init(&opts(&repo_dir, Some("pw")), true)
         .await
         .unwrap();
-    let first = backup_data_dir(&repo, &src, &NoProgress).await.unwrap();
+    let first = backup_data_dir(&repo, &src, None, &NoProgress)
+        .await
+        .unwrap();
     assert!(first.uploaded_bytes > 0);
     assert!(first.files.iter().any(|f| f.path.starts_with("segments/")));
     assert!(first.files.iter().any(|f| f.path.starts_with("wal/")));
     // Nothing changed: the second backup uploads nothing new.
-    let second = backup_data_dir(&repo, &src, &NoProgress).await.unwrap();
+    let second = backup_data_dir(&repo, &src, None, &NoProgress)
+        .await
+        .unwrap();
     assert_eq!(second.uploaded_bytes, 0);
     assert_eq!(
         repo.backup_ids().await.unwrap(),
@@ -160,7 +164,9 @@ async fn verify_names_each_kind_of_damage() {
         data_dir(&src);
         let o = opts(&repo_dir, encrypted.then_some("pw"));
         let repo = Repository::init(&o, encrypted).await.unwrap();
-        let b = backup_data_dir(&repo, &src, &NoProgress).await.unwrap();
+        let b = backup_data_dir(&repo, &src, None, &NoProgress)
+            .await
+            .unwrap();
         assert!(verify_backup(&repo, &b.id, true).await.is_empty());
         let blobs = files(&repo_dir.join("data"));
         assert!(blobs.len() >= 3, "{blobs:?}");
@@ -236,7 +242,9 @@ async fn prune_removes_what_the_policy_drops_and_waits_for_running_backups() {
     let repo = Repository::init(&opts(&repo_dir, None), false)
         .await
         .unwrap();
-    let first = backup_data_dir(&repo, &src, &NoProgress).await.unwrap();
+    let first = backup_data_dir(&repo, &src, None, &NoProgress)
+        .await
+        .unwrap();
     // More data, flushed into a new segment: the second backup has blobs the first lacks,
     // and shares the first's segment.
     {
@@ -251,8 +259,13 @@ async fn prune_removes_what_the_policy_drops_and_waits_for_running_backups() {
         e.write(&p).unwrap();
         e.close().unwrap();
     }
-    let second = backup_data_dir(&repo, &src, &NoProgress).await.unwrap();
+    let second = backup_data_dir(&repo, &src, None, &NoProgress)
+        .await
+        .unwrap();
     assert!(second.uploaded_bytes > 0);
+    // An incremental, taken against the first; its manifest still lists every file.
+    assert_eq!(second.kind, tsvault_backup::BackupType::Incremental);
+    assert_eq!(second.parent.as_deref(), Some(first.id.as_str()));
     let blobs_before = files(&repo_dir.join("data")).len();
 
     // A backup in progress holds its lock: prune refuses, naming it, and deletes nothing.
@@ -298,6 +311,12 @@ async fn prune_removes_what_the_policy_drops_and_waits_for_running_backups() {
         blobs_before - only_first.len()
     );
     assert!(verify_backup(&repo, &second.id, true).await.is_empty());
+    // Its parent is gone; it restores alone.
+    let dst = tmp.path().join("dst");
+    restore_data_dir(&repo, Some(&second.id), &dst, &NoProgress)
+        .await
+        .unwrap();
+    assert_eq!(all(&dst), all(&src));
     assert!(
         files(&repo_dir)
             .iter()
@@ -320,8 +339,8 @@ async fn copy_mirrors_backups_into_a_second_repository_uploading_only_what_it_la
         .await
         .unwrap();
     let b = Repository::init(&opts(&b_dir, None), false).await.unwrap();
-    let first = backup_data_dir(&a, &src, &NoProgress).await.unwrap();
-    let second = backup_data_dir(&a, &src, &NoProgress).await.unwrap();
+    let first = backup_data_dir(&a, &src, None, &NoProgress).await.unwrap();
+    let second = backup_data_dir(&a, &src, None, &NoProgress).await.unwrap();
     let ids = a.backup_ids().await.unwrap();
     let report = copy_backups(&a, &b, &ids).await.unwrap();
     assert_eq!(report.copied, ids);
@@ -340,4 +359,109 @@ async fn copy_mirrors_backups_into_a_second_repository_uploading_only_what_it_la
         .await
         .unwrap();
     assert_eq!(all(&dst), all(&src));
+}
+
+/// Writes 300 more samples of series `host` and flushes them into a new segment.
+fn add_segment(dir: &Path, host: &str, t0: i64) {
+    let e = Engine::open(EngineConfig::new(dir)).unwrap();
+    let p: Vec<Point> = (0..300)
+        .map(|i| Point {
+            key: key(host),
+            ts_ms: t0 + i * 1000,
+            value: i as f64,
+        })
+        .collect();
+    e.write(&p).unwrap();
+    e.close().unwrap();
+}
+
+#[tokio::test]
+async fn incremental_and_differential_read_only_changed_files_and_each_restores_its_point() {
+    use tsvault_backup::BackupType::{Differential, Full, Incremental};
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, repo_dir) = (tmp.path().join("src"), tmp.path().join("repo"));
+    data_dir(&src);
+    // Reopened and closed: everything is in compacted segments, which later writes to other
+    // partitions leave alone.
+    Engine::open(EngineConfig::new(&src)).unwrap().close().unwrap();
+    let repo = Repository::init(&opts(&repo_dir, Some("pw")), true)
+        .await
+        .unwrap();
+    // No full backup yet: an incremental is refused, naming the way out.
+    let err = backup_data_dir(&repo, &src, Some(Incremental), &NoProgress)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("take a full one first"), "{err}");
+
+    let full = backup_data_dir(&repo, &src, None, &NoProgress)
+        .await
+        .unwrap();
+    assert_eq!(full.kind, Full);
+    assert_eq!(full.read_bytes, full.logical_bytes);
+    let at_full = all(&src);
+
+    add_segment(&src, "x", 1_750_000_000_000);
+    let inc = backup_data_dir(&repo, &src, None, &NoProgress)
+        .await
+        .unwrap();
+    assert_eq!(
+        (inc.kind, inc.parent.as_deref(), inc.base.as_deref()),
+        (Incremental, Some(full.id.as_str()), Some(full.id.as_str()))
+    );
+    // The full backup's segments were not read again.
+    let full_segments: u64 = full
+        .files
+        .iter()
+        .filter(|f| f.path.starts_with("segments/"))
+        .map(|f| f.size)
+        .sum();
+    assert!(full_segments > 0);
+    assert!(
+        inc.read_bytes <= inc.logical_bytes - full_segments,
+        "{} read of {}",
+        inc.read_bytes,
+        inc.logical_bytes
+    );
+    let at_inc = all(&src);
+
+    add_segment(&src, "y", 1_760_000_000_000);
+    let inc2 = backup_data_dir(&repo, &src, Some(Incremental), &NoProgress)
+        .await
+        .unwrap();
+    assert_eq!(
+        (inc2.parent.as_deref(), inc2.base.as_deref()),
+        (Some(inc.id.as_str()), Some(full.id.as_str()))
+    );
+    let diff = backup_data_dir(&repo, &src, Some(Differential), &NoProgress)
+        .await
+        .unwrap();
+    assert_eq!(
+        (diff.kind, diff.parent.as_deref(), diff.base.as_deref()),
+        (Differential, Some(full.id.as_str()), Some(full.id.as_str()))
+    );
+    // Against the full, the differential reads everything changed since then, which is more
+    // than the incremental (against the previous backup) read.
+    assert!(
+        diff.read_bytes > inc2.read_bytes,
+        "{} vs {}",
+        diff.read_bytes,
+        inc2.read_bytes
+    );
+    let at_diff = all(&src);
+    assert_ne!(at_full, at_inc);
+    assert_ne!(at_inc, at_diff);
+
+    for (b, want) in [
+        (&full, &at_full),
+        (&inc, &at_inc),
+        (&inc2, &at_diff),
+        (&diff, &at_diff),
+    ] {
+        let dst = tmp.path().join(format!("restore-{}", b.id));
+        restore_data_dir(&repo, Some(&b.id), &dst, &NoProgress)
+            .await
+            .unwrap();
+        assert_eq!(&all(&dst), want, "backup {} ({:?})", b.id, b.kind);
+        assert!(verify_backup(&repo, &b.id, true).await.is_empty());
+    }
 }

@@ -76,7 +76,9 @@ async fn backup_and_restore_through_s3() {
     let repo = Repository::init(&opts(&endpoint, url, "pw"), true)
         .await
         .unwrap();
-    let b = backup_data_dir(&repo, &src, &NoProgress).await.unwrap();
+    let b = backup_data_dir(&repo, &src, None, &NoProgress)
+        .await
+        .unwrap();
     assert!(b.uploaded_bytes > 0);
     // The objects are under the prefix, in the bucket's directory.
     assert!(s3_root.join("backups-bucket/team/tsvault/config").is_file());

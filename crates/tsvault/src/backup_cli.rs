@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
-use tsvault_backup::{BackupManifest, Progress, RepoOptions, Repository};
+use tsvault_backup::{BackupManifest, BackupType, Progress, RepoOptions, Repository};
 
 /// How to reach and open a repository.
 #[derive(Args, Debug, Clone)]
@@ -70,6 +70,10 @@ pub enum BackupCommand {
         /// The data directory of a stopped server.
         #[arg(long)]
         data_dir: PathBuf,
+        /// full, incremental (against the newest backup of this directory) or differential
+        /// (against its newest full). Default: incremental if a full backup exists, else full.
+        #[arg(long = "type", value_parser = ["full", "incremental", "differential"])]
+        kind: Option<String>,
     },
     /// List the backups.
     List {
@@ -200,7 +204,7 @@ fn summary(m: &BackupManifest) -> serde_json::Value {
     json!({"id": m.id, "type": m.kind, "parent": m.parent, "base": m.base,
            "started_ms": m.started_ms, "finished_ms": m.finished_ms, "source": m.source,
            "files": m.files.len(), "logical_bytes": m.logical_bytes,
-           "uploaded_bytes": m.uploaded_bytes})
+           "read_bytes": m.read_bytes, "uploaded_bytes": m.uploaded_bytes})
 }
 
 async fn resolve(repo: &Repository, id: &str) -> anyhow::Result<String> {
@@ -233,10 +237,19 @@ pub fn backup(cmd: BackupCommand) -> anyhow::Result<ExitCode> {
                     );
                 }
             }
-            BackupCommand::Create { repo, data_dir } => {
+            BackupCommand::Create {
+                repo,
+                data_dir,
+                kind,
+            } => {
                 let r = Repository::open(&repo.options()?).await?;
+                let kind = kind.map(|k| match k.as_str() {
+                    "full" => BackupType::Full,
+                    "incremental" => BackupType::Incremental,
+                    _ => BackupType::Differential,
+                });
                 let bar = Bar::new(repo.json, "backing up");
-                let m = tsvault_backup::backup_data_dir(&r, &data_dir, &bar).await?;
+                let m = tsvault_backup::backup_data_dir(&r, &data_dir, kind, &bar).await?;
                 bar.0.finish_and_clear();
                 if repo.json {
                     println!("{}", summary(&m));
