@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::locks::{Lock, LockKind, now_ms};
 use crate::manifest::{BackupManifest, BackupType, FileEntry};
 use crate::repo::Repository;
+use tsvault_storage::RESTORE_MARKER;
 
 /// Files are cut into blobs of this size: big enough that per-object overhead is small,
 /// small enough that an appended WAL file shares all but its last blob with its last backup.
@@ -106,6 +107,12 @@ pub async fn backup_data_dir(
     if !dir.join("MANIFEST").is_file() && !dir.join("wal").is_dir() {
         return Err(Error::Invalid(format!(
             "{} is not a tsvault data directory (no MANIFEST, no wal/)",
+            dir.display()
+        )));
+    }
+    if dir.join(RESTORE_MARKER).exists() {
+        return Err(Error::Invalid(format!(
+            "{} holds an interrupted restore; finish it (run the restore again) before backing it up",
             dir.display()
         )));
     }
@@ -266,6 +273,8 @@ async fn write_backup(
             let chunk = &buf[..n];
             hasher.update(chunk);
             let (id, up) = repo.put_blob(chunk).await?;
+            #[cfg(feature = "failpoints")]
+            fail::fail_point!("backup-blob-stored", |_| std::process::abort());
             repo_lock.refresh_if_due(repo).await?;
             blobs.push(id);
             uploaded += up;
@@ -343,9 +352,11 @@ fn safe_relative(path: &str) -> Result<PathBuf> {
     Ok(p.to_path_buf())
 }
 
-/// Restores backup `id` (or the newest) into `target`, which must be empty or absent. Every
-/// file is checked against its hash before it is renamed into place; files and directories
-/// are fsynced.
+/// Restores backup `id` (or the newest) into `target`, which must be empty or absent, or hold
+/// an interrupted restore of the same backup (which is resumed: files already in place and
+/// right are kept). While it runs, `target` holds a `RESTORING` marker that keeps a server
+/// from starting on it. Every file is checked against its hash before it is renamed into
+/// place; files and directories are fsynced.
 pub async fn restore_data_dir(
     repo: &Repository,
     id: Option<&str>,
@@ -360,7 +371,32 @@ pub async fn restore_data_dir(
             })?,
         };
     let manifest = repo.manifest(&id).await?;
-    if target.exists() {
+    // Every path is checked before anything is written.
+    let paths: Vec<PathBuf> = manifest
+        .files
+        .iter()
+        .map(|f| safe_relative(&f.path))
+        .collect::<Result<_>>()?;
+    if manifest.files.iter().any(|f| f.path == RESTORE_MARKER) {
+        return Err(Error::Invalid(format!(
+            "backup {id} names a file {RESTORE_MARKER}, which restore reserves; refusing it"
+        )));
+    }
+    // The target is empty, or holds an interrupted restore of this same backup (resumed).
+    let marker = target.join(RESTORE_MARKER);
+    let resuming = match fs::read_to_string(&marker) {
+        Ok(text) if text.trim() == id => true,
+        Ok(text) => {
+            return Err(Error::Invalid(format!(
+                "{} holds an interrupted restore of backup {}; finish that one, or restore into an empty directory",
+                target.display(),
+                text.trim()
+            )));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(Error::io("read", &marker)(e)),
+    };
+    if !resuming && target.exists() {
         let mut entries = fs::read_dir(target).map_err(Error::io("list", target))?;
         if entries.next().is_some() {
             return Err(Error::Invalid(format!(
@@ -369,18 +405,24 @@ pub async fn restore_data_dir(
             )));
         }
     }
-    // Every path is checked before anything is written.
-    let paths: Vec<PathBuf> = manifest
-        .files
-        .iter()
-        .map(|f| safe_relative(&f.path))
-        .collect::<Result<_>>()?;
-    fs::create_dir_all(target).map_err(Error::io("create", target))?;
+    if !resuming {
+        fs::create_dir_all(target).map_err(Error::io("create", target))?;
+        let mut m = File::create(&marker).map_err(Error::io("create", &marker))?;
+        m.write_all(id.as_bytes())
+            .and_then(|()| m.sync_all())
+            .map_err(Error::io("write", &marker))?;
+        sync_dir(target)?;
+    }
     progress.start(manifest.logical_bytes);
     for (entry, rel) in manifest.files.iter().zip(paths) {
         let dst = target.join(&rel);
         let parent = dst.parent().unwrap_or(target).to_path_buf();
         fs::create_dir_all(&parent).map_err(Error::io("create", &parent))?;
+        // Resuming: a file already in place is kept if it is whole and right.
+        if resuming && file_matches(&dst, entry)? {
+            progress.advance(entry.size);
+            continue;
+        }
         // Written under a temporary name, renamed into place only once whole and checked.
         let tmp = dst.with_extension("restoring");
         let written = restore_file(repo, &manifest.id, entry, &tmp, progress).await;
@@ -391,7 +433,30 @@ pub async fn restore_data_dir(
         fs::rename(&tmp, &dst).map_err(Error::io("rename", &dst))?;
     }
     sync_tree(target)?;
+    // Done: without the marker, the directory is a data directory again.
+    fs::remove_file(&marker).map_err(Error::io("remove", &marker))?;
+    sync_dir(target)?;
     Ok(manifest)
+}
+
+/// Whether `path` exists with exactly `entry`'s size and BLAKE3.
+fn file_matches(path: &Path, entry: &FileEntry) -> Result<bool> {
+    match fs::metadata(path) {
+        Ok(md) if md.len() == entry.size => {}
+        Ok(_) => return Ok(false),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(Error::io("stat", path)(e)),
+    }
+    let mut hasher = blake3::Hasher::new();
+    let mut f = File::open(path).map_err(Error::io("open", path))?;
+    std::io::copy(&mut f, &mut hasher).map_err(Error::io("read", path))?;
+    Ok(hasher.finalize().to_hex().as_str() == entry.blake3)
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(Error::io("fsync", dir))
 }
 
 /// Writes `entry`'s blobs to `tmp`, checks its size and hash, and fsyncs it.
@@ -420,6 +485,8 @@ async fn restore_file(
         hasher.update(&bytes);
         size += bytes.len() as u64;
         out.write_all(&bytes).map_err(Error::io("write", tmp))?;
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!("restore-blob-written", |_| std::process::abort());
         progress.advance(bytes.len() as u64);
     }
     if size != entry.size || hasher.finalize().to_hex().as_str() != entry.blake3 {

@@ -24,3 +24,12 @@ pub use locks::{LOCK_STALE_MS, Lock, LockInfo, LockKind};
 pub use manifest::{BackupManifest, BackupType, FileEntry};
 pub use prune::{BackupTime, KeepPolicy, PruneReport, prune, select_kept};
 pub use repo::{RepoConfig, RepoOptions, Repository};
+
+/// Reads fault points from the `FAILPOINTS` environment variable (builds with the
+/// `failpoints` feature, used only by tests; otherwise it does nothing). Points:
+/// `backup-blob-stored` (after each blob of a backup), `restore-blob-written` (after each
+/// blob written by a restore); the action `return` aborts the process there, as a kill -9.
+pub fn failpoints_from_env() {
+    #[cfg(feature = "failpoints")]
+    std::mem::forget(fail::FailScenario::setup());
+}

@@ -38,6 +38,17 @@ pub(crate) fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// Whether a lock was taken on this host by a process that no longer exists (killed before
+/// it could release it): such a lock is stale at once rather than after 30 minutes.
+fn holder_is_gone(info: &LockInfo, this_host: &str) -> bool {
+    let proc_fs = std::path::Path::new("/proc/self").exists();
+    proc_fs
+        && !this_host.is_empty()
+        && info.host == this_host
+        && info.pid != 0
+        && !std::path::Path::new(&format!("/proc/{}", info.pid)).exists()
+}
+
 /// A held lock; [`Lock::release`] removes it (a lock dropped without release goes stale).
 pub struct Lock {
     info: LockInfo,
@@ -72,7 +83,10 @@ impl Lock {
         let lock = Lock { info, name };
         let now = now_ms();
         for (other_name, other) in repo.locks().await? {
-            if other_name == lock.name || now - other.refreshed_ms > LOCK_STALE_MS {
+            if other_name == lock.name
+                || now - other.refreshed_ms > LOCK_STALE_MS
+                || holder_is_gone(&other, &lock.info.host)
+            {
                 continue;
             }
             let conflict = kind == LockKind::Prune || other.kind == LockKind::Prune;

@@ -383,7 +383,10 @@ async fn incremental_and_differential_read_only_changed_files_and_each_restores_
     data_dir(&src);
     // Reopened and closed: everything is in compacted segments, which later writes to other
     // partitions leave alone.
-    Engine::open(EngineConfig::new(&src)).unwrap().close().unwrap();
+    Engine::open(EngineConfig::new(&src))
+        .unwrap()
+        .close()
+        .unwrap();
     let repo = Repository::init(&opts(&repo_dir, Some("pw")), true)
         .await
         .unwrap();

@@ -220,6 +220,10 @@ type SelectedSeries = (SeriesKey, Vec<Sample>);
 /// more than it saves.
 const PARALLEL_SERIES_MIN: usize = 16;
 
+/// A file `tsvault restore` keeps in a data directory while it writes it (holding the backup
+/// id); the engine refuses to open a directory that has one.
+pub const RESTORE_MARKER: &str = "RESTORING";
+
 /// How often the maintenance thread looks for work.
 const MAINTENANCE_TICK_MS: u64 = 1000;
 
@@ -234,6 +238,15 @@ impl Engine {
             return Err(Error::Config("retention must be positive".into()));
         }
         let dir = config.data_dir.clone();
+        let marker = dir.join(RESTORE_MARKER);
+        if marker.exists() {
+            let backup = fs::read_to_string(&marker).unwrap_or_default();
+            return Err(Error::Config(format!(
+                "{} holds an interrupted restore of backup {}; run the same `tsvault restore` again to finish it before starting a server on it",
+                dir.display(),
+                backup.trim()
+            )));
+        }
         create_dir_durable(&dir)?;
         let lock_path = dir.join("LOCK");
         let lock = File::create(&lock_path).ctx("create", &lock_path)?;

@@ -19,7 +19,7 @@ mod wal;
 
 pub use engine::{
     DEFAULT_SEGMENT_DURATION_MS, Engine, EngineConfig, EngineStats, FsyncMode, QuarantinedFile,
-    WriteOutcome, system_clock_ms,
+    RESTORE_MARKER, WriteOutcome, system_clock_ms,
 };
 pub use error::{Error, Result};
 pub use manifest::Manifest;

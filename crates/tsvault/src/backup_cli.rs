@@ -218,6 +218,7 @@ async fn resolve(repo: &Repository, id: &str) -> anyhow::Result<String> {
 }
 
 pub fn backup(cmd: BackupCommand) -> anyhow::Result<ExitCode> {
+    tsvault_backup::failpoints_from_env();
     let rt = runtime()?;
     rt.block_on(async move {
         match cmd {
@@ -429,6 +430,7 @@ pub fn backup(cmd: BackupCommand) -> anyhow::Result<ExitCode> {
 }
 
 pub fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
+    tsvault_backup::failpoints_from_env();
     let rt = runtime()?;
     rt.block_on(async move {
         let r = Repository::open(&args.repo.options()?).await?;

@@ -214,3 +214,99 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+fn tsvault_failing(args: &[&str], failpoints: &str) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tsvault"))
+        .args(args)
+        .env("TSVAULT_REPO_PASSWORD", "pw")
+        .env("FAILPOINTS", failpoints)
+        .output()
+        .expect("run tsvault")
+}
+
+/// The process died at the fault point (SIGABRT, as abruptly as a kill -9).
+fn killed(out: &Output) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    out.status.signal() == Some(libc::SIGABRT)
+}
+
+#[test]
+fn a_backup_or_restore_killed_at_any_blob_resumes_to_the_full_result() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, repo) = (tmp.path().join("src"), tmp.path().join("repo"));
+    let s = Server::start(&src, &[]);
+    // Four 6-hour partitions: several segment files, so several blobs.
+    let body: String = (0..2000)
+        .map(|i| {
+            format!(
+                "cpu,host=h{} usage={i} {}\n",
+                i % 4,
+                1_700_000_000_000_000_000i64 + i * 43_200_000_000
+            )
+        })
+        .collect();
+    assert_eq!(post(&s.url("/write"), body.as_bytes()).status, 204);
+    let want = answers(&s.base);
+    let (status, log) = s.terminate();
+    assert!(status.success(), "{log}");
+    let (repo_s, src_s) = (repo.to_str().unwrap(), src.to_str().unwrap());
+    ok(&tsvault(&["backup", "init", "--repo", repo_s], "pw"));
+
+    let create = [
+        "backup",
+        "create",
+        "--repo",
+        repo_s,
+        "--data-dir",
+        src_s,
+        "--json",
+    ];
+    for skip in [0, 2, 4] {
+        let out = tsvault_failing(&create, &format!("backup-blob-stored={skip}*off->return"));
+        assert!(
+            killed(&out),
+            "backup was not killed after {skip} blobs: {out:?}"
+        );
+        // No backup is visible after a kill.
+        let listed = ok(&tsvault(
+            &["backup", "list", "--repo", repo_s, "--json"],
+            "pw",
+        ));
+        assert_eq!(listed, json!([]), "after a kill at blob {skip}");
+    }
+    let done = ok(&tsvault(&create, "pw"));
+    let id = done["id"].as_str().unwrap().to_string();
+    // The killed runs' blobs were reused, not uploaded again.
+    assert!(
+        done["uploaded_bytes"].as_u64().unwrap() < done["logical_bytes"].as_u64().unwrap(),
+        "{done}"
+    );
+    ok(&tsvault(
+        &["backup", "verify", "--repo", repo_s, &id, "--read-data"],
+        "pw",
+    ));
+
+    let dst = tmp.path().join("dst");
+    let dst_s = dst.to_str().unwrap();
+    let restore = ["restore", "--repo", repo_s, "--data-dir", dst_s];
+    for skip in [0, 3] {
+        let out = tsvault_failing(
+            &restore,
+            &format!("restore-blob-written={skip}*off->return"),
+        );
+        assert!(
+            killed(&out),
+            "restore was not killed after {skip} blobs: {out:?}"
+        );
+        // A half-restored directory is never served.
+        let refused = Server::try_start(&dst, &[])
+            .err()
+            .expect("a server started on a half-restored directory");
+        assert!(refused.contains("interrupted restore"), "{refused}");
+    }
+    // The same restore, run again, resumes and finishes.
+    ok(&tsvault(&restore, "pw"));
+    assert!(!dst.join("RESTORING").exists());
+    let s = Server::start(&dst, &[]);
+    assert_eq!(answers(&s.base), want);
+}
