@@ -75,6 +75,11 @@ impl Keys {
         if nonce.len() != NONCE_BYTES {
             return Err(bad("the key nonce"));
         }
+        // The parameters come from the repository: bound them, so a damaged or hostile
+        // config cannot make opening it take unbounded memory or time.
+        if wrap.m_cost_kib > 4 << 20 || wrap.t_cost > 64 || wrap.p_cost > 64 {
+            return Err(bad("the Argon2id cost (over 4 GiB, 64 passes or 64 lanes)"));
+        }
         let kek = derive_kek(password, &salt, wrap.m_cost_kib, wrap.t_cost, wrap.p_cost)?;
         let master = ChaCha20Poly1305::new(Key::from_slice(&kek))
             .decrypt(Nonce::from_slice(&nonce), wrapped.as_slice())

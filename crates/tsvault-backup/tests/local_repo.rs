@@ -139,6 +139,17 @@ async fn wrong_or_missing_passphrase_is_a_clear_error() {
         .err()
         .unwrap();
     assert!(err.to_string().contains("holds no repository"), "{err}");
+    // A config asking for an absurd key-derivation cost is refused, not obeyed.
+    let config_path = repo_dir.join("config");
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&config_path).unwrap()).unwrap();
+    config["encryption"]["m_cost_kib"] = serde_json::json!(u32::MAX);
+    std::fs::write(&config_path, serde_json::to_vec(&config).unwrap()).unwrap();
+    let err = Repository::open(&opts(&repo_dir, Some("right")))
+        .await
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("Argon2id cost"), "{err}");
 }
 
 /// Every file under `dir`, recursively.
