@@ -14,6 +14,7 @@ mod locks;
 mod manifest;
 mod prune;
 mod repo;
+mod selective;
 
 pub use copy::{CopyReport, copy_backups};
 pub use data_dir::{
@@ -24,6 +25,7 @@ pub use locks::{LOCK_STALE_MS, Lock, LockInfo, LockKind};
 pub use manifest::{BackupManifest, BackupType, FileEntry};
 pub use prune::{BackupTime, KeepPolicy, PruneReport, prune, select_kept};
 pub use repo::{RepoConfig, RepoOptions, Repository};
+pub use selective::{RestoreFilter, SelectiveReport, restore_selected, wildcard_matches};
 
 /// Reads fault points from the `FAILPOINTS` environment variable (builds with the
 /// `failpoints` feature, used only by tests; otherwise it does nothing). Points:

@@ -160,6 +160,33 @@ pub struct RestoreArgs {
     /// An empty (or new) directory to restore into.
     #[arg(long)]
     data_dir: PathBuf,
+    /// Only metrics matching this pattern (`*` matches any text; case-insensitive).
+    #[arg(long)]
+    metric: Option<String>,
+    /// Only samples at or after this time (RFC 3339, or milliseconds since the epoch).
+    #[arg(long, value_parser = parse_time)]
+    start: Option<i64>,
+    /// Only samples at or before this time (RFC 3339, or milliseconds since the epoch).
+    #[arg(long, value_parser = parse_time)]
+    end: Option<i64>,
+}
+
+/// A time given as milliseconds since the epoch or as RFC 3339 (UTC when no offset is given).
+fn parse_time(text: &str) -> Result<i64, String> {
+    if let Ok(ms) = text.parse::<i64>() {
+        return Ok(ms);
+    }
+    let t = humantime::parse_rfc3339_weak(text).map_err(|e| {
+        format!("'{text}' is neither milliseconds since the epoch nor an RFC 3339 time ({e}); e.g. 1700000000000 or 2023-11-14T22:13:20Z")
+    })?;
+    match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => {
+            i64::try_from(d.as_millis()).map_err(|_| format!("'{text}' is too far in the future"))
+        }
+        Err(e) => i64::try_from(e.duration().as_millis())
+            .map(|ms| -ms)
+            .map_err(|_| format!("'{text}' is too far in the past")),
+    }
 }
 
 /// A byte progress bar on a terminal; nothing otherwise or with --json.
@@ -435,6 +462,38 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
     rt.block_on(async move {
         let r = Repository::open(&args.repo.options()?).await?;
         let bar = Bar::new(args.repo.json, "restoring");
+        if args.metric.is_some() || args.start.is_some() || args.end.is_some() {
+            let filter = tsvault_backup::RestoreFilter {
+                metric: args.metric.clone(),
+                start_ms: args.start,
+                end_ms: args.end,
+            };
+            let (m, report) = tsvault_backup::restore_selected(
+                &r,
+                Some(&args.backup),
+                &args.data_dir,
+                &filter,
+                &bar,
+            )
+            .await?;
+            bar.0.finish_and_clear();
+            if args.repo.json {
+                println!(
+                    "{}",
+                    json!({"restored": summary(&m), "data_dir": args.data_dir, "selected": report})
+                );
+            } else {
+                println!(
+                    "restored {} series ({} samples) of {} metric(s) from backup {} into {}",
+                    report.series,
+                    report.samples,
+                    report.metrics.len(),
+                    m.id,
+                    args.data_dir.display()
+                );
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
         let m =
             tsvault_backup::restore_data_dir(&r, Some(&args.backup), &args.data_dir, &bar).await?;
         bar.0.finish_and_clear();

@@ -129,6 +129,63 @@ fn backup_restore_and_verify_through_the_cli() {
     assert_eq!(answers(&s.base), want);
     drop(s);
 
+    // Selective restore: one metric pattern, a time range given as RFC 3339 and as ms.
+    let part = tmp.path().join("part");
+    let selected = ok(&tsvault(
+        &[
+            "restore",
+            "--repo",
+            repo_s,
+            "--data-dir",
+            part.to_str().unwrap(),
+            "--metric",
+            "CPU_*",
+            "--start",
+            "2023-11-14T22:30:00Z",
+            "--end",
+            "1700001990000",
+            "--json",
+        ],
+        "pw",
+    ));
+    assert_eq!(selected["selected"]["samples"], 100);
+    let s = Server::start(&part, &[]);
+    let got = answers(&s.base);
+    assert_eq!(got.len(), 3);
+    for (_, dps) in &got {
+        assert!(
+            dps.iter()
+                .all(|(t, _)| (1_700_001_000_000..=1_700_001_990_000).contains(t))
+        );
+    }
+    // Each restored sample is the source's, at the same time.
+    let source: std::collections::BTreeMap<i64, f64> =
+        want.iter().flat_map(|(_, d)| d.iter().copied()).collect();
+    assert!(
+        got.iter()
+            .flat_map(|(_, d)| d)
+            .all(|(t, v)| source.get(t) == Some(v))
+    );
+    drop(s);
+    let bad = tsvault(
+        &[
+            "restore",
+            "--repo",
+            repo_s,
+            "--data-dir",
+            "x",
+            "--start",
+            "yesterday",
+        ],
+        "pw",
+    );
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("--start"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+
     // Prune through the CLI: one backup, kept; no rule at all is refused.
     let pruned = ok(&tsvault(
         &[

@@ -1,0 +1,212 @@
+//! Selective restore: only the series of the chosen metrics and only the samples in a time
+//! range. The backup is restored whole into a scratch directory beside the target, read
+//! through the engine one metric and one partition at a time (bounded memory), written into
+//! a new data directory beside the target, which is renamed into place only when complete.
+
+use std::path::Path;
+
+use tsvault_model::Point;
+use tsvault_storage::{Engine, EngineConfig};
+
+use crate::data_dir::{Progress, restore_data_dir};
+use crate::error::{Error, Result};
+use crate::manifest::BackupManifest;
+use crate::repo::Repository;
+
+/// What to restore: metrics matching `metric` (OpenTSDB's wildcard filter: `*` matches any
+/// text, case-insensitive; None is every metric), samples in `[start_ms, end_ms]`.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreFilter {
+    pub metric: Option<String>,
+    pub start_ms: Option<i64>,
+    pub end_ms: Option<i64>,
+}
+
+/// What a selective restore wrote.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SelectiveReport {
+    pub metrics: Vec<String>,
+    pub series: u64,
+    pub samples: u64,
+}
+
+/// Whether `name` matches the wildcard `pattern` (`*` = any text), ignoring ASCII case.
+pub fn wildcard_matches(pattern: &str, name: &str) -> bool {
+    let (p, n) = (pattern.to_ascii_lowercase(), name.to_ascii_lowercase());
+    let parts: Vec<&str> = p.split('*').collect();
+    if parts.len() == 1 {
+        return p == n;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !n.starts_with(first) || n.len() < first.len() + last.len() || !n.ends_with(last) {
+        return false;
+    }
+    let mut rest = &n[first.len()..n.len() - last.len()];
+    for part in &parts[1..parts.len() - 1] {
+        match rest.find(part) {
+            Some(i) => rest = &rest[i + part.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+/// Samples written per call into the target engine.
+const WRITE_BATCH: usize = 100_000;
+
+/// Restores the part of backup `id` that `filter` selects into `target` (absent or empty).
+pub async fn restore_selected(
+    repo: &Repository,
+    id: Option<&str>,
+    target: &Path,
+    filter: &RestoreFilter,
+    progress: &dyn Progress,
+) -> Result<(BackupManifest, SelectiveReport)> {
+    if let (Some(s), Some(e)) = (filter.start_ms, filter.end_ms)
+        && s > e
+    {
+        return Err(Error::Invalid(format!(
+            "--start ({s} ms) is after --end ({e} ms)"
+        )));
+    }
+    if target.exists()
+        && std::fs::read_dir(target)
+            .map_err(Error::io("list", target))?
+            .next()
+            .is_some()
+    {
+        return Err(Error::Invalid(format!(
+            "{} is not empty; restore into an empty or new directory",
+            target.display()
+        )));
+    }
+    let parent = match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).map_err(Error::io("create", &parent))?;
+    // Both beside the target, so the final rename stays on one file system; removed on drop.
+    let scratch = tempfile::Builder::new()
+        .prefix(".tsvault-restore-scratch-")
+        .tempdir_in(&parent)
+        .map_err(Error::io("create a scratch directory in", &parent))?;
+    let building = tempfile::Builder::new()
+        .prefix(".tsvault-restore-building-")
+        .tempdir_in(&parent)
+        .map_err(Error::io("create a directory in", &parent))?;
+    let whole = scratch.path().join("data");
+    let manifest = restore_data_dir(repo, id, &whole, progress).await?;
+
+    let engine_err = |what: &str| {
+        let what = what.to_string();
+        move |e: tsvault_storage::Error| Error::Invalid(format!("{what}: {e}"))
+    };
+    let source = Engine::open(EngineConfig::new(&whole))
+        .map_err(engine_err("opening the restored backup"))?;
+    let dest_dir = building.path().join("data");
+    let dest = Engine::open(EngineConfig::new(&dest_dir))
+        .map_err(engine_err("creating the new data directory"))?;
+    // Everything into segments, so the partitions bound each read.
+    source
+        .flush()
+        .map_err(engine_err("reading the restored backup"))?;
+    let mut windows: Vec<(i64, i64)> = source
+        .segments()
+        .iter()
+        .map(|s| (s.partition_start_ms, s.partition_end_ms))
+        .collect();
+    windows.sort_unstable();
+    windows.dedup();
+    let lo = filter.start_ms.unwrap_or(i64::MIN);
+    let hi = filter.end_ms.unwrap_or(i64::MAX);
+    let mut report = SelectiveReport {
+        metrics: Vec::new(),
+        series: 0,
+        samples: 0,
+    };
+    for metric in source.metric_names() {
+        if filter
+            .metric
+            .as_deref()
+            .is_some_and(|p| !wildcard_matches(p, &metric))
+        {
+            continue;
+        }
+        let mut series = std::collections::HashSet::new();
+        let mut batch: Vec<Point> = Vec::new();
+        for &(w_start, w_end) in &windows {
+            let (from, to) = (w_start.max(lo), (w_end - 1).min(hi));
+            if from > to {
+                continue;
+            }
+            let selected = source
+                .select(&metric, &|_| true, from, to)
+                .map_err(engine_err("reading the restored backup"))?;
+            for (key, samples) in selected {
+                series.insert(key.clone());
+                for s in samples {
+                    batch.push(Point {
+                        key: key.clone(),
+                        ts_ms: s.ts_ms,
+                        value: s.value,
+                    });
+                    if batch.len() >= WRITE_BATCH {
+                        report.samples += batch.len() as u64;
+                        dest.write(&batch)
+                            .map_err(engine_err("writing the new data directory"))?;
+                        batch.clear();
+                    }
+                }
+            }
+        }
+        if !batch.is_empty() {
+            report.samples += batch.len() as u64;
+            dest.write(&batch)
+                .map_err(engine_err("writing the new data directory"))?;
+        }
+        if !series.is_empty() {
+            report.series += series.len() as u64;
+            report.metrics.push(metric);
+        }
+    }
+    source.close_without_flush();
+    dest.close()
+        .map_err(engine_err("finishing the new data directory"))?;
+    if report.samples == 0 {
+        return Err(Error::Invalid(format!(
+            "nothing in backup {} matches the metric and time range given",
+            manifest.id
+        )));
+    }
+    if target.exists() {
+        std::fs::remove_dir(target).map_err(Error::io("replace the empty directory", target))?;
+    }
+    std::fs::rename(&dest_dir, target).map_err(Error::io("rename into place", target))?;
+    std::fs::File::open(&parent)
+        .and_then(|d| d.sync_all())
+        .map_err(Error::io("fsync", &parent))?;
+    Ok((manifest, report))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards() {
+        for (p, n, want) in [
+            ("cpu_*", "cpu_usage_user", true),
+            ("CPU_*", "cpu_usage_user", true),
+            ("*user", "cpu_usage_user", true),
+            ("cpu*user", "cpu_usage_user", true),
+            ("cpu*sys*", "cpu_usage_user", false),
+            ("*", "anything", true),
+            ("mem", "mem", true),
+            ("mem", "memory", false),
+            ("a*a", "a", false),
+            ("**", "", true),
+        ] {
+            assert_eq!(wildcard_matches(p, n), want, "{p} vs {n}");
+        }
+    }
+}
