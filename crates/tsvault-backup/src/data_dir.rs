@@ -9,6 +9,7 @@ use rand::RngCore;
 use crate::error::{Error, Result};
 use crate::locks::{Lock, LockKind, now_ms};
 use crate::manifest::{BackupManifest, BackupType, FileEntry};
+use crate::prune::civil;
 use crate::repo::Repository;
 use tsvault_storage::RESTORE_MARKER;
 
@@ -33,18 +34,8 @@ impl Progress for NoProgress {
 /// A new backup id: the UTC time to the millisecond, then random hex, so ids sort by time.
 fn new_backup_id(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
-    let days = secs.div_euclid(86_400);
+    let (y, m, d) = civil(secs.div_euclid(86_400));
     let rem = secs.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
     let mut rnd = [0u8; 4];
     rand::rng().fill_bytes(&mut rnd);
     format!(
@@ -162,38 +153,25 @@ fn mtime_ns(md: &fs::Metadata) -> i128 {
         .map_or(0, |d| d.as_nanos() as i128)
 }
 
-/// The backup an incremental (the newest of this source) or differential (the newest full
-/// of this source) backup is taken against; None for a full one, or when there is none.
-async fn reference(
+/// The newest backup of `source`, and its newest full backup, in one scan of the manifests
+/// from the newest: what an incremental and a differential backup are taken against.
+async fn references(
     repo: &Repository,
     source: &str,
-    kind: BackupType,
-) -> Result<Option<BackupManifest>> {
-    if kind == BackupType::Full {
-        return Ok(None);
-    }
-    let ids = repo.backup_ids().await?;
-    for id in ids.iter().rev() {
+) -> Result<(Option<BackupManifest>, Option<BackupManifest>)> {
+    let mut newest = None;
+    for id in repo.backup_ids().await?.iter().rev() {
         let m = repo.manifest(id).await?;
         if m.source != source {
             continue;
         }
-        if kind == BackupType::Incremental || m.kind == BackupType::Full {
-            return Ok(Some(m));
+        if m.kind == BackupType::Full {
+            let newest = newest.unwrap_or_else(|| m.clone());
+            return Ok((Some(newest), Some(m)));
         }
+        newest.get_or_insert(m);
     }
-    Ok(None)
-}
-
-/// The type a backup gets when none is asked for: incremental when the repository holds a
-/// full backup of this source, else full.
-async fn default_kind(repo: &Repository, source: &str) -> Result<BackupType> {
-    Ok(
-        match reference(repo, source, BackupType::Differential).await? {
-            Some(_) => BackupType::Incremental,
-            None => BackupType::Full,
-        },
-    )
+    Ok((newest, None))
 }
 
 async fn write_backup(
@@ -208,11 +186,21 @@ async fn write_backup(
         .map_err(Error::io("resolve", dir))?
         .display()
         .to_string();
-    let kind = match kind {
-        Some(k) => k,
-        None => default_kind(repo, &source).await?,
+    let (newest, newest_full) = match kind {
+        Some(BackupType::Full) => (None, None),
+        _ => references(repo, &source).await?,
     };
-    let reference = reference(repo, &source, kind).await?;
+    // Default: incremental when a full backup of this source exists, else full.
+    let kind = kind.unwrap_or(if newest_full.is_some() {
+        BackupType::Incremental
+    } else {
+        BackupType::Full
+    });
+    let reference = match kind {
+        BackupType::Full => None,
+        BackupType::Incremental => newest,
+        BackupType::Differential => newest_full,
+    };
     if kind != BackupType::Full && reference.is_none() {
         return Err(Error::Invalid(format!(
             "no full backup of {source} in repository {} to take a {} backup against; take a full one first",
@@ -530,11 +518,16 @@ pub async fn verify_backup(repo: &Repository, id: &str, read_data: bool) -> Vec<
         Err(e) => return vec![problem(e.to_string())],
     };
     let mut problems = Vec::new();
+    // A blob shared by several files (or repeated in one) is checked once.
+    let mut checked = std::collections::HashSet::new();
     for f in &manifest.files {
         if let Err(e) = safe_relative(&f.path) {
             problems.push(problem(e.to_string()));
         }
         for blob in &f.blobs {
+            if !checked.insert(blob.as_str()) {
+                continue;
+            }
             let r = if read_data {
                 repo.get_blob(blob).await.map(|_| ())
             } else {

@@ -32,11 +32,8 @@ pub struct LockInfo {
     pub refreshed_ms: i64,
 }
 
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+/// Now, in ms since the epoch (the engine's clock).
+pub(crate) use tsvault_storage::system_clock_ms as now_ms;
 
 /// Whether a lock was taken on this host by a process that no longer exists (killed before
 /// it could release it): such a lock is stale at once rather than after 30 minutes.

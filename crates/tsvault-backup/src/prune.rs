@@ -36,8 +36,9 @@ pub struct BackupTime {
     pub started_ms: i64,
 }
 
-/// Days since 1970-01-01 of (year, month, day): Howard Hinnant's algorithm.
-fn civil(days: i64) -> (i64, u32, u32) {
+/// The UTC (year, month, day) of a count of days since 1970-01-01 (Howard Hinnant's
+/// algorithm).
+pub(crate) fn civil(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);

@@ -56,6 +56,38 @@ pub struct Repository {
     pub url: String,
 }
 
+/// Whether `id` has the form of a blob id: 64 lowercase or uppercase hex digits.
+fn is_blob_id(id: &str) -> bool {
+    id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The bytes of object `path`, or None when it does not exist.
+async fn read_object(store: &dyn ObjectStore, path: &ObjPath) -> Result<Option<bytes::Bytes>> {
+    match store.get(path).await {
+        Ok(r) => r
+            .bytes()
+            .await
+            .map(Some)
+            .map_err(Error::store("read", path)),
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(Error::store("read", path)(e)),
+    }
+}
+
+/// Writes object `path` only if it does not exist yet (a create-only put); false when it
+/// already did.
+async fn create_object(store: &dyn ObjectStore, path: &ObjPath, body: Vec<u8>) -> Result<bool> {
+    let create = PutOptions {
+        mode: PutMode::Create,
+        ..Default::default()
+    };
+    match store.put_opts(path, PutPayload::from(body), create).await {
+        Ok(_) => Ok(true),
+        Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+        Err(e) => Err(Error::store("write", path)(e)),
+    }
+}
+
 fn store_for(opts: &RepoOptions) -> Result<Arc<dyn ObjectStore>> {
     let url = opts.url.trim();
     if url.is_empty() {
@@ -142,27 +174,12 @@ impl Repository {
         };
         let path = ObjPath::from("config");
         let body = serde_json::to_vec_pretty(&config).expect("config serializes");
-        store
-            .put_opts(
-                &path,
-                PutPayload::from(body),
-                PutOptions {
-                    mode: PutMode::Create,
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|e| match e {
-                object_store::Error::AlreadyExists { .. } => Error::Invalid(format!(
-                    "{} already holds a repository (its config exists)",
-                    opts.url
-                )),
-                e => Error::Store {
-                    op: "write",
-                    path: "config".into(),
-                    source: e,
-                },
-            })?;
+        if !create_object(store.as_ref(), &path, body).await? {
+            return Err(Error::Invalid(format!(
+                "{} already holds a repository (its config exists)",
+                opts.url
+            )));
+        }
         Ok(Repository {
             store,
             keys,
@@ -175,16 +192,12 @@ impl Repository {
     pub async fn open(opts: &RepoOptions) -> Result<Repository> {
         let store = store_for(opts)?;
         let path = ObjPath::from("config");
-        let body = match store.get(&path).await {
-            Ok(r) => r.bytes().await.map_err(Error::store("read", &path))?,
-            Err(object_store::Error::NotFound { .. }) => {
-                return Err(Error::Invalid(format!(
-                    "{} holds no repository (no config); create one with `tsvault backup init --repo {}`",
-                    opts.url, opts.url
-                )));
-            }
-            Err(e) => return Err(Error::store("read", &path)(e)),
-        };
+        let body = read_object(store.as_ref(), &path).await?.ok_or_else(|| {
+            Error::Invalid(format!(
+                "{} holds no repository (no config); create one with `tsvault backup init --repo {}`",
+                opts.url, opts.url
+            ))
+        })?;
         let config: RepoConfig = serde_json::from_slice(&body).map_err(|e| Error::Corrupt {
             what: format!("the config of repository {}", opts.url),
             detail: e.to_string(),
@@ -235,20 +248,26 @@ impl Repository {
         self.config.encryption.is_some()
     }
 
-    fn blob_path(id: &str) -> ObjPath {
-        ObjPath::from(format!("data/{}/{id}", &id[..2.min(id.len())]))
+    /// Where blob `id` lives; an id that is not 64 hex digits (from a damaged or hostile
+    /// manifest) is an error, never a path.
+    fn blob_path(id: &str) -> Result<ObjPath> {
+        if !is_blob_id(id) {
+            return Err(Error::Corrupt {
+                what: format!("blob id {id:?}"),
+                detail: "not a 64-digit hex id".into(),
+            });
+        }
+        Ok(ObjPath::from(format!("data/{}/{id}", &id[..2])))
     }
 
     /// Stores `plaintext` as a blob unless the repository already holds it; returns its id
     /// and the bytes uploaded (0 when it was already there).
     pub async fn put_blob(&self, plaintext: &[u8]) -> Result<(String, u64)> {
         let id = self.keys.blob_id(plaintext);
-        let path = Self::blob_path(&id);
-        match self.store.head(&path).await {
-            Ok(_) => return Ok((id, 0)),
-            Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(Error::store("check", &path)(e)),
+        if self.has_blob(&id).await? {
+            return Ok((id, 0));
         }
+        let path = Self::blob_path(&id)?;
         let body = self.keys.seal(&format!("blob {id}"), plaintext)?;
         let n = body.len() as u64;
         self.store
@@ -260,22 +279,12 @@ impl Repository {
 
     /// The plaintext of blob `id`, checked against its id.
     pub async fn get_blob(&self, id: &str) -> Result<Vec<u8>> {
-        if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(Error::Corrupt {
-                what: format!("blob id {id:?}"),
-                detail: "not a 64-digit hex id".into(),
-            });
-        }
-        let path = Self::blob_path(id);
-        let body = match self.store.get(&path).await {
-            Ok(r) => r.bytes().await.map_err(Error::store("read", &path))?,
-            Err(object_store::Error::NotFound { .. }) => {
-                return Err(Error::Missing {
-                    what: format!("blob {id}"),
-                });
-            }
-            Err(e) => return Err(Error::store("read", &path)(e)),
-        };
+        let path = Self::blob_path(id)?;
+        let body = read_object(self.store.as_ref(), &path)
+            .await?
+            .ok_or_else(|| Error::Missing {
+                what: format!("blob {id}"),
+            })?;
         let name = format!("blob {id}");
         let plaintext = self.keys.open(&name, &body, OBJECT_BYTES_MAX)?;
         if self.keys.blob_id(&plaintext) != id {
@@ -289,7 +298,7 @@ impl Repository {
 
     /// Whether blob `id` exists (without reading it).
     pub async fn has_blob(&self, id: &str) -> Result<bool> {
-        let path = Self::blob_path(id);
+        let path = Self::blob_path(id)?;
         match self.store.head(&path).await {
             Ok(_) => Ok(true),
             Err(object_store::Error::NotFound { .. }) => Ok(false),
@@ -361,9 +370,11 @@ impl Repository {
     }
 
     /// Every stored blob: id, size in bytes and when it was written (ms since the epoch).
+    /// Objects under `data/` that are not named like blobs are not listed (nor ever deleted).
     pub(crate) async fn blobs(&self) -> Result<Vec<(String, u64, i64)>> {
         let prefix = ObjPath::from("data");
-        self.store
+        let all: Vec<(String, u64, i64)> = self
+            .store
             .list(Some(&prefix))
             .map_ok(|meta| {
                 (
@@ -374,11 +385,15 @@ impl Repository {
             })
             .try_collect()
             .await
-            .map_err(Error::store("list", &prefix))
+            .map_err(Error::store("list", &prefix))?;
+        Ok(all
+            .into_iter()
+            .filter(|(id, _, _)| is_blob_id(id))
+            .collect())
     }
 
     pub(crate) async fn delete_blob(&self, id: &str) -> Result<()> {
-        let path = Self::blob_path(id);
+        let path = Self::blob_path(id)?;
         match self.store.delete(&path).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(Error::store("delete", &path)(e)),
@@ -392,17 +407,12 @@ impl Repository {
             &format!("backup {}", m.id),
             &serde_json::to_vec(m).expect("manifest serializes"),
         )?;
-        self.store
-            .put_opts(
-                &path,
-                PutPayload::from(body),
-                PutOptions {
-                    mode: PutMode::Create,
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(Error::store("write", &path))?;
+        if !create_object(self.store.as_ref(), &path, body).await? {
+            return Err(Error::Invalid(format!(
+                "backup {} already exists in repository {}",
+                m.id, self.url
+            )));
+        }
         Ok(())
     }
 
@@ -417,16 +427,14 @@ impl Repository {
             return Err(Error::Invalid(format!("{id:?} is not a backup id")));
         }
         let path = ObjPath::from(format!("backups/{id}"));
-        let body = match self.store.get(&path).await {
-            Ok(r) => r.bytes().await.map_err(Error::store("read", &path))?,
-            Err(object_store::Error::NotFound { .. }) => {
-                return Err(Error::Invalid(format!(
+        let body = read_object(self.store.as_ref(), &path)
+            .await?
+            .ok_or_else(|| {
+                Error::Invalid(format!(
                     "no backup {id} in repository {}; `tsvault backup list --repo {}` lists them",
                     self.url, self.url
-                )));
-            }
-            Err(e) => return Err(Error::store("read", &path)(e)),
-        };
+                ))
+            })?;
         let name = format!("backup {id}");
         let plaintext = self.keys.open(&name, &body, OBJECT_BYTES_MAX)?;
         let m: BackupManifest = serde_json::from_slice(&plaintext).map_err(|e| Error::Corrupt {

@@ -549,3 +549,59 @@ async fn selective_restore_returns_only_the_chosen_metric_and_time_range() {
     assert!(err.to_string().contains("nothing in backup"), "{err}");
     assert!(!tmp.path().join("none").exists());
 }
+
+#[tokio::test]
+async fn hostile_manifest_ids_and_stray_objects_are_errors_or_left_alone_never_a_panic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, repo_dir) = (tmp.path().join("src"), tmp.path().join("repo"));
+    data_dir(&src);
+    let repo = Repository::init(&opts(&repo_dir, None), false)
+        .await
+        .unwrap();
+    let good = backup_data_dir(&repo, &src, None, &NoProgress)
+        .await
+        .unwrap();
+    // An unencrypted manifest is a format byte and zstd JSON: forge one whose blob id is not
+    // hex (multi-byte characters where a path is cut) and whose path climbs out.
+    let mut forged = serde_json::to_value(&good).unwrap();
+    let id = "20990101T000000.000Z-00000000";
+    forged["id"] = serde_json::json!(id);
+    // 64 bytes; byte 2 falls inside a character, where the blob's directory name was cut.
+    forged["files"][0]["blobs"][0] = serde_json::json!(format!("a{}b", "é".repeat(31)));
+    let mut body = vec![1u8];
+    body.extend(zstd::bulk::compress(&serde_json::to_vec(&forged).unwrap(), 3).unwrap());
+    std::fs::write(repo_dir.join("backups").join(id), body).unwrap();
+    let problems = verify_backup(&repo, id, false).await;
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.detail.contains("not a 64-digit hex id")),
+        "{problems:?}"
+    );
+    let err = restore_data_dir(&repo, Some(id), &tmp.path().join("dst"), &NoProgress)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not a 64-digit hex id"), "{err}");
+    forged["files"][0]["path"] = serde_json::json!("../outside");
+    let id2 = "20990101T000000.001Z-00000000";
+    forged["id"] = serde_json::json!(id2);
+    let mut body = vec![1u8];
+    body.extend(zstd::bulk::compress(&serde_json::to_vec(&forged).unwrap(), 3).unwrap());
+    std::fs::write(repo_dir.join("backups").join(id2), body).unwrap();
+    let err = restore_data_dir(&repo, Some(id2), &tmp.path().join("dst2"), &NoProgress)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("outside the target"), "{err}");
+    assert!(!tmp.path().join("outside").exists() && !tmp.path().join("dst2").exists());
+
+    // A stray object under data/ is never taken for a blob, so prune leaves it.
+    let stray = repo_dir.join("data").join("zz").join("not-a-blob");
+    std::fs::create_dir_all(stray.parent().unwrap()).unwrap();
+    std::fs::write(&stray, b"x").unwrap();
+    let keep = KeepPolicy {
+        last: 1,
+        ..KeepPolicy::default()
+    };
+    prune(&repo, &keep, false).await.unwrap();
+    assert!(stray.exists());
+}

@@ -31,17 +31,21 @@ pub struct RepoArgs {
     json: bool,
 }
 
+/// The passphrase: the first line of `file` when given, else the environment variable `env`.
+fn passphrase(file: Option<&PathBuf>, env: &str) -> anyhow::Result<Option<Vec<u8>>> {
+    Ok(match file {
+        Some(f) => {
+            let text = std::fs::read_to_string(f)
+                .with_context(|| format!("reading the passphrase from {}", f.display()))?;
+            Some(text.lines().next().unwrap_or("").as_bytes().to_vec())
+        }
+        None => std::env::var_os(env).map(|p| p.to_string_lossy().as_bytes().to_vec()),
+    })
+}
+
 impl RepoArgs {
     fn options(&self) -> anyhow::Result<RepoOptions> {
-        let password = match &self.password_file {
-            Some(f) => {
-                let text = std::fs::read_to_string(f)
-                    .with_context(|| format!("reading the passphrase from {}", f.display()))?;
-                Some(text.lines().next().unwrap_or("").as_bytes().to_vec())
-            }
-            None => std::env::var_os("TSVAULT_REPO_PASSWORD")
-                .map(|p| p.to_string_lossy().as_bytes().to_vec()),
-        };
+        let password = passphrase(self.password_file.as_ref(), "TSVAULT_REPO_PASSWORD")?;
         Ok(RepoOptions {
             url: self.repo.clone(),
             password,
@@ -373,19 +377,7 @@ pub fn backup(cmd: BackupCommand) -> anyhow::Result<ExitCode> {
                 all,
             } => {
                 let from = Repository::open(&repo.options()?).await?;
-                let password = match &to_password_file {
-                    Some(f) => Some(
-                        std::fs::read_to_string(f)
-                            .with_context(|| format!("reading the passphrase from {}", f.display()))?
-                            .lines()
-                            .next()
-                            .unwrap_or("")
-                            .as_bytes()
-                            .to_vec(),
-                    ),
-                    None => std::env::var_os("TSVAULT_TO_REPO_PASSWORD")
-                        .map(|p| p.to_string_lossy().as_bytes().to_vec()),
-                };
+                let password = passphrase(to_password_file.as_ref(), "TSVAULT_TO_REPO_PASSWORD")?;
                 let target = Repository::open(&RepoOptions {
                     url: to,
                     password,

@@ -11,12 +11,20 @@ use common::{Server, post, query_dps};
 use serde_json::json;
 
 fn tsvault(args: &[&str], password: &str) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tsvault"))
-        .args(args)
+    tsvault_with(args, password, None)
+}
+
+/// Runs tsvault, with fault points when `failpoints` is given (`FAILPOINTS`).
+fn tsvault_with(args: &[&str], password: &str, failpoints: Option<&str>) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tsvault"));
+    cmd.args(args)
         .env("TSVAULT_REPO_PASSWORD", password)
         .env_remove("TSVAULT_REPO")
-        .output()
-        .expect("run tsvault")
+        .env_remove("FAILPOINTS");
+    if let Some(f) = failpoints {
+        cmd.env("FAILPOINTS", f);
+    }
+    cmd.output().expect("run tsvault")
 }
 
 fn ok(out: &Output) -> serde_json::Value {
@@ -272,15 +280,6 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-fn tsvault_failing(args: &[&str], failpoints: &str) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tsvault"))
-        .args(args)
-        .env("TSVAULT_REPO_PASSWORD", "pw")
-        .env("FAILPOINTS", failpoints)
-        .output()
-        .expect("run tsvault")
-}
-
 /// The process died at the fault point (SIGABRT, as abruptly as a kill -9).
 fn killed(out: &Output) -> bool {
     use std::os::unix::process::ExitStatusExt;
@@ -319,7 +318,11 @@ fn a_backup_or_restore_killed_at_any_blob_resumes_to_the_full_result() {
         "--json",
     ];
     for skip in [0, 2, 4] {
-        let out = tsvault_failing(&create, &format!("backup-blob-stored={skip}*off->return"));
+        let out = tsvault_with(
+            &create,
+            "pw",
+            Some(&format!("backup-blob-stored={skip}*off->return")),
+        );
         assert!(
             killed(&out),
             "backup was not killed after {skip} blobs: {out:?}"
@@ -347,9 +350,10 @@ fn a_backup_or_restore_killed_at_any_blob_resumes_to_the_full_result() {
     let dst_s = dst.to_str().unwrap();
     let restore = ["restore", "--repo", repo_s, "--data-dir", dst_s];
     for skip in [0, 3] {
-        let out = tsvault_failing(
+        let out = tsvault_with(
             &restore,
-            &format!("restore-blob-written={skip}*off->return"),
+            "pw",
+            Some(&format!("restore-blob-written={skip}*off->return")),
         );
         assert!(
             killed(&out),
