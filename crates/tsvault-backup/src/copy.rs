@@ -51,13 +51,13 @@ async fn copy_locked(from: &Repository, to: &Repository, ids: &[String]) -> Resu
         let mut m = from.manifest(id).await?;
         let mut uploaded = 0;
         for f in &mut m.files {
-            for blob in &mut f.blobs {
+            for blob in f.blobs.iter_mut().chain(f.digests.iter_mut()) {
                 if let Some(t) = mapped.get(blob) {
                     *blob = t.clone();
                     continue;
                 }
                 let plaintext = from.get_blob(blob).await?;
-                let (target_id, up) = to.put_blob(&plaintext).await?;
+                let (target_id, up) = to.put_blob(plaintext).await?;
                 if up > 0 {
                     report.blobs_uploaded += 1;
                     uploaded += up;

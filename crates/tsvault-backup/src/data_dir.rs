@@ -1,16 +1,21 @@
 //! Backups of a stopped data directory, and restores into an empty one.
 
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Component, Path, PathBuf};
 
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
 use rand::RngCore;
+use tsvault_storage::SeriesDigest;
 
 use crate::error::{Error, Result};
 use crate::locks::{Lock, LockKind, now_ms};
-use crate::manifest::{BackupManifest, BackupType, FileEntry};
+use crate::manifest::{BackupManifest, BackupType, DataSummary, FileEntry};
 use crate::prune::civil;
 use crate::repo::Repository;
+use crate::source::{ServerClient, Source};
 use tsvault_storage::RESTORE_MARKER;
 
 /// Files are cut into blobs of this size: big enough that per-object overhead is small,
@@ -32,7 +37,7 @@ impl Progress for NoProgress {
 }
 
 /// A new backup id: the UTC time to the millisecond, then random hex, so ids sort by time.
-fn new_backup_id(ms: i64) -> String {
+pub(crate) fn new_backup_id(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
     let (y, m, d) = civil(secs.div_euclid(86_400));
     let rem = secs.rem_euclid(86_400);
@@ -46,42 +51,6 @@ fn new_backup_id(ms: i64) -> String {
         ms.rem_euclid(1000),
         hex::encode(rnd)
     )
-}
-
-/// Every file of the data directory to back up, relative, sorted; the lock file and
-/// quarantined files are left out.
-fn data_files(dir: &Path) -> Result<Vec<String>> {
-    fn walk(root: &Path, rel: &str, out: &mut Vec<String>) -> Result<()> {
-        let here = root.join(rel);
-        for e in fs::read_dir(&here).map_err(Error::io("list", &here))? {
-            let e = e.map_err(Error::io("list", &here))?;
-            let name = e.file_name().into_string().map_err(|n| {
-                Error::Invalid(format!("{}: file name {n:?} is not UTF-8", here.display()))
-            })?;
-            let rel_path = if rel.is_empty() {
-                name.clone()
-            } else {
-                format!("{rel}/{name}")
-            };
-            let ty = e.file_type().map_err(Error::io("stat", e.path()))?;
-            if ty.is_dir() {
-                if rel.is_empty() && name == "quarantine" {
-                    continue;
-                }
-                walk(root, &rel_path, out)?;
-            } else if ty.is_file() {
-                if rel.is_empty() && name == "LOCK" {
-                    continue;
-                }
-                out.push(rel_path);
-            }
-        }
-        Ok(())
-    }
-    let mut out = Vec::new();
-    walk(dir, "", &mut out)?;
-    out.sort();
-    Ok(out)
 }
 
 /// Backs up the stopped data directory `dir`. `kind` None: incremental when the repository
@@ -124,33 +93,65 @@ pub async fn backup_data_dir(
         )));
     }
     let repo_lock = Lock::acquire(repo, LockKind::Backup).await?;
-    let result = backup_locked(repo, dir, kind, progress, repo_lock).await;
+    let source = Source::Dir(dir.to_path_buf());
+    let result = backup_locked(repo, &source, kind, progress, repo_lock).await;
     drop(lock);
     result
+}
+
+/// Backs up a running server online: asks it for a snapshot (writes keep flowing; the
+/// backup is the image at the snapshot), pulls the snapshot's files over HTTP into the
+/// repository, and releases the snapshot (also when the backup fails). `kind` as for
+/// [`backup_data_dir`]; backups of a server are known by its URL.
+pub async fn backup_server(
+    repo: &Repository,
+    url: &str,
+    kind: Option<BackupType>,
+    progress: &dyn Progress,
+) -> Result<BackupManifest> {
+    let client = ServerClient::new(url)?;
+    let repo_lock = Lock::acquire(repo, LockKind::Backup).await?;
+    let snapshot = match client.take_snapshot().await {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = repo_lock.release(repo).await;
+            return Err(e);
+        }
+    };
+    let sid = snapshot.id.clone();
+    let source = Source::Server {
+        client: client.clone(),
+        snapshot,
+    };
+    let result = backup_locked(repo, &source, kind, progress, repo_lock).await;
+    let released = client.release_snapshot(&sid).await;
+    match (result, released) {
+        (Ok(m), Ok(())) => Ok(m),
+        (Ok(m), Err(e)) => Err(Error::Server {
+            url: client.base.clone(),
+            detail: format!(
+                "backup {} is complete, but snapshot {sid} was not released ({e}); release it with DELETE {}/api/admin/snapshots/{sid}",
+                m.id, client.base
+            ),
+        }),
+        (Err(e), _) => Err(e),
+    }
 }
 
 /// The body of [`backup_data_dir`], holding the repository's shared lock, which it releases
 /// (on success and on failure) after the manifest is written.
 async fn backup_locked(
     repo: &Repository,
-    dir: &Path,
+    source: &Source,
     kind: Option<BackupType>,
     progress: &dyn Progress,
     mut repo_lock: Lock,
 ) -> Result<BackupManifest> {
-    let written = write_backup(repo, dir, kind, progress, &mut repo_lock).await;
+    let written = write_backup(repo, source, kind, progress, &mut repo_lock).await;
     let released = repo_lock.release(repo).await;
     let manifest = written?;
     released?;
     Ok(manifest)
-}
-
-/// The modification time of `md` in ns since the epoch (0 when the system has none).
-fn mtime_ns(md: &fs::Metadata) -> i128 {
-    md.modified()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_nanos() as i128)
 }
 
 /// The newest backup of `source`, and its newest full backup, in one scan of the manifests
@@ -176,19 +177,16 @@ async fn references(
 
 async fn write_backup(
     repo: &Repository,
-    dir: &Path,
+    source: &Source,
     kind: Option<BackupType>,
     progress: &dyn Progress,
     repo_lock: &mut Lock,
 ) -> Result<BackupManifest> {
     let started_ms = now_ms();
-    let source = fs::canonicalize(dir)
-        .map_err(Error::io("resolve", dir))?
-        .display()
-        .to_string();
+    let source_name = source.name()?;
     let (newest, newest_full) = match kind {
         Some(BackupType::Full) => (None, None),
-        _ => references(repo, &source).await?,
+        _ => references(repo, &source_name).await?,
     };
     // Default: incremental when a full backup of this source exists, else full.
     let kind = kind.unwrap_or(if newest_full.is_some() {
@@ -203,7 +201,7 @@ async fn write_backup(
     };
     if kind != BackupType::Full && reference.is_none() {
         return Err(Error::Invalid(format!(
-            "no full backup of {source} in repository {} to take a {} backup against; take a full one first",
+            "no full backup of {source_name} in repository {} to take a {} backup against; take a full one first",
             repo.url,
             if kind == BackupType::Incremental {
                 "incremental"
@@ -212,71 +210,81 @@ async fn write_backup(
             }
         )));
     }
-    let known: std::collections::HashMap<&str, &FileEntry> = reference
+    let known: HashMap<&str, &FileEntry> = reference
         .iter()
         .flat_map(|m| m.files.iter().map(|f| (f.path.as_str(), f)))
         .collect();
-    let files = data_files(dir)?;
-    let mut stats = Vec::with_capacity(files.len());
-    let mut total = 0;
-    for f in &files {
-        let p = dir.join(f);
-        let md = fs::metadata(&p).map_err(Error::io("stat", &p))?;
-        total += md.len();
-        stats.push((md.len(), mtime_ns(&md)));
-    }
-    progress.start(total);
+    let consistency = source.consistency()?;
+    let files = source.files()?;
+    progress.start(files.iter().map(|f| f.size).sum());
     let mut entries = Vec::with_capacity(files.len());
-    let (mut logical, mut uploaded, mut read) = (0u64, 0u64, 0u64);
-    let mut buf = vec![0u8; CHUNK_BYTES];
-    for (rel, (size_now, mtime)) in files.into_iter().zip(stats) {
-        // Unchanged since the reference (same size and modification time) and still whole
-        // in the repository: its entry is reused without reading the file.
-        if let Some(old) = known.get(rel.as_str())
-            && old.size == size_now
-            && old.mtime_ns == mtime
-            && mtime != 0
+    let mut summary = SummaryAcc::default();
+    let (mut logical, mut uploaded, mut read, mut deduplicated) = (0u64, 0u64, 0u64, 0u64);
+    for file in files {
+        // Unchanged since the reference (same size, and same hash or modification time) and
+        // still whole in the repository: its entry is reused without reading the file.
+        if let Some(old) = known.get(file.path.as_str())
+            && old.size == file.size
+            && match &file.blake3 {
+                Some(h) => h == &old.blake3,
+                None => file.mtime_ns != 0 && old.mtime_ns == file.mtime_ns,
+            }
         {
             let mut present = true;
-            for blob in &old.blobs {
+            for blob in old.all_blobs() {
                 present &= repo.has_blob(blob).await?;
             }
             if present {
+                if let Some(d) = &old.digests {
+                    summary.add(&load_digests(repo, d).await?);
+                }
                 logical += old.size;
+                deduplicated += old.size;
                 progress.advance(old.size);
                 entries.push((*old).clone());
                 continue;
             }
         }
-        let p = dir.join(&rel);
-        let mut file = File::open(&p).map_err(Error::io("open", &p))?;
-        let mut hasher = blake3::Hasher::new();
-        let mut blobs = Vec::new();
-        let mut size = 0u64;
-        loop {
-            let n = read_full(&mut file, &mut buf).map_err(Error::io("read", &p))?;
-            if n == 0 {
-                break;
-            }
-            let chunk = &buf[..n];
-            hasher.update(chunk);
-            let (id, up) = repo.put_blob(chunk).await?;
-            #[cfg(feature = "failpoints")]
-            fail::fail_point!("backup-blob-stored", |_| std::process::abort());
-            repo_lock.refresh_if_due(repo).await?;
-            blobs.push(id);
-            uploaded += up;
-            size += n as u64;
-            progress.advance(n as u64);
+        // The bytes go up while the digests are computed (locally, or by the server).
+        let (stored, digests) = tokio::join!(
+            store_file(repo, source, &file.path, progress, repo_lock),
+            source.digests(&file.path)
+        );
+        let StoredFile {
+            size,
+            blake3,
+            blobs,
+            uploaded: up,
+            deduplicated: dedup,
+        } = stored?;
+        let digests = digests?;
+        if size != file.size || file.blake3.as_ref().is_some_and(|h| h != &blake3) {
+            return Err(Error::Corrupt {
+                what: format!("file {} from {source_name}", file.path),
+                detail: format!(
+                    "{size} bytes with BLAKE3 {blake3} were read; the source listed {} bytes{}",
+                    file.size,
+                    file.blake3
+                        .as_ref()
+                        .map(|h| format!(" with BLAKE3 {h}"))
+                        .unwrap_or_default()
+                ),
+            });
         }
+        summary.add(&digests);
+        let json = serde_json::to_vec(&digests).expect("digests serialize");
+        let (digests_id, up_digests) = repo.put_blob(json).await?;
         read += size;
         logical += size;
+        deduplicated += dedup;
+        uploaded += up + up_digests;
         entries.push(FileEntry {
-            path: rel,
+            path: file.path,
             size,
-            blake3: hasher.finalize().to_hex().to_string(),
+            blake3,
             blobs,
-            mtime_ns: mtime,
+            mtime_ns: file.mtime_ns,
+            digests: Some(digests_id),
         });
     }
     let (parent, base) = match (&reference, kind) {
@@ -298,26 +306,123 @@ async fn write_backup(
         base,
         started_ms,
         finished_ms: now_ms(),
-        source,
+        source: source_name,
         logical_bytes: logical,
         uploaded_bytes: uploaded,
         read_bytes: read,
+        deduplicated_bytes: deduplicated,
+        consistency: Some(consistency),
+        summary: Some(summary.finish()),
+        consolidated_from: None,
         files: entries,
     };
     repo.put_manifest(&manifest).await?;
     Ok(manifest)
 }
 
-/// Reads until `buf` is full or the file ends; returns the bytes read.
-fn read_full(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match file.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
+/// Blobs in flight at once while a file is stored: their hashing, compression and
+/// encryption use several cores, and their uploads overlap. Memory: this many chunks.
+const BLOBS_IN_FLIGHT: usize = 4;
+
+/// Reads file `path` of `source` in chunks into blobs.
+async fn store_file(
+    repo: &Repository,
+    source: &Source,
+    path: &str,
+    progress: &dyn Progress,
+    repo_lock: &mut Lock,
+) -> Result<StoredFile> {
+    let mut reader = source.open(path).await?;
+    let mut hasher = blake3::Hasher::new();
+    let mut blobs = Vec::new();
+    let (mut size, mut uploaded, mut deduplicated) = (0u64, 0u64, 0u64);
+    let mut in_flight = FuturesOrdered::new();
+    let mut finished = false;
+    while !finished || !in_flight.is_empty() {
+        if !finished && in_flight.len() < BLOBS_IN_FLIGHT {
+            let mut chunk = Vec::with_capacity(CHUNK_BYTES);
+            let n = reader.fill(&mut chunk, CHUNK_BYTES).await?;
+            if n == 0 {
+                finished = true;
+                continue;
+            }
+            hasher.update(&chunk);
+            size += n as u64;
+            in_flight.push_back(async move { repo.put_blob(chunk).await.map(|r| (r, n)) });
+            continue;
+        }
+        let Some(done) = in_flight.next().await else {
+            break;
+        };
+        let ((id, up), n) = done?;
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!("backup-blob-stored", |_| std::process::abort());
+        repo_lock.refresh_if_due(repo).await?;
+        blobs.push(id);
+        uploaded += up;
+        if up == 0 {
+            deduplicated += n as u64;
+        }
+        progress.advance(n as u64);
+    }
+    Ok(StoredFile {
+        size,
+        blake3: hasher.finalize().to_hex().to_string(),
+        blobs,
+        uploaded,
+        deduplicated,
+    })
+}
+
+/// What [`store_file`] stored.
+struct StoredFile {
+    size: u64,
+    blake3: String,
+    blobs: Vec<String>,
+    /// Bytes uploaded (compressed, encrypted).
+    uploaded: u64,
+    /// Bytes of chunks the repository already held.
+    deduplicated: u64,
+}
+
+/// The per-series digests stored in blob `id`.
+pub(crate) async fn load_digests(repo: &Repository, id: &str) -> Result<Vec<SeriesDigest>> {
+    let bytes = repo.get_blob(id).await?;
+    serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
+        what: format!("digest blob {id}"),
+        detail: format!("it does not parse: {e}"),
+    })
+}
+
+/// Totals of a backup's data, from its files' digests.
+#[derive(Default)]
+struct SummaryAcc {
+    series: HashSet<String>,
+    samples: u64,
+    min: Option<i64>,
+    max: Option<i64>,
+}
+
+impl SummaryAcc {
+    fn add(&mut self, digests: &[SeriesDigest]) {
+        for d in digests {
+            if !self.series.contains(&d.series) {
+                self.series.insert(d.series.clone());
+            }
+            self.samples += d.samples;
+            self.min = Some(self.min.map_or(d.min_ts_ms, |m| m.min(d.min_ts_ms)));
+            self.max = Some(self.max.map_or(d.max_ts_ms, |m| m.max(d.max_ts_ms)));
         }
     }
-    Ok(n)
+
+    fn finish(self) -> DataSummary {
+        DataSummary {
+            series: self.series.len() as u64,
+            samples: self.samples,
+            min_ts_ms: self.min,
+            max_ts_ms: self.max,
+        }
+    }
 }
 
 /// `path` from a manifest as a safe relative path: normal components only, so that nothing
@@ -458,9 +563,13 @@ async fn restore_file(
     let mut out = File::create(tmp).map_err(Error::io("create", tmp))?;
     let mut hasher = blake3::Hasher::new();
     let mut size = 0u64;
-    for blob in &entry.blobs {
+    // Several blobs are fetched and opened at once; they are written in order.
+    let mut blobs = futures::stream::iter(&entry.blobs)
+        .map(|blob| repo.get_blob(blob))
+        .buffered(BLOBS_IN_FLIGHT);
+    while let Some(got) = blobs.next().await {
         let whose = || format!("(file {} of backup {backup})", entry.path);
-        let bytes = repo.get_blob(blob).await.map_err(|e| match e {
+        let bytes = got.map_err(|e| match e {
             Error::Missing { what } => Error::Missing {
                 what: format!("{what} {}", whose()),
             },
@@ -524,7 +633,7 @@ pub async fn verify_backup(repo: &Repository, id: &str, read_data: bool) -> Vec<
         if let Err(e) = safe_relative(&f.path) {
             problems.push(problem(e.to_string()));
         }
-        for blob in &f.blobs {
+        for blob in f.all_blobs() {
             if !checked.insert(blob.as_str()) {
                 continue;
             }
@@ -547,6 +656,102 @@ pub async fn verify_backup(repo: &Repository, id: &str, read_data: bool) -> Vec<
     problems
 }
 
+/// Deep verification of backup `id`: a full restore into a scratch directory (every blob
+/// read, decrypted and hashed, every file checked against its size and BLAKE3), every
+/// file's per-series digests recomputed from the restored bytes and compared with those the
+/// backup recorded from its source, and the restored directory opened by the storage engine
+/// (manifest, segment hashes, WAL replay). Returns every problem found.
+pub async fn verify_deep(repo: &Repository, id: &str) -> Vec<Problem> {
+    let problem = |detail: String| Problem {
+        backup: id.to_string(),
+        detail,
+    };
+    let scratch = match tempfile::Builder::new().prefix("tsvault-verify-").tempdir() {
+        Ok(d) => d,
+        Err(e) => {
+            return vec![problem(format!(
+                "cannot create a scratch directory in {}: {e}",
+                std::env::temp_dir().display()
+            ))];
+        }
+    };
+    let dir = scratch.path().join("data");
+    let manifest = match restore_data_dir(repo, Some(id), &dir, &NoProgress).await {
+        Ok(m) => m,
+        Err(e) => return vec![problem(format!("restore into a scratch directory: {e}"))],
+    };
+    let mut problems = Vec::new();
+    for f in &manifest.files {
+        let Some(blob) = &f.digests else {
+            continue;
+        };
+        let recorded = match load_digests(repo, blob).await {
+            Ok(d) => d,
+            Err(e) => {
+                problems.push(problem(format!("file {}: {e}", f.path)));
+                continue;
+            }
+        };
+        let path = dir.join(&f.path);
+        let found = match tokio::task::spawn_blocking(move || tsvault_storage::file_digests(&path))
+            .await
+            .expect("digests do not panic")
+        {
+            Ok(d) => d,
+            Err(e) => {
+                problems.push(problem(format!("file {}: {e}", f.path)));
+                continue;
+            }
+        };
+        problems.extend(
+            compare_digests(&recorded, &found)
+                .into_iter()
+                .map(|d| problem(format!("file {}: {d}", f.path))),
+        );
+    }
+    let opened = tokio::task::spawn_blocking(move || {
+        tsvault_storage::Engine::open(tsvault_storage::EngineConfig::new(&dir))
+            .map(|e| e.close_without_flush())
+    })
+    .await
+    .expect("opening the restored directory does not panic");
+    if let Err(e) = opened {
+        problems.push(problem(format!(
+            "the restored data directory does not open: {e}"
+        )));
+    }
+    problems
+}
+
+/// How the digests recomputed from restored bytes differ from those recorded, series by
+/// series.
+fn compare_digests(recorded: &[SeriesDigest], found: &[SeriesDigest]) -> Vec<String> {
+    let found: HashMap<&str, &SeriesDigest> =
+        found.iter().map(|d| (d.series.as_str(), d)).collect();
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    for r in recorded {
+        seen.insert(r.series.as_str());
+        match found.get(r.series.as_str()) {
+            None => out.push(format!("series {} is missing from the restored file", r.series)),
+            Some(f) if *f != r => out.push(format!(
+                "series {}: recorded {} samples {}..{} ms (BLAKE3 {}), restored {} samples {}..{} ms (BLAKE3 {})",
+                r.series, r.samples, r.min_ts_ms, r.max_ts_ms, r.blake3, f.samples, f.min_ts_ms, f.max_ts_ms, f.blake3
+            )),
+            Some(_) => {}
+        }
+    }
+    for f in found.keys() {
+        if !seen.contains(f) {
+            out.push(format!(
+                "series {f} is in the restored file but was not recorded"
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -559,6 +764,31 @@ mod tests {
         assert!(b.starts_with("20251121T044000.123Z-"), "{b}");
         assert!(a < b);
         assert!(new_backup_id(951_782_400_000).starts_with("20000229T"));
+    }
+
+    #[test]
+    fn digest_differences_are_named_by_series() {
+        let d = |series: &str, samples, hash: &str| SeriesDigest {
+            series: series.into(),
+            samples,
+            min_ts_ms: 0,
+            max_ts_ms: 9,
+            blake3: hash.into(),
+        };
+        let recorded = vec![d("a", 3, "x"), d("b", 2, "y"), d("c", 1, "z")];
+        assert!(compare_digests(&recorded, &recorded).is_empty());
+        let found = vec![d("a", 3, "x"), d("b", 2, "q"), d("e", 1, "z")];
+        let diff = compare_digests(&recorded, &found);
+        assert_eq!(diff.len(), 3, "{diff:?}");
+        assert!(
+            diff[0].starts_with("series b: recorded 2 samples"),
+            "{diff:?}"
+        );
+        assert_eq!(diff[1], "series c is missing from the restored file");
+        assert_eq!(
+            diff[2],
+            "series e is in the restored file but was not recorded"
+        );
     }
 
     #[test]

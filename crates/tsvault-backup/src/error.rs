@@ -36,6 +36,9 @@ pub enum Error {
     /// An object the repository must hold is missing.
     #[error("{what} is missing from the repository")]
     Missing { what: String },
+    /// A tsvault server's admin API failed or refused.
+    #[error("server {url}: {detail}")]
+    Server { url: String, detail: String },
     /// The request itself is wrong (unknown backup id, non-empty target, unsafe path...).
     #[error("{0}")]
     Invalid(String),

@@ -3,9 +3,12 @@
 //! the passphrase, on any `object_store` target (a local directory or S3). Blobs are written
 //! first and a backup's manifest last, so a manifest exists only for a complete backup.
 //!
-//! What exists so far: `init`, full backups of a stopped data directory, `list`/`show`,
-//! restore into an empty directory, verify (structure, read-data), prune with locks, and copy to a second repository.
+//! What exists: `init`; full, incremental and differential backups of a stopped data
+//! directory or, online, of a running server's snapshot; `list`/`show`; restore into an
+//! empty directory or into a running server, whole or selected; verify (structure,
+//! read-data, deep); prune with locks; copy to a second repository; consolidate.
 
+mod consolidate;
 mod copy;
 mod crypto;
 mod data_dir;
@@ -15,17 +18,23 @@ mod manifest;
 mod prune;
 mod repo;
 mod selective;
+mod source;
 
+pub use consolidate::consolidate;
 pub use copy::{CopyReport, copy_backups};
 pub use data_dir::{
-    CHUNK_BYTES, NoProgress, Problem, Progress, backup_data_dir, restore_data_dir, verify_backup,
+    CHUNK_BYTES, NoProgress, Problem, Progress, backup_data_dir, backup_server, restore_data_dir,
+    verify_backup, verify_deep,
 };
 pub use error::{Error, Result};
 pub use locks::{LOCK_STALE_MS, Lock, LockInfo, LockKind};
-pub use manifest::{BackupManifest, BackupType, FileEntry};
+pub use manifest::{BackupManifest, BackupType, ConsistencyPoint, DataSummary, FileEntry};
 pub use prune::{BackupTime, KeepPolicy, PruneReport, prune, select_kept};
 pub use repo::{RepoConfig, RepoOptions, Repository};
-pub use selective::{RestoreFilter, SelectiveReport, restore_selected, wildcard_matches};
+pub use selective::{
+    RestoreFilter, SelectiveReport, restore_into_server, restore_selected, wildcard_matches,
+};
+pub use source::{ImportCounts, ServerClient};
 
 /// Reads fault points from the `FAILPOINTS` environment variable (builds with the
 /// `failpoints` feature, used only by tests; otherwise it does nothing). Points:

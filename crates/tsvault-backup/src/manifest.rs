@@ -24,6 +24,40 @@ pub struct FileEntry {
     /// a later incremental or differential backup knows it is unchanged without reading it.
     #[serde(default)]
     pub mtime_ns: i128,
+    /// The blob holding the file's per-series digests (JSON list of
+    /// `tsvault_storage::SeriesDigest`), which `verify --deep` compares a restore against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digests: Option<String>,
+}
+
+impl FileEntry {
+    /// Every blob the entry needs: its data, then its digests.
+    pub fn all_blobs(&self) -> impl Iterator<Item = &String> {
+        self.blobs.iter().chain(&self.digests)
+    }
+}
+
+/// The moment a backup is the image of.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsistencyPoint {
+    /// The server's snapshot (online backups), absent for a stopped data directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    /// WAL files numbered below this are in the backup: every write acknowledged before.
+    pub wal_position: u64,
+    /// Milliseconds since the epoch when the image was taken.
+    pub at_ms: i64,
+}
+
+/// What the backed-up data holds, from the per-series digests of its files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataSummary {
+    pub series: u64,
+    /// Samples stored in the files (a timestamp written twice and not yet compacted, or in
+    /// the WAL as well as a segment, counts twice).
+    pub samples: u64,
+    pub min_ts_ms: Option<i64>,
+    pub max_ts_ms: Option<i64>,
 }
 
 /// A backup (`backups/<id>`).
@@ -47,5 +81,16 @@ pub struct BackupManifest {
     /// Bytes read from the source: files unchanged since the parent (or base) are not read.
     #[serde(default)]
     pub read_bytes: u64,
+    /// Bytes not uploaded because the repository already held them (unchanged files and
+    /// chunks already stored).
+    #[serde(default)]
+    pub deduplicated_bytes: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistency: Option<ConsistencyPoint>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<DataSummary>,
+    /// For a synthetic full backup (`consolidate`): the backup whose image it holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consolidated_from: Option<String>,
     pub files: Vec<FileEntry>,
 }

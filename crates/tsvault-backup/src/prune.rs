@@ -147,7 +147,7 @@ async fn prune_locked(
     let mut referenced = HashSet::new();
     for id in kept.keys() {
         for f in repo.manifest(id).await?.files {
-            referenced.extend(f.blobs);
+            referenced.extend(f.all_blobs().cloned());
         }
     }
     if !dry_run {

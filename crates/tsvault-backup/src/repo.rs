@@ -50,10 +50,17 @@ pub struct RepoOptions {
 /// An open repository.
 pub struct Repository {
     store: Arc<dyn ObjectStore>,
-    keys: Keys,
+    keys: Arc<Keys>,
     pub config: RepoConfig,
     /// The URL it was opened with, for messages.
     pub url: String,
+}
+
+/// Runs CPU-heavy work (hashing, compression, encryption) on the blocking pool.
+async fn cpu<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("blob hashing and sealing do not panic")
 }
 
 /// Whether `id` has the form of a blob id: 64 lowercase or uppercase hex digits.
@@ -182,7 +189,7 @@ impl Repository {
         }
         Ok(Repository {
             store,
-            keys,
+            keys: Arc::new(keys),
             config,
             url: opts.url.clone(),
         })
@@ -237,7 +244,7 @@ impl Repository {
         };
         Ok(Repository {
             store,
-            keys,
+            keys: Arc::new(keys),
             config,
             url: opts.url.clone(),
         })
@@ -262,13 +269,18 @@ impl Repository {
 
     /// Stores `plaintext` as a blob unless the repository already holds it; returns its id
     /// and the bytes uploaded (0 when it was already there).
-    pub async fn put_blob(&self, plaintext: &[u8]) -> Result<(String, u64)> {
-        let id = self.keys.blob_id(plaintext);
+    pub async fn put_blob(&self, plaintext: Vec<u8>) -> Result<(String, u64)> {
+        // Hashing, compression and encryption run on the blocking pool, so that several
+        // blobs in flight use several cores.
+        let keys = self.keys.clone();
+        let (id, plaintext) = cpu(move || (keys.blob_id(&plaintext), plaintext)).await;
         if self.has_blob(&id).await? {
             return Ok((id, 0));
         }
         let path = Self::blob_path(&id)?;
-        let body = self.keys.seal(&format!("blob {id}"), plaintext)?;
+        let keys = self.keys.clone();
+        let name = format!("blob {id}");
+        let body = cpu(move || keys.seal(&name, &plaintext)).await?;
         let n = body.len() as u64;
         self.store
             .put(&path, PutPayload::from(body))
@@ -285,15 +297,20 @@ impl Repository {
             .ok_or_else(|| Error::Missing {
                 what: format!("blob {id}"),
             })?;
-        let name = format!("blob {id}");
-        let plaintext = self.keys.open(&name, &body, OBJECT_BYTES_MAX)?;
-        if self.keys.blob_id(&plaintext) != id {
-            return Err(Error::Corrupt {
-                what: name,
-                detail: "its content does not hash to its id".into(),
-            });
-        }
-        Ok(plaintext)
+        let keys = self.keys.clone();
+        let id = id.to_string();
+        cpu(move || {
+            let name = format!("blob {id}");
+            let plaintext = keys.open(&name, &body, OBJECT_BYTES_MAX)?;
+            if keys.blob_id(&plaintext) != id {
+                return Err(Error::Corrupt {
+                    what: name,
+                    detail: "its content does not hash to its id".into(),
+                });
+            }
+            Ok(plaintext)
+        })
+        .await
     }
 
     /// Whether blob `id` exists (without reading it).

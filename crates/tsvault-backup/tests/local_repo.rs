@@ -5,7 +5,7 @@ use std::path::Path;
 
 use tsvault_backup::{
     KeepPolicy, NoProgress, RepoOptions, Repository, backup_data_dir, copy_backups, prune,
-    restore_data_dir, verify_backup,
+    restore_data_dir, verify_backup, verify_deep,
 };
 use tsvault_model::{Point, Sample, SeriesKey};
 use tsvault_storage::{Engine, EngineConfig};
@@ -179,7 +179,13 @@ async fn verify_names_each_kind_of_damage() {
             .await
             .unwrap();
         assert!(verify_backup(&repo, &b.id, true).await.is_empty());
-        let blobs = files(&repo_dir.join("data"));
+        // The data blobs (not the digest blobs, which only deep verification reads).
+        let ids: std::collections::BTreeSet<&String> =
+            b.files.iter().flat_map(|f| &f.blobs).collect();
+        let blobs: Vec<std::path::PathBuf> = ids
+            .iter()
+            .map(|id| repo_dir.join("data").join(&id[..2]).join(id))
+            .collect();
         assert!(blobs.len() >= 3, "{blobs:?}");
 
         // A flipped byte in a blob: found by read-data, not by the structure check.
@@ -308,11 +314,11 @@ async fn prune_removes_what_the_policy_drops_and_waits_for_running_backups() {
     assert_eq!(repo.backup_ids().await.unwrap(), vec![second.id.clone()]);
     // Exactly the blobs only the first backup used are gone; the second is whole.
     let referenced: std::collections::HashSet<&String> =
-        second.files.iter().flat_map(|f| &f.blobs).collect();
+        second.files.iter().flat_map(|f| f.all_blobs()).collect();
     let only_first: std::collections::HashSet<&String> = first
         .files
         .iter()
-        .flat_map(|f| &f.blobs)
+        .flat_map(|f| f.all_blobs())
         .filter(|b| !referenced.contains(b))
         .collect();
     assert!(!only_first.is_empty());
@@ -357,7 +363,7 @@ async fn copy_mirrors_backups_into_a_second_repository_uploading_only_what_it_la
     assert_eq!(report.copied, ids);
     // The second backup shares every blob with the first: uploaded once.
     let distinct: std::collections::HashSet<&String> =
-        first.files.iter().flat_map(|f| &f.blobs).collect();
+        first.files.iter().flat_map(|f| f.all_blobs()).collect();
     assert_eq!(report.blobs_uploaded as usize, distinct.len());
     assert_eq!(b.manifest(&second.id).await.unwrap().uploaded_bytes, 0);
     // Again: nothing to do.
@@ -604,4 +610,52 @@ async fn hostile_manifest_ids_and_stray_objects_are_errors_or_left_alone_never_a
     };
     prune(&repo, &keep, false).await.unwrap();
     assert!(stray.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deep_verify_compares_every_series_with_what_was_recorded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, repo_dir) = (tmp.path().join("src"), tmp.path().join("repo"));
+    data_dir(&src);
+    let repo = Repository::init(&opts(&repo_dir, Some("pw")), true)
+        .await
+        .unwrap();
+    let b = backup_data_dir(&repo, &src, None, &NoProgress)
+        .await
+        .unwrap();
+    assert!(verify_deep(&repo, &b.id).await.is_empty());
+    let summary = b.summary.clone().unwrap();
+    assert!(summary.series > 0 && summary.samples > 0, "{summary:?}");
+
+    // A backup whose recorded digests disagree with its bytes (as if the source had been
+    // misread): every blob is whole, so only deep verification can tell.
+    let mut m = b.clone();
+    let entry = m
+        .files
+        .iter_mut()
+        .find(|f| f.path.starts_with("segments/"))
+        .unwrap();
+    let path = entry.path.clone();
+    let blob = entry.digests.clone().unwrap();
+    let mut digests: Vec<tsvault_storage::SeriesDigest> =
+        serde_json::from_slice(&repo.get_blob(&blob).await.unwrap()).unwrap();
+    digests[0].samples += 1;
+    let series = digests[0].series.clone();
+    let (changed, _) = repo
+        .put_blob(serde_json::to_vec(&digests).unwrap())
+        .await
+        .unwrap();
+    entry.digests = Some(changed);
+    m.id = format!("{}00000000", &b.id[..b.id.len() - 8]);
+    repo.put_manifest(&m).await.unwrap();
+    assert!(verify_backup(&repo, &m.id, true).await.is_empty());
+    let problems = verify_deep(&repo, &m.id).await;
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].backup, m.id);
+    assert!(
+        problems[0]
+            .detail
+            .starts_with(&format!("file {path}: series {series}: recorded")),
+        "{problems:?}"
+    );
 }

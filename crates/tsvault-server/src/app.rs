@@ -12,7 +12,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tsvault_storage::{Engine, EngineConfig, FsyncMode};
 
 use crate::metrics::Metrics;
-use crate::{health, influx, opentsdb};
+use crate::{admin, health, influx, opentsdb};
 
 /// Everything the server needs to start; every field has a working default in the CLI.
 #[derive(Debug, Clone)]
@@ -120,6 +120,20 @@ fn router(state: Shared) -> Router {
         .route("/metrics", get(health::metrics))
         .route("/api/admin/flush", post(health::flush))
         .route("/api/admin/compact", post(health::compact))
+        .route(
+            "/api/admin/snapshots",
+            get(admin::list_snapshots).post(admin::create_snapshot),
+        )
+        .route(
+            "/api/admin/snapshots/{id}",
+            get(admin::show_snapshot).delete(admin::release_snapshot),
+        )
+        .route("/api/admin/snapshots/{id}/file", get(admin::snapshot_file))
+        .route(
+            "/api/admin/snapshots/{id}/digests",
+            get(admin::snapshot_digests),
+        )
+        .route("/api/admin/import", post(admin::import))
         .with_state(state)
         // A panic in a handler (a bug, never expected input) answers 500 instead of
         // dropping the connection without a word.

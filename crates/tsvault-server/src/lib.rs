@@ -1,10 +1,12 @@
 //! The tsvault HTTP server: the write protocols (InfluxDB line protocol, OpenTSDB `/api/put`),
-//! the OpenTSDB query API, health, readiness and metrics, over one storage engine.
+//! the OpenTSDB query API, health, readiness and metrics, and the admin API for snapshots and
+//! imports (online backup and restore), over one storage engine.
 //!
 //! It maps protocol requests onto `tsvault-ingest`, `tsvault-query` and `tsvault-storage`, and
 //! each error onto the status code and body shape of the protocol it copies. It holds no data
 //! of its own and never decides durability: a 2xx is sent only after the engine says durable.
 
+mod admin;
 mod app;
 mod error;
 mod health;

@@ -5,6 +5,7 @@
 //! failed write or fsync poisons the store: the failed fsync is never retried, because the
 //! kernel may already have dropped the dirty pages.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::time::{Duration, Instant};
@@ -36,6 +37,14 @@ pub(crate) enum CommitRequest {
     /// head came from WAL files numbered below the returned number.
     Rotate {
         done: SyncSender<Result<(u64, Arc<Head>)>>,
+    },
+    /// Sync the WAL file and start the next one (for a snapshot); answer with its number.
+    Roll { done: SyncSender<Result<u64>> },
+    /// Make durable and visible those of these samples whose series has no sample at that
+    /// timestamp in the head (the caller checked the segments); answer with how many.
+    Import {
+        samples: Vec<(SeriesId, i64, f64)>,
+        done: SyncSender<Result<usize>>,
     },
     /// Sync and stop.
     Shutdown,
@@ -99,28 +108,58 @@ fn run_loop(inner: Arc<Inner>, mut wal: WalWriter, rx: Receiver<CommitRequest>) 
                         pending = rx.try_recv().ok();
                     }
                 }
-                CommitRequest::Rotate { done } => {
+                control => {
+                    // Writes received before a control request are committed first, so that
+                    // it sees them; a shutdown syncs them whatever the fsync mode.
+                    let fsync = interval.is_none() || matches!(control, CommitRequest::Shutdown);
                     commit(
                         &inner,
                         &mut wal,
                         &mut defined,
                         &mut frames,
                         std::mem::take(&mut writes),
-                        interval.is_none(),
+                        fsync,
                     );
-                    let _ = done.send(rotate(&inner, &mut wal, &mut defined));
-                }
-                CommitRequest::Shutdown => {
-                    commit(
-                        &inner,
-                        &mut wal,
-                        &mut defined,
-                        &mut frames,
-                        std::mem::take(&mut writes),
-                        true,
-                    );
-                    sync_or_poison(&inner, &mut wal);
-                    return;
+                    match control {
+                        CommitRequest::Write { .. } => {
+                            unreachable!("commit thread invariant: writes are matched above")
+                        }
+                        CommitRequest::Rotate { done } => {
+                            let _ = done.send(rotate(&inner, &mut wal, &mut defined));
+                        }
+                        CommitRequest::Roll { done } => {
+                            let rolled = roll(&inner, &mut wal, &mut defined);
+                            if rolled.is_ok() {
+                                dirty_since = None;
+                            }
+                            let _ = done.send(rolled);
+                        }
+                        CommitRequest::Import { samples, done } => {
+                            let kept = absent_from_head(&inner, samples);
+                            let n = kept.len();
+                            if n == 0 {
+                                let _ = done.send(Ok(0));
+                                continue;
+                            }
+                            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+                            commit(
+                                &inner,
+                                &mut wal,
+                                &mut defined,
+                                &mut frames,
+                                vec![(kept, tx)],
+                                interval.is_none(),
+                            );
+                            if interval.is_some() && dirty_since.is_none() {
+                                dirty_since = Some(Instant::now());
+                            }
+                            let _ = done.send(rx.recv().unwrap_or(Err(Error::Closed)).map(|()| n));
+                        }
+                        CommitRequest::Shutdown => {
+                            sync_or_poison(&inner, &mut wal);
+                            return;
+                        }
+                    }
                 }
             }
         }
@@ -137,19 +176,11 @@ fn run_loop(inner: Arc<Inner>, mut wal: WalWriter, rx: Receiver<CommitRequest>) 
                 dirty_since = Some(Instant::now());
             }
         }
-        if wal.size_bytes() >= inner.config.wal_segment_bytes_max && inner.poisoned().is_none() {
-            // Rolling makes the old file's contents durable first, then opens the next one.
-            match wal
-                .sync()
-                .and_then(|()| WalWriter::create(&inner.wal_dir, wal.number() + 1))
-            {
-                Ok(next) => {
-                    wal = next;
-                    defined.clear();
-                    dirty_since = None;
-                }
-                Err(e) => inner.poison(&e),
-            }
+        if wal.size_bytes() >= inner.config.wal_segment_bytes_max
+            && inner.poisoned().is_none()
+            && roll(&inner, &mut wal, &mut defined).is_ok()
+        {
+            dirty_since = None;
         }
     }
     sync_or_poison(&inner, &mut wal);
@@ -250,22 +281,56 @@ fn encode_write<'k>(
     }
 }
 
-fn rotate(inner: &Inner, wal: &mut WalWriter, defined: &mut Vec<bool>) -> Result<(u64, Arc<Head>)> {
+/// Makes the WAL file's contents durable, then starts the next file (a failure poisons);
+/// returns the new file's number.
+fn roll(inner: &Inner, wal: &mut WalWriter, defined: &mut Vec<bool>) -> Result<u64> {
     if let Some(msg) = inner.poisoned() {
         return Err(Error::Poisoned(msg));
     }
     let next = wal
         .sync()
         .and_then(|()| WalWriter::create(&inner.wal_dir, wal.number() + 1));
-    let next = match next {
-        Ok(n) => n,
+    match next {
+        Ok(n) => {
+            *wal = n;
+            defined.clear();
+            Ok(wal.number())
+        }
         Err(e) => {
             inner.poison(&e);
-            return Err(e);
+            Err(e)
         }
-    };
-    *wal = next;
-    defined.clear();
+    }
+}
+
+/// The samples of an import whose series has no sample at their timestamp in the head (live
+/// or being flushed); of repeated timestamps in the import, the first.
+fn absent_from_head(
+    inner: &Inner,
+    samples: Vec<(SeriesId, i64, f64)>,
+) -> Vec<(SeriesId, i64, f64)> {
+    let state = inner.state.read();
+    let mut present: HashMap<SeriesId, HashSet<i64>> = HashMap::new();
+    let mut buf = Vec::new();
+    let mut out = Vec::with_capacity(samples.len());
+    for (id, ts, v) in samples {
+        let set = present.entry(id).or_insert_with(|| {
+            buf.clear();
+            if let Some(f) = &state.frozen {
+                f.collect(id, i64::MIN, i64::MAX, &mut buf);
+            }
+            state.live.collect(id, i64::MIN, i64::MAX, &mut buf);
+            buf.iter().map(|s| s.ts_ms).collect()
+        });
+        if set.insert(ts) {
+            out.push((id, ts, v));
+        }
+    }
+    out
+}
+
+fn rotate(inner: &Inner, wal: &mut WalWriter, defined: &mut Vec<bool>) -> Result<(u64, Arc<Head>)> {
+    roll(inner, wal, defined)?;
     let mut state = inner.state.write();
     if state.frozen.is_some() {
         return Err(Error::Internal(

@@ -1,7 +1,8 @@
 //! The storage engine: recovery, the write path, flush, compaction, retention and reads.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -20,7 +21,10 @@ use crate::head::{Head, normalize};
 use crate::index::{Registry, SeriesId};
 use crate::manifest::{MANIFEST_FILE, Manifest};
 use crate::segment::{Segment, SegmentInfo, segment_file_name, write_segment};
-use crate::wal::{WalEnd, WalWriter, list_wal_files, read_wal_file, truncate_torn_tail};
+use crate::snapshot::{self, SNAPSHOTS_DIR, SnapshotFile, SnapshotInfo};
+use crate::wal::{
+    WalEnd, WalWriter, list_wal_files, read_wal_file, truncate_torn_tail, wal_file_name,
+};
 
 /// When a write is made durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,6 +138,17 @@ pub struct EngineStats {
     pub samples_dropped_retention: u64,
 }
 
+/// What an import did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ImportOutcome {
+    /// Samples written.
+    pub imported: usize,
+    /// Samples left out because the series already had a sample at that timestamp.
+    pub skipped_existing: usize,
+    /// Samples refused because they are older than the retention period.
+    pub dropped_beyond_retention: usize,
+}
+
 /// What a write did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WriteOutcome {
@@ -212,6 +227,9 @@ const COMMIT_QUEUE_MAX: usize = 1024;
 /// narrower ones rewrite less at each compaction and drop data at a finer grain under
 /// retention. See BENCHMARKS.md for the measurements behind the choice.
 pub const DEFAULT_SEGMENT_DURATION_MS: i64 = 6 * 3600 * 1000;
+
+/// A sample with its series id, as the commit thread takes it.
+type IdSample = (SeriesId, i64, f64);
 
 /// One series a select returns, with its samples.
 type SelectedSeries = (SeriesKey, Vec<Sample>);
@@ -295,6 +313,8 @@ impl Engine {
         }
         let segment_duration_ms = manifest.segment_duration_ms;
         remove_stray_files(&seg_dir, &manifest)?;
+        // Snapshots interrupted while being taken are removed; complete ones stay.
+        snapshot::list(&dir, true)?;
 
         // Replay the WAL into the head.
         let mut head = Head::default();
@@ -451,6 +471,43 @@ impl Engine {
         self.handle().write(points)
     }
 
+    /// Writes those of `points` whose series holds no sample at their timestamp yet, so that
+    /// restored data merges and never overwrites what the store already has (a later write
+    /// of the same timestamp still wins, as always). For `tsvault restore --server`.
+    pub fn import(&self, points: &[Point]) -> Result<ImportOutcome> {
+        self.handle().import(points)
+    }
+
+    /// Takes a snapshot of everything acknowledged so far (see [`SnapshotInfo`]); writes
+    /// keep flowing. It stays on disk, across restarts, until released.
+    pub fn snapshot(&self) -> Result<SnapshotInfo> {
+        self.handle().snapshot()
+    }
+
+    /// The snapshots on disk, oldest first.
+    pub fn snapshots(&self) -> Result<Vec<SnapshotInfo>> {
+        snapshot::list(&self.inner.config.data_dir, false)
+    }
+
+    /// Where file `path` of snapshot `id` is, and what it should hold.
+    pub fn snapshot_file(&self, id: &str, path: &str) -> Result<(PathBuf, SnapshotFile)> {
+        let dir = snapshot::snapshot_dir(&self.inner.config.data_dir, id)?;
+        let info = snapshot::load_info(&dir)?;
+        let file = info
+            .files
+            .into_iter()
+            .find(|f| f.path == path)
+            .ok_or_else(|| Error::NotFound(format!("snapshot {id} has no file {path:?}")))?;
+        Ok((dir.join(&file.path), file))
+    }
+
+    /// Deletes snapshot `id` (its links; the store's own files stay).
+    pub fn release_snapshot(&self, id: &str) -> Result<()> {
+        let dir = snapshot::snapshot_dir(&self.inner.config.data_dir, id)?;
+        fs::remove_dir_all(&dir).ctx("remove", &dir)?;
+        sync_dir(&self.inner.config.data_dir.join(SNAPSHOTS_DIR))
+    }
+
     /// Samples before this time are refused (None when retention is unlimited).
     pub fn retention_cutoff_ms(&self) -> Option<i64> {
         self.handle().retention_cutoff()
@@ -603,6 +660,31 @@ struct EngineHandle {
 
 impl EngineHandle {
     fn write(&self, points: &[Point]) -> Result<WriteOutcome> {
+        let (samples, dropped) = self.resolve(points)?;
+        let written = samples.len();
+        if written > 0 {
+            let (done_tx, done_rx) = sync_channel(1);
+            self.commit_tx
+                .send(CommitRequest::Write {
+                    samples,
+                    done: done_tx,
+                })
+                .map_err(|_| Error::Closed)?;
+            done_rx.recv().map_err(|_| Error::Closed)??;
+            self.inner
+                .stats
+                .samples_written
+                .fetch_add(written as u64, Ordering::Relaxed);
+        }
+        Ok(WriteOutcome {
+            written,
+            dropped_beyond_retention: dropped,
+        })
+    }
+
+    /// Checks `points` and gives each its series id (registering new series), leaving out
+    /// (and counting) those older than the retention period.
+    fn resolve(&self, points: &[Point]) -> Result<(Vec<IdSample>, usize)> {
         if let Some(msg) = self.inner.poisoned() {
             return Err(Error::Poisoned(msg));
         }
@@ -653,25 +735,180 @@ impl EngineHandle {
                 .samples_dropped_retention
                 .fetch_add(dropped as u64, Ordering::Relaxed);
         }
-        let written = samples.len();
-        if written > 0 {
+        Ok((samples, dropped))
+    }
+
+    /// Writes those of `points` whose series has no sample at their timestamp: existing data
+    /// always wins. Flush and compaction wait while the segments are checked; the head is
+    /// checked on the commit thread, in order with every other write.
+    fn import(&self, points: &[Point]) -> Result<ImportOutcome> {
+        let manifest = self.inner.manifest.lock();
+        let (samples, dropped) = self.resolve(points)?;
+        let segments = self.inner.state.read().segments.clone();
+        let mut ranges: HashMap<SeriesId, (i64, i64)> = HashMap::new();
+        for &(id, ts, _) in &samples {
+            let r = ranges.entry(id).or_insert((ts, ts));
+            *r = (r.0.min(ts), r.1.max(ts));
+        }
+        let mut in_segments: HashMap<SeriesId, HashSet<i64>> = HashMap::new();
+        let mut buf = Vec::new();
+        for (&id, &(start, end)) in &ranges {
+            let set = in_segments.entry(id).or_default();
+            for s in segments.iter() {
+                let Some(&b) = s.blocks.get(&id) else {
+                    continue;
+                };
+                let meta = &s.seg.blocks[b as usize];
+                if meta.max_ts < start || meta.min_ts > end {
+                    continue;
+                }
+                buf.clear();
+                s.seg.read_block_into(b as usize, start, end, &mut buf)?;
+                set.extend(buf.iter().map(|x| x.ts_ms));
+            }
+        }
+        let offered = samples.len();
+        let candidates: Vec<IdSample> = samples
+            .into_iter()
+            .filter(|(id, ts, _)| !in_segments.get(id).is_some_and(|set| set.contains(ts)))
+            .collect();
+        let imported = if candidates.is_empty() {
+            0
+        } else {
             let (done_tx, done_rx) = sync_channel(1);
             self.commit_tx
-                .send(CommitRequest::Write {
-                    samples,
+                .send(CommitRequest::Import {
+                    samples: candidates,
                     done: done_tx,
                 })
                 .map_err(|_| Error::Closed)?;
-            done_rx.recv().map_err(|_| Error::Closed)??;
-            self.inner
-                .stats
-                .samples_written
-                .fetch_add(written as u64, Ordering::Relaxed);
-        }
-        Ok(WriteOutcome {
-            written,
+            done_rx.recv().map_err(|_| Error::Closed)??
+        };
+        drop(manifest);
+        self.inner
+            .stats
+            .samples_written
+            .fetch_add(imported as u64, Ordering::Relaxed);
+        Ok(ImportOutcome {
+            imported,
+            skipped_existing: offered - imported,
             dropped_beyond_retention: dropped,
         })
+    }
+
+    /// Takes a snapshot (see `snapshot.rs`): under the manifest lock (no flush, compaction
+    /// or retention meanwhile), rolls the WAL and links the live files; hashes the WAL files
+    /// after releasing it. Built under a temporary name, renamed into place when complete.
+    fn snapshot(&self) -> Result<SnapshotInfo> {
+        self.refuse_if_poisoned()?;
+        let data_dir = &self.inner.config.data_dir;
+        let root = data_dir.join(SNAPSHOTS_DIR);
+        create_dir_durable(&root)?;
+        let created_ms = system_clock_ms();
+        let (id, tmp) = (0u64..)
+            .map(|n| {
+                let id = format!("{created_ms}-{n}");
+                let tmp = root.join(format!("{id}.tmp"));
+                (id, tmp)
+            })
+            .find(|(id, tmp)| !root.join(id).exists() && !tmp.exists())
+            .expect("snapshot invariant: some suffix is free");
+        let result = self.build_snapshot(&id, created_ms, &tmp);
+        match result {
+            Ok(info) => {
+                let dst = root.join(&id);
+                fs::rename(&tmp, &dst).ctx("rename", &tmp)?;
+                sync_dir(&root)?;
+                Ok(info)
+            }
+            Err(e) => {
+                let _ = fs::remove_dir_all(&tmp);
+                Err(e)
+            }
+        }
+    }
+
+    fn build_snapshot(&self, id: &str, created_ms: i64, tmp: &Path) -> Result<SnapshotInfo> {
+        let (seg_tmp, wal_tmp) = (tmp.join("segments"), tmp.join("wal"));
+        for d in [tmp, &seg_tmp, &wal_tmp] {
+            fs::create_dir(d).ctx("create", d)?;
+        }
+        let mut files = Vec::new();
+        let mut wal_links = Vec::new();
+        let position = {
+            let manifest = self.inner.manifest.lock();
+            let (done_tx, done_rx) = sync_channel(1);
+            self.commit_tx
+                .send(CommitRequest::Roll { done: done_tx })
+                .map_err(|_| Error::Closed)?;
+            let position = done_rx.recv().map_err(|_| Error::Closed)??;
+            let hashes: HashMap<u64, String> = self
+                .inner
+                .state
+                .read()
+                .segments
+                .iter()
+                .map(|s| (s.seg.info.seq, s.seg.file_blake3.clone()))
+                .collect();
+            for info in &manifest.segments {
+                let name = segment_file_name(info.seq);
+                let src = self.inner.seg_dir.join(&name);
+                fs::hard_link(&src, seg_tmp.join(&name)).ctx("link", &src)?;
+                let blake3 = match hashes.get(&info.seq) {
+                    Some(h) => h.clone(),
+                    None => snapshot::hash_file(&src)?,
+                };
+                files.push(SnapshotFile {
+                    path: format!("segments/{name}"),
+                    size: info.size_bytes,
+                    blake3,
+                });
+            }
+            for (n, src) in list_wal_files(&self.inner.wal_dir)? {
+                if n >= manifest.wal_start && n < position {
+                    let name = wal_file_name(n);
+                    fs::hard_link(&src, wal_tmp.join(&name)).ctx("link", &src)?;
+                    wal_links.push(name);
+                }
+            }
+            let bytes = manifest.encode();
+            let path = tmp.join(MANIFEST_FILE);
+            let mut f = File::create(&path).ctx("create", &path)?;
+            f.write_all(&bytes)
+                .and_then(|()| f.sync_all())
+                .ctx("write", &path)?;
+            files.push(SnapshotFile {
+                path: MANIFEST_FILE.into(),
+                size: bytes.len() as u64,
+                blake3: blake3::hash(&bytes).to_hex().to_string(),
+            });
+            position
+        };
+        for name in wal_links {
+            let path = wal_tmp.join(&name);
+            let size = fs::metadata(&path).ctx("stat", &path)?.len();
+            files.push(SnapshotFile {
+                path: format!("wal/{name}"),
+                size,
+                blake3: snapshot::hash_file(&path)?,
+            });
+        }
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        let info = SnapshotInfo {
+            id: id.to_string(),
+            created_ms,
+            wal_position: position,
+            files,
+        };
+        let path = tmp.join(snapshot::SNAPSHOT_FILE);
+        let json = serde_json::to_vec_pretty(&info)
+            .expect("snapshot invariant: plain data always serializes");
+        let mut f = File::create(&path).ctx("create", &path)?;
+        f.write_all(&json)
+            .and_then(|()| f.sync_all())
+            .ctx("write", &path)?;
+        snapshot::sync_tree(tmp)?;
+        Ok(info)
     }
 
     fn retention_cutoff(&self) -> Option<i64> {

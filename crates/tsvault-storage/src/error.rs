@@ -42,6 +42,9 @@ pub enum Error {
     /// An internal invariant failed (a bug); the store refuses writes.
     #[error("internal error: {0}")]
     Internal(String),
+    /// A snapshot (or a file of one) that does not exist.
+    #[error("{0}")]
+    NotFound(String),
     /// A configuration value is out of range.
     #[error("invalid storage configuration: {0}")]
     Config(String),

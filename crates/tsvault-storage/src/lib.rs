@@ -15,12 +15,16 @@ mod head;
 mod index;
 mod manifest;
 mod segment;
+mod snapshot;
 mod wal;
 
 pub use engine::{
-    DEFAULT_SEGMENT_DURATION_MS, Engine, EngineConfig, EngineStats, FsyncMode, QuarantinedFile,
-    RESTORE_MARKER, WriteOutcome, system_clock_ms,
+    DEFAULT_SEGMENT_DURATION_MS, Engine, EngineConfig, EngineStats, FsyncMode, ImportOutcome,
+    QuarantinedFile, RESTORE_MARKER, WriteOutcome, system_clock_ms,
 };
 pub use error::{Error, Result};
 pub use manifest::Manifest;
 pub use segment::SegmentInfo;
+pub use snapshot::{
+    SNAPSHOTS_DIR, SeriesDigest, SnapshotFile, SnapshotInfo, file_digests, is_snapshot_id,
+};

@@ -450,6 +450,8 @@ pub(crate) struct Segment {
     pub path: PathBuf,
     pub info: SegmentInfo,
     pub blocks: Vec<BlockMeta>,
+    /// BLAKE3 of the whole file (footer included), hex: how a snapshot names its bytes.
+    pub file_blake3: String,
     /// The segment format (1 or 2), which decides the block encoding.
     version: u8,
     file: File,
@@ -520,7 +522,10 @@ impl Segment {
         if crc32c::crc32c(&footer[..FOOTER_BYTES - 12]) != footer_crc {
             return Err(corrupt("footer checksum mismatch".into()));
         }
-        let actual_hash = blake3::hash(&bytes[..footer_start]);
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&bytes[..footer_start]);
+        let actual_hash = hasher.finalize();
+        let file_blake3 = hasher.update(footer).finalize().to_hex().to_string();
         if actual_hash.as_bytes() != hash {
             return Err(corrupt(
                 "file hash mismatch: some bytes were changed".into(),
@@ -577,6 +582,7 @@ impl Segment {
             path: path.to_owned(),
             info,
             blocks,
+            file_blake3,
             version,
             file,
         })

@@ -66,14 +66,22 @@ pub enum BackupCommand {
         #[arg(long)]
         no_encryption: bool,
     },
-    /// Back up a stopped data directory (a full backup; blobs the repository already holds
-    /// are not uploaded again).
+    /// Back up a running server online (--server) or a stopped data directory (--data-dir);
+    /// blobs the repository already holds are not uploaded again.
     Create {
         #[command(flatten)]
         repo: RepoArgs,
+        /// A running server's URL (http://host:port): it takes a snapshot, the CLI pulls the
+        /// snapshot's files over HTTP, then releases it. Writes keep flowing meanwhile.
+        #[arg(
+            long,
+            conflicts_with = "data_dir",
+            required_unless_present = "data_dir"
+        )]
+        server: Option<String>,
         /// The data directory of a stopped server.
         #[arg(long)]
-        data_dir: PathBuf,
+        data_dir: Option<PathBuf>,
         /// full, incremental (against the newest backup of this directory) or differential
         /// (against its newest full). Default: incremental if a full backup exists, else full.
         #[arg(long = "type", value_parser = ["full", "incremental", "differential"])]
@@ -105,6 +113,18 @@ pub enum BackupCommand {
         /// Read, decrypt and hash every blob.
         #[arg(long)]
         read_data: bool,
+        /// Restore into a scratch directory (under TMPDIR) and compare every file's
+        /// per-series digests with those recorded at backup time; open it with the engine.
+        #[arg(long)]
+        deep: bool,
+    },
+    /// Fold an incremental or differential backup and its chain into a synthetic full
+    /// backup, without reading the source.
+    Consolidate {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// The backup id, or `latest`.
+        id: String,
     },
     /// Remove the backups a keep policy does not keep, then delete the blobs no remaining
     /// backup references (never while a backup is running).
@@ -162,8 +182,12 @@ pub struct RestoreArgs {
     #[arg(long, default_value = "latest")]
     backup: String,
     /// An empty (or new) directory to restore into.
+    #[arg(long, conflicts_with = "server", required_unless_present = "server")]
+    data_dir: Option<PathBuf>,
+    /// A running server's URL (http://host:port) to restore into: restored samples merge, and
+    /// a sample the server already has at a timestamp is never overwritten.
     #[arg(long)]
-    data_dir: PathBuf,
+    server: Option<String>,
     /// Only metrics matching this pattern (`*` matches any text; case-insensitive).
     #[arg(long)]
     metric: Option<String>,
@@ -233,9 +257,77 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn summary(m: &BackupManifest) -> serde_json::Value {
     json!({"id": m.id, "type": m.kind, "parent": m.parent, "base": m.base,
+           "consolidated_from": m.consolidated_from,
            "started_ms": m.started_ms, "finished_ms": m.finished_ms, "source": m.source,
+           "consistency": m.consistency, "data": m.summary,
            "files": m.files.len(), "logical_bytes": m.logical_bytes,
-           "read_bytes": m.read_bytes, "uploaded_bytes": m.uploaded_bytes})
+           "read_bytes": m.read_bytes, "uploaded_bytes": m.uploaded_bytes,
+           "deduplicated_bytes": m.deduplicated_bytes})
+}
+
+/// A time in ms since the epoch as RFC 3339 (UTC, milliseconds).
+fn rfc3339(ms: i64) -> String {
+    u64::try_from(ms)
+        .map(|ms| {
+            humantime::format_rfc3339_millis(
+                std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
+            )
+            .to_string()
+        })
+        .unwrap_or_else(|_| format!("{ms} ms"))
+}
+
+/// `backup show` for a person.
+fn print_show(m: &BackupManifest) {
+    let kind = format!("{:?}", m.kind).to_lowercase();
+    println!("backup       {}", m.id);
+    println!("type         {kind}");
+    if let Some(p) = &m.parent {
+        println!("parent       {p}");
+    }
+    if let Some(b) = &m.base {
+        println!("base         {b}");
+    }
+    if let Some(c) = &m.consolidated_from {
+        println!("folded from  {c}");
+    }
+    println!("source       {}", m.source);
+    println!(
+        "time         {} .. {} ({:.1} s)",
+        rfc3339(m.started_ms),
+        rfc3339(m.finished_ms),
+        (m.finished_ms - m.started_ms) as f64 / 1000.0
+    );
+    if let Some(c) = &m.consistency {
+        println!(
+            "consistent   at {}: WAL position {}{}",
+            rfc3339(c.at_ms),
+            c.wal_position,
+            c.snapshot
+                .as_ref()
+                .map(|s| format!(", server snapshot {s}"))
+                .unwrap_or_else(|| ", stopped data directory".into())
+        );
+    }
+    println!(
+        "sizes        {} bytes logical, {} read, {} uploaded, {} deduplicated",
+        m.logical_bytes, m.read_bytes, m.uploaded_bytes, m.deduplicated_bytes
+    );
+    if let Some(d) = &m.summary {
+        println!(
+            "data         {} series, {} samples stored{}",
+            d.series,
+            d.samples,
+            match (d.min_ts_ms, d.max_ts_ms) {
+                (Some(a), Some(b)) => format!(", {} .. {}", rfc3339(a), rfc3339(b)),
+                _ => String::new(),
+            }
+        );
+    }
+    println!("files        {}", m.files.len());
+    for f in &m.files {
+        println!("  {}  {} bytes  {} blobs", f.path, f.size, f.blobs.len());
+    }
 }
 
 async fn resolve(repo: &Repository, id: &str) -> anyhow::Result<String> {
@@ -271,6 +363,7 @@ pub fn backup(cmd: BackupCommand) -> anyhow::Result<ExitCode> {
             }
             BackupCommand::Create {
                 repo,
+                server,
                 data_dir,
                 kind,
             } => {
@@ -281,7 +374,13 @@ pub fn backup(cmd: BackupCommand) -> anyhow::Result<ExitCode> {
                     _ => BackupType::Differential,
                 });
                 let bar = Bar::new(repo.json, "backing up");
-                let m = tsvault_backup::backup_data_dir(&r, &data_dir, kind, &bar).await?;
+                let m = match (&server, &data_dir) {
+                    (Some(url), _) => tsvault_backup::backup_server(&r, url, kind, &bar).await?,
+                    (None, Some(dir)) => {
+                        tsvault_backup::backup_data_dir(&r, dir, kind, &bar).await?
+                    }
+                    (None, None) => anyhow::bail!("give --server URL or --data-dir DIR"),
+                };
                 bar.0.finish_and_clear();
                 if repo.json {
                     println!("{}", summary(&m));
@@ -324,10 +423,7 @@ pub fn backup(cmd: BackupCommand) -> anyhow::Result<ExitCode> {
                 if repo.json {
                     println!("{}", serde_json::to_string_pretty(&m)?);
                 } else {
-                    println!("{}", serde_json::to_string_pretty(&summary(&m))?);
-                    for f in &m.files {
-                        println!("  {}  {} bytes  {} blobs", f.path, f.size, f.blobs.len());
-                    }
+                    print_show(&m);
                 }
             }
             BackupCommand::Verify {
@@ -335,6 +431,7 @@ pub fn backup(cmd: BackupCommand) -> anyhow::Result<ExitCode> {
                 id,
                 all,
                 read_data,
+                deep,
             } => {
                 let r = Repository::open(&repo.options()?).await?;
                 let ids = if all {
@@ -345,11 +442,21 @@ pub fn backup(cmd: BackupCommand) -> anyhow::Result<ExitCode> {
                 let mut problems = Vec::new();
                 for id in &ids {
                     problems.extend(tsvault_backup::verify_backup(&r, id, read_data).await);
+                    if deep {
+                        problems.extend(tsvault_backup::verify_deep(&r, id).await);
+                    }
                 }
+                let level = if deep {
+                    "deep"
+                } else if read_data {
+                    "read-data"
+                } else {
+                    "structure"
+                };
                 if repo.json {
                     println!(
                         "{}",
-                        json!({"backups": ids, "read_data": read_data, "ok": problems.is_empty(),
+                        json!({"backups": ids, "level": level, "ok": problems.is_empty(),
                                "problems": problems.iter().map(|p| json!({"backup": p.backup, "problem": p.detail})).collect::<Vec<_>>()})
                     );
                 } else {
@@ -360,7 +467,11 @@ pub fn backup(cmd: BackupCommand) -> anyhow::Result<ExitCode> {
                         println!(
                             "{} backup(s) verified ({})",
                             ids.len(),
-                            if read_data { "every blob read and hashed" } else { "every blob present" }
+                            match level {
+                                "deep" => "restored into a scratch directory, every series digest compared, opened by the engine",
+                                "read-data" => "every blob read and hashed",
+                                _ => "every blob present",
+                            }
                         );
                     }
                 }
@@ -402,6 +513,21 @@ pub fn backup(cmd: BackupCommand) -> anyhow::Result<ExitCode> {
                         report.already_there.len(),
                         report.blobs_uploaded,
                         report.bytes_uploaded
+                    );
+                }
+            }
+            BackupCommand::Consolidate { repo, id } => {
+                let r = Repository::open(&repo.options()?).await?;
+                let id = resolve(&r, &id).await?;
+                let m = tsvault_backup::consolidate(&r, &id).await?;
+                if repo.json {
+                    println!("{}", summary(&m));
+                } else {
+                    println!(
+                        "synthetic full backup {} of the image of {id}: {} files, {} bytes, nothing read from the source",
+                        m.id,
+                        m.files.len(),
+                        m.logical_bytes
                     );
                 }
             }
@@ -454,25 +580,52 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
     rt.block_on(async move {
         let r = Repository::open(&args.repo.options()?).await?;
         let bar = Bar::new(args.repo.json, "restoring");
+        let filter = tsvault_backup::RestoreFilter {
+            metric: args.metric.clone(),
+            start_ms: args.start,
+            end_ms: args.end,
+        };
+        let data_dir = match (&args.server, &args.data_dir) {
+            (Some(url), _) => {
+                let (m, report, counts) = tsvault_backup::restore_into_server(
+                    &r,
+                    Some(&args.backup),
+                    url,
+                    &filter,
+                    &bar,
+                )
+                .await?;
+                bar.0.finish_and_clear();
+                if args.repo.json {
+                    println!(
+                        "{}",
+                        json!({"restored": summary(&m), "server": url, "selected": report, "import": counts})
+                    );
+                } else {
+                    println!(
+                        "restored backup {} into {url}: {} series of {} metric(s), {} samples imported, {} left alone (the server had a sample at that time), {} beyond the server's retention",
+                        m.id,
+                        report.series,
+                        report.metrics.len(),
+                        counts.imported,
+                        counts.skipped_existing,
+                        counts.dropped_beyond_retention
+                    );
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            (None, Some(dir)) => dir.clone(),
+            (None, None) => anyhow::bail!("give --data-dir DIR or --server URL"),
+        };
         if args.metric.is_some() || args.start.is_some() || args.end.is_some() {
-            let filter = tsvault_backup::RestoreFilter {
-                metric: args.metric.clone(),
-                start_ms: args.start,
-                end_ms: args.end,
-            };
-            let (m, report) = tsvault_backup::restore_selected(
-                &r,
-                Some(&args.backup),
-                &args.data_dir,
-                &filter,
-                &bar,
-            )
-            .await?;
+            let (m, report) =
+                tsvault_backup::restore_selected(&r, Some(&args.backup), &data_dir, &filter, &bar)
+                    .await?;
             bar.0.finish_and_clear();
             if args.repo.json {
                 println!(
                     "{}",
-                    json!({"restored": summary(&m), "data_dir": args.data_dir, "selected": report})
+                    json!({"restored": summary(&m), "data_dir": data_dir, "selected": report})
                 );
             } else {
                 println!(
@@ -481,24 +634,20 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
                     report.samples,
                     report.metrics.len(),
                     m.id,
-                    args.data_dir.display()
+                    data_dir.display()
                 );
             }
             return Ok(ExitCode::SUCCESS);
         }
-        let m =
-            tsvault_backup::restore_data_dir(&r, Some(&args.backup), &args.data_dir, &bar).await?;
+        let m = tsvault_backup::restore_data_dir(&r, Some(&args.backup), &data_dir, &bar).await?;
         bar.0.finish_and_clear();
         if args.repo.json {
-            println!(
-                "{}",
-                json!({"restored": summary(&m), "data_dir": args.data_dir})
-            );
+            println!("{}", json!({"restored": summary(&m), "data_dir": data_dir}));
         } else {
             println!(
                 "restored backup {} into {} ({} files, {} bytes)",
                 m.id,
-                args.data_dir.display(),
+                data_dir.display(),
                 m.files.len(),
                 m.logical_bytes
             );

@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{Server, post, query_dps};
+use common::{Server, ok, post, query_dps};
 use serde_json::json;
 
 fn tsvault(args: &[&str], password: &str) -> Output {
@@ -25,17 +25,6 @@ fn tsvault_with(args: &[&str], password: &str, failpoints: Option<&str>) -> Outp
         cmd.env("FAILPOINTS", f);
     }
     cmd.output().expect("run tsvault")
-}
-
-fn ok(out: &Output) -> serde_json::Value {
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
 }
 
 fn answers(base: &str) -> Vec<(serde_json::Value, Vec<(i64, f64)>)> {
@@ -68,7 +57,7 @@ fn backup_restore_and_verify_through_the_cli() {
     assert_eq!(post(&s.url("/write"), body.as_bytes()).status, 204);
     let want = answers(&s.base);
     assert_eq!(want.len(), 3);
-    // A running server's directory is refused (online backups need --server, not built yet).
+    // A running server's directory is refused (online backups go through --server).
     let repo_s = repo.to_str().unwrap();
     let src_s = src.to_str().unwrap();
     ok(&tsvault(

@@ -5,7 +5,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -201,4 +201,17 @@ pub fn query_dps(base: &str, body: serde_json::Value) -> Vec<(serde_json::Value,
             (res["tags"].clone(), dps)
         })
         .collect()
+}
+
+/// Asserts a CLI run succeeded (showing its output if not) and parses its stdout as JSON
+/// (null when it is not JSON).
+pub fn ok(out: &Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
 }

@@ -1,0 +1,355 @@
+//! Where a backup reads its files: a stopped data directory, or a running server's snapshot
+//! pulled over HTTP through the server's admin API (so the repository's credentials stay
+//! with the CLI), and the client for that API.
+
+use std::fs::{self, File};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use tsvault_storage::{SNAPSHOTS_DIR, SeriesDigest, SnapshotInfo};
+
+use crate::error::{Error, Result};
+use crate::locks::now_ms;
+use crate::manifest::ConsistencyPoint;
+
+/// One file a source offers.
+pub(crate) struct SourceFile {
+    pub path: String,
+    pub size: u64,
+    /// Modification time (data directories): with the size, how an unchanged file is known.
+    pub mtime_ns: i128,
+    /// BLAKE3 of the whole file when the source knows it (snapshots): how an unchanged file
+    /// is known, and what its bytes are checked against.
+    pub blake3: Option<String>,
+}
+
+/// A running server's admin API.
+#[derive(Clone)]
+pub struct ServerClient {
+    client: reqwest::Client,
+    /// `http://host:port`, without a trailing slash.
+    pub base: String,
+}
+
+/// What a server's import did.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
+pub struct ImportCounts {
+    pub imported: u64,
+    pub skipped_existing: u64,
+    pub dropped_beyond_retention: u64,
+}
+
+impl ServerClient {
+    /// A client for the server at `url` (`http://` or `https://`).
+    pub fn new(url: &str) -> Result<Self> {
+        let base = url.trim_end_matches('/').to_string();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(Error::Config(format!(
+                "--server {url:?}: give the server's URL, such as http://127.0.0.1:4242"
+            )));
+        }
+        let client = reqwest::Client::builder()
+            .build()
+            .map_err(|e| Error::Config(format!("cannot build an HTTP client: {e}")))?;
+        Ok(ServerClient { client, base })
+    }
+
+    fn err(&self, what: &str, detail: impl std::fmt::Display) -> Error {
+        Error::Server {
+            url: self.base.clone(),
+            detail: format!("{what}: {detail}"),
+        }
+    }
+
+    /// Sends `req`; a non-success status is an error carrying the server's message.
+    async fn send(&self, what: &str, req: reqwest::RequestBuilder) -> Result<reqwest::Response> {
+        let resp = req.send().await.map_err(|e| self.err(what, e))?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let body = resp.text().await.unwrap_or_default();
+        let msg = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+            .unwrap_or(body);
+        Err(self.err(what, format!("{status}: {}", msg.trim())))
+    }
+
+    async fn json<T: DeserializeOwned>(
+        &self,
+        what: &str,
+        req: reqwest::RequestBuilder,
+    ) -> Result<T> {
+        let bytes = self
+            .send(what, req)
+            .await?
+            .bytes()
+            .await
+            .map_err(|e| self.err(what, e))?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| self.err(what, format!("unexpected answer: {e}")))
+    }
+
+    /// Takes a snapshot (`POST /api/admin/snapshots`).
+    pub async fn take_snapshot(&self) -> Result<SnapshotInfo> {
+        let url = format!("{}/api/admin/snapshots", self.base);
+        self.json("taking a snapshot", self.client.post(url)).await
+    }
+
+    /// Releases snapshot `id`.
+    pub async fn release_snapshot(&self, id: &str) -> Result<()> {
+        let url = format!("{}/api/admin/snapshots/{id}", self.base);
+        self.send(&format!("releasing snapshot {id}"), self.client.delete(url))
+            .await
+            .map(|_| ())
+    }
+
+    /// The bytes of file `path` of snapshot `id`, as a stream.
+    async fn snapshot_file(&self, id: &str, path: &str) -> Result<reqwest::Response> {
+        let url = format!("{}/api/admin/snapshots/{id}/file", self.base);
+        let req = self.client.get(url).query(&[("path", path)]);
+        self.send(&format!("reading {path} of snapshot {id}"), req)
+            .await
+    }
+
+    /// The per-series digests of file `path` of snapshot `id`.
+    async fn snapshot_digests(&self, id: &str, path: &str) -> Result<Vec<SeriesDigest>> {
+        let url = format!("{}/api/admin/snapshots/{id}/digests", self.base);
+        let req = self.client.get(url).query(&[("path", path)]);
+        self.json(&format!("digests of {path} of snapshot {id}"), req)
+            .await
+    }
+
+    /// Sends one import body (`POST /api/admin/import`).
+    pub(crate) async fn import(&self, body: Vec<u8>) -> Result<ImportCounts> {
+        let url = format!("{}/api/admin/import", self.base);
+        let req = self
+            .client
+            .post(url)
+            .header("content-type", "application/x-ndjson")
+            .body(body);
+        self.json("importing restored samples", req).await
+    }
+}
+
+/// Where a backup reads from.
+pub(crate) enum Source {
+    /// A stopped data directory (its lock held by the caller).
+    Dir(PathBuf),
+    /// A snapshot a running server took for this backup.
+    Server {
+        client: ServerClient,
+        snapshot: SnapshotInfo,
+    },
+}
+
+impl Source {
+    /// What backups of this source are known by: the data directory's canonical path, or the
+    /// server's URL.
+    pub(crate) fn name(&self) -> Result<String> {
+        match self {
+            Source::Dir(dir) => Ok(fs::canonicalize(dir)
+                .map_err(Error::io("resolve", dir))?
+                .display()
+                .to_string()),
+            Source::Server { client, .. } => Ok(client.base.clone()),
+        }
+    }
+
+    /// The files to back up, sorted by path.
+    pub(crate) fn files(&self) -> Result<Vec<SourceFile>> {
+        match self {
+            Source::Dir(dir) => data_files(dir)?
+                .into_iter()
+                .map(|rel| {
+                    let p = dir.join(&rel);
+                    let md = fs::metadata(&p).map_err(Error::io("stat", &p))?;
+                    Ok(SourceFile {
+                        path: rel,
+                        size: md.len(),
+                        mtime_ns: mtime_ns(&md),
+                        blake3: None,
+                    })
+                })
+                .collect(),
+            Source::Server { snapshot, .. } => Ok(snapshot
+                .files
+                .iter()
+                .map(|f| SourceFile {
+                    path: f.path.clone(),
+                    size: f.size,
+                    mtime_ns: 0,
+                    blake3: Some(f.blake3.clone()),
+                })
+                .collect()),
+        }
+    }
+
+    /// The moment the backup is the image of.
+    pub(crate) fn consistency(&self) -> Result<ConsistencyPoint> {
+        match self {
+            Source::Dir(dir) => {
+                let wal = dir.join("wal");
+                let mut newest = 0;
+                if wal.is_dir() {
+                    for e in fs::read_dir(&wal).map_err(Error::io("list", &wal))? {
+                        let e = e.map_err(Error::io("list", &wal))?;
+                        if let Some(n) = e
+                            .file_name()
+                            .to_str()
+                            .and_then(|n| n.strip_suffix(".wal"))
+                            .and_then(|n| n.parse::<u64>().ok())
+                        {
+                            newest = newest.max(n);
+                        }
+                    }
+                }
+                Ok(ConsistencyPoint {
+                    snapshot: None,
+                    wal_position: newest + 1,
+                    at_ms: now_ms(),
+                })
+            }
+            Source::Server { snapshot, .. } => Ok(ConsistencyPoint {
+                snapshot: Some(snapshot.id.clone()),
+                wal_position: snapshot.wal_position,
+                at_ms: snapshot.created_ms,
+            }),
+        }
+    }
+
+    /// Opens file `path` for reading.
+    pub(crate) async fn open(&self, path: &str) -> Result<FileReader> {
+        match self {
+            Source::Dir(dir) => {
+                let p = dir.join(path);
+                let file = File::open(&p).map_err(Error::io("open", &p))?;
+                Ok(FileReader::Local { file, path: p })
+            }
+            Source::Server { client, snapshot } => Ok(FileReader::Http {
+                resp: client.snapshot_file(&snapshot.id, path).await?,
+                pending: bytes::Bytes::new(),
+                what: format!("{path} of snapshot {} at {}", snapshot.id, client.base),
+            }),
+        }
+    }
+
+    /// The per-series digests of file `path`.
+    pub(crate) async fn digests(&self, path: &str) -> Result<Vec<SeriesDigest>> {
+        match self {
+            Source::Dir(dir) => {
+                let p = dir.join(path);
+                tokio::task::spawn_blocking(move || tsvault_storage::file_digests(&p))
+                    .await
+                    .expect("digests do not panic")
+                    .map_err(|e| Error::Invalid(format!("cannot digest {path}: {e}")))
+            }
+            Source::Server { client, snapshot } => {
+                client.snapshot_digests(&snapshot.id, path).await
+            }
+        }
+    }
+}
+
+/// A file being read, local or over HTTP.
+pub(crate) enum FileReader {
+    Local {
+        file: File,
+        path: PathBuf,
+    },
+    Http {
+        resp: reqwest::Response,
+        pending: bytes::Bytes,
+        what: String,
+    },
+}
+
+impl FileReader {
+    /// Fills `buf` (cleared first) up to `max` bytes, less only at the end of the file;
+    /// returns how many it holds.
+    pub(crate) async fn fill(&mut self, buf: &mut Vec<u8>, max: usize) -> Result<usize> {
+        buf.clear();
+        match self {
+            FileReader::Local { file, path } => {
+                buf.resize(max, 0);
+                let mut n = 0;
+                while n < max {
+                    match file
+                        .read(&mut buf[n..])
+                        .map_err(Error::io("read", &*path))?
+                    {
+                        0 => break,
+                        k => n += k,
+                    }
+                }
+                buf.truncate(n);
+            }
+            FileReader::Http {
+                resp,
+                pending,
+                what,
+            } => {
+                while buf.len() < max {
+                    if pending.is_empty() {
+                        match resp.chunk().await {
+                            Ok(Some(c)) => *pending = c,
+                            Ok(None) => break,
+                            Err(e) => {
+                                return Err(Error::Invalid(format!("reading {what}: {e}")));
+                            }
+                        }
+                    }
+                    let take = pending.len().min(max - buf.len());
+                    buf.extend_from_slice(&pending.split_to(take));
+                }
+            }
+        }
+        Ok(buf.len())
+    }
+}
+
+/// The modification time of `md` in ns since the epoch (0 when the system has none).
+fn mtime_ns(md: &fs::Metadata) -> i128 {
+    md.modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as i128)
+}
+
+/// Every file of the data directory to back up, relative, sorted; the lock file, snapshots
+/// and quarantined files are left out.
+fn data_files(dir: &Path) -> Result<Vec<String>> {
+    fn walk(root: &Path, rel: &str, out: &mut Vec<String>) -> Result<()> {
+        let here = root.join(rel);
+        for e in fs::read_dir(&here).map_err(Error::io("list", &here))? {
+            let e = e.map_err(Error::io("list", &here))?;
+            let name = e.file_name().into_string().map_err(|n| {
+                Error::Invalid(format!("{}: file name {n:?} is not UTF-8", here.display()))
+            })?;
+            let rel_path = if rel.is_empty() {
+                name.clone()
+            } else {
+                format!("{rel}/{name}")
+            };
+            let ty = e.file_type().map_err(Error::io("stat", e.path()))?;
+            if ty.is_dir() {
+                if rel.is_empty() && (name == "quarantine" || name == SNAPSHOTS_DIR) {
+                    continue;
+                }
+                walk(root, &rel_path, out)?;
+            } else if ty.is_file() {
+                if rel.is_empty() && name == "LOCK" {
+                    continue;
+                }
+                out.push(rel_path);
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(dir, "", &mut out)?;
+    out.sort();
+    Ok(out)
+}

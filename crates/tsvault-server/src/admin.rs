@@ -1,0 +1,236 @@
+//! The admin API for online backups and restores (used by `tsvault backup create --server`
+//! and `tsvault restore --server`):
+//!
+//! - `POST /api/admin/snapshots`: take a snapshot; answers its description (id, consistency
+//!   point, files with size and BLAKE3).
+//! - `GET /api/admin/snapshots`, `GET /api/admin/snapshots/{id}`: describe them.
+//! - `GET /api/admin/snapshots/{id}/file?path=P`: the bytes of one file, with headers
+//!   `x-tsvault-blake3` and `x-tsvault-size` (what the file held when the snapshot was taken).
+//! - `GET /api/admin/snapshots/{id}/digests?path=P`: per-series digests of one file.
+//! - `DELETE /api/admin/snapshots/{id}`: release it.
+//! - `POST /api/admin/import`: newline-delimited JSON, one series per line,
+//!   `{"series":"<canonical key>","samples":[[ms,value],...]}`; samples merge, and a series'
+//!   existing sample at a timestamp is never overwritten.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+use tsvault_model::{Point, SeriesKey};
+use tsvault_storage::{Error as StorageError, ImportOutcome};
+
+use crate::app::{BodyError, Shared, blocking, read_body};
+use crate::error::{body_too_large, storage_status};
+
+fn error_response(e: &StorageError) -> Response {
+    let (status, msg) = match e {
+        StorageError::NotFound(msg) => (StatusCode::NOT_FOUND, msg.clone()),
+        e => storage_status(e),
+    };
+    (status, Json(json!({ "error": msg }))).into_response()
+}
+
+fn bad_request(msg: String) -> Response {
+    (StatusCode::BAD_REQUEST, Json(json!({ "error": msg }))).into_response()
+}
+
+/// `POST /api/admin/snapshots`.
+pub(crate) async fn create_snapshot(State(st): State<Shared>) -> Response {
+    let engine = st.engine.clone();
+    match blocking(move || engine.snapshot()).await {
+        Ok(info) => {
+            tracing::info!(id = %info.id, files = info.files.len(), wal_position = info.wal_position, "snapshot taken");
+            (StatusCode::CREATED, Json(info)).into_response()
+        }
+        Err(e) => error_response(&e),
+    }
+}
+
+/// `GET /api/admin/snapshots`.
+pub(crate) async fn list_snapshots(State(st): State<Shared>) -> Response {
+    let engine = st.engine.clone();
+    match blocking(move || engine.snapshots()).await {
+        Ok(list) => Json(list).into_response(),
+        Err(e) => error_response(&e),
+    }
+}
+
+/// `GET /api/admin/snapshots/{id}`.
+pub(crate) async fn show_snapshot(State(st): State<Shared>, Path(id): Path<String>) -> Response {
+    let engine = st.engine.clone();
+    match blocking(move || engine.snapshots()).await {
+        Ok(list) => match list.into_iter().find(|s| s.id == id) {
+            Some(info) => Json(info).into_response(),
+            None => error_response(&StorageError::NotFound(format!("no snapshot {id}"))),
+        },
+        Err(e) => error_response(&e),
+    }
+}
+
+/// `DELETE /api/admin/snapshots/{id}`.
+pub(crate) async fn release_snapshot(State(st): State<Shared>, Path(id): Path<String>) -> Response {
+    let engine = st.engine.clone();
+    let which = id.clone();
+    match blocking(move || engine.release_snapshot(&which)).await {
+        Ok(()) => {
+            tracing::info!(%id, "snapshot released");
+            Json(json!({ "released": id })).into_response()
+        }
+        Err(e) => error_response(&e),
+    }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct FileQuery {
+    path: String,
+}
+
+/// `GET /api/admin/snapshots/{id}/file?path=P`: streamed, so memory stays bounded whatever
+/// the file's size.
+pub(crate) async fn snapshot_file(
+    State(st): State<Shared>,
+    Path(id): Path<String>,
+    Query(q): Query<FileQuery>,
+) -> Response {
+    let engine = st.engine.clone();
+    let found = blocking(move || engine.snapshot_file(&id, &q.path)).await;
+    let (path, meta) = match found {
+        Ok(f) => f,
+        Err(e) => return error_response(&e),
+    };
+    let file = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        Err(e) => {
+            return error_response(&StorageError::Io {
+                op: "open",
+                path,
+                source: e,
+            });
+        }
+    };
+    let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 1 << 20));
+    (
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, meta.size.to_string()),
+            (
+                header::HeaderName::from_static("x-tsvault-blake3"),
+                meta.blake3,
+            ),
+            (
+                header::HeaderName::from_static("x-tsvault-size"),
+                meta.size.to_string(),
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// `GET /api/admin/snapshots/{id}/digests?path=P`.
+pub(crate) async fn snapshot_digests(
+    State(st): State<Shared>,
+    Path(id): Path<String>,
+    Query(q): Query<FileQuery>,
+) -> Response {
+    let engine = st.engine.clone();
+    let r = blocking(move || {
+        let (path, _) = engine.snapshot_file(&id, &q.path)?;
+        tsvault_storage::file_digests(&path)
+    })
+    .await;
+    match r {
+        Ok(d) => Json(d).into_response(),
+        Err(e) => error_response(&e),
+    }
+}
+
+/// One line of an import body.
+#[derive(Deserialize)]
+struct ImportLine {
+    series: String,
+    samples: Vec<(i64, f64)>,
+}
+
+/// Parses an import body into points; an error names the line and what is wrong with it.
+fn parse_import(body: &[u8]) -> Result<Vec<Point>, String> {
+    let mut points = Vec::new();
+    for (i, line) in body.split(|&b| b == b'\n').enumerate() {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let n = i + 1;
+        let l: ImportLine = serde_json::from_slice(line)
+            .map_err(|e| format!("line {n}: not an import record ({e})"))?;
+        let key = SeriesKey::from_canonical(&l.series)
+            .map_err(|e| format!("line {n}: series {:?}: {e}", l.series))?;
+        for (ts_ms, value) in l.samples {
+            if !value.is_finite() {
+                return Err(format!(
+                    "line {n}: series {}: value {value} at {ts_ms} is not finite",
+                    l.series
+                ));
+            }
+            points.push(Point {
+                key: key.clone(),
+                ts_ms,
+                value,
+            });
+        }
+    }
+    Ok(points)
+}
+
+/// `POST /api/admin/import`.
+pub(crate) async fn import(State(st): State<Shared>, headers: HeaderMap, body: Body) -> Response {
+    let body = match read_body(&headers, body, st.max_body_bytes).await {
+        Ok(b) => b,
+        Err(BodyError::TooLarge) => {
+            return (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Json(json!({ "error": body_too_large(st.max_body_bytes) })),
+            )
+                .into_response();
+        }
+        Err(BodyError::Bad(msg)) => return bad_request(msg),
+    };
+    let points = match parse_import(&body) {
+        Ok(p) => p,
+        Err(msg) => return bad_request(msg),
+    };
+    let engine = st.engine.clone();
+    match blocking(move || engine.import(&points)).await {
+        Ok(ImportOutcome {
+            imported,
+            skipped_existing,
+            dropped_beyond_retention,
+        }) => Json(json!({
+            "imported": imported,
+            "skipped_existing": skipped_existing,
+            "dropped_beyond_retention": dropped_beyond_retention,
+        }))
+        .into_response(),
+        Err(e) => error_response(&e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn import_lines_parse_and_errors_name_the_line() {
+        let ok = b"{\"series\":\"cpu{host=a}\",\"samples\":[[1,1.5],[2,-0.0]]}\n\n{\"series\":\"mem\",\"samples\":[]}\n";
+        let p = parse_import(ok).unwrap();
+        assert_eq!(p.len(), 2);
+        assert_eq!(p[0].key.as_str(), "cpu{host=a}");
+        assert_eq!((p[1].ts_ms, p[1].value.to_bits()), (2, (-0.0f64).to_bits()));
+        let e = parse_import(b"{\"series\":\"cpu\",\"samples\":[]}\nnot json\n").unwrap_err();
+        assert!(e.starts_with("line 2: not an import record"), "{e}");
+        let e = parse_import(b"{\"series\":\"\",\"samples\":[[1,1]]}").unwrap_err();
+        assert!(e.starts_with("line 1: series \"\""), "{e}");
+    }
+}

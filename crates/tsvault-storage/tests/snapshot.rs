@@ -1,0 +1,235 @@
+//! Snapshots (online, consistent, cheap), imports that never overwrite, and file digests.
+
+use std::fs;
+use std::path::Path;
+
+use tsvault_model::{Point, Sample, SeriesKey};
+use tsvault_storage::{Engine, EngineConfig, Error, ImportOutcome, SNAPSHOTS_DIR, file_digests};
+
+const HOUR: i64 = 3_600_000;
+
+fn key(host: &str) -> SeriesKey {
+    SeriesKey::new("cpu", &[("host", host)]).unwrap()
+}
+
+fn pt(k: &SeriesKey, ts_ms: i64, value: f64) -> Point {
+    Point {
+        key: k.clone(),
+        ts_ms,
+        value,
+    }
+}
+
+fn open(dir: &Path) -> Engine {
+    Engine::open(EngineConfig::new(dir)).unwrap()
+}
+
+fn all(e: &Engine) -> Vec<(SeriesKey, Vec<Sample>)> {
+    e.select("cpu", &|_| true, i64::MIN, i64::MAX).unwrap()
+}
+
+/// Copies the files a snapshot lists into `dst`, as a backup and restore would.
+fn copy_snapshot(e: &Engine, id: &str, dst: &Path) {
+    let info = e
+        .snapshots()
+        .unwrap()
+        .into_iter()
+        .find(|s| s.id == id)
+        .unwrap();
+    for f in &info.files {
+        let (src, meta) = e.snapshot_file(id, &f.path).unwrap();
+        assert_eq!(&meta, f);
+        let bytes = fs::read(&src).unwrap();
+        assert_eq!(bytes.len() as u64, f.size, "{}", f.path);
+        assert_eq!(
+            blake3::hash(&bytes).to_hex().as_str(),
+            f.blake3,
+            "{}",
+            f.path
+        );
+        let out = dst.join(&f.path);
+        fs::create_dir_all(out.parent().unwrap()).unwrap();
+        fs::write(out, bytes).unwrap();
+    }
+}
+
+#[test]
+fn a_snapshot_holds_exactly_what_was_acknowledged_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (key("a"), key("b"));
+    let e = open(dir.path());
+    // Some data in segments, some only in the WAL and head.
+    e.write(&[pt(&a, HOUR, 1.0), pt(&b, HOUR, 2.0)]).unwrap();
+    e.flush().unwrap();
+    e.write(&[pt(&a, 2 * HOUR, 3.0), pt(&a, HOUR, 1.5)])
+        .unwrap();
+    let before = all(&e);
+    let snap = e.snapshot().unwrap();
+    assert!(snap.files.iter().any(|f| f.path.starts_with("segments/")));
+    assert!(snap.files.iter().any(|f| f.path.starts_with("wal/")));
+    assert!(snap.files.iter().any(|f| f.path == "MANIFEST"));
+
+    // After the snapshot: more writes, a flush and a compaction delete the files it linked.
+    e.write(&[pt(&b, 3 * HOUR, 9.0), pt(&a, HOUR, 7.0)])
+        .unwrap();
+    e.flush().unwrap();
+    e.compact().unwrap();
+    let after = all(&e);
+    assert_ne!(before, after);
+
+    let copy = tempfile::tempdir().unwrap();
+    copy_snapshot(&e, &snap.id, copy.path());
+    let restored = open(copy.path());
+    assert_eq!(all(&restored), before);
+    restored.close().unwrap();
+
+    // Snapshots outlive a restart until released; the live store is unaffected.
+    e.close().unwrap();
+    let e = open(dir.path());
+    assert_eq!(all(&e), after);
+    assert_eq!(e.snapshots().unwrap().len(), 1);
+    e.release_snapshot(&snap.id).unwrap();
+    assert!(e.snapshots().unwrap().is_empty());
+    assert!(matches!(
+        e.release_snapshot(&snap.id),
+        Err(Error::NotFound(_))
+    ));
+    assert!(matches!(
+        e.snapshot_file(&snap.id, "MANIFEST"),
+        Err(Error::NotFound(_))
+    ));
+    assert_eq!(all(&e), after);
+}
+
+#[test]
+fn snapshot_files_are_named_only_from_its_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path());
+    e.write(&[pt(&key("a"), HOUR, 1.0)]).unwrap();
+    let snap = e.snapshot().unwrap();
+    for bad in ["../LOCK", "snapshot.json", "/etc/passwd", "wal", ""] {
+        assert!(
+            matches!(e.snapshot_file(&snap.id, bad), Err(Error::NotFound(_))),
+            "{bad:?}"
+        );
+    }
+    for bad_id in ["../snapshots", "x", "1-2-3"] {
+        assert!(matches!(
+            e.snapshot_file(bad_id, "MANIFEST"),
+            Err(Error::NotFound(_))
+        ));
+    }
+}
+
+#[test]
+fn an_interrupted_snapshot_is_removed_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let e = open(dir.path());
+        e.write(&[pt(&key("a"), HOUR, 1.0)]).unwrap();
+        e.snapshot().unwrap();
+    }
+    let partial = dir.path().join(SNAPSHOTS_DIR).join("5-0.tmp");
+    fs::create_dir_all(partial.join("wal")).unwrap();
+    let e = open(dir.path());
+    assert!(!partial.exists());
+    assert_eq!(e.snapshots().unwrap().len(), 1);
+}
+
+#[test]
+fn imports_merge_and_never_overwrite() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (key("a"), key("b"));
+    let e = open(dir.path());
+    e.write(&[pt(&a, HOUR, 1.0)]).unwrap();
+    e.flush().unwrap(); // in a segment
+    e.write(&[pt(&a, 2 * HOUR, 2.0)]).unwrap(); // in the head
+    let got = e
+        .import(&[
+            pt(&a, HOUR, -1.0),
+            pt(&a, 2 * HOUR, -2.0),
+            pt(&a, 3 * HOUR, 3.0),
+            pt(&a, 3 * HOUR, -3.0),
+            pt(&b, HOUR, 4.0),
+        ])
+        .unwrap();
+    assert_eq!(
+        got,
+        ImportOutcome {
+            imported: 2,
+            skipped_existing: 3,
+            dropped_beyond_retention: 0
+        }
+    );
+    let want = vec![
+        (
+            a.clone(),
+            vec![
+                Sample {
+                    ts_ms: HOUR,
+                    value: 1.0,
+                },
+                Sample {
+                    ts_ms: 2 * HOUR,
+                    value: 2.0,
+                },
+                Sample {
+                    ts_ms: 3 * HOUR,
+                    value: 3.0,
+                },
+            ],
+        ),
+        (
+            b.clone(),
+            vec![Sample {
+                ts_ms: HOUR,
+                value: 4.0,
+            }],
+        ),
+    ];
+    assert_eq!(all(&e), want);
+    // Imported samples are as durable as writes.
+    e.close_without_flush();
+    let e = open(dir.path());
+    assert_eq!(all(&e), want);
+}
+
+#[test]
+fn digests_are_the_same_for_a_copy_and_name_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path());
+    let a = key("a");
+    e.write(
+        &(0..100)
+            .map(|i| pt(&a, i * 1000, i as f64))
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    e.flush().unwrap();
+    e.write(&[pt(&a, 5, 0.5), pt(&key("b"), 7, 1.0)]).unwrap();
+    let snap = e.snapshot().unwrap();
+    let copy = tempfile::tempdir().unwrap();
+    copy_snapshot(&e, &snap.id, copy.path());
+    let mut seen_samples = 0;
+    for f in &snap.files {
+        let (src, _) = e.snapshot_file(&snap.id, &f.path).unwrap();
+        let d = file_digests(&src).unwrap();
+        assert_eq!(d, file_digests(&copy.path().join(&f.path)).unwrap());
+        seen_samples += d.iter().map(|x| x.samples).sum::<u64>();
+    }
+    assert_eq!(seen_samples, 102);
+    let seg = snap
+        .files
+        .iter()
+        .find(|f| f.path.starts_with("segments/"))
+        .unwrap();
+    let p = copy.path().join(&seg.path);
+    let mut bytes = fs::read(&p).unwrap();
+    bytes[20] ^= 1;
+    fs::write(&p, bytes).unwrap();
+    let err = file_digests(&p).unwrap_err();
+    assert!(
+        matches!(&err, Error::Corrupt { path, .. } if path == &p),
+        "{err}"
+    );
+}
