@@ -1,5 +1,5 @@
-//! Backup and restore of the peers with their own tools: vmbackup/vmrestore for
-//! VictoriaMetrics, restic over InfluxDB's directory.
+//! Backup and restore of each system with its own tools: `tsvault backup`/`tsvault restore`,
+//! vmbackup/vmrestore for VictoriaMetrics, restic over InfluxDB's directory.
 
 use std::path::Path;
 use std::process::Command;
@@ -77,6 +77,49 @@ impl Restic<'_> {
         timed(
             self.cmd()
                 .args(["restore", "latest", "--target"])
+                .arg(target),
+        )
+    }
+}
+
+/// tsvault's own backup CLI with a repository in a local directory.
+pub struct Tsvault<'a> {
+    pub bin: &'a Path,
+    pub repo: &'a Path,
+}
+
+impl Tsvault<'_> {
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(self.bin);
+        c.env("TSVAULT_REPO_PASSWORD", "tsvault-bench")
+            .env("TSVAULT_REPO", self.repo)
+            .env_remove("FAILPOINTS");
+        c
+    }
+
+    pub fn init(&self, encrypted: bool) -> anyhow::Result<()> {
+        let mut cmd = self.cmd();
+        cmd.args(["backup", "init", "--json"]);
+        if !encrypted {
+            cmd.arg("--no-encryption");
+        }
+        timed(&mut cmd).map(|_| ())
+    }
+
+    /// An online backup of the server at `base` (full the first time, then incremental).
+    pub fn backup(&self, base: &str) -> anyhow::Result<Duration> {
+        timed(
+            self.cmd()
+                .args(["backup", "create", "--json", "--server"])
+                .arg(base),
+        )
+    }
+
+    /// Restores the newest backup into the empty directory `target`.
+    pub fn restore(&self, target: &Path) -> anyhow::Result<Duration> {
+        timed(
+            self.cmd()
+                .args(["restore", "--json", "--data-dir"])
                 .arg(target),
         )
     }

@@ -13,7 +13,6 @@ pub enum Better {
 #[derive(Debug, Clone)]
 pub enum Cell {
     Num(f64),
-    Text(&'static str),
     Empty,
 }
 
@@ -41,11 +40,6 @@ impl Row {
 
     pub fn set(mut self, column: usize, value: f64) -> Row {
         self.cells[column] = Cell::Num(value);
-        self
-    }
-
-    pub fn text(mut self, column: usize, text: &'static str) -> Row {
-        self.cells[column] = Cell::Text(text);
         self
     }
 
@@ -91,7 +85,6 @@ impl Row {
             .zip(&self.cells)
             .filter_map(|(name, c)| match c {
                 Cell::Num(v) => Some((name.to_string(), json!(v))),
-                Cell::Text(t) => Some((name.to_string(), json!(t))),
                 Cell::Empty => None,
             })
             .collect();
@@ -111,7 +104,6 @@ pub fn markdown(rows: &[Row]) -> String {
         for c in &r.cells {
             let text = match c {
                 Cell::Num(v) => r.format(*v),
-                Cell::Text(t) => t.to_string(),
                 Cell::Empty => String::new(),
             };
             s.push_str(&format!(" {text} |"));
@@ -156,9 +148,7 @@ mod tests {
             .set(2, 2.0);
         assert_eq!(r.ratio(), Some(2.0));
         assert_eq!(r.leads(), Some(false));
-        let r = Row::new("backup", "s", Better::Lower)
-            .text(0, "not yet")
-            .set(1, 1.0);
+        let r = Row::new("backup", "s", Better::Lower).set(1, 1.0);
         assert_eq!(r.ratio(), None);
         assert_eq!(thousands(1234567), "1,234,567");
         assert_eq!(thousands(12), "12");

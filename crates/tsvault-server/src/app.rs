@@ -87,6 +87,13 @@ pub async fn serve(
         metrics: Metrics::new(),
         max_body_bytes: config.max_body_bytes,
     });
+    // TCP_NODELAY: a response written in pieces (headers, then a streamed body) must not wait
+    // for the client's delayed ACK, which costs 40 ms per request on Linux.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY on a connection");
+        }
+    });
     axum::serve(listener, router(state.clone()))
         .with_graceful_shutdown(shutdown)
         .await
