@@ -64,6 +64,9 @@ pub struct EngineConfig {
     pub quarantine_corrupt: bool,
     /// The clock, in milliseconds since the epoch (injected so retention can be tested).
     pub clock: fn() -> i64,
+    /// Snapshots older than this are released by the maintenance thread: the snapshot of an
+    /// online backup that was killed (and so never released it) holds disk space until then.
+    pub snapshot_max_age_ms: i64,
 }
 
 /// The system clock in milliseconds since the Unix epoch.
@@ -87,6 +90,7 @@ impl EngineConfig {
             compaction_segments_min: 4,
             quarantine_corrupt: false,
             clock: system_clock_ms,
+            snapshot_max_age_ms: 24 * 3600 * 1000,
         }
     }
 }
@@ -241,6 +245,9 @@ const PARALLEL_SERIES_MIN: usize = 16;
 /// A file `tsvault restore` keeps in a data directory while it writes it (holding the backup
 /// id); the engine refuses to open a directory that has one.
 pub const RESTORE_MARKER: &str = "RESTORING";
+
+/// How often the maintenance thread releases expired snapshots.
+const SNAPSHOT_EXPIRY_EVERY: Duration = Duration::from_secs(60);
 
 /// How often the maintenance thread looks for work.
 const MAINTENANCE_TICK_MS: u64 = 1000;
@@ -503,9 +510,16 @@ impl Engine {
 
     /// Deletes snapshot `id` (its links; the store's own files stay).
     pub fn release_snapshot(&self, id: &str) -> Result<()> {
-        let dir = snapshot::snapshot_dir(&self.inner.config.data_dir, id)?;
-        fs::remove_dir_all(&dir).ctx("remove", &dir)?;
-        sync_dir(&self.inner.config.data_dir.join(SNAPSHOTS_DIR))
+        snapshot::release(&self.inner.config.data_dir, id)
+    }
+
+    /// Releases the snapshots older than `snapshot_max_age_ms`; returns their ids. The
+    /// maintenance thread does this every minute.
+    pub fn expire_snapshots(&self) -> Result<Vec<String>> {
+        snapshot::expire(
+            &self.inner.config.data_dir,
+            self.inner.config.snapshot_max_age_ms,
+        )
     }
 
     /// Samples before this time are refused (None when retention is unlimited).
@@ -1236,6 +1250,7 @@ impl EngineHandle {
     fn maintenance_loop(&self) {
         let tick = Duration::from_millis(MAINTENANCE_TICK_MS);
         let mut last_flush = Instant::now();
+        let mut last_expiry = Instant::now();
         loop {
             {
                 let mut stop = self.inner.stop.lock();
@@ -1262,6 +1277,14 @@ impl EngineHandle {
             };
             if let Err(e) = r {
                 tracing::error!(error = %e, "background maintenance failed");
+            }
+            if last_expiry.elapsed() >= SNAPSHOT_EXPIRY_EVERY {
+                last_expiry = Instant::now();
+                // Not part of the data path: a failure is reported and tried again later.
+                let data_dir = &self.inner.config.data_dir;
+                if let Err(e) = snapshot::expire(data_dir, self.inner.config.snapshot_max_age_ms) {
+                    tracing::error!(error = %e, "cannot release expired snapshots");
+                }
             }
         }
     }

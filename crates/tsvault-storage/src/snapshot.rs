@@ -104,6 +104,27 @@ pub(crate) fn list(data_dir: &Path, remove_partial: bool) -> Result<Vec<Snapshot
     Ok(out)
 }
 
+/// Deletes snapshot `id` (its links; the store's own files stay).
+pub(crate) fn release(data_dir: &Path, id: &str) -> Result<()> {
+    let dir = snapshot_dir(data_dir, id)?;
+    fs::remove_dir_all(&dir).ctx("remove", &dir)?;
+    sync_dir(&data_dir.join(SNAPSHOTS_DIR))
+}
+
+/// Releases the snapshots taken `max_age_ms` ago or earlier; returns their ids.
+pub(crate) fn expire(data_dir: &Path, max_age_ms: i64) -> Result<Vec<String>> {
+    let cutoff = crate::engine::system_clock_ms().saturating_sub(max_age_ms);
+    let mut expired = Vec::new();
+    for snap in list(data_dir, false)? {
+        if snap.created_ms <= cutoff {
+            release(data_dir, &snap.id)?;
+            tracing::warn!(id = %snap.id, "released a snapshot older than the snapshot age limit (an online backup that never finished?)");
+            expired.push(snap.id);
+        }
+    }
+    Ok(expired)
+}
+
 /// BLAKE3 of a file, hex, read in pieces.
 pub(crate) fn hash_file(path: &Path) -> Result<String> {
     let mut hasher = blake3::Hasher::new();

@@ -233,3 +233,21 @@ fn digests_are_the_same_for_a_copy_and_name_damage() {
         "{err}"
     );
 }
+
+#[test]
+fn snapshots_past_their_age_limit_are_released() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = EngineConfig::new(dir.path());
+    let e = Engine::open(config.clone()).unwrap();
+    e.write(&[pt(&key("a"), HOUR, 1.0)]).unwrap();
+    let snap = e.snapshot().unwrap();
+    // Under the default limit (a day) it stays.
+    assert!(e.expire_snapshots().unwrap().is_empty());
+    assert_eq!(e.snapshots().unwrap().len(), 1);
+    e.close().unwrap();
+    config.snapshot_max_age_ms = 0;
+    let e = Engine::open(config).unwrap();
+    assert_eq!(e.expire_snapshots().unwrap(), vec![snap.id]);
+    assert!(e.snapshots().unwrap().is_empty());
+    assert_eq!(all(&e).len(), 1);
+}

@@ -357,3 +357,67 @@ fn round_trip(repo: &Repo, tmp: &std::path::Path) {
         HOSTS as usize
     );
 }
+
+#[test]
+fn an_online_backup_killed_midway_leaves_no_backup_and_the_next_run_finishes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Server::start(&tmp.path().join("src"), &[]);
+    for k in 0..30 {
+        assert_eq!(post(&s.url("/write"), batch(k).as_bytes()).status, 204);
+        if k % 10 == 9 {
+            // Several segment files and WAL files: several blobs.
+            assert_eq!(post(&s.url("/api/admin/flush"), b"").status, 200);
+        }
+    }
+    let repo_dir = tmp.path().join("repo").display().to_string();
+    let repo = Repo {
+        args: vec!["--repo".into(), repo_dir.clone()],
+        env: Vec::new(),
+    };
+    ok(&tsvault(&repo, &["backup", "init"]));
+    let doomed = Repo {
+        args: repo.args.clone(),
+        env: vec![("FAILPOINTS", "backup-blob-stored=1*off->return".into())],
+    };
+    let out = tsvault(
+        &doomed,
+        &["backup", "create", "--server", &s.base, "--json"],
+    );
+    assert!(
+        std::os::unix::process::ExitStatusExt::signal(&out.status).is_some(),
+        "the backup was not killed: {out:?}"
+    );
+    assert_eq!(
+        ok(&tsvault(&repo, &["backup", "list", "--json"])),
+        json!([])
+    );
+    // Its snapshot is still on the server (released after 24 h, or by hand).
+    assert_eq!(
+        get(&s.url("/api/admin/snapshots"))
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let done = ok(&tsvault(
+        &repo,
+        &["backup", "create", "--server", &s.base, "--json"],
+    ));
+    assert_eq!(done["type"], "full");
+    // What the killed run uploaded was reused.
+    assert!(done["deduplicated_bytes"].as_u64().unwrap() > 0, "{done}");
+    ok(&tsvault(
+        &repo,
+        &["backup", "verify", "--all", "--read-data"],
+    ));
+    let k = check_restore(
+        &repo,
+        done["id"].as_str().unwrap(),
+        &tmp.path().join("restored"),
+        &s.base,
+        30,
+        30,
+    );
+    assert_eq!(k, 30);
+}
