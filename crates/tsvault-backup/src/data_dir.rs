@@ -134,6 +134,8 @@ pub async fn backup_server(
                 m.id, client.base
             ),
         }),
+        // The backup's own error is the one to report; a snapshot that could not be
+        // released either is released by the server when it expires (24 h).
         (Err(e), _) => Err(e),
     }
 }

@@ -34,7 +34,7 @@ pub use repo::{RepoConfig, RepoOptions, Repository};
 pub use selective::{
     RestoreFilter, SelectiveReport, restore_into_server, restore_selected, wildcard_matches,
 };
-pub use source::{ImportCounts, ServerClient};
+pub use source::ServerClient;
 
 /// Reads fault points from the `FAILPOINTS` environment variable (builds with the
 /// `failpoints` feature, used only by tests; otherwise it does nothing). Points:

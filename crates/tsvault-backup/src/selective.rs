@@ -6,13 +6,13 @@
 use std::path::Path;
 
 use tsvault_model::Point;
-use tsvault_storage::{Engine, EngineConfig};
+use tsvault_storage::{Engine, EngineConfig, ImportOutcome};
 
 use crate::data_dir::{Progress, restore_data_dir};
 use crate::error::{Error, Result};
 use crate::manifest::BackupManifest;
 use crate::repo::Repository;
-use crate::source::{ImportCounts, ServerClient};
+use crate::source::ServerClient;
 
 /// What to restore: metrics matching `metric` (OpenTSDB's wildcard filter: `*` matches any
 /// text, case-insensitive; None is every metric), samples in `[start_ms, end_ms]`.
@@ -234,7 +234,7 @@ pub async fn restore_into_server(
     url: &str,
     filter: &RestoreFilter,
     progress: &dyn Progress,
-) -> Result<(BackupManifest, SelectiveReport, ImportCounts)> {
+) -> Result<(BackupManifest, SelectiveReport, ImportOutcome)> {
     filter.check()?;
     let client = ServerClient::new(url)?;
     let scratch = tempfile::Builder::new()
@@ -260,7 +260,7 @@ pub async fn restore_into_server(
         source.close_without_flush();
         report
     });
-    let mut counts = ImportCounts::default();
+    let mut counts = ImportOutcome::default();
     let mut failed = None;
     while let Some(body) = rx.recv().await {
         match client.import(body).await {

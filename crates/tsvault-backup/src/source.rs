@@ -7,11 +7,12 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
-use tsvault_storage::{SNAPSHOTS_DIR, SeriesDigest, SnapshotInfo};
+use tsvault_storage::{ImportOutcome, SNAPSHOTS_DIR, SeriesDigest, SnapshotInfo};
 
 use crate::error::{Error, Result};
 use crate::locks::now_ms;
 use crate::manifest::ConsistencyPoint;
+use crate::selective::engine_err;
 
 /// One file a source offers.
 pub(crate) struct SourceFile {
@@ -30,14 +31,6 @@ pub struct ServerClient {
     client: reqwest::Client,
     /// `http://host:port`, without a trailing slash.
     pub base: String,
-}
-
-/// What a server's import did.
-#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
-pub struct ImportCounts {
-    pub imported: u64,
-    pub skipped_existing: u64,
-    pub dropped_beyond_retention: u64,
 }
 
 impl ServerClient {
@@ -123,7 +116,7 @@ impl ServerClient {
     }
 
     /// Sends one import body (`POST /api/admin/import`).
-    pub(crate) async fn import(&self, body: Vec<u8>) -> Result<ImportCounts> {
+    pub(crate) async fn import(&self, body: Vec<u8>) -> Result<ImportOutcome> {
         let url = format!("{}/api/admin/import", self.base);
         let req = self
             .client
@@ -191,21 +184,10 @@ impl Source {
     pub(crate) fn consistency(&self) -> Result<ConsistencyPoint> {
         match self {
             Source::Dir(dir) => {
-                let wal = dir.join("wal");
-                let mut newest = 0;
-                if wal.is_dir() {
-                    for e in fs::read_dir(&wal).map_err(Error::io("list", &wal))? {
-                        let e = e.map_err(Error::io("list", &wal))?;
-                        if let Some(n) = e
-                            .file_name()
-                            .to_str()
-                            .and_then(|n| n.strip_suffix(".wal"))
-                            .and_then(|n| n.parse::<u64>().ok())
-                        {
-                            newest = newest.max(n);
-                        }
-                    }
-                }
+                let newest = tsvault_storage::wal_files(dir)
+                    .map_err(engine_err("listing the WAL files"))?
+                    .last()
+                    .map_or(0, |(n, _)| *n);
                 Ok(ConsistencyPoint {
                     snapshot: None,
                     wal_position: newest + 1,

@@ -1,11 +1,11 @@
 //! Backups of a real data directory into a local repository: round trip, and verify
 //! catching each kind of damage.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use tsvault_backup::{
-    KeepPolicy, NoProgress, RepoOptions, Repository, backup_data_dir, copy_backups, prune,
-    restore_data_dir, verify_backup, verify_deep,
+    BackupManifest, KeepPolicy, NoProgress, RepoOptions, Repository, backup_data_dir, copy_backups,
+    prune, restore_data_dir, verify_backup, verify_deep,
 };
 use tsvault_model::{Point, Sample, SeriesKey};
 use tsvault_storage::{Engine, EngineConfig};
@@ -52,18 +52,8 @@ fn opts(repo: &Path, password: Option<&str>) -> RepoOptions {
 #[tokio::test]
 async fn full_backup_restores_every_sample_and_dedups_a_second_run() {
     let tmp = tempfile::tempdir().unwrap();
-    let (src, repo_dir, dst) = (
-        tmp.path().join("src"),
-        tmp.path().join("repo"),
-        tmp.path().join("dst"),
-    );
-    data_dir(&src);
-    let repo = Repository::init(&opts(&repo_dir, Some("pw")), true)
-        .await
-        .unwrap();
-    let first = backup_data_dir(&repo, &src, None, &NoProgress)
-        .await
-        .unwrap();
+    let dst = tmp.path().join("dst");
+    let (src, repo_dir, repo, first) = backed_up(tmp.path(), Some("pw")).await;
     assert!(first.uploaded_bytes > 0);
     assert!(first.files.iter().any(|f| f.path.starts_with("segments/")));
     assert!(first.files.iter().any(|f| f.path.starts_with("wal/")));
@@ -152,6 +142,23 @@ async fn wrong_or_missing_passphrase_is_a_clear_error() {
     assert!(err.to_string().contains("Argon2id cost"), "{err}");
 }
 
+/// Under `tmp`: a data directory `src`, a repository `repo` (encrypted with `password` when
+/// one is given) and one backup of `src` in it.
+async fn backed_up(
+    tmp: &Path,
+    password: Option<&str>,
+) -> (PathBuf, PathBuf, Repository, BackupManifest) {
+    let (src, repo_dir) = (tmp.join("src"), tmp.join("repo"));
+    data_dir(&src);
+    let repo = Repository::init(&opts(&repo_dir, password), password.is_some())
+        .await
+        .unwrap();
+    let backup = backup_data_dir(&repo, &src, None, &NoProgress)
+        .await
+        .unwrap();
+    (src, repo_dir, repo, backup)
+}
+
 /// Every file under `dir`, recursively.
 fn files(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
@@ -171,13 +178,7 @@ fn files(dir: &Path) -> Vec<std::path::PathBuf> {
 async fn verify_names_each_kind_of_damage() {
     for encrypted in [true, false] {
         let tmp = tempfile::tempdir().unwrap();
-        let (src, repo_dir) = (tmp.path().join("src"), tmp.path().join("repo"));
-        data_dir(&src);
-        let o = opts(&repo_dir, encrypted.then_some("pw"));
-        let repo = Repository::init(&o, encrypted).await.unwrap();
-        let b = backup_data_dir(&repo, &src, None, &NoProgress)
-            .await
-            .unwrap();
+        let (_, repo_dir, repo, b) = backed_up(tmp.path(), encrypted.then_some("pw")).await;
         assert!(verify_backup(&repo, &b.id, true).await.is_empty());
         // The data blobs (not the digest blobs, which only deep verification reads).
         let ids: std::collections::BTreeSet<&String> =
@@ -254,14 +255,7 @@ async fn verify_names_each_kind_of_damage() {
 #[tokio::test]
 async fn prune_removes_what_the_policy_drops_and_waits_for_running_backups() {
     let tmp = tempfile::tempdir().unwrap();
-    let (src, repo_dir) = (tmp.path().join("src"), tmp.path().join("repo"));
-    data_dir(&src);
-    let repo = Repository::init(&opts(&repo_dir, None), false)
-        .await
-        .unwrap();
-    let first = backup_data_dir(&repo, &src, None, &NoProgress)
-        .await
-        .unwrap();
+    let (src, repo_dir, repo, first) = backed_up(tmp.path(), None).await;
     // More data, flushed into a new segment: the second backup has blobs the first lacks,
     // and shares the first's segment.
     {
@@ -559,14 +553,7 @@ async fn selective_restore_returns_only_the_chosen_metric_and_time_range() {
 #[tokio::test]
 async fn hostile_manifest_ids_and_stray_objects_are_errors_or_left_alone_never_a_panic() {
     let tmp = tempfile::tempdir().unwrap();
-    let (src, repo_dir) = (tmp.path().join("src"), tmp.path().join("repo"));
-    data_dir(&src);
-    let repo = Repository::init(&opts(&repo_dir, None), false)
-        .await
-        .unwrap();
-    let good = backup_data_dir(&repo, &src, None, &NoProgress)
-        .await
-        .unwrap();
+    let (_, repo_dir, repo, good) = backed_up(tmp.path(), None).await;
     // An unencrypted manifest is a format byte and zstd JSON: forge one whose blob id is not
     // hex (multi-byte characters where a path is cut) and whose path climbs out.
     let mut forged = serde_json::to_value(&good).unwrap();
@@ -615,14 +602,7 @@ async fn hostile_manifest_ids_and_stray_objects_are_errors_or_left_alone_never_a
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deep_verify_compares_every_series_with_what_was_recorded() {
     let tmp = tempfile::tempdir().unwrap();
-    let (src, repo_dir) = (tmp.path().join("src"), tmp.path().join("repo"));
-    data_dir(&src);
-    let repo = Repository::init(&opts(&repo_dir, Some("pw")), true)
-        .await
-        .unwrap();
-    let b = backup_data_dir(&repo, &src, None, &NoProgress)
-        .await
-        .unwrap();
+    let (_, _, repo, b) = backed_up(tmp.path(), Some("pw")).await;
     assert!(verify_deep(&repo, &b.id).await.is_empty());
     let summary = b.summary.clone().unwrap();
     assert!(summary.series > 0 && summary.samples > 0, "{summary:?}");

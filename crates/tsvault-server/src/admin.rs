@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 use tsvault_model::{Point, SeriesKey};
-use tsvault_storage::{Error as StorageError, ImportOutcome};
+use tsvault_storage::Error as StorageError;
 
 use crate::app::{BodyError, Shared, blocking, read_body};
 use crate::error::{body_too_large, storage_status};
@@ -61,11 +61,8 @@ pub(crate) async fn list_snapshots(State(st): State<Shared>) -> Response {
 /// `GET /api/admin/snapshots/{id}`.
 pub(crate) async fn show_snapshot(State(st): State<Shared>, Path(id): Path<String>) -> Response {
     let engine = st.engine.clone();
-    match blocking(move || engine.snapshots()).await {
-        Ok(list) => match list.into_iter().find(|s| s.id == id) {
-            Some(info) => Json(info).into_response(),
-            None => error_response(&StorageError::NotFound(format!("no snapshot {id}"))),
-        },
+    match blocking(move || engine.snapshot_info(&id)).await {
+        Ok(info) => Json(info).into_response(),
         Err(e) => error_response(&e),
     }
 }
@@ -203,16 +200,7 @@ pub(crate) async fn import(State(st): State<Shared>, headers: HeaderMap, body: B
     };
     let engine = st.engine.clone();
     match blocking(move || engine.import(&points)).await {
-        Ok(ImportOutcome {
-            imported,
-            skipped_existing,
-            dropped_beyond_retention,
-        }) => Json(json!({
-            "imported": imported,
-            "skipped_existing": skipped_existing,
-            "dropped_beyond_retention": dropped_beyond_retention,
-        }))
-        .into_response(),
+        Ok(outcome) => Json(outcome).into_response(),
         Err(e) => error_response(&e),
     }
 }

@@ -142,8 +142,8 @@ pub struct EngineStats {
     pub samples_dropped_retention: u64,
 }
 
-/// What an import did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+/// What an import did (also the answer of the server's import API).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ImportOutcome {
     /// Samples written.
     pub imported: usize,
@@ -321,7 +321,7 @@ impl Engine {
         let segment_duration_ms = manifest.segment_duration_ms;
         remove_stray_files(&seg_dir, &manifest)?;
         // Snapshots interrupted while being taken are removed; complete ones stay.
-        snapshot::list(&dir, true)?;
+        snapshot::remove_partial(&dir)?;
 
         // Replay the WAL into the head.
         let mut head = Head::default();
@@ -493,14 +493,18 @@ impl Engine {
 
     /// The snapshots on disk, oldest first.
     pub fn snapshots(&self) -> Result<Vec<SnapshotInfo>> {
-        snapshot::list(&self.inner.config.data_dir, false)
+        snapshot::list(&self.inner.config.data_dir)
+    }
+
+    /// The description of snapshot `id`.
+    pub fn snapshot_info(&self, id: &str) -> Result<SnapshotInfo> {
+        snapshot::info(&self.inner.config.data_dir, id)
     }
 
     /// Where file `path` of snapshot `id` is, and what it should hold.
     pub fn snapshot_file(&self, id: &str, path: &str) -> Result<(PathBuf, SnapshotFile)> {
         let dir = snapshot::snapshot_dir(&self.inner.config.data_dir, id)?;
-        let info = snapshot::load_info(&dir)?;
-        let file = info
+        let file = snapshot::load_info(&dir)?
             .files
             .into_iter()
             .find(|f| f.path == path)

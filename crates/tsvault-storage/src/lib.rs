@@ -28,3 +28,4 @@ pub use segment::SegmentInfo;
 pub use snapshot::{
     SNAPSHOTS_DIR, SeriesDigest, SnapshotFile, SnapshotInfo, file_digests, is_snapshot_id,
 };
+pub use wal::wal_files;

@@ -76,32 +76,45 @@ pub(crate) fn load_info(dir: &Path) -> Result<SnapshotInfo> {
     })
 }
 
-/// Every complete snapshot under `data_dir`, oldest first; removes the leftovers of
-/// snapshots interrupted while being taken (`*.tmp`).
-pub(crate) fn list(data_dir: &Path, remove_partial: bool) -> Result<Vec<SnapshotInfo>> {
+/// The entries of `data_dir/snapshots/` (none when it does not exist).
+fn entries(data_dir: &Path) -> Result<Vec<fs::DirEntry>> {
     let root = data_dir.join(SNAPSHOTS_DIR);
-    let entries = match fs::read_dir(&root) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).ctx("list", &root),
-    };
-    let mut out = Vec::new();
-    for e in entries {
-        let e = e.ctx("list", &root)?;
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.ends_with(".tmp") {
-            if remove_partial {
-                let p = e.path();
-                fs::remove_dir_all(&p).ctx("remove", &p)?;
-            }
-            continue;
+    match fs::read_dir(&root) {
+        Ok(list) => list.map(|e| e.ctx("list", &root)).collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e).ctx("list", &root),
+    }
+}
+
+/// Removes what snapshots interrupted while being taken left (`*.tmp`). Complete snapshots
+/// are not read: a damaged description must not keep the store from starting.
+pub(crate) fn remove_partial(data_dir: &Path) -> Result<()> {
+    for e in entries(data_dir)? {
+        if e.file_name().to_string_lossy().ends_with(".tmp") {
+            let p = e.path();
+            fs::remove_dir_all(&p).ctx("remove", &p)?;
         }
+    }
+    Ok(())
+}
+
+/// Every complete snapshot under `data_dir`, oldest first; a description that does not
+/// parse is an error naming it.
+pub(crate) fn list(data_dir: &Path) -> Result<Vec<SnapshotInfo>> {
+    let mut out = Vec::new();
+    for e in entries(data_dir)? {
+        let name = e.file_name().to_string_lossy().into_owned();
         if is_snapshot_id(&name) && e.path().join(SNAPSHOT_FILE).is_file() {
             out.push(load_info(&e.path())?);
         }
     }
     out.sort_by_key(|s| (s.created_ms, s.id.clone()));
     Ok(out)
+}
+
+/// The description of snapshot `id`.
+pub(crate) fn info(data_dir: &Path, id: &str) -> Result<SnapshotInfo> {
+    load_info(&snapshot_dir(data_dir, id)?)
 }
 
 /// Deletes snapshot `id` (its links; the store's own files stay).
@@ -111,17 +124,24 @@ pub(crate) fn release(data_dir: &Path, id: &str) -> Result<()> {
     sync_dir(&data_dir.join(SNAPSHOTS_DIR))
 }
 
-/// Releases the snapshots taken `max_age_ms` ago or earlier; returns their ids.
+/// Releases the snapshots taken `max_age_ms` ago or earlier; returns their ids. The time is
+/// read from the id (`<created_ms>-<n>`), so a snapshot whose description is damaged expires
+/// too.
 pub(crate) fn expire(data_dir: &Path, max_age_ms: i64) -> Result<Vec<String>> {
     let cutoff = crate::engine::system_clock_ms().saturating_sub(max_age_ms);
     let mut expired = Vec::new();
-    for snap in list(data_dir, false)? {
-        if snap.created_ms <= cutoff {
-            release(data_dir, &snap.id)?;
-            tracing::warn!(id = %snap.id, "released a snapshot older than the snapshot age limit (an online backup that never finished?)");
-            expired.push(snap.id);
+    for e in entries(data_dir)? {
+        let id = e.file_name().to_string_lossy().into_owned();
+        let created_ms = is_snapshot_id(&id)
+            .then(|| id.split('-').next().and_then(|ms| ms.parse::<i64>().ok()))
+            .flatten();
+        if created_ms.is_some_and(|ms| ms <= cutoff) && e.path().join(SNAPSHOT_FILE).is_file() {
+            release(data_dir, &id)?;
+            tracing::warn!(%id, "released a snapshot older than the snapshot age limit (an online backup that never finished?)");
+            expired.push(id);
         }
     }
+    expired.sort();
     Ok(expired)
 }
 

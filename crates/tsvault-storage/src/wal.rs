@@ -29,6 +29,16 @@ pub(crate) fn wal_file_name(n: u64) -> String {
     format!("{n:020}.wal")
 }
 
+/// The WAL files of the data directory `data_dir` as (number, path), ascending (none when
+/// it has no `wal/`): for tools that read a stopped data directory.
+pub fn wal_files(data_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let dir = data_dir.join("wal");
+    if !dir.is_dir() {
+        return Ok(Vec::new());
+    }
+    list_wal_files(&dir)
+}
+
 /// Lists WAL files in `dir` as (number, path), ascending. Files not named like WAL files are
 /// ignored.
 pub(crate) fn list_wal_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {

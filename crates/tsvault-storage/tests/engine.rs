@@ -6,35 +6,12 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 
+mod common;
+
+use common::{HOUR, all, key, open, pt, s};
 use proptest::prelude::*;
-use tsvault_model::{Point, Sample, SeriesKey};
+use tsvault_model::{Point, SeriesKey};
 use tsvault_storage::{Engine, EngineConfig, Error};
-
-const HOUR: i64 = 3_600_000;
-
-fn key(metric: &str, host: &str) -> SeriesKey {
-    SeriesKey::new(metric, &[("host", host)]).unwrap()
-}
-
-fn pt(k: &SeriesKey, ts_ms: i64, value: f64) -> Point {
-    Point {
-        key: k.clone(),
-        ts_ms,
-        value,
-    }
-}
-
-fn open(dir: &Path) -> Engine {
-    Engine::open(EngineConfig::new(dir)).unwrap()
-}
-
-fn all(e: &Engine, metric: &str) -> Vec<(SeriesKey, Vec<Sample>)> {
-    e.select(metric, &|_| true, i64::MIN, i64::MAX).unwrap()
-}
-
-fn s(ts_ms: i64, value: f64) -> Sample {
-    Sample { ts_ms, value }
-}
 
 #[test]
 fn writes_survive_restart_with_and_without_flush() {

@@ -3,29 +3,18 @@
 use std::fs;
 use std::path::Path;
 
-use tsvault_model::{Point, Sample, SeriesKey};
+mod common;
+
+use common::{HOUR, open, pt};
+use tsvault_model::{Sample, SeriesKey};
 use tsvault_storage::{Engine, EngineConfig, Error, ImportOutcome, SNAPSHOTS_DIR, file_digests};
 
-const HOUR: i64 = 3_600_000;
-
 fn key(host: &str) -> SeriesKey {
-    SeriesKey::new("cpu", &[("host", host)]).unwrap()
-}
-
-fn pt(k: &SeriesKey, ts_ms: i64, value: f64) -> Point {
-    Point {
-        key: k.clone(),
-        ts_ms,
-        value,
-    }
-}
-
-fn open(dir: &Path) -> Engine {
-    Engine::open(EngineConfig::new(dir)).unwrap()
+    common::key("cpu", host)
 }
 
 fn all(e: &Engine) -> Vec<(SeriesKey, Vec<Sample>)> {
-    e.select("cpu", &|_| true, i64::MIN, i64::MAX).unwrap()
+    common::all(e, "cpu")
 }
 
 /// Copies the files a snapshot lists into `dst`, as a backup and restore would.
@@ -250,4 +239,38 @@ fn snapshots_past_their_age_limit_are_released() {
     assert_eq!(e.expire_snapshots().unwrap(), vec![snap.id]);
     assert!(e.snapshots().unwrap().is_empty());
     assert_eq!(all(&e).len(), 1);
+}
+
+#[test]
+fn a_damaged_snapshot_description_is_named_and_never_stops_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let snap = {
+        let e = open(dir.path());
+        e.write(&[pt(&key("a"), HOUR, 1.0)]).unwrap();
+        e.snapshot().unwrap()
+    };
+    let desc = dir
+        .path()
+        .join(SNAPSHOTS_DIR)
+        .join(&snap.id)
+        .join("snapshot.json");
+    fs::write(&desc, b"{not json").unwrap();
+    let e = open(dir.path());
+    assert_eq!(all(&e).len(), 1);
+    let err = e.snapshots().unwrap_err();
+    assert!(
+        matches!(&err, Error::Corrupt { path, .. } if path == &desc),
+        "{err}"
+    );
+    assert!(matches!(
+        e.snapshot_info(&snap.id),
+        Err(Error::Corrupt { .. })
+    ));
+    // It still expires (its time is in its id), and then the list is whole again.
+    e.close().unwrap();
+    let mut config = EngineConfig::new(dir.path());
+    config.snapshot_max_age_ms = 0;
+    let e = Engine::open(config).unwrap();
+    assert_eq!(e.expire_snapshots().unwrap(), vec![snap.id]);
+    assert!(e.snapshots().unwrap().is_empty());
 }
