@@ -31,13 +31,11 @@ async fn fold(repo: &Repository, id: &str) -> Result<BackupManifest> {
             "backup {id} is already a full backup; nothing to consolidate"
         )));
     }
-    for f in &m.files {
-        for blob in f.all_blobs() {
-            if !repo.has_blob(blob).await? {
-                return Err(Error::Missing {
-                    what: format!("blob {blob} (file {} of backup {id})", f.path),
-                });
-            }
+    for (blob, what) in m.blobs() {
+        if !repo.has_blob(blob).await? {
+            return Err(Error::Missing {
+                what: format!("blob {blob} ({what} of backup {id})"),
+            });
         }
     }
     let full = BackupManifest {
@@ -55,6 +53,7 @@ async fn fold(repo: &Repository, id: &str) -> Result<BackupManifest> {
         consistency: m.consistency,
         summary: m.summary,
         consolidated_from: Some(id.to_string()),
+        series_index: m.series_index,
         files: m.files,
     };
     repo.put_manifest(&full).await?;

@@ -50,21 +50,24 @@ async fn copy_locked(from: &Repository, to: &Repository, ids: &[String]) -> Resu
         }
         let mut m = from.manifest(id).await?;
         let mut uploaded = 0;
-        for f in &mut m.files {
-            for blob in f.blobs.iter_mut().chain(f.digests.iter_mut()) {
-                if let Some(t) = mapped.get(blob) {
-                    *blob = t.clone();
-                    continue;
-                }
-                let plaintext = from.get_blob(blob).await?;
-                let (target_id, up) = to.put_blob(plaintext).await?;
-                if up > 0 {
-                    report.blobs_uploaded += 1;
-                    uploaded += up;
-                }
-                mapped.insert(blob.clone(), target_id.clone());
-                *blob = target_id;
+        let blobs = m
+            .files
+            .iter_mut()
+            .flat_map(|f| f.blobs.iter_mut().chain(f.digests.iter_mut()))
+            .chain(m.series_index.iter_mut());
+        for blob in blobs {
+            if let Some(t) = mapped.get(blob) {
+                *blob = t.clone();
+                continue;
             }
+            let plaintext = from.get_blob(blob).await?;
+            let (target_id, up) = to.put_blob(plaintext).await?;
+            if up > 0 {
+                report.blobs_uploaded += 1;
+                uploaded += up;
+            }
+            mapped.insert(blob.clone(), target_id.clone());
+            *blob = target_id;
         }
         m.uploaded_bytes = uploaded;
         report.bytes_uploaded += uploaded;

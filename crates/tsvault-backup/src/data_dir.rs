@@ -8,6 +8,7 @@ use std::path::{Component, Path, PathBuf};
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
 use rand::RngCore;
+use tokio::sync::Semaphore;
 use tsvault_storage::SeriesDigest;
 
 use crate::error::{Error, Result};
@@ -15,7 +16,7 @@ use crate::locks::{Lock, LockKind, now_ms};
 use crate::manifest::{BackupManifest, BackupType, DataSummary, FileEntry};
 use crate::prune::civil;
 use crate::repo::Repository;
-use crate::source::{ServerClient, Source};
+use crate::source::{ServerClient, Source, SourceFile};
 use tsvault_storage::RESTORE_MARKER;
 
 /// Files are cut into blobs of this size: big enough that per-object overhead is small,
@@ -147,9 +148,9 @@ async fn backup_locked(
     source: &Source,
     kind: Option<BackupType>,
     progress: &dyn Progress,
-    mut repo_lock: Lock,
+    repo_lock: Lock,
 ) -> Result<BackupManifest> {
-    let written = write_backup(repo, source, kind, progress, &mut repo_lock).await;
+    let written = write_backup(repo, source, kind, progress, &repo_lock).await;
     let released = repo_lock.release(repo).await;
     let manifest = written?;
     released?;
@@ -182,7 +183,7 @@ async fn write_backup(
     source: &Source,
     kind: Option<BackupType>,
     progress: &dyn Progress,
-    repo_lock: &mut Lock,
+    repo_lock: &Lock,
 ) -> Result<BackupManifest> {
     let started_ms = now_ms();
     let source_name = source.name()?;
@@ -216,79 +217,70 @@ async fn write_backup(
         .iter()
         .flat_map(|m| m.files.iter().map(|f| (f.path.as_str(), f)))
         .collect();
+    // The series count of an incremental or differential backup starts from its
+    // reference's series index; files it reuses are then counted from their entries' stats
+    // without reading their digests. Backups written before indexes existed are counted
+    // from every file's digests.
+    let mut summary = SummaryAcc::default();
+    let start_from = match &reference {
+        Some(r)
+            if r.files
+                .iter()
+                .all(|f| f.stats.is_some() && f.digests.is_some()) =>
+        {
+            r.series_index.as_deref()
+        }
+        _ => None,
+    };
+    if let Some(id) = start_from {
+        summary.index = SeriesIndex::load(repo, id).await?;
+    }
+    let reuse_index = start_from.is_some();
     let consistency = source.consistency()?;
     let files = source.files()?;
     progress.start(files.iter().map(|f| f.size).sum());
-    let mut entries = Vec::with_capacity(files.len());
-    let mut summary = SummaryAcc::default();
+    let blob_slots = Semaphore::new(BLOBS_IN_FLIGHT);
+    let ctx = FileCtx {
+        repo,
+        source,
+        source_name: &source_name,
+        progress,
+        repo_lock,
+        blob_slots: &blob_slots,
+    };
+    // Several files at once (in order): a snapshot of small files, or a server digesting
+    // one file per core, would otherwise wait on one round trip after another.
+    let mut done = futures::stream::iter(files)
+        .map(|file| ctx.backup_file(known.get(file.path.as_str()).copied(), file, reuse_index))
+        .buffered(FILES_IN_FLIGHT);
+    let mut entries = Vec::new();
+    let mut reused = HashSet::new();
     let (mut logical, mut uploaded, mut read, mut deduplicated) = (0u64, 0u64, 0u64, 0u64);
-    for file in files {
-        // Unchanged since the reference (same size, and same hash or modification time) and
-        // still whole in the repository: its entry is reused without reading the file.
-        if let Some(old) = known.get(file.path.as_str())
-            && old.size == file.size
-            && match &file.blake3 {
-                Some(h) => h == &old.blake3,
-                None => file.mtime_ns != 0 && old.mtime_ns == file.mtime_ns,
-            }
-        {
-            let mut present = true;
-            for blob in old.all_blobs() {
-                present &= repo.has_blob(blob).await?;
-            }
-            if present {
-                if let Some(d) = &old.digests {
-                    summary.add(&load_digests(repo, d).await?);
-                }
-                logical += old.size;
-                deduplicated += old.size;
-                progress.advance(old.size);
-                entries.push((*old).clone());
-                continue;
+    while let Some(file) = done.next().await {
+        let file = file?;
+        match &file.digests {
+            Some(d) => summary.index.add(d),
+            None => {
+                reused.insert(file.entry.path.clone());
             }
         }
-        // The bytes go up while the digests are computed (locally, or by the server).
-        let (stored, digests) = tokio::join!(
-            store_file(repo, source, &file.path, progress, repo_lock),
-            source.digests(&file.path)
-        );
-        let StoredFile {
-            size,
-            blake3,
-            blobs,
-            uploaded: up,
-            deduplicated: dedup,
-        } = stored?;
-        let digests = digests?;
-        if size != file.size || file.blake3.as_ref().is_some_and(|h| h != &blake3) {
-            return Err(Error::Corrupt {
-                what: format!("file {} from {source_name}", file.path),
-                detail: format!(
-                    "{size} bytes with BLAKE3 {blake3} were read; the source listed {} bytes{}",
-                    file.size,
-                    file.blake3
-                        .as_ref()
-                        .map(|h| format!(" with BLAKE3 {h}"))
-                        .unwrap_or_default()
-                ),
-            });
-        }
-        summary.add(&digests);
-        let json = serde_json::to_vec(&digests).expect("digests serialize");
-        let (digests_id, up_digests) = repo.put_blob(json).await?;
-        read += size;
-        logical += size;
-        deduplicated += dedup;
-        uploaded += up + up_digests;
-        entries.push(FileEntry {
-            path: file.path,
-            size,
-            blake3,
-            blobs,
-            mtime_ns: file.mtime_ns,
-            digests: Some(digests_id),
-        });
+        summary.add_file(file.entry.stats.as_ref());
+        logical += file.entry.size;
+        read += file.read;
+        uploaded += file.uploaded;
+        deduplicated += file.deduplicated;
+        entries.push(file.entry);
     }
+    drop(done);
+    // The reference's files this backup does not hold as they were leave the index.
+    if reuse_index && let Some(r) = &reference {
+        for f in r.files.iter().filter(|f| !reused.contains(&f.path)) {
+            let id = f.digests.as_deref().expect("checked above");
+            summary.index.remove(&load_digests(repo, id).await?, id)?;
+        }
+    }
+    let (series_index, up_index) = repo.put_blob(summary.index.encode()).await?;
+    uploaded += up_index;
     let (parent, base) = match (&reference, kind) {
         (Some(r), BackupType::Incremental) => (
             Some(r.id.clone()),
@@ -316,64 +308,192 @@ async fn write_backup(
         consistency: Some(consistency),
         summary: Some(summary.finish()),
         consolidated_from: None,
+        series_index: Some(series_index),
         files: entries,
     };
     repo.put_manifest(&manifest).await?;
     Ok(manifest)
 }
 
-/// Blobs in flight at once while a file is stored: their hashing, compression and
+/// Blobs in flight at once in a backup, across its files: their hashing, compression and
 /// encryption use several cores, and their uploads overlap. Memory: this many chunks.
 const BLOBS_IN_FLIGHT: usize = 4;
 
-/// Reads file `path` of `source` in chunks into blobs.
-async fn store_file(
-    repo: &Repository,
-    source: &Source,
-    path: &str,
-    progress: &dyn Progress,
-    repo_lock: &mut Lock,
-) -> Result<StoredFile> {
-    let mut reader = source.open(path).await?;
-    let mut hasher = blake3::Hasher::new();
-    let mut blobs = Vec::new();
-    let (mut size, mut uploaded, mut deduplicated) = (0u64, 0u64, 0u64);
-    let mut in_flight = FuturesOrdered::new();
-    let mut finished = false;
-    while !finished || !in_flight.is_empty() {
-        if !finished && in_flight.len() < BLOBS_IN_FLIGHT {
-            let mut chunk = Vec::with_capacity(CHUNK_BYTES);
-            let n = reader.fill(&mut chunk, CHUNK_BYTES).await?;
-            if n == 0 {
-                finished = true;
-                continue;
+/// Files a backup works on at once.
+const FILES_IN_FLIGHT: usize = 4;
+
+/// What the files of one backup share.
+struct FileCtx<'a> {
+    repo: &'a Repository,
+    source: &'a Source,
+    source_name: &'a str,
+    progress: &'a dyn Progress,
+    repo_lock: &'a Lock,
+    /// One permit per chunk in memory.
+    blob_slots: &'a Semaphore,
+}
+
+/// One file of a backup: its manifest entry and digests (none when it was reused and its
+/// series are counted in the reference's index), and what it cost.
+struct BackedUpFile {
+    entry: FileEntry,
+    digests: Option<Vec<SeriesDigest>>,
+    read: u64,
+    uploaded: u64,
+    deduplicated: u64,
+}
+
+impl FileCtx<'_> {
+    /// Backs up `file`: reuses `old` (its entry in the reference backup) when the file is
+    /// unchanged (same size, and same hash or modification time) and still whole in the
+    /// repository, without reading it; else stores its bytes while its digests are computed
+    /// (locally, or by the server).
+    /// `counted`: the series of a reused entry are in the reference's index already (its
+    /// digests are then not read).
+    async fn backup_file(
+        &self,
+        old: Option<&FileEntry>,
+        file: SourceFile,
+        counted: bool,
+    ) -> Result<BackedUpFile> {
+        if let Some(old) = old
+            && old.size == file.size
+            && match &file.blake3 {
+                Some(h) => h == &old.blake3,
+                None => file.mtime_ns != 0 && old.mtime_ns == file.mtime_ns,
             }
-            hasher.update(&chunk);
-            size += n as u64;
-            in_flight.push_back(async move { repo.put_blob(chunk).await.map(|r| (r, n)) });
-            continue;
+        {
+            let mut present = true;
+            for blob in old.all_blobs() {
+                present &= self.repo.has_blob(blob).await?;
+            }
+            if present {
+                let mut entry = old.clone();
+                let digests = match (&old.digests, counted) {
+                    (Some(_), true) => None,
+                    (Some(d), false) => {
+                        let digests = load_digests(self.repo, d).await?;
+                        entry.stats = Some(DataSummary::of(&digests));
+                        Some(digests)
+                    }
+                    (None, _) => Some(Vec::new()),
+                };
+                self.progress.advance(old.size);
+                return Ok(BackedUpFile {
+                    entry,
+                    digests,
+                    read: 0,
+                    uploaded: 0,
+                    deduplicated: old.size,
+                });
+            }
         }
-        let Some(done) = in_flight.next().await else {
-            break;
-        };
-        let ((id, up), n) = done?;
-        #[cfg(feature = "failpoints")]
-        fail::fail_point!("backup-blob-stored", |_| std::process::abort());
-        repo_lock.refresh_if_due(repo).await?;
-        blobs.push(id);
-        uploaded += up;
-        if up == 0 {
-            deduplicated += n as u64;
+        let (stored, digests) =
+            tokio::join!(self.store_file(&file.path), self.source.digests(&file.path));
+        let StoredFile {
+            size,
+            blake3,
+            blobs,
+            uploaded,
+            deduplicated,
+        } = stored?;
+        let digests = digests?;
+        if size != file.size || file.blake3.as_ref().is_some_and(|h| h != &blake3) {
+            return Err(Error::Corrupt {
+                what: format!("file {} from {}", file.path, self.source_name),
+                detail: format!(
+                    "{size} bytes with BLAKE3 {blake3} were read; the source listed {} bytes{}",
+                    file.size,
+                    file.blake3
+                        .as_ref()
+                        .map(|h| format!(" with BLAKE3 {h}"))
+                        .unwrap_or_default()
+                ),
+            });
         }
-        progress.advance(n as u64);
+        let json = serde_json::to_vec(&digests).expect("digests serialize");
+        let (digests_id, up_digests) = self.repo.put_blob(json).await?;
+        Ok(BackedUpFile {
+            entry: FileEntry {
+                path: file.path,
+                size,
+                blake3,
+                blobs,
+                mtime_ns: file.mtime_ns,
+                digests: Some(digests_id),
+                stats: Some(DataSummary::of(&digests)),
+            },
+            digests: Some(digests),
+            read: size,
+            uploaded: uploaded + up_digests,
+            deduplicated,
+        })
     }
-    Ok(StoredFile {
-        size,
-        blake3: hasher.finalize().to_hex().to_string(),
-        blobs,
-        uploaded,
-        deduplicated,
-    })
+
+    /// Reads file `path` of the source in chunks into blobs, a chunk in memory only while it
+    /// holds one of the backup's blob slots.
+    async fn store_file(&self, path: &str) -> Result<StoredFile> {
+        let repo = self.repo;
+        let mut reader = self.source.open(path).await?;
+        let mut hasher = blake3::Hasher::new();
+        let mut blobs = Vec::new();
+        let (mut size, mut uploaded, mut deduplicated) = (0u64, 0u64, 0u64);
+        let mut in_flight = FuturesOrdered::new();
+        let mut finished = false;
+        loop {
+            if !finished {
+                // With nothing of its own in flight a file waits for a slot; otherwise it
+                // takes a free one or finishes a chunk first (so no file waits forever on
+                // slots that others hold while holding its own).
+                let slot = if in_flight.is_empty() {
+                    Some(
+                        self.blob_slots
+                            .acquire()
+                            .await
+                            .expect("the semaphore is never closed"),
+                    )
+                } else {
+                    self.blob_slots.try_acquire().ok()
+                };
+                if let Some(slot) = slot {
+                    let mut chunk = Vec::with_capacity(CHUNK_BYTES);
+                    let n = reader.fill(&mut chunk, CHUNK_BYTES).await?;
+                    if n == 0 {
+                        finished = true;
+                        continue;
+                    }
+                    hasher.update(&chunk);
+                    size += n as u64;
+                    in_flight.push_back(async move {
+                        let stored = repo.put_blob(chunk).await;
+                        drop(slot);
+                        stored.map(|r| (r, n))
+                    });
+                    continue;
+                }
+            }
+            let Some(done) = in_flight.next().await else {
+                break;
+            };
+            let ((id, up), n) = done?;
+            #[cfg(feature = "failpoints")]
+            fail::fail_point!("backup-blob-stored", |_| std::process::abort());
+            self.repo_lock.refresh_if_due(repo).await?;
+            blobs.push(id);
+            uploaded += up;
+            if up == 0 {
+                deduplicated += n as u64;
+            }
+            self.progress.advance(n as u64);
+        }
+        Ok(StoredFile {
+            size,
+            blake3: hasher.finalize().to_hex().to_string(),
+            blobs,
+            uploaded,
+            deduplicated,
+        })
+    }
 }
 
 /// What [`store_file`] stored.
@@ -396,34 +516,128 @@ pub(crate) async fn load_digests(repo: &Repository, id: &str) -> Result<Vec<Seri
     })
 }
 
-/// Totals of a backup's data, from its files' digests.
+impl DataSummary {
+    /// The totals of one file's digests.
+    fn of(digests: &[SeriesDigest]) -> DataSummary {
+        DataSummary {
+            series: digests.len() as u64,
+            samples: digests.iter().map(|d| d.samples).sum(),
+            min_ts_ms: digests.iter().map(|d| d.min_ts_ms).min(),
+            max_ts_ms: digests.iter().map(|d| d.max_ts_ms).max(),
+        }
+    }
+}
+
+/// Totals of a backup's data: samples and time range from its files' stats, series from
+/// its series index.
 #[derive(Default)]
 struct SummaryAcc {
-    series: HashSet<String>,
+    index: SeriesIndex,
     samples: u64,
     min: Option<i64>,
     max: Option<i64>,
 }
 
 impl SummaryAcc {
-    fn add(&mut self, digests: &[SeriesDigest]) {
-        for d in digests {
-            if !self.series.contains(&d.series) {
-                self.series.insert(d.series.clone());
-            }
-            self.samples += d.samples;
-            self.min = Some(self.min.map_or(d.min_ts_ms, |m| m.min(d.min_ts_ms)));
-            self.max = Some(self.max.map_or(d.max_ts_ms, |m| m.max(d.max_ts_ms)));
-        }
+    fn add_file(&mut self, stats: Option<&DataSummary>) {
+        let Some(s) = stats else { return };
+        self.samples += s.samples;
+        self.min = self.min.into_iter().chain(s.min_ts_ms).min();
+        self.max = self.max.into_iter().chain(s.max_ts_ms).max();
     }
 
-    fn finish(self) -> DataSummary {
+    fn finish(&self) -> DataSummary {
         DataSummary {
-            series: self.series.len() as u64,
+            series: self.index.files.len() as u64,
             samples: self.samples,
             min_ts_ms: self.min,
             max_ts_ms: self.max,
         }
+    }
+}
+
+/// Every series of a backup's files, by a 16-byte BLAKE3 of its key, with the number of
+/// files whose digests name it. Stored as a blob (FORMAT.md): the 8 bytes `TSVSIDX1`, then
+/// per series in key-hash order the hash and the count as a little-endian u32.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct SeriesIndex {
+    files: HashMap<[u8; 16], u32>,
+}
+
+const SERIES_INDEX_MAGIC: &[u8; 8] = b"TSVSIDX1";
+
+impl SeriesIndex {
+    fn key(series: &str) -> [u8; 16] {
+        let mut k = [0u8; 16];
+        k.copy_from_slice(&blake3::hash(series.as_bytes()).as_bytes()[..16]);
+        k
+    }
+
+    /// Counts one more file holding each series of `digests`.
+    pub(crate) fn add(&mut self, digests: &[SeriesDigest]) {
+        for d in digests {
+            *self.files.entry(Self::key(&d.series)).or_default() += 1;
+        }
+    }
+
+    /// Counts one file fewer for each series of `digests` (those of blob `blob`); a series
+    /// the index does not hold means the index does not match its backup.
+    fn remove(&mut self, digests: &[SeriesDigest], blob: &str) -> Result<()> {
+        for d in digests {
+            let k = Self::key(&d.series);
+            match self.files.get_mut(&k) {
+                Some(1) => {
+                    self.files.remove(&k);
+                }
+                Some(n) => *n -= 1,
+                None => {
+                    return Err(Error::Corrupt {
+                        what: "the series index of the reference backup".into(),
+                        detail: format!(
+                            "it does not hold series {}, which digest blob {blob} names; take a full backup (--type full)",
+                            d.series
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut entries: Vec<_> = self.files.iter().collect();
+        entries.sort_unstable();
+        let mut out = Vec::with_capacity(8 + entries.len() * 20);
+        out.extend_from_slice(SERIES_INDEX_MAGIC);
+        for (k, n) in entries {
+            out.extend_from_slice(k);
+            out.extend_from_slice(&n.to_le_bytes());
+        }
+        out
+    }
+
+    /// The index in blob `id`.
+    pub(crate) async fn load(repo: &Repository, id: &str) -> Result<SeriesIndex> {
+        let bytes = repo.get_blob(id).await?;
+        let corrupt = |detail: &str| Error::Corrupt {
+            what: format!("series index blob {id}"),
+            detail: detail.to_string(),
+        };
+        let body = bytes
+            .strip_prefix(SERIES_INDEX_MAGIC)
+            .ok_or_else(|| corrupt("it does not start with TSVSIDX1"))?;
+        if body.len() % 20 != 0 {
+            return Err(corrupt("its length is not a whole number of entries"));
+        }
+        let mut files = HashMap::with_capacity(body.len() / 20);
+        for e in body.chunks_exact(20) {
+            let k: [u8; 16] = e[..16].try_into().expect("16 bytes");
+            let n = u32::from_le_bytes(e[16..].try_into().expect("4 bytes"));
+            if n == 0 || files.insert(k, n).is_some() {
+                return Err(corrupt("it holds a repeated series or a count of zero"));
+            }
+        }
+        Ok(SeriesIndex { files })
     }
 }
 
@@ -635,24 +849,24 @@ pub async fn verify_backup(repo: &Repository, id: &str, read_data: bool) -> Vec<
         if let Err(e) = safe_relative(&f.path) {
             problems.push(problem(e.to_string()));
         }
-        for blob in f.all_blobs() {
-            if !checked.insert(blob.as_str()) {
-                continue;
+    }
+    for (blob, what) in manifest.blobs() {
+        if !checked.insert(blob.as_str()) {
+            continue;
+        }
+        let r = if read_data {
+            repo.get_blob(blob).await.map(|_| ())
+        } else {
+            match repo.has_blob(blob).await {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(Error::Missing {
+                    what: format!("blob {blob}"),
+                }),
+                Err(e) => Err(e),
             }
-            let r = if read_data {
-                repo.get_blob(blob).await.map(|_| ())
-            } else {
-                match repo.has_blob(blob).await {
-                    Ok(true) => Ok(()),
-                    Ok(false) => Err(Error::Missing {
-                        what: format!("blob {blob}"),
-                    }),
-                    Err(e) => Err(e),
-                }
-            };
-            if let Err(e) = r {
-                problems.push(problem(format!("file {}: {e}", f.path)));
-            }
+        };
+        if let Err(e) = r {
+            problems.push(problem(format!("{what}: {e}")));
         }
     }
     problems
@@ -683,6 +897,7 @@ pub async fn verify_deep(repo: &Repository, id: &str) -> Vec<Problem> {
         Err(e) => return vec![problem(format!("restore into a scratch directory: {e}"))],
     };
     let mut problems = Vec::new();
+    let mut index = SeriesIndex::default();
     for f in &manifest.files {
         let Some(blob) = &f.digests else {
             continue;
@@ -694,6 +909,16 @@ pub async fn verify_deep(repo: &Repository, id: &str) -> Vec<Problem> {
                 continue;
             }
         };
+        index.add(&recorded);
+        if f.stats
+            .as_ref()
+            .is_some_and(|s| *s != DataSummary::of(&recorded))
+        {
+            problems.push(problem(format!(
+                "file {}: the totals in the manifest do not match its digests",
+                f.path
+            )));
+        }
         let path = dir.join(&f.path);
         let found = match tokio::task::spawn_blocking(move || tsvault_storage::file_digests(&path))
             .await
@@ -710,6 +935,21 @@ pub async fn verify_deep(repo: &Repository, id: &str) -> Vec<Problem> {
                 .into_iter()
                 .map(|d| problem(format!("file {}: {d}", f.path))),
         );
+    }
+    // The index the next incremental backup starts from must be the one the files' digests
+    // make (checked when every file's digests could be read).
+    if let Some(id) = &manifest.series_index
+        && problems.is_empty()
+    {
+        match SeriesIndex::load(repo, id).await {
+            Ok(stored) if stored == index => {}
+            Ok(stored) => problems.push(problem(format!(
+                "series index {id} does not match the files' digests ({} series in it, {} in the digests)",
+                stored.files.len(),
+                index.files.len()
+            ))),
+            Err(e) => problems.push(problem(e.to_string())),
+        }
     }
     let opened = tokio::task::spawn_blocking(move || {
         tsvault_storage::Engine::open(tsvault_storage::EngineConfig::new(&dir))
@@ -766,6 +1006,45 @@ mod tests {
         assert!(b.starts_with("20251121T044000.123Z-"), "{b}");
         assert!(a < b);
         assert!(new_backup_id(951_782_400_000).starts_with("20000229T"));
+    }
+
+    /// The index counts files per series, survives its encoding, refuses to remove a series
+    /// it does not hold, and a damaged index blob is an error naming it.
+    #[tokio::test]
+    async fn series_index_counts_files_per_series_and_names_damage() {
+        let d = |series: &str| SeriesDigest {
+            series: series.into(),
+            samples: 1,
+            min_ts_ms: 0,
+            max_ts_ms: 0,
+            blake3: String::new(),
+        };
+        let mut index = SeriesIndex::default();
+        index.add(&[d("a"), d("b")]);
+        index.add(&[d("b")]);
+        index.remove(&[d("a")], "blob-1").unwrap();
+        assert_eq!(index.files.len(), 1);
+        let err = index.remove(&[d("a")], "blob-2").unwrap_err().to_string();
+        assert!(err.contains("series a") && err.contains("blob-2"), "{err}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let opts = crate::RepoOptions {
+            url: dir.path().display().to_string(),
+            ..Default::default()
+        };
+        let repo = Repository::init(&opts, false).await.unwrap();
+        let (id, _) = repo.put_blob(index.encode()).await.unwrap();
+        assert_eq!(SeriesIndex::load(&repo, &id).await.unwrap(), index);
+        let mut bytes = index.encode();
+        bytes.push(0);
+        let mut zero = SeriesIndex::default().encode();
+        zero.extend_from_slice(&[7; 16]);
+        zero.extend_from_slice(&0u32.to_le_bytes());
+        for bad in [b"TSVSIDX2".to_vec(), bytes, zero] {
+            let (id, _) = repo.put_blob(bad).await.unwrap();
+            let err = SeriesIndex::load(&repo, &id).await.unwrap_err().to_string();
+            assert!(err.contains(&format!("series index blob {id}")), "{err}");
+        }
     }
 
     #[test]

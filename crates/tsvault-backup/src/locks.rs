@@ -3,6 +3,8 @@
 //! found already stored and is about to reference. Each side creates its lock, then looks for
 //! the other's: of two that start together at least one sees the other and backs off.
 
+use std::sync::atomic::{AtomicI64, Ordering};
+
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -50,6 +52,9 @@ fn holder_is_gone(info: &LockInfo, this_host: &str) -> bool {
 pub struct Lock {
     info: LockInfo,
     name: String,
+    /// When the lock object was last written: the tasks of one operation share the lock and
+    /// whichever finds it due rewrites it.
+    refreshed_ms: AtomicI64,
 }
 
 impl Lock {
@@ -77,7 +82,11 @@ impl Lock {
             }
         );
         repo.put_lock(&name, &info).await?;
-        let lock = Lock { info, name };
+        let lock = Lock {
+            refreshed_ms: AtomicI64::new(info.refreshed_ms),
+            info,
+            name,
+        };
         let now = now_ms();
         for (other_name, other) in repo.locks().await? {
             if other_name == lock.name
@@ -104,16 +113,73 @@ impl Lock {
     }
 
     /// Rewrites the lock if it is due, so it does not go stale during a long operation.
-    pub async fn refresh_if_due(&mut self, repo: &Repository) -> Result<()> {
+    pub async fn refresh_if_due(&self, repo: &Repository) -> Result<()> {
         let now = now_ms();
-        if now - self.info.refreshed_ms >= LOCK_REFRESH_MS {
-            self.info.refreshed_ms = now;
-            repo.put_lock(&self.name, &self.info).await?;
+        let last = self.refreshed_ms.load(Ordering::Relaxed);
+        // Of several tasks that find it due at once, the one that moves the time writes.
+        if now - last >= LOCK_REFRESH_MS
+            && self
+                .refreshed_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let info = LockInfo {
+                refreshed_ms: now,
+                ..self.info.clone()
+            };
+            repo.put_lock(&self.name, &info).await?;
         }
         Ok(())
     }
 
     pub async fn release(self, repo: &Repository) -> Result<()> {
         repo.delete_lock(&self.name).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::RepoOptions;
+
+    /// The tasks of one backup share its lock: when it is due, it is rewritten once with the
+    /// new time, and not again until it is due again.
+    #[tokio::test]
+    async fn a_shared_lock_is_refreshed_once_when_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = RepoOptions {
+            url: dir.path().display().to_string(),
+            ..RepoOptions::default()
+        };
+        let repo = Repository::init(&opts, false).await.unwrap();
+        let lock = Lock::acquire(&repo, LockKind::Backup).await.unwrap();
+        async fn stored(repo: &Repository, name: &str) -> LockInfo {
+            let locks = repo.locks().await.unwrap();
+            locks.into_iter().find(|(n, _)| n == name).unwrap().1
+        }
+        let taken = stored(&repo, &lock.name).await.refreshed_ms;
+        // Not yet due: nothing is written.
+        lock.refresh_if_due(&repo).await.unwrap();
+        assert_eq!(stored(&repo, &lock.name).await.refreshed_ms, taken);
+        // Due (as if written a refresh interval ago): two tasks at once, one write.
+        let old = taken - LOCK_REFRESH_MS;
+        lock.refreshed_ms.store(old, Ordering::Relaxed);
+        repo.put_lock(
+            &lock.name,
+            &LockInfo {
+                refreshed_ms: old,
+                ..lock.info.clone()
+            },
+        )
+        .await
+        .unwrap();
+        let (a, b) = tokio::join!(lock.refresh_if_due(&repo), lock.refresh_if_due(&repo));
+        a.unwrap();
+        b.unwrap();
+        let now = stored(&repo, &lock.name).await.refreshed_ms;
+        assert!(now >= taken, "refreshed at {now}, taken at {taken}");
+        assert_eq!(lock.refreshed_ms.load(Ordering::Relaxed), now);
+        lock.release(&repo).await.unwrap();
+        assert!(repo.locks().await.unwrap().is_empty());
     }
 }

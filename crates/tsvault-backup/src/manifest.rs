@@ -28,6 +28,10 @@ pub struct FileEntry {
     /// `tsvault_storage::SeriesDigest`), which `verify --deep` compares a restore against.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digests: Option<String>,
+    /// Totals of the file's digests: what a later backup that reuses the entry adds to its
+    /// summary without reading them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<DataSummary>,
 }
 
 impl FileEntry {
@@ -49,7 +53,7 @@ pub struct ConsistencyPoint {
     pub at_ms: i64,
 }
 
-/// What the backed-up data holds, from the per-series digests of its files.
+/// What backed-up data (a backup, or one file of it) holds, from per-series digests.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DataSummary {
     pub series: u64,
@@ -92,5 +96,24 @@ pub struct BackupManifest {
     /// For a synthetic full backup (`consolidate`): the backup whose image it holds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consolidated_from: Option<String>,
+    /// The blob of the backup's series index (every series of its files, with the number of
+    /// files that hold it; FORMAT.md): how the next incremental backup counts series without
+    /// reading the digests of the files it reuses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub series_index: Option<String>,
     pub files: Vec<FileEntry>,
+}
+
+impl BackupManifest {
+    /// Every blob the backup needs, each with what it is for (for messages).
+    pub fn blobs(&self) -> impl Iterator<Item = (&String, String)> {
+        self.files
+            .iter()
+            .flat_map(|f| f.all_blobs().map(|b| (b, format!("file {}", f.path))))
+            .chain(
+                self.series_index
+                    .iter()
+                    .map(|b| (b, "series index".to_string())),
+            )
+    }
 }

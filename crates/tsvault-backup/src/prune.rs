@@ -146,9 +146,8 @@ async fn prune_locked(
     // The blobs every kept backup references; a HashSet of ids (bounded by the blob count).
     let mut referenced = HashSet::new();
     for id in kept.keys() {
-        for f in repo.manifest(id).await?.files {
-            referenced.extend(f.all_blobs().cloned());
-        }
+        let m = repo.manifest(id).await?;
+        referenced.extend(m.blobs().map(|(b, _)| b.clone()));
     }
     if !dry_run {
         for id in &removed {

@@ -307,12 +307,10 @@ async fn prune_removes_what_the_policy_drops_and_waits_for_running_backups() {
     assert_eq!(done.removed, vec![first.id.clone()]);
     assert_eq!(repo.backup_ids().await.unwrap(), vec![second.id.clone()]);
     // Exactly the blobs only the first backup used are gone; the second is whole.
-    let referenced: std::collections::HashSet<&String> =
-        second.files.iter().flat_map(|f| f.all_blobs()).collect();
+    let referenced: std::collections::HashSet<&String> = second.blobs().map(|(b, _)| b).collect();
     let only_first: std::collections::HashSet<&String> = first
-        .files
-        .iter()
-        .flat_map(|f| f.all_blobs())
+        .blobs()
+        .map(|(b, _)| b)
         .filter(|b| !referenced.contains(b))
         .collect();
     assert!(!only_first.is_empty());
@@ -356,8 +354,7 @@ async fn copy_mirrors_backups_into_a_second_repository_uploading_only_what_it_la
     let report = copy_backups(&a, &b, &ids).await.unwrap();
     assert_eq!(report.copied, ids);
     // The second backup shares every blob with the first: uploaded once.
-    let distinct: std::collections::HashSet<&String> =
-        first.files.iter().flat_map(|f| f.all_blobs()).collect();
+    let distinct: std::collections::HashSet<&String> = first.blobs().map(|(b, _)| b).collect();
     assert_eq!(report.blobs_uploaded as usize, distinct.len());
     assert_eq!(b.manifest(&second.id).await.unwrap().uploaded_bytes, 0);
     // Again: nothing to do.
@@ -384,6 +381,73 @@ fn add_segment(dir: &Path, host: &str, t0: i64) {
         .collect();
     e.write(&p).unwrap();
     e.close().unwrap();
+}
+
+/// An incremental backup counts series from its reference's index, the stats of the files it
+/// reuses and the digests of those that changed or went away: its summary must equal that of
+/// a full backup of the same directory, when series arrive and when retention drops them.
+#[tokio::test]
+async fn an_incremental_summarises_its_data_like_a_full_backup_of_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    data_dir(&src);
+    let chain = Repository::init(&opts(&tmp.path().join("chain"), None), false)
+        .await
+        .unwrap();
+    let fulls = Repository::init(&opts(&tmp.path().join("fulls"), None), false)
+        .await
+        .unwrap();
+    let now = tsvault_storage::system_clock_ms();
+    let mut seen = Vec::new();
+    for step in 0..4 {
+        match step {
+            0 => {}
+            // A new series in a new partition, and one more in the WAL.
+            1 => add_segment(&src, "x", 1_750_000_000_000),
+            2 => {
+                let e = Engine::open(EngineConfig::new(&src)).unwrap();
+                e.write(&[Point {
+                    key: key("recent"),
+                    ts_ms: now,
+                    value: 1.0,
+                }])
+                .unwrap();
+                e.close_without_flush();
+            }
+            // Retention drops every partition but the recent one: series leave the index.
+            _ => {
+                let mut config = EngineConfig::new(&src);
+                config.retention_ms = Some(86_400_000);
+                let e = Engine::open(config).unwrap();
+                assert!(e.apply_retention().unwrap() > 0);
+                e.close().unwrap();
+            }
+        }
+        let inc = backup_data_dir(&chain, &src, None, &NoProgress)
+            .await
+            .unwrap();
+        let full = backup_data_dir(
+            &fulls,
+            &src,
+            Some(tsvault_backup::BackupType::Full),
+            &NoProgress,
+        )
+        .await
+        .unwrap();
+        assert_eq!(inc.summary, full.summary, "step {step}");
+        assert_eq!(
+            inc.kind,
+            if step == 0 {
+                tsvault_backup::BackupType::Full
+            } else {
+                tsvault_backup::BackupType::Incremental
+            }
+        );
+        seen.push(inc.summary.unwrap().series);
+        let problems = verify_deep(&chain, &inc.id).await;
+        assert!(problems.is_empty(), "step {step}: {problems:?}");
+    }
+    assert_eq!(seen, [2, 3, 4, 1]);
 }
 
 #[tokio::test]
@@ -626,6 +690,7 @@ async fn deep_verify_compares_every_series_with_what_was_recorded() {
         .await
         .unwrap();
     entry.digests = Some(changed);
+    entry.stats.as_mut().unwrap().samples += 1;
     m.id = format!("{}00000000", &b.id[..b.id.len() - 8]);
     repo.put_manifest(&m).await.unwrap();
     assert!(verify_backup(&repo, &m.id, true).await.is_empty());
@@ -638,4 +703,35 @@ async fn deep_verify_compares_every_series_with_what_was_recorded() {
             .starts_with(&format!("file {path}: series {series}: recorded")),
         "{problems:?}"
     );
+
+    // A manifest whose file totals, or whose series index, disagree with the digests (what
+    // the next incremental backup would count from) is named too.
+    let mut totals = b.clone();
+    totals.files[1].stats.as_mut().unwrap().series += 1;
+    totals.id = format!("{}00000001", &b.id[..b.id.len() - 8]);
+    let mut index = b.clone();
+    let (empty_index, _) = repo.put_blob(b"TSVSIDX1".to_vec()).await.unwrap();
+    index.series_index = Some(empty_index.clone());
+    index.id = format!("{}00000002", &b.id[..b.id.len() - 8]);
+    for (m, want) in [
+        (
+            &totals,
+            format!(
+                "file {}: the totals in the manifest do not match its digests",
+                totals.files[1].path
+            ),
+        ),
+        (
+            &index,
+            format!(
+                "series index {empty_index} does not match the files' digests (0 series in it, {} in the digests)",
+                summary.series
+            ),
+        ),
+    ] {
+        repo.put_manifest(m).await.unwrap();
+        let problems = verify_deep(&repo, &m.id).await;
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].detail, want);
+    }
 }

@@ -191,8 +191,7 @@ pub fn file_digests(path: &Path) -> Result<Vec<SeriesDigest>> {
         pending: Vec<u8>,
     }
     const PENDING_MAX: usize = 64 << 10;
-    let mut acc: BTreeMap<String, Acc> = BTreeMap::new();
-    let mut add = |key: &str, samples: &mut dyn Iterator<Item = (i64, f64)>| {
+    fn acc_for<'a>(acc: &'a mut BTreeMap<String, Acc>, key: &str) -> &'a mut Acc {
         if !acc.contains_key(key) {
             acc.insert(
                 key.to_string(),
@@ -205,30 +204,32 @@ pub fn file_digests(path: &Path) -> Result<Vec<SeriesDigest>> {
                 },
             );
         }
-        let a = acc.get_mut(key).expect("inserted above");
-        for (ts, v) in samples {
-            a.samples += 1;
-            a.min = a.min.min(ts);
-            a.max = a.max.max(ts);
-            a.pending.extend_from_slice(&ts.to_le_bytes());
-            a.pending.extend_from_slice(&v.to_bits().to_le_bytes());
-            if a.pending.len() >= PENDING_MAX {
-                a.hasher.update(&a.pending);
-                a.pending.clear();
-            }
-        }
-    };
+        acc.get_mut(key).expect("inserted above")
+    }
+    let mut acc: BTreeMap<String, Acc> = BTreeMap::new();
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
     if name.ends_with(".seg") {
+        // A block holds one series: its samples are hashed as one run, with no copy into
+        // the series' pending bytes (the same bytes reach the hasher either way).
         let seg = Segment::open(path, 0, None)?;
         let mut samples = Vec::new();
+        let mut run = Vec::new();
         for (i, b) in seg.blocks.iter().enumerate() {
             samples.clear();
             seg.read_block_into(i, i64::MIN, i64::MAX, &mut samples)?;
-            add(
-                b.key.as_str(),
-                &mut samples.iter().map(|s| (s.ts_ms, s.value)),
-            );
+            let a = acc_for(&mut acc, b.key.as_str());
+            run.clear();
+            run.resize(samples.len() * 16, 0);
+            for (out, s) in run.chunks_exact_mut(16).zip(&samples) {
+                a.min = a.min.min(s.ts_ms);
+                a.max = a.max.max(s.ts_ms);
+                out[..8].copy_from_slice(&s.ts_ms.to_le_bytes());
+                out[8..].copy_from_slice(&s.value.to_bits().to_le_bytes());
+            }
+            a.samples += samples.len() as u64;
+            a.hasher.update(&a.pending);
+            a.pending.clear();
+            a.hasher.update(&run);
         }
     } else if name.ends_with(".wal") {
         let mut keys: std::collections::HashMap<u32, tsvault_model::SeriesKey> =
@@ -237,9 +238,19 @@ pub fn file_digests(path: &Path) -> Result<Vec<SeriesDigest>> {
         let end = read_wal_file(path, |batch| {
             keys.extend(batch.defs);
             for (id, ts, v) in batch.samples {
-                match keys.get(&id) {
-                    Some(k) => add(k.as_str(), &mut std::iter::once((ts, v))),
-                    None => undefined = Some(id),
+                let Some(k) = keys.get(&id) else {
+                    undefined = Some(id);
+                    continue;
+                };
+                let a = acc_for(&mut acc, k.as_str());
+                a.samples += 1;
+                a.min = a.min.min(ts);
+                a.max = a.max.max(ts);
+                a.pending.extend_from_slice(&ts.to_le_bytes());
+                a.pending.extend_from_slice(&v.to_bits().to_le_bytes());
+                if a.pending.len() >= PENDING_MAX {
+                    a.hasher.update(&a.pending);
+                    a.pending.clear();
                 }
             }
             Ok(())
