@@ -919,8 +919,7 @@ impl EngineHandle {
             files,
         };
         let path = tmp.join(snapshot::SNAPSHOT_FILE);
-        let json = serde_json::to_vec_pretty(&info)
-            .expect("snapshot invariant: plain data always serializes");
+        let json = snapshot::encode_info(&info);
         let mut f = File::create(&path).ctx("create", &path)?;
         f.write_all(&json)
             .and_then(|()| f.sync_all())

@@ -7,6 +7,7 @@
 //! protocols or query languages: callers hand it `Point`s and read back samples per series.
 
 mod bytes;
+mod check;
 mod commit;
 mod engine;
 mod error;
@@ -18,6 +19,7 @@ mod segment;
 mod snapshot;
 mod wal;
 
+pub use check::{CheckReport, Finding, check_data_dir};
 pub use engine::{
     DEFAULT_SEGMENT_DURATION_MS, Engine, EngineConfig, EngineStats, FsyncMode, ImportOutcome,
     QuarantinedFile, RESTORE_MARKER, WriteOutcome, system_clock_ms,

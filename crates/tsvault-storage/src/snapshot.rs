@@ -66,14 +66,54 @@ pub(crate) fn snapshot_dir(data_dir: &Path, id: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// Reads the description of the snapshot in `dir`.
+/// `snapshot.json`: the description and the BLAKE3 of its canonical JSON, so that damage to
+/// any of it (an id, a time, a WAL position) is found, not only damage to the files it lists.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredInfo {
+    info: SnapshotInfo,
+    blake3: String,
+}
+
+fn info_hash(info: &SnapshotInfo) -> String {
+    let canonical = serde_json::to_vec(info).expect("snapshot invariant: plain data serializes");
+    blake3::hash(&canonical).to_hex().to_string()
+}
+
+/// The bytes of `snapshot.json` for `info`.
+pub(crate) fn encode_info(info: &SnapshotInfo) -> Vec<u8> {
+    serde_json::to_vec_pretty(&StoredInfo {
+        blake3: info_hash(info),
+        info: info.clone(),
+    })
+    .expect("snapshot invariant: plain data serializes")
+}
+
+/// Reads and verifies the description of the snapshot in `dir`: it parses, its hash holds,
+/// and it names the directory it is in.
 pub(crate) fn load_info(dir: &Path) -> Result<SnapshotInfo> {
     let path = dir.join(SNAPSHOT_FILE);
     let bytes = fs::read(&path).ctx("read", &path)?;
-    serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
-        path,
-        detail: format!("snapshot description does not parse: {e}"),
-    })
+    let corrupt = |detail: String| Error::Corrupt {
+        path: path.clone(),
+        detail,
+    };
+    let stored: StoredInfo = serde_json::from_slice(&bytes)
+        .map_err(|e| corrupt(format!("snapshot description does not parse: {e}")))?;
+    if info_hash(&stored.info) != stored.blake3 {
+        return Err(corrupt(
+            "snapshot description fails its hash: some of it was changed".into(),
+        ));
+    }
+    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let id = &stored.info.id;
+    if id != name || id.split('-').next() != Some(stored.info.created_ms.to_string().as_str()) {
+        return Err(corrupt(format!(
+            "snapshot description names snapshot {id} taken at {} ms, in directory {name}",
+            stored.info.created_ms
+        )));
+    }
+    Ok(stored.info)
 }
 
 /// The entries of `data_dir/snapshots/` (none when it does not exist).
@@ -86,12 +126,15 @@ fn entries(data_dir: &Path) -> Result<Vec<fs::DirEntry>> {
     }
 }
 
-/// Removes what snapshots interrupted while being taken left (`*.tmp`). Complete snapshots
-/// are not read: a damaged description must not keep the store from starting.
+/// Removes what snapshots interrupted while being taken or released left (`*.tmp`, and a
+/// snapshot directory without its description, which only a release cut short by an older
+/// version could leave: a snapshot gets its description before its name). Complete
+/// snapshots are not read: a damaged description must not keep the store from starting.
 pub(crate) fn remove_partial(data_dir: &Path) -> Result<()> {
     for e in entries(data_dir)? {
-        if e.file_name().to_string_lossy().ends_with(".tmp") {
-            let p = e.path();
+        let name = e.file_name().to_string_lossy().into_owned();
+        let p = e.path();
+        if name.ends_with(".tmp") || (is_snapshot_id(&name) && !p.join(SNAPSHOT_FILE).exists()) {
             fs::remove_dir_all(&p).ctx("remove", &p)?;
         }
     }
@@ -117,11 +160,17 @@ pub(crate) fn info(data_dir: &Path, id: &str) -> Result<SnapshotInfo> {
     load_info(&snapshot_dir(data_dir, id)?)
 }
 
-/// Deletes snapshot `id` (its links; the store's own files stay).
+/// Deletes snapshot `id` (its links; the store's own files stay). The directory is first
+/// renamed out of the snapshots' names, so a release cut short leaves a `.tmp` directory
+/// that the next start removes, never a snapshot with part of its files.
 pub(crate) fn release(data_dir: &Path, id: &str) -> Result<()> {
     let dir = snapshot_dir(data_dir, id)?;
-    fs::remove_dir_all(&dir).ctx("remove", &dir)?;
-    sync_dir(&data_dir.join(SNAPSHOTS_DIR))
+    let root = data_dir.join(SNAPSHOTS_DIR);
+    let doomed = root.join(format!("{id}.released.tmp"));
+    fs::rename(&dir, &doomed).ctx("rename", &dir)?;
+    sync_dir(&root)?;
+    fs::remove_dir_all(&doomed).ctx("remove", &doomed)?;
+    sync_dir(&root)
 }
 
 /// Releases the snapshots taken `max_age_ms` ago or earlier; returns their ids. The time is

@@ -218,10 +218,11 @@ fn parse_time(text: &str) -> Result<i64, String> {
 }
 
 /// A byte progress bar on a terminal; nothing otherwise or with --json.
-struct Bar(ProgressBar);
+/// A progress bar on a terminal (hidden under --json or when stderr is not one).
+pub(crate) struct Bar(pub(crate) ProgressBar);
 
 impl Bar {
-    fn new(json: bool, what: &str) -> Bar {
+    pub(crate) fn new(json: bool, what: &str) -> Bar {
         let pb = if json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
             ProgressBar::hidden()
         } else {

@@ -1,7 +1,9 @@
 //! The `tsvault` command: `tsvault serve` runs the server; `tsvault backup` and
-//! `tsvault restore` work with backup repositories.
+//! `tsvault restore` work with backup repositories; `tsvault check` verifies a stopped data
+//! directory.
 
 mod backup_cli;
+mod check_cli;
 mod config;
 
 use std::io::IsTerminal;
@@ -29,6 +31,8 @@ enum Command {
     Backup(backup_cli::BackupCommand),
     /// Restore a backup into an empty data directory.
     Restore(backup_cli::RestoreArgs),
+    /// Verify every checksum and invariant of a stopped data directory, naming each problem.
+    Check(check_cli::CheckArgs),
 }
 
 fn main() -> anyhow::Result<ExitCode> {
@@ -55,6 +59,7 @@ fn main() -> anyhow::Result<ExitCode> {
         }
         Command::Backup(cmd) => backup_cli::backup(cmd),
         Command::Restore(args) => backup_cli::restore(args),
+        Command::Check(args) => check_cli::check(args),
     }
 }
 

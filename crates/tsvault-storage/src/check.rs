@@ -1,0 +1,448 @@
+//! `tsvault check`: every checksum and invariant of a stopped data directory, read without
+//! changing a byte. The engine verifies as much at start (and repairs what a crash leaves);
+//! the check reads more (every block of every segment, every snapshot's files) and names
+//! every problem instead of stopping at the first.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::engine::RESTORE_MARKER;
+use crate::error::{Error, IoContext, Result};
+use crate::manifest::{MANIFEST_FILE, Manifest};
+use crate::segment::{Segment, segment_file_name};
+use crate::snapshot::{self, SNAPSHOTS_DIR};
+use crate::wal::{WalEnd, list_wal_files, read_wal_file};
+
+/// One finding of a check, naming the file it is about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    pub file: PathBuf,
+    pub detail: String,
+}
+
+/// What a check read and found.
+#[derive(Debug, Default, Serialize)]
+pub struct CheckReport {
+    /// Damage or a broken invariant: data that would be lost, refused or served wrong.
+    pub problems: Vec<Finding>,
+    /// What a crash or an interrupted operation leaves and the server tidies at its next
+    /// start (a torn last WAL write, a segment no manifest names), and quarantined files.
+    pub notes: Vec<Finding>,
+    pub segments: u64,
+    pub blocks: u64,
+    pub segment_samples: u64,
+    pub wal_files: u64,
+    pub wal_samples: u64,
+    pub snapshots: u64,
+    pub bytes_read: u64,
+}
+
+impl CheckReport {
+    fn problem(&mut self, file: &Path, detail: impl Into<String>) {
+        self.problems.push(Finding {
+            file: file.to_owned(),
+            detail: detail.into(),
+        });
+    }
+
+    fn note(&mut self, file: &Path, detail: impl Into<String>) {
+        self.notes.push(Finding {
+            file: file.to_owned(),
+            detail: detail.into(),
+        });
+    }
+
+    /// Records `e` (an error reading `file`) as a problem, in the words the engine uses.
+    fn error(&mut self, file: &Path, e: Error) {
+        match e {
+            Error::Corrupt { path, detail } => self.problem(&path, detail),
+            other => self.problem(file, other.to_string()),
+        }
+    }
+}
+
+/// Checks the stopped data directory `dir`. `progress` is told the bytes of each file once it
+/// has been read. Errors only when the directory cannot be checked at all (not a data
+/// directory, or held by a running server); everything else is a finding in the report.
+pub fn check_data_dir(dir: &Path, progress: &mut dyn FnMut(u64)) -> Result<CheckReport> {
+    let manifest_path = dir.join(MANIFEST_FILE);
+    let wal_dir = dir.join("wal");
+    if !manifest_path.is_file() && !wal_dir.is_dir() {
+        return Err(Error::Config(format!(
+            "{} is not a tsvault data directory (no MANIFEST, no wal/)",
+            dir.display()
+        )));
+    }
+    // A running server holds LOCK; holding it here keeps one from starting mid-check.
+    let lock_path = dir.join("LOCK");
+    let _lock = match File::open(&lock_path) {
+        Ok(f) => match f.try_lock() {
+            Ok(()) => Some(f),
+            Err(fs::TryLockError::WouldBlock) => return Err(Error::Locked(dir.to_owned())),
+            Err(fs::TryLockError::Error(e)) => return Err(e).ctx("lock", &lock_path),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).ctx("open", &lock_path),
+    };
+    let mut r = CheckReport::default();
+    if dir.join(RESTORE_MARKER).exists() {
+        r.problem(
+            &dir.join(RESTORE_MARKER),
+            "an interrupted restore: the directory is incomplete until the same `tsvault restore` is run again",
+        );
+    }
+    let manifest = match Manifest::load(dir) {
+        Ok(m) => m,
+        Err(e) => {
+            r.error(&manifest_path, e);
+            None
+        }
+    };
+    let seg_dir = dir.join("segments");
+    check_segments(&seg_dir, manifest.as_ref(), &mut r, progress)?;
+    let wal_start = manifest.as_ref().map_or(0, |m| m.wal_start);
+    check_wal(&wal_dir, wal_start, &mut r, progress)?;
+    check_snapshots(dir, &mut r, progress)?;
+    let qdir = dir.join("quarantine");
+    if qdir.is_dir() {
+        for e in fs::read_dir(&qdir).ctx("list", &qdir)? {
+            let e = e.ctx("list", &qdir)?;
+            r.note(
+                &e.path(),
+                "quarantined by the server (damaged when it started); kept for inspection, never read",
+            );
+        }
+    }
+    Ok(r)
+}
+
+/// The manifest's invariants, then every segment it lists read whole (file hash, index,
+/// every block's checksum, decode, order and range); with no readable manifest, every
+/// segment file on disk on its own.
+fn check_segments(
+    seg_dir: &Path,
+    manifest: Option<&Manifest>,
+    r: &mut CheckReport,
+    progress: &mut dyn FnMut(u64),
+) -> Result<()> {
+    let on_disk: BTreeSet<u64> = if seg_dir.is_dir() {
+        let mut seqs = BTreeSet::new();
+        for e in fs::read_dir(seg_dir).ctx("list", seg_dir)? {
+            let e = e.ctx("list", seg_dir)?;
+            let name = e.file_name();
+            match name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".seg"))
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                Some(seq) => {
+                    seqs.insert(seq);
+                }
+                None => r.note(
+                    &e.path(),
+                    "not a segment (left by an interrupted flush or compaction; the server removes .tmp files at start)",
+                ),
+            }
+        }
+        seqs
+    } else {
+        BTreeSet::new()
+    };
+    let Some(m) = manifest else {
+        for &seq in &on_disk {
+            check_segment(
+                &seg_dir.join(segment_file_name(seq)),
+                seq,
+                None,
+                r,
+                progress,
+            );
+        }
+        return Ok(());
+    };
+    let mut seen = HashMap::new();
+    let width = m.segment_duration_ms;
+    for info in &m.segments {
+        let path = seg_dir.join(segment_file_name(info.seq));
+        if seen.insert(info.seq, ()).is_some() {
+            r.problem(&path, "listed twice in the manifest");
+            continue;
+        }
+        if info.seq >= m.next_segment_seq {
+            r.problem(
+                &path,
+                format!(
+                    "the manifest lists sequence {} but hands out {} next",
+                    info.seq, m.next_segment_seq
+                ),
+            );
+        }
+        if info.partition_end_ms <= info.partition_start_ms
+            || (width > 0
+                && (info.partition_end_ms - info.partition_start_ms != width
+                    || info.partition_start_ms.rem_euclid(width) != 0))
+        {
+            r.problem(
+                &path,
+                format!(
+                    "partition {}..{} ms is not one of the directory's {width} ms partitions",
+                    info.partition_start_ms, info.partition_end_ms
+                ),
+            );
+        }
+        if !on_disk.contains(&info.seq) {
+            r.problem(&path, "listed in the manifest but missing");
+            continue;
+        }
+        check_segment(&path, info.seq, Some(info), r, progress);
+    }
+    for &seq in &on_disk {
+        if !seen.contains_key(&seq) {
+            r.note(
+                &seg_dir.join(segment_file_name(seq)),
+                "not in the manifest (left by an interrupted flush or compaction); the server removes it at start",
+            );
+        }
+    }
+    Ok(())
+}
+
+/// One segment: opened against its manifest entry (footer, index and whole-file hash), then
+/// every block read and decoded, its samples in strictly increasing time order inside the
+/// partition, and the totals equal to the footer's.
+fn check_segment(
+    path: &Path,
+    seq: u64,
+    expected: Option<&crate::segment::SegmentInfo>,
+    r: &mut CheckReport,
+    progress: &mut dyn FnMut(u64),
+) {
+    let seg = match Segment::open(path, seq, expected) {
+        Ok(s) => s,
+        Err(e) => {
+            r.error(path, e);
+            return;
+        }
+    };
+    r.segments += 1;
+    let info = &seg.info;
+    let mut samples = Vec::new();
+    let (mut total, mut series) = (0u64, 0u64);
+    let mut prev_key: Option<&tsvault_model::SeriesKey> = None;
+    for (i, b) in seg.blocks.iter().enumerate() {
+        samples.clear();
+        if let Err(e) = seg.read_block_into(i, i64::MIN, i64::MAX, &mut samples) {
+            r.error(path, e);
+            continue;
+        }
+        r.blocks += 1;
+        total += samples.len() as u64;
+        if prev_key != Some(&b.key) {
+            series += 1;
+        }
+        if prev_key.is_some_and(|p| p > &b.key) {
+            r.problem(
+                path,
+                format!("block of series {} is out of key order", b.key),
+            );
+        }
+        prev_key = Some(&b.key);
+        if samples.len() != b.count as usize {
+            r.problem(
+                path,
+                format!(
+                    "block of series {} holds {} samples; the index says {}",
+                    b.key,
+                    samples.len(),
+                    b.count
+                ),
+            );
+        }
+        if samples.windows(2).any(|w| w[0].ts_ms >= w[1].ts_ms) {
+            r.problem(
+                path,
+                format!(
+                    "block of series {}: timestamps are not strictly increasing",
+                    b.key
+                ),
+            );
+        }
+        if samples
+            .iter()
+            .any(|s| s.ts_ms < info.partition_start_ms || s.ts_ms >= info.partition_end_ms)
+        {
+            r.problem(
+                path,
+                format!(
+                    "block of series {}: samples outside the partition {}..{} ms",
+                    b.key, info.partition_start_ms, info.partition_end_ms
+                ),
+            );
+        }
+        if samples.iter().any(|s| !s.value.is_finite()) {
+            r.problem(
+                path,
+                format!("block of series {}: a value is NaN or infinite", b.key),
+            );
+        }
+    }
+    if total != info.samples || series != info.series {
+        r.problem(
+            path,
+            format!(
+                "its blocks hold {total} samples of {series} series; its footer says {} of {}",
+                info.samples, info.series
+            ),
+        );
+    }
+    r.segment_samples += total;
+    r.bytes_read += info.size_bytes;
+    progress(info.size_bytes);
+}
+
+/// Every WAL file from the manifest's start: whole records with valid checksums that
+/// decode and refer only to series they define; a torn last write is allowed only at the
+/// end of the newest file.
+fn check_wal(
+    wal_dir: &Path,
+    wal_start: u64,
+    r: &mut CheckReport,
+    progress: &mut dyn FnMut(u64),
+) -> Result<()> {
+    if !wal_dir.is_dir() {
+        return Ok(());
+    }
+    let files = list_wal_files(wal_dir)?;
+    let newest = files.last().map_or(0, |(n, _)| *n);
+    for (n, path) in &files {
+        let size = fs::metadata(path).map_or(0, |m| m.len());
+        if *n < wal_start {
+            r.note(
+                path,
+                format!("older than the manifest's WAL start ({wal_start}): its data is in segments; the server removes it at start"),
+            );
+            continue;
+        }
+        r.wal_files += 1;
+        let mut defined = std::collections::HashSet::new();
+        let (mut undefined, mut non_finite) = (None, false);
+        let mut samples = 0u64;
+        let end = read_wal_file(path, |batch| {
+            defined.extend(batch.defs.iter().map(|(id, _)| *id));
+            for (id, _, v) in &batch.samples {
+                if !defined.contains(id) {
+                    undefined = Some(*id);
+                }
+                non_finite |= !v.is_finite();
+            }
+            samples += batch.samples.len() as u64;
+            Ok(())
+        });
+        r.wal_samples += samples;
+        r.bytes_read += size;
+        progress(size);
+        match end {
+            Err(e) => r.error(path, e),
+            Ok(WalEnd::Clean) => {}
+            Ok(WalEnd::TornTail { valid_len }) if *n == newest => {
+                if whole_frame_at(path, valid_len) {
+                    // A write cut short ends the file inside its frame; a whole frame that
+                    // fails its checksum was damaged after it was written.
+                    r.problem(
+                        path,
+                        format!("the last record (at byte {valid_len}) is whole but fails its checksum: damage, not a torn write; the server would cut it at start, losing its samples"),
+                    )
+                } else {
+                    r.note(
+                        path,
+                        format!("ends in a torn write after byte {valid_len} (a crash during a write that was never acknowledged); the server cuts it at start"),
+                    )
+                }
+            }
+            Ok(WalEnd::TornTail { valid_len }) => r.problem(
+                path,
+                format!("damaged record at byte {valid_len} at the end of a WAL file that is not the newest; it was fsynced whole, so this is corruption, not a torn write"),
+            ),
+            Ok(WalEnd::Hole { detail, .. }) | Ok(WalEnd::Corrupt { detail, .. }) => {
+                r.problem(path, detail)
+            }
+        }
+        if let Some(id) = undefined {
+            r.problem(path, format!("a sample refers to undefined series id {id}"));
+        }
+        if non_finite {
+            r.problem(path, "a record holds a NaN or infinite value");
+        }
+    }
+    Ok(())
+}
+
+/// Every complete snapshot: its description parses and each file it lists is there with
+/// the size and BLAKE3 it lists. Partial snapshots (an interrupted snapshot) are noted.
+fn check_snapshots(dir: &Path, r: &mut CheckReport, progress: &mut dyn FnMut(u64)) -> Result<()> {
+    let sdir = dir.join(SNAPSHOTS_DIR);
+    if !sdir.is_dir() {
+        return Ok(());
+    }
+    for e in fs::read_dir(&sdir).ctx("list", &sdir)? {
+        let e = e.ctx("list", &sdir)?;
+        let path = e.path();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !snapshot::is_snapshot_id(&name) || !path.join(snapshot::SNAPSHOT_FILE).exists() {
+            r.note(
+                &path,
+                "not a complete snapshot (one interrupted while being taken or released); the server removes it at start",
+            );
+            continue;
+        }
+        let info = match snapshot::load_info(&path) {
+            Ok(i) => i,
+            Err(e) => {
+                r.error(&path, e);
+                continue;
+            }
+        };
+        r.snapshots += 1;
+        for f in &info.files {
+            let p = path.join(&f.path);
+            match fs::metadata(&p) {
+                Ok(md) if md.len() != f.size => r.problem(
+                    &p,
+                    format!("{} bytes; snapshot {name} lists {}", md.len(), f.size),
+                ),
+                Ok(_) => match snapshot::hash_file(&p) {
+                    Ok(h) if h == f.blake3 => {
+                        r.bytes_read += f.size;
+                        progress(f.size);
+                    }
+                    Ok(h) => r.problem(
+                        &p,
+                        format!("BLAKE3 {h}; snapshot {name} lists {}", f.blake3),
+                    ),
+                    Err(e) => r.error(&p, e),
+                },
+                Err(e) => r.problem(&p, format!("listed by snapshot {name} but unreadable: {e}")),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether the WAL file at `path` holds, at `offset`, a frame header whose declared payload
+/// ends within the file.
+fn whole_frame_at(path: &Path, offset: u64) -> bool {
+    let Ok(buf) = fs::read(path) else {
+        return false;
+    };
+    let Some(header) = usize::try_from(offset)
+        .ok()
+        .and_then(|o| buf.get(o..o.checked_add(4)?))
+    else {
+        return false;
+    };
+    let len = u32::from_le_bytes(header.try_into().expect("4 bytes")) as u64;
+    len > 0 && offset + 8 + len <= buf.len() as u64
+}
