@@ -618,7 +618,11 @@ impl SeriesIndex {
 
     /// The index in blob `id`.
     pub(crate) async fn load(repo: &Repository, id: &str) -> Result<SeriesIndex> {
-        let bytes = repo.get_blob(id).await?;
+        Self::decode(&repo.get_blob(id).await?, id)
+    }
+
+    /// The index in `bytes`, the plaintext of blob `id`.
+    pub(crate) fn decode(bytes: &[u8], id: &str) -> Result<SeriesIndex> {
         let corrupt = |detail: &str| Error::Corrupt {
             what: format!("series index blob {id}"),
             detail: detail.to_string(),
@@ -643,7 +647,7 @@ impl SeriesIndex {
 
 /// `path` from a manifest as a safe relative path: normal components only, so that nothing
 /// is written outside the target.
-fn safe_relative(path: &str) -> Result<PathBuf> {
+pub(crate) fn safe_relative(path: &str) -> Result<PathBuf> {
     let p = Path::new(path);
     // Checked on the text as well as the parsed path: `Path` silently drops `.` and
     // repeated separators, and a manifest holds exactly what was written.

@@ -13,6 +13,8 @@ mod copy;
 mod crypto;
 mod data_dir;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod locks;
 mod manifest;
 mod prune;

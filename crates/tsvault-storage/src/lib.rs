@@ -12,6 +12,8 @@ mod commit;
 mod engine;
 mod error;
 mod fsutil;
+#[doc(hidden)]
+pub mod fuzzing;
 mod head;
 mod index;
 mod manifest;

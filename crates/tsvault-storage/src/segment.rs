@@ -23,7 +23,7 @@ const HEADER_MAGIC_V1: &[u8; 8] = b"TSVSEG\x00\x01";
 const FOOTER_MAGIC: &[u8; 8] = b"TSVSEGND";
 /// partition start/end, index offset/len, index crc, series count, sample count, file hash,
 /// footer crc, magic.
-const FOOTER_BYTES: usize = 8 + 8 + 8 + 8 + 4 + 4 + 8 + 32 + 4 + 8;
+pub(crate) const FOOTER_BYTES: usize = 8 + 8 + 8 + 8 + 4 + 4 + 8 + 32 + 4 + 8;
 /// The largest compressed index or block a reader accepts.
 const SECTION_BYTES_MAX: u64 = 1 << 30;
 /// zstd level for the index: it is small and read once per open.
@@ -144,8 +144,7 @@ fn encode_block(samples: &[Sample]) -> std::result::Result<Vec<u8>, pco::errors:
 }
 
 /// Decodes a block of segment format `version` holding `count` samples.
-#[cfg(test)]
-fn decode_block(
+pub(crate) fn decode_block(
     version: u8,
     bytes: &[u8],
     count: usize,
@@ -234,8 +233,8 @@ fn decode_columns(
         let ts_len = r.uvarint().ok_or("block header is truncated")? as usize;
         let ts_bytes = r.bytes(ts_len).ok_or("timestamp column is truncated")?;
         (
-            Timestamps::Explicit(decode_pco(ts_bytes, "timestamp")?),
-            decode_pco(r.rest(), "value")?,
+            Timestamps::Explicit(decode_pco(ts_bytes, "timestamp", count)?),
+            decode_pco(r.rest(), "value", count)?,
         )
     } else {
         let ts = match r.u8().ok_or("block header is truncated")? {
@@ -260,6 +259,7 @@ fn decode_columns(
                 Timestamps::Explicit(decode_pco(
                     r.bytes(len).ok_or("timestamp column is truncated")?,
                     "timestamp",
+                    count,
                 )?)
             }
             other => return Err(format!("unknown timestamp encoding {other}")),
@@ -270,7 +270,7 @@ fn decode_columns(
                 if places > DECIMAL_PLACES_MAX {
                     return Err(format!("value column scaled by 10^{places}"));
                 }
-                let ints: Vec<i64> = decode_pco(r.rest(), "value")?;
+                let ints: Vec<i64> = decode_pco(r.rest(), "value", count)?;
                 if places == 0 {
                     ints.into_iter().map(|x| x as f64).collect()
                 } else {
@@ -278,7 +278,7 @@ fn decode_columns(
                     ints.into_iter().map(|x| x as f64 / scale).collect()
                 }
             }
-            VALUES_PCO_F64 => decode_pco(r.rest(), "value")?,
+            VALUES_PCO_F64 => decode_pco(r.rest(), "value", count)?,
             other => return Err(format!("unknown value encoding {other}")),
         };
         (ts, vals)
@@ -298,12 +298,23 @@ fn decode_columns(
     Ok((ts, vals))
 }
 
+/// Decodes a pco column that must hold exactly `count` values. Memory is bounded by
+/// `count` (checked against the block's time range when the index is read), never by what
+/// the column's own header claims: a crafted header could otherwise ask for any allocation.
 fn decode_pco<T: pco::data_types::Number>(
     bytes: &[u8],
     column: &str,
+    count: usize,
 ) -> std::result::Result<Vec<T>, String> {
-    pco::standalone::simple_decompress(bytes)
-        .map_err(|e| format!("{column} column does not decode: {e}"))
+    let mut out = vec![T::default(); count];
+    let progress = pco::standalone::simple_decompress_into(bytes, &mut out)
+        .map_err(|e| format!("{column} column does not decode: {e}"))?;
+    if !progress.finished || progress.n_processed != count {
+        return Err(format!(
+            "{column} column does not hold the {count} values the index gives"
+        ));
+    }
+    Ok(out)
 }
 
 /// Appends to a file while hashing and counting every byte.
@@ -588,6 +599,11 @@ impl Segment {
         })
     }
 
+    /// The segment format (1 or 2).
+    pub(crate) fn version(&self) -> u8 {
+        self.version
+    }
+
     /// Reads and verifies block `i`; a checksum failure is an error naming the file.
     #[cfg(test)]
     fn read_block(&self, i: usize) -> Result<Vec<Sample>> {
@@ -656,7 +672,7 @@ impl Segment {
     }
 }
 
-fn parse_index(
+pub(crate) fn parse_index(
     index: &[u8],
     body_end: u64,
     n_series: usize,
@@ -685,6 +701,13 @@ fn parse_index(
         {
             return Err(format!("entry {i} ({key}) points outside the data section"));
         }
+        // Timestamps are distinct milliseconds: a block cannot hold more samples than its
+        // time range has; this bounds what decoding the block may allocate.
+        if i128::from(count) > i128::from(max_ts) - i128::from(min_ts) + 1 {
+            return Err(format!(
+                "entry {i} ({key}) claims {count} samples in {min_ts}..={max_ts} ms"
+            ));
+        }
         if prev.as_ref().is_some_and(|p| p >= &key) {
             return Err(format!("entry {i} ({key}) is out of order"));
         }
@@ -708,6 +731,39 @@ fn parse_index(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `segment_block` fuzz target: a pco column whose header claims about 13
+    /// trillion values made decoding ask for that much memory (the process aborted). The
+    /// column is now decoded into exactly the count the index gives.
+    #[test]
+    fn a_column_claiming_more_values_than_the_index_is_refused_without_allocating_them() {
+        let block: &[u8] = &[
+            0x01, 0x80, 0xa0, 0xab, 0xfe, 0xf9, 0x62, 0x90, 0x4e, 0x01, 0x02, 0x70, 0x63, 0x6f,
+            0x21, 0x02, 0x2d, 0x19, 0x03, 0xa6, 0x04, 0x63, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+            0x00, 0x02, 0x00, 0x00, 0x00, 0x01, 0x00, 0xc8, 0x00, 0x00, 0x00, 0x00, 0x41, 0x40,
+            0x00, 0x00, 0x40, 0x00, 0x04, 0x00, 0x10, 0x00, 0x43, 0x00, 0x00, 0x00, 0x00, 0x00,
+            0x00, 0xb8, 0x1e, 0x85, 0xeb, 0x51, 0xb8, 0x1e, 0x05, 0x00,
+        ];
+        let err = decode_block(2, block, 100).unwrap_err();
+        assert!(err.contains("column"), "{err}");
+    }
+
+    /// An index entry cannot claim more samples than its time range has milliseconds.
+    #[test]
+    fn an_index_entry_claiming_more_samples_than_its_range_is_refused() {
+        let key = SeriesKey::new("m", &[("h", "a")]).unwrap();
+        let mut index = Vec::new();
+        put_uvarint(&mut index, key.as_str().len() as u64);
+        index.extend_from_slice(key.as_str().as_bytes());
+        put_uvarint(&mut index, HEADER_MAGIC.len() as u64); // offset
+        put_uvarint(&mut index, 10); // len
+        put_uvarint(&mut index, 11); // count: 11 samples in 10 ms
+        put_ivarint(&mut index, 1000);
+        put_ivarint(&mut index, 1009);
+        index.extend_from_slice(&0u32.to_le_bytes());
+        let err = parse_index(&index, 1 << 20, 1).unwrap_err();
+        assert!(err.contains("claims 11 samples"), "{err}");
+    }
 
     fn series(n: usize) -> Vec<(SeriesKey, Vec<Sample>)> {
         let mut out: Vec<_> = (0..n)

@@ -156,9 +156,17 @@ pub(crate) enum WalEnd {
 /// file ended. `apply` sees only records before the first damaged one.
 pub(crate) fn read_wal_file(
     path: &Path,
-    mut apply: impl FnMut(WalBatch) -> Result<()>,
+    apply: impl FnMut(WalBatch) -> Result<()>,
 ) -> Result<WalEnd> {
     let buf = fs::read(path).ctx("read", path)?;
+    read_wal_bytes(&buf, apply)
+}
+
+/// [`read_wal_file`] on the bytes of a WAL file.
+pub(crate) fn read_wal_bytes(
+    buf: &[u8],
+    mut apply: impl FnMut(WalBatch) -> Result<()>,
+) -> Result<WalEnd> {
     if buf.len() < WAL_MAGIC.len() {
         return Ok(WalEnd::TornTail { valid_len: 0 });
     }
@@ -170,11 +178,11 @@ pub(crate) fn read_wal_file(
     }
     let mut off = WAL_MAGIC.len();
     while off < buf.len() {
-        let Some(frame_len) = valid_frame_at(&buf, off) else {
+        let Some(frame_len) = valid_frame_at(buf, off) else {
             // Torn tail or corruption? If any valid frame starts after this point, the damage
             // is not a torn write: data written after it reached the disk.
             let later = (off + 1..buf.len().saturating_sub(FRAME_HEADER_BYTES))
-                .find(|&o| valid_frame_at(&buf, o).is_some());
+                .find(|&o| valid_frame_at(buf, o).is_some());
             return Ok(match later {
                 None => WalEnd::TornTail {
                     valid_len: off as u64,
