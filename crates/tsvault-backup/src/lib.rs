@@ -42,6 +42,8 @@ pub use source::ServerClient;
 /// `failpoints` feature, used only by tests; otherwise it does nothing). Points:
 /// `backup-blob-stored` (after each blob of a backup), `restore-blob-written` (after each
 /// blob written by a restore); the action `return` aborts the process there, as a kill -9.
+/// The storage engine's points (`wal-append`, `wal-fsync`, `segment-write`, `segment-read`,
+/// ...) share the registry, so `tsvault serve` built with them reads them here too.
 pub fn failpoints_from_env() {
     #[cfg(feature = "failpoints")]
     std::mem::forget(fail::FailScenario::setup());

@@ -211,19 +211,47 @@ fn commit(
         Err(Error::Poisoned(msg))
     } else {
         frames.clear();
+        let mut newly_defined = Vec::new();
         {
             let registry = inner.registry.read();
             for (samples, _) in &writes {
-                encode_write(frames, defined, |id| registry.key(id), samples);
+                encode_write(
+                    frames,
+                    defined,
+                    &mut newly_defined,
+                    |id| registry.key(id),
+                    samples,
+                );
             }
         }
-        let r = wal
-            .append(frames)
-            .and_then(|()| if fsync { wal.sync() } else { Ok(()) });
-        if let Err(e) = &r {
-            inner.poison(e);
+        let before = wal.size_bytes();
+        match wal.append(frames) {
+            // A full disk refuses the write; whatever part of it reached the file is cut
+            // off, so the WAL ends at its last whole record and later writes go on once
+            // there is room. The series it defined are defined again by the next write
+            // that uses them (found by the disk-fault test: without this, that write's
+            // samples named a series the WAL never defined, and the file did not replay).
+            // A failed fsync is another matter: below, it poisons.
+            Err(e) if e.is_disk_full() => match wal.rewind(before) {
+                Ok(()) => {
+                    for id in newly_defined {
+                        defined[id as usize] = false;
+                    }
+                    Err(e)
+                }
+                Err(cut) => {
+                    inner.poison(&cut);
+                    Err(Error::Poisoned(cut.to_string()))
+                }
+            },
+            r => {
+                let r = r.and_then(|()| if fsync { wal.sync() } else { Ok(()) });
+                if let Err(e) = &r {
+                    inner.poison(e);
+                }
+                r.map_err(|e| Error::Poisoned(e.to_string()))
+            }
         }
-        r.map_err(|e| Error::Poisoned(e.to_string()))
     };
     if result.is_ok() {
         let mut state = inner.state.write();
@@ -241,16 +269,23 @@ fn commit(
     for (_, done) in writes {
         let _ = done.send(match &result {
             Ok(()) => Ok(()),
+            Err(e) if e.is_disk_full() => Err(Error::Io {
+                op: "write",
+                path: wal.path().to_owned(),
+                source: std::io::Error::from_raw_os_error(28),
+            }),
             Err(e) => Err(Error::Poisoned(e.to_string())),
         });
     }
 }
 
 /// Encodes one write as frames of bounded size. Each series id not yet defined in the current
-/// WAL file is defined in the frame that first uses it, so every frame replays on its own.
+/// WAL file is defined in the frame that first uses it, so every frame replays on its own;
+/// the ids it defines are added to `newly_defined`.
 fn encode_write<'k>(
     frames: &mut Vec<u8>,
     defined: &mut Vec<bool>,
+    newly_defined: &mut Vec<SeriesId>,
     key_of: impl Fn(SeriesId) -> &'k SeriesKey,
     samples: &[(SeriesId, i64, f64)],
 ) {
@@ -264,6 +299,7 @@ fn encode_write<'k>(
         }
         if !defined[idx] {
             defined[idx] = true;
+            newly_defined.push(id);
             let key = key_of(id);
             frame_bytes += key.as_str().len() + 16;
             defs.push((id, key));
@@ -361,7 +397,13 @@ mod tests {
             .collect();
         let mut frames = Vec::new();
         let mut defined = Vec::new();
-        encode_write(&mut frames, &mut defined, |id| &keys[id as usize], &samples);
+        encode_write(
+            &mut frames,
+            &mut defined,
+            &mut Vec::new(),
+            |id| &keys[id as usize],
+            &samples,
+        );
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("1.wal");

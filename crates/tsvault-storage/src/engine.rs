@@ -944,6 +944,20 @@ impl EngineHandle {
         let (wal_start, frozen) = done_rx.recv().map_err(|_| Error::Closed)??;
         let result = self.flush_frozen(&mut manifest, wal_start, &frozen);
         if let Err(e) = &result {
+            if e.is_disk_full() {
+                // The WAL still holds the frozen samples (its files go only after a manifest
+                // that no longer needs them is installed): they go back in front of the live
+                // head, writes go on while the WAL has room, and the next flush tries again
+                // once space returns.
+                let mut state = self.inner.state.write();
+                if let Some(f) = state.frozen.take() {
+                    let live = std::mem::take(&mut state.live);
+                    state.live = Head::joined(&f, live);
+                }
+                drop(state);
+                tracing::warn!(error = %e, "flush failed: the disk is full; the samples stay in memory and in the WAL, and the flush is tried again later");
+                return result;
+            }
             // The frozen head stays queryable and the WAL still holds it; refuse writes so
             // that nothing newer is acknowledged on top of a failed flush.
             self.inner.poison(e);
@@ -960,6 +974,13 @@ impl EngineHandle {
         let dur = self.inner.segment_duration_ms;
         let mut new_segments = Vec::new();
         let mut next = manifest.clone();
+        let listed = manifest.segments.len();
+        let written = |next: &Manifest| -> Vec<PathBuf> {
+            next.segments[listed..]
+                .iter()
+                .map(|s| self.inner.seg_dir.join(segment_file_name(s.seq)))
+                .collect()
+        };
         for (start, mut series) in frozen.partitions(dur) {
             let end = start.saturating_add(dur);
             if cutoff.is_some_and(|c| end <= c) {
@@ -973,13 +994,27 @@ impl EngineHandle {
             drop(registry);
             keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
             let seq = allocate_seq(manifest, &mut next);
-            let info = write_segment(
+            let info = match write_segment(
                 &self.inner.seg_dir,
                 seq,
                 (start, end),
                 keyed.into_iter().map(Ok),
-            )?;
-            new_segments.push(self.open_segment(&info)?);
+            )
+            .and_then(|info| Ok((self.open_segment(&info)?, info)))
+            {
+                Ok((seg, info)) => {
+                    new_segments.push(seg);
+                    info
+                }
+                Err(e) => {
+                    // Segments this flush wrote are in no manifest: removed now, so that a
+                    // flush tried again starts clean (a start removes any left).
+                    for path in written(&next) {
+                        let _ = fs::remove_file(path);
+                    }
+                    return Err(e);
+                }
+            };
             next.segments.push(info);
         }
         next.wal_start = wal_start;
@@ -1045,8 +1080,12 @@ impl EngineHandle {
                 commit::panic_message(&*panic)
             )))
         });
+        // A full disk is not a reason to distrust the store: flush, compaction and
+        // retention change nothing before their new files are durable, so a failure for
+        // lack of space leaves the old state whole, and they are tried again later.
         if let Err(e) = &r
             && !matches!(e, Error::Poisoned(_) | Error::Closed)
+            && !e.is_disk_full()
         {
             self.inner.poison(e);
         }

@@ -77,14 +77,27 @@ impl Error {
 
 /// Returns an injected I/O error from the enclosing function when failpoint `$name` is
 /// configured (builds with the `failpoints` feature only; otherwise it compiles to nothing).
+/// The payload (`return(<payload>)`) picks the error: `enospc` (disk full), `eio`, anything
+/// else a generic error; a `-partial` suffix is honoured where the point writes (half the
+/// bytes are written first: a short write).
 macro_rules! failpoint {
     ($name:literal, $op:literal, $path:expr) => {
         #[cfg(feature = "failpoints")]
-        fail::fail_point!($name, |_| Err($crate::error::Error::Io {
+        fail::fail_point!($name, |arg: Option<String>| Err($crate::error::Error::Io {
             op: $op,
             path: $path.to_owned(),
-            source: std::io::Error::other(concat!("injected failure at failpoint ", $name)),
+            source: $crate::error::injected($name, arg.as_deref()),
         }));
     };
 }
 pub(crate) use failpoint;
+
+/// The I/O error a failpoint with `payload` injects.
+#[cfg(feature = "failpoints")]
+pub(crate) fn injected(name: &str, payload: Option<&str>) -> io::Error {
+    match payload.map(|p| p.trim_end_matches("-partial")) {
+        Some("enospc") => io::Error::from_raw_os_error(28),
+        Some("eio") => io::Error::from_raw_os_error(5),
+        _ => io::Error::other(format!("injected failure at failpoint {name}")),
+    }
+}

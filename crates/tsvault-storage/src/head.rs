@@ -35,6 +35,25 @@ impl Head {
         self.samples
     }
 
+    /// One head holding `older`'s samples, then `newer`'s, in write order (so a timestamp
+    /// written in both keeps `newer`'s value).
+    pub(crate) fn joined(older: &Head, mut newer: Head) -> Head {
+        let mut out = Head::default();
+        for (&id, samples) in &older.series {
+            let mut all = samples.clone();
+            if let Some(n) = newer.series.remove(&id) {
+                all.extend(n);
+            }
+            out.samples += all.len();
+            out.series.insert(id, all);
+        }
+        for (id, samples) in newer.series {
+            out.samples += samples.len();
+            out.series.insert(id, samples);
+        }
+        out
+    }
+
     /// Appends the samples of `id` in `[start_ms, end_ms]` to `out`, in write order.
     pub(crate) fn collect(&self, id: SeriesId, start_ms: i64, end_ms: i64, out: &mut Vec<Sample>) {
         if let Some(s) = self.series.get(&id) {

@@ -624,6 +624,7 @@ impl Segment {
     ) -> Result<()> {
         let b = &self.blocks[i];
         let mut buf = vec![0u8; b.len as usize];
+        failpoint!("segment-read", "read", self.path);
         self.file
             .read_exact_at(&mut buf, b.offset)
             .ctx("read", &self.path)?;

@@ -6,7 +6,7 @@
 //! corruption, not a torn write, and is reported instead of silently dropped.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{Seek, Write};
 use std::path::{Path, PathBuf};
 
 use tsvault_model::SeriesKey;
@@ -158,6 +158,7 @@ pub(crate) fn read_wal_file(
     path: &Path,
     apply: impl FnMut(WalBatch) -> Result<()>,
 ) -> Result<WalEnd> {
+    failpoint!("wal-read", "read", path);
     let buf = fs::read(path).ctx("read", path)?;
     read_wal_bytes(&buf, apply)
 }
@@ -239,7 +240,17 @@ impl WalWriter {
 
     /// Appends already framed records (not yet durable).
     pub(crate) fn append(&mut self, frames: &[u8]) -> Result<()> {
-        failpoint!("wal-append", "write", self.path);
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!("wal-append", |arg: Option<String>| {
+            if arg.as_deref().is_some_and(|a| a.ends_with("-partial")) {
+                let _ = self.file.write_all(&frames[..frames.len() / 2]);
+            }
+            Err(crate::error::Error::Io {
+                op: "write",
+                path: self.path.clone(),
+                source: crate::error::injected("wal-append", arg.as_deref()),
+            })
+        });
         self.file.write_all(frames).ctx("write", &self.path)?;
         self.size_bytes += frames.len() as u64;
         Ok(())
@@ -249,6 +260,22 @@ impl WalWriter {
     pub(crate) fn sync(&mut self) -> Result<()> {
         failpoint!("wal-fsync", "fsync", self.path);
         self.file.sync_data().ctx("fsync", &self.path)
+    }
+
+    /// Cuts the file back to `len` bytes (its size before an append that failed part-way)
+    /// and goes on writing there: the failed append's bytes are gone, so the next record
+    /// follows the last whole one.
+    pub(crate) fn rewind(&mut self, len: u64) -> Result<()> {
+        self.file.set_len(len).ctx("truncate", &self.path)?;
+        self.file
+            .seek(std::io::SeekFrom::Start(len))
+            .ctx("seek", &self.path)?;
+        self.size_bytes = len;
+        Ok(())
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
     }
 
     pub(crate) fn number(&self) -> u64 {

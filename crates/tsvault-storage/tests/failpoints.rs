@@ -1,6 +1,9 @@
-//! Fault injection (the `fail` crate): a failed WAL write or fsync, or a failed flush, poisons
-//! the store. Later writes are refused with a clear error (the failed fsync is never
-//! retried), reads keep working, and a restart recovers everything acknowledged from the WAL.
+//! Fault injection (the `fail` crate): a failed WAL write (whole or short) or fsync, or a
+//! failed flush, poisons the store. Later writes are refused with a clear error (the failed
+//! fsync is never retried), reads keep working, and a restart recovers everything
+//! acknowledged from the WAL. A full disk is different: the write (or flush) is refused
+//! without poisoning, and writes and flushes succeed again once there is room. A read error
+//! is an error naming the file, never data.
 
 use fail::FailScenario;
 use tsvault_model::{Point, Sample, SeriesKey};
@@ -26,15 +29,15 @@ fn s(ts_ms: i64, value: f64) -> Sample {
     Sample { ts_ms, value }
 }
 
-fn poisons_on(failpoint: &str) {
+fn poisons_on(failpoint: &str, action: &str, message: &str) {
     let scenario = FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
     let e = Engine::open(EngineConfig::new(dir.path())).unwrap();
     e.write(&[pt(1, 1.0)]).unwrap();
-    fail::cfg(failpoint, "return").unwrap();
+    fail::cfg(failpoint, action).unwrap();
     let err = e.write(&[pt(2, 2.0)]).unwrap_err();
     assert!(matches!(err, Error::Poisoned(_)), "{failpoint}: {err}");
-    assert!(err.to_string().contains("injected failure"), "{err}");
+    assert!(err.to_string().contains(message), "{err}");
     fail::remove(failpoint);
     // The fault is gone, but the store does not trust the file any more.
     let err = e.write(&[pt(3, 3.0)]).unwrap_err();
@@ -61,12 +64,141 @@ fn poisons_on(failpoint: &str) {
 
 #[test]
 fn failed_wal_fsync_poisons() {
-    poisons_on("wal-fsync");
+    poisons_on("wal-fsync", "return", "injected failure");
+}
+
+/// A full disk at fsync time is not a refused write: what the page cache holds is unknown,
+/// so it poisons like any failed fsync.
+#[test]
+fn a_full_disk_at_fsync_poisons() {
+    poisons_on("wal-fsync", "return(enospc)", "No space left on device");
 }
 
 #[test]
 fn failed_wal_write_poisons() {
-    poisons_on("wal-append");
+    poisons_on("wal-append", "return", "injected failure");
+}
+
+/// A write that stops part-way with an I/O error (a short write) poisons; the restart cuts
+/// the partial record as a torn tail.
+#[test]
+fn a_short_wal_write_poisons() {
+    poisons_on("wal-append", "return(eio-partial)", "Input/output error");
+}
+
+/// A full disk refuses the write (an error that says so, which the server turns into 507)
+/// but does not poison: the part of it that reached the WAL is cut off, and once there is
+/// room writes go on. Nothing acknowledged is lost, nothing refused appears, and the
+/// directory checks clean.
+#[test]
+fn a_full_disk_refuses_writes_until_space_returns() {
+    let scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(EngineConfig::new(dir.path())).unwrap();
+    e.write(&[pt(1, 1.0)]).unwrap();
+    fail::cfg("wal-append", "2*return(enospc-partial)").unwrap();
+    // The refused writes are the first of series b: the WAL must define it again when a
+    // later write uses it.
+    let b = |ts_ms: i64, value: f64| Point {
+        key: SeriesKey::new("m", &[("host", "b")]).unwrap(),
+        ts_ms,
+        value,
+    };
+    for t in [2, 3] {
+        let err = e.write(&[b(t, t as f64)]).unwrap_err();
+        assert!(err.is_disk_full(), "{err}");
+        assert!(err.to_string().contains("No space left on device"), "{err}");
+        assert!(e.poisoned().is_none(), "a full disk does not poison");
+    }
+    // Space is back (the fault fired twice): writes succeed, after the cut-off bytes.
+    e.write(&[pt(4, 4.0), b(5, 5.0)]).unwrap();
+    assert_eq!(samples(&e), vec![s(1, 1.0), s(4, 4.0), s(5, 5.0)]);
+    fail::remove("wal-append");
+    e.close_without_flush();
+    drop(e);
+    let report = tsvault_storage::check_data_dir(dir.path(), &mut |_| {}).unwrap();
+    assert!(
+        report.problems.is_empty() && report.notes.is_empty(),
+        "{report:?}"
+    );
+    let e = Engine::open(EngineConfig::new(dir.path())).unwrap();
+    assert_eq!(samples(&e), vec![s(1, 1.0), s(4, 4.0), s(5, 5.0)]);
+    scenario.teardown();
+}
+
+/// A full disk during a flush leaves the samples in memory and in the WAL, keeps accepting
+/// writes, and a later flush writes them all.
+#[test]
+fn a_full_disk_during_a_flush_is_tried_again_later() {
+    let scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(EngineConfig::new(dir.path())).unwrap();
+    // Two partitions, so the flush has written one segment when the second fails.
+    let far = 10 * 86_400_000;
+    e.write(&[pt(1, 1.0), pt(far, 2.0)]).unwrap();
+    fail::cfg("segment-write", "1*off->1*return(enospc)").unwrap();
+    let err = e.flush().unwrap_err();
+    assert!(err.is_disk_full(), "{err}");
+    assert!(e.poisoned().is_none());
+    e.write(&[pt(2, 3.0), pt(1, 1.5)]).unwrap();
+    assert_eq!(samples(&e), vec![s(1, 1.5), s(2, 3.0), s(far, 2.0)]);
+    assert!(
+        e.segments().is_empty(),
+        "the failed flush installed nothing"
+    );
+    let stray = std::fs::read_dir(dir.path().join("segments"))
+        .unwrap()
+        .count();
+    assert_eq!(stray, 0, "the segment it had written is removed");
+    fail::remove("segment-write");
+    e.flush().unwrap();
+    assert_eq!(e.segments().len(), 2);
+    assert_eq!(samples(&e), vec![s(1, 1.5), s(2, 3.0), s(far, 2.0)]);
+    e.close().unwrap();
+    drop(e);
+    let e = Engine::open(EngineConfig::new(dir.path())).unwrap();
+    assert_eq!(samples(&e), vec![s(1, 1.5), s(2, 3.0), s(far, 2.0)]);
+    scenario.teardown();
+}
+
+/// A read error (EIO) on a segment is an error naming the file, never data; reads work
+/// again when the fault is gone.
+#[test]
+fn a_read_error_is_named_and_never_served_as_data() {
+    let scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(EngineConfig::new(dir.path())).unwrap();
+    e.write(&[pt(1, 1.0)]).unwrap();
+    e.flush().unwrap();
+    let seg = e.segments()[0].clone();
+    fail::cfg("segment-read", "return(eio)").unwrap();
+    let err = e
+        .select("m", &|_| true, i64::MIN, i64::MAX)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("Input/output error") && err.contains(&format!("{:020}.seg", seg.seq)),
+        "{err}"
+    );
+    fail::remove("segment-read");
+    assert_eq!(samples(&e), vec![s(1, 1.0)]);
+    // At start, an unreadable WAL file stops the open with its name.
+    e.write(&[pt(2, 2.0)]).unwrap();
+    e.close_without_flush();
+    drop(e);
+    fail::cfg("wal-read", "return(eio)").unwrap();
+    let Err(err) = Engine::open(EngineConfig::new(dir.path())) else {
+        panic!("opened with an unreadable WAL file");
+    };
+    let err = err.to_string();
+    assert!(
+        err.contains("Input/output error") && err.contains(".wal"),
+        "{err}"
+    );
+    fail::remove("wal-read");
+    let e = Engine::open(EngineConfig::new(dir.path())).unwrap();
+    assert_eq!(samples(&e), vec![s(1, 1.0), s(2, 2.0)]);
+    scenario.teardown();
 }
 
 fn failed_flush_keeps_data(failpoint: &str) {

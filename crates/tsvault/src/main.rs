@@ -48,6 +48,8 @@ fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
+            // Fault points for tests (FAILPOINTS=...; only in builds with them).
+            tsvault_backup::failpoints_from_env();
             let config = args.resolve()?;
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

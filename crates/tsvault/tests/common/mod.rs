@@ -30,9 +30,29 @@ impl Server {
             .unwrap_or_else(|log| panic!("server did not start:\n{log}"))
     }
 
+    /// Like `start`, with storage fault points (`FAILPOINTS`, e.g.
+    /// `wal-append=2*return(enospc)`).
+    pub fn start_with_failpoints(data_dir: &Path, extra: &[&str], failpoints: &str) -> Server {
+        Self::try_start_with(data_dir, extra, Some(failpoints))
+            .unwrap_or_else(|log| panic!("server did not start:\n{log}"))
+    }
+
     /// Like `start`, but returns the server's log when it exits before listening.
     pub fn try_start(data_dir: &Path, extra: &[&str]) -> Result<Server, String> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tsvault"))
+        Self::try_start_with(data_dir, extra, None)
+    }
+
+    fn try_start_with(
+        data_dir: &Path,
+        extra: &[&str],
+        failpoints: Option<&str>,
+    ) -> Result<Server, String> {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tsvault"));
+        cmd.env_remove("FAILPOINTS");
+        if let Some(f) = failpoints {
+            cmd.env("FAILPOINTS", f);
+        }
+        let mut child = cmd
             .arg("serve")
             .arg("--data-dir")
             .arg(data_dir)

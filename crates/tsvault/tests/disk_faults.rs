@@ -1,0 +1,74 @@
+//! Disk faults on the real server (storage fault points through `FAILPOINTS`): a full disk
+//! refuses writes with 507 and a message that says so, without poisoning, and writes resume
+//! on their own once there is room; nothing acknowledged is lost across a SIGKILL. A read
+//! error is a 500 naming the file, never data.
+
+mod common;
+
+use common::{Server, get, post, query_dps};
+use serde_json::json;
+
+fn query(s: &Server) -> Vec<(i64, f64)> {
+    query_dps(
+        &s.base,
+        json!({"start": 0, "end": 4_000_000_000_000i64, "msResolution": true,
+               "queries": [{"metric": "disk_v", "aggregator": "none"}]}),
+    )
+    .into_iter()
+    .flat_map(|(_, dps)| dps)
+    .collect()
+}
+
+#[test]
+fn a_full_disk_answers_507_and_writes_resume_when_space_returns() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The first two WAL appends find the disk full, after writing part of their bytes.
+    let s = Server::start_with_failpoints(tmp.path(), &[], "wal-append=2*return(enospc-partial)");
+    let write = |ts: i64, v: f64| {
+        post(
+            &s.url("/write?precision=ms"),
+            format!("disk v={v} {ts}").as_bytes(),
+        )
+    };
+    for ts in [1_000, 2_000] {
+        let r = write(ts, ts as f64);
+        assert_eq!(r.status, 507, "{}", r.body);
+        assert!(r.body.contains("disk is full"), "{}", r.body);
+    }
+    let health = get(&s.url("/health"));
+    assert_eq!(
+        health.status, 200,
+        "a full disk does not poison: {}",
+        health.body
+    );
+    assert_eq!(write(3_000, 3.0).status, 204);
+    assert_eq!(write(4_000, 4.0).status, 204);
+    assert_eq!(query(&s), vec![(3_000, 3.0), (4_000, 4.0)]);
+    s.kill9();
+    let s = Server::start(tmp.path(), &[]);
+    assert_eq!(query(&s), vec![(3_000, 3.0), (4_000, 4.0)]);
+}
+
+#[test]
+fn a_read_error_is_a_500_naming_the_file_never_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Server::start_with_failpoints(tmp.path(), &[], "segment-read=return(eio)");
+    let r = post(&s.url("/write?precision=ms"), b"disk v=1 1000");
+    assert_eq!(r.status, 204);
+    assert_eq!(post(&s.url("/api/admin/flush"), b"").status, 200);
+    let r = common::post_with(
+        &s.url("/api/query"),
+        &[("Content-Type", "application/json")],
+        json!({"start": 0, "end": 4_000_000_000_000i64,
+               "queries": [{"metric": "disk_v", "aggregator": "none"}]})
+        .to_string()
+        .as_bytes(),
+    );
+    assert_eq!(r.status, 500, "{}", r.body);
+    assert!(
+        r.body.contains("Input/output error") && r.body.contains(".seg"),
+        "{}",
+        r.body
+    );
+    assert!(!r.body.contains("\"dps\""), "{}", r.body);
+}
