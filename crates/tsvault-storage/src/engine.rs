@@ -16,7 +16,7 @@ use tsvault_model::{Point, Sample, SeriesKey};
 
 use crate::commit::{self, CommitRequest};
 use crate::error::{Error, IoContext, Result};
-use crate::fsutil::sync_dir;
+use crate::fsutil::{self, sync_dir};
 use crate::head::{Head, normalize};
 use crate::index::{Registry, SeriesId};
 use crate::manifest::{MANIFEST_FILE, Manifest};
@@ -280,6 +280,7 @@ impl Engine {
             Err(fs::TryLockError::WouldBlock) => return Err(Error::Locked(dir)),
             Err(fs::TryLockError::Error(e)) => return Err(e).ctx("lock", lock_path),
         }
+        crate::powercut::start(&dir);
         let wal_dir = dir.join("wal");
         let seg_dir = dir.join("segments");
         for d in [&wal_dir, &seg_dir] {
@@ -329,7 +330,7 @@ impl Engine {
         let last_number = wal_files.last().map_or(0, |(n, _)| *n);
         for (n, path) in &wal_files {
             if *n < manifest.wal_start {
-                fs::remove_file(path).ctx("remove", path)?;
+                fsutil::remove_file(path)?;
                 continue;
             }
             let mut ids: HashMap<u32, SeriesId> = HashMap::new();
@@ -370,7 +371,7 @@ impl Engine {
                 WalEnd::TornTail { valid_len } => {
                     tracing::warn!(file = %path.display(), valid_len, "cutting torn WAL tail at the last valid record");
                     if valid_len < crate::wal::WAL_MAGIC.len() as u64 {
-                        fs::remove_file(path).ctx("remove", path)?;
+                        fsutil::remove_file(path)?;
                     } else {
                         truncate_torn_tail(path, valid_len)?;
                     }
@@ -403,7 +404,7 @@ impl Engine {
                     // yet in any segment); set a copy of the whole file aside.
                     quarantined.push(quarantine_copy(&dir, path, detail, lost)?);
                     if offset < crate::wal::WAL_MAGIC.len() as u64 {
-                        fs::remove_file(path).ctx("remove", path)?;
+                        fsutil::remove_file(path)?;
                     } else {
                         truncate_torn_tail(path, offset)?;
                     }
@@ -1010,7 +1011,7 @@ impl EngineHandle {
                     // Segments this flush wrote are in no manifest: removed now, so that a
                     // flush tried again starts clean (a start removes any left).
                     for path in written(&next) {
-                        let _ = fs::remove_file(path);
+                        let _ = fsutil::remove_file(&path);
                     }
                     return Err(e);
                 }
@@ -1022,7 +1023,7 @@ impl EngineHandle {
         self.inner.stats.flushes.fetch_add(1, Ordering::Relaxed);
         for (n, path) in list_wal_files(&self.inner.wal_dir)? {
             if n < wal_start {
-                fs::remove_file(&path).ctx("remove", &path)?;
+                fsutil::remove_file(&path)?;
             }
         }
         Ok(())
@@ -1059,7 +1060,7 @@ impl EngineHandle {
         }
         for seq in removed {
             let p = self.inner.seg_dir.join(segment_file_name(*seq));
-            fs::remove_file(&p).ctx("remove", &p)?;
+            fsutil::remove_file(&p)?;
         }
         Ok(())
     }
@@ -1402,7 +1403,7 @@ fn quarantine_as(
     let moved_to = qdir.join(format!("{}-{name}", system_clock_ms()));
     match how {
         SetAside::Move => {
-            fs::rename(file, &moved_to).ctx("move aside", file)?;
+            fsutil::rename(file, &moved_to)?;
             if let Some(parent) = file.parent() {
                 sync_dir(parent)?;
             }
@@ -1546,14 +1547,14 @@ fn remove_stray_files(seg_dir: &Path, manifest: &Manifest) -> Result<()> {
         if stray {
             let p = entry.path();
             tracing::info!(file = %p.display(), "removing a file left by an interrupted flush or compaction");
-            fs::remove_file(&p).ctx("remove", &p)?;
+            fsutil::remove_file(&p)?;
         }
     }
     let tmp = seg_dir
         .parent()
         .map(|d| d.join(MANIFEST_FILE).with_extension("tmp"));
     if let Some(tmp) = tmp.filter(|t| t.exists()) {
-        fs::remove_file(&tmp).ctx("remove", &tmp)?;
+        fsutil::remove_file(&tmp)?;
     }
     Ok(())
 }

@@ -5,13 +5,51 @@ use std::io::Write;
 use std::path::Path;
 
 use crate::error::{IoContext, Result};
+use crate::powercut;
 
 /// Fsyncs a directory so that entries created, renamed or removed in it are durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    powercut::point();
     File::open(dir)
         .ctx("open", dir)?
         .sync_all()
-        .ctx("fsync", dir)
+        .ctx("fsync", dir)?;
+    powercut::dir_synced(dir);
+    powercut::point();
+    Ok(())
+}
+
+/// Fsyncs `file` (at `path`): its data, and with `data_only` false its metadata too.
+pub(crate) fn fsync(file: &File, path: &Path, data_only: bool) -> Result<()> {
+    powercut::point();
+    if data_only {
+        file.sync_data()
+    } else {
+        file.sync_all()
+    }
+    .ctx("fsync", path)?;
+    powercut::file_synced(file);
+    powercut::point();
+    Ok(())
+}
+
+/// Renames `from` to `to` (durable once their directories are fsynced).
+pub(crate) fn rename(from: &Path, to: &Path) -> Result<()> {
+    powercut::point();
+    powercut::before_unlink(from);
+    powercut::before_unlink(to);
+    fs::rename(from, to).ctx("rename", from)?;
+    powercut::point();
+    Ok(())
+}
+
+/// Removes file `path` (durable once its directory is fsynced).
+pub(crate) fn remove_file(path: &Path) -> Result<()> {
+    powercut::point();
+    powercut::before_unlink(path);
+    fs::remove_file(path).ctx("remove", path)?;
+    powercut::point();
+    Ok(())
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file, fsync, rename, directory fsync.
@@ -20,8 +58,8 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
     let mut f = File::create(&tmp).ctx("create", &tmp)?;
     f.write_all(bytes).ctx("write", &tmp)?;
-    f.sync_all().ctx("fsync", &tmp)?;
+    fsync(&f, &tmp, false)?;
     drop(f);
-    fs::rename(&tmp, path).ctx("rename", &tmp)?;
+    rename(&tmp, path)?;
     sync_dir(dir)
 }

@@ -17,6 +17,7 @@ pub mod fuzzing;
 mod head;
 mod index;
 mod manifest;
+mod powercut;
 mod segment;
 mod snapshot;
 mod wal;

@@ -15,7 +15,7 @@ use tsvault_model::{Sample, SeriesKey};
 
 use crate::bytes::{Reader, put_ivarint, put_uvarint};
 use crate::error::{Error, IoContext, Result, failpoint};
-use crate::fsutil::sync_dir;
+use crate::fsutil::{self, sync_dir};
 
 /// The header of the format written; format 1 (same layout, older block encoding) is read.
 const HEADER_MAGIC: &[u8; 8] = b"TSVSEG\x00\x02";
@@ -348,7 +348,7 @@ pub(crate) fn write_segment(
     let tmp = path.with_extension("seg.tmp");
     let result = write_segment_file(&tmp, partition, series).and_then(
         |(size, hash, n_series, n_samples)| {
-            fs::rename(&tmp, &path).ctx("rename", &tmp)?;
+            fsutil::rename(&tmp, &path)?;
             sync_dir(dir)?;
             Ok(SegmentInfo {
                 seq,
@@ -361,8 +361,8 @@ pub(crate) fn write_segment(
             })
         },
     );
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+    if result.is_err() && tmp.exists() {
+        let _ = fsutil::remove_file(&tmp);
     }
     result
 }
@@ -452,7 +452,7 @@ fn write_segment_file(
         path: tmp.to_owned(),
         source: e.into_error(),
     })?;
-    file.sync_all().ctx("fsync", tmp)?;
+    fsutil::fsync(&file, tmp, false)?;
     Ok((w.pos, hash.to_hex().to_string(), n_series, n_samples))
 }
 

@@ -13,7 +13,7 @@ use tsvault_model::SeriesKey;
 
 use crate::bytes::{Reader, put_ivarint, put_uvarint};
 use crate::error::{IoContext, Result, failpoint};
-use crate::fsutil::sync_dir;
+use crate::fsutil::{fsync, sync_dir};
 
 /// Magic and version at the start of every WAL file.
 pub(crate) const WAL_MAGIC: &[u8; 8] = b"TSVWAL\x00\x01";
@@ -228,7 +228,7 @@ impl WalWriter {
             .open(&path)
             .ctx("create", &path)?;
         file.write_all(WAL_MAGIC).ctx("write", &path)?;
-        file.sync_all().ctx("fsync", &path)?;
+        fsync(&file, &path, false)?;
         sync_dir(dir)?;
         Ok(WalWriter {
             file,
@@ -252,6 +252,7 @@ impl WalWriter {
             })
         });
         self.file.write_all(frames).ctx("write", &self.path)?;
+        crate::powercut::point();
         self.size_bytes += frames.len() as u64;
         Ok(())
     }
@@ -259,7 +260,7 @@ impl WalWriter {
     /// Makes everything appended so far durable.
     pub(crate) fn sync(&mut self) -> Result<()> {
         failpoint!("wal-fsync", "fsync", self.path);
-        self.file.sync_data().ctx("fsync", &self.path)
+        fsync(&self.file, &self.path, true)
     }
 
     /// Cuts the file back to `len` bytes (its size before an append that failed part-way)
@@ -294,7 +295,7 @@ pub(crate) fn truncate_torn_tail(path: &Path, len: u64) -> Result<()> {
         .open(path)
         .ctx("open", path)?;
     file.set_len(len).ctx("truncate", path)?;
-    file.sync_all().ctx("fsync", path)?;
+    fsync(&file, path, false)?;
     Ok(())
 }
 

@@ -1,12 +1,19 @@
-//! Crash test: concurrent writers record every acknowledged sample while the server is
-//! SIGKILLed at random moments (some cycles flush and compact every few batches, some take
-//! and release snapshots in a loop); after each kill the stopped directory must pass
+//! Crash and power-cut tests: concurrent writers record every acknowledged sample while the
+//! server dies at random moments (some cycles flush and compact every few batches, some take
+//! and release snapshots in a loop); after each death the stopped directory must pass
 //! `tsvault check` (a torn last WAL write is allowed: it was never acknowledged), and after
 //! each restart every acknowledged sample must be there with its exact value, and nothing
 //! must be there that was never written.
 //!
-//! Default: 10 kill cycles. `TSVAULT_TORTURE_CYCLES=N` runs more; `TSVAULT_CRASH_SEED`
-//! replays a run.
+//! - SIGKILL: the process dies; what it wrote stays in the page cache and reaches the disk.
+//!   Default 10 cycles; `TSVAULT_TORTURE_CYCLES=N` runs more.
+//! - Power cut: the server (a test build) records what is durable and, when the `powercut`
+//!   fault point fires at a random step (before or after an fsync, a rename, a removal, a
+//!   WAL append), drops every byte and directory entry not yet fsynced (keeping, at random, a
+//!   torn prefix of unsynced bytes) and aborts (`src/powercut.rs` in the storage crate).
+//!   Default 10 cycles; `TSVAULT_POWERCUT_CYCLES=N` runs more.
+//!
+//! `TSVAULT_CRASH_SEED` replays a run.
 
 mod common;
 
@@ -15,7 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use common::{Server, query_dps, try_post};
+use common::{Server, try_post};
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
@@ -33,28 +40,56 @@ struct Progress {
     failure: Option<String>,
 }
 
-/// (series, ts_ms) -> value of every write attempted, and the subset acknowledged.
+/// (ts_ms, series) -> value of every write attempted, and the subset acknowledged.
 #[derive(Default)]
 struct Ledger {
-    attempted: BTreeMap<(String, i64), f64>,
-    acked: BTreeMap<(String, i64), f64>,
+    attempted: BTreeMap<(i64, String), f64>,
+    acked: BTreeMap<(i64, String), f64>,
+}
+
+/// The first timestamp written in `cycle` (each cycle writes its own partitions).
+fn cycle_start_ms(cycle: usize) -> i64 {
+    1_600_000_000_000 + (cycle as i64) * 1_000_000_000
+}
+
+/// How the server dies in a cycle.
+#[derive(Clone, Copy, PartialEq)]
+enum Death {
+    Sigkill,
+    PowerCut,
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 #[test]
 fn sigkill_at_random_moments_loses_no_acknowledged_write() {
-    let cycles: usize = std::env::var("TSVAULT_TORTURE_CYCLES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10);
+    torture(Death::Sigkill, env_usize("TSVAULT_TORTURE_CYCLES", 10));
+}
+
+#[test]
+fn power_cuts_at_random_moments_lose_no_acknowledged_write() {
+    torture(Death::PowerCut, env_usize("TSVAULT_POWERCUT_CYCLES", 10));
+}
+
+fn torture(death: Death, cycles: usize) {
+    let name = match death {
+        Death::Sigkill => "crash test",
+        Death::PowerCut => "power-cut test",
+    };
     let seed: u64 = std::env::var("TSVAULT_CRASH_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(rand::random);
-    eprintln!("crash test: {cycles} cycles, seed {seed} (TSVAULT_CRASH_SEED to replay)");
+    eprintln!("{name}: {cycles} cycles, seed {seed} (TSVAULT_CRASH_SEED to replay)");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
     let ledger = Arc::new(Mutex::new(Ledger::default()));
-    let (mut total_acked, mut checks) = (0, 0);
+    let (mut total_acked, mut checks, mut cuts) = (0, 0, 0);
     for cycle in 0..cycles {
         // Every other cycle flushes the head every few batches, so kills land during
         // segment writes, manifest swaps and compactions too.
@@ -63,11 +98,58 @@ fn sigkill_at_random_moments_loses_no_acknowledged_write() {
         } else {
             &[]
         };
-        let server = Server::start(dir.path(), extra);
-        verify(&server, &ledger, cycle);
+        // A power cut falls at the K-th step that can lose power (about three per
+        // acknowledged batch, more during a flush).
+        let server = match death {
+            Death::Sigkill => Server::start(dir.path(), extra),
+            Death::PowerCut => {
+                let started = Server::try_start_with(
+                    dir.path(),
+                    extra,
+                    &[
+                        (
+                            "FAILPOINTS",
+                            &format!("powercut={}*off->return", rng.random_range(0..240u32)),
+                        ),
+                        ("TSVAULT_POWERCUT", "1"),
+                        ("TSVAULT_POWERCUT_SEED", &rng.random::<u64>().to_string()),
+                    ],
+                );
+                match started {
+                    Ok(s) => s,
+                    // The power went while the server was starting (recovering, creating
+                    // its WAL file): that directory must be as good as any other.
+                    Err(log) if log.contains("power cut simulated") => {
+                        cuts += 1;
+                        let report =
+                            tsvault_storage::check_data_dir(dir.path(), &mut |_| {}).unwrap();
+                        assert!(
+                            report.problems.is_empty(),
+                            "cycle {cycle}: the directory fails its check after a power cut during start: {:?}",
+                            report.problems
+                        );
+                        checks += 1;
+                        continue;
+                    }
+                    Err(log) => panic!("cycle {cycle}: the server did not start:\n{log}"),
+                }
+            }
+        };
+        // The last cycles' samples every cycle, everything every hundredth: a cycle writes
+        // only its own partitions, and a full check each time would grow with the run.
+        let from = if cycle % 100 == 0 {
+            0
+        } else {
+            cycle_start_ms(cycle.saturating_sub(2))
+        };
+        verify(&server, &ledger, cycle, from);
         let progress = Arc::new((Mutex::new(Progress::default()), Condvar::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let kill_after = rng.random_range(1..40usize);
+        // A power cut ends the cycle by itself; this many batches is the backstop.
+        let kill_after = match death {
+            Death::Sigkill => rng.random_range(1..40usize),
+            Death::PowerCut => 2000,
+        };
         let next_ts = Arc::new(AtomicUsize::new(0));
         let mut handles = Vec::new();
         for w in 0..WRITERS {
@@ -90,12 +172,12 @@ fn sigkill_at_random_moments_loses_no_acknowledged_write() {
                     for _ in 0..POINTS_PER_BATCH {
                         let s = vrng.random_range(0..SERIES_PER_WRITER);
                         let n = next_ts.fetch_add(1, Ordering::Relaxed) as i64;
-                        let ts = 1_600_000_000_000 + (cycle as i64) * 1_000_000_000 + n;
+                        let ts = cycle_start_ms(cycle) + n;
                         let v: f64 =
                             (vrng.random_range(-1_000_000_000i64..1_000_000_000) as f64) / 1024.0;
                         let series = format!("w{w}s{s}");
                         body.push_str(&format!("crash,series={series} v={v:?} {ts}\n"));
-                        batch.push(((series, ts), v));
+                        batch.push(((ts, series), v));
                     }
                     ledger
                         .lock()
@@ -112,7 +194,7 @@ fn sigkill_at_random_moments_loses_no_acknowledged_write() {
                         Ok(r) => break Some(format!("write answered {}: {}", r.status, r.body)),
                         // The server died mid-request: not acknowledged.
                         Err(e) => {
-                            break if stop.load(Ordering::Relaxed) {
+                            break if stop.load(Ordering::Relaxed) || death == Death::PowerCut {
                                 None
                             } else {
                                 Some(format!("write failed before the kill: {e}"))
@@ -156,14 +238,31 @@ fn sigkill_at_random_moments_loses_no_acknowledged_write() {
                 panic!("cycle {cycle}: {f}\nserver log:\n{}", server.log());
             }
             assert!(
-                !timeout.timed_out() && p.acked_batches >= kill_after,
+                !timeout.timed_out() && (p.acked_batches >= kill_after || death == Death::PowerCut),
                 "cycle {cycle}: writers made no progress ({} of {kill_after} batches acknowledged) within {PROGRESS_TIMEOUT:?}\nserver log:\n{}",
                 p.acked_batches,
                 server.log()
             );
         }
         stop.store(true, Ordering::Relaxed);
-        server.kill9();
+        match death {
+            Death::Sigkill => server.kill9(),
+            Death::PowerCut => {
+                // Every writer has stopped: the server cut its own power, or the backstop
+                // was reached (then it is killed, and the cycle is a plain crash).
+                let cut = progress.0.lock().unwrap().writers_done == WRITERS;
+                if cut {
+                    let (status, log) = server.wait_exit();
+                    assert!(
+                        log.contains("power cut simulated") && !status.success(),
+                        "cycle {cycle}: the server died without a simulated power cut ({status}):\n{log}"
+                    );
+                    cuts += 1;
+                } else {
+                    server.kill9();
+                }
+            }
+        }
         for h in handles {
             h.join().expect("writer thread");
         }
@@ -175,40 +274,53 @@ fn sigkill_at_random_moments_loses_no_acknowledged_write() {
         );
         checks += 1;
         if cycle % 50 == 49 {
-            eprintln!("crash test: {} cycles done", cycle + 1);
+            eprintln!("{name}: {} cycles done", cycle + 1);
         }
         total_acked = ledger.lock().unwrap().acked.len();
     }
     let server = Server::start(dir.path(), &[]);
-    verify(&server, &ledger, cycles);
-    eprintln!(
-        "crash test: {cycles} kill cycles, {checks} directory checks clean, {total_acked} acknowledged samples checked, 0 lost"
-    );
+    verify(&server, &ledger, cycles, 0);
+    match death {
+        Death::Sigkill => eprintln!(
+            "{name}: {cycles} kill cycles, {checks} directory checks clean, {total_acked} acknowledged samples checked, 0 lost"
+        ),
+        Death::PowerCut => eprintln!(
+            "{name}: {cycles} cycles, {cuts} simulated power cuts ({} plain kills), {checks} directory checks clean, {total_acked} acknowledged samples checked, 0 lost",
+            cycles - cuts
+        ),
+    }
 }
 
-fn verify(server: &Server, ledger: &Mutex<Ledger>, cycle: usize) {
-    let query = json!({"start": 0, "end": 4_000_000_000_000i64, "msResolution": true,
+/// Every acknowledged sample from `from_ms` on is stored with its exact value, and every
+/// stored one was written.
+fn verify(server: &Server, ledger: &Mutex<Ledger>, cycle: usize, from_ms: i64) {
+    let query = json!({"start": from_ms.max(1), "end": 4_000_000_000_000i64, "msResolution": true,
                        "queries": [{"metric": "crash_v", "aggregator": "none"}]});
-    // Before the first write the metric does not exist yet: OpenTSDB's "no such metric".
-    let probe = common::post_with(
+    let r = common::post_with(
         &server.url("/api/query"),
         &[("Content-Type", "application/json")],
         query.to_string().as_bytes(),
     );
-    let results = if probe.status == 400 && probe.body.contains("no such metric") {
+    // Before the first write the metric does not exist yet: OpenTSDB's "no such metric".
+    let results: Vec<serde_json::Value> = if r.status == 400 && r.body.contains("no such metric") {
         Vec::new()
     } else {
-        query_dps(&server.base, query)
+        assert_eq!(r.status, 200, "cycle {cycle}: query: {}", r.body);
+        serde_json::from_str(&r.body).expect("query answer is JSON")
     };
-    let mut stored: BTreeMap<(String, i64), f64> = BTreeMap::new();
-    for (tags, dps) in results {
-        let series = tags["series"].as_str().expect("series tag").to_string();
-        for (ts, v) in dps {
-            stored.insert((series.clone(), ts), v);
+    let mut stored: BTreeMap<(i64, String), f64> = BTreeMap::new();
+    for res in results {
+        let series = res["tags"]["series"]
+            .as_str()
+            .expect("series tag")
+            .to_string();
+        for (ts, v) in res["dps"].as_object().expect("dps") {
+            let ts: i64 = ts.parse().expect("timestamp");
+            stored.insert((ts, series.clone()), v.as_f64().expect("value"));
         }
     }
     let l = ledger.lock().unwrap();
-    for (k, v) in &l.acked {
+    for (k, v) in l.acked.range((from_ms, String::new())..) {
         match stored.get(k) {
             Some(s) => assert_eq!(
                 s.to_bits(),

@@ -33,24 +33,30 @@ impl Server {
     /// Like `start`, with storage fault points (`FAILPOINTS`, e.g.
     /// `wal-append=2*return(enospc)`).
     pub fn start_with_failpoints(data_dir: &Path, extra: &[&str], failpoints: &str) -> Server {
-        Self::try_start_with(data_dir, extra, Some(failpoints))
+        Self::start_with_env(data_dir, extra, &[("FAILPOINTS", failpoints)])
+    }
+
+    /// Like `start`, with these environment variables.
+    pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        Self::try_start_with(data_dir, extra, env)
             .unwrap_or_else(|log| panic!("server did not start:\n{log}"))
     }
 
     /// Like `start`, but returns the server's log when it exits before listening.
     pub fn try_start(data_dir: &Path, extra: &[&str]) -> Result<Server, String> {
-        Self::try_start_with(data_dir, extra, None)
+        Self::try_start_with(data_dir, extra, &[])
     }
 
-    fn try_start_with(
+    /// Like `start_with_env`, but returns the server's log when it exits before listening.
+    pub fn try_start_with(
         data_dir: &Path,
         extra: &[&str],
-        failpoints: Option<&str>,
+        env: &[(&str, &str)],
     ) -> Result<Server, String> {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tsvault"));
-        cmd.env_remove("FAILPOINTS");
-        if let Some(f) = failpoints {
-            cmd.env("FAILPOINTS", f);
+        cmd.env_remove("FAILPOINTS").env_remove("TSVAULT_POWERCUT");
+        for (k, v) in env {
+            cmd.env(k, v);
         }
         let mut child = cmd
             .arg("serve")
@@ -111,6 +117,13 @@ impl Server {
     }
 
     /// SIGKILL: no flush, no goodbye.
+    /// Waits for the server to exit on its own; returns the status and the full log.
+    pub fn wait_exit(mut self) -> (ExitStatus, String) {
+        let status = self.child.wait().expect("reap");
+        let _ = self.log_done.recv_timeout(START_TIMEOUT);
+        (status, self.log.lock().unwrap().clone())
+    }
+
     pub fn kill9(mut self) {
         self.child.kill().expect("SIGKILL");
         self.child.wait().expect("reap");

@@ -1,0 +1,220 @@
+//! Simulated power cuts (builds with the `failpoints` feature, for tests; otherwise every
+//! hook is empty). With `TSVAULT_POWERCUT=1` in the environment, the engine records what is
+//! durable as it runs: a file's bytes up to its last fsync, a directory's entries as of its
+//! last fsync (or as they were when the engine opened). When the fault point `powercut`
+//! fires, the data directory is put back to exactly that state (bytes written but not
+//! fsynced are dropped, except, at random, a prefix of them: a torn write; files created,
+//! renamed or removed since their directory's last fsync are un-created, renamed back or
+//! brought back), and the process aborts. What a restart then finds is what a machine that
+//! lost power at that moment would have kept, on a file system that keeps no more than
+//! POSIX promises.
+//!
+//! The points where a cut can fall are before and after every fsync (of files and of
+//! directories), rename and removal, and after every WAL append. Snapshots (`snapshots/`)
+//! and quarantined files are left as they are: they are not part of the store's state.
+
+#[cfg(feature = "failpoints")]
+pub(crate) use imp::*;
+
+#[cfg(not(feature = "failpoints"))]
+mod off {
+    use std::fs::File;
+    use std::path::Path;
+
+    #[inline(always)]
+    pub(crate) fn start(_: &Path) {}
+    #[inline(always)]
+    pub(crate) fn point() {}
+    #[inline(always)]
+    pub(crate) fn file_synced(_: &File) {}
+    #[inline(always)]
+    pub(crate) fn dir_synced(_: &Path) {}
+    #[inline(always)]
+    pub(crate) fn before_unlink(_: &Path) {}
+}
+#[cfg(not(feature = "failpoints"))]
+pub(crate) use off::*;
+
+#[cfg(feature = "failpoints")]
+mod imp {
+    use std::collections::HashMap;
+    use std::ffi::OsString;
+    use std::fs::{self, File};
+    use std::os::unix::fs::MetadataExt;
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+
+    /// The stash of unlinked files (hard links keep their bytes), inside the data directory.
+    const STASH: &str = ".powercut";
+
+    struct State {
+        root: PathBuf,
+        /// Bytes of each file (by inode) that are durable.
+        synced: HashMap<u64, u64>,
+        /// The durable entries (name → inode) of each simulated directory.
+        entries: HashMap<PathBuf, HashMap<OsString, u64>>,
+        rng: u64,
+    }
+
+    static STATE: Mutex<Option<State>> = Mutex::new(None);
+
+    fn simulated(root: &Path) -> [PathBuf; 3] {
+        [root.to_owned(), root.join("wal"), root.join("segments")]
+    }
+
+    /// The files of `dir` (name → inode), without the lock and the stash.
+    fn files(dir: &Path) -> HashMap<OsString, u64> {
+        let Ok(list) = fs::read_dir(dir) else {
+            return HashMap::new();
+        };
+        list.flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+            .filter(|e| e.file_name() != "LOCK")
+            .filter_map(|e| Some((e.file_name(), e.metadata().ok()?.ino())))
+            .collect()
+    }
+
+    /// Starts recording for the data directory `root` when `TSVAULT_POWERCUT` is set: what is
+    /// there now is taken as durable.
+    pub(crate) fn start(root: &Path) {
+        if std::env::var_os("TSVAULT_POWERCUT").is_none() {
+            return;
+        }
+        let mut synced = HashMap::new();
+        let mut entries = HashMap::new();
+        for dir in simulated(root) {
+            let here = files(&dir);
+            for (name, &ino) in &here {
+                if let Ok(md) = fs::metadata(dir.join(name)) {
+                    synced.insert(ino, md.len());
+                }
+            }
+            entries.insert(dir, here);
+        }
+        let seed = std::env::var("TSVAULT_POWERCUT_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64)
+            });
+        *STATE.lock().unwrap_or_else(|p| p.into_inner()) = Some(State {
+            root: root.to_owned(),
+            synced,
+            entries,
+            rng: seed | 1,
+        });
+    }
+
+    /// A moment where the power may go (the `powercut` fault point).
+    pub(crate) fn point() {
+        fail::fail_point!("powercut", |_| cut());
+    }
+
+    /// `file` was fsynced: its bytes so far are durable.
+    pub(crate) fn file_synced(file: &File) {
+        let mut guard = STATE.lock().unwrap_or_else(|p| p.into_inner());
+        if let (Some(st), Ok(md)) = (guard.as_mut(), file.metadata()) {
+            st.synced.insert(md.ino(), md.len());
+        }
+    }
+
+    /// Directory `dir` was fsynced: its entries are durable.
+    pub(crate) fn dir_synced(dir: &Path) {
+        let mut guard = STATE.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(st) = guard.as_mut()
+            && let Some(e) = st.entries.get_mut(dir)
+        {
+            *e = files(dir);
+        }
+    }
+
+    /// `path` is about to be unlinked (removed, or replaced by a rename): a hard link in the
+    /// stash keeps its bytes, which a cut before the directory's fsync brings back.
+    pub(crate) fn before_unlink(path: &Path) {
+        let guard = STATE.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(st) = guard.as_ref() else { return };
+        let Ok(md) = fs::symlink_metadata(path) else {
+            return;
+        };
+        if !md.is_file() {
+            return;
+        }
+        let stash = st.root.join(STASH);
+        let _ = fs::create_dir_all(&stash);
+        let _ = fs::hard_link(path, stash.join(md.ino().to_string()));
+    }
+
+    /// Puts the directory back to its durable state and aborts the process.
+    fn cut() -> ! {
+        let mut guard = STATE.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(st) = guard.as_mut() {
+            if let Err(e) = apply(st) {
+                eprintln!("power cut simulation failed: {e}");
+            } else {
+                eprintln!("power cut simulated in {}", st.root.display());
+            }
+        }
+        std::process::abort()
+    }
+
+    fn apply(st: &mut State) -> std::io::Result<()> {
+        // Where each inode can still be found: the simulated directories and the stash.
+        let mut found: HashMap<u64, PathBuf> = HashMap::new();
+        let stash = st.root.join(STASH);
+        for dir in simulated(&st.root).iter().chain([&stash]) {
+            for (name, ino) in files(dir) {
+                found.entry(ino).or_insert_with(|| dir.join(name));
+            }
+        }
+        for dir in simulated(&st.root) {
+            let durable = st.entries.get(&dir).cloned().unwrap_or_default();
+            let now = files(&dir);
+            // Durable names first (from wherever their inode is), then the rest goes.
+            for (name, ino) in &durable {
+                if now.get(name) == Some(ino) {
+                    continue;
+                }
+                let src = found.get(ino).cloned().ok_or_else(|| {
+                    std::io::Error::other(format!(
+                        "{} (inode {ino}) is durable but gone: an unlink without a hook",
+                        dir.join(name).display()
+                    ))
+                })?;
+                let dst = dir.join(name);
+                let _ = fs::remove_file(&dst);
+                fs::hard_link(&src, &dst)?;
+            }
+            for (name, ino) in &now {
+                if durable.get(name) != Some(ino) {
+                    fs::remove_file(dir.join(name))?;
+                }
+            }
+        }
+        // Bytes not fsynced are lost; at random, a prefix of them made it (a torn write).
+        for dir in simulated(&st.root) {
+            for (name, ino) in files(&dir) {
+                let path = dir.join(&name);
+                let len = fs::metadata(&path)?.len();
+                let synced = st.synced.get(&ino).copied().unwrap_or(0).min(len);
+                if len > synced {
+                    st.rng ^= st.rng << 13;
+                    st.rng ^= st.rng >> 7;
+                    st.rng ^= st.rng << 17;
+                    let kept = if st.rng.is_multiple_of(2) {
+                        0
+                    } else {
+                        (st.rng >> 8) % (len - synced + 1)
+                    };
+                    let f = fs::OpenOptions::new().write(true).open(&path)?;
+                    f.set_len(synced + kept)?;
+                    f.sync_all()?;
+                }
+            }
+            File::open(&dir)?.sync_all()?;
+        }
+        let _ = fs::remove_dir_all(&stash);
+        File::open(&st.root)?.sync_all()
+    }
+}
