@@ -1,6 +1,7 @@
 //! Crash and power-cut tests: concurrent writers record every acknowledged sample while the
 //! server dies at random moments (some cycles flush and compact every few batches, some take
-//! and release snapshots in a loop); after each death the stopped directory must pass
+//! and release snapshots in a loop, some run online backups into a repository one after
+//! another); after each death the stopped directory must pass
 //! `tsvault check` (a torn last WAL write is allowed: it was never acknowledged), and after
 //! each restart every acknowledged sample must be there with its exact value, and nothing
 //! must be there that was never written.
@@ -13,7 +14,8 @@
 //!   torn prefix of unsynced bytes) and aborts (`src/powercut.rs` in the storage crate).
 //!   Default 10 cycles; `TSVAULT_POWERCUT_CYCLES=N` runs more.
 //!
-//! `TSVAULT_CRASH_SEED` replays a run.
+//! At the end every backup the repository lists must verify (`--read-data`): those cut short
+//! left nothing visible. `TSVAULT_CRASH_SEED` replays a run.
 
 mod common;
 
@@ -88,6 +90,9 @@ fn torture(death: Death, cycles: usize) {
     eprintln!("{name}: {cycles} cycles, seed {seed} (TSVAULT_CRASH_SEED to replay)");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
+    let repo_dir = tempfile::tempdir().unwrap();
+    let repo = repo_dir.path().join("repo").display().to_string();
+    common::ok(&backup_cli(&repo, &["backup", "init", "--no-encryption"]));
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let (mut total_acked, mut checks, mut cuts) = (0, 0, 0);
     for cycle in 0..cycles {
@@ -147,6 +152,8 @@ fn torture(death: Death, cycles: usize) {
         let stop = Arc::new(AtomicBool::new(false));
         // A power cut ends the cycle by itself; this many batches is the backstop.
         let kill_after = match death {
+            // Backup cycles run longer, so that some backups finish and some are cut.
+            Death::Sigkill if cycle % 6 == 5 => rng.random_range(20..150usize),
             Death::Sigkill => rng.random_range(1..40usize),
             Death::PowerCut => 2000,
         };
@@ -213,7 +220,19 @@ fn torture(death: Death, cycles: usize) {
         }
         // Every third cycle takes and releases snapshots until the kill, so kills land
         // while one is being built (hard links, the manifest copy, the rename).
-        if cycle % 3 == 2 {
+        // Every sixth cycle backs the server up online into a repository, over and over,
+        // until the death, so it lands while files are pulled and blobs uploaded.
+        if cycle % 6 == 5 {
+            let (base, stop, repo) = (server.base.clone(), stop.clone(), repo.clone());
+            handles.push(std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let out = backup_cli(&repo, &["backup", "create", "--server", &base]);
+                    if !out.status.success() {
+                        break;
+                    }
+                }
+            }));
+        } else if cycle % 3 == 2 {
             let (url, stop) = (server.url("/api/admin/snapshots"), stop.clone());
             handles.push(std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
@@ -280,6 +299,15 @@ fn torture(death: Death, cycles: usize) {
     }
     let server = Server::start(dir.path(), &[]);
     verify(&server, &ledger, cycles, 0);
+    // Backups cut short by the deaths left nothing visible: every backup the repository
+    // lists is whole.
+    let verified = common::ok(&backup_cli(
+        &repo,
+        &["backup", "verify", "--all", "--read-data", "--json"],
+    ));
+    assert_eq!(verified["ok"], true, "{verified}");
+    let backups = verified["backups"].as_array().map_or(0, Vec::len);
+    eprintln!("{name}: {backups} online backups finished between deaths, every one verified");
     match death {
         Death::Sigkill => eprintln!(
             "{name}: {cycles} kill cycles, {checks} directory checks clean, {total_acked} acknowledged samples checked, 0 lost"
@@ -338,4 +366,15 @@ fn verify(server: &Server, ledger: &Mutex<Ledger>, cycle: usize, from_ms: i64) {
             "cycle {cycle}: {k:?} = {v} was never written"
         );
     }
+}
+
+/// Runs the `tsvault` CLI against repository `repo` (unencrypted, no password needed).
+fn backup_cli(repo: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_tsvault"))
+        .args(args)
+        .env("TSVAULT_REPO", repo)
+        .env_remove("FAILPOINTS")
+        .env_remove("TSVAULT_POWERCUT")
+        .output()
+        .expect("run tsvault")
 }
