@@ -71,7 +71,7 @@ pub fn check_data_dir(dir: &Path, progress: &mut dyn FnMut(u64)) -> Result<Check
     let manifest_path = dir.join(MANIFEST_FILE);
     let wal_dir = dir.join("wal");
     if !manifest_path.is_file() && !wal_dir.is_dir() {
-        return Err(Error::Config(format!(
+        return Err(Error::NotFound(format!(
             "{} is not a tsvault data directory (no MANIFEST, no wal/)",
             dir.display()
         )));

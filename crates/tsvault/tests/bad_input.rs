@@ -168,3 +168,406 @@ fn opentsdb_put_bad_points_are_named_and_good_points_written() {
         assert!(r.json()["error"]["message"].as_str().is_some());
     }
 }
+
+/// The table of RELIABILITY.md, HTTP part: each malformed, oversized or hostile request gets
+/// the status and the message listed there, and the server goes on serving.
+#[test]
+fn every_http_input_in_the_table_gets_its_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &[]);
+    assert_eq!(
+        post(
+            &s.url("/write?precision=ms"),
+            b"cpu,host=a v=1 1700000000000"
+        )
+        .status,
+        204
+    );
+    let snap = post(&s.url("/api/admin/snapshots"), b"").json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // (method, path, content encoding, body, status, text the message must hold)
+    type Row<'a> = (&'a str, String, &'a str, &'a [u8], u16, &'a str);
+    let table: Vec<Row> = vec![
+        (
+            "GET",
+            "/api/query?start=abc&m=sum:cpu_v".into(),
+            "",
+            b"",
+            400,
+            "start time 'abc' is invalid",
+        ),
+        (
+            "GET",
+            "/api/query?start=1h-ago&m=nosuch:cpu_v".into(),
+            "",
+            b"",
+            400,
+            "unknown aggregator 'nosuch'",
+        ),
+        (
+            "GET",
+            "/api/query?start=1h-ago".into(),
+            "",
+            b"",
+            400,
+            "no sub-queries",
+        ),
+        (
+            "GET",
+            "/api/query?start=1700000000&end=1600000000&m=sum:cpu_v".into(),
+            "",
+            b"",
+            400,
+            "must be after start time",
+        ),
+        (
+            "GET",
+            "/api/query?start=1h-ago&m=sum:1x-avg:cpu_v".into(),
+            "",
+            b"",
+            400,
+            "unknown unit 'x'",
+        ),
+        (
+            "GET",
+            "/api/query?start=1h-ago&m=sum:cpu_v{host=a".into(),
+            "",
+            b"",
+            400,
+            "missing '}'",
+        ),
+        (
+            "GET",
+            "/api/query?start=1h-ago&end=99999999999999999999&m=sum:cpu_v".into(),
+            "",
+            b"",
+            400,
+            "the number is too large",
+        ),
+        (
+            "POST",
+            "/api/query".into(),
+            "",
+            b"{\"start\":",
+            400,
+            "not a valid JSON query",
+        ),
+        (
+            "GET",
+            "/api/suggest?type=bogus&q=c".into(),
+            "",
+            b"",
+            400,
+            "suggest type 'bogus' is unknown",
+        ),
+        (
+            "GET",
+            "/api/suggest?type=metrics&max=-1".into(),
+            "",
+            b"",
+            400,
+            "max must be a whole number",
+        ),
+        (
+            "POST",
+            "/write".into(),
+            "br",
+            b"x v=1 1",
+            400,
+            "Content-Encoding 'br' is not supported",
+        ),
+        (
+            "POST",
+            "/api/put".into(),
+            "",
+            b"{\"metric\":\"m\",\"timestamp\":1,\"value\":1,\"tags\":{}}",
+            400,
+            "at least one tag",
+        ),
+        (
+            "GET",
+            "/api/admin/snapshots/..%2F..%2Fetc".into(),
+            "",
+            b"",
+            404,
+            "no snapshot ../../etc",
+        ),
+        (
+            "DELETE",
+            "/api/admin/snapshots/abc".into(),
+            "",
+            b"",
+            404,
+            "no snapshot abc",
+        ),
+        (
+            "GET",
+            format!("/api/admin/snapshots/{snap}/file?path=../../MANIFEST"),
+            "",
+            b"",
+            404,
+            "has no file \\\"../../MANIFEST",
+        ),
+        (
+            "GET",
+            format!("/api/admin/snapshots/{snap}/file?path=/etc/passwd"),
+            "",
+            b"",
+            404,
+            "has no file \\\"/etc/passwd",
+        ),
+        (
+            "GET",
+            format!("/api/admin/snapshots/{snap}/digests?path=segments/../MANIFEST"),
+            "",
+            b"",
+            404,
+            "has no file",
+        ),
+        (
+            "POST",
+            "/api/admin/import".into(),
+            "",
+            b"{\"series\":\"x\",\"samples\":[[1,\"a\"]]}",
+            400,
+            "line 1: not an import record",
+        ),
+        (
+            "POST",
+            "/api/admin/import".into(),
+            "",
+            b"{\"series\":\"cpu\\u001fhost\\u001ea\",\"samples\":[[1,1.0]]}\nnot json",
+            400,
+            "line 2",
+        ),
+    ];
+    for (method, path, encoding, body, status, needle) in &table {
+        let url = s.url(path);
+        let r = match *method {
+            "GET" => common::get(&url),
+            "DELETE" => common::delete(&url),
+            _ if encoding.is_empty() => post(&url, body),
+            _ => post_with(&url, &[("Content-Encoding", encoding)], body),
+        };
+        assert_eq!(r.status, *status, "{method} {path}: {}", r.body);
+        assert!(
+            r.body.contains(needle),
+            "{method} {path}: {} (wanted {needle:?})",
+            r.body
+        );
+    }
+    // Nothing of it disturbed the data.
+    assert_eq!(values(&s.base, "cpu_v"), vec![(1_700_000_000_000, 1.0)]);
+}
+
+/// The table of RELIABILITY.md, command-line part: bad flags, config files, repositories and
+/// directories each end the command with a non-zero exit and a message naming the problem.
+#[test]
+fn every_cli_input_in_the_table_gets_its_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |name: &str| tmp.path().join(name).display().to_string();
+    std::fs::write(p("type.toml"), "data-dir = 5\n").unwrap();
+    std::fs::write(p("key.toml"), "nonsense = \"x\"\n").unwrap();
+    std::fs::create_dir_all(p("nonempty")).unwrap();
+    std::fs::write(p("nonempty") + "/f", "x").unwrap();
+    let run = |args: &[&str], password: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tsvault"))
+            .args(args)
+            .env("TSVAULT_REPO_PASSWORD", password)
+            .env("RUST_BACKTRACE", "0")
+            .env("RUST_LIB_BACKTRACE", "0")
+            .env_remove("TSVAULT_REPO")
+            .env_remove("TSVAULT_CONFIG")
+            .output()
+            .unwrap()
+    };
+    let repo = p("repo");
+    common::ok(&run(&["backup", "init", "--repo", &repo], "pw"));
+    let table: Vec<(Vec<String>, &str, &str)> = vec![
+        (
+            vec![
+                "serve".into(),
+                "--retention".into(),
+                "10x".into(),
+                "--data-dir".into(),
+                p("d1"),
+            ],
+            "pw",
+            "--retention '10x' is not a duration",
+        ),
+        (
+            vec![
+                "serve".into(),
+                "--segment-duration".into(),
+                "0s".into(),
+                "--data-dir".into(),
+                p("d2"),
+            ],
+            "pw",
+            "must be longer than zero",
+        ),
+        (
+            vec!["serve".into(), "--config".into(), p("type.toml")],
+            "pw",
+            "TOML parse error at line 1",
+        ),
+        (
+            vec!["serve".into(), "--config".into(), p("key.toml")],
+            "pw",
+            "TOML parse error at line 1",
+        ),
+        (
+            vec!["serve".into(), "--config".into(), p("missing.toml")],
+            "pw",
+            "reading config file",
+        ),
+        (
+            vec![
+                "serve".into(),
+                "--listen".into(),
+                "999.1.1.1:80".into(),
+                "--data-dir".into(),
+                p("d3"),
+            ],
+            "pw",
+            "cannot listen on 999.1.1.1:80",
+        ),
+        (
+            vec![
+                "backup".into(),
+                "init".into(),
+                "--repo".into(),
+                "ftp://x/y".into(),
+            ],
+            "pw",
+            "only file:// paths, plain paths and s3:// are supported",
+        ),
+        (
+            vec![
+                "backup".into(),
+                "init".into(),
+                "--repo".into(),
+                repo.clone(),
+            ],
+            "pw",
+            "already holds a repository",
+        ),
+        (
+            vec![
+                "backup".into(),
+                "list".into(),
+                "--repo".into(),
+                repo.clone(),
+            ],
+            "wrong",
+            "wrong passphrase",
+        ),
+        (
+            vec!["backup".into(), "list".into(), "--repo".into(), p("norepo")],
+            "pw",
+            "holds no repository",
+        ),
+        (
+            vec![
+                "backup".into(),
+                "show".into(),
+                "--repo".into(),
+                repo.clone(),
+                "20990101T000000.000Z-00000000".into(),
+            ],
+            "pw",
+            "no backup 20990101T000000.000Z-00000000",
+        ),
+        (
+            vec![
+                "backup".into(),
+                "show".into(),
+                "--repo".into(),
+                repo.clone(),
+                "../../etc".into(),
+            ],
+            "pw",
+            "is not a backup id",
+        ),
+        (
+            vec![
+                "backup".into(),
+                "create".into(),
+                "--repo".into(),
+                repo.clone(),
+                "--server".into(),
+                "localhost:4242".into(),
+            ],
+            "pw",
+            "give the server's URL",
+        ),
+        (
+            vec![
+                "backup".into(),
+                "create".into(),
+                "--repo".into(),
+                repo.clone(),
+                "--type".into(),
+                "weekly".into(),
+                "--data-dir".into(),
+                p("d4"),
+            ],
+            "pw",
+            "invalid value 'weekly'",
+        ),
+        (
+            vec![
+                "backup".into(),
+                "prune".into(),
+                "--repo".into(),
+                repo.clone(),
+                "--keep-last".into(),
+                "many".into(),
+            ],
+            "pw",
+            "invalid value 'many' for '--keep-last",
+        ),
+        (
+            vec![
+                "restore".into(),
+                "--repo".into(),
+                repo.clone(),
+                "--data-dir".into(),
+                p("out"),
+                "--start".into(),
+                "yesterday".into(),
+            ],
+            "pw",
+            "neither milliseconds since the epoch nor an RFC 3339 time",
+        ),
+        (
+            vec![
+                "restore".into(),
+                "--repo".into(),
+                repo.clone(),
+                "--data-dir".into(),
+                p("nonempty"),
+            ],
+            "pw",
+            "holds no backup",
+        ),
+        (
+            vec!["check".into(), "--data-dir".into(), p("nothing")],
+            "pw",
+            "is not a tsvault data directory",
+        ),
+    ];
+    for (args, password, needle) in &table {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = run(&args, password);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(
+            stderr.contains(needle),
+            "{args:?}: {stderr} (wanted {needle:?})"
+        );
+        assert!(!stderr.contains("stack backtrace"), "{args:?}: {stderr}");
+    }
+}

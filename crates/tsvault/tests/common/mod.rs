@@ -201,6 +201,10 @@ pub fn post_with(url: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
     reply(req.send(body)).unwrap_or_else(|e| panic!("POST {url}: {e}"))
 }
 
+pub fn delete(url: &str) -> Reply {
+    reply(agent().delete(url).call()).unwrap_or_else(|e| panic!("DELETE {url}: {e}"))
+}
+
 pub fn get(url: &str) -> Reply {
     reply(agent().get(url).call()).unwrap_or_else(|e| panic!("GET {url}: {e}"))
 }
