@@ -1,7 +1,7 @@
 //! Crash and power-cut tests: concurrent writers record every acknowledged sample while the
-//! server dies at random moments (some cycles flush and compact every few batches, some take
-//! and release snapshots in a loop, some run online backups into a repository one after
-//! another); after each death the stopped directory must pass
+//! server dies at random moments (some cycles flush and compact every few batches, some also
+//! drop old partitions by retention, some take and release snapshots in a loop, some run
+//! online backups into a repository one after another); after each death the stopped directory must pass
 //! `tsvault check` (a torn last WAL write is allowed: it was never acknowledged), and after
 //! each restart every acknowledged sample must be there with its exact value, and nothing
 //! must be there that was never written.
@@ -94,11 +94,16 @@ fn torture(death: Death, cycles: usize) {
     let repo = repo_dir.path().join("repo").display().to_string();
     common::ok(&backup_cli(&repo, &["backup", "init", "--no-encryption"]));
     let ledger = Arc::new(Mutex::new(Ledger::default()));
-    let (mut total_acked, mut checks, mut cuts) = (0, 0, 0);
+    let (mut total_acked, mut checks, mut cuts, mut retention_drops) = (0, 0, 0, 0);
     for cycle in 0..cycles {
-        // Every other cycle flushes the head every few batches, so kills land during
-        // segment writes, manifest swaps and compactions too.
-        let extra: &[&str] = if cycle % 3 == 1 {
+        // Some cycles flush the head every few batches, so deaths land during segment
+        // writes, manifest swaps and compactions too; every fourth also keeps only ten
+        // years, so the retention that each flush runs drops the partitions of the `old`
+        // metric the other cycles write (25 years back; never verified, as it may go).
+        let retention = cycle % 4 == 3;
+        let extra: &[&str] = if retention {
+            &["--head-samples-max", "300", "--retention", "3650d"]
+        } else if cycle % 3 == 1 {
             &["--head-samples-max", "300"]
         } else {
             &[]
@@ -148,6 +153,18 @@ fn torture(death: Death, cycles: usize) {
             cycle_start_ms(cycle.saturating_sub(2))
         };
         verify(&server, &ledger, cycle, from);
+        if !retention {
+            let old_ts = 820_000_000_000 + cycle as i64 * 21_600_000;
+            let r = try_post(
+                &server.url("/write?precision=ms"),
+                "text/plain",
+                format!("old,series=x v={cycle} {old_ts}\n").as_bytes(),
+            );
+            assert!(
+                r.as_ref().is_ok_and(|r| r.status == 204) || death == Death::PowerCut,
+                "cycle {cycle}: {r:?}"
+            );
+        }
         let progress = Arc::new((Mutex::new(Progress::default()), Condvar::new()));
         let stop = Arc::new(AtomicBool::new(false));
         // A power cut ends the cycle by itself; this many batches is the backstop.
@@ -264,20 +281,26 @@ fn torture(death: Death, cycles: usize) {
             );
         }
         stop.store(true, Ordering::Relaxed);
+        let drops = |log: &str| log.matches("retention dropped expired segments").count();
         match death {
-            Death::Sigkill => server.kill9(),
+            Death::Sigkill => {
+                retention_drops += drops(&server.log());
+                server.kill9();
+            }
             Death::PowerCut => {
                 // Every writer has stopped: the server cut its own power, or the backstop
                 // was reached (then it is killed, and the cycle is a plain crash).
                 let cut = progress.0.lock().unwrap().writers_done == WRITERS;
                 if cut {
                     let (status, log) = server.wait_exit();
+                    retention_drops += drops(&log);
                     assert!(
                         log.contains("power cut simulated") && !status.success(),
                         "cycle {cycle}: the server died without a simulated power cut ({status}):\n{log}"
                     );
                     cuts += 1;
                 } else {
+                    retention_drops += drops(&server.log());
                     server.kill9();
                 }
             }
@@ -308,6 +331,7 @@ fn torture(death: Death, cycles: usize) {
     assert_eq!(verified["ok"], true, "{verified}");
     let backups = verified["backups"].as_array().map_or(0, Vec::len);
     eprintln!("{name}: {backups} online backups finished between deaths, every one verified");
+    eprintln!("{name}: retention dropped expired segments {retention_drops} times");
     match death {
         Death::Sigkill => eprintln!(
             "{name}: {cycles} kill cycles, {checks} directory checks clean, {total_acked} acknowledged samples checked, 0 lost"
