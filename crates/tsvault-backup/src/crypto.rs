@@ -10,10 +10,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// Body format byte: zstd only (unencrypted repository).
+/// Body format byte: zstd only (unencrypted repository; read, no longer written).
 const BODY_PLAIN: u8 = 1;
 /// Body format byte: zstd, then ChaCha20-Poly1305 with a 12-byte random nonce.
 const BODY_SEALED: u8 = 2;
+/// Body format byte: zstd, then a 32-byte keyed BLAKE3 checksum (unencrypted repository).
+const BODY_PLAIN_CHECKED: u8 = 3;
 const NONCE_BYTES: usize = 12;
 /// zstd level for blobs: fast enough to keep up with the network, and segments are already
 /// compressed columns.
@@ -116,9 +118,10 @@ impl Keys {
         let compressed = zstd::bulk::compress(plaintext, ZSTD_LEVEL)
             .map_err(|e| Error::Config(format!("cannot compress {name}: {e}")))?;
         let Some(aead) = &self.aead else {
-            let mut out = Vec::with_capacity(compressed.len() + 1);
-            out.push(BODY_PLAIN);
+            let mut out = Vec::with_capacity(compressed.len() + 1 + 32);
+            out.push(BODY_PLAIN_CHECKED);
             out.extend_from_slice(&compressed);
+            out.extend_from_slice(self.plain_check(name, &compressed).as_bytes());
             return Ok(out);
         };
         let mut nonce = [0u8; NONCE_BYTES];
@@ -139,6 +142,17 @@ impl Keys {
         Ok(out)
     }
 
+    /// The checksum of an unencrypted body: BLAKE3 keyed with the blob-id key over the
+    /// object's name, a zero byte and the compressed bytes (what the AEAD tag does for an
+    /// encrypted one, against damage rather than forgery).
+    fn plain_check(&self, name: &str, compressed: &[u8]) -> blake3::Hash {
+        let mut h = blake3::Hasher::new_keyed(&self.id_key);
+        h.update(name.as_bytes());
+        h.update(&[0]);
+        h.update(compressed);
+        h.finalize()
+    }
+
     /// The plaintext of a body [`Keys::seal`] made for `name`, at most `limit` bytes.
     pub fn open(&self, name: &str, body: &[u8], limit: usize) -> Result<Vec<u8>> {
         let corrupt = |detail: &str| Error::Corrupt {
@@ -147,6 +161,20 @@ impl Keys {
         };
         let (&format, rest) = body.split_first().ok_or_else(|| corrupt("it is empty"))?;
         let compressed = match (format, &self.aead) {
+            (BODY_PLAIN_CHECKED, None) => {
+                let Some(split) = rest.len().checked_sub(32) else {
+                    return Err(corrupt("it is truncated"));
+                };
+                let (compressed, check) = rest.split_at(split);
+                if self.plain_check(name, compressed).as_bytes() != check {
+                    return Err(corrupt(
+                        "it fails its checksum (changed, truncated or not this object)",
+                    ));
+                }
+                compressed.to_vec()
+            }
+            // Written before bodies carried a checksum: the blob id (blobs) and the JSON
+            // (manifests) are all that check them.
             (BODY_PLAIN, None) => rest.to_vec(),
             (BODY_SEALED, Some(aead)) => {
                 if rest.len() < NONCE_BYTES {
@@ -164,7 +192,7 @@ impl Keys {
                     corrupt("it fails authentication (changed, truncated or not this object)")
                 })?
             }
-            (BODY_PLAIN, Some(_)) => {
+            (BODY_PLAIN | BODY_PLAIN_CHECKED, Some(_)) => {
                 return Err(corrupt("it is not encrypted in an encrypted repository"));
             }
             (BODY_SEALED, None) => {
