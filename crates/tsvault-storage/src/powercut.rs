@@ -186,8 +186,10 @@ mod imp {
                 let _ = fs::remove_file(&dst);
                 fs::hard_link(&src, &dst)?;
             }
-            for (name, ino) in &now {
-                if durable.get(name) != Some(ino) {
+            // Names the directory did not durably hold go (a durable name that pointed at
+            // another inode was relinked above, and stays).
+            for name in now.keys() {
+                if !durable.contains_key(name) {
                     fs::remove_file(dir.join(name))?;
                 }
             }
