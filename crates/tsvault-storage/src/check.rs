@@ -152,6 +152,19 @@ fn check_segments(
         BTreeSet::new()
     };
     let Some(m) = manifest else {
+        if !on_disk.is_empty()
+            && !seg_dir
+                .parent()
+                .is_some_and(|d| d.join(MANIFEST_FILE).exists())
+        {
+            r.note(
+                &seg_dir.with_file_name(MANIFEST_FILE),
+                format!(
+                    "missing while {} segment file(s) exist (a first flush cut short, or a lost manifest); the server rebuilds it from them and replays the whole WAL",
+                    on_disk.len()
+                ),
+            );
+        }
         for &seq in &on_disk {
             check_segment(
                 &seg_dir.join(segment_file_name(seq)),

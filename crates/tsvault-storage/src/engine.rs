@@ -289,8 +289,15 @@ impl Engine {
         let mut quarantined = Vec::new();
         let mut registry = Registry::default();
 
-        let (mut manifest, segments) =
-            load_segments(&config, &dir, &seg_dir, &mut registry, &mut quarantined)?;
+        let mut rebuilt = false;
+        let (mut manifest, segments) = load_segments(
+            &config,
+            &dir,
+            &seg_dir,
+            &mut registry,
+            &mut quarantined,
+            &mut rebuilt,
+        )?;
         if manifest.segment_duration_ms == 0 {
             // Not recorded (a rebuilt manifest): the segments' own width, if they agree.
             let mut widths = manifest
@@ -415,8 +422,10 @@ impl Engine {
             manifest.wal_start = 1;
         }
         let wal = WalWriter::create(&wal_dir, (last_number + 1).max(manifest.wal_start))?;
-        if !quarantined.is_empty() {
+        if rebuilt || !quarantined.is_empty() {
             manifest.store(&dir)?;
+        }
+        if !quarantined.is_empty() {
             for q in &quarantined {
                 tracing::error!(file = %q.file.display(), moved_to = %q.moved_to.display(), reason = %q.reason, lost = %q.lost, "quarantined a damaged file");
             }
@@ -1447,14 +1456,24 @@ fn load_segments(
     seg_dir: &Path,
     registry: &mut Registry,
     quarantined: &mut Vec<QuarantinedFile>,
+    rebuilt: &mut bool,
 ) -> Result<(Manifest, Vec<Arc<LoadedSegment>>)> {
     let mut manifest = match Manifest::load(dir) {
         Ok(Some(m)) => m,
+        // No manifest but segment files: a first flush cut short before its manifest was
+        // written (the WAL still holds its data), or a manifest lost since. Either way the
+        // segments are rebuilt into one and the whole WAL replayed on top (a sample in both
+        // has the same value); taking them for strays would delete every segment.
+        Ok(None) if has_segment_files(seg_dir)? => {
+            tracing::warn!(dir = %dir.display(), "MANIFEST is missing but segment files exist: rebuilding it from them and replaying the whole WAL");
+            *rebuilt = true;
+            rebuild_manifest(dir, seg_dir, quarantined, config.quarantine_corrupt)?
+        }
         Ok(None) => Manifest::new(),
         Err(Error::Corrupt { path, detail }) if config.quarantine_corrupt => {
             let q = quarantine(dir, &path, detail, "the list of live segments; rebuilt from the segment files, and the WAL is replayed from its oldest file".into())?;
             quarantined.push(q);
-            rebuild_manifest(dir, seg_dir, quarantined)?
+            rebuild_manifest(dir, seg_dir, quarantined, true)?
         }
         Err(e) => return Err(e),
     };
@@ -1496,10 +1515,24 @@ fn load_segments(
     Ok((manifest, loaded))
 }
 
+/// Whether `seg_dir` holds any segment file.
+fn has_segment_files(seg_dir: &Path) -> Result<bool> {
+    for entry in fs::read_dir(seg_dir).ctx("list", seg_dir)? {
+        let name = entry.ctx("list", seg_dir)?.file_name();
+        if name.to_str().is_some_and(|n| n.ends_with(".seg")) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// A manifest listing every segment file of `seg_dir`; a damaged one is set aside when
+/// `quarantine_corrupt`, else an error.
 fn rebuild_manifest(
     dir: &Path,
     seg_dir: &Path,
     quarantined: &mut Vec<QuarantinedFile>,
+    quarantine_corrupt: bool,
 ) -> Result<Manifest> {
     let mut m = Manifest::new();
     let mut seqs = Vec::new();
@@ -1519,7 +1552,7 @@ fn rebuild_manifest(
         let path = seg_dir.join(segment_file_name(seq));
         match Segment::open(&path, seq, None) {
             Ok(seg) => m.segments.push(seg.info.clone()),
-            Err(Error::Corrupt { path, detail }) => {
+            Err(Error::Corrupt { path, detail }) if quarantine_corrupt => {
                 quarantined.push(quarantine(dir, &path, detail, "an unknown part of the data: the manifest that described this segment was damaged too".into())?);
             }
             Err(e) => return Err(e),
