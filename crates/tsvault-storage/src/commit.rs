@@ -323,15 +323,19 @@ fn roll(inner: &Inner, wal: &mut WalWriter, defined: &mut Vec<bool>) -> Result<u
     if let Some(msg) = inner.poisoned() {
         return Err(Error::Poisoned(msg));
     }
-    let next = wal
-        .sync()
-        .and_then(|()| WalWriter::create(&inner.wal_dir, wal.number() + 1));
-    match next {
+    if let Err(e) = wal.sync() {
+        inner.poison(&e);
+        return Err(e);
+    }
+    match WalWriter::create(&inner.wal_dir, wal.number() + 1) {
         Ok(n) => {
             *wal = n;
             defined.clear();
             Ok(wal.number())
         }
+        // A full disk: the current file, synced whole above, stays the WAL, and the roll (a
+        // flush's, a snapshot's) fails and is tried again later; `create` left no file.
+        Err(e) if e.is_disk_full() => Err(e),
         Err(e) => {
             inner.poison(&e);
             Err(e)

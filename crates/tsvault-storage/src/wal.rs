@@ -227,9 +227,17 @@ impl WalWriter {
             .create_new(true)
             .open(&path)
             .ctx("create", &path)?;
-        file.write_all(WAL_MAGIC).ctx("write", &path)?;
-        fsync(&file, &path, false)?;
-        sync_dir(dir)?;
+        let written = (|| {
+            failpoint!("wal-create", "write", path);
+            file.write_all(WAL_MAGIC).ctx("write", &path)?;
+            fsync(&file, &path, false)?;
+            sync_dir(dir)
+        })();
+        if let Err(e) = written {
+            // No half-made file is left to block the next attempt at this number.
+            let _ = crate::fsutil::remove_file(&path);
+            return Err(e);
+        }
         Ok(WalWriter {
             file,
             path,

@@ -238,3 +238,29 @@ fn failed_segment_write_keeps_data() {
 fn failed_manifest_write_keeps_data() {
     failed_flush_keeps_data("manifest-store");
 }
+
+/// A full disk when a flush starts a new WAL file: the flush fails without poisoning, the
+/// current WAL file goes on taking writes, and the flush succeeds once there is room.
+#[test]
+fn a_full_disk_when_the_wal_rolls_is_tried_again_later() {
+    let scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(EngineConfig::new(dir.path())).unwrap();
+    e.write(&[pt(1, 1.0)]).unwrap();
+    fail::cfg("wal-create", "1*return(enospc)").unwrap();
+    let err = e.flush().unwrap_err();
+    assert!(err.is_disk_full(), "{err}");
+    assert!(e.poisoned().is_none());
+    e.write(&[pt(2, 2.0)]).unwrap();
+    e.flush().unwrap();
+    fail::remove("wal-create");
+    assert_eq!(e.segments().len(), 1);
+    assert_eq!(samples(&e), vec![s(1, 1.0), s(2, 2.0)]);
+    e.close_without_flush();
+    drop(e);
+    let report = tsvault_storage::check_data_dir(dir.path(), &mut |_| {}).unwrap();
+    assert!(report.problems.is_empty(), "{report:?}");
+    let e = Engine::open(EngineConfig::new(dir.path())).unwrap();
+    assert_eq!(samples(&e), vec![s(1, 1.0), s(2, 2.0)]);
+    scenario.teardown();
+}
