@@ -168,20 +168,37 @@ mod imp {
                 found.entry(ino).or_insert_with(|| dir.join(name));
             }
         }
+        // Every file a durable name needs is first linked into the stash, so that relinking
+        // one name never takes away the file another needs.
+        fs::create_dir_all(&stash)?;
         for dir in simulated(&st.root) {
             let durable = st.entries.get(&dir).cloned().unwrap_or_default();
             let now = files(&dir);
-            // Durable names first (from wherever their inode is), then the rest goes.
             for (name, ino) in &durable {
                 if now.get(name) == Some(ino) {
                     continue;
                 }
-                let src = found.get(ino).cloned().ok_or_else(|| {
+                let src = found.get(ino).ok_or_else(|| {
                     std::io::Error::other(format!(
                         "{} (inode {ino}) is durable but gone: an unlink without a hook",
                         dir.join(name).display()
                     ))
                 })?;
+                let kept = stash.join(ino.to_string());
+                if !kept.exists() {
+                    fs::hard_link(src, &kept)?;
+                }
+            }
+        }
+        for dir in simulated(&st.root) {
+            let durable = st.entries.get(&dir).cloned().unwrap_or_default();
+            let now = files(&dir);
+            // Durable names first (from the stash), then the rest goes.
+            for (name, ino) in &durable {
+                if now.get(name) == Some(ino) {
+                    continue;
+                }
+                let src = stash.join(ino.to_string());
                 let dst = dir.join(name);
                 let _ = fs::remove_file(&dst);
                 fs::hard_link(&src, &dst)?;
