@@ -149,12 +149,14 @@ mod imp {
     /// Puts the directory back to its durable state and aborts the process.
     fn cut() -> ! {
         let mut guard = STATE.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(st) = guard.as_mut() {
-            if let Err(e) = apply(st) {
-                eprintln!("power cut simulation failed: {e}");
-            } else {
-                eprintln!("power cut simulated in {}", st.root.display());
-            }
+        match guard.as_mut() {
+            Some(st) => match apply(st) {
+                Ok(()) => eprintln!("power cut simulated in {}", st.root.display()),
+                Err(e) => eprintln!("power cut simulation failed: {e}"),
+            },
+            // Before the engine took its lock (creating its directories): nothing of this
+            // process is in the store yet, so there is nothing to take back.
+            None => eprintln!("power cut simulated before the store opened"),
         }
         std::process::abort()
     }
