@@ -747,6 +747,11 @@ async fn every_flipped_byte_in_a_repository_is_found_by_verify() {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(rand::random);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    // Flips per object (`TSVAULT_CHECK_FLIPS` for long runs).
+    let flips: usize = std::env::var("TSVAULT_CHECK_FLIPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8);
     for password in [Some("pw"), None] {
         let tmp = tempfile::tempdir().unwrap();
         let (_, repo_dir, repo, backup) = backed_up(tmp.path(), password).await;
@@ -758,7 +763,7 @@ async fn every_flipped_byte_in_a_repository_is_found_by_verify() {
         let mut tried = 0;
         for object in &objects {
             let clean = std::fs::read(object).unwrap();
-            for _ in 0..8 {
+            for _ in 0..flips {
                 let mut bytes = clean.clone();
                 let pos = rng.random_range(0..bytes.len());
                 bytes[pos] ^= rng.random_range(1..=255u8);

@@ -152,7 +152,25 @@ fn torture(death: Death, cycles: usize) {
         } else {
             cycle_start_ms(cycle.saturating_sub(2))
         };
-        verify(&server, &ledger, cycle, from);
+        if let Err(e) = verify(&server, &ledger, cycle, from) {
+            // The power may go before any writer starts (a flush at start): the cycle ends
+            // there, the directory is checked, and the next start verifies these samples.
+            assert!(death == Death::PowerCut, "cycle {cycle}: query: {e}");
+            let (status, log) = server.wait_exit();
+            assert!(
+                log.contains("power cut simulated") && !status.success(),
+                "cycle {cycle}: the query failed ({e}) and the server died without a simulated power cut ({status}):\n{log}"
+            );
+            cuts += 1;
+            let report = tsvault_storage::check_data_dir(dir.path(), &mut |_| {}).unwrap();
+            assert!(
+                report.problems.is_empty(),
+                "cycle {cycle}: the directory fails its check: {:?}",
+                report.problems
+            );
+            checks += 1;
+            continue;
+        }
         if !retention {
             let old_ts = 820_000_000_000 + cycle as i64 * 21_600_000;
             let r = try_post(
@@ -321,7 +339,7 @@ fn torture(death: Death, cycles: usize) {
         total_acked = ledger.lock().unwrap().acked.len();
     }
     let server = Server::start(dir.path(), &[]);
-    verify(&server, &ledger, cycles, 0);
+    verify(&server, &ledger, cycles, 0).expect("the last start answers");
     // Backups cut short by the deaths left nothing visible: every backup the repository
     // lists is whole.
     let verified = common::ok(&backup_cli(
@@ -345,14 +363,21 @@ fn torture(death: Death, cycles: usize) {
 
 /// Every acknowledged sample from `from_ms` on is stored with its exact value, and every
 /// stored one was written.
-fn verify(server: &Server, ledger: &Mutex<Ledger>, cycle: usize, from_ms: i64) {
+/// Fails (without checking anything) only when the server cannot be reached.
+fn verify(
+    server: &Server,
+    ledger: &Mutex<Ledger>,
+    cycle: usize,
+    from_ms: i64,
+) -> Result<(), String> {
     let query = json!({"start": from_ms.max(1), "end": 4_000_000_000_000i64, "msResolution": true,
                        "queries": [{"metric": "crash_v", "aggregator": "none"}]});
-    let r = common::post_with(
+    let r = try_post(
         &server.url("/api/query"),
-        &[("Content-Type", "application/json")],
+        "application/json",
         query.to_string().as_bytes(),
-    );
+    )
+    .map_err(|e| e.to_string())?;
     // Before the first write the metric does not exist yet: OpenTSDB's "no such metric".
     let results: Vec<serde_json::Value> = if r.status == 400 && r.body.contains("no such metric") {
         Vec::new()
@@ -390,6 +415,7 @@ fn verify(server: &Server, ledger: &Mutex<Ledger>, cycle: usize, from_ms: i64) {
             "cycle {cycle}: {k:?} = {v} was never written"
         );
     }
+    Ok(())
 }
 
 /// Runs the `tsvault` CLI against repository `repo` (unencrypted, no password needed).
