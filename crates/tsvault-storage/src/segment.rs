@@ -306,15 +306,59 @@ fn decode_pco<T: pco::data_types::Number>(
     column: &str,
     count: usize,
 ) -> std::result::Result<Vec<T>, String> {
+    let bad = |e: pco::errors::PcoError| format!("{column} column does not decode: {e}");
+    let short = || format!("{column} column does not hold the {count} values the index gives");
     let mut out = vec![T::default(); count];
-    let progress = pco::standalone::simple_decompress_into(bytes, &mut out)
-        .map_err(|e| format!("{column} column does not decode: {e}"))?;
-    if !progress.finished || progress.n_processed != count {
-        return Err(format!(
-            "{column} column does not hold the {count} values the index gives"
-        ));
+    // The standalone format, chunk by chunk through pco's lower-level API, so that each
+    // chunk's description is checked before pco sizes its buffers from it: a crafted
+    // lookback window (2^32 entries) made it ask for 64 GiB (found by fuzzing).
+    let (file, mut src) = pco::standalone::FileDecompressor::new(bytes).map_err(bad)?;
+    let version = file.format_version();
+    let header = if version.major >= 4 {
+        vec![version.major, version.minor]
+    } else {
+        vec![version.major]
+    };
+    let (chunks, _) = pco::wrapped::FileDecompressor::new(header.as_slice()).map_err(bad)?;
+    let mut done = 0;
+    loop {
+        // A chunk: its number type (0 ends the stream), its count less one (24 bits, LE),
+        // then its description and its one page.
+        let [kind, n0, n1, n2, rest @ ..] = src else {
+            return match src {
+                [0, ..] if done == count => Ok(out),
+                _ => Err(short()),
+            };
+        };
+        if *kind == 0 {
+            break;
+        }
+        if *kind != T::NUMBER_TYPE_BYTE {
+            return Err(format!("{column} column holds numbers of another type"));
+        }
+        let n = 1 + (usize::from(*n0) | usize::from(*n1) << 8 | usize::from(*n2) << 16);
+        if n > count - done {
+            return Err(short());
+        }
+        let (chunk, page) = chunks.chunk_decompressor::<T, &[u8]>(rest).map_err(bad)?;
+        // pco's encoder never picks a window over 2^15 (its LOOKBACK_MAX_WINDOW_N_LOG).
+        if let pco::metadata::DeltaEncoding::Lookback(l) = &chunk.meta().delta_encoding
+            && l.window_n_log > 15
+        {
+            return Err(format!(
+                "{column} column claims a lookback window of 2^{} for {n} values",
+                l.window_n_log
+            ));
+        }
+        let mut pages = chunk.page_decompressor(page, n).map_err(bad)?;
+        let progress = pages.decompress(&mut out[done..done + n]).map_err(bad)?;
+        if progress.n_processed != n || !progress.finished {
+            return Err(short());
+        }
+        done += n;
+        src = pages.into_src();
     }
-    Ok(out)
+    if done == count { Ok(out) } else { Err(short()) }
 }
 
 /// Appends to a file while hashing and counting every byte.
@@ -747,6 +791,39 @@ mod tests {
         ];
         let err = decode_block(2, block, 100).unwrap_err();
         assert!(err.contains("column"), "{err}");
+    }
+
+    /// Found by the `segment_block` fuzz target after 16 M runs: a chunk whose description
+    /// claims a lookback window of 2^32 made pco size a 64 GiB buffer before decoding. Each
+    /// chunk's count and window are now checked before pco sees its page.
+    #[test]
+    fn a_chunk_claiming_a_huge_lookback_window_is_refused_without_allocating_it() {
+        let block: &[u8] = &[
+            0x01, 0x62, 0x32, 0x01, 0x02, 0x70, 0x63, 0x6f, 0x21, 0x02, 0x06, 0x19, 0x03, 0x04,
+            0x00, 0x00, 0x00, 0x01, 0x4b, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x1e, 0x2a,
+            0x01, 0x80, 0xa0, 0x3b, 0x00, 0x00, 0x00, 0x00, 0x88, 0x00, 0x00, 0x00, 0x00, 0x00,
+            0x57, 0x00, 0x3a, 0x00, 0x00, 0x00, 0x00, 0x00, 0x30, 0x00, 0x00, 0x00, 0x00, 0x00,
+            0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+            0x00, 0x00, 0x2c, 0x00, 0x00, 0x00, 0x00, 0x21, 0xfa, 0xfb, 0x00,
+        ];
+        for count in [0, 1, 100, 5000] {
+            assert!(decode_block(2, block, count).is_err(), "count {count}");
+        }
+    }
+
+    /// Blocks larger than one pco chunk (2^18 values) decode chunk by chunk.
+    #[test]
+    fn blocks_of_several_pco_chunks_round_trip() {
+        let samples: Vec<Sample> = (0..600_000i64)
+            .map(|i| Sample {
+                ts_ms: i * 3 + (i * i) % 2,
+                value: ((i * 7919) % 10007) as f64 * 0.125 + (i % 3) as f64 * 1e-9,
+            })
+            .collect();
+        let bytes = encode_block(&samples).unwrap();
+        assert_eq!(decode_block(2, &bytes, samples.len()).unwrap(), samples);
+        assert!(decode_block(2, &bytes, samples.len() - 1).is_err());
+        assert!(decode_block(2, &bytes, samples.len() + 1).is_err());
     }
 
     /// An index entry cannot claim more samples than its time range has milliseconds.
