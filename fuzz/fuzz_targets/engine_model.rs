@@ -32,6 +32,19 @@ fn ts(t: u16) -> i64 {
     1_700_000_000_000 + i64::from(t) * 60_000
 }
 
+/// At most 256 points of a write or an import.
+fn to_points(points: &[(u8, u16, i16)]) -> Vec<Point> {
+    points
+        .iter()
+        .take(256)
+        .map(|&(s, t, v)| Point {
+            key: key(s),
+            ts_ms: ts(t),
+            value: f64::from(v),
+        })
+        .collect()
+}
+
 fn open(dir: &std::path::Path) -> Engine {
     let mut c = EngineConfig::new(dir);
     // The model checks answers, not durability (the crash and power-cut tests do).
@@ -64,33 +77,15 @@ fuzz_target!(|ops: Vec<Op>| {
         let engine = e.as_ref().expect("open");
         match op {
             Op::Write(points) => {
-                let pts: Vec<Point> = points
-                    .iter()
-                    .take(256)
-                    .map(|&(s, t, v)| Point {
-                        key: key(s),
-                        ts_ms: ts(t),
-                        value: f64::from(v),
-                    })
-                    .collect();
-                engine.write(&pts).expect("write");
-                for p in &points[..points.len().min(256)] {
-                    model.insert((p.0 % 4, ts(p.1)), f64::from(p.2));
+                engine.write(&to_points(&points)).expect("write");
+                for &(s, t, v) in points.iter().take(256) {
+                    model.insert((s % 4, ts(t)), f64::from(v));
                 }
             }
             Op::Import(points) => {
-                let pts: Vec<Point> = points
-                    .iter()
-                    .take(256)
-                    .map(|&(s, t, v)| Point {
-                        key: key(s),
-                        ts_ms: ts(t),
-                        value: f64::from(v),
-                    })
-                    .collect();
-                engine.import(&pts).expect("import");
-                for p in &points[..points.len().min(256)] {
-                    model.entry((p.0 % 4, ts(p.1))).or_insert(f64::from(p.2));
+                engine.import(&to_points(&points)).expect("import");
+                for &(s, t, v) in points.iter().take(256) {
+                    model.entry((s % 4, ts(t))).or_insert(f64::from(v));
                 }
             }
             Op::Flush => engine.flush().expect("flush"),

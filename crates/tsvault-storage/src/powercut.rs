@@ -170,9 +170,10 @@ mod imp {
                 found.entry(ino).or_insert_with(|| dir.join(name));
             }
         }
-        // Every file a durable name needs is first linked into the stash, so that relinking
-        // one name never takes away the file another needs.
+        // The durable names that no longer point at their file, each with that file first
+        // linked into the stash: relinking one name then never takes away what another needs.
         fs::create_dir_all(&stash)?;
+        let mut relink = Vec::new();
         for dir in simulated(&st.root) {
             let durable = st.entries.get(&dir).cloned().unwrap_or_default();
             let now = files(&dir);
@@ -190,28 +191,22 @@ mod imp {
                 if !kept.exists() {
                     fs::hard_link(src, &kept)?;
                 }
+                relink.push((dir.join(name), kept));
             }
         }
+        // Names a directory did not durably hold go (a durable name that points at another
+        // file is relinked below).
         for dir in simulated(&st.root) {
             let durable = st.entries.get(&dir).cloned().unwrap_or_default();
-            let now = files(&dir);
-            // Durable names first (from the stash), then the rest goes.
-            for (name, ino) in &durable {
-                if now.get(name) == Some(ino) {
-                    continue;
-                }
-                let src = stash.join(ino.to_string());
-                let dst = dir.join(name);
-                let _ = fs::remove_file(&dst);
-                fs::hard_link(&src, &dst)?;
-            }
-            // Names the directory did not durably hold go (a durable name that pointed at
-            // another inode was relinked above, and stays).
-            for name in now.keys() {
+            for name in files(&dir).keys() {
                 if !durable.contains_key(name) {
                     fs::remove_file(dir.join(name))?;
                 }
             }
+        }
+        for (dst, src) in relink {
+            let _ = fs::remove_file(&dst);
+            fs::hard_link(&src, &dst)?;
         }
         // Bytes not fsynced are lost; at random, a prefix of them made it (a torn write).
         for dir in simulated(&st.root) {
