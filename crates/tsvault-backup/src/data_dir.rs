@@ -16,6 +16,7 @@ use crate::locks::{Lock, LockKind, now_ms};
 use crate::manifest::{BackupManifest, BackupType, DataSummary, FileEntry};
 use crate::prune::civil;
 use crate::repo::Repository;
+use crate::selective::engine_err;
 use crate::source::{ServerClient, Source, SourceFile};
 use tsvault_storage::RESTORE_MARKER;
 
@@ -77,22 +78,18 @@ pub async fn backup_data_dir(
             dir.display()
         )));
     }
-    // A running server holds an exclusive lock on LOCK; holding it here keeps one from
-    // starting on the directory while it is read.
-    let lock_path = dir.join("LOCK");
-    let lock = File::options()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&lock_path)
-        .map_err(Error::io("open", &lock_path))?;
-    if lock.try_lock().is_err() {
-        return Err(Error::Invalid(format!(
-            "{} is in use by a running tsvault server; stop it, or back it up online with --server",
-            dir.display()
-        )));
-    }
+    // A running server holds the directory's lock; holding it here keeps one from starting
+    // on the directory while it is read.
+    let lock = match tsvault_storage::lock_data_dir(dir) {
+        Ok(lock) => lock,
+        Err(tsvault_storage::Error::Locked(_)) => {
+            return Err(Error::Invalid(format!(
+                "{} is in use by a running tsvault server; stop it, or back it up online with --server",
+                dir.display()
+            )));
+        }
+        Err(e) => return Err(engine_err("locking the data directory")(e)),
+    };
     let repo_lock = Lock::acquire(repo, LockKind::Backup).await?;
     let source = Source::Dir(dir.to_path_buf());
     let result = backup_locked(repo, &source, kind, progress, repo_lock).await;

@@ -325,7 +325,7 @@ fn data_files(dir: &Path) -> Result<Vec<String>> {
                 }
                 walk(root, &rel_path, out)?;
             } else if ty.is_file() {
-                if rel.is_empty() && name == "LOCK" {
+                if rel.is_empty() && name == tsvault_storage::LOCK_FILE {
                     continue;
                 }
                 out.push(rel_path);

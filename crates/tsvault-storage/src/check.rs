@@ -4,12 +4,12 @@
 //! every problem instead of stopping at the first.
 
 use std::collections::{BTreeSet, HashMap};
-use std::fs::{self, File};
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::engine::RESTORE_MARKER;
+use crate::engine::{LOCK_FILE, RESTORE_MARKER, lock_data_dir};
 use crate::error::{Error, IoContext, Result};
 use crate::manifest::{MANIFEST_FILE, Manifest};
 use crate::segment::{Segment, segment_file_name};
@@ -76,16 +76,12 @@ pub fn check_data_dir(dir: &Path, progress: &mut dyn FnMut(u64)) -> Result<Check
             dir.display()
         )));
     }
-    // A running server holds LOCK; holding it here keeps one from starting mid-check.
-    let lock_path = dir.join("LOCK");
-    let _lock = match File::open(&lock_path) {
-        Ok(f) => match f.try_lock() {
-            Ok(()) => Some(f),
-            Err(fs::TryLockError::WouldBlock) => return Err(Error::Locked(dir.to_owned())),
-            Err(fs::TryLockError::Error(e)) => return Err(e).ctx("lock", &lock_path),
-        },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(e).ctx("open", &lock_path),
+    // A running server holds the lock; holding it here keeps one from starting mid-check.
+    // (A directory without a lock file, such as a restored one, is left without one.)
+    let _lock = if dir.join(LOCK_FILE).exists() {
+        Some(lock_data_dir(dir)?)
+    } else {
+        None
     };
     let mut r = CheckReport::default();
     if dir.join(RESTORE_MARKER).exists() {
@@ -360,26 +356,15 @@ fn check_wal(
         match end {
             Err(e) => r.error(path, e),
             Ok(WalEnd::Clean) => {}
-            Ok(WalEnd::TornTail { valid_len }) if *n == newest => {
-                if whole_frame_at(path, valid_len) {
-                    // A write cut short ends the file inside its frame; a whole frame that
-                    // fails its checksum was damaged after it was written.
-                    r.problem(
-                        path,
-                        format!("the last record (at byte {valid_len}) is whole but fails its checksum: damage, not a torn write; the server would cut it at start, losing its samples"),
-                    )
-                } else {
-                    r.note(
-                        path,
-                        format!("ends in a torn write after byte {valid_len} (a crash during a write that was never acknowledged); the server cuts it at start"),
-                    )
-                }
-            }
+            Ok(WalEnd::TornTail { valid_len }) if *n == newest => r.note(
+                path,
+                format!("ends in a torn write after byte {valid_len} (a crash during a write that was never acknowledged); the server cuts it at start"),
+            ),
             Ok(WalEnd::TornTail { valid_len }) => r.problem(
                 path,
                 format!("damaged record at byte {valid_len} at the end of a WAL file that is not the newest; it was fsynced whole, so this is corruption, not a torn write"),
             ),
-            Ok(WalEnd::Hole { detail, .. }) | Ok(WalEnd::Corrupt { detail, .. }) => {
+            Ok(WalEnd::Damaged { detail, .. }) | Ok(WalEnd::Corrupt { detail, .. }) => {
                 r.problem(path, detail)
             }
         }
@@ -442,20 +427,4 @@ fn check_snapshots(dir: &Path, r: &mut CheckReport, progress: &mut dyn FnMut(u64
         }
     }
     Ok(())
-}
-
-/// Whether the WAL file at `path` holds, at `offset`, a frame header whose declared payload
-/// ends within the file.
-fn whole_frame_at(path: &Path, offset: u64) -> bool {
-    let Ok(buf) = fs::read(path) else {
-        return false;
-    };
-    let Some(header) = usize::try_from(offset)
-        .ok()
-        .and_then(|o| buf.get(o..o.checked_add(4)?))
-    else {
-        return false;
-    };
-    let len = u32::from_le_bytes(header.try_into().expect("4 bytes")) as u64;
-    len > 0 && offset + 8 + len <= buf.len() as u64
 }

@@ -273,13 +273,7 @@ impl Engine {
             )));
         }
         create_dir_durable(&dir)?;
-        let lock_path = dir.join("LOCK");
-        let lock = File::create(&lock_path).ctx("create", &lock_path)?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => return Err(Error::Locked(dir)),
-            Err(fs::TryLockError::Error(e)) => return Err(e).ctx("lock", lock_path),
-        }
+        let lock = lock_data_dir(&dir)?;
         crate::powercut::start(&dir);
         let wal_dir = dir.join("wal");
         let seg_dir = dir.join("segments");
@@ -366,7 +360,7 @@ impl Engine {
                 },
                 end => end,
             };
-            let hole_in_newest = *n == last_number && matches!(end, WalEnd::Hole { .. });
+            let damage_in_newest = *n == last_number && matches!(end, WalEnd::Damaged { .. });
             if let Some(id) = bad_id {
                 return Err(Error::Corrupt {
                     path: path.clone(),
@@ -383,15 +377,15 @@ impl Engine {
                         truncate_torn_tail(path, valid_len)?;
                     }
                 }
-                WalEnd::Hole { offset, detail } | WalEnd::Corrupt { offset, detail } => {
-                    // In the newest file, a hole (a short or checksum-failing record followed
-                    // by valid ones) is what a power cut leaves when unsynced pages reach the
-                    // disk out of order: fdatasync made everything before an acknowledged
-                    // record durable, so nothing from the hole on was acknowledged (unless the
-                    // disk itself rotted, which is why a copy is kept and the cut reported).
+                WalEnd::Damaged { offset, detail } | WalEnd::Corrupt { offset, detail } => {
+                    // In the newest file, a damaged record (followed by valid ones, or whole at
+                    // the end) is what a power cut leaves when unsynced pages reach the disk out
+                    // of order: fdatasync made everything before an acknowledged record
+                    // durable, so nothing from the damage on was acknowledged (unless the disk
+                    // itself rotted, which is why a copy is kept and the cut reported).
                     // Anything else, and any damage in an older file (fsynced whole), needs
                     // --quarantine-corrupt.
-                    let newest = hole_in_newest;
+                    let newest = damage_in_newest;
                     if !newest && !config.quarantine_corrupt {
                         return Err(Error::Corrupt {
                             path: path.clone(),
@@ -1350,6 +1344,28 @@ fn index_segment(seg: Segment, registry: &mut Registry) -> LoadedSegment {
         .map(|(i, b)| (registry.get_or_insert(&b.key), i as u32))
         .collect();
     LoadedSegment { seg, blocks }
+}
+
+/// The file of a data directory that a process working on it holds locked.
+pub const LOCK_FILE: &str = "LOCK";
+
+/// Takes the lock of data directory `dir` (creating its lock file): while the returned file
+/// is open, no other tsvault process (a server, a check, a backup of the stopped directory)
+/// works on it. `Error::Locked` when another one holds it.
+pub fn lock_data_dir(dir: &Path) -> Result<File> {
+    let path = dir.join(LOCK_FILE);
+    let lock = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .ctx("open", &path)?;
+    match lock.try_lock() {
+        Ok(()) => Ok(lock),
+        Err(fs::TryLockError::WouldBlock) => Err(Error::Locked(dir.to_owned())),
+        Err(fs::TryLockError::Error(e)) => Err(e).ctx("lock", path),
+    }
 }
 
 /// Creates a directory (and missing parents) so that its entry survives power loss.

@@ -25,7 +25,7 @@ mod wal;
 pub use check::{CheckReport, Finding, check_data_dir};
 pub use engine::{
     DEFAULT_SEGMENT_DURATION_MS, Engine, EngineConfig, EngineStats, FsyncMode, ImportOutcome,
-    QuarantinedFile, RESTORE_MARKER, WriteOutcome, system_clock_ms,
+    LOCK_FILE, QuarantinedFile, RESTORE_MARKER, WriteOutcome, lock_data_dir, system_clock_ms,
 };
 pub use error::{Error, Result};
 pub use manifest::Manifest;

@@ -69,7 +69,7 @@ mod imp {
         };
         list.flatten()
             .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-            .filter(|e| e.file_name() != "LOCK")
+            .filter(|e| e.file_name() != crate::engine::LOCK_FILE)
             .filter_map(|e| Some((e.file_name(), e.metadata().ok()?.ino())))
             .collect()
     }

@@ -321,18 +321,12 @@ fn decode_pco<T: pco::data_types::Number>(
     };
     let (chunks, _) = pco::wrapped::FileDecompressor::new(header.as_slice()).map_err(bad)?;
     let mut done = 0;
-    loop {
-        // A chunk: its number type (0 ends the stream), its count less one (24 bits, LE),
-        // then its description and its one page.
+    // Chunks: each its number type, its count less one (24 bits, LE), its description and
+    // its one page; a 0 byte ends the stream.
+    while src.first() != Some(&0) {
         let [kind, n0, n1, n2, rest @ ..] = src else {
-            return match src {
-                [0, ..] if done == count => Ok(out),
-                _ => Err(short()),
-            };
+            return Err(short());
         };
-        if *kind == 0 {
-            break;
-        }
         if *kind != T::NUMBER_TYPE_BYTE {
             return Err(format!("{column} column holds numbers of another type"));
         }

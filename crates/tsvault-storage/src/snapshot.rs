@@ -314,7 +314,7 @@ pub fn file_digests(path: &Path) -> Result<Vec<SeriesDigest>> {
             // A torn tail (a stopped directory after a crash) is cut at the next start: the
             // digests cover the records before it, which are what a server replays.
             WalEnd::Clean | WalEnd::TornTail { .. } => {}
-            WalEnd::Hole { detail, .. } | WalEnd::Corrupt { detail, .. } => {
+            WalEnd::Damaged { detail, .. } | WalEnd::Corrupt { detail, .. } => {
                 return Err(Error::Corrupt {
                     path: path.to_owned(),
                     detail,

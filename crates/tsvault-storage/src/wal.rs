@@ -124,6 +124,16 @@ fn decode_batch(payload: &[u8]) -> Option<WalBatch> {
     r.is_empty().then_some(batch)
 }
 
+/// Whether the frame at `off` has a whole header whose length is one a writer could give and
+/// whose payload ends within `buf` (whatever its checksum says).
+fn whole_frame_at(buf: &[u8], off: usize) -> bool {
+    let mut r = Reader::new(buf.get(off..).unwrap_or_default());
+    r.u32().is_some_and(|len| {
+        let len = len as usize;
+        len > 0 && len <= WAL_RECORD_BYTES_MAX && r.u32().is_some() && r.bytes(len).is_some()
+    })
+}
+
 /// Checks the frame at `off`: Some(frame length) when it is whole and its checksum holds.
 fn valid_frame_at(buf: &[u8], off: usize) -> Option<usize> {
     let mut r = Reader::new(buf.get(off..)?);
@@ -141,12 +151,15 @@ fn valid_frame_at(buf: &[u8], off: usize) -> Option<usize> {
 pub(crate) enum WalEnd {
     /// Every byte belonged to a valid record.
     Clean,
-    /// The file ends in a partial or damaged record with nothing valid after it: a torn
-    /// write. The valid prefix is `valid_len` bytes long.
+    /// The file ends inside a record (its bytes stop before the end its length gives, or
+    /// its header is not whole) with nothing valid after it: a torn write. The valid prefix
+    /// is `valid_len` bytes long.
     TornTail { valid_len: u64 },
-    /// A short or checksum-failing record is followed by a valid one: in the newest file,
-    /// what a power cut leaves when unsynced pages land out of order; elsewhere, corruption.
-    Hole { offset: u64, detail: String },
+    /// A record that was written whole fails its checksum: it is followed by a valid record,
+    /// or it is the last one and all its bytes are there. In the newest file, what a power
+    /// cut can leave when unsynced pages land out of order (or the disk rotted); elsewhere,
+    /// corruption.
+    Damaged { offset: u64, detail: String },
     /// Damage no crash can cause (bad magic, a record whose checksum holds but which does not
     /// decode): corruption at `offset`.
     Corrupt { offset: u64, detail: String },
@@ -185,14 +198,20 @@ pub(crate) fn read_wal_bytes(
             let later = (off + 1..buf.len().saturating_sub(FRAME_HEADER_BYTES))
                 .find(|&o| valid_frame_at(buf, o).is_some());
             return Ok(match later {
-                None => WalEnd::TornTail {
-                    valid_len: off as u64,
-                },
-                Some(o) => WalEnd::Hole {
+                Some(o) => WalEnd::Damaged {
                     offset: off as u64,
                     detail: format!(
                         "damaged record at byte {off} is followed by a valid record at byte {o}"
                     ),
+                },
+                None if whole_frame_at(buf, off) => WalEnd::Damaged {
+                    offset: off as u64,
+                    detail: format!(
+                        "the last record (at byte {off}) is whole but fails its checksum: damaged after it was written, not a write cut short"
+                    ),
+                },
+                None => WalEnd::TornTail {
+                    valid_len: off as u64,
                 },
             });
         };
@@ -365,7 +384,7 @@ mod tests {
                     assert!(samples.len() < 3);
                 }
                 WalEnd::Clean => assert!(cut == WAL_MAGIC.len() || samples.len() < 3),
-                WalEnd::Corrupt { .. } | WalEnd::Hole { .. } => {
+                WalEnd::Corrupt { .. } | WalEnd::Damaged { .. } => {
                     panic!("a truncated file at {cut} is not corruption")
                 }
             }
@@ -394,6 +413,6 @@ mod tests {
         fs::write(&path, &bytes).unwrap();
         let (samples, end) = read_all(&path);
         assert!(samples.is_empty());
-        assert!(matches!(end, WalEnd::Hole { offset: 8, .. }), "{end:?}");
+        assert!(matches!(end, WalEnd::Damaged { offset: 8, .. }), "{end:?}");
     }
 }

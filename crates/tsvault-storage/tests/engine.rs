@@ -557,3 +557,39 @@ fn a_missing_manifest_is_rebuilt_from_the_segments_never_taken_for_strays() {
         "{report:?}"
     );
 }
+
+/// A last WAL record whose bytes are all there but fail their checksum was damaged after it
+/// was written (or a power cut reordered its pages): it is cut like a torn write, but a copy
+/// is kept and the cut is reported, not passed over as a crash leftover.
+#[test]
+fn a_whole_damaged_last_record_is_reported_not_taken_for_a_torn_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = key("m", "a");
+    {
+        let e = open(dir.path());
+        e.write(&[pt(&a, 1, 1.0)]).unwrap();
+        e.write(&[pt(&a, 2, 2.0)]).unwrap();
+        e.close_without_flush();
+    }
+    let mut wals: Vec<_> = fs::read_dir(dir.path().join("wal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    wals.sort();
+    let newest = wals.last().unwrap();
+    let mut bytes = fs::read(newest).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01; // the last record's last payload byte
+    fs::write(newest, &bytes).unwrap();
+    let report = tsvault_storage::check_data_dir(dir.path(), &mut |_| {}).unwrap();
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.file == *newest && p.detail.contains("whole but fails its checksum")),
+        "{report:?}"
+    );
+    let e = open(dir.path());
+    assert_eq!(all(&e, "m")[0].1, vec![s(1, 1.0)]);
+    assert_eq!(e.quarantined().len(), 1, "the cut is reported");
+}
