@@ -17,21 +17,28 @@ use crate::repo::Repository;
 /// lock, so a concurrent prune keeps every blob it names.
 pub async fn consolidate(repo: &Repository, id: &str) -> Result<BackupManifest> {
     let lock = Lock::acquire(repo, LockKind::Backup).await?;
-    let folded = fold(repo, id).await;
+    let folded = fold(repo, id, &lock).await;
     let released = lock.release(repo).await;
     let manifest = folded?;
     released?;
     Ok(manifest)
 }
 
-async fn fold(repo: &Repository, id: &str) -> Result<BackupManifest> {
+async fn fold(repo: &Repository, id: &str, lock: &Lock) -> Result<BackupManifest> {
     let m = repo.manifest(id).await?;
     if m.kind == BackupType::Full {
         return Err(Error::Invalid(format!(
             "backup {id} is already a full backup; nothing to consolidate"
         )));
     }
+    // Each blob once (files share them), the lock kept fresh while a large backup is
+    // checked: a prune ignores a stale lock and could delete what the new manifest names.
+    let mut checked = std::collections::HashSet::new();
     for (blob, what) in m.blobs() {
+        if !checked.insert(blob) {
+            continue;
+        }
+        lock.refresh_if_due(repo).await?;
         if !repo.has_blob(blob).await? {
             return Err(Error::Missing {
                 what: format!("blob {blob} ({what} of backup {id})"),

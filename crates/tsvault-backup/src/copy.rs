@@ -50,12 +50,7 @@ async fn copy_locked(from: &Repository, to: &Repository, ids: &[String]) -> Resu
         }
         let mut m = from.manifest(id).await?;
         let mut uploaded = 0;
-        let blobs = m
-            .files
-            .iter_mut()
-            .flat_map(|f| f.blobs.iter_mut().chain(f.digests.iter_mut()))
-            .chain(m.series_index.iter_mut());
-        for blob in blobs {
+        for blob in m.blobs_mut() {
             if let Some(t) = mapped.get(blob) {
                 *blob = t.clone();
                 continue;

@@ -2,6 +2,8 @@
 //! ids are BLAKE3 keyed by a key derived from the master key; bodies are zstd-compressed, then
 //! sealed with ChaCha20-Poly1305 bound to the object's name.
 
+use std::borrow::Cow;
+
 use argon2::{Algorithm, Argon2, Params, Version};
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
@@ -171,26 +173,28 @@ impl Keys {
                         "it fails its checksum (changed, truncated or not this object)",
                     ));
                 }
-                compressed.to_vec()
+                Cow::Borrowed(compressed)
             }
             // Written before bodies carried a checksum: the blob id (blobs) and the JSON
             // (manifests) are all that check them.
-            (BODY_PLAIN, None) => rest.to_vec(),
+            (BODY_PLAIN, None) => Cow::Borrowed(rest),
             (BODY_SEALED, Some(aead)) => {
                 if rest.len() < NONCE_BYTES {
                     return Err(corrupt("it is truncated"));
                 }
                 let (nonce, sealed) = rest.split_at(NONCE_BYTES);
-                aead.decrypt(
-                    Nonce::from_slice(nonce),
-                    Payload {
-                        msg: sealed,
-                        aad: name.as_bytes(),
-                    },
+                Cow::Owned(
+                    aead.decrypt(
+                        Nonce::from_slice(nonce),
+                        Payload {
+                            msg: sealed,
+                            aad: name.as_bytes(),
+                        },
+                    )
+                    .map_err(|_| {
+                        corrupt("it fails authentication (changed, truncated or not this object)")
+                    })?,
                 )
-                .map_err(|_| {
-                    corrupt("it fails authentication (changed, truncated or not this object)")
-                })?
             }
             (BODY_PLAIN | BODY_PLAIN_CHECKED, Some(_)) => {
                 return Err(corrupt("it is not encrypted in an encrypted repository"));

@@ -11,7 +11,7 @@ use rand::RngCore;
 use tokio::sync::Semaphore;
 use tsvault_storage::SeriesDigest;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, off_thread};
 use crate::locks::{Lock, LockKind, now_ms};
 use crate::manifest::{BackupManifest, BackupType, DataSummary, FileEntry};
 use crate::prune::civil;
@@ -273,6 +273,7 @@ async fn write_backup(
     if reuse_index && let Some(r) = &reference {
         for f in r.files.iter().filter(|f| !reused.contains(&f.path)) {
             let id = f.digests.as_deref().expect("checked above");
+            repo_lock.refresh_if_due(repo).await?;
             summary.index.remove(&load_digests(repo, id).await?, id)?;
         }
     }
@@ -360,9 +361,15 @@ impl FileCtx<'_> {
                 None => file.mtime_ns != 0 && old.mtime_ns == file.mtime_ns,
             }
         {
+            // Listing an unchanged file's blobs can take long on a large repository: the
+            // lock is kept fresh meanwhile (a prune ignores a stale one).
             let mut present = true;
             for blob in old.all_blobs() {
-                present &= self.repo.has_blob(blob).await?;
+                self.repo_lock.refresh_if_due(self.repo).await?;
+                if !self.repo.has_blob(blob).await? {
+                    present = false;
+                    break;
+                }
             }
             if present {
                 let mut entry = old.clone();
@@ -763,7 +770,7 @@ fn file_matches(path: &Path, entry: &FileEntry) -> Result<bool> {
     Ok(hasher.finalize().to_hex().as_str() == entry.blake3)
 }
 
-fn sync_dir(dir: &Path) -> Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(Error::io("fsync", dir))
@@ -921,13 +928,18 @@ pub async fn verify_deep(repo: &Repository, id: &str) -> Vec<Problem> {
             )));
         }
         let path = dir.join(&f.path);
-        let found = match tokio::task::spawn_blocking(move || tsvault_storage::file_digests(&path))
-            .await
-            .expect("digests do not panic")
+        let found = match off_thread(&format!("file {}", f.path), move || {
+            tsvault_storage::file_digests(&path)
+        })
+        .await
         {
-            Ok(d) => d,
-            Err(e) => {
+            Ok(Ok(d)) => d,
+            Ok(Err(e)) => {
                 problems.push(problem(format!("file {}: {e}", f.path)));
+                continue;
+            }
+            Err(e) => {
+                problems.push(problem(e.to_string()));
                 continue;
             }
         };
@@ -952,16 +964,17 @@ pub async fn verify_deep(repo: &Repository, id: &str) -> Vec<Problem> {
             Err(e) => problems.push(problem(e.to_string())),
         }
     }
-    let opened = tokio::task::spawn_blocking(move || {
+    let opened = off_thread("the restored data directory", move || {
         tsvault_storage::Engine::open(tsvault_storage::EngineConfig::new(&dir))
             .map(|e| e.close_without_flush())
     })
-    .await
-    .expect("opening the restored directory does not panic");
-    if let Err(e) = opened {
-        problems.push(problem(format!(
+    .await;
+    match opened {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => problems.push(problem(format!(
             "the restored data directory does not open: {e}"
-        )));
+        ))),
+        Err(e) => problems.push(problem(e.to_string())),
     }
     problems
 }

@@ -68,3 +68,18 @@ impl Error {
         move |source| Error::Io { op, path, source }
     }
 }
+
+/// Runs `f` (reading data from outside: a restored directory, a repository's contents) on
+/// the blocking pool. A panic in it, a bug, becomes an error naming what was being read
+/// rather than the end of the whole command (`verify --all` goes on to the next backup).
+pub(crate) async fn off_thread<T: Send + 'static>(
+    what: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Corrupt {
+            what: what.to_string(),
+            detail: format!("reading it panicked ({e}); this is a bug in tsvault"),
+        })
+}

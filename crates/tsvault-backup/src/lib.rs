@@ -33,9 +33,7 @@ pub use locks::{LOCK_STALE_MS, Lock, LockInfo, LockKind};
 pub use manifest::{BackupManifest, BackupType, ConsistencyPoint, DataSummary, FileEntry};
 pub use prune::{BackupTime, KeepPolicy, PruneReport, prune, select_kept};
 pub use repo::{RepoConfig, RepoOptions, Repository};
-pub use selective::{
-    RestoreFilter, SelectiveReport, restore_into_server, restore_selected, wildcard_matches,
-};
+pub use selective::{RestoreFilter, SelectiveReport, restore_into_server, restore_selected};
 pub use source::ServerClient;
 
 /// Reads fault points from the `FAILPOINTS` environment variable (builds with the

@@ -43,27 +43,6 @@ pub struct SelectiveReport {
     pub samples: u64,
 }
 
-/// Whether `name` matches the wildcard `pattern` (`*` = any text), ignoring ASCII case.
-pub fn wildcard_matches(pattern: &str, name: &str) -> bool {
-    let (p, n) = (pattern.to_ascii_lowercase(), name.to_ascii_lowercase());
-    let parts: Vec<&str> = p.split('*').collect();
-    if parts.len() == 1 {
-        return p == n;
-    }
-    let (first, last) = (parts[0], parts[parts.len() - 1]);
-    if !n.starts_with(first) || n.len() < first.len() + last.len() || !n.ends_with(last) {
-        return false;
-    }
-    let mut rest = &n[first.len()..n.len() - last.len()];
-    for part in &parts[1..parts.len() - 1] {
-        match rest.find(part) {
-            Some(i) => rest = &rest[i + part.len()..],
-            None => return false,
-        }
-    }
-    true
-}
-
 /// Samples handed on per batch.
 const WRITE_BATCH: usize = 100_000;
 
@@ -102,7 +81,7 @@ pub(crate) fn for_each_selected(
         if filter
             .metric
             .as_deref()
-            .is_some_and(|p| !wildcard_matches(p, &metric))
+            .is_some_and(|p| !tsvault_query::iwildcard_matches(p, &metric))
         {
             continue;
         }
@@ -203,9 +182,7 @@ pub async fn restore_selected(
         std::fs::remove_dir(target).map_err(Error::io("replace the empty directory", target))?;
     }
     std::fs::rename(&dest_dir, target).map_err(Error::io("rename into place", target))?;
-    std::fs::File::open(&parent)
-        .and_then(|d| d.sync_all())
-        .map_err(Error::io("fsync", &parent))?;
+    crate::data_dir::sync_dir(&parent)?;
     Ok((manifest, report))
 }
 
@@ -276,11 +253,14 @@ pub async fn restore_into_server(
         }
     }
     drop(rx);
-    let report = reader.await.expect("the restore reader does not panic");
+    let report = reader.await;
     if let Some(e) = failed {
         return Err(e);
     }
-    let report = report?;
+    let report = report.map_err(|e| Error::Corrupt {
+        what: format!("the restored backup {}", manifest.id),
+        detail: format!("reading it panicked ({e}); this is a bug in tsvault"),
+    })??;
     if report.samples == 0 {
         return Err(Error::Invalid(format!(
             "nothing in backup {} matches the metric and time range given",
@@ -288,27 +268,4 @@ pub async fn restore_into_server(
         )));
     }
     Ok((manifest, report, counts))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn wildcards() {
-        for (p, n, want) in [
-            ("cpu_*", "cpu_usage_user", true),
-            ("CPU_*", "cpu_usage_user", true),
-            ("*user", "cpu_usage_user", true),
-            ("cpu*user", "cpu_usage_user", true),
-            ("cpu*sys*", "cpu_usage_user", false),
-            ("*", "anything", true),
-            ("mem", "mem", true),
-            ("mem", "memory", false),
-            ("a*a", "a", false),
-            ("**", "", true),
-        ] {
-            assert_eq!(wildcard_matches(p, n), want, "{p} vs {n}");
-        }
-    }
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use tsvault_storage::{ImportOutcome, SNAPSHOTS_DIR, SeriesDigest, SnapshotInfo};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, off_thread};
 use crate::locks::now_ms;
 use crate::manifest::ConsistencyPoint;
 use crate::selective::engine_err;
@@ -91,7 +91,39 @@ impl ServerClient {
     /// Takes a snapshot (`POST /api/admin/snapshots`).
     pub async fn take_snapshot(&self) -> Result<SnapshotInfo> {
         let url = format!("{}/api/admin/snapshots", self.base);
-        self.json("taking a snapshot", self.client.post(url)).await
+        let info: SnapshotInfo = self
+            .json("taking a snapshot", self.client.post(url))
+            .await?;
+        // The answer names what goes into the manifest and into later URLs: checked as a
+        // restore would check it, so a bad answer fails the backup, not a later restore.
+        if !tsvault_storage::is_snapshot_id(&info.id) {
+            return Err(self.err(
+                "taking a snapshot",
+                format!("{:?} is not a snapshot id", info.id),
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for f in &info.files {
+            if crate::data_dir::safe_relative(&f.path).is_err() {
+                return Err(self.err(
+                    "taking a snapshot",
+                    format!(
+                        "snapshot {} lists the path {:?}, which leaves the data directory",
+                        info.id, f.path
+                    ),
+                ));
+            }
+            if f.path == tsvault_storage::RESTORE_MARKER || !seen.insert(f.path.as_str()) {
+                return Err(self.err(
+                    "taking a snapshot",
+                    format!(
+                        "snapshot {} lists {:?} twice or under a reserved name",
+                        info.id, f.path
+                    ),
+                ));
+            }
+        }
+        Ok(info)
     }
 
     /// Releases snapshot `id`.
@@ -226,9 +258,8 @@ impl Source {
         match self {
             Source::Dir(dir) => {
                 let p = dir.join(path);
-                tokio::task::spawn_blocking(move || tsvault_storage::file_digests(&p))
-                    .await
-                    .expect("digests do not panic")
+                off_thread(path, move || tsvault_storage::file_digests(&p))
+                    .await?
                     .map_err(|e| Error::Invalid(format!("cannot digest {path}: {e}")))
             }
             Source::Server { client, snapshot } => {

@@ -265,6 +265,17 @@ impl Filter {
     }
 }
 
+/// Whether `value` matches the wildcard `pattern` (`*` = any text), ignoring case, as
+/// OpenTSDB's `iwildcard` filter does (without requiring an asterisk).
+pub fn iwildcard_matches(pattern: &str, value: &str) -> bool {
+    let parts: Vec<String> = pattern
+        .to_lowercase()
+        .split('*')
+        .map(str::to_owned)
+        .collect();
+    glob_match(&parts, &value.to_lowercase())
+}
+
 /// Anchored glob match: `parts` is the pattern split on `*`, so it has at least two parts.
 fn glob_match(parts: &[String], value: &str) -> bool {
     let Some((first, rest)) = parts.split_first() else {
@@ -290,6 +301,24 @@ fn glob_match(parts: &[String], value: &str) -> bool {
 mod tests {
     use super::*;
     use expect_test::expect;
+
+    #[test]
+    fn wildcards() {
+        for (p, n, want) in [
+            ("cpu_*", "cpu_usage_user", true),
+            ("CPU_*", "cpu_usage_user", true),
+            ("*user", "cpu_usage_user", true),
+            ("cpu*user", "cpu_usage_user", true),
+            ("cpu*sys*", "cpu_usage_user", false),
+            ("*", "anything", true),
+            ("mem", "mem", true),
+            ("mem", "memory", false),
+            ("a*a", "a", false),
+            ("**", "", true),
+        ] {
+            assert_eq!(iwildcard_matches(p, n), want, "{p} vs {n}");
+        }
+    }
 
     fn key(tags: &[(&str, &str)]) -> SeriesKey {
         SeriesKey::new("m", tags).unwrap()

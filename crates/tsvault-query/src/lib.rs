@@ -37,7 +37,7 @@ pub use aggregator::{Aggregator, Estimation, Interpolation, aggregator_names};
 pub use downsample::{Downsample, FillPolicy, Interval};
 pub use error::{Error, Result};
 pub use executor::{Limits, execute, execute_with_limits};
-pub use filter::{Filter, FilterKind};
+pub use filter::{Filter, FilterKind, iwildcard_matches};
 pub use rate::RateOptions;
 pub use request::{QueryRequest, SubQuery};
 pub use result::{QueryResult, results_to_json};

@@ -98,8 +98,20 @@ pub(crate) async fn snapshot_file(
         Ok(f) => f,
         Err(e) => return error_response(&e),
     };
-    let file = match tokio::fs::File::open(&path).await {
-        Ok(f) => f,
+    let opened = match tokio::fs::File::open(&path).await {
+        Ok(f) => f.metadata().await.map(|m| (f, m.len())),
+        Err(e) => Err(e),
+    };
+    let file = match opened {
+        // The client checks the BLAKE3; a size that is not the listed one is refused here,
+        // before a body shorter or longer than its Content-Length is sent.
+        Ok((f, len)) if len == meta.size => f,
+        Ok((_, len)) => {
+            return error_response(&StorageError::Corrupt {
+                path,
+                detail: format!("{len} bytes; the snapshot lists {}", meta.size),
+            });
+        }
         Err(e) => {
             return error_response(&StorageError::Io {
                 op: "open",
@@ -194,14 +206,12 @@ pub(crate) async fn import(State(st): State<Shared>, headers: HeaderMap, body: B
         }
         Err(BodyError::Bad(msg)) => return bad_request(msg),
     };
-    let points = match parse_import(&body) {
-        Ok(p) => p,
-        Err(msg) => return bad_request(msg),
-    };
+    // Parsing and importing both run off the async workers, like every write protocol.
     let engine = st.engine.clone();
-    match blocking(move || engine.import(&points)).await {
-        Ok(outcome) => Json(outcome).into_response(),
-        Err(e) => error_response(&e),
+    match blocking(move || parse_import(&body).map(|points| engine.import(&points))).await {
+        Err(msg) => bad_request(msg),
+        Ok(Ok(outcome)) => Json(outcome).into_response(),
+        Ok(Err(e)) => error_response(&e),
     }
 }
 

@@ -112,6 +112,7 @@ fn run_loop(inner: Arc<Inner>, mut wal: WalWriter, rx: Receiver<CommitRequest>) 
                     // Writes received before a control request are committed first, so that
                     // it sees them; a shutdown syncs them whatever the fsync mode.
                     let fsync = interval.is_none() || matches!(control, CommitRequest::Shutdown);
+                    let had_writes = !writes.is_empty();
                     commit(
                         &inner,
                         &mut wal,
@@ -120,6 +121,11 @@ fn run_loop(inner: Arc<Inner>, mut wal: WalWriter, rx: Receiver<CommitRequest>) 
                         std::mem::take(&mut writes),
                         fsync,
                     );
+                    // Written without an fsync (interval mode): the interval starts now,
+                    // whatever the control request does next.
+                    if had_writes && !fsync && dirty_since.is_none() {
+                        dirty_since = Some(Instant::now());
+                    }
                     match control {
                         CommitRequest::Write { .. } => {
                             unreachable!("commit thread invariant: writes are matched above")
@@ -349,17 +355,25 @@ fn absent_from_head(
     inner: &Inner,
     samples: Vec<(SeriesId, i64, f64)>,
 ) -> Vec<(SeriesId, i64, f64)> {
+    // Each series' head samples are looked at only within the import's time range for it:
+    // this runs on the commit thread, which every writer waits on.
+    let mut range: HashMap<SeriesId, (i64, i64)> = HashMap::new();
+    for &(id, ts, _) in &samples {
+        let r = range.entry(id).or_insert((ts, ts));
+        *r = (r.0.min(ts), r.1.max(ts));
+    }
     let state = inner.state.read();
     let mut present: HashMap<SeriesId, HashSet<i64>> = HashMap::new();
     let mut buf = Vec::new();
     let mut out = Vec::with_capacity(samples.len());
     for (id, ts, v) in samples {
         let set = present.entry(id).or_insert_with(|| {
+            let (start, end) = range[&id];
             buf.clear();
             if let Some(f) = &state.frozen {
-                f.collect(id, i64::MIN, i64::MAX, &mut buf);
+                f.collect(id, start, end, &mut buf);
             }
-            state.live.collect(id, i64::MIN, i64::MAX, &mut buf);
+            state.live.collect(id, start, end, &mut buf);
             buf.iter().map(|s| s.ts_ms).collect()
         });
         if set.insert(ts) {

@@ -2,7 +2,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -827,14 +826,21 @@ impl EngineHandle {
         let root = data_dir.join(SNAPSHOTS_DIR);
         create_dir_durable(&root)?;
         let created_ms = system_clock_ms();
-        let (id, tmp) = (0u64..)
-            .map(|n| {
-                let id = format!("{created_ms}-{n}");
-                let tmp = root.join(format!("{id}.tmp"));
-                (id, tmp)
-            })
-            .find(|(id, tmp)| !root.join(id).exists() && !tmp.exists())
-            .expect("snapshot invariant: some suffix is free");
+        // The id is claimed by creating its directory: two snapshots taken in the same
+        // millisecond get different ids, and each removes only what it created.
+        let mut n = 0u64;
+        let (id, tmp) = loop {
+            let id = format!("{created_ms}-{n}");
+            let tmp = root.join(format!("{id}.tmp"));
+            if !root.join(&id).exists() {
+                match fs::create_dir(&tmp) {
+                    Ok(()) => break (id, tmp),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(e).ctx("create", &tmp),
+                }
+            }
+            n += 1;
+        };
         let result = self.build_snapshot(&id, created_ms, &tmp);
         match result {
             Ok(info) => {
@@ -852,7 +858,7 @@ impl EngineHandle {
 
     fn build_snapshot(&self, id: &str, created_ms: i64, tmp: &Path) -> Result<SnapshotInfo> {
         let (seg_tmp, wal_tmp) = (tmp.join("segments"), tmp.join("wal"));
-        for d in [tmp, &seg_tmp, &wal_tmp] {
+        for d in [&seg_tmp, &wal_tmp] {
             fs::create_dir(d).ctx("create", d)?;
         }
         let mut files = Vec::new();
@@ -864,26 +870,17 @@ impl EngineHandle {
                 .send(CommitRequest::Roll { done: done_tx })
                 .map_err(|_| Error::Closed)?;
             let position = done_rx.recv().map_err(|_| Error::Closed)??;
-            let hashes: HashMap<u64, String> = self
-                .inner
-                .state
-                .read()
-                .segments
-                .iter()
-                .map(|s| (s.seg.info.seq, s.seg.file_blake3.clone()))
-                .collect();
-            for info in &manifest.segments {
-                let name = segment_file_name(info.seq);
+            // Under the manifest lock the loaded segments are exactly the manifest's, each
+            // with its whole-file hash computed when it was opened or written.
+            let segments = self.inner.state.read().segments.clone();
+            for s in segments.iter() {
+                let name = segment_file_name(s.seg.info.seq);
                 let src = self.inner.seg_dir.join(&name);
                 fs::hard_link(&src, seg_tmp.join(&name)).ctx("link", &src)?;
-                let blake3 = match hashes.get(&info.seq) {
-                    Some(h) => h.clone(),
-                    None => snapshot::hash_file(&src)?,
-                };
                 files.push(SnapshotFile {
                     path: format!("segments/{name}"),
-                    size: info.size_bytes,
-                    blake3,
+                    size: s.seg.info.size_bytes,
+                    blake3: s.seg.file_blake3.clone(),
                 });
             }
             for (n, src) in list_wal_files(&self.inner.wal_dir)? {
@@ -894,11 +891,7 @@ impl EngineHandle {
                 }
             }
             let bytes = manifest.encode();
-            let path = tmp.join(MANIFEST_FILE);
-            let mut f = File::create(&path).ctx("create", &path)?;
-            f.write_all(&bytes)
-                .and_then(|()| f.sync_all())
-                .ctx("write", &path)?;
+            fsutil::write_synced(&tmp.join(MANIFEST_FILE), &bytes)?;
             files.push(SnapshotFile {
                 path: MANIFEST_FILE.into(),
                 size: bytes.len() as u64,
@@ -922,12 +915,10 @@ impl EngineHandle {
             wal_position: position,
             files,
         };
-        let path = tmp.join(snapshot::SNAPSHOT_FILE);
-        let json = snapshot::encode_info(&info);
-        let mut f = File::create(&path).ctx("create", &path)?;
-        f.write_all(&json)
-            .and_then(|()| f.sync_all())
-            .ctx("write", &path)?;
+        fsutil::write_synced(
+            &tmp.join(snapshot::SNAPSHOT_FILE),
+            &snapshot::encode_info(&info),
+        )?;
         snapshot::sync_tree(tmp)?;
         Ok(info)
     }
@@ -947,6 +938,7 @@ impl EngineHandle {
             .map_err(|_| Error::Closed)?;
         let (wal_start, frozen) = done_rx.recv().map_err(|_| Error::Closed)??;
         let result = self.flush_frozen(&mut manifest, wal_start, &frozen);
+        drop(frozen);
         if let Err(e) = &result {
             if e.is_disk_full() {
                 // The WAL still holds the frozen samples (its files go only after a manifest
@@ -956,7 +948,8 @@ impl EngineHandle {
                 let mut state = self.inner.state.write();
                 if let Some(f) = state.frozen.take() {
                     let live = std::mem::take(&mut state.live);
-                    state.live = Head::joined(&f, live);
+                    let frozen = Arc::try_unwrap(f).unwrap_or_else(|f| (*f).clone());
+                    state.live = Head::joined(frozen, live);
                 }
                 drop(state);
                 tracing::warn!(error = %e, "flush failed: the disk is full; the samples stay in memory and in the WAL, and the flush is tried again later");
@@ -1045,7 +1038,28 @@ impl EngineHandle {
         clear_frozen: bool,
     ) -> Result<()> {
         self.refuse_if_poisoned()?;
-        next.store(&self.inner.config.data_dir)?;
+        if let Err(e) = next.store(&self.inner.config.data_dir) {
+            // A full disk fails the store while it writes the new manifest's temporary file
+            // (or renames it), so the old manifest is still the one in place: the segments
+            // only the new one named, and the temporary file, go now, so that the next try
+            // does not find the disk fuller. (Any other failure poisons; a start removes
+            // what is left.)
+            if e.is_disk_full() {
+                for s in &added {
+                    let _ = fsutil::remove_file(&s.seg.path);
+                }
+                let tmp = self
+                    .inner
+                    .config
+                    .data_dir
+                    .join(MANIFEST_FILE)
+                    .with_extension("tmp");
+                if tmp.exists() {
+                    let _ = fsutil::remove_file(&tmp);
+                }
+            }
+            return Err(e);
+        }
         *manifest = next;
         {
             let mut state = self.inner.state.write();

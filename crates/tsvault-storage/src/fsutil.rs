@@ -52,14 +52,19 @@ pub(crate) fn remove_file(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Creates `path` holding `bytes`, fsynced (its directory entry is durable once the
+/// directory is fsynced).
+pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = File::create(path).ctx("create", path)?;
+    f.write_all(bytes).ctx("write", path)?;
+    fsync(&f, path, false)
+}
+
 /// Writes `bytes` to `path` atomically: a temporary file, fsync, rename, directory fsync.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp).ctx("create", &tmp)?;
-    f.write_all(bytes).ctx("write", &tmp)?;
-    fsync(&f, &tmp, false)?;
-    drop(f);
+    write_synced(&tmp, bytes)?;
     rename(&tmp, path)?;
     sync_dir(dir)
 }

@@ -13,7 +13,7 @@ use crate::index::SeriesId;
 const HEAD_DOUBLING_MAX: usize = 1024;
 
 /// In-memory samples of every series, in the order they were written.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct Head {
     series: HashMap<SeriesId, Vec<Sample>>,
     samples: usize,
@@ -36,22 +36,13 @@ impl Head {
     }
 
     /// One head holding `older`'s samples, then `newer`'s, in write order (so a timestamp
-    /// written in both keeps `newer`'s value).
-    pub(crate) fn joined(older: &Head, mut newer: Head) -> Head {
-        let mut out = Head::default();
-        for (&id, samples) in &older.series {
-            let mut all = samples.clone();
-            if let Some(n) = newer.series.remove(&id) {
-                all.extend(n);
-            }
-            out.samples += all.len();
-            out.series.insert(id, all);
-        }
+    /// written in both keeps `newer`'s value). Moves the samples; copies none.
+    pub(crate) fn joined(mut older: Head, newer: Head) -> Head {
         for (id, samples) in newer.series {
-            out.samples += samples.len();
-            out.series.insert(id, samples);
+            older.samples += samples.len();
+            older.series.entry(id).or_default().extend(samples);
         }
-        out
+        older
     }
 
     /// Appends the samples of `id` in `[start_ms, end_ms]` to `out`, in write order.

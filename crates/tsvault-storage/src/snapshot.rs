@@ -276,8 +276,6 @@ pub fn file_digests(path: &Path) -> Result<Vec<SeriesDigest>> {
                 out[8..].copy_from_slice(&s.value.to_bits().to_le_bytes());
             }
             a.samples += samples.len() as u64;
-            a.hasher.update(&a.pending);
-            a.pending.clear();
             a.hasher.update(&run);
         }
     } else if name.ends_with(".wal") {

@@ -264,3 +264,33 @@ fn a_full_disk_when_the_wal_rolls_is_tried_again_later() {
     assert_eq!(samples(&e), vec![s(1, 1.0), s(2, 2.0)]);
     scenario.teardown();
 }
+
+/// A full disk when a flush stores its manifest: the segments it wrote are removed at once
+/// (retries would otherwise fill the disk with strays), nothing is poisoned, the samples stay
+/// served, and a later flush writes them.
+#[test]
+fn a_full_disk_when_the_manifest_is_stored_leaves_no_segment_behind() {
+    let scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(EngineConfig::new(dir.path())).unwrap();
+    e.write(&[pt(1, 1.0)]).unwrap();
+    fail::cfg("manifest-store", "return(enospc)").unwrap();
+    for _ in 0..3 {
+        let err = e.flush().unwrap_err();
+        assert!(err.is_disk_full(), "{err}");
+    }
+    assert!(e.poisoned().is_none());
+    let left = std::fs::read_dir(dir.path().join("segments"))
+        .unwrap()
+        .count();
+    assert_eq!(left, 0, "no segment of the failed flushes is left");
+    assert_eq!(samples(&e), vec![s(1, 1.0)]);
+    fail::remove("manifest-store");
+    e.flush().unwrap();
+    assert_eq!(e.segments().len(), 1);
+    e.close().unwrap();
+    drop(e);
+    let e = Engine::open(EngineConfig::new(dir.path())).unwrap();
+    assert_eq!(samples(&e), vec![s(1, 1.0)]);
+    scenario.teardown();
+}

@@ -287,3 +287,35 @@ fn a_damaged_snapshot_description_is_named_and_never_stops_the_store() {
     assert_eq!(e.expire_snapshots().unwrap(), vec![snap.id]);
     assert!(e.snapshots().unwrap().is_empty());
 }
+
+/// Snapshots taken at the same time (often in the same millisecond) each claim their own
+/// id: none is removed or damaged by another's failure, and every one is whole.
+#[test]
+fn concurrent_snapshots_get_their_own_ids_and_are_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path());
+    e.write(&[pt(&key("a"), HOUR, 1.0)]).unwrap();
+    e.flush().unwrap();
+    let ids: Vec<String> = std::thread::scope(|s| {
+        let takers: Vec<_> = (0..3)
+            .map(|_| {
+                s.spawn(|| {
+                    (0..15)
+                        .map(|_| e.snapshot().unwrap().id)
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        takers.into_iter().flat_map(|t| t.join().unwrap()).collect()
+    });
+    let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+    assert_eq!(distinct.len(), 45);
+    assert_eq!(e.snapshots().unwrap().len(), 45);
+    e.close().unwrap();
+    let report = tsvault_storage::check_data_dir(dir.path(), &mut |_| {}).unwrap();
+    assert!(
+        report.problems.is_empty() && report.notes.is_empty(),
+        "{report:?}"
+    );
+    assert_eq!(report.snapshots, 45);
+}

@@ -442,8 +442,13 @@ pub fn backup(cmd: BackupCommand) -> anyhow::Result<ExitCode> {
                 };
                 let mut problems = Vec::new();
                 for id in &ids {
-                    problems.extend(tsvault_backup::verify_backup(&r, id, read_data).await);
-                    if deep {
+                    // A deep verification restores, which reads and hashes every blob: the
+                    // structure is checked first (cheap, and names missing blobs plainly),
+                    // the blobs are not read a second time.
+                    let found = tsvault_backup::verify_backup(&r, id, read_data && !deep).await;
+                    let structure_ok = found.is_empty();
+                    problems.extend(found);
+                    if deep && structure_ok {
                         problems.extend(tsvault_backup::verify_deep(&r, id).await);
                     }
                 }

@@ -115,3 +115,40 @@ fn a_failed_fsync_poisons_with_503_until_a_restart_recovers() {
         204
     );
 }
+
+/// A snapshot file whose size is not the one the snapshot lists is refused with a 500 naming
+/// it, not streamed short under a Content-Length it cannot fill.
+#[test]
+fn a_snapshot_file_of_the_wrong_size_is_not_served() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Server::start(tmp.path(), &[]);
+    assert_eq!(
+        post(&s.url("/write?precision=ms"), b"disk v=1 1000").status,
+        204
+    );
+    let snap = post(&s.url("/api/admin/snapshots"), b"").json();
+    let id = snap["id"].as_str().unwrap();
+    let file = snap["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"].as_str().unwrap().starts_with("wal/") && f["size"].as_u64() > Some(8))
+        .unwrap();
+    let path = file["path"].as_str().unwrap();
+    let on_disk = tmp.path().join("snapshots").join(id).join(path);
+    let len = std::fs::metadata(&on_disk).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&on_disk)
+        .unwrap()
+        .set_len(len - 1)
+        .unwrap();
+    let r = get(&s.url(&format!("/api/admin/snapshots/{id}/file?path={path}")));
+    assert_eq!(r.status, 500, "{}", r.body);
+    assert!(
+        r.body
+            .contains(&format!("{} bytes; the snapshot lists {len}", len - 1)),
+        "{}",
+        r.body
+    );
+}
