@@ -596,11 +596,11 @@ fn backups(
     restic.init()?;
     full = full.set(3, restic.backup(&influx.data_dir)?.as_secs_f64());
 
-    say!("backups: 1% more data, settled, then incremental");
+    say!("backups: 1% more data, written to disk (no forced merge), then incremental");
     let total = wl.samples() + wl.extra_samples();
     for sys in running {
         load(&sys.write_url(), &wl.extra, clients, &ProgressBar::hidden())?;
-        sys.settle()?;
+        sys.settle_with(false)?;
         let got = sys.count_samples(workload::START_MS, wl.extra_end_ms())?;
         ensure!(
             got == total,

@@ -303,10 +303,24 @@ impl Running {
     /// - InfluxDB (configured with 5 s cold durations, see [`influx_config`]): waits until the
     ///   WAL is empty, no compaction is active and the directory size held for 8 s.
     pub fn settle(&self) -> anyhow::Result<Duration> {
+        self.settle_with(true)
+    }
+
+    /// Like [`Running::settle`], but `merge: false` only asks for the data to be written to
+    /// disk and leaves merging to the system's own policy (tsvault: `/api/admin/flush`, whose
+    /// compaction leaves a large segment alone beside a small flush; VictoriaMetrics:
+    /// `force_flush` without `force_merge`; InfluxDB: its cold-duration compaction as
+    /// before). What a backup finds after more data arrived in normal running.
+    pub fn settle_with(&self, merge: bool) -> anyhow::Result<Duration> {
         let t = Instant::now();
         match self.kind {
             Kind::Tsvault => {
-                for path in ["/api/admin/flush", "/api/admin/compact"] {
+                let paths: &[&str] = if merge {
+                    &["/api/admin/flush", "/api/admin/compact"]
+                } else {
+                    &["/api/admin/flush"]
+                };
+                for path in paths {
                     http::post(
                         &self.agent,
                         &format!("{}{path}", self.base),
@@ -321,11 +335,13 @@ impl Running {
                     &format!("{}/internal/force_flush", self.base),
                     &[],
                 )?;
-                http::get(
-                    &self.agent,
-                    &format!("{}/internal/force_merge", self.base),
-                    &[("partition_prefix", "".into())],
-                )?;
+                if merge {
+                    http::get(
+                        &self.agent,
+                        &format!("{}/internal/force_merge", self.base),
+                        &[("partition_prefix", "".into())],
+                    )?;
+                }
                 self.wait_quiet(Duration::from_secs(2), |me| {
                     let m = http::get(&me.agent, &format!("{}/metrics", me.base), &[])?;
                     let busy = m.lines().any(|l| {

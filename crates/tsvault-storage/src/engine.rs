@@ -57,8 +57,11 @@ pub struct EngineConfig {
     pub head_samples_max: usize,
     /// The head is flushed at least this often when it holds anything.
     pub flush_interval_ms: u64,
-    /// A partition with this many segments is compacted even while still being written.
+    /// A partition with this many segments has its newer, smaller ones merged even when
+    /// they are small beside its largest (see [`compaction_pick`]).
     pub compaction_segments_min: usize,
+    /// A partition no flush has written to for this long is merged into one segment.
+    pub compaction_cold_ms: i64,
     /// At start, move damaged files aside and serve the rest instead of refusing to start.
     pub quarantine_corrupt: bool,
     /// The clock, in milliseconds since the epoch (injected so retention can be tested).
@@ -87,6 +90,7 @@ impl EngineConfig {
             head_samples_max: 32 << 20,
             flush_interval_ms: 30 * 60 * 1000,
             compaction_segments_min: 4,
+            compaction_cold_ms: 4 * 3600 * 1000,
             quarantine_corrupt: false,
             clock: system_clock_ms,
             snapshot_max_age_ms: 24 * 3600 * 1000,
@@ -190,6 +194,10 @@ pub(crate) struct Inner {
     stop_cv: Condvar,
     /// The data directory lock, held until shutdown completes.
     lock: Mutex<Option<File>>,
+    /// When (clock ms) a flush last wrote into each partition, by partition start; a
+    /// partition not in it counts as written when the engine opened.
+    partition_written_ms: Mutex<HashMap<i64, i64>>,
+    opened_ms: i64,
 }
 
 impl Inner {
@@ -247,6 +255,9 @@ pub const RESTORE_MARKER: &str = "RESTORING";
 
 /// How often the maintenance thread releases expired snapshots.
 const SNAPSHOT_EXPIRY_EVERY: Duration = Duration::from_secs(60);
+
+/// How often the maintenance thread looks for partitions gone cold (a flush looks too).
+const COMPACTION_CHECK_EVERY: Duration = Duration::from_secs(60);
 
 /// How often the maintenance thread looks for work.
 const MAINTENANCE_TICK_MS: u64 = 1000;
@@ -424,6 +435,7 @@ impl Engine {
             }
         }
 
+        let opened_ms = (config.clock)();
         let inner = Arc::new(Inner {
             segment_duration_ms,
             config,
@@ -443,6 +455,8 @@ impl Engine {
             stop: Mutex::new(false),
             stop_cv: Condvar::new(),
             lock: Mutex::new(Some(lock)),
+            partition_written_ms: Mutex::new(HashMap::new()),
+            opened_ms,
         });
         let (tx, rx) = sync_channel(COMMIT_QUEUE_MAX);
         let commit_inner = inner.clone();
@@ -1015,8 +1029,18 @@ impl EngineHandle {
             next.segments.push(info);
         }
         next.wal_start = wal_start;
+        let written: Vec<i64> = next.segments[listed..]
+            .iter()
+            .map(|s| s.partition_start_ms)
+            .collect();
         self.install(manifest, next, &[], new_segments, true)?;
         self.inner.stats.flushes.fetch_add(1, Ordering::Relaxed);
+        let now = (self.inner.config.clock)();
+        let mut when = self.inner.partition_written_ms.lock();
+        for start in written {
+            when.insert(start, now);
+        }
+        drop(when);
         for (n, path) in list_wal_files(&self.inner.wal_dir)? {
             if n < wal_start {
                 fsutil::remove_file(&path)?;
@@ -1118,8 +1142,8 @@ impl EngineHandle {
         Ok(Arc::new(index_segment(seg, &mut registry)))
     }
 
-    /// Merges the segments of partitions that have several. `all`: every such partition;
-    /// otherwise only those past their end or with `compaction_segments_min` segments.
+    /// Merges segments of partitions that have several: with `all`, each such partition
+    /// into one; otherwise what [`compaction_pick`] chooses.
     fn compact(&self, all: bool) -> Result<usize> {
         self.refuse_if_poisoned()?;
         let mut manifest = self.inner.manifest.lock();
@@ -1132,17 +1156,27 @@ impl EngineHandle {
                 .push(s.clone());
         }
         let mut done = 0;
-        for (start, group) in by_partition {
+        for (start, mut group) in by_partition {
             let end = group[0].partition_end_ms;
-            let due = group.len() >= self.inner.config.compaction_segments_min.max(2) || end <= now;
-            if group.len() < 2 || !(all || due) {
+            group.sort_by_key(|s| s.seq);
+            let written = self
+                .inner
+                .partition_written_ms
+                .lock()
+                .get(&start)
+                .copied()
+                .unwrap_or(self.inner.opened_ms);
+            let cold = now.saturating_sub(written) >= self.inner.config.compaction_cold_ms;
+            let pick = if all || cold {
+                &group[..]
+            } else {
+                compaction_pick(&group, self.inner.config.compaction_segments_min)
+            };
+            if pick.len() < 2 {
                 continue;
             }
-            let r = self.compact_partition(&mut manifest, (start, end), &group);
-            if let Err(e) = &r {
-                self.inner.poison(e);
-            }
-            r?;
+            // Callers run this guarded: an error poisons the store unless the disk was full.
+            self.compact_partition(&mut manifest, (start, end), pick)?;
             done += 1;
         }
         Ok(done)
@@ -1311,6 +1345,7 @@ impl EngineHandle {
         let tick = Duration::from_millis(MAINTENANCE_TICK_MS);
         let mut last_flush = Instant::now();
         let mut last_expiry = Instant::now();
+        let mut last_compaction = Instant::now();
         loop {
             {
                 let mut stop = self.inner.stop.lock();
@@ -1332,6 +1367,11 @@ impl EngineHandle {
             {
                 last_flush = Instant::now();
                 self.guarded("flush", || self.flush())
+            } else if last_compaction.elapsed() >= COMPACTION_CHECK_EVERY {
+                // A partition that has gone cold is merged without waiting for a flush.
+                last_compaction = Instant::now();
+                self.guarded("compaction", || self.compact(false).map(|_| ()))
+                    .and_then(|()| self.guarded("retention", || self.apply_retention().map(|_| ())))
             } else {
                 self.guarded("retention", || self.apply_retention().map(|_| ()))
             };
@@ -1348,6 +1388,42 @@ impl EngineHandle {
             }
         }
     }
+}
+
+/// Which segments of a partition (ascending by seq, that is oldest first) a compaction merges
+/// while the partition is still being written, so that small flushes are not each merged
+/// into one large segment (rewriting it, and making the next incremental backup store it
+/// again):
+/// - all of them when the others together hold at least half as many samples as the largest
+///   (samples, not bytes: a merge's work is decoding and encoding them, and a small flush's
+///   short blocks take more bytes per sample): each merge grows the largest by half at
+///   least, so a sample is rewritten a logarithmic number of times;
+/// - else, from `segments_min` segments on, those newer than the largest, when two or more
+///   are (a run of the newest, so that the merged segment, which takes the next seq, still
+///   wins over every older one where timestamps meet);
+/// - else all, from `segments_min` on (the run after the largest is one segment or none:
+///   only merging all bounds the count);
+/// - else none.
+///
+/// A partition no flush has written to for `compaction_cold_ms` is merged whole instead.
+pub(crate) fn compaction_pick(group: &[SegmentInfo], segments_min: usize) -> &[SegmentInfo] {
+    if group.len() < 2 {
+        return &[];
+    }
+    let (largest, big) = group
+        .iter()
+        .enumerate()
+        .max_by_key(|(i, s)| (s.samples, std::cmp::Reverse(*i)))
+        .expect("two or more segments");
+    let others: u64 = group.iter().map(|s| s.samples).sum::<u64>() - big.samples;
+    if others.saturating_mul(2) >= big.samples {
+        return group;
+    }
+    if group.len() < segments_min.max(2) {
+        return &[];
+    }
+    let newer = &group[largest + 1..];
+    if newer.len() >= 2 { newer } else { group }
 }
 
 fn index_segment(seg: Segment, registry: &mut Registry) -> LoadedSegment {
@@ -1620,4 +1696,53 @@ fn remove_stray_files(seg_dir: &Path, manifest: &Manifest) -> Result<()> {
         fsutil::remove_file(&tmp)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seg(seq: u64, samples: u64) -> SegmentInfo {
+        SegmentInfo {
+            seq,
+            partition_start_ms: 0,
+            partition_end_ms: 10,
+            // Sizes do not decide: samples do.
+            size_bytes: 1000 - samples,
+            blake3: String::new(),
+            series: 1,
+            samples,
+        }
+    }
+
+    fn picked(sizes: &[u64], min: usize) -> Vec<u64> {
+        let group: Vec<SegmentInfo> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| seg(i as u64 + 1, n))
+            .collect();
+        compaction_pick(&group, min).iter().map(|s| s.seq).collect()
+    }
+
+    #[test]
+    fn compaction_leaves_a_large_segment_alone_until_the_rest_holds_half_its_samples() {
+        assert_eq!(picked(&[100], 4), Vec::<u64>::new());
+        // Flushes of about one size merge as they come.
+        assert_eq!(picked(&[10, 10], 4), vec![1, 2]);
+        assert_eq!(picked(&[20, 10], 4), vec![1, 2]);
+        // A small flush beside a large segment waits.
+        assert_eq!(picked(&[1000, 10], 4), Vec::<u64>::new());
+        assert_eq!(picked(&[1000, 10, 10], 4), Vec::<u64>::new());
+        assert_eq!(picked(&[1000, 300, 200], 4), vec![1, 2, 3]);
+        // From four segments on, the newer ones merge among themselves...
+        assert_eq!(picked(&[1000, 10, 10, 10], 4), vec![2, 3, 4]);
+        assert_eq!(picked(&[5, 1000, 10, 10], 4), vec![3, 4]);
+        // ...and when fewer than two are newer than the largest, everything merges: a
+        // merge of older segments alone would take a seq above the largest's and win
+        // where timestamps meet.
+        assert_eq!(picked(&[10, 10, 10, 1000], 4), vec![1, 2, 3, 4]);
+        assert_eq!(picked(&[10, 10, 1000, 10], 4), vec![1, 2, 3, 4]);
+        // Equal sizes: the oldest counts as the largest.
+        assert_eq!(picked(&[1000, 1000], 4), vec![1, 2]);
+    }
 }

@@ -593,3 +593,84 @@ fn a_whole_damaged_last_record_is_reported_not_taken_for_a_torn_write() {
     assert_eq!(all(&e, "m")[0].1, vec![s(1, 1.0)]);
     assert_eq!(e.quarantined().len(), 1, "the cut is reported");
 }
+
+/// The clock of `compaction_waits_for_a_partition_to_go_cold`.
+static COLD_TEST_CLOCK: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+#[test]
+fn compaction_waits_for_a_partition_to_go_cold() {
+    use std::sync::atomic::Ordering;
+    fn clock() -> i64 {
+        COLD_TEST_CLOCK.load(Ordering::SeqCst)
+    }
+    COLD_TEST_CLOCK.store(1000 * HOUR, Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = EngineConfig::new(dir.path());
+    cfg.clock = clock;
+    let e = Engine::open(cfg).unwrap();
+    let keys: Vec<SeriesKey> = (0..20).map(|h| key("m", &format!("h{h}"))).collect();
+    // A large flush into an old partition (hour 0 to 6), then a small one into it with an
+    // overwrite of a sample of the large one.
+    let big: Vec<Point> = (0..2000)
+        .flat_map(|i| keys.iter().map(move |k| pt(k, i * 10_000, i as f64)))
+        .collect();
+    e.write(&big).unwrap();
+    e.flush().unwrap();
+    let large = e.segments();
+    assert_eq!(large.len(), 1);
+    e.write(&[pt(&keys[0], 5, 0.5), pt(&keys[0], 10_000, -1.0)])
+        .unwrap();
+    e.flush().unwrap();
+    let segs = e.segments();
+    assert_eq!(
+        segs.len(),
+        2,
+        "the small flush is not merged into the large segment"
+    );
+    assert!(
+        segs.contains(&large[0]),
+        "the large segment is not rewritten"
+    );
+    let first = &all(&e, "m")[0];
+    assert_eq!(first.0, keys[0]);
+    assert_eq!(first.1[..3], [s(0, 0.0), s(5, 0.5), s(10_000, -1.0)]);
+    // Two more small flushes: four segments, the three newer ones merge among themselves
+    // and the newest write of a timestamp still wins.
+    e.write(&[pt(&keys[0], 10_000, -2.0)]).unwrap();
+    e.flush().unwrap();
+    e.write(&[pt(&keys[1], 10_000, -3.0)]).unwrap();
+    e.flush().unwrap();
+    let segs = e.segments();
+    assert_eq!(segs.len(), 2, "{segs:?}");
+    assert!(segs.contains(&large[0]));
+    let got = all(&e, "m");
+    assert_eq!(got[0].1[..3], [s(0, 0.0), s(5, 0.5), s(10_000, -2.0)]);
+    assert_eq!(got[1].1[1], s(10_000, -3.0));
+    // Four hours without a flush into it: the partition is merged whole at the next
+    // compaction (here the one after a flush into another partition).
+    COLD_TEST_CLOCK.store(1004 * HOUR, Ordering::SeqCst);
+    e.write(&[pt(&keys[0], 100 * HOUR, 1.0)]).unwrap();
+    e.flush().unwrap();
+    let segs = e.segments();
+    assert_eq!(
+        segs.iter().filter(|s| s.partition_start_ms == 0).count(),
+        1,
+        "{segs:?}"
+    );
+    assert_eq!(all(&e, "m"), got_with(&got, &keys[0], s(100 * HOUR, 1.0)));
+    e.close().unwrap();
+
+    fn got_with(
+        got: &[(SeriesKey, Vec<tsvault_model::Sample>)],
+        k: &SeriesKey,
+        extra: tsvault_model::Sample,
+    ) -> Vec<(SeriesKey, Vec<tsvault_model::Sample>)> {
+        let mut out = got.to_vec();
+        out.iter_mut()
+            .find(|(key, _)| key == k)
+            .unwrap()
+            .1
+            .push(extra);
+        out
+    }
+}

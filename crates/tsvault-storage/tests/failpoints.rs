@@ -294,3 +294,34 @@ fn a_full_disk_when_the_manifest_is_stored_leaves_no_segment_behind() {
     assert_eq!(samples(&e), vec![s(1, 1.0)]);
     scenario.teardown();
 }
+
+/// A full disk while a compaction writes its merged segment changes nothing and does not
+/// poison; the next compaction merges.
+#[test]
+fn a_full_disk_during_a_compaction_is_tried_again_later() {
+    let scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(EngineConfig::new(dir.path())).unwrap();
+    e.write(&[pt(1, 1.0)]).unwrap();
+    e.flush().unwrap();
+    e.write(&[pt(2, 2.0)]).unwrap();
+    e.flush().unwrap();
+    e.write(&[pt(3, 3.0)]).unwrap();
+    fail::cfg("segment-write", "1*off->1*return(enospc)").unwrap();
+    // The flush's own segment is written; the compaction after it finds the disk full.
+    let err = e.flush().unwrap_err();
+    assert!(err.is_disk_full(), "{err}");
+    assert!(e.poisoned().is_none(), "a full disk does not poison");
+    let before = e.segments();
+    assert!(before.len() >= 2, "{before:?}");
+    e.write(&[pt(4, 4.0)]).unwrap();
+    fail::remove("segment-write");
+    assert_eq!(e.compact().unwrap(), 1);
+    assert_eq!(e.segments().len(), 1);
+    assert_eq!(
+        samples(&e),
+        vec![s(1, 1.0), s(2, 2.0), s(3, 3.0), s(4, 4.0)]
+    );
+    e.close().unwrap();
+    scenario.teardown();
+}
