@@ -401,7 +401,7 @@ impl FileCtx<'_> {
             uploaded,
             deduplicated,
         } = stored?;
-        let digests = digests?;
+        let (digests_of, digests) = digests?;
         if size != file.size || file.blake3.as_ref().is_some_and(|h| h != &blake3) {
             return Err(Error::Corrupt {
                 what: format!("file {} from {}", file.path, self.source_name),
@@ -425,6 +425,7 @@ impl FileCtx<'_> {
                 blobs,
                 mtime_ns: file.mtime_ns,
                 digests: Some(digests_id),
+                digests_of,
                 stats: Some(DataSummary::of(&digests)),
             },
             digests: Some(digests),
@@ -883,8 +884,10 @@ pub async fn verify_backup(repo: &Repository, id: &str, read_data: bool) -> Vec<
 /// Deep verification of backup `id`: a full restore into a scratch directory (every blob
 /// read, decrypted and hashed, every file checked against its size and BLAKE3), every
 /// file's per-series digests recomputed from the restored bytes and compared with those the
-/// backup recorded from its source, and the restored directory opened by the storage engine
-/// (manifest, segment hashes, WAL replay). Returns every problem found.
+/// backup recorded from its source, the restored directory checked as `tsvault check` does
+/// (every block of every segment decoded, every WAL record read: digests of blocks do not
+/// decode them), and opened by the storage engine (manifest, segment hashes, WAL replay).
+/// Returns every problem found.
 pub async fn verify_deep(repo: &Repository, id: &str) -> Vec<Problem> {
     let problem = |detail: String| Problem {
         backup: id.to_string(),
@@ -928,8 +931,9 @@ pub async fn verify_deep(repo: &Repository, id: &str) -> Vec<Problem> {
             )));
         }
         let path = dir.join(&f.path);
+        let basis = f.digests_of;
         let found = match off_thread(&format!("file {}", f.path), move || {
-            tsvault_storage::file_digests(&path)
+            tsvault_storage::file_digests(&path, basis)
         })
         .await
         {
@@ -963,6 +967,21 @@ pub async fn verify_deep(repo: &Repository, id: &str) -> Vec<Problem> {
             ))),
             Err(e) => problems.push(problem(e.to_string())),
         }
+    }
+    let checked = dir.clone();
+    let report = off_thread("the restored data directory", move || {
+        tsvault_storage::check_data_dir(&checked, &mut |_| {})
+    })
+    .await;
+    match report {
+        Ok(Ok(r)) => problems.extend(r.problems.into_iter().map(|f| {
+            let file = f.file.strip_prefix(&dir).unwrap_or(&f.file).display();
+            problem(format!("restored file {file}: {}", f.detail))
+        })),
+        Ok(Err(e)) => problems.push(problem(format!(
+            "the restored data directory cannot be checked: {e}"
+        ))),
+        Err(e) => problems.push(problem(e.to_string())),
     }
     let opened = off_thread("the restored data directory", move || {
         tsvault_storage::Engine::open(tsvault_storage::EngineConfig::new(&dir))

@@ -128,6 +128,9 @@ pub async fn prune(repo: &Repository, policy: &KeepPolicy, dry_run: bool) -> Res
     result
 }
 
+/// A staging file of a local repository this old is left over from a killed writer.
+const STAGING_MAX_AGE_MS: u64 = 3600 * 1000;
+
 async fn prune_locked(
     repo: &Repository,
     policy: &KeepPolicy,
@@ -153,6 +156,8 @@ async fn prune_locked(
         for id in &removed {
             repo.delete_manifest(id).await?;
         }
+        repo.sync_deletions("backups").await?;
+        repo.clean_staging(STAGING_MAX_AGE_MS).await?;
     }
     let (mut blobs_deleted, mut bytes_deleted, mut blobs_kept) = (0, 0, 0);
     for (id, size, written_ms) in repo.blobs().await? {

@@ -1,6 +1,8 @@
 //! A repository on any object store: `config`, `data/<2 hex>/<id>` blobs and `backups/<id>`
 //! manifests (FORMAT.md). Blobs are written before the manifest that names them.
 
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use futures::TryStreamExt;
@@ -50,6 +52,9 @@ pub struct RepoOptions {
 /// An open repository.
 pub struct Repository {
     store: Arc<dyn ObjectStore>,
+    /// The directory of a local repository: objects are written there by [`put_object`]
+    /// (fsynced, then renamed into place), not through `store`.
+    local: Option<Arc<PathBuf>>,
     keys: Arc<Keys>,
     pub config: RepoConfig,
     /// The URL it was opened with, for messages.
@@ -81,21 +86,109 @@ async fn read_object(store: &dyn ObjectStore, path: &ObjPath) -> Result<Option<b
     }
 }
 
-/// Writes object `path` only if it does not exist yet (a create-only put); false when it
-/// already did.
-async fn create_object(store: &dyn ObjectStore, path: &ObjPath, body: Vec<u8>) -> Result<bool> {
-    let create = PutOptions {
-        mode: PutMode::Create,
+/// Where a local repository stages objects before renaming them into place (outside every
+/// listed prefix, so a half-written object is never listed).
+const LOCAL_STAGING: &str = "tmp";
+
+/// Writes object `path`; with `create_only`, only if it does not exist yet (false when it
+/// already did). In a local repository (`local`) the object is durable when this returns:
+/// written to a staging file, fsynced, renamed (or, create-only, linked) into place and its
+/// directory fsynced, so that a power cut leaves it whole or absent (object_store's local
+/// store fsyncs nothing, and a blob a manifest names must survive one). S3 answers a put
+/// once it is stored.
+async fn put_object(
+    store: &dyn ObjectStore,
+    local: Option<&Arc<PathBuf>>,
+    path: &ObjPath,
+    body: Vec<u8>,
+    create_only: bool,
+) -> Result<bool> {
+    if let Some(root) = local {
+        let root = root.clone();
+        let rel = path.to_string();
+        return tokio::task::spawn_blocking(move || put_local(&root, &rel, &body, create_only))
+            .await
+            .map_err(|e| Error::Invalid(format!("writing {path} panicked: {e}")))?;
+    }
+    let opts = PutOptions {
+        mode: if create_only {
+            PutMode::Create
+        } else {
+            PutMode::Overwrite
+        },
         ..Default::default()
     };
-    match store.put_opts(path, PutPayload::from(body), create).await {
+    match store.put_opts(path, PutPayload::from(body), opts).await {
         Ok(_) => Ok(true),
-        Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+        Err(object_store::Error::AlreadyExists { .. }) if create_only => Ok(false),
         Err(e) => Err(Error::store("write", path)(e)),
     }
 }
 
-fn store_for(opts: &RepoOptions) -> Result<Arc<dyn ObjectStore>> {
+/// [`put_object`] in the local repository at `root`: `rel` is `/`-separated and made by
+/// this module (no `..`).
+fn put_local(root: &Path, rel: &str, body: &[u8], create_only: bool) -> Result<bool> {
+    static STAGED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let target = root.join(rel);
+    let dir = target
+        .parent()
+        .expect("objects live under the repository root");
+    let staging = root.join(LOCAL_STAGING);
+    for d in [dir, staging.as_path()] {
+        if !d.is_dir() {
+            std::fs::create_dir_all(d).map_err(Error::io("create directory", d))?;
+            // The new directory's name must survive too: its parent (the root, or `data/`
+            // for a blob's `data/xx/`) is fsynced.
+            sync_dir(d.parent().unwrap_or(root))?;
+        }
+    }
+    let n = STAGED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // Random too: writers on two hosts sharing the directory may have the same pid.
+    let tmp = staging.join(format!(
+        "{}-{n}-{:016x}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    let written = (|| {
+        let mut f = std::fs::File::create_new(&tmp)?;
+        f.write_all(body)?;
+        f.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io("write", &tmp)(e));
+    }
+    let placed = if create_only {
+        // A link fails when the name exists: create-only, atomically.
+        match std::fs::hard_link(&tmp, &target) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(Error::io("link", &target)(e)),
+        }
+    } else {
+        std::fs::rename(&tmp, &target)
+            .map(|()| true)
+            .map_err(Error::io("rename", &target))
+    };
+    let _ = std::fs::remove_file(&tmp);
+    let placed = placed?;
+    if placed {
+        sync_dir(dir)?;
+    }
+    Ok(placed)
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(Error::io("fsync", dir))
+}
+
+/// A store, and the directory of a local one.
+type Store = (Arc<dyn ObjectStore>, Option<Arc<PathBuf>>);
+
+/// The store at `opts.url`, and the directory of a local one.
+fn store_for(opts: &RepoOptions) -> Result<Store> {
     let url = opts.url.trim();
     if url.is_empty() {
         return Err(Error::Config(
@@ -126,11 +219,12 @@ fn store_for(opts: &RepoOptions) -> Result<Arc<dyn ObjectStore>> {
             .build()
             .map_err(|e| Error::Config(format!("repository {url}: {e}")))?;
         let prefix = prefix.trim_matches('/');
-        return Ok(if prefix.is_empty() {
+        let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
             Arc::new(s3)
         } else {
             Arc::new(object_store::prefix::PrefixStore::new(s3, prefix))
-        });
+        };
+        return Ok((store, None));
     }
     let path = url.strip_prefix("file://").unwrap_or(url);
     if url.contains("://") && !url.starts_with("file://") {
@@ -139,16 +233,17 @@ fn store_for(opts: &RepoOptions) -> Result<Arc<dyn ObjectStore>> {
         )));
     }
     std::fs::create_dir_all(path).map_err(Error::io("create repository directory", path))?;
-    let local = object_store::local::LocalFileSystem::new_with_prefix(path)
+    let root = std::fs::canonicalize(path).map_err(Error::io("resolve", path))?;
+    let local = object_store::local::LocalFileSystem::new_with_prefix(&root)
         .map_err(|e| Error::Config(format!("repository {url}: {e}")))?;
-    Ok(Arc::new(local))
+    Ok((Arc::new(local), Some(Arc::new(root))))
 }
 
 impl Repository {
     /// Creates a repository at `opts.url`; encrypted unless `encrypt` is false. Refuses a
     /// location that already holds a repository.
     pub async fn init(opts: &RepoOptions, encrypt: bool) -> Result<Repository> {
-        let store = store_for(opts)?;
+        let (store, local) = store_for(opts)?;
         let mut id = [0u8; 16];
         rand::rng().fill_bytes(&mut id);
         let (keys, config) = if encrypt {
@@ -181,7 +276,7 @@ impl Repository {
         };
         let path = ObjPath::from("config");
         let body = serde_json::to_vec_pretty(&config).expect("config serializes");
-        if !create_object(store.as_ref(), &path, body).await? {
+        if !put_object(store.as_ref(), local.as_ref(), &path, body, true).await? {
             return Err(Error::Invalid(format!(
                 "{} already holds a repository (its config exists)",
                 opts.url
@@ -189,6 +284,7 @@ impl Repository {
         }
         Ok(Repository {
             store,
+            local,
             keys: Arc::new(keys),
             config,
             url: opts.url.clone(),
@@ -197,7 +293,7 @@ impl Repository {
 
     /// Opens the repository at `opts.url`, unlocking its key with the passphrase.
     pub async fn open(opts: &RepoOptions) -> Result<Repository> {
-        let store = store_for(opts)?;
+        let (store, local) = store_for(opts)?;
         let path = ObjPath::from("config");
         let body = read_object(store.as_ref(), &path).await?.ok_or_else(|| {
             Error::Invalid(format!(
@@ -244,6 +340,7 @@ impl Repository {
         };
         Ok(Repository {
             store,
+            local,
             keys: Arc::new(keys),
             config,
             url: opts.url.clone(),
@@ -282,10 +379,7 @@ impl Repository {
         let name = format!("blob {id}");
         let body = cpu(move || keys.seal(&name, &plaintext)).await?;
         let n = body.len() as u64;
-        self.store
-            .put(&path, PutPayload::from(body))
-            .await
-            .map_err(Error::store("write", &path))?;
+        put_object(self.store.as_ref(), self.local.as_ref(), &path, body, false).await?;
         Ok((id, n))
     }
 
@@ -327,10 +421,7 @@ impl Repository {
     pub(crate) async fn put_lock(&self, name: &str, info: &LockInfo) -> Result<()> {
         let path = ObjPath::from(format!("locks/{name}"));
         let body = serde_json::to_vec(info).expect("lock serializes");
-        self.store
-            .put(&path, PutPayload::from(body))
-            .await
-            .map_err(Error::store("write", &path))?;
+        put_object(self.store.as_ref(), self.local.as_ref(), &path, body, false).await?;
         Ok(())
     }
 
@@ -409,6 +500,54 @@ impl Repository {
             .collect())
     }
 
+    /// Makes the deletions under `prefix` durable (local repositories; S3's are once
+    /// answered): a prune removes manifests, then this, then blobs, so that a power cut
+    /// cannot bring back a manifest whose blobs are gone.
+    pub(crate) async fn sync_deletions(&self, prefix: &str) -> Result<()> {
+        let Some(root) = self.local.clone() else {
+            return Ok(());
+        };
+        let dir = root.join(prefix);
+        tokio::task::spawn_blocking(move || sync_dir(&dir))
+            .await
+            .map_err(|e| Error::Invalid(format!("fsync of {prefix} panicked: {e}")))?
+    }
+
+    /// Removes staging files of a local repository older than `max_age_ms`: what a writer
+    /// killed mid-object left (a live one renames its file within one write). Returns how
+    /// many.
+    pub(crate) async fn clean_staging(&self, max_age_ms: u64) -> Result<usize> {
+        let Some(root) = self.local.clone() else {
+            return Ok(0);
+        };
+        tokio::task::spawn_blocking(move || {
+            let dir = root.join(LOCAL_STAGING);
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+                Err(e) => return Err(Error::io("list", &dir)(e)),
+            };
+            let max_age = std::time::Duration::from_millis(max_age_ms);
+            let mut removed = 0;
+            for e in entries {
+                let e = e.map_err(Error::io("list", &dir))?;
+                let old = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age >= max_age);
+                if old {
+                    std::fs::remove_file(e.path()).map_err(Error::io("remove", &e.path()))?;
+                    removed += 1;
+                }
+            }
+            Ok(removed)
+        })
+        .await
+        .map_err(|e| Error::Invalid(format!("cleaning {LOCAL_STAGING}/ panicked: {e}")))?
+    }
+
     pub(crate) async fn delete_blob(&self, id: &str) -> Result<()> {
         let path = Self::blob_path(id)?;
         match self.store.delete(&path).await {
@@ -424,7 +563,7 @@ impl Repository {
             &format!("backup {}", m.id),
             &serde_json::to_vec(m).expect("manifest serializes"),
         )?;
-        if !create_object(self.store.as_ref(), &path, body).await? {
+        if !put_object(self.store.as_ref(), self.local.as_ref(), &path, body, true).await? {
             return Err(Error::Invalid(format!(
                 "backup {} already exists in repository {}",
                 m.id, self.url
@@ -479,5 +618,57 @@ impl Repository {
             .map_err(Error::store("list", &prefix))?;
         ids.sort();
         Ok(ids)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn staged(root: &Path) -> usize {
+        std::fs::read_dir(root.join(LOCAL_STAGING))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn local_objects_are_placed_whole_and_create_only_refuses_an_existing_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        assert!(put_local(root, "data/ab/abcd", b"one", false).unwrap());
+        assert_eq!(std::fs::read(root.join("data/ab/abcd")).unwrap(), b"one");
+        // An overwrite (a lock refreshed) replaces the content.
+        assert!(put_local(root, "data/ab/abcd", b"two", false).unwrap());
+        assert_eq!(std::fs::read(root.join("data/ab/abcd")).unwrap(), b"two");
+        assert!(put_local(root, "backups/x", b"manifest", true).unwrap());
+        assert!(!put_local(root, "backups/x", b"other", true).unwrap());
+        assert_eq!(std::fs::read(root.join("backups/x")).unwrap(), b"manifest");
+        assert_eq!(staged(root), 0, "no staging file is left behind");
+    }
+
+    #[tokio::test]
+    async fn prune_removes_staging_files_a_killed_writer_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = RepoOptions {
+            url: dir.path().display().to_string(),
+            ..Default::default()
+        };
+        let repo = Repository::init(&opts, false).await.unwrap();
+        let staging = dir.path().join(LOCAL_STAGING);
+        std::fs::create_dir_all(&staging).unwrap();
+        let old = staging.join("123-0");
+        let young = staging.join("123-1");
+        for p in [&old, &young] {
+            std::fs::write(p, b"half").unwrap();
+        }
+        let hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+        std::fs::File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(hours_ago)
+            .unwrap();
+        assert_eq!(repo.clean_staging(3600 * 1000).await.unwrap(), 1);
+        assert!(!old.exists() && young.exists());
     }
 }

@@ -7,7 +7,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
-use tsvault_storage::{ImportOutcome, SNAPSHOTS_DIR, SeriesDigest, SnapshotInfo};
+use tsvault_storage::{DigestBasis, ImportOutcome, SNAPSHOTS_DIR, SeriesDigest, SnapshotInfo};
 
 use crate::error::{Error, Result, off_thread};
 use crate::locks::now_ms;
@@ -78,12 +78,16 @@ impl ServerClient {
         what: &str,
         req: reqwest::RequestBuilder,
     ) -> Result<T> {
-        let bytes = self
-            .send(what, req)
-            .await?
-            .bytes()
-            .await
-            .map_err(|e| self.err(what, e))?;
+        let resp = self.send(what, req).await?;
+        self.body_json(what, resp).await
+    }
+
+    async fn body_json<T: DeserializeOwned>(
+        &self,
+        what: &str,
+        resp: reqwest::Response,
+    ) -> Result<T> {
+        let bytes = resp.bytes().await.map_err(|e| self.err(what, e))?;
         serde_json::from_slice(&bytes)
             .map_err(|e| self.err(what, format!("unexpected answer: {e}")))
     }
@@ -142,12 +146,31 @@ impl ServerClient {
             .await
     }
 
-    /// The per-series digests of file `path` of snapshot `id`.
-    async fn snapshot_digests(&self, id: &str, path: &str) -> Result<Vec<SeriesDigest>> {
+    /// The per-series digests of file `path` of snapshot `id` on `basis`, and the basis
+    /// the server used: one from before bases existed ignores the request and answers on
+    /// samples without saying so.
+    async fn snapshot_digests(
+        &self,
+        id: &str,
+        path: &str,
+        basis: DigestBasis,
+    ) -> Result<(DigestBasis, Vec<SeriesDigest>)> {
+        let what = format!("digests of {path} of snapshot {id}");
         let url = format!("{}/api/admin/snapshots/{id}/digests", self.base);
-        let req = self.client.get(url).query(&[("path", path)]);
-        self.json(&format!("digests of {path} of snapshot {id}"), req)
-            .await
+        let req = self
+            .client
+            .get(url)
+            .query(&[("path", path), ("basis", basis.as_str())]);
+        let resp = self.send(&what, req).await?;
+        let used = match resp.headers().get("x-tsvault-digest-basis") {
+            None => DigestBasis::Samples,
+            Some(v) => v
+                .to_str()
+                .ok()
+                .and_then(DigestBasis::parse)
+                .ok_or_else(|| self.err(&what, format!("unknown digest basis {v:?}")))?,
+        };
+        Ok((used, self.body_json(&what, resp).await?))
     }
 
     /// Sends one import body (`POST /api/admin/import`).
@@ -253,17 +276,21 @@ impl Source {
         }
     }
 
-    /// The per-series digests of file `path`.
-    pub(crate) async fn digests(&self, path: &str) -> Result<Vec<SeriesDigest>> {
+    /// The per-series digests of file `path`, on the cheapest basis for it (see
+    /// [`DigestBasis::for_file`]) unless the server is too old to know it, and the basis
+    /// they are on.
+    pub(crate) async fn digests(&self, path: &str) -> Result<(DigestBasis, Vec<SeriesDigest>)> {
+        let basis = DigestBasis::for_file(path);
         match self {
             Source::Dir(dir) => {
                 let p = dir.join(path);
-                off_thread(path, move || tsvault_storage::file_digests(&p))
+                let d = off_thread(path, move || tsvault_storage::file_digests(&p, basis))
                     .await?
-                    .map_err(|e| Error::Invalid(format!("cannot digest {path}: {e}")))
+                    .map_err(|e| Error::Invalid(format!("cannot digest {path}: {e}")))?;
+                Ok((basis, d))
             }
             Source::Server { client, snapshot } => {
-                client.snapshot_digests(&snapshot.id, path).await
+                client.snapshot_digests(&snapshot.id, path, basis).await
             }
         }
     }

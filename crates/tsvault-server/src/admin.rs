@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 use tsvault_model::{Point, SeriesKey};
-use tsvault_storage::Error as StorageError;
+use tsvault_storage::{DigestBasis, Error as StorageError};
 
 use crate::app::{BodyError, Shared, blocking, read_body};
 use crate::error::{body_too_large, storage_status};
@@ -139,23 +139,65 @@ pub(crate) async fn snapshot_file(
         .into_response()
 }
 
-/// `GET /api/admin/snapshots/{id}/digests?path=P`.
+#[derive(Deserialize)]
+pub(crate) struct DigestQuery {
+    path: String,
+    /// `samples` (the default, what servers before `blocks` existed computed) or `blocks`.
+    basis: Option<String>,
+}
+
+/// `GET /api/admin/snapshots/{id}/digests?path=P[&basis=samples|blocks]`: the file's
+/// per-series digests; the `x-tsvault-digest-basis` header says which basis they use.
 pub(crate) async fn snapshot_digests(
     State(st): State<Shared>,
     Path(id): Path<String>,
-    Query(q): Query<FileQuery>,
+    Query(q): Query<DigestQuery>,
 ) -> Response {
+    let basis = match q.basis.as_deref() {
+        None => DigestBasis::Samples,
+        Some(name) => match DigestBasis::parse(name) {
+            Some(b) => b,
+            None => {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    Json(json!({
+                        "error": format!("basis: '{name}' is neither 'samples' nor 'blocks'")
+                    })),
+                )
+                    .into_response();
+            }
+        },
+    };
+    if basis == DigestBasis::Blocks && DigestBasis::for_file(&q.path) != basis {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({
+                "error": format!("basis: digests of blocks are for segment files only, not {}", q.path)
+            })),
+        )
+            .into_response();
+    }
     let engine = st.engine.clone();
     let r = blocking(move || {
         let (path, _) = engine.snapshot_file(&id, &q.path)?;
-        tsvault_storage::file_digests(&path)
+        tsvault_storage::file_digests(&path, basis)
     })
     .await;
     match r {
-        Ok(d) => Json(d).into_response(),
+        Ok(d) => (
+            [(
+                header::HeaderName::from_static(DIGEST_BASIS_HEADER),
+                basis.as_str(),
+            )],
+            Json(d),
+        )
+            .into_response(),
         Err(e) => error_response(&e),
     }
 }
+
+/// The response header naming the basis of a digests answer.
+const DIGEST_BASIS_HEADER: &str = "x-tsvault-digest-basis";
 
 /// One line of an import body.
 #[derive(Deserialize)]

@@ -31,6 +31,7 @@ pub use error::{Error, Result};
 pub use manifest::Manifest;
 pub use segment::SegmentInfo;
 pub use snapshot::{
-    SNAPSHOTS_DIR, SeriesDigest, SnapshotFile, SnapshotInfo, file_digests, is_snapshot_id,
+    DigestBasis, SNAPSHOTS_DIR, SeriesDigest, SnapshotFile, SnapshotInfo, file_digests,
+    is_snapshot_id,
 };
 pub use wal::wal_files;

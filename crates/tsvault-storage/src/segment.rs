@@ -519,6 +519,16 @@ impl Segment {
     /// Opens `path` and verifies every structural check and the whole-file hash. When the
     /// manifest names a size and hash, they must match too.
     pub(crate) fn open(path: &Path, seq: u64, expected: Option<&SegmentInfo>) -> Result<Self> {
+        Ok(Self::open_keeping_bytes(path, seq, expected)?.0)
+    }
+
+    /// [`Segment::open`], returning the file's bytes too (the whole file is read to verify
+    /// its hash either way).
+    pub(crate) fn open_keeping_bytes(
+        path: &Path,
+        seq: u64,
+        expected: Option<&SegmentInfo>,
+    ) -> Result<(Self, Vec<u8>)> {
         let corrupt = |detail: String| Error::Corrupt {
             path: path.to_owned(),
             detail,
@@ -627,14 +637,15 @@ impl Segment {
             )));
         }
         let file = File::open(path).ctx("open", path)?;
-        Ok(Segment {
+        let seg = Segment {
             path: path.to_owned(),
             info,
             blocks,
             file_blake3,
             version,
             file,
-        })
+        };
+        Ok((seg, bytes))
     }
 
     /// The segment format (1 or 2).

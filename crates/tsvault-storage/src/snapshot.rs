@@ -222,15 +222,100 @@ pub struct SeriesDigest {
     pub samples: u64,
     pub min_ts_ms: i64,
     pub max_ts_ms: i64,
-    /// BLAKE3 over every sample in file order (timestamp and value bits, little-endian), hex.
+    /// BLAKE3, hex, of what the [`DigestBasis`] says.
     pub blake3: String,
+}
+
+/// What the per-series digests of a file hash.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DigestBasis {
+    /// Every sample of the series in file order (timestamp and value bits, little-endian):
+    /// the file is decoded.
+    #[default]
+    Samples,
+    /// The series' block of a segment (one per series and segment) as stored; its count
+    /// and time range come from the segment's index. Nothing is decoded (a digest costs a
+    /// hash of the compressed bytes), so whoever compares such digests decodes the blocks
+    /// separately (`verify --deep` checks the restored directory with `check_data_dir`).
+    Blocks,
+}
+
+impl DigestBasis {
+    /// The cheapest basis for the data-directory file `path`: blocks for a segment, samples
+    /// for anything else.
+    pub fn for_file(path: &str) -> Self {
+        if path.ends_with(".seg") {
+            DigestBasis::Blocks
+        } else {
+            DigestBasis::Samples
+        }
+    }
+
+    pub fn is_samples(&self) -> bool {
+        *self == DigestBasis::Samples
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DigestBasis::Samples => "samples",
+            DigestBasis::Blocks => "blocks",
+        }
+    }
+
+    /// The basis named `name` (as [`DigestBasis::as_str`] writes it).
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "samples" => Some(DigestBasis::Samples),
+            "blocks" => Some(DigestBasis::Blocks),
+            _ => None,
+        }
+    }
 }
 
 /// The per-series digests of a data-directory file, sorted by series: every block of a
 /// segment (`.seg`), every record of a WAL file (`.wal`) before a torn tail; other files hold
 /// no samples. The file is verified as it is read (checksums, hashes); damage is an error
-/// naming it.
-pub fn file_digests(path: &Path) -> Result<Vec<SeriesDigest>> {
+/// naming it. [`DigestBasis::Blocks`] is for segments only.
+pub fn file_digests(path: &Path, basis: DigestBasis) -> Result<Vec<SeriesDigest>> {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    if basis == DigestBasis::Blocks {
+        if !name.ends_with(".seg") {
+            return Err(Error::Config(format!(
+                "{}: digests of blocks are for segment files only",
+                path.display()
+            )));
+        }
+        let (seg, bytes) = Segment::open_keeping_bytes(path, 0, None)?;
+        return seg
+            .blocks
+            .iter()
+            .map(|b| {
+                // The index was checked to point inside the file when the segment opened.
+                let block = &bytes[b.offset as usize..][..b.len as usize];
+                if crc32c::crc32c(block) != b.crc {
+                    return Err(Error::Corrupt {
+                        path: path.to_owned(),
+                        detail: format!(
+                            "block of series {} at byte {}: checksum mismatch",
+                            b.key, b.offset
+                        ),
+                    });
+                }
+                Ok(SeriesDigest {
+                    series: b.key.as_str().to_string(),
+                    samples: u64::from(b.count),
+                    min_ts_ms: b.min_ts,
+                    max_ts_ms: b.max_ts,
+                    blake3: blake3::hash(block).to_hex().to_string(),
+                })
+            })
+            .collect();
+    }
+    sample_digests(path, name)
+}
+
+fn sample_digests(path: &Path, name: &str) -> Result<Vec<SeriesDigest>> {
     struct Acc {
         samples: u64,
         min: i64,
@@ -256,7 +341,6 @@ pub fn file_digests(path: &Path) -> Result<Vec<SeriesDigest>> {
         acc.get_mut(key).expect("inserted above")
     }
     let mut acc: BTreeMap<String, Acc> = BTreeMap::new();
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
     if name.ends_with(".seg") {
         // A block holds one series: its samples are hashed as one run, with no copy into
         // the series' pending bytes (the same bytes reach the hasher either way).

@@ -7,7 +7,9 @@ mod common;
 
 use common::{HOUR, open, pt};
 use tsvault_model::{Sample, SeriesKey};
-use tsvault_storage::{Engine, EngineConfig, Error, ImportOutcome, SNAPSHOTS_DIR, file_digests};
+use tsvault_storage::{
+    DigestBasis, Engine, EngineConfig, Error, ImportOutcome, SNAPSHOTS_DIR, file_digests,
+};
 
 fn key(host: &str) -> SeriesKey {
     common::key("cpu", host)
@@ -213,13 +215,32 @@ fn digests_are_the_same_for_a_copy_and_name_damage() {
     let copy = tempfile::tempdir().unwrap();
     copy_snapshot(&e, &snap.id, copy.path());
     let mut seen_samples = 0;
+    let mut segments = 0;
     for f in &snap.files {
         let (src, _) = e.snapshot_file(&snap.id, &f.path).unwrap();
-        let d = file_digests(&src).unwrap();
-        assert_eq!(d, file_digests(&copy.path().join(&f.path)).unwrap());
+        let basis = DigestBasis::for_file(&f.path);
+        let d = file_digests(&src, basis).unwrap();
+        assert_eq!(d, file_digests(&copy.path().join(&f.path), basis).unwrap());
         seen_samples += d.iter().map(|x| x.samples).sum::<u64>();
+        if basis == DigestBasis::Blocks {
+            // Digests of blocks count and bound the same samples as digests of samples;
+            // only the hashes differ.
+            segments += 1;
+            let by_samples = file_digests(&src, DigestBasis::Samples).unwrap();
+            assert_eq!(by_samples.len(), d.len());
+            for (b, s) in d.iter().zip(&by_samples) {
+                assert_eq!(
+                    (&b.series, b.samples, b.min_ts_ms, b.max_ts_ms),
+                    (&s.series, s.samples, s.min_ts_ms, s.max_ts_ms)
+                );
+                assert_ne!(b.blake3, s.blake3);
+            }
+        } else {
+            let err = file_digests(&src, DigestBasis::Blocks).unwrap_err();
+            assert!(err.to_string().contains("segment files only"), "{err}");
+        }
     }
-    assert_eq!(seen_samples, 102);
+    assert_eq!((seen_samples, segments), (102, 1));
     let seg = snap
         .files
         .iter()
@@ -229,11 +250,13 @@ fn digests_are_the_same_for_a_copy_and_name_damage() {
     let mut bytes = fs::read(&p).unwrap();
     bytes[20] ^= 1;
     fs::write(&p, bytes).unwrap();
-    let err = file_digests(&p).unwrap_err();
-    assert!(
-        matches!(&err, Error::Corrupt { path, .. } if path == &p),
-        "{err}"
-    );
+    for basis in [DigestBasis::Samples, DigestBasis::Blocks] {
+        let err = file_digests(&p, basis).unwrap_err();
+        assert!(
+            matches!(&err, Error::Corrupt { path, .. } if path == &p),
+            "{err}"
+        );
+    }
 }
 
 #[test]

@@ -327,6 +327,22 @@ fn every_http_input_in_the_table_gets_its_error() {
             "has no file",
         ),
         (
+            "GET",
+            format!("/api/admin/snapshots/{snap}/digests?path=MANIFEST&basis=bogus"),
+            "",
+            b"",
+            400,
+            "basis: 'bogus' is neither 'samples' nor 'blocks'",
+        ),
+        (
+            "GET",
+            format!("/api/admin/snapshots/{snap}/digests?path=MANIFEST&basis=blocks"),
+            "",
+            b"",
+            400,
+            "digests of blocks are for segment files only",
+        ),
+        (
             "POST",
             "/api/admin/import".into(),
             "",

@@ -421,3 +421,68 @@ fn an_online_backup_killed_midway_leaves_no_backup_and_the_next_run_finishes() {
     );
     assert_eq!(k, 30);
 }
+
+/// The digests of a segment are asked for on blocks (no decoding on the server); a client
+/// that names no basis (one from before bases existed) gets them on samples, and the answer
+/// says which it is.
+#[test]
+fn segment_digests_are_on_blocks_when_asked_and_on_samples_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &[]);
+    assert_eq!(
+        post(&s.url("/write?precision=ns"), batch(0).as_bytes()).status,
+        204
+    );
+    assert_eq!(post(&s.url("/api/admin/flush"), b"").status, 200);
+    let snap = post(&s.url("/api/admin/snapshots"), b"").json();
+    let id = snap["id"].as_str().unwrap();
+    let seg = snap["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .find(|p| p.ends_with(".seg"))
+        .expect("the snapshot holds a segment");
+    let ask = |query: &str| {
+        let url = s.url(&format!(
+            "/api/admin/snapshots/{id}/digests?path={seg}{query}"
+        ));
+        let mut r = common::agent().get(&url).call().unwrap();
+        assert_eq!(r.status(), 200);
+        let basis = r.headers()["x-tsvault-digest-basis"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let body: serde_json::Value =
+            serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+        (basis, body)
+    };
+    let (b0, by_default) = ask("");
+    let (b1, by_samples) = ask("&basis=samples");
+    let (b2, by_blocks) = ask("&basis=blocks");
+    assert_eq!(
+        (b0.as_str(), b1.as_str(), b2.as_str()),
+        ("samples", "samples", "blocks")
+    );
+    assert_eq!(by_default, by_samples);
+    let series = |v: &serde_json::Value| -> Vec<(String, u64, String)> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|d| {
+                (
+                    d["series"].as_str().unwrap().to_string(),
+                    d["samples"].as_u64().unwrap(),
+                    d["blake3"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let (a, b) = (series(&by_samples), series(&by_blocks));
+    assert_eq!(a.len(), HOSTS as usize);
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!((&x.0, x.1), (&y.0, y.1), "same series and counts");
+        assert_ne!(x.2, y.2, "different hashes");
+    }
+    assert!(a.iter().all(|x| x.1 == PER_BATCH as u64));
+}
