@@ -132,6 +132,24 @@ impl Lock {
         Ok(())
     }
 
+    /// Makes the lock look written `by_ms` ago, here and in the repository (tests of long
+    /// operations).
+    #[cfg(test)]
+    pub(crate) async fn backdate(&self, repo: &Repository, by_ms: i64) {
+        let old = now_ms() - by_ms;
+        self.refreshed_ms.store(old, Ordering::Relaxed);
+        let info = LockInfo {
+            refreshed_ms: old,
+            ..self.info.clone()
+        };
+        repo.put_lock(&self.name, &info).await.unwrap();
+    }
+
+    #[cfg(test)]
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
     pub async fn release(self, repo: &Repository) -> Result<()> {
         repo.delete_lock(&self.name).await
     }

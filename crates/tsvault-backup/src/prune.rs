@@ -123,7 +123,7 @@ pub async fn prune(repo: &Repository, policy: &KeepPolicy, dry_run: bool) -> Res
     }
     let started = now_ms();
     let lock = Lock::acquire(repo, LockKind::Prune).await?;
-    let result = prune_locked(repo, policy, dry_run, started).await;
+    let result = prune_locked(repo, &lock, policy, dry_run, started).await;
     lock.release(repo).await?;
     result
 }
@@ -131,14 +131,18 @@ pub async fn prune(repo: &Repository, policy: &KeepPolicy, dry_run: bool) -> Res
 /// A staging file of a local repository this old is left over from a killed writer.
 const STAGING_MAX_AGE_MS: u64 = 3600 * 1000;
 
+/// The prune itself. It keeps `lock` fresh as it goes (a prune of a large repository can
+/// outlast the time after which a lock counts as stale, and a backup may start once it is).
 async fn prune_locked(
     repo: &Repository,
+    lock: &Lock,
     policy: &KeepPolicy,
     dry_run: bool,
     started: i64,
 ) -> Result<PruneReport> {
     let mut times = Vec::new();
     for id in repo.backup_ids().await? {
+        lock.refresh_if_due(repo).await?;
         let m = repo.manifest(&id).await?;
         times.push(BackupTime {
             id,
@@ -149,11 +153,13 @@ async fn prune_locked(
     // The blobs every kept backup references; a HashSet of ids (bounded by the blob count).
     let mut referenced = HashSet::new();
     for id in kept.keys() {
+        lock.refresh_if_due(repo).await?;
         let m = repo.manifest(id).await?;
         referenced.extend(m.blobs().map(|(b, _)| b.clone()));
     }
     if !dry_run {
         for id in &removed {
+            lock.refresh_if_due(repo).await?;
             repo.delete_manifest(id).await?;
         }
         repo.sync_deletions("backups").await?;
@@ -166,6 +172,7 @@ async fn prune_locked(
             continue;
         }
         if !dry_run {
+            lock.refresh_if_due(repo).await?;
             repo.delete_blob(&id).await?;
         }
         blobs_deleted += 1;
@@ -184,6 +191,58 @@ async fn prune_locked(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A prune that outlasts the refresh interval rewrites its lock, so that it never looks
+    /// stale to a backup that would then start beside it.
+    #[tokio::test]
+    async fn a_long_prune_keeps_its_lock_fresh() {
+        let data = tempfile::tempdir().unwrap();
+        let e =
+            tsvault_storage::Engine::open(tsvault_storage::EngineConfig::new(data.path())).unwrap();
+        let key = tsvault_model::SeriesKey::new("m", &[("host", "a")]).unwrap();
+        e.write(&[tsvault_model::Point {
+            key,
+            ts_ms: 1000,
+            value: 1.0,
+        }])
+        .unwrap();
+        e.close().unwrap();
+        drop(e);
+        let dir = tempfile::tempdir().unwrap();
+        let opts = crate::repo::RepoOptions {
+            url: dir.path().display().to_string(),
+            ..Default::default()
+        };
+        let repo = Repository::init(&opts, false).await.unwrap();
+        for _ in 0..2 {
+            crate::backup_data_dir(&repo, data.path(), None, &crate::NoProgress)
+                .await
+                .unwrap();
+        }
+        let lock = Lock::acquire(&repo, LockKind::Prune).await.unwrap();
+        lock.backdate(&repo, crate::locks::LOCK_REFRESH_MS).await;
+        let before = now_ms();
+        let policy = KeepPolicy {
+            last: 1,
+            ..Default::default()
+        };
+        let report = prune_locked(&repo, &lock, &policy, false, before)
+            .await
+            .unwrap();
+        assert_eq!(report.removed.len(), 1);
+        let (_, stored) = repo
+            .locks()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|(n, _)| n == lock.name())
+            .unwrap();
+        assert!(
+            stored.refreshed_ms >= before,
+            "the lock was rewritten during the prune"
+        );
+        lock.release(&repo).await.unwrap();
+    }
 
     const H: i64 = 3_600_000;
     const D: i64 = 24 * H;
