@@ -31,14 +31,21 @@ pub async fn copy_backups(
     ids: &[String],
 ) -> Result<CopyReport> {
     let lock = Lock::acquire(to, LockKind::Backup).await?;
-    let result = copy_locked(from, to, ids).await;
+    let result = copy_locked(from, to, &lock, ids).await;
     let released = lock.release(to).await;
     let report = result?;
     released?;
     Ok(report)
 }
 
-async fn copy_locked(from: &Repository, to: &Repository, ids: &[String]) -> Result<CopyReport> {
+/// The copy itself; it keeps `lock` fresh, so that a long copy's lock never looks stale to
+/// a prune of the target (which would then delete blobs the copy has uploaded).
+async fn copy_locked(
+    from: &Repository,
+    to: &Repository,
+    lock: &Lock,
+    ids: &[String],
+) -> Result<CopyReport> {
     let mut report = CopyReport::default();
     let existing: std::collections::HashSet<String> = to.backup_ids().await?.into_iter().collect();
     // Source id → target id, for blobs shared by the backups of this run.
@@ -55,6 +62,7 @@ async fn copy_locked(from: &Repository, to: &Repository, ids: &[String]) -> Resu
                 *blob = t.clone();
                 continue;
             }
+            lock.refresh_if_due(to).await?;
             let plaintext = from.get_blob(blob).await?;
             let (target_id, up) = to.put_blob(plaintext).await?;
             if up > 0 {

@@ -8,8 +8,9 @@ use std::path::{Component, Path, PathBuf};
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
 use rand::RngCore;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
-use tsvault_storage::SeriesDigest;
+use tsvault_storage::{DigestBasis, SeriesDigest};
 
 use crate::error::{Error, Result, off_thread};
 use crate::locks::{Lock, LockKind, now_ms};
@@ -274,7 +275,7 @@ async fn write_backup(
         for f in r.files.iter().filter(|f| !reused.contains(&f.path)) {
             let id = f.digests.as_deref().expect("checked above");
             repo_lock.refresh_if_due(repo).await?;
-            summary.index.remove(&load_digests(repo, id).await?, id)?;
+            summary.index.remove(&load_digests(repo, id).await?.1, id)?;
         }
     }
     let (series_index, up_index) = repo.put_blob(summary.index.encode()).await?;
@@ -376,7 +377,7 @@ impl FileCtx<'_> {
                 let digests = match (&old.digests, counted) {
                     (Some(_), true) => None,
                     (Some(d), false) => {
-                        let digests = load_digests(self.repo, d).await?;
+                        let (_, digests) = load_digests(self.repo, d).await?;
                         entry.stats = Some(DataSummary::of(&digests));
                         Some(digests)
                     }
@@ -401,7 +402,7 @@ impl FileCtx<'_> {
             uploaded,
             deduplicated,
         } = stored?;
-        let (digests_of, digests) = digests?;
+        let (basis, digests) = digests?;
         if size != file.size || file.blake3.as_ref().is_some_and(|h| h != &blake3) {
             return Err(Error::Corrupt {
                 what: format!("file {} from {}", file.path, self.source_name),
@@ -415,7 +416,11 @@ impl FileCtx<'_> {
                 ),
             });
         }
-        let json = serde_json::to_vec(&digests).expect("digests serialize");
+        let json = serde_json::to_vec(&DigestBlobOut {
+            basis,
+            series: &digests,
+        })
+        .expect("digests serialize");
         let (digests_id, up_digests) = self.repo.put_blob(json).await?;
         Ok(BackedUpFile {
             entry: FileEntry {
@@ -425,7 +430,6 @@ impl FileCtx<'_> {
                 blobs,
                 mtime_ns: file.mtime_ns,
                 digests: Some(digests_id),
-                digests_of,
                 stats: Some(DataSummary::of(&digests)),
             },
             digests: Some(digests),
@@ -512,10 +516,43 @@ struct StoredFile {
     deduplicated: u64,
 }
 
-/// The per-series digests stored in blob `id`.
-pub(crate) async fn load_digests(repo: &Repository, id: &str) -> Result<Vec<SeriesDigest>> {
+/// A digest blob as read: `{"basis": "...", "series": [...]}`, or a bare list (written
+/// before digests had a basis: on samples). The basis travels with the digests, so a
+/// manifest that reuses, copies or consolidates the blob cannot lose it.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum DigestBlob {
+    Tagged {
+        basis: DigestBasis,
+        series: Vec<SeriesDigest>,
+    },
+    Bare(Vec<SeriesDigest>),
+}
+
+/// A digest blob as written.
+#[derive(Serialize)]
+struct DigestBlobOut<'a> {
+    basis: DigestBasis,
+    series: &'a [SeriesDigest],
+}
+
+/// The digests a digest blob's bytes hold, and their basis.
+pub(crate) fn decode_digests(
+    bytes: &[u8],
+) -> std::result::Result<(DigestBasis, Vec<SeriesDigest>), serde_json::Error> {
+    Ok(match serde_json::from_slice(bytes)? {
+        DigestBlob::Tagged { basis, series } => (basis, series),
+        DigestBlob::Bare(series) => (DigestBasis::Samples, series),
+    })
+}
+
+/// The per-series digests stored in blob `id`, and their basis.
+pub(crate) async fn load_digests(
+    repo: &Repository,
+    id: &str,
+) -> Result<(DigestBasis, Vec<SeriesDigest>)> {
     let bytes = repo.get_blob(id).await?;
-    serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
+    decode_digests(&bytes).map_err(|e| Error::Corrupt {
         what: format!("digest blob {id}"),
         detail: format!("it does not parse: {e}"),
     })
@@ -913,7 +950,7 @@ pub async fn verify_deep(repo: &Repository, id: &str) -> Vec<Problem> {
         let Some(blob) = &f.digests else {
             continue;
         };
-        let recorded = match load_digests(repo, blob).await {
+        let (basis, recorded) = match load_digests(repo, blob).await {
             Ok(d) => d,
             Err(e) => {
                 problems.push(problem(format!("file {}: {e}", f.path)));
@@ -931,7 +968,6 @@ pub async fn verify_deep(repo: &Repository, id: &str) -> Vec<Problem> {
             )));
         }
         let path = dir.join(&f.path);
-        let basis = f.digests_of;
         let found = match off_thread(&format!("file {}", f.path), move || {
             tsvault_storage::file_digests(&path, basis)
         })
@@ -1077,6 +1113,43 @@ mod tests {
             let (id, _) = repo.put_blob(bad).await.unwrap();
             let err = SeriesIndex::load(&repo, &id).await.unwrap_err().to_string();
             assert!(err.contains(&format!("series index blob {id}")), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_digest_blob_carries_its_basis_and_a_bare_list_is_on_samples() {
+        let d = SeriesDigest {
+            series: "m{host=a}".into(),
+            samples: 2,
+            min_ts_ms: 1,
+            max_ts_ms: 2,
+            blake3: "ab".into(),
+        };
+        let bare = serde_json::to_vec(&vec![d.clone()]).unwrap();
+        assert_eq!(
+            decode_digests(&bare).unwrap(),
+            (DigestBasis::Samples, vec![d.clone()])
+        );
+        let tagged = serde_json::to_vec(&DigestBlobOut {
+            basis: DigestBasis::Blocks,
+            series: std::slice::from_ref(&d),
+        })
+        .unwrap();
+        assert!(
+            String::from_utf8_lossy(&tagged).contains(r#""basis":"blocks""#),
+            "{}",
+            String::from_utf8_lossy(&tagged)
+        );
+        assert_eq!(
+            decode_digests(&tagged).unwrap(),
+            (DigestBasis::Blocks, vec![d])
+        );
+        for bad in [&b"{\"basis\":\"bytes\",\"series\":[]}"[..], b"{}", b"7"] {
+            assert!(
+                decode_digests(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 

@@ -29,7 +29,7 @@ pub fn series_index(bytes: &[u8]) -> bool {
     SeriesIndex::decode(bytes, "fuzz").is_ok()
 }
 
-/// Decodes `bytes` as a digest blob (a JSON list of per-series digests).
+/// Decodes `bytes` as a digest blob (per-series digests with their basis, or a bare list).
 pub fn digests(bytes: &[u8]) -> bool {
-    serde_json::from_slice::<Vec<tsvault_storage::SeriesDigest>>(bytes).is_ok()
+    crate::data_dir::decode_digests(bytes).is_ok()
 }

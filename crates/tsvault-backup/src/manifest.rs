@@ -1,7 +1,6 @@
 //! A backup's manifest: what it holds and where each byte of it is.
 
 use serde::{Deserialize, Serialize};
-use tsvault_storage::DigestBasis;
 
 /// The kind of backup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,10 +28,6 @@ pub struct FileEntry {
     /// `tsvault_storage::SeriesDigest`), which `verify --deep` compares a restore against.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digests: Option<String>,
-    /// What those digests hash: samples (the default, and all that backups made before
-    /// `blocks` existed hold) or a segment's stored blocks.
-    #[serde(default, skip_serializing_if = "DigestBasis::is_samples")]
-    pub digests_of: DigestBasis,
     /// Totals of the file's digests: what a later backup that reuses the entry adds to its
     /// summary without reading them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -129,28 +124,5 @@ impl BackupManifest {
                     .iter()
                     .map(|b| (b, "series index".to_string())),
             )
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Entries written before digests of blocks existed have no `digests_of`: their digests
-    /// are of samples, and `verify --deep` recomputes them so.
-    #[test]
-    fn an_entry_without_a_digest_basis_is_on_samples() {
-        let old = r#"{"path":"segments/00000000000000000001.seg","size":1,"blake3":"ab","blobs":[],"digests":"d"}"#;
-        let e: FileEntry = serde_json::from_str(old).unwrap();
-        assert_eq!(e.digests_of, DigestBasis::Samples);
-        assert!(!serde_json::to_string(&e).unwrap().contains("digests_of"));
-        let new = FileEntry {
-            digests_of: DigestBasis::Blocks,
-            ..e
-        };
-        let json = serde_json::to_string(&new).unwrap();
-        assert!(json.contains(r#""digests_of":"blocks""#), "{json}");
-        let back: FileEntry = serde_json::from_str(&json).unwrap();
-        assert_eq!(back.digests_of, DigestBasis::Blocks);
     }
 }

@@ -162,11 +162,16 @@ async fn prune_locked(
             lock.refresh_if_due(repo).await?;
             repo.delete_manifest(id).await?;
         }
-        repo.sync_deletions("backups").await?;
+        if !removed.is_empty() {
+            repo.sync_deletions("backups").await?;
+        }
         repo.clean_staging(STAGING_MAX_AGE_MS).await?;
     }
     let (mut blobs_deleted, mut bytes_deleted, mut blobs_kept) = (0, 0, 0);
-    for (id, size, written_ms) in repo.blobs().await? {
+    lock.refresh_if_due(repo).await?;
+    let blobs = repo.blobs().await?;
+    lock.refresh_if_due(repo).await?;
+    for (id, size, written_ms) in blobs {
         if referenced.contains(&id) || written_ms >= started {
             blobs_kept += 1;
             continue;

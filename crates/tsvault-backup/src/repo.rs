@@ -135,12 +135,7 @@ fn put_local(root: &Path, rel: &str, body: &[u8], create_only: bool) -> Result<b
         .expect("objects live under the repository root");
     let staging = root.join(LOCAL_STAGING);
     for d in [dir, staging.as_path()] {
-        if !d.is_dir() {
-            std::fs::create_dir_all(d).map_err(Error::io("create directory", d))?;
-            // The new directory's name must survive too: its parent (the root, or `data/`
-            // for a blob's `data/xx/`) is fsynced.
-            sync_dir(d.parent().unwrap_or(root))?;
-        }
+        create_dirs_durable(root, d)?;
     }
     let n = STAGED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     // Random too: writers on two hosts sharing the directory may have the same pid.
@@ -176,6 +171,26 @@ fn put_local(root: &Path, rel: &str, body: &[u8], create_only: bool) -> Result<b
         sync_dir(dir)?;
     }
     Ok(placed)
+}
+
+/// Creates `dir` (under `root`) and any missing parent, each new name made durable by
+/// fsyncing the directory that holds it.
+fn create_dirs_durable(root: &Path, dir: &Path) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let parent = dir.parent().unwrap_or(root);
+    if parent != root {
+        create_dirs_durable(root, parent)?;
+    }
+    match std::fs::create_dir(dir) {
+        // Made by another writer meanwhile, who may not have fsynced its parent yet: this
+        // one's object must not count as durable before the name of its directory is.
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(Error::io("create directory", dir)(e)),
+    }
+    sync_dir(parent)
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
@@ -508,9 +523,15 @@ impl Repository {
             return Ok(());
         };
         let dir = root.join(prefix);
-        tokio::task::spawn_blocking(move || sync_dir(&dir))
-            .await
-            .map_err(|e| Error::Invalid(format!("fsync of {prefix} panicked: {e}")))?
+        tokio::task::spawn_blocking(move || match sync_dir(&dir) {
+            // Nothing was ever written there, so nothing was removed.
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                Ok(())
+            }
+            r => r,
+        })
+        .await
+        .map_err(|e| Error::Invalid(format!("fsync of {prefix} panicked: {e}")))?
     }
 
     /// Removes staging files of a local repository older than `max_age_ms`: what a writer
@@ -646,6 +667,7 @@ mod tests {
         assert_eq!(staged(root), 0, "no staging file is left behind");
     }
 
+    /// Also a prune of a repository that has no backup yet (no `backups/` to fsync).
     #[tokio::test]
     async fn prune_removes_staging_files_a_killed_writer_left() {
         let dir = tempfile::tempdir().unwrap();
@@ -668,7 +690,13 @@ mod tests {
             .unwrap()
             .set_modified(hours_ago)
             .unwrap();
-        assert_eq!(repo.clean_staging(3600 * 1000).await.unwrap(), 1);
-        assert!(!old.exists() && young.exists());
+        let keep = crate::KeepPolicy {
+            last: 1,
+            ..Default::default()
+        };
+        let report = crate::prune(&repo, &keep, false).await.unwrap();
+        assert!(report.removed.is_empty());
+        assert!(!old.exists(), "the hour-old staging file is removed");
+        assert!(young.exists(), "a staging file being written is left alone");
     }
 }

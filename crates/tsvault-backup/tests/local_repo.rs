@@ -681,10 +681,13 @@ async fn deep_verify_compares_every_series_with_what_was_recorded() {
         .unwrap();
     let path = entry.path.clone();
     let blob = entry.digests.clone().unwrap();
-    let mut digests: Vec<tsvault_storage::SeriesDigest> =
+    // A segment's digest blob: its basis (blocks) and the digests.
+    let mut digests: serde_json::Value =
         serde_json::from_slice(&repo.get_blob(&blob).await.unwrap()).unwrap();
-    digests[0].samples += 1;
-    let series = digests[0].series.clone();
+    assert_eq!(digests["basis"], "blocks");
+    let first = &mut digests["series"][0];
+    first["samples"] = (first["samples"].as_u64().unwrap() + 1).into();
+    let series = first["series"].as_str().unwrap().to_string();
     let (changed, _) = repo
         .put_blob(serde_json::to_vec(&digests).unwrap())
         .await

@@ -6,7 +6,9 @@
 //! - `GET /api/admin/snapshots`, `GET /api/admin/snapshots/{id}`: describe them.
 //! - `GET /api/admin/snapshots/{id}/file?path=P`: the bytes of one file, with headers
 //!   `x-tsvault-blake3` and `x-tsvault-size` (what the file held when the snapshot was taken).
-//! - `GET /api/admin/snapshots/{id}/digests?path=P`: per-series digests of one file.
+//! - `GET /api/admin/snapshots/{id}/digests?path=P[&basis=samples|blocks]`: per-series
+//!   digests of one file, of its samples (the default) or of a segment's stored blocks; the
+//!   header `x-tsvault-digest-basis` names the basis.
 //! - `DELETE /api/admin/snapshots/{id}`: release it.
 //! - `POST /api/admin/import`: newline-delimited JSON, one series per line,
 //!   `{"series":"<canonical key>","samples":[[ms,value],...]}`; samples merge, and a series'

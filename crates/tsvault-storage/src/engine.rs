@@ -60,7 +60,8 @@ pub struct EngineConfig {
     /// A partition with this many segments has its newer, smaller ones merged even when
     /// they are small beside its largest (see [`compaction_pick`]).
     pub compaction_segments_min: usize,
-    /// A partition no flush has written to for this long is merged into one segment.
+    /// A partition no flush has written to for this long has the segments newer than its
+    /// largest merged into one (see [`compaction_pick`]).
     pub compaction_cold_ms: i64,
     /// At start, move damaged files aside and serve the rest instead of refusing to start.
     pub quarantine_corrupt: bool,
@@ -258,6 +259,9 @@ const SNAPSHOT_EXPIRY_EVERY: Duration = Duration::from_secs(60);
 
 /// How often the maintenance thread looks for partitions gone cold (a flush looks too).
 const COMPACTION_CHECK_EVERY: Duration = Duration::from_secs(60);
+
+/// How long the maintenance thread waits after a compaction found the disk full.
+const COMPACTION_BACKOFF: Duration = Duration::from_secs(600);
 
 /// How often the maintenance thread looks for work.
 const MAINTENANCE_TICK_MS: u64 = 1000;
@@ -975,7 +979,14 @@ impl EngineHandle {
             return result;
         }
         drop(manifest);
-        self.compact(false)?;
+        // The flush is done: a compaction that finds the disk full leaves the segments as
+        // they are and is tried again later; retention (which frees space) still runs.
+        if let Err(e) = self.compact(false) {
+            if !e.is_disk_full() {
+                return Err(e);
+            }
+            tracing::warn!(error = %e, "compaction after a flush found the disk full; the segments stay as they are until a later one");
+        }
         self.guarded("retention", || self.apply_retention())?;
         Ok(())
     }
@@ -1167,10 +1178,10 @@ impl EngineHandle {
                 .copied()
                 .unwrap_or(self.inner.opened_ms);
             let cold = now.saturating_sub(written) >= self.inner.config.compaction_cold_ms;
-            let pick = if all || cold {
+            let pick = if all {
                 &group[..]
             } else {
-                compaction_pick(&group, self.inner.config.compaction_segments_min)
+                compaction_pick(&group, self.inner.config.compaction_segments_min, cold)
             };
             if pick.len() < 2 {
                 continue;
@@ -1346,6 +1357,7 @@ impl EngineHandle {
         let mut last_flush = Instant::now();
         let mut last_expiry = Instant::now();
         let mut last_compaction = Instant::now();
+        let mut compaction_wait = COMPACTION_CHECK_EVERY;
         loop {
             {
                 let mut stop = self.inner.stop.lock();
@@ -1367,11 +1379,20 @@ impl EngineHandle {
             {
                 last_flush = Instant::now();
                 self.guarded("flush", || self.flush())
-            } else if last_compaction.elapsed() >= COMPACTION_CHECK_EVERY {
-                // A partition that has gone cold is merged without waiting for a flush.
+            } else if last_compaction.elapsed() >= compaction_wait {
+                // A partition that has gone cold is merged without waiting for a flush. A
+                // merge the disk has no room for is not tried every minute (each try fills
+                // the disk until it fails, refusing writes meanwhile).
                 last_compaction = Instant::now();
-                self.guarded("compaction", || self.compact(false).map(|_| ()))
-                    .and_then(|()| self.guarded("retention", || self.apply_retention().map(|_| ())))
+                let c = self.guarded("compaction", || self.compact(false).map(|_| ()));
+                compaction_wait = match &c {
+                    Err(e) if e.is_disk_full() => COMPACTION_BACKOFF,
+                    _ => COMPACTION_CHECK_EVERY,
+                };
+                if let Err(e) = c {
+                    tracing::error!(error = %e, "background compaction failed");
+                }
+                self.guarded("retention", || self.apply_retention().map(|_| ()))
             } else {
                 self.guarded("retention", || self.apply_retention().map(|_| ()))
             };
@@ -1390,10 +1411,9 @@ impl EngineHandle {
     }
 }
 
-/// Which segments of a partition (ascending by seq, that is oldest first) a compaction merges
-/// while the partition is still being written, so that small flushes are not each merged
-/// into one large segment (rewriting it, and making the next incremental backup store it
-/// again):
+/// Which segments of a partition (ascending by seq, that is oldest first) a compaction merges,
+/// so that small flushes are not each merged into one large segment (rewriting it, and making
+/// the next incremental backup store it again):
 /// - all of them when the others together hold at least half as many samples as the largest
 ///   (samples, not bytes: a merge's work is decoding and encoding them, and a small flush's
 ///   short blocks take more bytes per sample): each merge grows the largest by half at
@@ -1403,10 +1423,16 @@ impl EngineHandle {
 ///   wins over every older one where timestamps meet);
 /// - else all, from `segments_min` on (the run after the largest is one segment or none:
 ///   only merging all bounds the count);
+/// - else, when the partition is `cold` (no flush has written to it for
+///   `compaction_cold_ms`), those newer than the largest when two or more are: a closed
+///   partition ends as its large segment and at most one small one (late data), and the
+///   large one is not rewritten for a little late data;
 /// - else none.
-///
-/// A partition no flush has written to for `compaction_cold_ms` is merged whole instead.
-pub(crate) fn compaction_pick(group: &[SegmentInfo], segments_min: usize) -> &[SegmentInfo] {
+pub(crate) fn compaction_pick(
+    group: &[SegmentInfo],
+    segments_min: usize,
+    cold: bool,
+) -> &[SegmentInfo] {
     if group.len() < 2 {
         return &[];
     }
@@ -1419,11 +1445,14 @@ pub(crate) fn compaction_pick(group: &[SegmentInfo], segments_min: usize) -> &[S
     if others.saturating_mul(2) >= big.samples {
         return group;
     }
-    if group.len() < segments_min.max(2) {
-        return &[];
-    }
     let newer = &group[largest + 1..];
-    if newer.len() >= 2 { newer } else { group }
+    if group.len() >= segments_min.max(2) {
+        return if newer.len() >= 2 { newer } else { group };
+    }
+    if cold && newer.len() >= 2 {
+        return newer;
+    }
+    &[]
 }
 
 fn index_segment(seg: Segment, registry: &mut Registry) -> LoadedSegment {
@@ -1715,13 +1744,20 @@ mod tests {
         }
     }
 
-    fn picked(sizes: &[u64], min: usize) -> Vec<u64> {
+    fn picked_when(sizes: &[u64], min: usize, cold: bool) -> Vec<u64> {
         let group: Vec<SegmentInfo> = sizes
             .iter()
             .enumerate()
             .map(|(i, &n)| seg(i as u64 + 1, n))
             .collect();
-        compaction_pick(&group, min).iter().map(|s| s.seq).collect()
+        compaction_pick(&group, min, cold)
+            .iter()
+            .map(|s| s.seq)
+            .collect()
+    }
+
+    fn picked(sizes: &[u64], min: usize) -> Vec<u64> {
+        picked_when(sizes, min, false)
     }
 
     #[test]
@@ -1744,5 +1780,11 @@ mod tests {
         assert_eq!(picked(&[10, 10, 1000, 10], 4), vec![1, 2, 3, 4]);
         // Equal sizes: the oldest counts as the largest.
         assert_eq!(picked(&[1000, 1000], 4), vec![1, 2]);
+        // A cold partition: the small ones after the largest merge, the largest stays.
+        assert_eq!(picked_when(&[1000, 10], 4, true), Vec::<u64>::new());
+        assert_eq!(picked_when(&[1000, 10, 10], 4, true), vec![2, 3]);
+        assert_eq!(picked_when(&[10, 1000, 10], 4, true), Vec::<u64>::new());
+        assert_eq!(picked_when(&[1000, 300, 200], 4, true), vec![1, 2, 3]);
+        assert_eq!(picked_when(&[1000, 10, 10, 10], 4, true), vec![2, 3, 4]);
     }
 }

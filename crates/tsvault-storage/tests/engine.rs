@@ -646,18 +646,38 @@ fn compaction_waits_for_a_partition_to_go_cold() {
     let got = all(&e, "m");
     assert_eq!(got[0].1[..3], [s(0, 0.0), s(5, 0.5), s(10_000, -2.0)]);
     assert_eq!(got[1].1[1], s(10_000, -3.0));
-    // Four hours without a flush into it: the partition is merged whole at the next
-    // compaction (here the one after a flush into another partition).
+    // One more small flush (three segments, below the four that merge on their own), then
+    // four hours without a flush into the partition: at the next compaction (here the one
+    // after a flush into another partition) the small ones merge, the large one stays.
+    e.write(&[pt(&keys[2], 10_000, -4.0)]).unwrap();
+    e.flush().unwrap();
+    assert_eq!(e.segments().len(), 3);
     COLD_TEST_CLOCK.store(1004 * HOUR, Ordering::SeqCst);
     e.write(&[pt(&keys[0], 100 * HOUR, 1.0)]).unwrap();
     e.flush().unwrap();
-    let segs = e.segments();
-    assert_eq!(
-        segs.iter().filter(|s| s.partition_start_ms == 0).count(),
-        1,
-        "{segs:?}"
+    let cold: Vec<_> = e
+        .segments()
+        .into_iter()
+        .filter(|s| s.partition_start_ms == 0)
+        .collect();
+    assert_eq!(cold.len(), 2, "{cold:?}");
+    assert!(
+        cold.contains(&large[0]),
+        "the large segment is not rewritten"
     );
-    assert_eq!(all(&e, "m"), got_with(&got, &keys[0], s(100 * HOUR, 1.0)));
+    let mut want = got_with(&got, &keys[0], s(100 * HOUR, 1.0));
+    want[2].1[1] = s(10_000, -4.0);
+    assert_eq!(all(&e, "m"), want);
+    // An explicit compaction merges everything.
+    e.compact().unwrap();
+    assert_eq!(
+        e.segments()
+            .iter()
+            .filter(|s| s.partition_start_ms == 0)
+            .count(),
+        1
+    );
+    assert_eq!(all(&e, "m"), want);
     e.close().unwrap();
 
     fn got_with(
