@@ -52,9 +52,9 @@ pub struct RepoOptions {
 /// An open repository.
 pub struct Repository {
     store: Arc<dyn ObjectStore>,
-    /// The directory of a local repository: objects are written there by [`put_object`]
+    /// A local repository's directory: objects are written there by [`put_object`]
     /// (fsynced, then renamed into place), not through `store`.
-    local: Option<Arc<PathBuf>>,
+    local: Option<Arc<LocalDir>>,
     keys: Arc<Keys>,
     pub config: RepoConfig,
     /// The URL it was opened with, for messages.
@@ -90,15 +90,55 @@ async fn read_object(store: &dyn ObjectStore, path: &ObjPath) -> Result<Option<b
 /// listed prefix, so a half-written object is never listed).
 const LOCAL_STAGING: &str = "tmp";
 
+/// A local repository's directory, and the directories holding objects placed since their
+/// last fsync: a blob's name is made durable with the others' before the next create-only
+/// object (a manifest), not one directory fsync per blob.
+pub(crate) struct LocalDir {
+    root: PathBuf,
+    unsynced: std::sync::Mutex<std::collections::HashSet<PathBuf>>,
+}
+
+impl LocalDir {
+    /// Fsyncs every directory that received an object since it was last fsynced.
+    fn sync_placed(&self) -> Result<()> {
+        let dirs: Vec<PathBuf> = self
+            .unsynced
+            .lock()
+            .expect("not poisoned")
+            .drain()
+            .collect();
+        for (i, d) in dirs.iter().enumerate() {
+            if let Err(e) = sync_dir(d) {
+                // Still owed: kept for the next try.
+                self.unsynced
+                    .lock()
+                    .expect("not poisoned")
+                    .extend(dirs[i..].iter().cloned());
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn placed_in(&self, dir: &Path) {
+        self.unsynced
+            .lock()
+            .expect("not poisoned")
+            .insert(dir.to_owned());
+    }
+}
+
 /// Writes object `path`; with `create_only`, only if it does not exist yet (false when it
-/// already did). In a local repository (`local`) the object is durable when this returns:
-/// written to a staging file, fsynced, renamed (or, create-only, linked) into place and its
-/// directory fsynced, so that a power cut leaves it whole or absent (object_store's local
-/// store fsyncs nothing, and a blob a manifest names must survive one). S3 answers a put
+/// already did). In a local repository (`local`) the object is written to a staging file,
+/// fsynced and renamed (or, create-only, linked) into place, so that a power cut leaves it
+/// whole or absent (object_store's local store fsyncs nothing); a create-only object (the
+/// config, a manifest) is durable when this returns, and so is every object placed before
+/// it: the directories that received objects are fsynced first, then its own. A blob a
+/// manifest names therefore survives a power cut once the manifest does. S3 answers a put
 /// once it is stored.
 async fn put_object(
     store: &dyn ObjectStore,
-    local: Option<&Arc<PathBuf>>,
+    local: Option<&Arc<LocalDir>>,
     path: &ObjPath,
     body: Vec<u8>,
     create_only: bool,
@@ -125,10 +165,11 @@ async fn put_object(
     }
 }
 
-/// [`put_object`] in the local repository at `root`: `rel` is `/`-separated and made by
-/// this module (no `..`).
-fn put_local(root: &Path, rel: &str, body: &[u8], create_only: bool) -> Result<bool> {
+/// [`put_object`] in the local repository `local`: `rel` is `/`-separated and made by this
+/// module (no `..`).
+fn put_local(local: &LocalDir, rel: &str, body: &[u8], create_only: bool) -> Result<bool> {
     static STAGED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let root = local.root.as_path();
     let target = root.join(rel);
     let dir = target
         .parent()
@@ -154,6 +195,11 @@ fn put_local(root: &Path, rel: &str, body: &[u8], create_only: bool) -> Result<b
         return Err(Error::io("write", &tmp)(e));
     }
     let placed = if create_only {
+        // What was placed before it must be durable before it is visible.
+        if let Err(e) = local.sync_placed() {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
         // A link fails when the name exists: create-only, atomically.
         match std::fs::hard_link(&tmp, &target) {
             Ok(()) => Ok(true),
@@ -167,8 +213,10 @@ fn put_local(root: &Path, rel: &str, body: &[u8], create_only: bool) -> Result<b
     };
     let _ = std::fs::remove_file(&tmp);
     let placed = placed?;
-    if placed {
+    if placed && create_only {
         sync_dir(dir)?;
+    } else if placed {
+        local.placed_in(dir);
     }
     Ok(placed)
 }
@@ -200,7 +248,7 @@ fn sync_dir(dir: &Path) -> Result<()> {
 }
 
 /// A store, and the directory of a local one.
-type Store = (Arc<dyn ObjectStore>, Option<Arc<PathBuf>>);
+type Store = (Arc<dyn ObjectStore>, Option<Arc<LocalDir>>);
 
 /// The store at `opts.url`, and the directory of a local one.
 fn store_for(opts: &RepoOptions) -> Result<Store> {
@@ -251,7 +299,11 @@ fn store_for(opts: &RepoOptions) -> Result<Store> {
     let root = std::fs::canonicalize(path).map_err(Error::io("resolve", path))?;
     let local = object_store::local::LocalFileSystem::new_with_prefix(&root)
         .map_err(|e| Error::Config(format!("repository {url}: {e}")))?;
-    Ok((Arc::new(local), Some(Arc::new(root))))
+    let dir = LocalDir {
+        root,
+        unsynced: Default::default(),
+    };
+    Ok((Arc::new(local), Some(Arc::new(dir))))
 }
 
 impl Repository {
@@ -387,6 +439,11 @@ impl Repository {
         let keys = self.keys.clone();
         let (id, plaintext) = cpu(move || (keys.blob_id(&plaintext), plaintext)).await;
         if self.has_blob(&id).await? {
+            // Perhaps placed by a run killed before its manifest, whose directory fsync
+            // never came: this run's manifest makes its name durable too.
+            if let Some(local) = &self.local {
+                local.placed_in(&local.root.join("data").join(&id[..2]));
+            }
             return Ok((id, 0));
         }
         let path = Self::blob_path(&id)?;
@@ -522,7 +579,7 @@ impl Repository {
         let Some(root) = self.local.clone() else {
             return Ok(());
         };
-        let dir = root.join(prefix);
+        let dir = root.root.join(prefix);
         tokio::task::spawn_blocking(move || match sync_dir(&dir) {
             // Nothing was ever written there, so nothing was removed.
             Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
@@ -542,7 +599,7 @@ impl Repository {
             return Ok(0);
         };
         tokio::task::spawn_blocking(move || {
-            let dir = root.join(LOCAL_STAGING);
+            let dir = root.root.join(LOCAL_STAGING);
             let entries = match std::fs::read_dir(&dir) {
                 Ok(e) => e,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
@@ -656,13 +713,24 @@ mod tests {
     fn local_objects_are_placed_whole_and_create_only_refuses_an_existing_name() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
-        assert!(put_local(root, "data/ab/abcd", b"one", false).unwrap());
+        let local = LocalDir {
+            root: root.to_owned(),
+            unsynced: Default::default(),
+        };
+        let owed = || local.unsynced.lock().unwrap().clone();
+        assert!(put_local(&local, "data/ab/abcd", b"one", false).unwrap());
         assert_eq!(std::fs::read(root.join("data/ab/abcd")).unwrap(), b"one");
         // An overwrite (a lock refreshed) replaces the content.
-        assert!(put_local(root, "data/ab/abcd", b"two", false).unwrap());
+        assert!(put_local(&local, "data/ab/abcd", b"two", false).unwrap());
         assert_eq!(std::fs::read(root.join("data/ab/abcd")).unwrap(), b"two");
-        assert!(put_local(root, "backups/x", b"manifest", true).unwrap());
-        assert!(!put_local(root, "backups/x", b"other", true).unwrap());
+        // The blob's directory is owed an fsync until the next create-only object.
+        assert_eq!(owed(), [root.join("data/ab")].into_iter().collect());
+        assert!(put_local(&local, "backups/x", b"manifest", true).unwrap());
+        assert!(
+            owed().is_empty(),
+            "a manifest is placed after the blobs' names are durable"
+        );
+        assert!(!put_local(&local, "backups/x", b"other", true).unwrap());
         assert_eq!(std::fs::read(root.join("backups/x")).unwrap(), b"manifest");
         assert_eq!(staged(root), 0, "no staging file is left behind");
     }
