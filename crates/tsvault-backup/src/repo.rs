@@ -12,6 +12,7 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::{KeyWrap, Keys};
+use crate::data_dir::sync_dir;
 use crate::error::{Error, Result};
 use crate::locks::{LockInfo, LockKind};
 use crate::manifest::BackupManifest;
@@ -239,12 +240,6 @@ fn create_dirs_durable(root: &Path, dir: &Path) -> Result<()> {
         Err(e) => return Err(Error::io("create directory", dir)(e)),
     }
     sync_dir(parent)
-}
-
-fn sync_dir(dir: &Path) -> Result<()> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(Error::io("fsync", dir))
 }
 
 /// A store, and the directory of a local one.

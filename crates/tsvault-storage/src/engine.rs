@@ -1040,7 +1040,7 @@ impl EngineHandle {
             next.segments.push(info);
         }
         next.wal_start = wal_start;
-        let written: Vec<i64> = next.segments[listed..]
+        let partitions_written: Vec<i64> = next.segments[listed..]
             .iter()
             .map(|s| s.partition_start_ms)
             .collect();
@@ -1048,7 +1048,7 @@ impl EngineHandle {
         self.inner.stats.flushes.fetch_add(1, Ordering::Relaxed);
         let now = (self.inner.config.clock)();
         let mut when = self.inner.partition_written_ms.lock();
-        for start in written {
+        for start in partitions_written {
             when.insert(start, now);
         }
         drop(when);

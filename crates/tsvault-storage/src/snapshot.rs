@@ -252,10 +252,6 @@ impl DigestBasis {
         }
     }
 
-    pub fn is_samples(&self) -> bool {
-        *self == DigestBasis::Samples
-    }
-
     pub fn as_str(&self) -> &'static str {
         match self {
             DigestBasis::Samples => "samples",

@@ -242,16 +242,21 @@ fn corrupt_manifest_refuses_start_or_is_rebuilt() {
     assert_eq!(all(&e, "m").len(), 2, "both segments were found again");
 }
 
-#[test]
-fn torn_wal_tail_is_cut_and_later_writes_survive() {
+/// A store whose WAL holds two records of series `m{host=a}` (samples at 1 and 2 ms), closed
+/// without a flush as after a crash.
+fn two_wal_records_then_a_crash() -> (tempfile::TempDir, SeriesKey) {
     let dir = tempfile::tempdir().unwrap();
     let a = key("m", "a");
-    {
-        let e = open(dir.path());
-        e.write(&[pt(&a, 1, 1.0)]).unwrap();
-        e.write(&[pt(&a, 2, 2.0)]).unwrap();
-        e.close_without_flush();
-    }
+    let e = open(dir.path());
+    e.write(&[pt(&a, 1, 1.0)]).unwrap();
+    e.write(&[pt(&a, 2, 2.0)]).unwrap();
+    e.close_without_flush();
+    (dir, a)
+}
+
+#[test]
+fn torn_wal_tail_is_cut_and_later_writes_survive() {
+    let (dir, a) = two_wal_records_then_a_crash();
     let wal_dir = dir.path().join("wal");
     let mut wals: Vec<_> = fs::read_dir(&wal_dir)
         .unwrap()
@@ -563,14 +568,7 @@ fn a_missing_manifest_is_rebuilt_from_the_segments_never_taken_for_strays() {
 /// is kept and the cut is reported, not passed over as a crash leftover.
 #[test]
 fn a_whole_damaged_last_record_is_reported_not_taken_for_a_torn_write() {
-    let dir = tempfile::tempdir().unwrap();
-    let a = key("m", "a");
-    {
-        let e = open(dir.path());
-        e.write(&[pt(&a, 1, 1.0)]).unwrap();
-        e.write(&[pt(&a, 2, 2.0)]).unwrap();
-        e.close_without_flush();
-    }
+    let (dir, _) = two_wal_records_then_a_crash();
     let mut wals: Vec<_> = fs::read_dir(dir.path().join("wal"))
         .unwrap()
         .map(|e| e.unwrap().path())
