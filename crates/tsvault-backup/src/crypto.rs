@@ -19,9 +19,10 @@ const BODY_SEALED: u8 = 2;
 /// Body format byte: zstd, then a 32-byte keyed BLAKE3 checksum (unencrypted repository).
 const BODY_PLAIN_CHECKED: u8 = 3;
 const NONCE_BYTES: usize = 12;
-/// zstd level for blobs: fast enough to keep up with the network, and segments are already
-/// compressed columns.
-const ZSTD_LEVEL: i32 = 3;
+/// zstd level for blobs. Segments are already compressed columns: on a month of TSBS
+/// segments level 3 saves 7.5% at about 400 MB/s on one core, level 1 saves 6.9% at about
+/// 1,200 MB/s (`zstd -b1`, `-b3`), so level 1 keeps a backup from waiting on compression.
+const ZSTD_LEVEL: i32 = 1;
 
 /// How the master key is kept in the repository's `config`.
 #[derive(Debug, Clone, Serialize, Deserialize)]

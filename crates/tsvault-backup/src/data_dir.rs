@@ -4,6 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
@@ -14,7 +15,7 @@ use tsvault_storage::{DigestBasis, SeriesDigest};
 
 use crate::error::{Error, Result, off_thread};
 use crate::locks::{Lock, LockKind, now_ms};
-use crate::manifest::{BackupManifest, BackupType, DataSummary, FileEntry};
+use crate::manifest::{BackupManifest, BackupType, DataSummary, FileEntry, Packed};
 use crate::prune::civil;
 use crate::repo::Repository;
 use crate::selective::engine_err;
@@ -245,37 +246,93 @@ async fn write_backup(
         progress,
         repo_lock,
         blob_slots: &blob_slots,
+        present: Mutex::new(HashSet::new()),
     };
     // Several files at once (in order): a snapshot of small files, or a server digesting
     // one file per core, would otherwise wait on one round trip after another.
     let mut done = futures::stream::iter(files)
         .map(|file| ctx.backup_file(known.get(file.path.as_str()).copied(), file, reuse_index))
         .buffered(FILES_IN_FLIGHT);
-    let mut entries = Vec::new();
+    let mut entries: Vec<FileEntry> = Vec::new();
     let mut reused = HashSet::new();
     let (mut logical, mut uploaded, mut read, mut deduplicated) = (0u64, 0u64, 0u64, 0u64);
-    while let Some(file) = done.next().await {
-        let file = file?;
-        match &file.digests {
-            Some(d) => summary.index.add(d),
-            None => {
-                reused.insert(file.entry.path.clone());
+    // Small files go into packs, in file order; a pack is uploaded while the next files are
+    // read, and its files' entries name it once it is stored.
+    let mut packer = Packer {
+        target: repo.pack_target.unwrap_or(PACK_TARGET),
+        dir: String::new(),
+        plaintext: Vec::new(),
+        members: Vec::new(),
+        file_bytes: 0,
+    };
+    let mut uploads = FuturesOrdered::new();
+    let mut all_read = false;
+    loop {
+        tokio::select! {
+            next = done.next(), if !all_read && uploads.len() < PACKS_IN_FLIGHT => {
+                let Some(file) = next else {
+                    all_read = true;
+                    if let Some(pack) = packer.take() {
+                        uploads.push_back(store_pack(repo, pack));
+                    }
+                    continue;
+                };
+                let mut file = file?;
+                match &file.digests {
+                    Some(d) => summary.index.add(d),
+                    None => {
+                        reused.insert(file.entry.path.clone());
+                    }
+                }
+                summary.add_file(file.entry.stats.as_ref());
+                logical += file.entry.size;
+                read += file.read;
+                uploaded += file.uploaded;
+                deduplicated += file.deduplicated;
+                if let Some(part) = file.part.take() {
+                    for pack in packer.add(entries.len(), &file.entry, part) {
+                        uploads.push_back(store_pack(repo, pack));
+                    }
+                }
+                entries.push(file.entry);
             }
+            stored = uploads.next(), if !uploads.is_empty() => {
+                let stored = stored.expect("not empty")?;
+                #[cfg(feature = "failpoints")]
+                fail::fail_point!("backup-blob-stored", |_| std::process::abort());
+                repo_lock.refresh_if_due(repo).await?;
+                uploaded += stored.uploaded;
+                if stored.uploaded == 0 {
+                    deduplicated += stored.file_bytes;
+                }
+                for (i, packed) in stored.members {
+                    let e = &mut entries[i];
+                    e.blobs = vec![stored.id.clone()];
+                    e.digests = Some(stored.id.clone());
+                    e.packed = Some(packed);
+                }
+            }
+            else => break,
         }
-        summary.add_file(file.entry.stats.as_ref());
-        logical += file.entry.size;
-        read += file.read;
-        uploaded += file.uploaded;
-        deduplicated += file.deduplicated;
-        entries.push(file.entry);
     }
     drop(done);
     // The reference's files this backup does not hold as they were leave the index.
     if reuse_index && let Some(r) = &reference {
-        for f in r.files.iter().filter(|f| !reused.contains(&f.path)) {
+        let mut cache = BlobCache::default();
+        // A file without series (`MANIFEST`) has nothing to take out.
+        let named_series = |f: &&FileEntry| f.stats.as_ref().is_none_or(|s| s.series > 0);
+        for f in r
+            .files
+            .iter()
+            .filter(|f| !reused.contains(&f.path))
+            .filter(named_series)
+        {
             let id = f.digests.as_deref().expect("checked above");
             repo_lock.refresh_if_due(repo).await?;
-            summary.index.remove(&load_digests(repo, id).await?.1, id)?;
+            let (_, digests) = load_file_digests(repo, f, Some(&mut cache))
+                .await?
+                .expect("checked above");
+            summary.index.remove(&digests, id)?;
         }
     }
     let (series_index, up_index) = repo.put_blob(summary.index.encode()).await?;
@@ -321,6 +378,123 @@ const BLOBS_IN_FLIGHT: usize = 4;
 /// Files a backup works on at once.
 const FILES_IN_FLIGHT: usize = 4;
 
+/// Files smaller than this are stored in packs (FORMAT.md): one object for many small files
+/// and their digests, instead of two each. Larger files are cut into blobs of their own.
+const PACK_FILE_MAX: u64 = 4 << 20;
+
+/// A pack is cut before its plaintext would pass this size.
+const PACK_BYTES_MAX: usize = 8 << 20;
+
+/// The pack size the content-defined cut aims at by default: after each file, with a
+/// probability of its size over this, decided by its hash (see [`Packer::add`]).
+const PACK_TARGET: u64 = 4 << 20;
+
+/// What a pack's plaintext starts with.
+const PACK_MAGIC: &[u8; 8] = b"TSVPACK1";
+
+/// Packs being stored at once while the next files are read (memory: this many packs).
+const PACKS_IN_FLIGHT: usize = 2;
+
+/// The small files of a backup, gathered into packs in file order.
+struct Packer {
+    /// See [`PACK_TARGET`].
+    target: u64,
+    /// The directory of the files in the pack.
+    dir: String,
+    plaintext: Vec<u8>,
+    /// Each file in the pack: its index among the backup's entries, and where it lies.
+    members: Vec<(usize, Packed)>,
+    file_bytes: u64,
+}
+
+/// A pack ready to be stored.
+struct Pack {
+    plaintext: Vec<u8>,
+    members: Vec<(usize, Packed)>,
+    file_bytes: u64,
+}
+
+/// A stored pack: its blob id, and what the upload cost.
+struct StoredPack {
+    id: String,
+    members: Vec<(usize, Packed)>,
+    uploaded: u64,
+    file_bytes: u64,
+}
+
+impl Packer {
+    /// Adds the file of entry `index` (its bytes and digests); returns the packs this cut
+    /// off. A pack holds files of one directory (segments are not packed with the WAL files
+    /// and the `MANIFEST` that change with every backup). It is cut before a file of another
+    /// directory or one that would take it past [`PACK_BYTES_MAX`], and after
+    /// a file whose BLAKE3, read as a fraction of 2^64, is below its size over
+    /// [`PACK_TARGET`]. The cuts depend on the files alone, so the same files make the same
+    /// packs: a backup of unchanged files finds its packs stored (also those a killed run
+    /// stored), and a changed file changes only the pack it is in.
+    fn add(&mut self, index: usize, entry: &FileEntry, part: PackPart) -> Vec<Pack> {
+        let mut cut = Vec::new();
+        let len = part.bytes.len() + part.digests.len();
+        let dir = entry.path.rsplit_once('/').map_or("", |(d, _)| d);
+        if !self.members.is_empty()
+            && (self.plaintext.len() + len > PACK_BYTES_MAX || self.dir != dir)
+        {
+            cut.extend(self.take());
+        }
+        if self.members.is_empty() {
+            self.dir = dir.to_string();
+        }
+        if self.plaintext.is_empty() {
+            self.plaintext.extend_from_slice(PACK_MAGIC);
+        }
+        let offset = self.plaintext.len() as u64;
+        self.plaintext.extend_from_slice(&part.bytes);
+        let digests_at = self.plaintext.len() as u64;
+        self.plaintext.extend_from_slice(&part.digests);
+        self.members.push((
+            index,
+            Packed {
+                offset,
+                digests: Some((digests_at, part.digests.len() as u64)),
+            },
+        ));
+        self.file_bytes += entry.size;
+        let h = u64::from_str_radix(entry.blake3.get(..16).unwrap_or("0"), 16).unwrap_or(0);
+        if u128::from(h) * u128::from(self.target) < u128::from(entry.size) << 64 {
+            cut.extend(self.take());
+        }
+        cut
+    }
+
+    /// The pack gathered so far, if it holds any file.
+    fn take(&mut self) -> Option<Pack> {
+        if self.members.is_empty() {
+            return None;
+        }
+        Some(Pack {
+            plaintext: std::mem::take(&mut self.plaintext),
+            members: std::mem::take(&mut self.members),
+            file_bytes: std::mem::take(&mut self.file_bytes),
+        })
+    }
+}
+
+/// Stores `pack` as a blob (not uploaded when the repository holds it already).
+async fn store_pack(repo: &Repository, pack: Pack) -> Result<StoredPack> {
+    let (id, uploaded) = repo.put_blob(pack.plaintext).await?;
+    Ok(StoredPack {
+        id,
+        members: pack.members,
+        uploaded,
+        file_bytes: pack.file_bytes,
+    })
+}
+
+/// A small file's bytes and its digest blob's JSON, on their way into a pack.
+struct PackPart {
+    bytes: Vec<u8>,
+    digests: Vec<u8>,
+}
+
 /// What the files of one backup share.
 struct FileCtx<'a> {
     repo: &'a Repository,
@@ -330,16 +504,20 @@ struct FileCtx<'a> {
     repo_lock: &'a Lock,
     /// One permit per chunk in memory.
     blob_slots: &'a Semaphore,
+    /// Blobs found present in this run (packs are named by many files).
+    present: Mutex<HashSet<String>>,
 }
 
 /// One file of a backup: its manifest entry and digests (none when it was reused and its
-/// series are counted in the reference's index), and what it cost.
+/// series are counted in the reference's index), and what it cost. A small file read anew
+/// comes with its bytes (`part`), and its entry names no blob until its pack is stored.
 struct BackedUpFile {
     entry: FileEntry,
     digests: Option<Vec<SeriesDigest>>,
     read: u64,
     uploaded: u64,
     deduplicated: u64,
+    part: Option<PackPart>,
 }
 
 impl FileCtx<'_> {
@@ -366,18 +544,27 @@ impl FileCtx<'_> {
             // lock is kept fresh meanwhile (a prune ignores a stale one).
             let mut present = true;
             for blob in old.all_blobs() {
+                if self.present.lock().expect("not poisoned").contains(blob) {
+                    continue;
+                }
                 self.repo_lock.refresh_if_due(self.repo).await?;
                 if !self.repo.has_blob(blob).await? {
                     present = false;
                     break;
                 }
+                self.present
+                    .lock()
+                    .expect("not poisoned")
+                    .insert(blob.clone());
             }
             if present {
                 let mut entry = old.clone();
                 let digests = match (&old.digests, counted) {
                     (Some(_), true) => None,
-                    (Some(d), false) => {
-                        let (_, digests) = load_digests(self.repo, d).await?;
+                    (Some(_), false) => {
+                        let (_, digests) = load_file_digests(self.repo, old, None)
+                            .await?
+                            .expect("the entry names digests");
                         entry.stats = Some(DataSummary::of(&digests));
                         Some(digests)
                     }
@@ -390,8 +577,12 @@ impl FileCtx<'_> {
                     read: 0,
                     uploaded: 0,
                     deduplicated: old.size,
+                    part: None,
                 });
             }
+        }
+        if file.size < PACK_FILE_MAX && self.repo.pack_target != Some(0) {
+            return self.read_small(file).await;
         }
         let (stored, digests) =
             tokio::join!(self.store_file(&file.path), self.source.digests(&file.path));
@@ -403,7 +594,96 @@ impl FileCtx<'_> {
             deduplicated,
         } = stored?;
         let (basis, digests) = digests?;
-        if size != file.size || file.blake3.as_ref().is_some_and(|h| h != &blake3) {
+        self.check_listed(&file, size, &blake3)?;
+        let (digests_id, up_digests) = self.repo.put_blob(digest_json(basis, &digests)).await?;
+        Ok(BackedUpFile {
+            entry: FileEntry {
+                path: file.path,
+                size,
+                blake3,
+                blobs,
+                mtime_ns: file.mtime_ns,
+                digests: Some(digests_id),
+                stats: Some(DataSummary::of(&digests)),
+                packed: None,
+            },
+            digests: Some(digests),
+            read: size,
+            uploaded: uploaded + up_digests,
+            deduplicated,
+            part: None,
+        })
+    }
+
+    /// Reads small file `file` whole, with its digests, for a pack. A segment's digests (of
+    /// its blocks) are computed here from the bytes read, once they match the source's
+    /// listing, instead of asking the source to read the file again.
+    async fn read_small(&self, file: SourceFile) -> Result<BackedUpFile> {
+        let read = async {
+            let mut reader = self.source.open(&file.path).await?;
+            let mut bytes = Vec::with_capacity(file.size as usize);
+            // One byte more than listed, so that a file longer than its listing is found.
+            reader.fill(&mut bytes, file.size as usize + 1).await?;
+            Ok::<_, Error>(bytes)
+        };
+        let (bytes, blake3, (basis, digests)) =
+            if DigestBasis::for_file(&file.path) == DigestBasis::Blocks {
+                let bytes = read.await?;
+                let what = format!("file {} from {}", file.path, self.source_name);
+                let path = PathBuf::from(&file.path);
+                let (bytes, digests) = off_thread(&what, move || {
+                    let d = tsvault_storage::segment_digests(&path, &bytes);
+                    (bytes, d)
+                })
+                .await?;
+                // Bytes that are not the listed file fail here (not a whole segment) or below
+                // (not the listed size and hash).
+                let (digests, blake3) = match digests {
+                    Ok(d) => d,
+                    Err(e) => {
+                        let blake3 = blake3::hash(&bytes).to_hex().to_string();
+                        self.check_listed(&file, bytes.len() as u64, &blake3)?;
+                        return Err(Error::Corrupt {
+                            what,
+                            detail: e.to_string(),
+                        });
+                    }
+                };
+                (bytes, blake3, (DigestBasis::Blocks, digests))
+            } else {
+                let (bytes, digests) = tokio::join!(read, self.source.digests(&file.path));
+                let bytes = bytes?;
+                let blake3 = blake3::hash(&bytes).to_hex().to_string();
+                (bytes, blake3, digests?)
+            };
+        let size = bytes.len() as u64;
+        self.check_listed(&file, size, &blake3)?;
+        self.progress.advance(size);
+        Ok(BackedUpFile {
+            entry: FileEntry {
+                path: file.path,
+                size,
+                blake3,
+                blobs: Vec::new(),
+                mtime_ns: file.mtime_ns,
+                digests: None,
+                stats: Some(DataSummary::of(&digests)),
+                packed: None,
+            },
+            part: Some(PackPart {
+                bytes,
+                digests: digest_json(basis, &digests),
+            }),
+            digests: Some(digests),
+            read: size,
+            uploaded: 0,
+            deduplicated: 0,
+        })
+    }
+
+    /// Refuses a file read with another size or hash than the source listed.
+    fn check_listed(&self, file: &SourceFile, size: u64, blake3: &str) -> Result<()> {
+        if size != file.size || file.blake3.as_ref().is_some_and(|h| h != blake3) {
             return Err(Error::Corrupt {
                 what: format!("file {} from {}", file.path, self.source_name),
                 detail: format!(
@@ -416,27 +696,7 @@ impl FileCtx<'_> {
                 ),
             });
         }
-        let json = serde_json::to_vec(&DigestBlobOut {
-            basis,
-            series: &digests,
-        })
-        .expect("digests serialize");
-        let (digests_id, up_digests) = self.repo.put_blob(json).await?;
-        Ok(BackedUpFile {
-            entry: FileEntry {
-                path: file.path,
-                size,
-                blake3,
-                blobs,
-                mtime_ns: file.mtime_ns,
-                digests: Some(digests_id),
-                stats: Some(DataSummary::of(&digests)),
-            },
-            digests: Some(digests),
-            read: size,
-            uploaded: uploaded + up_digests,
-            deduplicated,
-        })
+        Ok(())
     }
 
     /// Reads file `path` of the source in chunks into blobs, a chunk in memory only while it
@@ -546,16 +806,95 @@ pub(crate) fn decode_digests(
     })
 }
 
-/// The per-series digests stored in blob `id`, and their basis.
-pub(crate) async fn load_digests(
-    repo: &Repository,
-    id: &str,
-) -> Result<(DigestBasis, Vec<SeriesDigest>)> {
-    let bytes = repo.get_blob(id).await?;
-    decode_digests(&bytes).map_err(|e| Error::Corrupt {
-        what: format!("digest blob {id}"),
-        detail: format!("it does not parse: {e}"),
+/// The JSON of a digest blob.
+fn digest_json(basis: DigestBasis, digests: &[SeriesDigest]) -> Vec<u8> {
+    serde_json::to_vec(&DigestBlobOut {
+        basis,
+        series: digests,
     })
+    .expect("digests serialize")
+}
+
+/// The per-series digests of file `entry` and their basis (None when it has none): its
+/// digest blob, or its slice of its pack. `cache` keeps packs read for files that share
+/// them.
+pub(crate) async fn load_file_digests(
+    repo: &Repository,
+    entry: &FileEntry,
+    cache: Option<&mut BlobCache>,
+) -> Result<Option<(DigestBasis, Vec<SeriesDigest>)>> {
+    let Some(id) = &entry.digests else {
+        return Ok(None);
+    };
+    let what = || format!("digests of file {} (blob {id})", entry.path);
+    let parse = |bytes: &[u8]| {
+        decode_digests(bytes).map_err(|e| Error::Corrupt {
+            what: what(),
+            detail: format!("they do not parse: {e}"),
+        })
+    };
+    match entry.packed {
+        None => Ok(Some(parse(&repo.get_blob(id).await?)?)),
+        Some(Packed {
+            digests: Some((offset, len)),
+            ..
+        }) => {
+            let mut own = BlobCache::default();
+            let pack = cache.unwrap_or(&mut own).get(repo, id).await?;
+            Ok(Some(parse(slice_of(&pack, offset, len, &what)?)?))
+        }
+        Some(Packed { digests: None, .. }) => Err(Error::Corrupt {
+            what: what(),
+            detail: "the manifest names a pack but no place in it".into(),
+        }),
+    }
+}
+
+/// Bytes `offset..offset + len` of a pack's plaintext, or an error naming `what` when the
+/// manifest points outside it.
+fn slice_of<'a>(
+    plaintext: &'a [u8],
+    offset: u64,
+    len: u64,
+    what: &dyn Fn() -> String,
+) -> Result<&'a [u8]> {
+    offset
+        .checked_add(len)
+        .filter(|end| *end <= plaintext.len() as u64)
+        .map(|end| &plaintext[offset as usize..end as usize])
+        .ok_or_else(|| Error::Corrupt {
+            what: what(),
+            detail: format!(
+                "the manifest places them at bytes {offset}..+{len} of a pack of {} bytes",
+                plaintext.len()
+            ),
+        })
+}
+
+/// The last few packs read: the files of a pack are consecutive in a manifest, so each pack
+/// is read once when a backup's files are read in order. Memory: this many packs.
+#[derive(Default)]
+pub(crate) struct BlobCache {
+    recent: Vec<(String, Arc<Vec<u8>>)>,
+}
+
+impl BlobCache {
+    const KEPT: usize = 4;
+
+    pub(crate) async fn get(&mut self, repo: &Repository, id: &str) -> Result<Arc<Vec<u8>>> {
+        if let Some(i) = self.recent.iter().position(|(k, _)| k == id) {
+            let hit = self.recent.remove(i);
+            let bytes = hit.1.clone();
+            self.recent.push(hit);
+            return Ok(bytes);
+        }
+        let bytes = Arc::new(repo.get_blob(id).await?);
+        if self.recent.len() == Self::KEPT {
+            self.recent.remove(0);
+        }
+        self.recent.push((id.to_string(), bytes.clone()));
+        Ok(bytes)
+    }
 }
 
 impl DataSummary {
@@ -769,6 +1108,7 @@ pub async fn restore_data_dir(
         sync_dir(target)?;
     }
     progress.start(manifest.logical_bytes);
+    let mut cache = BlobCache::default();
     for (entry, rel) in manifest.files.iter().zip(paths) {
         let dst = target.join(&rel);
         let parent = dst.parent().unwrap_or(target).to_path_buf();
@@ -780,7 +1120,7 @@ pub async fn restore_data_dir(
         }
         // Written under a temporary name, renamed into place only once whole and checked.
         let tmp = dst.with_extension("restoring");
-        let written = restore_file(repo, &manifest.id, entry, &tmp, progress).await;
+        let written = restore_file(repo, &manifest.id, entry, &tmp, &mut cache, progress).await;
         if let Err(e) = written {
             let _ = fs::remove_file(&tmp);
             return Err(e);
@@ -814,33 +1154,61 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(Error::io("fsync", dir))
 }
 
-/// Writes `entry`'s blobs to `tmp`, checks its size and hash, and fsyncs it.
+/// Writes `entry`'s blobs (or its slice of its pack, kept in `cache` for the next files) to
+/// `tmp`, checks its size and hash, and fsyncs it.
 async fn restore_file(
     repo: &Repository,
     backup: &str,
     entry: &FileEntry,
     tmp: &Path,
+    cache: &mut BlobCache,
     progress: &dyn Progress,
 ) -> Result<()> {
     let mut out = File::create(tmp).map_err(Error::io("create", tmp))?;
     let mut hasher = blake3::Hasher::new();
     let mut size = 0u64;
+    let whose = || format!("(file {} of backup {backup})", entry.path);
+    let named = |e| match e {
+        Error::Missing { what } => Error::Missing {
+            what: format!("{what} {}", whose()),
+        },
+        Error::Corrupt { what, detail } => Error::Corrupt {
+            what: format!("{what} {}", whose()),
+            detail,
+        },
+        e => e,
+    };
+    if let Some(packed) = entry.packed {
+        let [id] = entry.blobs.as_slice() else {
+            return Err(Error::Corrupt {
+                what: format!("file {} of backup {backup}", entry.path),
+                detail: format!(
+                    "it is packed but names {} blobs, not one",
+                    entry.blobs.len()
+                ),
+            });
+        };
+        let pack = cache.get(repo, id).await.map_err(named)?;
+        let what = || format!("file {} of backup {backup} (pack {id})", entry.path);
+        let bytes = slice_of(&pack, packed.offset, entry.size, &what)?;
+        hasher.update(bytes);
+        size += bytes.len() as u64;
+        out.write_all(bytes).map_err(Error::io("write", tmp))?;
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!("restore-blob-written", |_| std::process::abort());
+        progress.advance(bytes.len() as u64);
+    }
     // Several blobs are fetched and opened at once; they are written in order.
-    let mut blobs = futures::stream::iter(&entry.blobs)
+    let unpacked: &[String] = if entry.packed.is_some() {
+        &[]
+    } else {
+        &entry.blobs
+    };
+    let mut blobs = futures::stream::iter(unpacked)
         .map(|blob| repo.get_blob(blob))
         .buffered(BLOBS_IN_FLIGHT);
     while let Some(got) = blobs.next().await {
-        let whose = || format!("(file {} of backup {backup})", entry.path);
-        let bytes = got.map_err(|e| match e {
-            Error::Missing { what } => Error::Missing {
-                what: format!("{what} {}", whose()),
-            },
-            Error::Corrupt { what, detail } => Error::Corrupt {
-                what: format!("{what} {}", whose()),
-                detail,
-            },
-            e => e,
-        })?;
+        let bytes = got.map_err(named)?;
         hasher.update(&bytes);
         size += bytes.len() as u64;
         out.write_all(&bytes).map_err(Error::io("write", tmp))?;
@@ -895,6 +1263,48 @@ pub async fn verify_backup(repo: &Repository, id: &str, read_data: bool) -> Vec<
         if let Err(e) = safe_relative(&f.path) {
             problems.push(problem(e.to_string()));
         }
+        if f.packed.is_some() && (f.blobs.len() != 1 || f.digests.as_ref() != f.blobs.first()) {
+            problems.push(problem(format!(
+                "file {}: packed, but its entry does not name one pack for its bytes and digests",
+                f.path
+            )));
+        }
+    }
+    if read_data {
+        // Each packed file's bytes and digests are checked in their pack, which is read
+        // (once, when its files are consecutive) and hashed like any blob.
+        let mut cache = BlobCache::default();
+        let mut unreadable = HashSet::new();
+        for f in manifest.files.iter().filter(|f| f.packed.is_some()) {
+            let Some(id) = f.blobs.first() else {
+                continue;
+            };
+            if unreadable.contains(id.as_str()) {
+                continue;
+            }
+            checked.insert(id.as_str());
+            let pack = match cache.get(repo, id).await {
+                Ok(p) => p,
+                Err(e) => {
+                    unreadable.insert(id.as_str());
+                    problems.push(problem(format!("file {}: {e}", f.path)));
+                    continue;
+                }
+            };
+            let what = || format!("file {} (pack {id})", f.path);
+            let offset = f.packed.map(|p| p.offset).unwrap_or_default();
+            match slice_of(&pack, offset, f.size, &what) {
+                Ok(bytes) if blake3::hash(bytes).to_hex().as_str() == f.blake3 => {}
+                Ok(_) => problems.push(problem(format!(
+                    "{}: its bytes in the pack do not hash to the file's BLAKE3",
+                    what()
+                ))),
+                Err(e) => problems.push(problem(e.to_string())),
+            }
+            if let Err(e) = load_file_digests(repo, f, Some(&mut cache)).await {
+                problems.push(problem(e.to_string()));
+            }
+        }
     }
     for (blob, what) in manifest.blobs() {
         if !checked.insert(blob.as_str()) {
@@ -946,12 +1356,11 @@ pub async fn verify_deep(repo: &Repository, id: &str) -> Vec<Problem> {
     };
     let mut problems = Vec::new();
     let mut index = SeriesIndex::default();
+    let mut cache = BlobCache::default();
     for f in &manifest.files {
-        let Some(blob) = &f.digests else {
-            continue;
-        };
-        let (basis, recorded) = match load_digests(repo, blob).await {
-            Ok(d) => d,
+        let (basis, recorded) = match load_file_digests(repo, f, Some(&mut cache)).await {
+            Ok(Some(d)) => d,
+            Ok(None) => continue,
             Err(e) => {
                 problems.push(problem(format!("file {}: {e}", f.path)));
                 continue;
@@ -1151,6 +1560,80 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
+    }
+
+    #[test]
+    fn packs_are_cut_by_the_files_hashes_and_never_pass_their_maximum() {
+        let file = |blake3: &str, size: usize| {
+            (
+                FileEntry {
+                    path: "segments/x.seg".into(),
+                    size: size as u64,
+                    blake3: blake3.repeat(64),
+                    blobs: Vec::new(),
+                    mtime_ns: 0,
+                    digests: None,
+                    stats: None,
+                    packed: None,
+                },
+                PackPart {
+                    bytes: vec![7; size],
+                    digests: b"{}".to_vec(),
+                },
+            )
+        };
+        let mut p = Packer {
+            target: PACK_TARGET,
+            dir: String::new(),
+            plaintext: Vec::new(),
+            members: Vec::new(),
+            file_bytes: 0,
+        };
+        // A hash read as a fraction of 2^64 below size / target cuts after the file: 0x00..
+        // always, 0xff.. only past the target, 0x8888.. (0.533..) past 0.533 of it.
+        let (e, part) = file("f", 1000);
+        assert!(p.add(0, &e, part).is_empty());
+        let (e, part) = file("8", (PACK_TARGET / 2 - 1) as usize);
+        assert!(p.add(1, &e, part).is_empty());
+        let (e, part) = file("0", 10);
+        let packs = p.add(2, &e, part);
+        assert_eq!(packs.len(), 1);
+        let pack = &packs[0];
+        assert_eq!(pack.file_bytes, 1000 + PACK_TARGET / 2 - 1 + 10);
+        assert!(pack.plaintext.starts_with(PACK_MAGIC));
+        let members: Vec<usize> = pack.members.iter().map(|m| m.0).collect();
+        assert_eq!(members, [0, 1, 2]);
+        // Each file and its digests where its entry says.
+        let first = pack.members[0].1;
+        assert_eq!(first.offset, PACK_MAGIC.len() as u64);
+        assert_eq!(first.digests, Some((PACK_MAGIC.len() as u64 + 1000, 2)));
+        let second = pack.members[1].1;
+        assert_eq!(second.offset, PACK_MAGIC.len() as u64 + 1002);
+        let (e, part) = file("8", PACK_TARGET as usize * 54 / 100);
+        assert_eq!(
+            p.add(3, &e, part).len(),
+            1,
+            "0.54 of the target at 0x8888..: cut"
+        );
+        assert!(p.take().is_none());
+        // Never past the maximum: a pack is cut before a file that would take it there.
+        let big = PACK_BYTES_MAX / 4;
+        for i in 0..3 {
+            let (e, part) = file("f", big);
+            assert!(p.add(i, &e, part).is_empty());
+        }
+        let (e, part) = file("f", big);
+        let packs = p.add(3, &e, part);
+        assert_eq!(packs.len(), 1);
+        assert!(packs[0].plaintext.len() <= PACK_BYTES_MAX);
+        assert_eq!(packs[0].members.len(), 3);
+        // A file of another directory starts a pack of its own.
+        let (mut e, part) = file("f", 10);
+        e.path = "wal/00000000000000000001.wal".into();
+        let packs = p.add(4, &e, part);
+        assert_eq!(packs.len(), 1);
+        assert_eq!(packs[0].members.len(), 1);
+        assert_eq!(p.take().map(|p| p.members[0].0), Some(4));
     }
 
     #[test]

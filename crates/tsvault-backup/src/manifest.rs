@@ -24,14 +24,29 @@ pub struct FileEntry {
     /// a later incremental or differential backup knows it is unchanged without reading it.
     #[serde(default)]
     pub mtime_ns: i128,
-    /// The blob holding the file's per-series digests (JSON list of
-    /// `tsvault_storage::SeriesDigest`), which `verify --deep` compares a restore against.
+    /// The blob holding the file's per-series digests (JSON, see FORMAT.md), which
+    /// `verify --deep` compares a restore against.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digests: Option<String>,
     /// Totals of the file's digests: what a later backup that reuses the entry adds to its
     /// summary without reading them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stats: Option<DataSummary>,
+    /// Set for a small file stored in a pack: `blobs` then names the one pack blob, and so
+    /// does `digests`; the file's bytes (`size` of them) and its digests are slices of the
+    /// pack's plaintext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packed: Option<Packed>,
+}
+
+/// Where a packed file lies in its pack's plaintext.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Packed {
+    /// The offset of the file's bytes.
+    pub offset: u64,
+    /// The offset and length of its digests (the JSON a digest blob holds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digests: Option<(u64, u64)>,
 }
 
 impl FileEntry {

@@ -48,6 +48,9 @@ pub struct RepoOptions {
     /// S3 credentials and region; unset, they come from the `AWS_*` environment variables.
     pub s3_credentials: Option<(String, String)>,
     pub s3_region: Option<String>,
+    /// The pack size backups aim at (bytes; FORMAT.md): None for the default (4 MiB), 0 to
+    /// store every file in blobs of its own.
+    pub pack_target: Option<u64>,
 }
 
 /// An open repository.
@@ -60,6 +63,8 @@ pub struct Repository {
     pub config: RepoConfig,
     /// The URL it was opened with, for messages.
     pub url: String,
+    /// See [`RepoOptions::pack_target`].
+    pub(crate) pack_target: Option<u64>,
 }
 
 /// Runs CPU-heavy work (hashing, compression, encryption) on the blocking pool.
@@ -350,6 +355,7 @@ impl Repository {
             keys: Arc::new(keys),
             config,
             url: opts.url.clone(),
+            pack_target: opts.pack_target,
         })
     }
 
@@ -406,6 +412,7 @@ impl Repository {
             keys: Arc::new(keys),
             config,
             url: opts.url.clone(),
+            pack_target: opts.pack_target,
         })
     }
 

@@ -62,9 +62,23 @@ async fn full_backup_restores_every_sample_and_dedups_a_second_run() {
         .await
         .unwrap();
     assert_eq!(second.uploaded_bytes, 0);
+    // A full backup of the same files reads them all again, and packs them as the first
+    // did: it finds every pack stored.
+    assert!(first.files.iter().all(|f| f.packed.is_some()), "{first:?}");
+    let third = backup_data_dir(
+        &repo,
+        &src,
+        Some(tsvault_backup::BackupType::Full),
+        &NoProgress,
+    )
+    .await
+    .unwrap();
+    assert_eq!(third.read_bytes, third.logical_bytes);
+    assert_eq!(third.uploaded_bytes, 0);
+    assert_eq!(third.files, first.files);
     assert_eq!(
         repo.backup_ids().await.unwrap(),
-        vec![first.id.clone(), second.id.clone()]
+        vec![first.id.clone(), second.id.clone(), third.id.clone()]
     );
 
     let reopened = Repository::open(&opts(&repo_dir, Some("pw")))
@@ -148,9 +162,23 @@ async fn backed_up(
     tmp: &Path,
     password: Option<&str>,
 ) -> (PathBuf, PathBuf, Repository, BackupManifest) {
+    backed_up_in_packs(tmp, password, None).await
+}
+
+/// [`backed_up`], with packs of `pack_target` bytes (`RepoOptions::pack_target`): Some(0)
+/// stores every file in blobs of its own, Some(1) every small file in a pack of its own.
+async fn backed_up_in_packs(
+    tmp: &Path,
+    password: Option<&str>,
+    pack_target: Option<u64>,
+) -> (PathBuf, PathBuf, Repository, BackupManifest) {
     let (src, repo_dir) = (tmp.join("src"), tmp.join("repo"));
     data_dir(&src);
-    let repo = Repository::init(&opts(&repo_dir, password), password.is_some())
+    let options = RepoOptions {
+        pack_target,
+        ..opts(&repo_dir, password)
+    };
+    let repo = Repository::init(&options, password.is_some())
         .await
         .unwrap();
     let backup = backup_data_dir(&repo, &src, None, &NoProgress)
@@ -176,9 +204,17 @@ fn files(dir: &Path) -> Vec<std::path::PathBuf> {
 
 #[tokio::test]
 async fn verify_names_each_kind_of_damage() {
-    for encrypted in [true, false] {
+    // Files in blobs of their own, and each in a pack of its own (a pack holds its file's
+    // bytes and digests).
+    for (encrypted, pack_target) in [(true, 0), (false, 0), (true, 1), (false, 1)] {
         let tmp = tempfile::tempdir().unwrap();
-        let (_, repo_dir, repo, b) = backed_up(tmp.path(), encrypted.then_some("pw")).await;
+        let (_, repo_dir, repo, b) =
+            backed_up_in_packs(tmp.path(), encrypted.then_some("pw"), Some(pack_target)).await;
+        assert_eq!(
+            b.files.iter().all(|f| f.packed.is_some()),
+            pack_target == 1,
+            "{b:?}"
+        );
         assert!(verify_backup(&repo, &b.id, true).await.is_empty());
         // The data blobs (not the digest blobs, which only deep verification reads).
         let ids: std::collections::BTreeSet<&String> =
@@ -666,7 +702,8 @@ async fn hostile_manifest_ids_and_stray_objects_are_errors_or_left_alone_never_a
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deep_verify_compares_every_series_with_what_was_recorded() {
     let tmp = tempfile::tempdir().unwrap();
-    let (_, _, repo, b) = backed_up(tmp.path(), Some("pw")).await;
+    // Digest blobs of their own here; packed digests below.
+    let (_, _, repo, b) = backed_up_in_packs(tmp.path(), Some("pw"), Some(0)).await;
     assert!(verify_deep(&repo, &b.id).await.is_empty());
     let summary = b.summary.clone().unwrap();
     assert!(summary.series > 0 && summary.samples > 0, "{summary:?}");
@@ -737,6 +774,53 @@ async fn deep_verify_compares_every_series_with_what_was_recorded() {
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert_eq!(problems[0].detail, want);
     }
+
+    // Packed: two files whose entries point at each other's digests in their pack.
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, _, repo, b) = backed_up(tmp.path(), Some("pw")).await;
+    assert!(verify_deep(&repo, &b.id).await.is_empty());
+    let mut m = b.clone();
+    let segs: Vec<usize> = (0..m.files.len())
+        .filter(|&i| m.files[i].path.starts_with("segments/"))
+        .collect();
+    let (a, z) = (segs[0], *segs.last().unwrap());
+    assert_ne!(a, z, "{b:?}");
+    assert_eq!(m.files[a].blobs, m.files[z].blobs, "one pack: {b:?}");
+    let (pa, pz) = (m.files[a].packed.unwrap(), m.files[z].packed.unwrap());
+    m.files[a].packed.as_mut().unwrap().digests = pz.digests;
+    m.files[z].packed.as_mut().unwrap().digests = pa.digests;
+    m.id = format!("{}00000003", &b.id[..b.id.len() - 8]);
+    repo.put_manifest(&m).await.unwrap();
+    let problems = verify_deep(&repo, &m.id).await;
+    for i in [a, z] {
+        let path = &m.files[i].path;
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.detail.starts_with(&format!("file {path}: "))),
+            "{path}: {problems:?}"
+        );
+    }
+    // A place outside the pack is named, not a panic.
+    m.files[a].packed.as_mut().unwrap().digests = Some((u64::MAX - 1, 8));
+    m.files[z].packed.as_mut().unwrap().offset = u64::MAX / 2;
+    m.id = format!("{}00000004", &b.id[..b.id.len() - 8]);
+    repo.put_manifest(&m).await.unwrap();
+    let problems = verify_backup(&repo, &m.id, true).await;
+    let za = &m.files[z].path;
+    assert!(
+        problems.iter().any(
+            |p| p.detail.contains(&format!("file {za} (")) && p.detail.contains("of a pack of")
+        ),
+        "{problems:?}"
+    );
+    assert!(
+        problems.iter().any(|p| p
+            .detail
+            .contains(&format!("digests of file {}", m.files[a].path))
+            && p.detail.contains("of a pack of")),
+        "{problems:?}"
+    );
 }
 
 /// A byte flipped at random in any blob or manifest of a repository, encrypted or not, is

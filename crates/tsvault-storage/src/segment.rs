@@ -495,6 +495,14 @@ fn write_segment_file(
 }
 
 /// An open, verified segment.
+/// What [`Segment::parse`] found in a segment's bytes.
+pub(crate) struct ParsedSegment {
+    pub info: SegmentInfo,
+    pub blocks: Vec<BlockMeta>,
+    pub file_blake3: String,
+    version: u8,
+}
+
 pub(crate) struct Segment {
     pub path: PathBuf,
     pub info: SegmentInfo,
@@ -529,11 +537,32 @@ impl Segment {
         seq: u64,
         expected: Option<&SegmentInfo>,
     ) -> Result<(Self, Vec<u8>)> {
+        let bytes = fs::read(path).ctx("read", path)?;
+        let parsed = Self::parse(path, &bytes, seq, expected)?;
+        let file = File::open(path).ctx("open", path)?;
+        let seg = Segment {
+            path: path.to_owned(),
+            info: parsed.info,
+            blocks: parsed.blocks,
+            file_blake3: parsed.file_blake3,
+            version: parsed.version,
+            file,
+        };
+        Ok((seg, bytes))
+    }
+
+    /// Verifies and parses the bytes of a segment file (`path` names it in errors): its
+    /// header, footer, whole-file hash and index.
+    pub(crate) fn parse(
+        path: &Path,
+        bytes: &[u8],
+        seq: u64,
+        expected: Option<&SegmentInfo>,
+    ) -> Result<ParsedSegment> {
         let corrupt = |detail: String| Error::Corrupt {
             path: path.to_owned(),
             detail,
         };
-        let bytes = fs::read(path).ctx("read", path)?;
         if bytes.len() < HEADER_MAGIC.len() + FOOTER_BYTES {
             return Err(corrupt(format!(
                 "file is {} bytes, too short for a segment",
@@ -636,16 +665,12 @@ impl Segment {
                 b.key
             )));
         }
-        let file = File::open(path).ctx("open", path)?;
-        let seg = Segment {
-            path: path.to_owned(),
+        Ok(ParsedSegment {
             info,
             blocks,
             file_blake3,
             version,
-            file,
-        };
-        Ok((seg, bytes))
+        })
     }
 
     /// The segment format (1 or 2).

@@ -282,33 +282,43 @@ pub fn file_digests(path: &Path, basis: DigestBasis) -> Result<Vec<SeriesDigest>
                 path.display()
             )));
         }
-        let (seg, bytes) = Segment::open_keeping_bytes(path, 0, None)?;
-        return seg
-            .blocks
-            .iter()
-            .map(|b| {
-                // The index was checked to point inside the file when the segment opened.
-                let block = &bytes[b.offset as usize..][..b.len as usize];
-                if crc32c::crc32c(block) != b.crc {
-                    return Err(Error::Corrupt {
-                        path: path.to_owned(),
-                        detail: format!(
-                            "block of series {} at byte {}: checksum mismatch",
-                            b.key, b.offset
-                        ),
-                    });
-                }
-                Ok(SeriesDigest {
-                    series: b.key.as_str().to_string(),
-                    samples: u64::from(b.count),
-                    min_ts_ms: b.min_ts,
-                    max_ts_ms: b.max_ts,
-                    blake3: blake3::hash(block).to_hex().to_string(),
-                })
-            })
-            .collect();
+        let bytes = fs::read(path).ctx("read", path)?;
+        return segment_digests(path, &bytes).map(|(d, _)| d);
     }
     sample_digests(path, name)
+}
+
+/// [`file_digests`] on [`DigestBasis::Blocks`] of a segment file's bytes, already read
+/// (`path` names it in errors), and the BLAKE3 of the whole file (hex; hashed once, to
+/// verify the segment's own hash, which covers all but its footer): the file is verified as
+/// a whole (header, footer, hash, index) and each block against its checksum.
+pub fn segment_digests(path: &Path, bytes: &[u8]) -> Result<(Vec<SeriesDigest>, String)> {
+    let seg = Segment::parse(path, bytes, 0, None)?;
+    let digests = seg
+        .blocks
+        .iter()
+        .map(|b| {
+            // The index was checked to point inside the file when the segment opened.
+            let block = &bytes[b.offset as usize..][..b.len as usize];
+            if crc32c::crc32c(block) != b.crc {
+                return Err(Error::Corrupt {
+                    path: path.to_owned(),
+                    detail: format!(
+                        "block of series {} at byte {}: checksum mismatch",
+                        b.key, b.offset
+                    ),
+                });
+            }
+            Ok(SeriesDigest {
+                series: b.key.as_str().to_string(),
+                samples: u64::from(b.count),
+                min_ts_ms: b.min_ts,
+                max_ts_ms: b.max_ts,
+                blake3: blake3::hash(block).to_hex().to_string(),
+            })
+        })
+        .collect::<Result<_>>()?;
+    Ok((digests, seg.file_blake3))
 }
 
 fn sample_digests(path: &Path, name: &str) -> Result<Vec<SeriesDigest>> {

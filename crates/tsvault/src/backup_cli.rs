@@ -86,6 +86,11 @@ pub enum BackupCommand {
         /// (against its newest full). Default: incremental if a full backup exists, else full.
         #[arg(long = "type", value_parser = ["full", "incremental", "differential"])]
         kind: Option<String>,
+        /// The pack size aimed at (bytes, or with KiB or MiB): files under 4 MiB are stored
+        /// together in packs of about this size, at most 8 MiB. 0 stores every file in blobs
+        /// of its own.
+        #[arg(long, default_value = "4MiB", value_parser = parse_pack_size)]
+        pack_size: u64,
     },
     /// List the backups.
     List {
@@ -197,6 +202,30 @@ pub struct RestoreArgs {
     /// Only samples at or before this time (RFC 3339, or milliseconds since the epoch).
     #[arg(long, value_parser = parse_time)]
     end: Option<i64>,
+}
+
+/// A pack size: bytes, or a number of KiB or MiB (`512KiB`, `4MiB`; `K` and `M` too), at
+/// most 8 MiB.
+fn parse_pack_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kib" => 10,
+        "m" | "mib" => 20,
+        _ => return Err(format!("'{text}': the unit is not one of B, KiB, MiB")),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{text}' is not a size (e.g. 4MiB, 512KiB, 0)"))?;
+    match n
+        .checked_shl(shift)
+        .filter(|&b| b >> shift == n && b <= 8 << 20)
+    {
+        Some(bytes) => Ok(bytes),
+        None => Err(format!("'{text}' is larger than the largest pack, 8MiB")),
+    }
 }
 
 /// A time given as milliseconds since the epoch or as RFC 3339 (UTC when no offset is given).
@@ -367,8 +396,13 @@ pub fn backup(cmd: BackupCommand) -> anyhow::Result<ExitCode> {
                 server,
                 data_dir,
                 kind,
+                pack_size,
             } => {
-                let r = Repository::open(&repo.options()?).await?;
+                let r = Repository::open(&RepoOptions {
+                    pack_target: Some(pack_size),
+                    ..repo.options()?
+                })
+                .await?;
                 let kind = kind.map(|k| match k.as_str() {
                     "full" => BackupType::Full,
                     "incremental" => BackupType::Incremental,

@@ -277,6 +277,13 @@ fn killed(out: &Output) -> bool {
 
 #[test]
 fn a_backup_or_restore_killed_at_any_blob_resumes_to_the_full_result() {
+    // Every file in blobs of its own, then every file in a pack of its own.
+    for pack_size in ["0", "1"] {
+        killed_and_resumed(pack_size);
+    }
+}
+
+fn killed_and_resumed(pack_size: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let (src, repo) = (tmp.path().join("src"), tmp.path().join("repo"));
     let s = Server::start(&src, &[]);
@@ -305,6 +312,8 @@ fn a_backup_or_restore_killed_at_any_blob_resumes_to_the_full_result() {
         "--data-dir",
         src_s,
         "--json",
+        "--pack-size",
+        pack_size,
     ];
     for skip in [0, 2, 4] {
         let out = tsvault_with(
@@ -325,11 +334,24 @@ fn a_backup_or_restore_killed_at_any_blob_resumes_to_the_full_result() {
     }
     let done = ok(&tsvault(&create, "pw"));
     let id = done["id"].as_str().unwrap().to_string();
-    // The killed runs' blobs were reused, not uploaded again.
+    // The killed runs' blobs (or packs) were reused, not uploaded again: at least those of
+    // the 5 they stored.
+    let files: Vec<u64> = std::fs::read_dir(src.join("segments"))
+        .unwrap()
+        .chain(std::fs::read_dir(src.join("wal")).unwrap())
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .collect();
+    assert!(files.len() >= 6, "{files:?}");
+    let smallest_five: u64 = {
+        let mut f = files.clone();
+        f.sort();
+        f[..5].iter().sum()
+    };
     assert!(
-        done["uploaded_bytes"].as_u64().unwrap() < done["logical_bytes"].as_u64().unwrap(),
-        "{done}"
+        done["deduplicated_bytes"].as_u64().unwrap() >= smallest_five,
+        "{done} {files:?}"
     );
+    assert_eq!(done["type"], "full", "{done}");
     ok(&tsvault(
         &["backup", "verify", "--repo", repo_s, &id, "--read-data"],
         "pw",

@@ -547,6 +547,34 @@ fn every_cli_input_in_the_table_gets_its_error() {
         ),
         (
             vec![
+                "backup".into(),
+                "create".into(),
+                "--repo".into(),
+                repo.clone(),
+                "--data-dir".into(),
+                p("nothing"),
+                "--pack-size".into(),
+                "9MiB".into(),
+            ],
+            "pw",
+            "'9MiB' is larger than the largest pack, 8MiB",
+        ),
+        (
+            vec![
+                "backup".into(),
+                "create".into(),
+                "--repo".into(),
+                repo.clone(),
+                "--data-dir".into(),
+                p("nothing"),
+                "--pack-size".into(),
+                "4GB".into(),
+            ],
+            "pw",
+            "'4GB': the unit is not one of B, KiB, MiB",
+        ),
+        (
+            vec![
                 "restore".into(),
                 "--repo".into(),
                 repo.clone(),

@@ -379,10 +379,18 @@ fn an_online_backup_killed_midway_leaves_no_backup_and_the_next_run_finishes() {
         args: repo.args.clone(),
         env: vec![("FAILPOINTS", "backup-blob-stored=1*off->return".into())],
     };
-    let out = tsvault(
-        &doomed,
-        &["backup", "create", "--server", &s.base, "--json"],
-    );
+    // Each file in a pack of its own (`--pack-size 1`), so that the kill comes after the
+    // second of several.
+    let create = [
+        "backup",
+        "create",
+        "--server",
+        &s.base,
+        "--json",
+        "--pack-size",
+        "1",
+    ];
+    let out = tsvault(&doomed, &create);
     assert!(
         std::os::unix::process::ExitStatusExt::signal(&out.status).is_some(),
         "the backup was not killed: {out:?}"
@@ -400,10 +408,7 @@ fn an_online_backup_killed_midway_leaves_no_backup_and_the_next_run_finishes() {
             .len(),
         1
     );
-    let done = ok(&tsvault(
-        &repo,
-        &["backup", "create", "--server", &s.base, "--json"],
-    ));
+    let done = ok(&tsvault(&repo, &create));
     assert_eq!(done["type"], "full");
     // What the killed run uploaded was reused.
     assert!(done["deduplicated_bytes"].as_u64().unwrap() > 0, "{done}");
