@@ -1,5 +1,6 @@
 //! Backup and restore of each system with its own tools: `tsvault backup`/`tsvault restore`,
-//! vmbackup/vmrestore for VictoriaMetrics, restic over InfluxDB's directory.
+//! vmbackup/vmrestore for VictoriaMetrics, and restic over tsvault's data directory (the same
+//! files tsvault's own backup reads).
 
 use std::path::Path;
 use std::process::Command;
