@@ -183,23 +183,33 @@ impl Running {
     pub fn count_samples(&self, start_ms: i64, end_ms: i64) -> anyhow::Result<u64> {
         match self.kind {
             Kind::Tsvault => {
-                let body = json!({"start": start_ms, "end": end_ms - 1, "queries": FIELDS.iter().map(|f| json!(
-                    {"metric": format!("cpu_{f}"), "aggregator": "sum", "downsample": "0all-count"})).collect::<Vec<_>>()});
-                let out: Value = serde_json::from_str(&http::post(
-                    &self.agent,
-                    &format!("{}/api/query", self.base),
-                    "application/json",
-                    body.to_string().as_bytes(),
-                )?)?;
+                // A week of one field per request: a request may read at most 100 M samples
+                // (the server's query budget).
+                const WINDOW_MS: i64 = 7 * 86_400_000;
                 let mut n = 0.0;
-                for r in out.as_array().context("tsvault count: not an array")? {
-                    for v in r["dps"]
-                        .as_object()
-                        .context("tsvault count: no dps")?
-                        .values()
-                    {
-                        n += v.as_f64().context("tsvault count: not a number")?;
+                let mut from = start_ms;
+                while from < end_ms {
+                    let to = (from + WINDOW_MS).min(end_ms);
+                    for f in FIELDS {
+                        let body = json!({"start": from, "end": to - 1, "queries": [
+                            {"metric": format!("cpu_{f}"), "aggregator": "sum", "downsample": "0all-count"}]});
+                        let out: Value = serde_json::from_str(&http::post(
+                            &self.agent,
+                            &format!("{}/api/query", self.base),
+                            "application/json",
+                            body.to_string().as_bytes(),
+                        )?)?;
+                        for r in out.as_array().context("tsvault count: not an array")? {
+                            for v in r["dps"]
+                                .as_object()
+                                .context("tsvault count: no dps")?
+                                .values()
+                            {
+                                n += v.as_f64().context("tsvault count: not a number")?;
+                            }
+                        }
                     }
+                    from = to;
                 }
                 Ok(n as u64)
             }

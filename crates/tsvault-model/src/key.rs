@@ -182,20 +182,45 @@ impl SeriesKey {
 
     /// Rebuilds a key from its canonical encoding (as stored in the WAL or a segment),
     /// checking every rule again: stored bytes are input like any other.
+    ///
+    /// Checked in place (segment indexes and WAL records hold a key per series, and this is
+    /// on the path of every segment open and backup): the rules of [`SeriesKey::new`], and tag
+    /// keys strictly ascending, which is what `new`'s sort would leave unchanged.
     pub fn from_canonical(s: &str) -> Result<Self, KeyError> {
         let mut parts = s.split(TAG_SEP);
         let metric = parts.next().ok_or(KeyError::Malformed)?;
-        let mut tags = Vec::new();
-        for part in parts {
+        if metric.is_empty() {
+            return Err(KeyError::EmptyMetric);
+        }
+        check_name("metric name", metric)?;
+        let mut prev: Option<&str> = None;
+        for (count, part) in parts.enumerate() {
+            if count == LIMITS.tags_max {
+                return Err(KeyError::TooManyTags {
+                    count: s.matches(TAG_SEP).count(),
+                    max: LIMITS.tags_max,
+                });
+            }
             let (k, v) = part.split_once(KV_SEP).ok_or(KeyError::Malformed)?;
-            tags.push((k, v));
+            if k.is_empty() {
+                return Err(KeyError::EmptyTagKey);
+            }
+            if v.is_empty() {
+                return Err(KeyError::EmptyTagValue { key: k.to_owned() });
+            }
+            check_name("tag key", k)?;
+            check_name("tag value", v)?;
+            match prev {
+                Some(p) if p == k => {
+                    return Err(KeyError::DuplicateTag { key: k.to_owned() });
+                }
+                // Tags out of order: not the canonical form.
+                Some(p) if p > k => return Err(KeyError::Malformed),
+                _ => {}
+            }
+            prev = Some(k);
         }
-        let key = Self::new(metric, &tags)?;
-        if &*key.0 != s {
-            // Tags out of order: not the canonical form.
-            return Err(KeyError::Malformed);
-        }
-        Ok(key)
+        Ok(SeriesKey(s.into()))
     }
 
     /// The canonical encoding.
@@ -291,6 +316,52 @@ mod tests {
         ));
         let long = "x".repeat(LIMITS.name_bytes_max + 1);
         assert!(matches!(e(&long, &[]), KeyError::TooLong { .. }));
+    }
+
+    #[test]
+    fn from_canonical_checks_what_new_checks() {
+        // Every key `new` builds comes back; every string it refuses, it refuses alike.
+        let long = "x".repeat(LIMITS.name_bytes_max + 1);
+        let many: Vec<(String, String)> = (0..=LIMITS.tags_max)
+            .map(|i| (format!("k{i:04}"), "v".to_string()))
+            .collect();
+        let cases: Vec<(&str, Vec<(String, String)>)> = vec![
+            (
+                "cpu",
+                vec![("host".into(), "a".into()), ("dc".into(), "eu".into())],
+            ),
+            ("cpu", vec![]),
+            ("", vec![]),
+            ("m", vec![("".into(), "v".into())]),
+            ("m", vec![("k".into(), "".into())]),
+            (
+                "m",
+                vec![("k".into(), "a".into()), ("k".into(), "b".into())],
+            ),
+            ("m", vec![("k".into(), "a\u{7}".into())]),
+            ("m\u{1}", vec![]),
+            (long.as_str(), vec![]),
+            ("m", vec![("k".into(), long.clone())]),
+            ("m", many),
+        ];
+        for (metric, tags) in cases {
+            // The canonical string `new` would make, built by hand for the refused ones.
+            let mut sorted = tags.clone();
+            sorted.sort();
+            let mut canonical = metric.to_string();
+            for (k, v) in &sorted {
+                canonical.push(TAG_SEP);
+                canonical.push_str(k);
+                canonical.push(KV_SEP);
+                canonical.push_str(v);
+            }
+            let built = SeriesKey::new(metric, &tags);
+            assert_eq!(
+                SeriesKey::from_canonical(&canonical),
+                built,
+                "{canonical:?}"
+            );
+        }
     }
 
     #[test]
