@@ -871,6 +871,56 @@ fn slice_of<'a>(
         })
 }
 
+/// The packs a restore reads, fetched and opened ahead of the files that need them (in the
+/// order they first appear, two at a time), so that opening the next pack overlaps writing
+/// the files of this one. A pack not met in that order is read through a [`BlobCache`].
+pub(crate) struct Prefetch<'a> {
+    ahead: futures::stream::BoxStream<'a, (String, Result<Arc<Vec<u8>>>)>,
+    cache: BlobCache,
+}
+
+impl<'a> Prefetch<'a> {
+    /// Packs ahead at once (memory: this many packs, and the cache's).
+    const AHEAD: usize = 2;
+
+    fn new(repo: &'a Repository, files: &[FileEntry]) -> Self {
+        let mut order: Vec<String> = Vec::new();
+        for f in files.iter().filter(|f| f.packed.is_some()) {
+            if let Some(id) = f.blobs.first()
+                && order.last() != Some(id)
+            {
+                order.push(id.clone());
+            }
+        }
+        let ahead = futures::stream::iter(order)
+            .map(move |id| async move {
+                let got = repo.get_blob(&id).await.map(Arc::new);
+                (id, got)
+            })
+            .buffered(Self::AHEAD)
+            .boxed();
+        Prefetch {
+            ahead,
+            cache: BlobCache::default(),
+        }
+    }
+
+    async fn get(&mut self, repo: &Repository, id: &str) -> Result<Arc<Vec<u8>>> {
+        if let Some(hit) = self.cache.hit(id) {
+            return Ok(hit);
+        }
+        // Packs fetched for files that were then kept (a resumed restore) are passed over.
+        while let Some((got, bytes)) = self.ahead.next().await {
+            if got == id {
+                let bytes = bytes?;
+                self.cache.keep(id, bytes.clone());
+                return Ok(bytes);
+            }
+        }
+        self.cache.get(repo, id).await
+    }
+}
+
 /// The last few packs read: the files of a pack are consecutive in a manifest, so each pack
 /// is read once when a backup's files are read in order. Memory: this many packs.
 #[derive(Default)]
@@ -882,18 +932,28 @@ impl BlobCache {
     const KEPT: usize = 4;
 
     pub(crate) async fn get(&mut self, repo: &Repository, id: &str) -> Result<Arc<Vec<u8>>> {
-        if let Some(i) = self.recent.iter().position(|(k, _)| k == id) {
-            let hit = self.recent.remove(i);
-            let bytes = hit.1.clone();
-            self.recent.push(hit);
-            return Ok(bytes);
+        if let Some(hit) = self.hit(id) {
+            return Ok(hit);
         }
         let bytes = Arc::new(repo.get_blob(id).await?);
+        self.keep(id, bytes.clone());
+        Ok(bytes)
+    }
+
+    /// Blob `id` if it is kept (then the most recent).
+    fn hit(&mut self, id: &str) -> Option<Arc<Vec<u8>>> {
+        let i = self.recent.iter().position(|(k, _)| k == id)?;
+        let hit = self.recent.remove(i);
+        let bytes = hit.1.clone();
+        self.recent.push(hit);
+        Some(bytes)
+    }
+
+    fn keep(&mut self, id: &str, bytes: Arc<Vec<u8>>) {
         if self.recent.len() == Self::KEPT {
             self.recent.remove(0);
         }
-        self.recent.push((id.to_string(), bytes.clone()));
-        Ok(bytes)
+        self.recent.push((id.to_string(), bytes));
     }
 }
 
@@ -1108,7 +1168,7 @@ pub async fn restore_data_dir(
         sync_dir(target)?;
     }
     progress.start(manifest.logical_bytes);
-    let mut cache = BlobCache::default();
+    let mut packs = Prefetch::new(repo, &manifest.files);
     for (entry, rel) in manifest.files.iter().zip(paths) {
         let dst = target.join(&rel);
         let parent = dst.parent().unwrap_or(target).to_path_buf();
@@ -1120,7 +1180,7 @@ pub async fn restore_data_dir(
         }
         // Written under a temporary name, renamed into place only once whole and checked.
         let tmp = dst.with_extension("restoring");
-        let written = restore_file(repo, &manifest.id, entry, &tmp, &mut cache, progress).await;
+        let written = restore_file(repo, &manifest.id, entry, &tmp, &mut packs, progress).await;
         if let Err(e) = written {
             let _ = fs::remove_file(&tmp);
             return Err(e);
@@ -1163,14 +1223,14 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(Error::io("fsync", dir))
 }
 
-/// Writes `entry`'s blobs (or its slice of its pack, kept in `cache` for the next files) to
-/// `tmp` and checks its size and hash (the caller fsyncs the restored files together).
+/// Writes `entry`'s blobs (or its slice of its pack, from `packs`) to `tmp` and checks its
+/// size and hash (the caller fsyncs the restored files together).
 async fn restore_file(
     repo: &Repository,
     backup: &str,
     entry: &FileEntry,
     tmp: &Path,
-    cache: &mut BlobCache,
+    packs: &mut Prefetch<'_>,
     progress: &dyn Progress,
 ) -> Result<()> {
     let mut out = File::create(tmp).map_err(Error::io("create", tmp))?;
@@ -1197,7 +1257,7 @@ async fn restore_file(
                 ),
             });
         };
-        let pack = cache.get(repo, id).await.map_err(named)?;
+        let pack = packs.get(repo, id).await.map_err(named)?;
         let what = || format!("file {} of backup {backup} (pack {id})", entry.path);
         let bytes = slice_of(&pack, packed.offset, entry.size, &what)?;
         hasher.update(bytes);
