@@ -871,9 +871,10 @@ fn slice_of<'a>(
         })
 }
 
-/// The packs a restore reads, fetched and opened ahead of the files that need them (in the
-/// order they first appear, two at a time), so that opening the next pack overlaps writing
-/// the files of this one. A pack not met in that order is read through a [`BlobCache`].
+/// The packs a restore reads, requested ahead of the files that need them (in the order they
+/// first appear, two at a time): each time a pack is taken, the next one is polled too, and
+/// the step it starts (a read, or its opening, on the blocking pool) runs while this one's
+/// files are written. A pack not met in that order is read through a [`BlobCache`].
 pub(crate) struct Prefetch<'a> {
     ahead: futures::stream::BoxStream<'a, (String, Result<Arc<Vec<u8>>>)>,
     cache: BlobCache,

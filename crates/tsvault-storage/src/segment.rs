@@ -494,7 +494,6 @@ fn write_segment_file(
     Ok((w.pos, hash.to_hex().to_string(), n_series, n_samples))
 }
 
-/// An open, verified segment.
 /// What [`Segment::parse`] found in a segment's bytes.
 pub(crate) struct ParsedSegment {
     pub info: SegmentInfo,
@@ -503,6 +502,7 @@ pub(crate) struct ParsedSegment {
     version: u8,
 }
 
+/// An open, verified segment.
 pub(crate) struct Segment {
     pub path: PathBuf,
     pub info: SegmentInfo,
