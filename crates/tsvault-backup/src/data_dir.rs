@@ -262,6 +262,7 @@ async fn write_backup(
         target: repo.pack_target.unwrap_or(PACK_TARGET),
         dir: String::new(),
         plaintext: Vec::new(),
+        digests: Vec::new(),
         members: Vec::new(),
         file_bytes: 0,
     };
@@ -308,7 +309,7 @@ async fn write_backup(
                 for (i, packed) in stored.members {
                     let e = &mut entries[i];
                     e.blobs = vec![stored.id.clone()];
-                    e.digests = Some(stored.id.clone());
+                    e.digests = Some(stored.digests_id.clone());
                     e.packed = Some(packed);
                 }
             }
@@ -379,7 +380,8 @@ const BLOBS_IN_FLIGHT: usize = 4;
 const FILES_IN_FLIGHT: usize = 4;
 
 /// Files smaller than this are stored in packs (FORMAT.md): one object for many small files
-/// and their digests, instead of two each. Larger files are cut into blobs of their own.
+/// and one for their digests, instead of two per file. Larger files are cut into blobs of
+/// their own.
 const PACK_FILE_MAX: u64 = 4 << 20;
 
 /// A pack is cut before its plaintext would pass this size.
@@ -392,6 +394,9 @@ const PACK_TARGET: u64 = 4 << 20;
 /// What a pack's plaintext starts with.
 const PACK_MAGIC: &[u8; 8] = b"TSVPACK1";
 
+/// What the plaintext of a pack's digests starts with.
+const DIGEST_PACK_MAGIC: &[u8; 8] = b"TSVDIGP1";
+
 /// Packs being stored at once while the next files are read (memory: this many packs).
 const PACKS_IN_FLIGHT: usize = 2;
 
@@ -401,7 +406,11 @@ struct Packer {
     target: u64,
     /// The directory of the files in the pack.
     dir: String,
+    /// The files' bytes.
     plaintext: Vec<u8>,
+    /// Their digests, a blob of their own: a restore reads only the bytes, deep verification
+    /// and the series count of an incremental backup only the digests.
+    digests: Vec<u8>,
     /// Each file in the pack: its index among the backup's entries, and where it lies.
     members: Vec<(usize, Packed)>,
     file_bytes: u64,
@@ -410,13 +419,15 @@ struct Packer {
 /// A pack ready to be stored.
 struct Pack {
     plaintext: Vec<u8>,
+    digests: Vec<u8>,
     members: Vec<(usize, Packed)>,
     file_bytes: u64,
 }
 
-/// A stored pack: its blob id, and what the upload cost.
+/// A stored pack: its blob id and its digests', and what the upload cost.
 struct StoredPack {
     id: String,
+    digests_id: String,
     members: Vec<(usize, Packed)>,
     uploaded: u64,
     file_bytes: u64,
@@ -433,23 +444,23 @@ impl Packer {
     /// stored), and a changed file changes only the pack it is in.
     fn add(&mut self, index: usize, entry: &FileEntry, part: PackPart) -> Vec<Pack> {
         let mut cut = Vec::new();
-        let len = part.bytes.len() + part.digests.len();
         let dir = entry.path.rsplit_once('/').map_or("", |(d, _)| d);
         if !self.members.is_empty()
-            && (self.plaintext.len() + len > PACK_BYTES_MAX || self.dir != dir)
+            && (self.plaintext.len() + part.bytes.len() > PACK_BYTES_MAX
+                || self.digests.len() + part.digests.len() > PACK_BYTES_MAX
+                || self.dir != dir)
         {
             cut.extend(self.take());
         }
         if self.members.is_empty() {
             self.dir = dir.to_string();
-        }
-        if self.plaintext.is_empty() {
             self.plaintext.extend_from_slice(PACK_MAGIC);
+            self.digests.extend_from_slice(DIGEST_PACK_MAGIC);
         }
         let offset = self.plaintext.len() as u64;
         self.plaintext.extend_from_slice(&part.bytes);
-        let digests_at = self.plaintext.len() as u64;
-        self.plaintext.extend_from_slice(&part.digests);
+        let digests_at = self.digests.len() as u64;
+        self.digests.extend_from_slice(&part.digests);
         self.members.push((
             index,
             Packed {
@@ -472,19 +483,23 @@ impl Packer {
         }
         Some(Pack {
             plaintext: std::mem::take(&mut self.plaintext),
+            digests: std::mem::take(&mut self.digests),
             members: std::mem::take(&mut self.members),
             file_bytes: std::mem::take(&mut self.file_bytes),
         })
     }
 }
 
-/// Stores `pack` as a blob (not uploaded when the repository holds it already).
+/// Stores `pack` and its digests as two blobs (each not uploaded when the repository holds
+/// it already).
 async fn store_pack(repo: &Repository, pack: Pack) -> Result<StoredPack> {
-    let (id, uploaded) = repo.put_blob(pack.plaintext).await?;
+    let ((id, up_bytes), (digests_id, up_digests)) =
+        tokio::try_join!(repo.put_blob(pack.plaintext), repo.put_blob(pack.digests))?;
     Ok(StoredPack {
         id,
+        digests_id,
         members: pack.members,
-        uploaded,
+        uploaded: up_bytes + up_digests,
         file_bytes: pack.file_bytes,
     })
 }
@@ -1356,46 +1371,58 @@ pub async fn verify_backup(repo: &Repository, id: &str, read_data: bool) -> Vec<
         if let Err(e) = safe_relative(&f.path) {
             problems.push(problem(e.to_string()));
         }
-        if f.packed.is_some() && (f.blobs.len() != 1 || f.digests.as_ref() != f.blobs.first()) {
+        if f.packed.is_some() && (f.blobs.len() != 1 || f.digests.is_none()) {
             problems.push(problem(format!(
-                "file {}: packed, but its entry does not name one pack for its bytes and digests",
+                "file {}: packed, but its entry does not name one pack and its digests",
                 f.path
             )));
         }
     }
     if read_data {
-        // Each packed file's bytes and digests are checked in their pack, which is read
-        // (once, when its files are consecutive) and hashed like any blob.
+        // Each packed file's bytes and digests are checked in their packs, each read (once,
+        // when its files are consecutive) and hashed like any blob; a pack that cannot be
+        // read is named once, not for each of its files.
         let mut cache = BlobCache::default();
         let mut unreadable = HashSet::new();
         for f in manifest.files.iter().filter(|f| f.packed.is_some()) {
-            let Some(id) = f.blobs.first() else {
-                continue;
-            };
-            if unreadable.contains(id.as_str()) {
-                continue;
-            }
-            checked.insert(id.as_str());
-            let pack = match cache.get(repo, id).await {
-                Ok(p) => p,
-                Err(e) => {
-                    unreadable.insert(id.as_str());
-                    problems.push(problem(format!("file {}: {e}", f.path)));
-                    continue;
+            if let Some(id) = f.blobs.first()
+                && !unreadable.contains(id.as_str())
+            {
+                checked.insert(id.as_str());
+                match cache.get(repo, id).await {
+                    Ok(pack) => {
+                        let what = || format!("file {} (pack {id})", f.path);
+                        let offset = f.packed.map(|p| p.offset).unwrap_or_default();
+                        match slice_of(&pack, offset, f.size, &what) {
+                            Ok(bytes) if blake3::hash(bytes).to_hex().as_str() == f.blake3 => {}
+                            Ok(_) => problems.push(problem(format!(
+                                "{}: its bytes in the pack do not hash to the file's BLAKE3",
+                                what()
+                            ))),
+                            Err(e) => problems.push(problem(e.to_string())),
+                        }
+                    }
+                    Err(e) => {
+                        unreadable.insert(id.as_str());
+                        problems.push(problem(format!("file {}: {e}", f.path)));
+                    }
                 }
-            };
-            let what = || format!("file {} (pack {id})", f.path);
-            let offset = f.packed.map(|p| p.offset).unwrap_or_default();
-            match slice_of(&pack, offset, f.size, &what) {
-                Ok(bytes) if blake3::hash(bytes).to_hex().as_str() == f.blake3 => {}
-                Ok(_) => problems.push(problem(format!(
-                    "{}: its bytes in the pack do not hash to the file's BLAKE3",
-                    what()
-                ))),
-                Err(e) => problems.push(problem(e.to_string())),
             }
-            if let Err(e) = load_file_digests(repo, f, Some(&mut cache)).await {
-                problems.push(problem(e.to_string()));
+            if let Some(id) = f.digests.as_deref()
+                && !unreadable.contains(id)
+            {
+                checked.insert(id);
+                match cache.get(repo, id).await {
+                    Ok(_) => {
+                        if let Err(e) = load_file_digests(repo, f, Some(&mut cache)).await {
+                            problems.push(problem(e.to_string()));
+                        }
+                    }
+                    Err(e) => {
+                        unreadable.insert(id);
+                        problems.push(problem(format!("digests of file {}: {e}", f.path)));
+                    }
+                }
             }
         }
     }
@@ -1679,6 +1706,7 @@ mod tests {
             target: PACK_TARGET,
             dir: String::new(),
             plaintext: Vec::new(),
+            digests: Vec::new(),
             members: Vec::new(),
             file_bytes: 0,
         };
@@ -1694,14 +1722,19 @@ mod tests {
         let pack = &packs[0];
         assert_eq!(pack.file_bytes, 1000 + PACK_TARGET / 2 - 1 + 10);
         assert!(pack.plaintext.starts_with(PACK_MAGIC));
+        assert!(pack.digests.starts_with(DIGEST_PACK_MAGIC));
         let members: Vec<usize> = pack.members.iter().map(|m| m.0).collect();
         assert_eq!(members, [0, 1, 2]);
         // Each file and its digests where its entry says.
         let first = pack.members[0].1;
         assert_eq!(first.offset, PACK_MAGIC.len() as u64);
-        assert_eq!(first.digests, Some((PACK_MAGIC.len() as u64 + 1000, 2)));
+        assert_eq!(first.digests, Some((DIGEST_PACK_MAGIC.len() as u64, 2)));
         let second = pack.members[1].1;
-        assert_eq!(second.offset, PACK_MAGIC.len() as u64 + 1002);
+        assert_eq!(second.offset, PACK_MAGIC.len() as u64 + 1000);
+        assert_eq!(
+            second.digests,
+            Some((DIGEST_PACK_MAGIC.len() as u64 + 2, 2))
+        );
         let (e, part) = file("8", PACK_TARGET as usize * 54 / 100);
         assert_eq!(
             p.add(3, &e, part).len(),
