@@ -258,14 +258,7 @@ async fn write_backup(
     let (mut logical, mut uploaded, mut read, mut deduplicated) = (0u64, 0u64, 0u64, 0u64);
     // Small files go into packs, in file order; a pack is uploaded while the next files are
     // read, and its files' entries name it once it is stored.
-    let mut packer = Packer {
-        target: repo.pack_target.unwrap_or(PACK_TARGET),
-        dir: String::new(),
-        plaintext: Vec::new(),
-        digests: Vec::new(),
-        members: Vec::new(),
-        file_bytes: 0,
-    };
+    let mut packer = Packer::new(repo.pack_target.unwrap_or(PACK_TARGET));
     let mut uploads = FuturesOrdered::new();
     let mut all_read = false;
     loop {
@@ -434,6 +427,18 @@ struct StoredPack {
 }
 
 impl Packer {
+    /// An empty packer cutting packs of about `target` bytes.
+    fn new(target: u64) -> Self {
+        Packer {
+            target,
+            dir: String::new(),
+            plaintext: Vec::new(),
+            digests: Vec::new(),
+            members: Vec::new(),
+            file_bytes: 0,
+        }
+    }
+
     /// Adds the file of entry `index` (its bytes and digests); returns the packs this cut
     /// off. A pack holds files of one directory (segments are not packed with the WAL files
     /// and the `MANIFEST` that change with every backup). It is cut before a file of another
@@ -1702,14 +1707,7 @@ mod tests {
                 },
             )
         };
-        let mut p = Packer {
-            target: PACK_TARGET,
-            dir: String::new(),
-            plaintext: Vec::new(),
-            digests: Vec::new(),
-            members: Vec::new(),
-            file_bytes: 0,
-        };
+        let mut p = Packer::new(PACK_TARGET);
         // A hash read as a fraction of 2^64 below size / target cuts after the file: 0x00..
         // always, 0xff.. only past the target, 0x8888.. (0.533..) past 0.533 of it.
         let (e, part) = file("f", 1000);

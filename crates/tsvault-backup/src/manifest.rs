@@ -32,9 +32,10 @@ pub struct FileEntry {
     /// summary without reading them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stats: Option<DataSummary>,
-    /// Set for a small file stored in a pack: `blobs` then names the one pack blob, and so
-    /// does `digests`; the file's bytes (`size` of them) and its digests are slices of the
-    /// pack's plaintext.
+    /// Set for a small file stored in a pack: `blobs` then names the one blob of the pack's
+    /// bytes and `digests` the blob of its digests (the same blob in backups written before
+    /// they were split); the file's bytes (`size` of them) and its digests are slices of
+    /// their plaintexts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub packed: Option<Packed>,
 }
@@ -42,9 +43,10 @@ pub struct FileEntry {
 /// Where a packed file lies in its pack's plaintext.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Packed {
-    /// The offset of the file's bytes.
+    /// The offset of the file's bytes in the plaintext of its `blobs`' one blob.
     pub offset: u64,
-    /// The offset and length of its digests (the JSON a digest blob holds).
+    /// The offset and length of its digests (the JSON a digest blob holds) in the plaintext
+    /// of its `digests` blob.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digests: Option<(u64, u64)>,
 }

@@ -527,28 +527,17 @@ impl Segment {
     /// Opens `path` and verifies every structural check and the whole-file hash. When the
     /// manifest names a size and hash, they must match too.
     pub(crate) fn open(path: &Path, seq: u64, expected: Option<&SegmentInfo>) -> Result<Self> {
-        Ok(Self::open_keeping_bytes(path, seq, expected)?.0)
-    }
-
-    /// [`Segment::open`], returning the file's bytes too (the whole file is read to verify
-    /// its hash either way).
-    pub(crate) fn open_keeping_bytes(
-        path: &Path,
-        seq: u64,
-        expected: Option<&SegmentInfo>,
-    ) -> Result<(Self, Vec<u8>)> {
         let bytes = fs::read(path).ctx("read", path)?;
         let parsed = Self::parse(path, &bytes, seq, expected)?;
         let file = File::open(path).ctx("open", path)?;
-        let seg = Segment {
+        Ok(Segment {
             path: path.to_owned(),
             info: parsed.info,
             blocks: parsed.blocks,
             file_blake3: parsed.file_blake3,
             version: parsed.version,
             file,
-        };
-        Ok((seg, bytes))
+        })
     }
 
     /// Verifies and parses the bytes of a segment file (`path` names it in errors): its

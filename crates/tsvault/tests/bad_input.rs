@@ -401,6 +401,20 @@ fn every_cli_input_in_the_table_gets_its_error() {
     };
     let repo = p("repo");
     common::ok(&run(&["backup", "init", "--repo", &repo], "pw"));
+    let pack_size = |size: &str| -> Vec<String> {
+        [
+            "backup",
+            "create",
+            "--repo",
+            &repo,
+            "--data-dir",
+            &p("nothing"),
+            "--pack-size",
+            size,
+        ]
+        .map(String::from)
+        .to_vec()
+    };
     let table: Vec<(Vec<String>, &str, &str)> = vec![
         (
             vec![
@@ -546,30 +560,12 @@ fn every_cli_input_in_the_table_gets_its_error() {
             "invalid value 'many' for '--keep-last",
         ),
         (
-            vec![
-                "backup".into(),
-                "create".into(),
-                "--repo".into(),
-                repo.clone(),
-                "--data-dir".into(),
-                p("nothing"),
-                "--pack-size".into(),
-                "9MiB".into(),
-            ],
+            pack_size("9MiB"),
             "pw",
             "'9MiB' is larger than the largest pack, 8MiB",
         ),
         (
-            vec![
-                "backup".into(),
-                "create".into(),
-                "--repo".into(),
-                repo.clone(),
-                "--data-dir".into(),
-                p("nothing"),
-                "--pack-size".into(),
-                "4GB".into(),
-            ],
+            pack_size("4GB"),
             "pw",
             "'4GB': the unit is not one of B, KiB, MiB",
         ),
