@@ -673,7 +673,12 @@ impl FileCtx<'_> {
             } else {
                 let (bytes, digests) = tokio::join!(read, self.source.digests(&file.path));
                 let bytes = bytes?;
-                let blake3 = blake3::hash(&bytes).to_hex().to_string();
+                // Hashed on the blocking pool, like a segment (up to 4 MiB).
+                let (bytes, blake3) = off_thread(&format!("file {}", file.path), move || {
+                    let h = blake3::hash(&bytes).to_hex().to_string();
+                    (bytes, h)
+                })
+                .await?;
                 (bytes, blake3, digests?)
             };
         let size = bytes.len() as u64;
