@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
+use crate::crypto::Compression;
 use crate::error::Result;
 use crate::locks::{Lock, LockKind};
 use crate::repo::Repository;
@@ -64,7 +65,7 @@ async fn copy_locked(
             }
             lock.refresh_if_due(to).await?;
             let plaintext = from.get_blob(blob).await?;
-            let (target_id, up) = to.put_blob(plaintext).await?;
+            let (target_id, up) = to.put_blob(plaintext, Compression::Default).await?;
             if up > 0 {
                 report.blobs_uploaded += 1;
                 uploaded += up;

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use tsvault_storage::{DigestBasis, SeriesDigest};
 
+use crate::crypto::Compression;
 use crate::error::{Error, Result, off_thread};
 use crate::locks::{Lock, LockKind, now_ms};
 use crate::manifest::{BackupManifest, BackupType, DataSummary, FileEntry, Packed};
@@ -329,7 +330,9 @@ async fn write_backup(
             summary.index.remove(&digests, id)?;
         }
     }
-    let (series_index, up_index) = repo.put_blob(summary.index.encode()).await?;
+    let (series_index, up_index) = repo
+        .put_blob(summary.index.encode(), Compression::Default)
+        .await?;
     uploaded += up_index;
     let (parent, base) = match (&reference, kind) {
         (Some(r), BackupType::Incremental) => (
@@ -399,6 +402,9 @@ struct Packer {
     target: u64,
     /// The directory of the files in the pack.
     dir: String,
+    /// How the files' bytes are compressed (by the first file's kind: a directory holds
+    /// one kind).
+    compression: Compression,
     /// The files' bytes.
     plaintext: Vec<u8>,
     /// Their digests, a blob of their own: a restore reads only the bytes, deep verification
@@ -411,6 +417,8 @@ struct Packer {
 
 /// A pack ready to be stored.
 struct Pack {
+    /// How its bytes are compressed (its digests are text).
+    compression: Compression,
     plaintext: Vec<u8>,
     digests: Vec<u8>,
     members: Vec<(usize, Packed)>,
@@ -432,6 +440,7 @@ impl Packer {
         Packer {
             target,
             dir: String::new(),
+            compression: Compression::Default,
             plaintext: Vec::new(),
             digests: Vec::new(),
             members: Vec::new(),
@@ -459,6 +468,9 @@ impl Packer {
         }
         if self.members.is_empty() {
             self.dir = dir.to_string();
+            self.compression = Compression::for_file(&entry.path);
+            // Reserved whole (pages are touched only as they fill): no copy as it grows.
+            self.plaintext.reserve(PACK_BYTES_MAX);
             self.plaintext.extend_from_slice(PACK_MAGIC);
             self.digests.extend_from_slice(DIGEST_PACK_MAGIC);
         }
@@ -487,6 +499,7 @@ impl Packer {
             return None;
         }
         Some(Pack {
+            compression: self.compression,
             plaintext: std::mem::take(&mut self.plaintext),
             digests: std::mem::take(&mut self.digests),
             members: std::mem::take(&mut self.members),
@@ -498,8 +511,10 @@ impl Packer {
 /// Stores `pack` and its digests as two blobs (each not uploaded when the repository holds
 /// it already).
 async fn store_pack(repo: &Repository, pack: Pack) -> Result<StoredPack> {
-    let ((id, up_bytes), (digests_id, up_digests)) =
-        tokio::try_join!(repo.put_blob(pack.plaintext), repo.put_blob(pack.digests))?;
+    let ((id, up_bytes), (digests_id, up_digests)) = tokio::try_join!(
+        repo.put_blob(pack.plaintext, pack.compression),
+        repo.put_blob(pack.digests, Compression::Default)
+    )?;
     Ok(StoredPack {
         id,
         digests_id,
@@ -615,7 +630,10 @@ impl FileCtx<'_> {
         } = stored?;
         let (basis, digests) = digests?;
         self.check_listed(&file, size, &blake3)?;
-        let (digests_id, up_digests) = self.repo.put_blob(digest_json(basis, &digests)).await?;
+        let (digests_id, up_digests) = self
+            .repo
+            .put_blob(digest_json(basis, &digests), Compression::Default)
+            .await?;
         Ok(BackedUpFile {
             entry: FileEntry {
                 path: file.path,
@@ -646,41 +664,41 @@ impl FileCtx<'_> {
             reader.fill(&mut bytes, file.size as usize + 1).await?;
             Ok::<_, Error>(bytes)
         };
-        let (bytes, blake3, (basis, digests)) =
-            if DigestBasis::for_file(&file.path) == DigestBasis::Blocks {
-                let bytes = read.await?;
-                let what = format!("file {} from {}", file.path, self.source_name);
-                let path = PathBuf::from(&file.path);
-                let (bytes, digests) = off_thread(&what, move || {
-                    let d = tsvault_storage::segment_digests(&path, &bytes);
-                    (bytes, d)
-                })
-                .await?;
-                // Bytes that are not the listed file fail here (not a whole segment) or below
-                // (not the listed size and hash).
-                let (digests, blake3) = match digests {
-                    Ok(d) => d,
-                    Err(e) => {
-                        let blake3 = blake3::hash(&bytes).to_hex().to_string();
-                        self.check_listed(&file, bytes.len() as u64, &blake3)?;
-                        return Err(Error::Corrupt {
-                            what,
-                            detail: e.to_string(),
-                        });
-                    }
-                };
-                (bytes, blake3, (DigestBasis::Blocks, digests))
-            } else {
-                let (bytes, digests) = tokio::join!(read, self.source.digests(&file.path));
-                let bytes = bytes?;
-                // Hashed on the blocking pool, like a segment (up to 4 MiB).
-                let (bytes, blake3) = off_thread(&format!("file {}", file.path), move || {
-                    let h = blake3::hash(&bytes).to_hex().to_string();
-                    (bytes, h)
-                })
-                .await?;
-                (bytes, blake3, digests?)
+        let basis = DigestBasis::for_file(&file.path);
+        let (bytes, blake3, (basis, digests)) = if basis.is_blocks() {
+            let bytes = read.await?;
+            let what = format!("file {} from {}", file.path, self.source_name);
+            let path = PathBuf::from(&file.path);
+            let (bytes, digests) = off_thread(&what, move || {
+                let d = tsvault_storage::segment_digests(&path, &bytes, basis);
+                (bytes, d)
+            })
+            .await?;
+            // Bytes that are not the listed file fail here (not a whole segment) or below
+            // (not the listed size and hash).
+            let (digests, blake3) = match digests {
+                Ok(d) => d,
+                Err(e) => {
+                    let blake3 = blake3::hash(&bytes).to_hex().to_string();
+                    self.check_listed(&file, bytes.len() as u64, &blake3)?;
+                    return Err(Error::Corrupt {
+                        what,
+                        detail: e.to_string(),
+                    });
+                }
             };
+            (bytes, blake3, (basis, digests))
+        } else {
+            let (bytes, digests) = tokio::join!(read, self.source.digests(&file.path));
+            let bytes = bytes?;
+            // Hashed on the blocking pool, like a segment (up to 4 MiB).
+            let (bytes, blake3) = off_thread(&format!("file {}", file.path), move || {
+                let h = blake3::hash(&bytes).to_hex().to_string();
+                (bytes, h)
+            })
+            .await?;
+            (bytes, blake3, digests?)
+        };
         let size = bytes.len() as u64;
         self.check_listed(&file, size, &blake3)?;
         self.progress.advance(size);
@@ -759,7 +777,7 @@ impl FileCtx<'_> {
                     hasher.update(&chunk);
                     size += n as u64;
                     in_flight.push_back(async move {
-                        let stored = repo.put_blob(chunk).await;
+                        let stored = repo.put_blob(chunk, Compression::for_file(path)).await;
                         drop(slot);
                         stored.map(|r| (r, n))
                     });
@@ -1586,7 +1604,7 @@ fn compare_digests(recorded: &[SeriesDigest], found: &[SeriesDigest]) -> Vec<Str
             None => out.push(format!("series {} is missing from the restored file", r.series)),
             Some(f) if *f != r => out.push(format!(
                 "series {}: recorded {} samples {}..{} ms (BLAKE3 {}), restored {} samples {}..{} ms (BLAKE3 {})",
-                r.series, r.samples, r.min_ts_ms, r.max_ts_ms, r.blake3, f.samples, f.min_ts_ms, f.max_ts_ms, f.blake3
+                r.series, r.samples, r.min_ts_ms, r.max_ts_ms, r.hash, f.samples, f.min_ts_ms, f.max_ts_ms, f.hash
             )),
             Some(_) => {}
         }
@@ -1625,7 +1643,7 @@ mod tests {
             samples: 1,
             min_ts_ms: 0,
             max_ts_ms: 0,
-            blake3: String::new(),
+            hash: String::new(),
         };
         let mut index = SeriesIndex::default();
         index.add(&[d("a"), d("b")]);
@@ -1641,7 +1659,10 @@ mod tests {
             ..Default::default()
         };
         let repo = Repository::init(&opts, false).await.unwrap();
-        let (id, _) = repo.put_blob(index.encode()).await.unwrap();
+        let (id, _) = repo
+            .put_blob(index.encode(), Compression::Default)
+            .await
+            .unwrap();
         assert_eq!(SeriesIndex::load(&repo, &id).await.unwrap(), index);
         let mut bytes = index.encode();
         bytes.push(0);
@@ -1649,7 +1670,7 @@ mod tests {
         zero.extend_from_slice(&[7; 16]);
         zero.extend_from_slice(&0u32.to_le_bytes());
         for bad in [b"TSVSIDX2".to_vec(), bytes, zero] {
-            let (id, _) = repo.put_blob(bad).await.unwrap();
+            let (id, _) = repo.put_blob(bad, Compression::Default).await.unwrap();
             let err = SeriesIndex::load(&repo, &id).await.unwrap_err().to_string();
             assert!(err.contains(&format!("series index blob {id}")), "{err}");
         }
@@ -1662,7 +1683,7 @@ mod tests {
             samples: 2,
             min_ts_ms: 1,
             max_ts_ms: 2,
-            blake3: "ab".into(),
+            hash: "ab".into(),
         };
         let bare = serde_json::to_vec(&vec![d.clone()]).unwrap();
         assert_eq!(
@@ -1772,7 +1793,7 @@ mod tests {
             samples,
             min_ts_ms: 0,
             max_ts_ms: 9,
-            blake3: hash.into(),
+            hash: hash.into(),
         };
         let recorded = vec![d("a", 3, "x"), d("b", 2, "y"), d("c", 1, "z")];
         assert!(compare_digests(&recorded, &recorded).is_empty());

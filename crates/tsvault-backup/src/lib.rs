@@ -24,6 +24,7 @@ mod source;
 
 pub use consolidate::consolidate;
 pub use copy::{CopyReport, copy_backups};
+pub use crypto::Compression;
 pub use data_dir::{
     CHUNK_BYTES, NoProgress, Problem, Progress, backup_data_dir, backup_server, restore_data_dir,
     verify_backup, verify_deep,

@@ -11,7 +11,7 @@ use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
-use crate::crypto::{KeyWrap, Keys};
+use crate::crypto::{Compression, KeyWrap, Keys};
 use crate::data_dir::sync_dir;
 use crate::error::{Error, Result};
 use crate::locks::{LockInfo, LockKind};
@@ -435,7 +435,11 @@ impl Repository {
 
     /// Stores `plaintext` as a blob unless the repository already holds it; returns its id
     /// and the bytes uploaded (0 when it was already there).
-    pub async fn put_blob(&self, plaintext: Vec<u8>) -> Result<(String, u64)> {
+    pub async fn put_blob(
+        &self,
+        plaintext: Vec<u8>,
+        compression: Compression,
+    ) -> Result<(String, u64)> {
         // Hashing, compression and encryption run on the blocking pool, so that several
         // blobs in flight use several cores.
         let keys = self.keys.clone();
@@ -451,7 +455,7 @@ impl Repository {
         let path = Self::blob_path(&id)?;
         let keys = self.keys.clone();
         let name = format!("blob {id}");
-        let body = cpu(move || keys.seal(&name, &plaintext)).await?;
+        let body = cpu(move || keys.seal(&name, &plaintext, compression)).await?;
         let n = body.len() as u64;
         put_object(self.store.as_ref(), self.local.as_ref(), &path, body, false).await?;
         Ok((id, n))
@@ -642,6 +646,7 @@ impl Repository {
         let body = self.keys.seal(
             &format!("backup {}", m.id),
             &serde_json::to_vec(m).expect("manifest serializes"),
+            Compression::Default,
         )?;
         if !put_object(self.store.as_ref(), self.local.as_ref(), &path, body, true).await? {
             return Err(Error::Invalid(format!(

@@ -4,11 +4,11 @@
 use std::path::{Path, PathBuf};
 
 use tsvault_backup::{
-    BackupManifest, KeepPolicy, NoProgress, RepoOptions, Repository, backup_data_dir, copy_backups,
-    prune, restore_data_dir, verify_backup, verify_deep,
+    BackupManifest, Compression, KeepPolicy, NoProgress, RepoOptions, Repository, backup_data_dir,
+    copy_backups, prune, restore_data_dir, verify_backup, verify_deep,
 };
 use tsvault_model::{Point, Sample, SeriesKey};
-use tsvault_storage::{Engine, EngineConfig};
+use tsvault_storage::{DigestBasis, Engine, EngineConfig, file_digests};
 
 fn key(host: &str) -> SeriesKey {
     SeriesKey::new("cpu_usage", &[("host", host)]).unwrap()
@@ -752,10 +752,44 @@ async fn hostile_manifest_ids_and_stray_objects_are_errors_or_left_alone_never_a
 async fn deep_verify_compares_every_series_with_what_was_recorded() {
     let tmp = tempfile::tempdir().unwrap();
     // Digest blobs of their own here; packed digests below.
-    let (_, _, repo, b) = backed_up_in_packs(tmp.path(), Some("pw"), Some(0)).await;
+    let (src, _, repo, b) = backed_up_in_packs(tmp.path(), Some("pw"), Some(0)).await;
     assert!(verify_deep(&repo, &b.id).await.is_empty());
     let summary = b.summary.clone().unwrap();
     assert!(summary.series > 0 && summary.samples > 0, "{summary:?}");
+
+    // Backups written before `blocks-xxh3` hold BLAKE3 digests of blocks: still compared,
+    // by the hash their basis names (with the other hash under that basis, every series
+    // differs).
+    for (basis, hashed_as, agree) in [
+        ("blocks", DigestBasis::Blocks, true),
+        ("blocks", DigestBasis::BlocksXxh3, false),
+    ] {
+        let mut m = b.clone();
+        let mut series = 0;
+        for entry in m.files.iter_mut().filter(|f| f.path.ends_with(".seg")) {
+            let digests = file_digests(&src.join(&entry.path), hashed_as).unwrap();
+            series += digests.len();
+            let blob = serde_json::json!({"basis": basis, "series": digests});
+            let (id, _) = repo
+                .put_blob(serde_json::to_vec(&blob).unwrap(), Compression::Default)
+                .await
+                .unwrap();
+            entry.digests = Some(id);
+        }
+        assert!(series > 0);
+        m.id = format!("{}0000000{}", &b.id[..b.id.len() - 8], u8::from(agree) + 3);
+        repo.put_manifest(&m).await.unwrap();
+        let problems = verify_deep(&repo, &m.id).await;
+        if agree {
+            assert!(problems.is_empty(), "{problems:?}");
+        } else {
+            assert_eq!(problems.len(), series, "{problems:?}");
+            assert!(
+                problems.iter().all(|p| p.detail.contains("recorded")),
+                "{problems:?}"
+            );
+        }
+    }
 
     // A backup whose recorded digests disagree with its bytes (as if the source had been
     // misread): every blob is whole, so only deep verification can tell.
@@ -770,12 +804,12 @@ async fn deep_verify_compares_every_series_with_what_was_recorded() {
     // A segment's digest blob: its basis (blocks) and the digests.
     let mut digests: serde_json::Value =
         serde_json::from_slice(&repo.get_blob(&blob).await.unwrap()).unwrap();
-    assert_eq!(digests["basis"], "blocks");
+    assert_eq!(digests["basis"], "blocks-xxh3");
     let first = &mut digests["series"][0];
     first["samples"] = (first["samples"].as_u64().unwrap() + 1).into();
     let series = first["series"].as_str().unwrap().to_string();
     let (changed, _) = repo
-        .put_blob(serde_json::to_vec(&digests).unwrap())
+        .put_blob(serde_json::to_vec(&digests).unwrap(), Compression::Default)
         .await
         .unwrap();
     entry.digests = Some(changed);
@@ -799,7 +833,10 @@ async fn deep_verify_compares_every_series_with_what_was_recorded() {
     totals.files[1].stats.as_mut().unwrap().series += 1;
     totals.id = format!("{}00000001", &b.id[..b.id.len() - 8]);
     let mut index = b.clone();
-    let (empty_index, _) = repo.put_blob(b"TSVSIDX1".to_vec()).await.unwrap();
+    let (empty_index, _) = repo
+        .put_blob(b"TSVSIDX1".to_vec(), Compression::Default)
+        .await
+        .unwrap();
     index.series_index = Some(empty_index.clone());
     index.id = format!("{}00000002", &b.id[..b.id.len() - 8]);
     for (m, want) in [

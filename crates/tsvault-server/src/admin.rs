@@ -148,7 +148,7 @@ pub(crate) struct DigestQuery {
     basis: Option<String>,
 }
 
-/// `GET /api/admin/snapshots/{id}/digests?path=P[&basis=samples|blocks]`: the file's
+/// `GET /api/admin/snapshots/{id}/digests?path=P[&basis=samples|blocks|blocks-xxh3]`: the file's
 /// per-series digests; the `x-tsvault-digest-basis` header says which basis they use.
 pub(crate) async fn snapshot_digests(
     State(st): State<Shared>,
@@ -163,14 +163,14 @@ pub(crate) async fn snapshot_digests(
                 return (
                     StatusCode::BAD_REQUEST,
                     Json(json!({
-                        "error": format!("basis: '{name}' is neither 'samples' nor 'blocks'")
+                        "error": format!("basis: '{name}' is none of 'samples', 'blocks' and 'blocks-xxh3'")
                     })),
                 )
                     .into_response();
             }
         },
     };
-    if basis == DigestBasis::Blocks && DigestBasis::for_file(&q.path) != basis {
+    if basis.is_blocks() && !DigestBasis::for_file(&q.path).is_blocks() {
         return (
             StatusCode::BAD_REQUEST,
             Json(json!({

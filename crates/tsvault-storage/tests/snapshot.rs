@@ -222,22 +222,35 @@ fn digests_are_the_same_for_a_copy_and_name_damage() {
         let d = file_digests(&src, basis).unwrap();
         assert_eq!(d, file_digests(&copy.path().join(&f.path), basis).unwrap());
         seen_samples += d.iter().map(|x| x.samples).sum::<u64>();
-        if basis == DigestBasis::Blocks {
-            // Digests of blocks count and bound the same samples as digests of samples;
-            // only the hashes differ.
+        if basis.is_blocks() {
+            // Digests of blocks (either hash) count and bound the same samples as digests
+            // of samples; only the hashes differ.
+            assert_eq!(basis, DigestBasis::BlocksXxh3);
             segments += 1;
             let by_samples = file_digests(&src, DigestBasis::Samples).unwrap();
+            let by_blake3 = file_digests(&src, DigestBasis::Blocks).unwrap();
             assert_eq!(by_samples.len(), d.len());
-            for (b, s) in d.iter().zip(&by_samples) {
-                assert_eq!(
-                    (&b.series, b.samples, b.min_ts_ms, b.max_ts_ms),
-                    (&s.series, s.samples, s.min_ts_ms, s.max_ts_ms)
-                );
-                assert_ne!(b.blake3, s.blake3);
+            assert_eq!(by_blake3.len(), d.len());
+            for ((x, s), b) in d.iter().zip(&by_samples).zip(&by_blake3) {
+                for other in [s, b] {
+                    assert_eq!(
+                        (&x.series, x.samples, x.min_ts_ms, x.max_ts_ms),
+                        (
+                            &other.series,
+                            other.samples,
+                            other.min_ts_ms,
+                            other.max_ts_ms
+                        )
+                    );
+                    assert_ne!(x.hash, other.hash);
+                }
+                assert_eq!((x.hash.len(), s.hash.len(), b.hash.len()), (32, 64, 64));
             }
         } else {
-            let err = file_digests(&src, DigestBasis::Blocks).unwrap_err();
-            assert!(err.to_string().contains("segment files only"), "{err}");
+            for blocks in [DigestBasis::Blocks, DigestBasis::BlocksXxh3] {
+                let err = file_digests(&src, blocks).unwrap_err();
+                assert!(err.to_string().contains("segment files only"), "{err}");
+            }
         }
     }
     assert_eq!((seen_samples, segments), (102, 1));
@@ -250,7 +263,11 @@ fn digests_are_the_same_for_a_copy_and_name_damage() {
     let mut bytes = fs::read(&p).unwrap();
     bytes[20] ^= 1;
     fs::write(&p, bytes).unwrap();
-    for basis in [DigestBasis::Samples, DigestBasis::Blocks] {
+    for basis in [
+        DigestBasis::Samples,
+        DigestBasis::Blocks,
+        DigestBasis::BlocksXxh3,
+    ] {
         let err = file_digests(&p, basis).unwrap_err();
         assert!(
             matches!(&err, Error::Corrupt { path, .. } if path == &p),

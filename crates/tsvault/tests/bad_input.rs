@@ -332,7 +332,7 @@ fn every_http_input_in_the_table_gets_its_error() {
             "",
             b"",
             400,
-            "basis: 'bogus' is neither 'samples' nor 'blocks'",
+            "basis: 'bogus' is none of 'samples', 'blocks' and 'blocks-xxh3'",
         ),
         (
             "GET",

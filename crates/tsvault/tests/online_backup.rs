@@ -427,9 +427,9 @@ fn an_online_backup_killed_midway_leaves_no_backup_and_the_next_run_finishes() {
     assert_eq!(k, 30);
 }
 
-/// The digests of a segment are asked for on blocks (no decoding on the server); a client
-/// that names no basis (one from before bases existed) gets them on samples, and the answer
-/// says which it is.
+/// The digests of a segment are asked for on blocks (no decoding on the server), hashed
+/// with BLAKE3 or XXH3-128; a client that names no basis (one from before bases existed)
+/// gets them on samples, and the answer says which it is.
 #[test]
 fn segment_digests_are_on_blocks_when_asked_and_on_samples_by_default() {
     let dir = tempfile::tempdir().unwrap();
@@ -465,9 +465,10 @@ fn segment_digests_are_on_blocks_when_asked_and_on_samples_by_default() {
     let (b0, by_default) = ask("");
     let (b1, by_samples) = ask("&basis=samples");
     let (b2, by_blocks) = ask("&basis=blocks");
+    let (b3, by_xxh3) = ask("&basis=blocks-xxh3");
     assert_eq!(
-        (b0.as_str(), b1.as_str(), b2.as_str()),
-        ("samples", "samples", "blocks")
+        (b0.as_str(), b1.as_str(), b2.as_str(), b3.as_str()),
+        ("samples", "samples", "blocks", "blocks-xxh3")
     );
     assert_eq!(by_default, by_samples);
     let series = |v: &serde_json::Value| -> Vec<(String, u64, String)> {
@@ -483,11 +484,21 @@ fn segment_digests_are_on_blocks_when_asked_and_on_samples_by_default() {
             })
             .collect()
     };
-    let (a, b) = (series(&by_samples), series(&by_blocks));
-    assert_eq!(a.len(), HOSTS as usize);
-    for (x, y) in a.iter().zip(&b) {
+    let (a, b, c) = (series(&by_samples), series(&by_blocks), series(&by_xxh3));
+    assert_eq!(
+        (a.len(), b.len(), c.len()),
+        (HOSTS as usize, HOSTS as usize, HOSTS as usize)
+    );
+    for ((x, y), z) in a.iter().zip(&b).zip(&c) {
         assert_eq!((&x.0, x.1), (&y.0, y.1), "same series and counts");
+        assert_eq!((&x.0, x.1), (&z.0, z.1), "same series and counts");
         assert_ne!(x.2, y.2, "different hashes");
+        assert_ne!(y.2, z.2, "different hashes");
+        assert_eq!(
+            (y.2.len(), z.2.len()),
+            (64, 32),
+            "BLAKE3 and XXH3-128 in hex"
+        );
     }
     assert!(a.iter().all(|x| x.1 == PER_BATCH as u64));
 }
