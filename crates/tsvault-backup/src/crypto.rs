@@ -231,7 +231,7 @@ impl Keys {
             }
             (other, _) => return Err(corrupt(&format!("unknown body format {other}"))),
         };
-        zstd::bulk::decompress(&compressed, limit)
+        tsvault_storage::zstd_decompress(&compressed, limit)
             .map_err(|e| corrupt(&format!("it does not decompress: {e}")))
     }
 }

@@ -82,6 +82,25 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Decompresses the zstd frame `bytes` into at most `limit` bytes. The buffer is sized by
+/// the frame's declared content size, not by `limit`: a buffer of the limit (up to 1 GiB)
+/// for every segment index or blob cost a mapping and its teardown each time. A declared
+/// size past the limit, or content that does not match it, is an error.
+pub fn zstd_decompress(bytes: &[u8], limit: usize) -> std::io::Result<Vec<u8>> {
+    let capacity = match zstd::zstd_safe::get_frame_content_size(bytes) {
+        Ok(Some(n)) if n > limit as u64 => {
+            return Err(std::io::Error::other(format!(
+                "its frame declares {n} bytes, more than the {limit} allowed"
+            )));
+        }
+        Ok(Some(n)) => n as usize,
+        // Not declared: decoding stops at the limit.
+        Ok(None) => limit,
+        Err(_) => return Err(std::io::Error::other("not a zstd frame")),
+    };
+    zstd::bulk::decompress(bytes, capacity)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,5 +130,37 @@ mod tests {
         }
         assert!(r.is_empty());
         assert_eq!(Reader::new(&[0x80, 0x80]).uvarint(), None);
+    }
+
+    #[test]
+    fn zstd_frames_decompress_within_their_declared_size_and_the_limit() {
+        for plain in [Vec::new(), b"abc".repeat(1000)] {
+            let frame = zstd::bulk::compress(&plain, 1).unwrap();
+            assert_eq!(zstd_decompress(&frame, 1 << 20).unwrap(), plain);
+            // No declared size (a streamed frame): the limit bounds it.
+            let streamed = zstd::encode_all(&plain[..], 1).unwrap();
+            assert_eq!(zstd_decompress(&streamed, 1 << 20).unwrap(), plain);
+            if !plain.is_empty() {
+                assert!(zstd_decompress(&streamed, 10).is_err());
+            }
+        }
+        let plain = b"abc".repeat(1000);
+        let frame = zstd::bulk::compress(&plain, 1).unwrap();
+        let err = zstd_decompress(&frame, 100).unwrap_err();
+        assert!(err.to_string().contains("declares 3000 bytes"), "{err}");
+        assert!(zstd_decompress(b"not zstd at all", 1 << 20).is_err());
+        // A frame that declares less than it holds (a 2-byte content size field stores the
+        // size less 256).
+        let mut header_says_less = frame.clone();
+        let declared = header_says_less[..8]
+            .windows(2)
+            .position(|w| w == (3000u16 - 256).to_le_bytes())
+            .expect("a 2-byte content size in the header");
+        header_says_less[declared..declared + 2].copy_from_slice(&(2000u16 - 256).to_le_bytes());
+        assert_eq!(
+            zstd::zstd_safe::get_frame_content_size(&header_says_less).ok(),
+            Some(Some(2000))
+        );
+        assert!(zstd_decompress(&header_says_less, 1 << 20).is_err());
     }
 }

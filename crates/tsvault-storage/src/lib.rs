@@ -22,6 +22,7 @@ mod segment;
 mod snapshot;
 mod wal;
 
+pub use bytes::zstd_decompress;
 pub use check::{CheckReport, Finding, check_data_dir};
 pub use engine::{
     DEFAULT_SEGMENT_DURATION_MS, Engine, EngineConfig, EngineStats, FsyncMode, ImportOutcome,

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use pco::{ChunkConfig, DeltaSpec};
 use tsvault_model::{Sample, SeriesKey};
 
-use crate::bytes::{Reader, put_ivarint, put_uvarint};
+use crate::bytes::{Reader, put_ivarint, put_uvarint, zstd_decompress};
 use crate::error::{Error, IoContext, Result, failpoint};
 use crate::fsutil::{self, sync_dir};
 
@@ -636,7 +636,7 @@ impl Segment {
         if crc32c::crc32c(index) != index_crc {
             return Err(corrupt("index checksum mismatch".into()));
         }
-        let index = zstd::bulk::decompress(index, SECTION_BYTES_MAX as usize)
+        let index = zstd_decompress(index, SECTION_BYTES_MAX as usize)
             .map_err(|e| corrupt(format!("index does not decompress: {e}")))?;
         let blocks = parse_index(&index, index_offset, n_series as usize)
             .map_err(|d| corrupt(format!("index: {d}")))?;
