@@ -29,7 +29,8 @@ pub fn series_index(bytes: &[u8]) -> bool {
     SeriesIndex::decode(bytes, "fuzz").is_ok()
 }
 
-/// Decodes `bytes` as a digest blob (per-series digests with their basis, or a bare list).
+/// Decodes `bytes` as a digest blob (binary, or JSON: per-series digests with their basis,
+/// or a bare list).
 pub fn digests(bytes: &[u8]) -> bool {
-    crate::data_dir::decode_digests(bytes).is_ok()
+    crate::digest_blob::decode(bytes).is_ok()
 }

@@ -12,6 +12,7 @@ mod consolidate;
 mod copy;
 mod crypto;
 mod data_dir;
+mod digest_blob;
 mod error;
 #[doc(hidden)]
 pub mod fuzzing;

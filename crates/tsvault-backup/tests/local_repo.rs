@@ -800,16 +800,14 @@ async fn deep_verify_compares_every_series_with_what_was_recorded() {
         .find(|f| f.path.starts_with("segments/"))
         .unwrap();
     let path = entry.path.clone();
-    let blob = entry.digests.clone().unwrap();
-    // A segment's digest blob: its basis (blocks) and the digests.
-    let mut digests: serde_json::Value =
-        serde_json::from_slice(&repo.get_blob(&blob).await.unwrap()).unwrap();
-    assert_eq!(digests["basis"], "blocks-xxh3");
-    let first = &mut digests["series"][0];
-    first["samples"] = (first["samples"].as_u64().unwrap() + 1).into();
-    let series = first["series"].as_str().unwrap().to_string();
+    // The segment's digests (blocks, XXH3) with one count changed, stored in the JSON form
+    // older backups hold.
+    let mut digests = file_digests(&src.join(&path), DigestBasis::BlocksXxh3).unwrap();
+    digests[0].samples += 1;
+    let series = digests[0].series.clone();
+    let blob = serde_json::json!({"basis": "blocks-xxh3", "series": digests});
     let (changed, _) = repo
-        .put_blob(serde_json::to_vec(&digests).unwrap(), Compression::Default)
+        .put_blob(serde_json::to_vec(&blob).unwrap(), Compression::Default)
         .await
         .unwrap();
     entry.digests = Some(changed);

@@ -6,7 +6,7 @@
 //! and that data failing a checksum is reported, never returned. It knows nothing of HTTP,
 //! protocols or query languages: callers hand it `Point`s and read back samples per series.
 
-mod bytes;
+pub mod bytes;
 mod check;
 mod commit;
 mod engine;
