@@ -53,7 +53,8 @@ pub struct RepoOptions {
     pub pack_target: Option<u64>,
 }
 
-/// An open repository.
+/// An open repository. Cloning it is cheap (its store and keys are shared).
+#[derive(Clone)]
 pub struct Repository {
     store: Arc<dyn ObjectStore>,
     /// A local repository's directory: objects are written there by [`put_object`]
