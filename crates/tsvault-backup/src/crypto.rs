@@ -35,7 +35,7 @@ pub enum Compression {
 impl Compression {
     /// The compression for the bytes of data-directory file `path`.
     pub fn for_file(path: &str) -> Compression {
-        if path.ends_with(".seg") {
+        if tsvault_storage::is_segment_file(path) {
             Compression::Fast
         } else {
             Compression::Default

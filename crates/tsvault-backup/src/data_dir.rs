@@ -920,13 +920,21 @@ impl Prefetch {
         let ahead = futures::stream::iter(order)
             .map(move |id| {
                 let repo = repo.clone();
-                tokio::spawn(async move {
-                    let got = repo.get_blob(&id).await.map(Arc::new);
+                let read = tokio::spawn({
+                    let id = id.clone();
+                    async move { repo.get_blob(&id).await.map(Arc::new) }
+                });
+                async move {
+                    let got = read.await.unwrap_or_else(|e| {
+                        Err(Error::Corrupt {
+                            what: format!("blob {id}"),
+                            detail: format!("reading it panicked ({e}); this is a bug in tsvault"),
+                        })
+                    });
                     (id, got)
-                })
+                }
             })
             .buffered(Self::AHEAD)
-            .map(|joined| joined.expect("a pack's read does not panic"))
             .boxed();
         Prefetch {
             ahead,
@@ -1070,17 +1078,12 @@ impl SeriesIndex {
         }
     }
 
-    /// An index on the same hash as `other` of the series in `counts` (series, files).
-    fn of_counts(other: &SeriesIndex, counts: &HashMap<String, u32>) -> SeriesIndex {
-        let mut index = SeriesIndex {
+    /// An empty index on the same hash as `other`.
+    fn like(other: &SeriesIndex) -> SeriesIndex {
+        SeriesIndex {
             hash: other.hash,
-            files: HashMap::with_capacity(counts.len()),
-        };
-        for (series, n) in counts {
-            let k = index.key(series);
-            *index.files.entry(k).or_default() += n;
+            files: HashMap::new(),
         }
-        index
     }
 
     /// Counts one more file holding each series of `digests`.
@@ -1481,21 +1484,18 @@ pub async fn verify_backup(repo: &Repository, id: &str, read_data: bool) -> Vec<
                     }
                 }
             }
-            if let Some(id) = f.digests.as_deref()
-                && !unreadable.contains(id)
-            {
-                checked.insert(id);
-                match cache.get(repo, id).await {
-                    Ok(_) => {
-                        if let Err(e) = load_file_digests(repo, f, Some(&mut cache)).await {
-                            problems.push(problem(e.to_string()));
-                        }
-                    }
-                    Err(e) => {
-                        unreadable.insert(id);
-                        problems.push(problem(format!("digests of file {}: {e}", f.path)));
-                    }
-                }
+            let Some(id) = f.digests.as_deref() else {
+                continue;
+            };
+            if unreadable.contains(id) {
+                continue;
+            }
+            checked.insert(id);
+            if let Err(e) = cache.get(repo, id).await {
+                unreadable.insert(id);
+                problems.push(problem(format!("digests of file {}: {e}", f.path)));
+            } else if let Err(e) = load_file_digests(repo, f, Some(&mut cache)).await {
+                problems.push(problem(e.to_string()));
             }
         }
     }
@@ -1548,8 +1548,23 @@ pub async fn verify_deep(repo: &Repository, id: &str) -> Vec<Problem> {
         Err(e) => return vec![problem(format!("restore into a scratch directory: {e}"))],
     };
     let mut problems = Vec::new();
-    // Files per series, hashed once the stored index says with what.
-    let mut series_files: HashMap<String, u32> = HashMap::new();
+    // The index the next incremental backup starts from must be the one the files' digests
+    // make: rebuilt from them on the stored index's own hash.
+    let stored_index = match &manifest.series_index {
+        Some(id) => match SeriesIndex::load(repo, id).await {
+            Ok(stored) => Some((id, stored)),
+            Err(e) => {
+                problems.push(problem(e.to_string()));
+                None
+            }
+        },
+        None => None,
+    };
+    let mut index = stored_index
+        .as_ref()
+        .map_or_else(SeriesIndex::default, |(_, stored)| {
+            SeriesIndex::like(stored)
+        });
     let mut cache = BlobCache::default();
     for f in &manifest.files {
         let (basis, recorded) = match load_file_digests(repo, f, Some(&mut cache)).await {
@@ -1560,9 +1575,7 @@ pub async fn verify_deep(repo: &Repository, id: &str) -> Vec<Problem> {
                 continue;
             }
         };
-        for d in &recorded {
-            *series_files.entry(d.series.clone()).or_default() += 1;
-        }
+        index.add(&recorded);
         if f.stats
             .as_ref()
             .is_some_and(|s| *s != DataSummary::of(&recorded))
@@ -1594,20 +1607,16 @@ pub async fn verify_deep(repo: &Repository, id: &str) -> Vec<Problem> {
                 .map(|d| problem(format!("file {}: {d}", f.path))),
         );
     }
-    // The index the next incremental backup starts from must be the one the files' digests
-    // make (checked when every file's digests could be read).
-    if let Some(id) = &manifest.series_index
+    // Compared only when every file's digests could be read.
+    if let Some((id, stored)) = stored_index
         && problems.is_empty()
+        && stored != index
     {
-        match SeriesIndex::load(repo, id).await {
-            Ok(stored) if stored == SeriesIndex::of_counts(&stored, &series_files) => {}
-            Ok(stored) => problems.push(problem(format!(
-                "series index {id} does not match the files' digests ({} series in it, {} in the digests)",
-                stored.files.len(),
-                series_files.len()
-            ))),
-            Err(e) => problems.push(problem(e.to_string())),
-        }
+        problems.push(problem(format!(
+            "series index {id} does not match the files' digests ({} series in it, {} in the digests)",
+            stored.files.len(),
+            index.files.len()
+        )));
     }
     let checked = dir.clone();
     let report = off_thread("the restored data directory", move || {
@@ -1651,7 +1660,7 @@ fn compare_digests(recorded: &[SeriesDigest], found: &[SeriesDigest]) -> Vec<Str
         match found.get(r.series.as_str()) {
             None => out.push(format!("series {} is missing from the restored file", r.series)),
             Some(f) if *f != r => out.push(format!(
-                "series {}: recorded {} samples {}..{} ms (BLAKE3 {}), restored {} samples {}..{} ms (BLAKE3 {})",
+                "series {}: recorded {} samples {}..{} ms (hash {}), restored {} samples {}..{} ms (hash {})",
                 r.series, r.samples, r.min_ts_ms, r.max_ts_ms, r.hash, f.samples, f.min_ts_ms, f.max_ts_ms, f.hash
             )),
             Some(_) => {}
@@ -1725,7 +1734,14 @@ mod tests {
 
         // New indexes hash with XXH3; one written before (BLAKE3, TSVSIDX1) is read, extended
         // and written again on its own hash, and deep verification rebuilds it on that hash.
-        let counts: HashMap<String, u32> = [("a".to_string(), 2), ("b".to_string(), 1)].into();
+        // The same files' digests (series a in two files, b in one), as deep verification
+        // adds them to an index like the stored one.
+        let rebuilt = |like: &SeriesIndex| {
+            let mut index = SeriesIndex::like(like);
+            index.add(&[d("a"), d("b")]);
+            index.add(&[d("a")]);
+            index
+        };
         let mut old = SeriesIndex {
             hash: KeyHash::Blake3,
             files: HashMap::new(),
@@ -1742,11 +1758,11 @@ mod tests {
         );
         read.add(&[d("a")]);
         assert!(read.encode().starts_with(b"TSVSIDX1"));
-        assert_eq!(SeriesIndex::of_counts(&read, &counts), read);
+        assert_eq!(rebuilt(&read), read);
         let mut new = SeriesIndex::default();
         new.add(&[d("a"), d("a"), d("b")]);
-        assert_eq!(SeriesIndex::of_counts(&new, &counts), new);
-        assert_ne!(SeriesIndex::of_counts(&read, &counts).files, new.files);
+        assert_eq!(rebuilt(&new), new);
+        assert_ne!(rebuilt(&read).files, new.files);
     }
 
     #[test]

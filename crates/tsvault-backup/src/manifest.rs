@@ -45,7 +45,7 @@ pub struct FileEntry {
 pub struct Packed {
     /// The offset of the file's bytes in the plaintext of its `blobs`' one blob.
     pub offset: u64,
-    /// The offset and length of its digests (the JSON a digest blob holds) in the plaintext
+    /// The offset and length of its digests (what a digest blob holds) in the plaintext
     /// of its `digests` blob.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digests: Option<(u64, u64)>,

@@ -255,7 +255,7 @@ impl DigestBasis {
     /// The cheapest basis for the data-directory file `path`: blocks for a segment, samples
     /// for anything else.
     pub fn for_file(path: &str) -> Self {
-        if is_segment(path) {
+        if is_segment_file(path) {
             DigestBasis::BlocksXxh3
         } else {
             DigestBasis::Samples
@@ -286,7 +286,8 @@ impl DigestBasis {
     }
 }
 
-fn is_segment(path: &str) -> bool {
+/// Whether data-directory file `path` (or a file name) is a segment.
+pub fn is_segment_file(path: &str) -> bool {
     path.ends_with(".seg")
 }
 
@@ -297,7 +298,7 @@ fn is_segment(path: &str) -> bool {
 pub fn file_digests(path: &Path, basis: DigestBasis) -> Result<Vec<SeriesDigest>> {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
     if basis.is_blocks() {
-        if !is_segment(name) {
+        if !is_segment_file(name) {
             return Err(Error::Config(format!(
                 "{}: digests of blocks are for segment files only",
                 path.display()
