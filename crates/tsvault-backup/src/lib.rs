@@ -1,6 +1,6 @@
 //! tsvault's backup repository (see FORMAT.md): content-addressed blobs, compressed with
-//! zstd and sealed with ChaCha20-Poly1305 under a master key wrapped by an Argon2id key from
-//! the passphrase, on any `object_store` target (a local directory or S3). Blobs are written
+//! zstd and sealed with AES-256-GCM (or ChaCha20-Poly1305) under a master key wrapped by an
+//! Argon2id key from the passphrase, on any `object_store` target (a local directory or S3). Blobs are written
 //! first and a backup's manifest last, so a manifest exists only for a complete backup.
 //!
 //! What exists: `init`; full, incremental and differential backups of a stopped data
@@ -13,6 +13,7 @@ mod copy;
 mod crypto;
 mod data_dir;
 mod digest_blob;
+mod direct_write;
 mod error;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -25,7 +26,7 @@ mod source;
 
 pub use consolidate::consolidate;
 pub use copy::{CopyReport, copy_backups};
-pub use crypto::Compression;
+pub use crypto::{Cipher, Compression};
 pub use data_dir::{
     CHUNK_BYTES, NoProgress, Problem, Progress, backup_data_dir, backup_server, restore_data_dir,
     verify_backup, verify_deep,

@@ -169,7 +169,7 @@ mod tests {
             url: dir.path().display().to_string(),
             ..RepoOptions::default()
         };
-        let repo = Repository::init(&opts, false).await.unwrap();
+        let repo = Repository::init(&opts, None).await.unwrap();
         let lock = Lock::acquire(&repo, LockKind::Backup).await.unwrap();
         async fn stored(repo: &Repository, name: &str) -> LockInfo {
             let locks = repo.locks().await.unwrap();

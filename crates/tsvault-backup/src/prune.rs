@@ -218,7 +218,7 @@ mod tests {
             url: dir.path().display().to_string(),
             ..Default::default()
         };
-        let repo = Repository::init(&opts, false).await.unwrap();
+        let repo = Repository::init(&opts, None).await.unwrap();
         for _ in 0..2 {
             crate::backup_data_dir(&repo, data.path(), None, &crate::NoProgress)
                 .await

@@ -1,7 +1,6 @@
 //! A repository on any object store: `config`, `data/<2 hex>/<id>` blobs and `backups/<id>`
 //! manifests (FORMAT.md). Blobs are written before the manifest that names them.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -11,14 +10,16 @@ use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
-use crate::crypto::{Compression, KeyWrap, Keys};
+use crate::crypto::{Cipher, Compression, KeyWrap, Keys};
 use crate::data_dir::sync_dir;
+use crate::direct_write::write_new_durable;
 use crate::error::{Error, Result};
 use crate::locks::{LockInfo, LockKind};
 use crate::manifest::BackupManifest;
 
-/// The repository format this code writes and reads.
-const FORMAT: u32 = 1;
+/// The repository format this code writes. Format 1 (read too) differs only in its cipher:
+/// ChaCha20-Poly1305 always, where format 2's config names it (FORMAT.md).
+const FORMAT: u32 = 2;
 /// The largest plaintext a blob or manifest may decompress to.
 pub const OBJECT_BYTES_MAX: usize = 1 << 30;
 
@@ -192,11 +193,7 @@ fn put_local(local: &LocalDir, rel: &str, body: &[u8], create_only: bool) -> Res
         std::process::id(),
         rand::random::<u64>()
     ));
-    let written = (|| {
-        let mut f = std::fs::File::create_new(&tmp)?;
-        f.write_all(body)?;
-        f.sync_all()
-    })();
+    let written = write_new_durable(&tmp, body);
     if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);
         return Err(Error::io("write", &tmp)(e));
@@ -310,11 +307,11 @@ fn store_for(opts: &RepoOptions) -> Result<Store> {
 impl Repository {
     /// Creates a repository at `opts.url`; encrypted unless `encrypt` is false. Refuses a
     /// location that already holds a repository.
-    pub async fn init(opts: &RepoOptions, encrypt: bool) -> Result<Repository> {
+    pub async fn init(opts: &RepoOptions, encryption: Option<Cipher>) -> Result<Repository> {
         let (store, local) = store_for(opts)?;
         let mut id = [0u8; 16];
         rand::rng().fill_bytes(&mut id);
-        let (keys, config) = if encrypt {
+        let (keys, config) = if let Some(cipher) = encryption {
             let password = opts.password.as_deref().ok_or_else(|| {
                 Error::Config(
                     "an encrypted repository needs a passphrase: set TSVAULT_REPO_PASSWORD or pass --password-file (or --no-encryption)".into(),
@@ -323,7 +320,7 @@ impl Repository {
             if password.is_empty() {
                 return Err(Error::Config("the passphrase is empty".into()));
             }
-            let (keys, wrap) = Keys::new_encrypted(password)?;
+            let (keys, wrap) = Keys::new_encrypted(password, cipher)?;
             let config = RepoConfig {
                 format: FORMAT,
                 id: hex::encode(id),
@@ -374,11 +371,26 @@ impl Repository {
             what: format!("the config of repository {}", opts.url),
             detail: e.to_string(),
         })?;
-        if config.format != FORMAT {
+        if !(1..=FORMAT).contains(&config.format) {
             return Err(Error::Invalid(format!(
-                "repository {} has format {}; this tsvault reads format {FORMAT}",
+                "repository {} has format {}; this tsvault reads formats 1 to {FORMAT}",
                 opts.url, config.format
             )));
+        }
+        let cipher = config.encryption.as_ref().and_then(|wrap| wrap.cipher);
+        if (config.format == 1) != cipher.is_none() && config.encryption.is_some() {
+            return Err(Error::Corrupt {
+                what: format!("the config of repository {}", opts.url),
+                detail: format!(
+                    "format {} {} a cipher",
+                    config.format,
+                    if config.format == 1 {
+                        "has no field for"
+                    } else {
+                        "must name"
+                    }
+                ),
+            });
         }
         let keys = match (&config.encryption, &config.id_key) {
             (Some(wrap), _) => {
@@ -751,7 +763,7 @@ mod tests {
             url: dir.path().display().to_string(),
             ..Default::default()
         };
-        let repo = Repository::init(&opts, false).await.unwrap();
+        let repo = Repository::init(&opts, None).await.unwrap();
         let staging = dir.path().join(LOCAL_STAGING);
         std::fs::create_dir_all(&staging).unwrap();
         let old = staging.join("123-0");

@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use tsvault_backup::{
-    BackupManifest, Compression, KeepPolicy, NoProgress, RepoOptions, Repository, backup_data_dir,
-    copy_backups, prune, restore_data_dir, verify_backup, verify_deep,
+    BackupManifest, Cipher, Compression, KeepPolicy, NoProgress, RepoOptions, Repository,
+    backup_data_dir, copy_backups, prune, restore_data_dir, verify_backup, verify_deep,
 };
 use tsvault_model::{Point, Sample, SeriesKey};
 use tsvault_storage::{DigestBasis, Engine, EngineConfig, file_digests};
@@ -166,7 +166,7 @@ async fn a_resumed_restore_rewrites_files_a_power_cut_left_torn() {
 async fn wrong_or_missing_passphrase_is_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
     let repo_dir = tmp.path().join("repo");
-    Repository::init(&opts(&repo_dir, Some("right")), true)
+    Repository::init(&opts(&repo_dir, Some("right")), Some(Cipher::Aes256Gcm))
         .await
         .unwrap();
     let err = Repository::open(&opts(&repo_dir, Some("wrong")))
@@ -179,7 +179,7 @@ async fn wrong_or_missing_passphrase_is_a_clear_error() {
         .err()
         .unwrap();
     assert!(err.to_string().contains("TSVAULT_REPO_PASSWORD"), "{err}");
-    let err = Repository::init(&opts(&repo_dir, Some("right")), true)
+    let err = Repository::init(&opts(&repo_dir, Some("right")), Some(Cipher::Aes256Gcm))
         .await
         .err()
         .unwrap();
@@ -205,6 +205,85 @@ async fn wrong_or_missing_passphrase_is_a_clear_error() {
     assert!(err.to_string().contains("Argon2id cost"), "{err}");
 }
 
+/// A repository of format 1 (ChaCha20-Poly1305, its config naming no cipher, as tsvault wrote
+/// them before format 2) is still read, written and verified; a config whose format and
+/// cipher disagree, or of a later format, is refused by name.
+#[tokio::test]
+async fn a_format_1_chacha20_repository_is_still_read_and_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, repo_dir) = (tmp.path().join("src"), tmp.path().join("repo"));
+    data_dir(&src);
+    let repo = Repository::init(&opts(&repo_dir, Some("pw")), Some(Cipher::ChaCha20Poly1305))
+        .await
+        .unwrap();
+    let first = backup_data_dir(&repo, &src, None, &NoProgress)
+        .await
+        .unwrap();
+    // Made into the config format 1 had: no cipher named.
+    let config_path = repo_dir.join("config");
+    let original = std::fs::read(&config_path).unwrap();
+    let mut config: serde_json::Value = serde_json::from_slice(&original).unwrap();
+    assert_eq!(config["format"], 2);
+    assert_eq!(config["encryption"]["cipher"], "chacha20-poly1305");
+    config["format"] = serde_json::json!(1);
+    config["encryption"]
+        .as_object_mut()
+        .unwrap()
+        .remove("cipher");
+    std::fs::write(&config_path, serde_json::to_vec(&config).unwrap()).unwrap();
+
+    let reopened = Repository::open(&opts(&repo_dir, Some("pw")))
+        .await
+        .unwrap();
+    assert!(verify_backup(&reopened, &first.id, true).await.is_empty());
+    // Written to as well: a full backup of more data, sealed with the same cipher.
+    let e = Engine::open(EngineConfig::new(&src)).unwrap();
+    e.write(&[Point {
+        key: key("c"),
+        ts_ms: 1_700_000_000_000,
+        value: 1.0,
+    }])
+    .unwrap();
+    e.close().unwrap();
+    let second = backup_data_dir(
+        &reopened,
+        &src,
+        Some(tsvault_backup::BackupType::Full),
+        &NoProgress,
+    )
+    .await
+    .unwrap();
+    assert!(second.uploaded_bytes > 0);
+    for id in [&first.id, &second.id] {
+        assert!(verify_backup(&reopened, id, true).await.is_empty(), "{id}");
+    }
+    let dst = tmp.path().join("dst");
+    restore_data_dir(&reopened, Some(&second.id), &dst, &NoProgress)
+        .await
+        .unwrap();
+    assert_eq!(all(&dst), all(&src));
+
+    // Format 1 naming a cipher, format 2 naming none, format 3: each refused.
+    let mut with_cipher = config.clone();
+    with_cipher["encryption"]["cipher"] = serde_json::json!("aes-256-gcm");
+    let mut without = config.clone();
+    without["format"] = serde_json::json!(2);
+    let mut later = config.clone();
+    later["format"] = serde_json::json!(3);
+    for (bad, says) in [
+        (with_cipher, "format 1 has no field for a cipher"),
+        (without, "format 2 must name a cipher"),
+        (later, "has format 3; this tsvault reads formats 1 to 2"),
+    ] {
+        std::fs::write(&config_path, serde_json::to_vec(&bad).unwrap()).unwrap();
+        let err = Repository::open(&opts(&repo_dir, Some("pw")))
+            .await
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains(says), "{err}");
+    }
+}
+
 /// Under `tmp`: a data directory `src`, a repository `repo` (encrypted with `password` when
 /// one is given) and one backup of `src` in it.
 async fn backed_up(
@@ -227,7 +306,7 @@ async fn backed_up_in_packs(
         pack_target,
         ..opts(&repo_dir, password)
     };
-    let repo = Repository::init(&options, password.is_some())
+    let repo = Repository::init(&options, password.map(|_| Cipher::Aes256Gcm))
         .await
         .unwrap();
     let backup = backup_data_dir(&repo, &src, None, &NoProgress)
@@ -429,10 +508,10 @@ async fn copy_mirrors_backups_into_a_second_repository_uploading_only_what_it_la
         tmp.path().join("dst"),
     );
     data_dir(&src);
-    let a = Repository::init(&opts(&a_dir, Some("pw-a")), true)
+    let a = Repository::init(&opts(&a_dir, Some("pw-a")), Some(Cipher::Aes256Gcm))
         .await
         .unwrap();
-    let b = Repository::init(&opts(&b_dir, None), false).await.unwrap();
+    let b = Repository::init(&opts(&b_dir, None), None).await.unwrap();
     let first = backup_data_dir(&a, &src, None, &NoProgress).await.unwrap();
     let second = backup_data_dir(&a, &src, None, &NoProgress).await.unwrap();
     let ids = a.backup_ids().await.unwrap();
@@ -476,10 +555,10 @@ async fn an_incremental_summarises_its_data_like_a_full_backup_of_it() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
     data_dir(&src);
-    let chain = Repository::init(&opts(&tmp.path().join("chain"), None), false)
+    let chain = Repository::init(&opts(&tmp.path().join("chain"), None), None)
         .await
         .unwrap();
-    let fulls = Repository::init(&opts(&tmp.path().join("fulls"), None), false)
+    let fulls = Repository::init(&opts(&tmp.path().join("fulls"), None), None)
         .await
         .unwrap();
     let now = tsvault_storage::system_clock_ms();
@@ -547,7 +626,7 @@ async fn incremental_and_differential_read_only_changed_files_and_each_restores_
         .unwrap()
         .close()
         .unwrap();
-    let repo = Repository::init(&opts(&repo_dir, Some("pw")), true)
+    let repo = Repository::init(&opts(&repo_dir, Some("pw")), Some(Cipher::Aes256Gcm))
         .await
         .unwrap();
     // No full backup yet: an incremental is refused, naming the way out.
@@ -650,7 +729,7 @@ async fn selective_restore_returns_only_the_chosen_metric_and_time_range() {
         e.write(&points).unwrap();
         e.close().unwrap();
     }
-    let repo = Repository::init(&opts(&repo_dir, None), false)
+    let repo = Repository::init(&opts(&repo_dir, None), None)
         .await
         .unwrap();
     let b = backup_data_dir(&repo, &src, None, &NoProgress)

@@ -8,7 +8,7 @@ use hyper_util::server::conn::auto::Builder as ConnBuilder;
 use s3s::auth::SimpleAuth;
 use s3s::service::S3ServiceBuilder;
 use tsvault_backup::{
-    NoProgress, RepoOptions, Repository, backup_data_dir, restore_data_dir, verify_backup,
+    Cipher, NoProgress, RepoOptions, Repository, backup_data_dir, restore_data_dir, verify_backup,
 };
 use tsvault_model::{Point, SeriesKey};
 use tsvault_storage::{Engine, EngineConfig};
@@ -74,7 +74,7 @@ async fn backup_and_restore_through_s3() {
         e.close().unwrap();
     }
     let url = "s3://backups-bucket/team/tsvault";
-    let repo = Repository::init(&opts(&endpoint, url, "pw"), true)
+    let repo = Repository::init(&opts(&endpoint, url, "pw"), Some(Cipher::Aes256Gcm))
         .await
         .unwrap();
     let b = backup_data_dir(&repo, &src, None, &NoProgress)
@@ -90,7 +90,7 @@ async fn backup_and_restore_through_s3() {
     );
 
     // A second init is refused by the conditional put.
-    let err = Repository::init(&opts(&endpoint, url, "pw"), true)
+    let err = Repository::init(&opts(&endpoint, url, "pw"), Some(Cipher::Aes256Gcm))
         .await
         .err()
         .unwrap();

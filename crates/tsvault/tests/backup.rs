@@ -60,10 +60,12 @@ fn backup_restore_and_verify_through_the_cli() {
     // A running server's directory is refused (online backups go through --server).
     let repo_s = repo.to_str().unwrap();
     let src_s = src.to_str().unwrap();
-    ok(&tsvault(
+    let init = ok(&tsvault(
         &["backup", "init", "--repo", repo_s, "--json"],
         "pw",
     ));
+    assert_eq!(init["encrypted"], true);
+    assert_eq!(init["cipher"], "aes-256-gcm");
     let busy = tsvault(
         &["backup", "create", "--repo", repo_s, "--data-dir", src_s],
         "pw",

@@ -417,6 +417,28 @@ fn every_cli_input_in_the_table_gets_its_error() {
     };
     let table: Vec<(Vec<String>, &str, &str)> = vec![
         (
+            ["backup", "init", "--repo", &p("r-rc4"), "--cipher", "rc4"]
+                .map(String::from)
+                .to_vec(),
+            "pw",
+            "unknown cipher \"rc4\": aes-256-gcm or chacha20-poly1305",
+        ),
+        (
+            [
+                "backup",
+                "init",
+                "--repo",
+                &p("r-plain"),
+                "--no-encryption",
+                "--cipher",
+                "chacha20-poly1305",
+            ]
+            .map(String::from)
+            .to_vec(),
+            "pw",
+            "cannot be used with",
+        ),
+        (
             vec![
                 "serve".into(),
                 "--retention".into(),
