@@ -14,6 +14,7 @@ use tsvault_storage::{DigestBasis, SeriesDigest};
 
 use crate::crypto::Compression;
 use crate::digest_blob;
+use crate::direct_write::NewFile;
 use crate::error::{Error, Result, off_thread};
 use crate::locks::{Lock, LockKind, now_ms};
 use crate::manifest::{BackupManifest, BackupType, DataSummary, FileEntry, Packed};
@@ -372,7 +373,7 @@ async fn write_backup(
 /// encryption use several cores, and their uploads overlap. Memory: this many chunks.
 const BLOBS_IN_FLIGHT: usize = 4;
 
-/// Files a backup works on at once.
+/// Files a backup works on at once; in a restore, packed files being written at once.
 const FILES_IN_FLIGHT: usize = 4;
 
 /// Files smaller than this are stored in packs (FORMAT.md): one object for many small files
@@ -1243,23 +1244,55 @@ pub async fn restore_data_dir(
     }
     progress.start(manifest.logical_bytes);
     let mut packs = Prefetch::new(repo, &manifest.files);
-    for (entry, rel) in manifest.files.iter().zip(paths) {
-        let dst = target.join(&rel);
-        let parent = dst.parent().unwrap_or(target).to_path_buf();
-        fs::create_dir_all(&parent).map_err(Error::io("create", &parent))?;
-        // Resuming: a file already in place is kept if it is whole and right.
-        if resuming && file_matches(&dst, entry)? {
-            progress.advance(entry.size);
-            continue;
+    // Packed files are written, checked and renamed on the blocking pool, a few at once:
+    // their writes go to the device directly (`NewFile`) and each waits for it, which the
+    // next files' work overlaps.
+    let mut writing = std::collections::VecDeque::new();
+    let restored = async {
+        for (entry, rel) in manifest.files.iter().zip(paths) {
+            let dst = target.join(&rel);
+            let parent = dst.parent().unwrap_or(target).to_path_buf();
+            fs::create_dir_all(&parent).map_err(Error::io("create", &parent))?;
+            // Resuming: a file already in place is kept if it is whole and right.
+            if resuming && file_matches(&dst, entry)? {
+                progress.advance(entry.size);
+                continue;
+            }
+            // Written under a temporary name, renamed into place only once whole and
+            // checked.
+            if entry.packed.is_some() {
+                let write = packed_file(repo, &manifest.id, entry, dst, &mut packs).await?;
+                writing.push_back((entry.size, tokio::task::spawn_blocking(write)));
+                if writing.len() > FILES_IN_FLIGHT {
+                    let (size, written) = writing.pop_front().expect("not empty");
+                    joined(written.await)?;
+                    progress.advance(size);
+                }
+                continue;
+            }
+            let tmp = dst.with_extension("restoring");
+            let written = restore_file(repo, &manifest.id, entry, &tmp, progress).await;
+            if let Err(e) = written {
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
+            fs::rename(&tmp, &dst).map_err(Error::io("rename", &dst))?;
         }
-        // Written under a temporary name, renamed into place only once whole and checked.
-        let tmp = dst.with_extension("restoring");
-        let written = restore_file(repo, &manifest.id, entry, &tmp, &mut packs, progress).await;
-        if let Err(e) = written {
-            let _ = fs::remove_file(&tmp);
-            return Err(e);
+        Ok(())
+    }
+    .await;
+    // Every write started is waited for, even after an error, before anything else.
+    let mut first_error = restored.err();
+    for (size, written) in writing {
+        match joined(written.await) {
+            Ok(()) => progress.advance(size),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
         }
-        fs::rename(&tmp, &dst).map_err(Error::io("rename", &dst))?;
+    }
+    if let Some(e) = first_error {
+        return Err(e);
     }
     // Files are fsynced together at the end, not one by one as written: until the marker
     // goes, a crash leaves an interrupted restore, whose next run checks every file in
@@ -1297,69 +1330,52 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(Error::io("fsync", dir))
 }
 
-/// Writes `entry`'s blobs (or its slice of its pack, from `packs`) to `tmp` and checks its
-/// size and hash (the caller fsyncs the restored files together).
-async fn restore_file(
-    repo: &Repository,
-    backup: &str,
-    entry: &FileEntry,
-    tmp: &Path,
-    packs: &mut Prefetch,
-    progress: &dyn Progress,
-) -> Result<()> {
-    let mut out = File::create(tmp).map_err(Error::io("create", tmp))?;
-    let mut hasher = blake3::Hasher::new();
-    let mut size = 0u64;
-    let whose = || format!("(file {} of backup {backup})", entry.path);
-    let named = |e| match e {
+/// The outcome of a restored file's write task.
+fn joined(task: std::result::Result<Result<()>, tokio::task::JoinError>) -> Result<()> {
+    task.map_err(|e| {
+        Error::Invalid(format!(
+            "restoring a file panicked ({e}); this is a bug in tsvault"
+        ))
+    })?
+}
+
+/// How a file of `backup` is named in errors about what restoring it read.
+fn named(backup: &str, path: &str) -> impl Fn(Error) -> Error {
+    let whose = format!("(file {path} of backup {backup})");
+    move |e| match e {
         Error::Missing { what } => Error::Missing {
-            what: format!("{what} {}", whose()),
+            what: format!("{what} {whose}"),
         },
         Error::Corrupt { what, detail } => Error::Corrupt {
-            what: format!("{what} {}", whose()),
+            what: format!("{what} {whose}"),
             detail,
         },
         e => e,
-    };
-    if let Some(packed) = entry.packed {
-        let [id] = entry.blobs.as_slice() else {
-            return Err(Error::Corrupt {
-                what: format!("file {} of backup {backup}", entry.path),
-                detail: format!(
-                    "it is packed but names {} blobs, not one",
-                    entry.blobs.len()
-                ),
-            });
-        };
-        let pack = packs.get(repo, id).await.map_err(named)?;
-        let what = || format!("file {} of backup {backup} (pack {id})", entry.path);
-        let bytes = slice_of(&pack, packed.offset, entry.size, &what)?;
-        hasher.update(bytes);
-        size += bytes.len() as u64;
-        out.write_all(bytes).map_err(Error::io("write", tmp))?;
-        #[cfg(feature = "failpoints")]
-        fail::fail_point!("restore-blob-written", |_| std::process::abort());
-        progress.advance(bytes.len() as u64);
     }
-    // Several blobs are fetched and opened at once; they are written in order.
-    let unpacked: &[String] = if entry.packed.is_some() {
-        &[]
-    } else {
-        &entry.blobs
-    };
-    let mut blobs = futures::stream::iter(unpacked)
-        .map(|blob| repo.get_blob(blob))
-        .buffered(BLOBS_IN_FLIGHT);
-    while let Some(got) = blobs.next().await {
-        let bytes = got.map_err(named)?;
-        hasher.update(&bytes);
-        size += bytes.len() as u64;
-        out.write_all(&bytes).map_err(Error::io("write", tmp))?;
-        #[cfg(feature = "failpoints")]
-        fail::fail_point!("restore-blob-written", |_| std::process::abort());
-        progress.advance(bytes.len() as u64);
+}
+
+/// Creates `tmp` for `entry`'s bytes, removing what an interrupted restore left there.
+fn create_restored(tmp: &Path, entry: &FileEntry) -> Result<NewFile> {
+    match fs::remove_file(tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io("remove", tmp)(e)),
     }
-    if size != entry.size || hasher.finalize().to_hex().as_str() != entry.blake3 {
+    NewFile::create(tmp, entry.size).map_err(Error::io("create", tmp))
+}
+
+/// Checks what was restored of `entry` (`size` bytes hashing to `hash`), then starts its
+/// writeback (the caller fsyncs the restored files together).
+fn check_restored(
+    backup: &str,
+    entry: &FileEntry,
+    out: NewFile,
+    tmp: &Path,
+    size: u64,
+    hash: blake3::Hash,
+) -> Result<()> {
+    let out = out.finish().map_err(Error::io("write", tmp))?;
+    if size != entry.size || hash.to_hex().as_str() != entry.blake3 {
         return Err(Error::Corrupt {
             what: format!("file {} of backup {backup}", entry.path),
             detail: "its restored bytes do not match the size and hash in the manifest".into(),
@@ -1367,6 +1383,79 @@ async fn restore_file(
     }
     start_writeback(&out);
     Ok(())
+}
+
+/// The work that restores packed file `entry` to `dst` from its pack (from `packs`): write
+/// its slice to a temporary name, check its size and hash, rename it into place.
+async fn packed_file(
+    repo: &Repository,
+    backup: &str,
+    entry: &FileEntry,
+    dst: PathBuf,
+    packs: &mut Prefetch,
+) -> Result<impl FnOnce() -> Result<()> + Send + 'static> {
+    let [id] = entry.blobs.as_slice() else {
+        return Err(Error::Corrupt {
+            what: format!("file {} of backup {backup}", entry.path),
+            detail: format!(
+                "it is packed but names {} blobs, not one",
+                entry.blobs.len()
+            ),
+        });
+    };
+    let packed = entry.packed.expect("a packed file");
+    let pack = packs
+        .get(repo, id)
+        .await
+        .map_err(named(backup, &entry.path))?;
+    let what = || format!("file {} of backup {backup} (pack {id})", entry.path);
+    let start = packed.offset as usize;
+    let end = start + slice_of(&pack, packed.offset, entry.size, &what)?.len();
+    let (backup, entry) = (backup.to_string(), entry.clone());
+    Ok(move || {
+        let bytes = &pack[start..end];
+        let tmp = dst.with_extension("restoring");
+        let written = (|| {
+            let mut out = create_restored(&tmp, &entry)?;
+            out.write_all(bytes).map_err(Error::io("write", &tmp))?;
+            #[cfg(feature = "failpoints")]
+            fail::fail_point!("restore-blob-written", |_| std::process::abort());
+            let hash = blake3::hash(bytes);
+            check_restored(&backup, &entry, out, &tmp, bytes.len() as u64, hash)
+        })();
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        fs::rename(&tmp, &dst).map_err(Error::io("rename", &dst))
+    })
+}
+
+/// Writes unpacked file `entry`'s blobs to `tmp` and checks its size and hash.
+async fn restore_file(
+    repo: &Repository,
+    backup: &str,
+    entry: &FileEntry,
+    tmp: &Path,
+    progress: &dyn Progress,
+) -> Result<()> {
+    let mut out = create_restored(tmp, entry)?;
+    let mut hasher = blake3::Hasher::new();
+    let mut size = 0u64;
+    // Several blobs are fetched and opened at once; they are written in order.
+    let mut blobs = futures::stream::iter(&entry.blobs)
+        .map(|blob| repo.get_blob(blob))
+        .buffered(BLOBS_IN_FLIGHT);
+    while let Some(got) = blobs.next().await {
+        let bytes = got.map_err(named(backup, &entry.path))?;
+        hasher.update(&bytes);
+        size += bytes.len() as u64;
+        out.write_all(&bytes).map_err(Error::io("write", tmp))?;
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!("restore-blob-written", |_| std::process::abort());
+        progress.advance(bytes.len() as u64);
+    }
+    check_restored(backup, entry, out, tmp, size, hasher.finalize())
 }
 
 /// Starts writing `file`'s dirty pages to the device without waiting, so that the fsyncs at
