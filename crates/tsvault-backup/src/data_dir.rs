@@ -1211,6 +1211,21 @@ pub async fn restore_data_dir(
             "backup {id} names a file {RESTORE_MARKER}, which restore reserves; refusing it"
         )));
     }
+    // Files are written at once under temporary names: no two may share a name.
+    let mut seen = std::collections::HashSet::new();
+    for f in &manifest.files {
+        if f.path.ends_with(RESTORING_SUFFIX) || !seen.insert(f.path.as_str()) {
+            return Err(Error::Invalid(format!(
+                "backup {id} names the file {:?} {}; refusing it",
+                f.path,
+                if f.path.ends_with(RESTORING_SUFFIX) {
+                    "with the suffix restore reserves for files it is writing"
+                } else {
+                    "twice"
+                }
+            )));
+        }
+    }
     // The target is empty, or holds an interrupted restore of this same backup (resumed).
     let marker = target.join(RESTORE_MARKER);
     let resuming = match fs::read_to_string(&marker) {
@@ -1270,7 +1285,7 @@ pub async fn restore_data_dir(
                 }
                 continue;
             }
-            let tmp = dst.with_extension("restoring");
+            let tmp = restoring(&dst);
             let written = restore_file(repo, &manifest.id, entry, &tmp, progress).await;
             if let Err(e) = written {
                 let _ = fs::remove_file(&tmp);
@@ -1328,6 +1343,16 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(Error::io("fsync", dir))
+}
+
+/// What restore appends to a file's name while it writes the file.
+const RESTORING_SUFFIX: &str = ".restoring";
+
+/// The name `dst` is written under until it is whole and checked.
+fn restoring(dst: &Path) -> PathBuf {
+    let mut name = dst.as_os_str().to_owned();
+    name.push(RESTORING_SUFFIX);
+    name.into()
 }
 
 /// The outcome of a restored file's write task.
@@ -1414,7 +1439,7 @@ async fn packed_file(
     let (backup, entry) = (backup.to_string(), entry.clone());
     Ok(move || {
         let bytes = &pack[start..end];
-        let tmp = dst.with_extension("restoring");
+        let tmp = restoring(&dst);
         let written = (|| {
             let mut out = create_restored(&tmp, &entry)?;
             out.write_all(bytes).map_err(Error::io("write", &tmp))?;

@@ -814,6 +814,30 @@ async fn hostile_manifest_ids_and_stray_objects_are_errors_or_left_alone_never_a
         .unwrap_err();
     assert!(err.to_string().contains("outside the target"), "{err}");
     assert!(!tmp.path().join("outside").exists() && !tmp.path().join("dst2").exists());
+    // A file named twice, or with the suffix restore writes files under: refused before
+    // anything is written (files are written at once, under temporary names).
+    let mut twice = serde_json::to_value(&good).unwrap();
+    let files = twice["files"].as_array_mut().unwrap();
+    files.push(files[0].clone());
+    let mut reserved = serde_json::to_value(&good).unwrap();
+    let first = reserved["files"][0]["path"].as_str().unwrap().to_string();
+    reserved["files"][0]["path"] = serde_json::json!(format!("{first}.restoring"));
+    for (n, (mut forged, says)) in [(twice, "twice"), (reserved, "the suffix restore reserves")]
+        .into_iter()
+        .enumerate()
+    {
+        let id = format!("20990101T000000.00{}Z-00000000", n + 2);
+        forged["id"] = serde_json::json!(id);
+        let mut body = vec![1u8];
+        body.extend(zstd::bulk::compress(&serde_json::to_vec(&forged).unwrap(), 3).unwrap());
+        std::fs::write(repo_dir.join("backups").join(&id), body).unwrap();
+        let dst = tmp.path().join(format!("dst-{n}"));
+        let err = restore_data_dir(&repo, Some(&id), &dst, &NoProgress)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains(says), "{err}");
+        assert!(!dst.exists());
+    }
 
     // A stray object under data/ is never taken for a blob, so prune leaves it.
     let stray = repo_dir.join("data").join("zz").join("not-a-blob");
