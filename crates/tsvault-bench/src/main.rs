@@ -67,7 +67,7 @@ struct Args {
     #[arg(long, conflicts_with = "smoke")]
     large: bool,
     /// A run of seconds that checks the harness and the answers: 8 hosts x 2 h, 3 runs per
-    /// query type.
+    /// query type, 2 backup rounds.
     #[arg(long)]
     smoke: bool,
     /// Which values to generate.
@@ -88,6 +88,11 @@ struct Args {
     /// Skip the backup and restore figures.
     #[arg(long)]
     no_backup: bool,
+    /// Rounds of full backups and of restores, the systems alternating within each round,
+    /// each into a new destination; the figure is the median (the machine is shared and
+    /// noisy, and a system run alone right after another's heavy work pays for it).
+    #[arg(long, default_value_t = 3)]
+    backup_rounds: usize,
     /// Which peers to run beside tsvault (for profiling one comparison; the published table
     /// runs both).
     #[arg(
@@ -125,6 +130,7 @@ fn main() -> anyhow::Result<()> {
     }
     if args.smoke {
         (args.hosts, args.hours, args.query_runs, args.batch_lines) = (8, 2, 3, 1000);
+        args.backup_rounds = 2;
     }
     ensure!(
         args.hosts >= 1 && args.hours >= 1,
@@ -133,6 +139,10 @@ fn main() -> anyhow::Result<()> {
     ensure!(
         args.clients >= 1 && args.batch_lines >= 1 && args.query_runs >= 1,
         "--clients, --batch-lines and --query-runs must be at least 1"
+    );
+    ensure!(
+        args.backup_rounds >= 1,
+        "--backup-rounds must be at least 1"
     );
     let tsvault_bin = match &args.tsvault_bin {
         Some(b) => b.clone(),
@@ -516,6 +526,7 @@ fn run_variant(
             &running,
             root.path(),
             args.clients,
+            args.backup_rounds,
             tsvault_bin,
             &mut notes,
         )?);
@@ -526,13 +537,33 @@ fn run_variant(
     Ok((title, rows, notes))
 }
 
+/// The median of `times` (the mean of the middle two for an even count).
+fn median(mut times: Vec<f64>) -> f64 {
+    times.sort_by(f64::total_cmp);
+    let n = times.len();
+    (times[(n - 1) / 2] + times[n / 2]) / 2.0
+}
+
+/// Removes the directories `dirs` (a round's destinations, once timed).
+fn remove_dirs(dirs: &[&Path]) -> anyhow::Result<()> {
+    for d in dirs {
+        if d.exists() {
+            std::fs::remove_dir_all(d).with_context(|| format!("removing {}", d.display()))?;
+        }
+    }
+    Ok(())
+}
+
 /// Full backup, incremental after 1% more data, and full restore, for each system's tool.
-/// Restores are checked: each restored copy is started and must hold every sample.
+/// Fulls and restores are timed in `rounds` rounds (median); the incremental follows the
+/// last round's fulls. Restores are checked: each restored copy of the last round is
+/// started and must hold every sample.
 fn backups(
     wl: &Workload,
     running: &[Running],
     root: &Path,
     clients: usize,
+    rounds: usize,
     tsvault_bin: &Path,
     notes: &mut Vec<String>,
 ) -> anyhow::Result<Vec<Row>> {
@@ -566,8 +597,51 @@ fn backups(
     );
     let mut size = Row::new("backup size per sample", "bytes/sample", Better::Lower);
 
-    say!("backups: tsvault (online, through the server's snapshot API) full");
-    let (tsv_repo, tsv_plain_repo) = (root.join("tsvault-repo"), root.join("tsvault-plain"));
+    // Each round's destinations.
+    let dirs = |round: usize| {
+        ["tsvault-repo", "tsvault-plain", "vmbackup", "restic-repo"]
+            .map(|name| root.join(format!("{name}-{round}")))
+    };
+    let restic_cache = root.join("restic-cache");
+    // Times of tsvault encrypted, tsvault unencrypted, vmbackup, restic.
+    let mut times: [Vec<f64>; 4] = Default::default();
+    for round in 0..rounds {
+        say!(
+            "backups: full, round {} of {rounds}: tsvault (online, through the server's snapshot API), vmbackup, restic",
+            round + 1
+        );
+        if round > 0 {
+            let before = dirs(round - 1);
+            remove_dirs(&before.each_ref().map(|d| d.as_path()))?;
+        }
+        let [tsv_repo, tsv_plain_repo, vm_dst, restic_repo] = dirs(round);
+        let tsv = backup::Tsvault {
+            bin: tsvault_bin,
+            repo: &tsv_repo,
+        };
+        let tsv_plain = backup::Tsvault {
+            bin: tsvault_bin,
+            repo: &tsv_plain_repo,
+        };
+        let restic = backup::Restic {
+            repo: &restic_repo,
+            cache: &restic_cache,
+        };
+        tsv.init(true)?;
+        tsv_plain.init(false)?;
+        restic.init()?;
+        times[0].push(tsv.backup(&tsv_server.base)?.as_secs_f64());
+        times[1].push(tsv_plain.backup(&tsv_server.base)?.as_secs_f64());
+        times[2].push(backup::vmbackup(&vm.base, &vm.data_dir, &vm_dst)?.as_secs_f64());
+        // restic backs up the same files: tsvault's data directory (the server is idle, its
+        // segments immutable; restic's second run finds its first as parent and reads only
+        // changed files).
+        times[3].push(restic.backup(&tsv_server.data_dir)?.as_secs_f64());
+    }
+    let [t_enc, t_plain, t_vm, t_restic] = times;
+    full = full.set(0, median(t_enc)).set(3, median(t_restic));
+    full_plain = full_plain.set(0, median(t_plain)).set(1, median(t_vm));
+    let [tsv_repo, tsv_plain_repo, vm_dst, restic_repo] = dirs(rounds - 1);
     let tsv = backup::Tsvault {
         bin: tsvault_bin,
         repo: &tsv_repo,
@@ -576,26 +650,10 @@ fn backups(
         bin: tsvault_bin,
         repo: &tsv_plain_repo,
     };
-    tsv.init(true)?;
-    tsv_plain.init(false)?;
-    full = full.set(0, tsv.backup(&tsv_server.base)?.as_secs_f64());
-    full_plain = full_plain.set(0, tsv_plain.backup(&tsv_server.base)?.as_secs_f64());
-
-    say!("backups: vmbackup and restic full");
-    let vm_dst = root.join("vmbackup");
-    full_plain = full_plain.set(
-        1,
-        backup::vmbackup(&vm.base, &vm.data_dir, &vm_dst)?.as_secs_f64(),
-    );
     let restic = backup::Restic {
-        repo: &root.join("restic-repo"),
-        cache: &root.join("restic-cache"),
+        repo: &restic_repo,
+        cache: &restic_cache,
     };
-    restic.init()?;
-    // restic backs up the same files: tsvault's data directory (the server is idle, its
-    // segments immutable; restic's second run finds its first as parent and reads only
-    // changed files).
-    full = full.set(3, restic.backup(&tsv_server.data_dir)?.as_secs_f64());
 
     say!("backups: 1% more data, written to disk (no forced merge), then incremental");
     let total = wl.samples() + wl.extra_samples();
@@ -620,15 +678,38 @@ fn backups(
     size = size.set(1, dir_bytes(&vm_dst)? as f64 / total as f64);
     size = size.set(3, dir_bytes(restic.repo)? as f64 / total as f64);
 
-    say!("restores: tsvault, vmrestore and restic, then each restored copy is started and counted");
-    let tsv_restored = root.join("tsvault-restored");
-    restore = restore.set(0, tsv.restore(&tsv_restored)?.as_secs_f64());
-    let tsv_plain_restored = root.join("tsvault-plain-restored");
-    restore_plain = restore_plain.set(0, tsv_plain.restore(&tsv_plain_restored)?.as_secs_f64());
-    let vm_restored = root.join("vm-restored");
-    restore_plain = restore_plain.set(1, backup::vmrestore(&vm_dst, &vm_restored)?.as_secs_f64());
-    let restic_target = root.join("restic-restored");
-    restore = restore.set(3, restic.restore(&restic_target)?.as_secs_f64());
+    // Each round's restore targets.
+    let targets = |round: usize| {
+        [
+            "tsvault-restored",
+            "tsvault-plain-restored",
+            "vm-restored",
+            "restic-restored",
+        ]
+        .map(|name| root.join(format!("{name}-{round}")))
+    };
+    let mut times: [Vec<f64>; 4] = Default::default();
+    for round in 0..rounds {
+        say!(
+            "restores, round {} of {rounds}: tsvault, vmrestore, restic",
+            round + 1
+        );
+        if round > 0 {
+            let before = targets(round - 1);
+            remove_dirs(&before.each_ref().map(|d| d.as_path()))?;
+        }
+        let [tsv_restored, tsv_plain_restored, vm_restored, restic_target] = targets(round);
+        times[0].push(tsv.restore(&tsv_restored)?.as_secs_f64());
+        times[1].push(tsv_plain.restore(&tsv_plain_restored)?.as_secs_f64());
+        times[2].push(backup::vmrestore(&vm_dst, &vm_restored)?.as_secs_f64());
+        times[3].push(restic.restore(&restic_target)?.as_secs_f64());
+    }
+    let [t_enc, t_plain, t_vm, t_restic] = times;
+    restore = restore.set(0, median(t_enc)).set(3, median(t_restic));
+    restore_plain = restore_plain.set(0, median(t_plain)).set(1, median(t_vm));
+
+    say!("restores: each restored copy of the last round is started and counted");
+    let [tsv_restored, tsv_plain_restored, vm_restored, restic_target] = targets(rounds - 1);
     let restic_restored = restic_target.join(
         tsv_server
             .data_dir
@@ -664,7 +745,7 @@ fn backups(
         num(&restore_plain, 1) / num(&restore_plain, 0),
     ));
     notes.push(format!(
-        "Backups: tsvault online with `tsvault backup create --server` (snapshot through its admin API, files pulled over HTTP into a local directory repository, once encrypted (Argon2id key derivation at each run, about 0.16 s here) and once not; the incremental is the default type of the second run) and `tsvault restore --data-dir`; VictoriaMetrics with vmbackup/vmrestore (fs:// destination, snapshot through its API); restic over tsvault's own data directory, the same files (encrypted, its default compression; its second run is its incremental). Each restored copy was started and holds all {total} samples."
+        "Backups: fulls and restores timed in {rounds} rounds, the systems alternating within each, each round into new destinations, the median shown; the incrementals follow the last round's fulls. tsvault online with `tsvault backup create --server` (snapshot through its admin API, files pulled over HTTP into a local directory repository, once encrypted (Argon2id key derivation at each run, about 0.16 s here) and once not; the incremental is the default type of the second run) and `tsvault restore --data-dir`; VictoriaMetrics with vmbackup/vmrestore (fs:// destination, snapshot through its API); restic over tsvault's own data directory, the same files (encrypted, its default compression; its second run is its incremental). Each restored copy was started and holds all {total} samples."
     ));
     Ok(vec![
         full,
