@@ -544,14 +544,44 @@ fn median(mut times: Vec<f64>) -> f64 {
     (times[(n - 1) / 2] + times[n / 2]) / 2.0
 }
 
-/// Removes the directories `dirs` (a round's destinations, once timed).
-fn remove_dirs(dirs: &[&Path]) -> anyhow::Result<()> {
-    for d in dirs {
-        if d.exists() {
-            std::fs::remove_dir_all(d).with_context(|| format!("removing {}", d.display()))?;
+/// Round `round`'s four destinations under `root`: `names`, numbered.
+fn numbered(root: &Path, names: [&str; 4], round: usize) -> [PathBuf; 4] {
+    names.map(|name| root.join(format!("{name}-{round}")))
+}
+
+/// Round `round`'s destinations, the round before's removed (timed, no longer needed).
+fn next_round(root: &Path, names: [&str; 4], round: usize) -> anyhow::Result<[PathBuf; 4]> {
+    if let Some(before) = round.checked_sub(1) {
+        for d in numbered(root, names, before) {
+            if d.exists() {
+                std::fs::remove_dir_all(&d).with_context(|| format!("removing {}", d.display()))?;
+            }
         }
     }
-    Ok(())
+    Ok(numbered(root, names, round))
+}
+
+/// The tools that back up into (or restore from) a round's destinations: tsvault encrypted,
+/// tsvault unencrypted, restic (vmbackup's is a plain path).
+fn tools<'a>(
+    tsvault_bin: &'a Path,
+    [tsv_repo, tsv_plain_repo, _, restic_repo]: &'a [PathBuf; 4],
+    restic_cache: &'a Path,
+) -> (backup::Tsvault<'a>, backup::Tsvault<'a>, backup::Restic<'a>) {
+    (
+        backup::Tsvault {
+            bin: tsvault_bin,
+            repo: tsv_repo,
+        },
+        backup::Tsvault {
+            bin: tsvault_bin,
+            repo: tsv_plain_repo,
+        },
+        backup::Restic {
+            repo: restic_repo,
+            cache: restic_cache,
+        },
+    )
 }
 
 /// Full backup, incremental after 1% more data, and full restore, for each system's tool.
@@ -597,11 +627,7 @@ fn backups(
     );
     let mut size = Row::new("backup size per sample", "bytes/sample", Better::Lower);
 
-    // Each round's destinations.
-    let dirs = |round: usize| {
-        ["tsvault-repo", "tsvault-plain", "vmbackup", "restic-repo"]
-            .map(|name| root.join(format!("{name}-{round}")))
-    };
+    let repos = ["tsvault-repo", "tsvault-plain", "vmbackup", "restic-repo"];
     let restic_cache = root.join("restic-cache");
     // Times of tsvault encrypted, tsvault unencrypted, vmbackup, restic.
     let mut times: [Vec<f64>; 4] = Default::default();
@@ -610,29 +636,14 @@ fn backups(
             "backups: full, round {} of {rounds}: tsvault (online, through the server's snapshot API), vmbackup, restic",
             round + 1
         );
-        if round > 0 {
-            let before = dirs(round - 1);
-            remove_dirs(&before.each_ref().map(|d| d.as_path()))?;
-        }
-        let [tsv_repo, tsv_plain_repo, vm_dst, restic_repo] = dirs(round);
-        let tsv = backup::Tsvault {
-            bin: tsvault_bin,
-            repo: &tsv_repo,
-        };
-        let tsv_plain = backup::Tsvault {
-            bin: tsvault_bin,
-            repo: &tsv_plain_repo,
-        };
-        let restic = backup::Restic {
-            repo: &restic_repo,
-            cache: &restic_cache,
-        };
+        let dirs = next_round(root, repos, round)?;
+        let (tsv, tsv_plain, restic) = tools(tsvault_bin, &dirs, &restic_cache);
         tsv.init(true)?;
         tsv_plain.init(false)?;
         restic.init()?;
         times[0].push(tsv.backup(&tsv_server.base)?.as_secs_f64());
         times[1].push(tsv_plain.backup(&tsv_server.base)?.as_secs_f64());
-        times[2].push(backup::vmbackup(&vm.base, &vm.data_dir, &vm_dst)?.as_secs_f64());
+        times[2].push(backup::vmbackup(&vm.base, &vm.data_dir, &dirs[2])?.as_secs_f64());
         // restic backs up the same files: tsvault's data directory (the server is idle, its
         // segments immutable; restic's second run finds its first as parent and reads only
         // changed files).
@@ -641,19 +652,9 @@ fn backups(
     let [t_enc, t_plain, t_vm, t_restic] = times;
     full = full.set(0, median(t_enc)).set(3, median(t_restic));
     full_plain = full_plain.set(0, median(t_plain)).set(1, median(t_vm));
-    let [tsv_repo, tsv_plain_repo, vm_dst, restic_repo] = dirs(rounds - 1);
-    let tsv = backup::Tsvault {
-        bin: tsvault_bin,
-        repo: &tsv_repo,
-    };
-    let tsv_plain = backup::Tsvault {
-        bin: tsvault_bin,
-        repo: &tsv_plain_repo,
-    };
-    let restic = backup::Restic {
-        repo: &restic_repo,
-        cache: &restic_cache,
-    };
+    let dirs = numbered(root, repos, rounds - 1);
+    let (tsv, tsv_plain, restic) = tools(tsvault_bin, &dirs, &restic_cache);
+    let [tsv_repo, _, vm_dst, _] = &dirs;
 
     say!("backups: 1% more data, written to disk (no forced merge), then incremental");
     let total = wl.samples() + wl.extra_samples();
@@ -671,37 +672,30 @@ fn backups(
     incr_plain = incr_plain.set(0, tsv_plain.backup(&tsv_server.base)?.as_secs_f64());
     incr_plain = incr_plain.set(
         1,
-        backup::vmbackup(&vm.base, &vm.data_dir, &vm_dst)?.as_secs_f64(),
+        backup::vmbackup(&vm.base, &vm.data_dir, vm_dst)?.as_secs_f64(),
     );
-    size = size.set(0, dir_bytes(&tsv_repo)? as f64 / total as f64);
+    size = size.set(0, dir_bytes(tsv_repo)? as f64 / total as f64);
     incr = incr.set(3, restic.backup(&tsv_server.data_dir)?.as_secs_f64());
-    size = size.set(1, dir_bytes(&vm_dst)? as f64 / total as f64);
+    size = size.set(1, dir_bytes(vm_dst)? as f64 / total as f64);
     size = size.set(3, dir_bytes(restic.repo)? as f64 / total as f64);
 
-    // Each round's restore targets.
-    let targets = |round: usize| {
-        [
-            "tsvault-restored",
-            "tsvault-plain-restored",
-            "vm-restored",
-            "restic-restored",
-        ]
-        .map(|name| root.join(format!("{name}-{round}")))
-    };
+    let restored = [
+        "tsvault-restored",
+        "tsvault-plain-restored",
+        "vm-restored",
+        "restic-restored",
+    ];
     let mut times: [Vec<f64>; 4] = Default::default();
     for round in 0..rounds {
         say!(
             "restores, round {} of {rounds}: tsvault, vmrestore, restic",
             round + 1
         );
-        if round > 0 {
-            let before = targets(round - 1);
-            remove_dirs(&before.each_ref().map(|d| d.as_path()))?;
-        }
-        let [tsv_restored, tsv_plain_restored, vm_restored, restic_target] = targets(round);
+        let [tsv_restored, tsv_plain_restored, vm_restored, restic_target] =
+            next_round(root, restored, round)?;
         times[0].push(tsv.restore(&tsv_restored)?.as_secs_f64());
         times[1].push(tsv_plain.restore(&tsv_plain_restored)?.as_secs_f64());
-        times[2].push(backup::vmrestore(&vm_dst, &vm_restored)?.as_secs_f64());
+        times[2].push(backup::vmrestore(vm_dst, &vm_restored)?.as_secs_f64());
         times[3].push(restic.restore(&restic_target)?.as_secs_f64());
     }
     let [t_enc, t_plain, t_vm, t_restic] = times;
@@ -709,7 +703,8 @@ fn backups(
     restore_plain = restore_plain.set(0, median(t_plain)).set(1, median(t_vm));
 
     say!("restores: each restored copy of the last round is started and counted");
-    let [tsv_restored, tsv_plain_restored, vm_restored, restic_target] = targets(rounds - 1);
+    let [tsv_restored, tsv_plain_restored, vm_restored, restic_target] =
+        numbered(root, restored, rounds - 1);
     let restic_restored = restic_target.join(
         tsv_server
             .data_dir
