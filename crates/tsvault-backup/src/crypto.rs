@@ -52,6 +52,22 @@ impl Cipher {
         LessSafeKey::new(UnboundKey::new(algorithm, key).expect("a 32-byte key fits both"))
     }
 
+    /// Every cipher, the default first.
+    pub const ALL: [Cipher; 2] = [Cipher::Aes256Gcm, Cipher::ChaCha20Poly1305];
+
+    /// How the config and the CLI spell it.
+    pub fn id(self) -> &'static str {
+        match self {
+            Cipher::Aes256Gcm => "aes-256-gcm",
+            Cipher::ChaCha20Poly1305 => "chacha20-poly1305",
+        }
+    }
+
+    /// The cipher spelled `id`.
+    pub fn from_id(id: &str) -> Option<Cipher> {
+        Cipher::ALL.into_iter().find(|c| c.id() == id)
+    }
+
     /// The cipher's usual name.
     pub fn name(self) -> &'static str {
         match self {
@@ -358,6 +374,16 @@ mod tests {
                 assert!(err.to_string().contains("fails authentication"), "{i}");
             }
         }
+    }
+
+    /// The config (serde) and the CLI (`id`) spell each cipher the same way.
+    #[test]
+    fn a_cipher_is_spelled_one_way() {
+        for c in Cipher::ALL {
+            assert_eq!(serde_json::to_value(c).unwrap(), c.id());
+            assert_eq!(Cipher::from_id(c.id()), Some(c));
+        }
+        assert_eq!(Cipher::from_id("rc4"), None);
     }
 
     /// The master key's wrap is ChaCha20-Poly1305 whatever the cipher; a wrong passphrase

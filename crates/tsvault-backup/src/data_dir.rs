@@ -15,7 +15,7 @@ use tsvault_storage::{DigestBasis, SeriesDigest};
 use crate::crypto::Compression;
 use crate::digest_blob;
 use crate::direct_write::NewFile;
-use crate::error::{Error, Result, off_thread};
+use crate::error::{Error, Result, off_thread, panicked};
 use crate::locks::{Lock, LockKind, now_ms};
 use crate::manifest::{BackupManifest, BackupType, DataSummary, FileEntry, Packed};
 use crate::prune::civil;
@@ -926,12 +926,9 @@ impl Prefetch {
                     async move { repo.get_blob(&id).await.map(Arc::new) }
                 });
                 async move {
-                    let got = read.await.unwrap_or_else(|e| {
-                        Err(Error::Corrupt {
-                            what: format!("blob {id}"),
-                            detail: format!("reading it panicked ({e}); this is a bug in tsvault"),
-                        })
-                    });
+                    let got = read
+                        .await
+                        .unwrap_or_else(|e| Err(panicked(&format!("blob {id}"), e)));
                     (id, got)
                 }
             })
@@ -1214,17 +1211,17 @@ pub async fn restore_data_dir(
     // Files are written at once under temporary names: no two may share a name.
     let mut seen = std::collections::HashSet::new();
     for f in &manifest.files {
-        if f.path.ends_with(RESTORING_SUFFIX) || !seen.insert(f.path.as_str()) {
-            return Err(Error::Invalid(format!(
-                "backup {id} names the file {:?} {}; refusing it",
-                f.path,
-                if f.path.ends_with(RESTORING_SUFFIX) {
-                    "with the suffix restore reserves for files it is writing"
-                } else {
-                    "twice"
-                }
-            )));
-        }
+        let why = if f.path.ends_with(RESTORING_SUFFIX) {
+            "with the suffix restore reserves for files it is writing"
+        } else if !seen.insert(f.path.as_str()) {
+            "twice"
+        } else {
+            continue;
+        };
+        return Err(Error::Invalid(format!(
+            "backup {id} names the file {:?} {why}; refusing it",
+            f.path
+        )));
     }
     // The target is empty, or holds an interrupted restore of this same backup (resumed).
     let marker = target.join(RESTORE_MARKER);
@@ -1275,23 +1272,20 @@ pub async fn restore_data_dir(
             }
             // Written under a temporary name, renamed into place only once whole and
             // checked.
-            if entry.packed.is_some() {
-                let write = packed_file(repo, &manifest.id, entry, dst, &mut packs).await?;
-                writing.push_back((entry.size, tokio::task::spawn_blocking(write)));
+            if let Some(packed) = entry.packed {
+                let what = format!("file {} of backup {}", entry.path, manifest.id);
+                let write = packed_file(repo, &manifest.id, entry, packed, dst, &mut packs).await?;
+                writing.push_back((entry.size, off_thread(&what, write)));
                 if writing.len() > FILES_IN_FLIGHT {
                     let (size, written) = writing.pop_front().expect("not empty");
-                    joined(written.await)?;
+                    written.await??;
                     progress.advance(size);
                 }
                 continue;
             }
             let tmp = restoring(&dst);
             let written = restore_file(repo, &manifest.id, entry, &tmp, progress).await;
-            if let Err(e) = written {
-                let _ = fs::remove_file(&tmp);
-                return Err(e);
-            }
-            fs::rename(&tmp, &dst).map_err(Error::io("rename", &dst))?;
+            place(&tmp, &dst, written)?;
         }
         Ok(())
     }
@@ -1299,7 +1293,7 @@ pub async fn restore_data_dir(
     // Every write started is waited for, even after an error, before anything else.
     let mut first_error = restored.err();
     for (size, written) in writing {
-        match joined(written.await) {
+        match written.await.and_then(|w| w) {
             Ok(()) => progress.advance(size),
             Err(e) => {
                 first_error.get_or_insert(e);
@@ -1355,13 +1349,14 @@ fn restoring(dst: &Path) -> PathBuf {
     name.into()
 }
 
-/// The outcome of a restored file's write task.
-fn joined(task: std::result::Result<Result<()>, tokio::task::JoinError>) -> Result<()> {
-    task.map_err(|e| {
-        Error::Invalid(format!(
-            "restoring a file panicked ({e}); this is a bug in tsvault"
-        ))
-    })?
+/// Renames restored file `tmp` into place at `dst` once `written` (whole and checked), or
+/// removes it.
+fn place(tmp: &Path, dst: &Path, written: Result<()>) -> Result<()> {
+    if let Err(e) = written {
+        let _ = fs::remove_file(tmp);
+        return Err(e);
+    }
+    fs::rename(tmp, dst).map_err(Error::io("rename", dst))
 }
 
 /// How a file of `backup` is named in errors about what restoring it read.
@@ -1416,9 +1411,10 @@ async fn packed_file(
     repo: &Repository,
     backup: &str,
     entry: &FileEntry,
+    packed: Packed,
     dst: PathBuf,
     packs: &mut Prefetch,
-) -> Result<impl FnOnce() -> Result<()> + Send + 'static> {
+) -> Result<impl FnOnce() -> Result<()> + Send + 'static + use<>> {
     let [id] = entry.blobs.as_slice() else {
         return Err(Error::Corrupt {
             what: format!("file {} of backup {backup}", entry.path),
@@ -1428,7 +1424,6 @@ async fn packed_file(
             ),
         });
     };
-    let packed = entry.packed.expect("a packed file");
     let pack = packs
         .get(repo, id)
         .await
@@ -1448,11 +1443,7 @@ async fn packed_file(
             let hash = blake3::hash(bytes);
             check_restored(&backup, &entry, out, &tmp, bytes.len() as u64, hash)
         })();
-        if let Err(e) = written {
-            let _ = fs::remove_file(&tmp);
-            return Err(e);
-        }
-        fs::rename(&tmp, &dst).map_err(Error::io("rename", &dst))
+        place(&tmp, &dst, written)
     })
 }
 

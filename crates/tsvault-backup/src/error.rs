@@ -69,17 +69,24 @@ impl Error {
     }
 }
 
-/// Runs `f` (reading data from outside: a restored directory, a repository's contents) on
-/// the blocking pool. A panic in it, a bug, becomes an error naming what was being read
-/// rather than the end of the whole command (`verify --all` goes on to the next backup).
-pub(crate) async fn off_thread<T: Send + 'static>(
-    what: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::Corrupt {
-            what: what.to_string(),
-            detail: format!("reading it panicked ({e}); this is a bug in tsvault"),
-        })
+/// Runs `f` (reading data from outside: a restored directory, a repository's contents; or
+/// writing a restored file) on the blocking pool, starting at once, not when first polled.
+/// A panic in it, a bug, becomes an error naming what was being worked on rather than the
+/// end of the whole command (`verify --all` goes on to the next backup).
+pub(crate) fn off_thread<T, F>(what: &str, f: F) -> impl Future<Output = Result<T>> + use<T, F>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    let task = tokio::task::spawn_blocking(f);
+    let what = what.to_string();
+    async move { task.await.map_err(|e| panicked(&what, e)) }
+}
+
+/// The error for a task working on `what` that panicked (a bug in tsvault).
+pub(crate) fn panicked(what: &str, e: tokio::task::JoinError) -> Error {
+    Error::Corrupt {
+        what: what.to_string(),
+        detail: format!("working on it panicked ({e}); this is a bug in tsvault"),
+    }
 }

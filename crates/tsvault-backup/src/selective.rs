@@ -9,7 +9,7 @@ use tsvault_model::Point;
 use tsvault_storage::{Engine, EngineConfig, ImportOutcome};
 
 use crate::data_dir::{Progress, restore_data_dir};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, panicked};
 use crate::manifest::BackupManifest;
 use crate::repo::Repository;
 use crate::source::ServerClient;
@@ -257,10 +257,8 @@ pub async fn restore_into_server(
     if let Some(e) = failed {
         return Err(e);
     }
-    let report = report.map_err(|e| Error::Corrupt {
-        what: format!("the restored backup {}", manifest.id),
-        detail: format!("reading it panicked ({e}); this is a bug in tsvault"),
-    })??;
+    let report =
+        report.map_err(|e| panicked(&format!("the restored backup {}", manifest.id), e))??;
     if report.samples == 0 {
         return Err(Error::Invalid(format!(
             "nothing in backup {} matches the metric and time range given",

@@ -383,7 +383,7 @@ fn sample_digests(path: &Path, name: &str) -> Result<Vec<SeriesDigest>> {
         acc.get_mut(key).expect("inserted above")
     }
     let mut acc: BTreeMap<String, Acc> = BTreeMap::new();
-    if name.ends_with(".seg") {
+    if is_segment_file(name) {
         // A block holds one series: its samples are hashed as one run, with no copy into
         // the series' pending bytes (the same bytes reach the hasher either way).
         let seg = Segment::open(path, 0, None)?;

@@ -211,13 +211,10 @@ pub struct RestoreArgs {
 /// A pack size: bytes, or a number of KiB or MiB (`512KiB`, `4MiB`; `K` and `M` too), at
 /// most 8 MiB.
 fn parse_cipher(text: &str) -> Result<Cipher, String> {
-    match text {
-        "aes-256-gcm" => Ok(Cipher::Aes256Gcm),
-        "chacha20-poly1305" => Ok(Cipher::ChaCha20Poly1305),
-        other => Err(format!(
-            "unknown cipher {other:?}: aes-256-gcm or chacha20-poly1305"
-        )),
-    }
+    Cipher::from_id(text).ok_or_else(|| {
+        let ids: Vec<_> = Cipher::ALL.iter().map(|c| c.id()).collect();
+        format!("unknown cipher {text:?}: {}", ids.join(" or "))
+    })
 }
 
 fn parse_pack_size(text: &str) -> Result<u64, String> {
