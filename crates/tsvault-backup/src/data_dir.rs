@@ -1785,6 +1785,7 @@ fn compare_digests(recorded: &[SeriesDigest], found: &[SeriesDigest]) -> Vec<Str
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tsvault_storage::DigestHash;
 
     #[test]
     fn backup_ids_sort_by_time_and_name_the_utc_date() {
@@ -1805,7 +1806,7 @@ mod tests {
             samples: 1,
             min_ts_ms: 0,
             max_ts_ms: 0,
-            hash: String::new(),
+            hash: DigestHash::xxh3_128(0),
         };
         let mut index = SeriesIndex::default();
         index.add(&[d("a"), d("b")]);
@@ -1945,20 +1946,21 @@ mod tests {
 
     #[test]
     fn digest_differences_are_named_by_series() {
-        let d = |series: &str, samples, hash: &str| SeriesDigest {
+        let d = |series: &str, samples, hash: u128| SeriesDigest {
             series: series.into(),
             samples,
             min_ts_ms: 0,
             max_ts_ms: 9,
-            hash: hash.into(),
+            hash: DigestHash::xxh3_128(hash),
         };
-        let recorded = vec![d("a", 3, "x"), d("b", 2, "y"), d("c", 1, "z")];
+        let recorded = vec![d("a", 3, 1), d("b", 2, 2), d("c", 1, 3)];
         assert!(compare_digests(&recorded, &recorded).is_empty());
-        let found = vec![d("a", 3, "x"), d("b", 2, "q"), d("e", 1, "z")];
+        let found = vec![d("a", 3, 1), d("b", 2, 0xff), d("e", 1, 3)];
         let diff = compare_digests(&recorded, &found);
         assert_eq!(diff.len(), 3, "{diff:?}");
         assert!(
-            diff[0].starts_with("series b: recorded 2 samples"),
+            diff[0].starts_with("series b: recorded 2 samples")
+                && diff[0].ends_with(&format!("(hash {:032x})", 0xff)),
             "{diff:?}"
         );
         assert_eq!(diff[1], "series c is missing from the restored file");

@@ -8,7 +8,7 @@
 
 use serde::Deserialize;
 use tsvault_storage::bytes::{Reader, put_ivarint, put_uvarint};
-use tsvault_storage::{DigestBasis, SeriesDigest};
+use tsvault_storage::{DigestBasis, DigestHash, SeriesDigest};
 
 const MAGIC: &[u8; 8] = b"TSVDIGB1";
 
@@ -31,8 +31,8 @@ fn basis_of(code: u8) -> Option<DigestBasis> {
     .find(|b| basis_code(*b).0 == code)
 }
 
-/// The binary form of a file's digests on `basis`. A hash that is not hex of its basis's
-/// length (digests a server sent) is an error naming the series.
+/// The binary form of a file's digests on `basis`. A hash that is not of its basis's length
+/// (digests a server sent) is an error naming the series.
 pub(crate) fn encode(basis: DigestBasis, digests: &[SeriesDigest]) -> Result<Vec<u8>, String> {
     let (code, hash_len) = basis_code(basis);
     let mut out = Vec::with_capacity(16 + digests.len() * (48 + hash_len));
@@ -49,16 +49,17 @@ pub(crate) fn encode(basis: DigestBasis, digests: &[SeriesDigest]) -> Result<Vec
         put_uvarint(&mut out, d.samples);
         put_ivarint(&mut out, d.min_ts_ms);
         put_ivarint(&mut out, d.max_ts_ms.wrapping_sub(d.min_ts_ms));
-        let mut hash = [0u8; 32];
-        hex::decode_to_slice(&d.hash, &mut hash[..hash_len]).map_err(|_| {
-            format!(
-                "series {}: hash {:?} is not {} hex digits",
+        let hash = d.hash.as_bytes();
+        if hash.len() != hash_len {
+            return Err(format!(
+                "series {}: hash {} is {} bytes, not the {hash_len} of a {} digest",
                 d.series,
                 d.hash,
-                hash_len * 2
-            )
-        })?;
-        out.extend_from_slice(&hash[..hash_len]);
+                hash.len(),
+                basis.as_str()
+            ));
+        }
+        out.extend_from_slice(hash);
         previous = key;
     }
     Ok(out)
@@ -125,7 +126,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<(DigestBasis, Vec<SeriesDigest>), S
             samples,
             min_ts_ms,
             max_ts_ms: min_ts_ms.wrapping_add(span),
-            hash: hex::encode(hash),
+            hash: DigestHash::from_bytes(hash).expect("16 or 32 bytes, by the basis"),
         });
     }
     if !r.is_empty() {
@@ -149,13 +150,14 @@ mod tests {
         series: &'a [SeriesDigest],
     }
 
+    /// A digest whose hash is the bytes that hex `hash` spells.
     fn d(series: &str, samples: u64, min: i64, max: i64, hash: String) -> SeriesDigest {
         SeriesDigest {
             series: series.into(),
             samples,
             min_ts_ms: min,
             max_ts_ms: max,
-            hash,
+            hash: DigestHash::from_bytes(&hex::decode(hash).unwrap()).unwrap(),
         }
     }
 
@@ -205,14 +207,36 @@ mod tests {
 
     #[test]
     fn hashes_that_are_not_hex_of_the_basis_length_are_refused() {
+        // A hash of the other basis's length is not stored.
         for (basis, hash) in [
             (DigestBasis::BlocksXxh3, "ab".repeat(32)),
             (DigestBasis::Samples, "ab".repeat(16)),
-            (DigestBasis::Blocks, "zz".repeat(32)),
-            (DigestBasis::Blocks, "ab".repeat(31) + "a"),
+            (DigestBasis::Blocks, "ab".repeat(16)),
         ] {
             let err = encode(basis, &[d("cpu{host=a}", 1, 0, 0, hash)]).unwrap_err();
-            assert!(err.starts_with("series cpu{host=a}: hash"), "{err}");
+            assert!(err.starts_with("series cpu{host=a}: hash abab"), "{err}");
+            assert!(err.contains(basis.as_str()), "{err}");
+        }
+        // Nor is one that is not hex of either length read (digests a server sent as JSON).
+        let good = serde_json::to_value(d("m", 1, 0, 0, "ab".repeat(16))).unwrap();
+        assert_eq!(good["blake3"], "ab".repeat(16));
+        assert!(serde_json::from_value::<SeriesDigest>(good.clone()).is_ok());
+        for hash in [
+            "zz".repeat(32),
+            "ab".repeat(31) + "a",
+            "ab".repeat(20),
+            "ab".repeat(33),
+            String::new(),
+        ] {
+            let mut json = good.clone();
+            json["blake3"] = hash.clone().into();
+            let err = serde_json::from_value::<SeriesDigest>(json)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!("hash {hash:?} is not 32 or 64 hex digits")),
+                "{err}"
+            );
         }
     }
 

@@ -93,6 +93,53 @@ fn check_name(what: &'static str, name: &str) -> Result<(), KeyError> {
     Ok(())
 }
 
+/// Whether `s` is a canonical key that passes every check of [`SeriesKey::from_canonical`],
+/// in one pass over its bytes (a key is checked for each series of every segment opened or
+/// backed up; splitting it into names and checking each cost several times more). Exact for
+/// UTF-8: an ASCII control character is one byte, and the bytes of other characters are all
+/// 0x80 or above.
+fn is_canonical(s: &[u8]) -> bool {
+    let (tag_sep, kv_sep) = (TAG_SEP as u8, KV_SEP as u8);
+    let mut name_start = 0;
+    let mut in_metric = true;
+    let mut tags = 0;
+    // The key of the tag being read (once its separator is seen), and the tag before's.
+    let mut key: Option<&[u8]> = None;
+    let mut prev_key: Option<&[u8]> = None;
+    for i in 0..=s.len() {
+        // The end of the key ends its last name as a tag separator would.
+        let b = s.get(i).copied().unwrap_or(tag_sep);
+        if b >= 0x20 && b != 0x7f {
+            continue;
+        }
+        let name = &s[name_start..i];
+        if name.is_empty() || name.len() > LIMITS.name_bytes_max {
+            return false;
+        }
+        if b == tag_sep {
+            if in_metric {
+                in_metric = false;
+            } else {
+                // A tag ends: it had a key, after the tag before's in byte order.
+                let Some(k) = key.take() else {
+                    return false;
+                };
+                if prev_key.is_some_and(|p| p >= k) || tags == LIMITS.tags_max {
+                    return false;
+                }
+                tags += 1;
+                prev_key = Some(k);
+            }
+        } else if b == kv_sep && !in_metric && key.is_none() {
+            key = Some(name);
+        } else {
+            return false;
+        }
+        name_start = i + 1;
+    }
+    true
+}
+
 /// A validated, sorted tag set in canonical encoding, built once and shared by every metric
 /// of one input line (a line protocol line with ten fields yields ten series keys).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
@@ -187,6 +234,15 @@ impl SeriesKey {
     /// on the path of every segment open and backup): the rules of [`SeriesKey::new`], and tag
     /// keys strictly ascending, which is what `new`'s sort would leave unchanged.
     pub fn from_canonical(s: &str) -> Result<Self, KeyError> {
+        if is_canonical(s.as_bytes()) {
+            return Ok(SeriesKey(s.into()));
+        }
+        Self::canonical_error(s)
+    }
+
+    /// [`SeriesKey::from_canonical`] rule by rule, for the error that names what `s` breaks
+    /// ([`is_canonical`] only says whether it breaks any).
+    fn canonical_error(s: &str) -> Result<Self, KeyError> {
         let mut parts = s.split(TAG_SEP);
         let metric = parts.next().ok_or(KeyError::Malformed)?;
         if metric.is_empty() {
@@ -361,6 +417,66 @@ mod tests {
                 built,
                 "{canonical:?}"
             );
+        }
+    }
+
+    #[test]
+    fn the_one_pass_check_agrees_with_the_rules_on_every_short_string() {
+        // Every string up to a length from an alphabet: the one-pass check accepts exactly
+        // what the rule-by-rule one accepts. Returns how many it accepted.
+        fn agree_on_all(alphabet: &[char], max_len: u32) -> usize {
+            let mut strings = vec![String::new()];
+            let (mut accepted, mut checked) = (0, 0);
+            for _ in 0..max_len {
+                let mut longer = Vec::with_capacity(strings.len() * alphabet.len());
+                for s in &strings {
+                    for &c in alphabet {
+                        let mut t = s.clone();
+                        t.push(c);
+                        let rules = SeriesKey::canonical_error(&t).is_ok();
+                        assert_eq!(is_canonical(t.as_bytes()), rules, "{t:?}");
+                        accepted += usize::from(rules);
+                        checked += 1;
+                        longer.push(t);
+                    }
+                }
+                strings = longer;
+            }
+            let n = alphabet.len();
+            assert_eq!(checked, (1..=max_len).map(|l| n.pow(l)).sum::<usize>());
+            accepted
+        }
+        // Name characters (one of them two bytes long), both separators and two other
+        // control characters, up to a metric and one tag of one character each and more.
+        let rich = agree_on_all(&['a', 'b', 'é', TAG_SEP, KV_SEP, '\n', '\u{7f}'], 6);
+        assert!(rich > 100, "{rich}");
+        // Up to a metric and two tags, in order, out of order and repeated.
+        let two_tags = agree_on_all(&['a', 'b', TAG_SEP, KV_SEP], 9);
+        assert!(is_canonical("a\x1fa\x1eb\x1fb\x1ea".as_bytes()));
+        assert!(!is_canonical("a\x1fb\x1eb\x1fa\x1ea".as_bytes()));
+        assert!(!is_canonical("a\x1fa\x1eb\x1fa\x1ea".as_bytes()));
+        assert!(two_tags > rich, "{two_tags}");
+        // The limits, at and one past each.
+        let at = "x".repeat(LIMITS.name_bytes_max);
+        for (key, ok) in [
+            (at.clone(), true),
+            (format!("{at}x"), false),
+            (format!("m\x1fk\x1e{at}"), true),
+            (format!("m\x1fk\x1e{at}x"), false),
+            (format!("m\x1f{at}x\x1ev"), false),
+        ] {
+            assert_eq!(is_canonical(key.as_bytes()), ok, "{}", key.len());
+            assert_eq!(SeriesKey::canonical_error(&key).is_ok(), ok);
+        }
+        let tags = |n: usize| {
+            (0..n)
+                .map(|i| format!("\x1fk{i:04}\x1ev"))
+                .collect::<String>()
+        };
+        for (n, ok) in [(LIMITS.tags_max, true), (LIMITS.tags_max + 1, false)] {
+            let key = format!("m{}", tags(n));
+            assert_eq!(is_canonical(key.as_bytes()), ok, "{n} tags");
+            assert_eq!(SeriesKey::canonical_error(&key).is_ok(), ok);
         }
     }
 

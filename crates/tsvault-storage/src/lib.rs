@@ -32,7 +32,7 @@ pub use error::{Error, Result};
 pub use manifest::Manifest;
 pub use segment::SegmentInfo;
 pub use snapshot::{
-    DigestBasis, SNAPSHOTS_DIR, SeriesDigest, SnapshotFile, SnapshotInfo, file_digests,
+    DigestBasis, DigestHash, SNAPSHOTS_DIR, SeriesDigest, SnapshotFile, SnapshotInfo, file_digests,
     is_segment_file, is_snapshot_id, segment_digests,
 };
 pub use wal::wal_files;
