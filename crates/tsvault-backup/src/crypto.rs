@@ -107,6 +107,40 @@ impl Compression {
     }
 }
 
+/// Appends `plaintext` compressed at zstd `level` to `out` (a body's header so far): written
+/// in place, where compressing into a buffer of its own cost a copy of every compressed byte
+/// into the body, and fresh pages for that buffer. The frame records its content size (what
+/// opening a body sizes its output by).
+fn compress_after(
+    out: &mut Vec<u8>,
+    plaintext: &[u8],
+    level: i32,
+) -> std::result::Result<(), String> {
+    use zstd::zstd_safe::{self, CCtx, CParameter, InBuffer, OutBuffer};
+    let failed = |code| zstd_safe::get_error_name(code).to_string();
+    // Room for the worst case and a trailer (a tag or a checksum): one call ends the frame.
+    out.reserve_exact(zstd_safe::compress_bound(plaintext.len()) + 32);
+    let mut cctx = CCtx::try_create().ok_or("zstd could not allocate a context")?;
+    cctx.set_parameter(CParameter::CompressionLevel(level))
+        .map_err(failed)?;
+    cctx.set_pledged_src_size(Some(plaintext.len() as u64))
+        .map_err(failed)?;
+    let start = out.len();
+    let mut output = OutBuffer::around_pos(out, start);
+    let mut input = InBuffer::around(plaintext);
+    let left = cctx
+        .compress_stream2(
+            &mut output,
+            &mut input,
+            zstd_safe::zstd_sys::ZSTD_EndDirective::ZSTD_e_end,
+        )
+        .map_err(failed)?;
+    if left != 0 || input.pos() != plaintext.len() {
+        return Err("the frame did not fit the room zstd said it needs".into());
+    }
+    Ok(())
+}
+
 /// How the master key is kept in the repository's `config`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct KeyWrap {
@@ -219,21 +253,25 @@ impl Keys {
 
     /// Compresses and (in an encrypted repository) seals `plaintext`, bound to `name`.
     pub fn seal(&self, name: &str, plaintext: &[u8], compression: Compression) -> Result<Vec<u8>> {
-        let compressed = zstd::bulk::compress(plaintext, compression.zstd_level())
-            .map_err(|e| Error::Config(format!("cannot compress {name}: {e}")))?;
+        let compress = |out: &mut Vec<u8>| {
+            compress_after(out, plaintext, compression.zstd_level())
+                .map_err(|e| Error::Config(format!("cannot compress {name}: {e}")))
+        };
         let Some((cipher, aead)) = &self.aead else {
-            let mut out = Vec::with_capacity(compressed.len() + 1 + 32);
+            let mut out = Vec::new();
             out.push(BODY_PLAIN_CHECKED);
-            out.extend_from_slice(&compressed);
-            out.extend_from_slice(self.plain_check(name, &compressed).as_bytes());
+            compress(&mut out)?;
+            let check = self.plain_check(name, &out[1..]);
+            out.extend_from_slice(check.as_bytes());
             return Ok(out);
         };
         let mut nonce = [0u8; NONCE_BYTES];
         rand::rng().fill_bytes(&mut nonce);
-        let mut out = Vec::with_capacity(1 + NONCE_BYTES + compressed.len() + TAG_BYTES);
+        let mut out = Vec::new();
         out.push(cipher.body_format());
         out.extend_from_slice(&nonce);
-        out.extend_from_slice(&compressed);
+        compress(&mut out)?;
+        out.reserve_exact(TAG_BYTES);
         let tag = aead
             .seal_in_place_separate_tag(
                 Nonce::assume_unique_for_key(nonce),
@@ -372,6 +410,53 @@ mod tests {
                 flipped[i] ^= 0x10;
                 let err = keys.open("blob x", &flipped, 1 << 20).unwrap_err();
                 assert!(err.to_string().contains("fails authentication"), "{i}");
+            }
+        }
+    }
+
+    /// Every kind of body, at each compression, of bytes empty, tiny, incompressible and
+    /// compressible: opens to its plaintext, and its zstd frame (readable in an unencrypted
+    /// body; every kind is compressed alike) records the plaintext's size (what opening
+    /// sizes its output by).
+    #[test]
+    fn bodies_hold_one_whole_frame_that_records_its_size() {
+        use rand::Rng;
+        let master = [3u8; 32];
+        let kinds = [
+            (Keys::plain([5; 32]), 1),
+            (
+                Keys::from_master(&master, Cipher::Aes256Gcm),
+                1 + NONCE_BYTES,
+            ),
+            (
+                Keys::from_master(&master, Cipher::ChaCha20Poly1305),
+                1 + NONCE_BYTES,
+            ),
+        ];
+        let mut random = vec![0u8; 300_000];
+        rand::rng().fill(&mut random[..]);
+        let texts = [
+            Vec::new(),
+            b"x".to_vec(),
+            random,
+            b"cpu_usage,host=a 1 2 3\n".repeat(50_000),
+        ];
+        for (keys, header) in &kinds {
+            for compression in [Compression::Default, Compression::Fast] {
+                for text in &texts {
+                    let body = keys.seal("blob z", text, compression).unwrap();
+                    if body[0] == BODY_PLAIN_CHECKED {
+                        assert_eq!(
+                            zstd::zstd_safe::get_frame_content_size(&body[*header..]).ok(),
+                            Some(Some(text.len() as u64)),
+                            "{} bytes",
+                            text.len()
+                        );
+                    }
+                    let bound = zstd::zstd_safe::compress_bound(text.len());
+                    assert!(body.len() <= header + bound + 32, "{}", body.len());
+                    assert_eq!(&keys.open("blob z", &body, text.len()).unwrap(), text);
+                }
             }
         }
     }

@@ -373,8 +373,13 @@ async fn write_backup(
 /// encryption use several cores, and their uploads overlap. Memory: this many chunks.
 const BLOBS_IN_FLIGHT: usize = 4;
 
-/// Files a backup works on at once; in a restore, packed files being written at once.
-const FILES_IN_FLIGHT: usize = 4;
+/// Files a backup works on at once. Each waits on the source (a request to the server) and
+/// then on the blocking pool (its digests), so more than there are cores: with 4, a backup
+/// of 120 segments (50 hosts x a month, 37 MB) took 9% longer than with 8.
+const FILES_IN_FLIGHT: usize = 8;
+
+/// Packed files a restore writes at once.
+const RESTORE_FILES_IN_FLIGHT: usize = 4;
 
 /// Files smaller than this are stored in packs (FORMAT.md): one object for many small files
 /// and one for their digests, instead of two per file. Larger files are cut into blobs of
@@ -394,8 +399,9 @@ const PACK_MAGIC: &[u8; 8] = b"TSVPACK1";
 /// What the plaintext of a pack's digests starts with.
 const DIGEST_PACK_MAGIC: &[u8; 8] = b"TSVDIGP1";
 
-/// Packs being stored at once while the next files are read (memory: this many packs).
-const PACKS_IN_FLIGHT: usize = 2;
+/// Packs being stored at once while the next files are read (memory: this many packs, of
+/// at most [`PACK_BYTES_MAX`]). Reading stops while this many are being stored.
+const PACKS_IN_FLIGHT: usize = 4;
 
 /// The small files of a backup, gathered into packs in file order.
 struct Packer {
@@ -1276,7 +1282,7 @@ pub async fn restore_data_dir(
                 let what = format!("file {} of backup {}", entry.path, manifest.id);
                 let write = packed_file(repo, &manifest.id, entry, packed, dst, &mut packs).await?;
                 writing.push_back((entry.size, off_thread(&what, write)));
-                if writing.len() > FILES_IN_FLIGHT {
+                if writing.len() > RESTORE_FILES_IN_FLIGHT {
                     let (size, written) = writing.pop_front().expect("not empty");
                     written.await??;
                     progress.advance(size);
