@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::crypto::{Cipher, Compression, KeyWrap, Keys};
 use crate::data_dir::sync_dir;
 use crate::direct_write::write_new_durable;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, off_thread};
 use crate::locks::{LockInfo, LockKind};
 use crate::manifest::BackupManifest;
 
@@ -107,6 +107,24 @@ pub(crate) struct LocalDir {
 }
 
 impl LocalDir {
+    /// Makes `data/` and its 256 prefix directories (`00` to `ff`), as `restic init` does: a
+    /// repository's first backup would otherwise make each as its first blob arrives, with
+    /// an fsync of `data/` each time. A blob still makes its directory if it is missing (in
+    /// repositories made before this, or in one whose init was cut short).
+    fn make_blob_dirs(&self) -> Result<()> {
+        let data = self.root.join("data");
+        create_dirs_durable(&self.root, &data)?;
+        for prefix in 0..=u8::MAX {
+            let dir = data.join(format!("{prefix:02x}"));
+            match std::fs::create_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(Error::io("create directory", &dir)(e)),
+            }
+        }
+        sync_dir(&data)
+    }
+
     /// Fsyncs every directory that received an object since it was last fsynced.
     fn sync_placed(&self) -> Result<()> {
         let dirs: Vec<PathBuf> = self
@@ -346,6 +364,13 @@ impl Repository {
                 "{} already holds a repository (its config exists)",
                 opts.url
             )));
+        }
+        if let Some(local) = &local {
+            let local = local.clone();
+            off_thread("the repository's data directories", move || {
+                local.make_blob_dirs()
+            })
+            .await??;
         }
         Ok(Repository {
             store,
@@ -753,6 +778,34 @@ mod tests {
         assert!(!put_local(&local, "backups/x", b"other", true).unwrap());
         assert_eq!(std::fs::read(root.join("backups/x")).unwrap(), b"manifest");
         assert_eq!(staged(root), 0, "no staging file is left behind");
+    }
+
+    /// A local repository is made with its blob directories; one without them (made
+    /// before, or its init cut short) still takes blobs.
+    #[tokio::test]
+    async fn init_makes_the_blob_directories_and_blobs_make_a_missing_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = RepoOptions {
+            url: dir.path().display().to_string(),
+            ..Default::default()
+        };
+        let repo = Repository::init(&opts, None).await.unwrap();
+        let data = dir.path().join("data");
+        let mut made: Vec<String> = std::fs::read_dir(&data)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        made.sort();
+        let expected: Vec<String> = (0..=255u8).map(|p| format!("{p:02x}")).collect();
+        assert_eq!(made, expected);
+        std::fs::remove_dir_all(&data).unwrap();
+        let (id, uploaded) = repo
+            .put_blob(b"a blob".to_vec(), Compression::Default)
+            .await
+            .unwrap();
+        assert!(uploaded > 0);
+        assert!(data.join(&id[..2]).join(&id).is_file());
+        assert_eq!(repo.get_blob(&id).await.unwrap(), b"a blob");
     }
 
     /// Also a prune of a repository that has no backup yet (no `backups/` to fsync).
