@@ -106,13 +106,14 @@ fn is_canonical(s: &[u8]) -> bool {
     // The key of the tag being read (once its separator is seen), and the tag before's.
     let mut key: Option<&[u8]> = None;
     let mut prev_key: Option<&[u8]> = None;
-    for i in 0..=s.len() {
-        // The end of the key ends its last name as a tag separator would.
-        let b = s.get(i).copied().unwrap_or(tag_sep);
-        if b >= 0x20 && b != 0x7f {
-            continue;
-        }
-        let name = &s[name_start..i];
+    loop {
+        // A name ends at a control byte (a separator, or a byte no name may hold), or where
+        // the key ends, which ends its last name as a tag separator would.
+        let (end, b) = match next_control(s, name_start) {
+            Some(i) => (i, s[i]),
+            None => (s.len(), tag_sep),
+        };
+        let name = &s[name_start..end];
         if name.is_empty() || name.len() > LIMITS.name_bytes_max {
             return false;
         }
@@ -135,9 +136,39 @@ fn is_canonical(s: &[u8]) -> bool {
         } else {
             return false;
         }
-        name_start = i + 1;
+        if end == s.len() {
+            return true;
+        }
+        name_start = end + 1;
     }
-    true
+}
+
+/// The position of the first ASCII control byte (below 0x20, or 0x7f) of `s` at or after
+/// `from`, eight bytes at a time: names are a few bytes to a few dozen, and a byte at a time
+/// this was most of the cost of checking a key.
+fn next_control(s: &[u8], from: usize) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let mut i = from;
+    while let Some(word) = s.get(i..i + 8) {
+        let x = u64::from_le_bytes(word.try_into().expect("eight bytes"));
+        // A byte's high bit is set where it is below 0x20 (subtracting 0x20 borrows, and
+        // its own high bit is clear), or where it equals 0x7f (its xor with 0x7f is zero).
+        // A borrow can mark bytes after a true one too, never one before: the lowest mark
+        // (the first byte, little-endian) is exact.
+        let below = x.wrapping_sub(ONES * 0x20) & !x & HIGHS;
+        let y = x ^ (ONES * 0x7f);
+        let del = y.wrapping_sub(ONES) & !y & HIGHS;
+        let marks = below | del;
+        if marks != 0 {
+            return Some(i + (marks.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    s[i..]
+        .iter()
+        .position(|&b| b < 0x20 || b == 0x7f)
+        .map(|p| i + p)
 }
 
 /// A validated, sorted tag set in canonical encoding, built once and shared by every metric
@@ -478,6 +509,28 @@ mod tests {
             assert_eq!(is_canonical(key.as_bytes()), ok, "{n} tags");
             assert_eq!(SeriesKey::canonical_error(&key).is_ok(), ok);
         }
+    }
+
+    #[test]
+    fn the_next_control_byte_is_found_at_every_position_of_every_word() {
+        // One byte of each kind (controls, their neighbours, bytes of other characters) at
+        // every position of strings up to five words long, searched from every position.
+        let kinds = [0x00, 0x1e, 0x1f, 0x0a, 0x7f, 0x20, 0x21, 0x7e, 0x80, 0xff];
+        for len in 0..41 {
+            for at in 0..len {
+                for kind in kinds {
+                    let mut s = vec![b'a'; len];
+                    s[at] = kind;
+                    for from in 0..=len {
+                        let naive = (from..len).find(|&i| s[i] < 0x20 || s[i] == 0x7f);
+                        assert_eq!(next_control(&s, from), naive, "{len} {at} {kind:#x} {from}");
+                    }
+                }
+            }
+        }
+        // Two controls in one word: the first is found.
+        assert_eq!(next_control(b"ab\x7fc\x1fdefgh", 0), Some(2));
+        assert_eq!(next_control(b"abcdefg\x01\x00", 0), Some(7));
     }
 
     #[test]
