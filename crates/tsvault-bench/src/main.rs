@@ -88,9 +88,9 @@ struct Args {
     /// Skip the backup and restore figures.
     #[arg(long)]
     no_backup: bool,
-    /// Rounds of full backups and of restores, the systems alternating within each round,
-    /// each into a new destination; the figure is the median (the machine is shared and
-    /// noisy, and a system run alone right after another's heavy work pays for it).
+    /// Rounds of full backups and of restores, each round's commands started from the next
+    /// one in turn, each into a new destination; the figure is the median (the machine is
+    /// shared and noisy, and a command run right after another's heavy work pays for it).
     #[arg(long, default_value_t = 3)]
     backup_rounds: usize,
     /// Which peers to run beside tsvault (for profiling one comparison; the published table
@@ -584,6 +584,30 @@ fn tools<'a>(
     )
 }
 
+/// A timed command of a round.
+type Timed<'a> = Box<dyn FnMut() -> anyhow::Result<std::time::Duration> + 'a>;
+
+/// Runs a round's four timed commands, starting with the `round`-th (mod 4) so that none is
+/// always first or always after the same other (a command can pay for what the one before
+/// it left behind, such as pages to write back), adds each time to its list in `times`,
+/// and prints them.
+fn timed_round(
+    round: usize,
+    names: [&str; 4],
+    mut steps: [Timed<'_>; 4],
+    times: &mut [Vec<f64>; 4],
+) -> anyhow::Result<()> {
+    let mut took = Vec::new();
+    for k in 0..4 {
+        let i = (round + k) % 4;
+        let t = steps[i]()?.as_secs_f64();
+        times[i].push(t);
+        took.push(format!("{} {t:.3} s", names[i]));
+    }
+    say!("  in this order: {}", took.join(", "));
+    Ok(())
+}
+
 /// Full backup, incremental after 1% more data, and full restore, for each system's tool.
 /// Fulls and restores are timed in `rounds` rounds (median); the incremental follows the
 /// last round's fulls. Restores are checked: each restored copy of the last round is
@@ -633,7 +657,7 @@ fn backups(
     let mut times: [Vec<f64>; 4] = Default::default();
     for round in 0..rounds {
         say!(
-            "backups: full, round {} of {rounds}: tsvault (online, through the server's snapshot API), vmbackup, restic",
+            "backups: full, round {} of {rounds}: tsvault encrypted and unencrypted (online, through the server's snapshot API), vmbackup, restic",
             round + 1
         );
         let dirs = next_round(root, repos, round)?;
@@ -641,13 +665,25 @@ fn backups(
         tsv.init(true)?;
         tsv_plain.init(false)?;
         restic.init()?;
-        times[0].push(tsv.backup(&tsv_server.base)?.as_secs_f64());
-        times[1].push(tsv_plain.backup(&tsv_server.base)?.as_secs_f64());
-        times[2].push(backup::vmbackup(&vm.base, &vm.data_dir, &dirs[2])?.as_secs_f64());
         // restic backs up the same files: tsvault's data directory (the server is idle, its
         // segments immutable; restic's second run finds its first as parent and reads only
         // changed files).
-        times[3].push(restic.backup(&tsv_server.data_dir)?.as_secs_f64());
+        timed_round(
+            round,
+            [
+                "tsvault encrypted",
+                "tsvault unencrypted",
+                "vmbackup",
+                "restic",
+            ],
+            [
+                Box::new(|| tsv.backup(&tsv_server.base)),
+                Box::new(|| tsv_plain.backup(&tsv_server.base)),
+                Box::new(|| backup::vmbackup(&vm.base, &vm.data_dir, &dirs[2])),
+                Box::new(|| restic.backup(&tsv_server.data_dir)),
+            ],
+            &mut times,
+        )?;
     }
     let [t_enc, t_plain, t_vm, t_restic] = times;
     full = full.set(0, median(t_enc)).set(3, median(t_restic));
@@ -688,15 +724,27 @@ fn backups(
     let mut times: [Vec<f64>; 4] = Default::default();
     for round in 0..rounds {
         say!(
-            "restores, round {} of {rounds}: tsvault, vmrestore, restic",
+            "restores, round {} of {rounds}: tsvault encrypted and unencrypted, vmrestore, restic",
             round + 1
         );
         let [tsv_restored, tsv_plain_restored, vm_restored, restic_target] =
             next_round(root, restored, round)?;
-        times[0].push(tsv.restore(&tsv_restored)?.as_secs_f64());
-        times[1].push(tsv_plain.restore(&tsv_plain_restored)?.as_secs_f64());
-        times[2].push(backup::vmrestore(vm_dst, &vm_restored)?.as_secs_f64());
-        times[3].push(restic.restore(&restic_target)?.as_secs_f64());
+        timed_round(
+            round,
+            [
+                "tsvault encrypted",
+                "tsvault unencrypted",
+                "vmrestore",
+                "restic",
+            ],
+            [
+                Box::new(|| tsv.restore(&tsv_restored)),
+                Box::new(|| tsv_plain.restore(&tsv_plain_restored)),
+                Box::new(|| backup::vmrestore(vm_dst, &vm_restored)),
+                Box::new(|| restic.restore(&restic_target)),
+            ],
+            &mut times,
+        )?;
     }
     let [t_enc, t_plain, t_vm, t_restic] = times;
     restore = restore.set(0, median(t_enc)).set(3, median(t_restic));
@@ -740,7 +788,7 @@ fn backups(
         num(&restore_plain, 1) / num(&restore_plain, 0),
     ));
     notes.push(format!(
-        "Backups: fulls and restores timed in {rounds} rounds, the systems alternating within each, each round into new destinations, the median shown; the incrementals follow the last round's fulls. tsvault online with `tsvault backup create --server` (snapshot through its admin API, files pulled over HTTP into a local directory repository, once encrypted (Argon2id key derivation at each run, about 0.16 s here) and once not; the incremental is the default type of the second run) and `tsvault restore --data-dir`; VictoriaMetrics with vmbackup/vmrestore (fs:// destination, snapshot through its API); restic over tsvault's own data directory, the same files (encrypted, its default compression; its second run is its incremental). Each restored copy was started and holds all {total} samples."
+        "Backups: fulls and restores timed in {rounds} rounds, the four commands of each round started from the next one in turn (each round printed as it ends), each round into new destinations, the median shown; the incrementals follow the last round's fulls. tsvault online with `tsvault backup create --server` (snapshot through its admin API, files pulled over HTTP into a local directory repository, once encrypted (Argon2id key derivation at each run, about 0.16 s here) and once not; the incremental is the default type of the second run) and `tsvault restore --data-dir`; VictoriaMetrics with vmbackup/vmrestore (fs:// destination, snapshot through its API); restic over tsvault's own data directory, the same files (encrypted, its default compression; its second run is its incremental). Each restored copy was started and holds all {total} samples."
     ));
     Ok(vec![
         full,
