@@ -1318,11 +1318,33 @@ pub async fn restore_data_dir(
         .map(|f| target.join(&f.path))
         .collect();
     off_thread("the restored files", move || sync_files(&files)).await??;
+    if resuming {
+        remove_leftovers(target)?;
+    }
     sync_tree(target)?;
     // Done: without the marker, the directory is a data directory again.
     fs::remove_file(&marker).map_err(Error::io("remove", &marker))?;
     sync_dir(target)?;
     Ok(manifest)
+}
+
+/// Removes what an interrupted restore left under `target` of files it was writing: every
+/// file whose name ends with [`RESTORING_SUFFIX`], which a manifest may not name. This
+/// version appends it (`x.seg.restoring`); versions before `16f5c8f` put it in place of the
+/// extension (`x.restoring`), names this one never writes over, so a restore they started
+/// and this one finished would otherwise keep them. The caller fsyncs the directories.
+fn remove_leftovers(dir: &Path) -> Result<()> {
+    for e in fs::read_dir(dir).map_err(Error::io("list", dir))? {
+        let e = e.map_err(Error::io("list", dir))?;
+        let path = e.path();
+        let kind = e.file_type().map_err(Error::io("stat", &path))?;
+        if kind.is_dir() {
+            remove_leftovers(&path)?;
+        } else if e.file_name().to_string_lossy().ends_with(RESTORING_SUFFIX) {
+            fs::remove_file(&path).map_err(Error::io("remove", &path))?;
+        }
+    }
+    Ok(())
 }
 
 /// Whether `path` exists with exactly `entry`'s size and BLAKE3.

@@ -145,10 +145,31 @@ async fn a_resumed_restore_rewrites_files_a_power_cut_left_torn() {
         let wal = std::fs::read(wals[0]).unwrap();
         std::fs::write(wals[0], &wal[..wal.len() / 2]).unwrap();
         std::fs::write(dst.join("MANIFEST"), b"").unwrap();
+        // And what a run killed while writing leaves: a file under this version's
+        // temporary name, and one under the name versions before 16f5c8f used.
+        let leftovers = [
+            segs[0].with_extension("seg.restoring"),
+            wals[0].with_extension("restoring"),
+        ];
+        for l in &leftovers {
+            std::fs::write(l, b"half a file").unwrap();
+        }
         restore_data_dir(&repo, Some(&b.id), &dst, &NoProgress)
             .await
             .unwrap();
         assert!(!dst.join(tsvault_storage::RESTORE_MARKER).exists());
+        for l in &leftovers {
+            assert!(!l.exists(), "{} was left", l.display());
+        }
+        // Nothing but the backup's files is there.
+        let mut left: Vec<String> = files(&dst)
+            .iter()
+            .map(|p| p.strip_prefix(&dst).unwrap().display().to_string())
+            .collect();
+        left.sort();
+        let mut backed_up: Vec<String> = b.files.iter().map(|f| f.path.clone()).collect();
+        backed_up.sort();
+        assert_eq!(left, backed_up);
         for f in &b.files {
             let got = std::fs::read(dst.join(&f.path)).unwrap();
             assert_eq!(
