@@ -1317,34 +1317,18 @@ pub async fn restore_data_dir(
         .iter()
         .map(|f| target.join(&f.path))
         .collect();
-    off_thread("the restored files", move || sync_files(&files)).await??;
-    if resuming {
-        remove_leftovers(target)?;
-    }
-    sync_tree(target)?;
+    off_thread("the restored files", move || {
+        sync_at_once(&files)
+            .into_iter()
+            .next()
+            .map_or(Ok(()), |(_, e)| Err(e))
+    })
+    .await??;
+    sync_tree(target, resuming)?;
     // Done: without the marker, the directory is a data directory again.
     fs::remove_file(&marker).map_err(Error::io("remove", &marker))?;
     sync_dir(target)?;
     Ok(manifest)
-}
-
-/// Removes what an interrupted restore left under `target` of files it was writing: every
-/// file whose name ends with [`RESTORING_SUFFIX`], which a manifest may not name. This
-/// version appends it (`x.seg.restoring`); versions before `16f5c8f` put it in place of the
-/// extension (`x.restoring`), names this one never writes over, so a restore they started
-/// and this one finished would otherwise keep them. The caller fsyncs the directories.
-fn remove_leftovers(dir: &Path) -> Result<()> {
-    for e in fs::read_dir(dir).map_err(Error::io("list", dir))? {
-        let e = e.map_err(Error::io("list", dir))?;
-        let path = e.path();
-        let kind = e.file_type().map_err(Error::io("stat", &path))?;
-        if kind.is_dir() {
-            remove_leftovers(&path)?;
-        } else if e.file_name().to_string_lossy().ends_with(RESTORING_SUFFIX) {
-            fs::remove_file(&path).map_err(Error::io("remove", &path))?;
-        }
-    }
-    Ok(())
 }
 
 /// Whether `path` exists with exactly `entry`'s size and BLAKE3.
@@ -1519,40 +1503,49 @@ fn start_writeback(file: &File) {
     let _ = file;
 }
 
-/// Fsyncs `files`, several at once (their writeback overlaps).
-fn sync_files(files: &[PathBuf]) -> Result<()> {
+/// Fsyncs each of `paths` (files or directories), several at once, so that their
+/// writebacks overlap; returns those whose fsync failed, with the error. A restore's files,
+/// and the directories that received a backup's blobs, are fsynced this way.
+pub(crate) fn sync_at_once(paths: &[PathBuf]) -> Vec<(PathBuf, Error)> {
     const AT_ONCE: usize = 4;
-    let per_thread = files.len().div_ceil(AT_ONCE).max(1);
+    let failed = |some: &[PathBuf]| -> Vec<(PathBuf, Error)> {
+        some.iter()
+            .filter_map(|p| sync_dir(p).err().map(|e| (p.clone(), e)))
+            .collect()
+    };
+    if paths.len() <= 1 {
+        return failed(paths);
+    }
     std::thread::scope(|scope| {
-        let threads: Vec<_> = files
-            .chunks(per_thread)
-            .map(|chunk| {
-                scope.spawn(move || {
-                    chunk.iter().try_for_each(|p| {
-                        File::open(p)
-                            .and_then(|f| f.sync_all())
-                            .map_err(Error::io("fsync", p))
-                    })
-                })
-            })
+        let threads: Vec<_> = paths
+            .chunks(paths.len().div_ceil(AT_ONCE))
+            .map(|some| scope.spawn(move || failed(some)))
             .collect();
         threads
             .into_iter()
-            .try_for_each(|t| t.join().expect("an fsync does not panic"))
+            .flat_map(|t| t.join().expect("an fsync does not panic"))
+            .collect()
     })
 }
 
 /// Fsyncs every directory under `dir` (and `dir`), so restored names survive power loss.
-fn sync_tree(dir: &Path) -> Result<()> {
+/// With `leftovers`, first removes in the same walk what an interrupted restore left of
+/// files it was writing: every file whose name ends with [`RESTORING_SUFFIX`], which a
+/// manifest may not name. This version appends it (`x.seg.restoring`); versions before
+/// `16f5c8f` put it in place of the extension (`x.restoring`), names this one never writes
+/// over, so a restore they started and this one finished would otherwise keep them. Each
+/// directory is fsynced after its removals, which makes them durable too.
+fn sync_tree(dir: &Path, leftovers: bool) -> Result<()> {
     for e in fs::read_dir(dir).map_err(Error::io("list", dir))? {
         let e = e.map_err(Error::io("list", dir))?;
-        if e.file_type().map_err(Error::io("stat", e.path()))?.is_dir() {
-            sync_tree(&e.path())?;
+        let path = e.path();
+        if e.file_type().map_err(Error::io("stat", &path))?.is_dir() {
+            sync_tree(&path, leftovers)?;
+        } else if leftovers && e.file_name().to_string_lossy().ends_with(RESTORING_SUFFIX) {
+            fs::remove_file(&path).map_err(Error::io("remove", &path))?;
         }
     }
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(Error::io("fsync", dir))
+    sync_dir(dir)
 }
 
 /// One problem `verify` found.

@@ -11,7 +11,7 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::{Cipher, Compression, KeyWrap, Keys};
-use crate::data_dir::sync_dir;
+use crate::data_dir::{sync_at_once, sync_dir};
 use crate::direct_write::write_new_durable;
 use crate::error::{Error, Result, off_thread};
 use crate::locks::{LockInfo, LockKind};
@@ -115,12 +115,7 @@ impl LocalDir {
         let data = self.root.join("data");
         create_dirs_durable(&self.root, &data)?;
         for prefix in 0..=u8::MAX {
-            let dir = data.join(format!("{prefix:02x}"));
-            match std::fs::create_dir(&dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(Error::io("create directory", &dir)(e)),
-            }
+            make_dir(&data.join(format!("{prefix:02x}")))?;
         }
         sync_dir(&data)
     }
@@ -130,37 +125,13 @@ impl LocalDir {
     /// one fsync after another was a serial wait of several milliseconds before each
     /// manifest. A directory whose fsync fails stays owed, for the next try.
     fn sync_placed(&self) -> Result<()> {
-        const AT_ONCE: usize = 4;
         let dirs: Vec<PathBuf> = self
             .unsynced
             .lock()
             .expect("not poisoned")
             .drain()
             .collect();
-        let failed: Vec<(PathBuf, Error)> = if dirs.len() <= 1 {
-            dirs.into_iter()
-                .filter_map(|d| sync_dir(&d).err().map(|e| (d, e)))
-                .collect()
-        } else {
-            let per_thread = dirs.len().div_ceil(AT_ONCE);
-            std::thread::scope(|scope| {
-                let threads: Vec<_> = dirs
-                    .chunks(per_thread)
-                    .map(|some| {
-                        scope.spawn(move || {
-                            some.iter()
-                                .filter_map(|d| sync_dir(d).err().map(|e| (d.clone(), e)))
-                                .collect::<Vec<_>>()
-                        })
-                    })
-                    .collect();
-                threads
-                    .into_iter()
-                    .flat_map(|t| t.join().expect("an fsync does not panic"))
-                    .collect()
-            })
-        };
-        let mut failed = failed.into_iter();
+        let mut failed = sync_at_once(&dirs).into_iter();
         let Some((dir, first)) = failed.next() else {
             return Ok(());
         };
@@ -196,9 +167,10 @@ async fn put_object(
     if let Some(root) = local {
         let root = root.clone();
         let rel = path.to_string();
-        return tokio::task::spawn_blocking(move || put_local(&root, &rel, &body, create_only))
-            .await
-            .map_err(|e| Error::Invalid(format!("writing {path} panicked: {e}")))?;
+        return off_thread(&format!("writing {path}"), move || {
+            put_local(&root, &rel, &body, create_only)
+        })
+        .await?;
     }
     let opts = PutOptions {
         mode: if create_only {
@@ -277,14 +249,19 @@ fn create_dirs_durable(root: &Path, dir: &Path) -> Result<()> {
     if parent != root {
         create_dirs_durable(root, parent)?;
     }
-    match std::fs::create_dir(dir) {
-        // Made by another writer meanwhile, who may not have fsynced its parent yet: this
-        // one's object must not count as durable before the name of its directory is.
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(Error::io("create directory", dir)(e)),
-    }
+    // Made by another writer meanwhile, who may not have fsynced its parent yet: this
+    // one's object must not count as durable before the name of its directory is.
+    make_dir(dir)?;
     sync_dir(parent)
+}
+
+/// Makes directory `dir` unless it exists (its parent must).
+fn make_dir(dir: &Path) -> Result<()> {
+    match std::fs::create_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(Error::io("create directory", dir)(e)),
+    }
 }
 
 /// A store, and the directory of a local one.

@@ -208,8 +208,8 @@ pub struct RestoreArgs {
     end: Option<i64>,
 }
 
-/// A pack size: bytes, or a number of KiB or MiB (`512KiB`, `4MiB`; `K` and `M` too), at
-/// most 8 MiB.
+/// A cipher by its id (`aes-256-gcm`, `chacha20-poly1305`); an unknown one is named with
+/// the ids there are.
 fn parse_cipher(text: &str) -> Result<Cipher, String> {
     Cipher::from_id(text).ok_or_else(|| {
         let ids: Vec<_> = Cipher::ALL.iter().map(|c| c.id()).collect();
@@ -217,6 +217,8 @@ fn parse_cipher(text: &str) -> Result<Cipher, String> {
     })
 }
 
+/// A pack size: bytes, or a number of KiB or MiB (`512KiB`, `4MiB`; `K` and `M` too), at
+/// most 8 MiB.
 fn parse_pack_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
