@@ -1838,11 +1838,7 @@ mod tests {
         assert!(err.contains("series a") && err.contains("blob-2"), "{err}");
 
         let dir = tempfile::tempdir().unwrap();
-        let opts = crate::RepoOptions {
-            url: dir.path().display().to_string(),
-            ..Default::default()
-        };
-        let repo = Repository::init(&opts, None).await.unwrap();
+        let repo = Repository::unencrypted_for_test(dir.path()).await;
         let (id, _) = repo
             .put_blob(index.encode(), Compression::Default)
             .await

@@ -158,18 +158,13 @@ impl Lock {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::repo::RepoOptions;
 
     /// The tasks of one backup share its lock: when it is due, it is rewritten once with the
     /// new time, and not again until it is due again.
     #[tokio::test]
     async fn a_shared_lock_is_refreshed_once_when_due() {
         let dir = tempfile::tempdir().unwrap();
-        let opts = RepoOptions {
-            url: dir.path().display().to_string(),
-            ..RepoOptions::default()
-        };
-        let repo = Repository::init(&opts, None).await.unwrap();
+        let repo = Repository::unencrypted_for_test(dir.path()).await;
         let lock = Lock::acquire(&repo, LockKind::Backup).await.unwrap();
         async fn stored(repo: &Repository, name: &str) -> LockInfo {
             let locks = repo.locks().await.unwrap();

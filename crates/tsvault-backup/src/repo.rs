@@ -730,6 +730,18 @@ impl Repository {
         Ok(m)
     }
 
+    /// A new unencrypted repository in directory `dir` (tests).
+    #[cfg(test)]
+    pub(crate) async fn unencrypted_for_test(dir: &Path) -> Repository {
+        let opts = RepoOptions {
+            url: dir.display().to_string(),
+            ..RepoOptions::default()
+        };
+        Repository::init(&opts, None)
+            .await
+            .expect("a repository in a new directory")
+    }
+
     /// The ids of every backup, oldest first (ids sort by time).
     pub async fn backup_ids(&self) -> Result<Vec<String>> {
         let prefix = ObjPath::from("backups");
@@ -818,11 +830,7 @@ mod tests {
     #[tokio::test]
     async fn init_makes_the_blob_directories_and_blobs_make_a_missing_one() {
         let dir = tempfile::tempdir().unwrap();
-        let opts = RepoOptions {
-            url: dir.path().display().to_string(),
-            ..Default::default()
-        };
-        let repo = Repository::init(&opts, None).await.unwrap();
+        let repo = Repository::unencrypted_for_test(dir.path()).await;
         let data = dir.path().join("data");
         let mut made: Vec<String> = std::fs::read_dir(&data)
             .unwrap()
@@ -845,11 +853,7 @@ mod tests {
     #[tokio::test]
     async fn prune_removes_staging_files_a_killed_writer_left() {
         let dir = tempfile::tempdir().unwrap();
-        let opts = RepoOptions {
-            url: dir.path().display().to_string(),
-            ..Default::default()
-        };
-        let repo = Repository::init(&opts, None).await.unwrap();
+        let repo = Repository::unencrypted_for_test(dir.path()).await;
         let staging = dir.path().join(LOCAL_STAGING);
         std::fs::create_dir_all(&staging).unwrap();
         let old = staging.join("123-0");

@@ -32,6 +32,18 @@ fn data_dir(dir: &Path) {
     e.close_without_flush();
 }
 
+/// A full backup of stopped data directory `src` into `repo`.
+async fn full_backup(repo: &Repository, src: &Path) -> tsvault_backup::BackupManifest {
+    backup_data_dir(
+        repo,
+        src,
+        Some(tsvault_backup::BackupType::Full),
+        &NoProgress,
+    )
+    .await
+    .unwrap()
+}
+
 fn all(dir: &Path) -> Vec<(SeriesKey, Vec<Sample>)> {
     let e = Engine::open(EngineConfig::new(dir)).unwrap();
     let out = e
@@ -65,14 +77,7 @@ async fn full_backup_restores_every_sample_and_dedups_a_second_run() {
     // A full backup of the same files reads them all again, and packs them as the first
     // did: it finds every pack stored.
     assert!(first.files.iter().all(|f| f.packed.is_some()), "{first:?}");
-    let third = backup_data_dir(
-        &repo,
-        &src,
-        Some(tsvault_backup::BackupType::Full),
-        &NoProgress,
-    )
-    .await
-    .unwrap();
+    let third = full_backup(&repo, &src).await;
     assert_eq!(third.read_bytes, third.logical_bytes);
     assert_eq!(third.uploaded_bytes, 0);
     assert_eq!(third.files, first.files);
@@ -266,14 +271,7 @@ async fn a_format_1_chacha20_repository_is_still_read_and_written() {
     }])
     .unwrap();
     e.close().unwrap();
-    let second = backup_data_dir(
-        &reopened,
-        &src,
-        Some(tsvault_backup::BackupType::Full),
-        &NoProgress,
-    )
-    .await
-    .unwrap();
+    let second = full_backup(&reopened, &src).await;
     assert!(second.uploaded_bytes > 0);
     for id in [&first.id, &second.id] {
         assert!(verify_backup(&reopened, id, true).await.is_empty(), "{id}");
@@ -611,14 +609,7 @@ async fn an_incremental_summarises_its_data_like_a_full_backup_of_it() {
         let inc = backup_data_dir(&chain, &src, None, &NoProgress)
             .await
             .unwrap();
-        let full = backup_data_dir(
-            &fulls,
-            &src,
-            Some(tsvault_backup::BackupType::Full),
-            &NoProgress,
-        )
-        .await
-        .unwrap();
+        let full = full_backup(&fulls, &src).await;
         assert_eq!(inc.summary, full.summary, "step {step}");
         assert_eq!(
             inc.kind,
