@@ -10,7 +10,7 @@ use futures::StreamExt;
 use futures::stream::FuturesOrdered;
 use rand::RngCore;
 use tokio::sync::Semaphore;
-use tsvault_storage::{DigestBasis, SeriesDigest};
+use tsvault_storage::{DigestBasis, SNAPSHOTS_DIR, SeriesDigest};
 
 use crate::crypto::Compression;
 use crate::digest_blob;
@@ -105,9 +105,15 @@ pub async fn backup_data_dir(
 /// backup is the image at the snapshot), pulls the snapshot's files over HTTP into the
 /// repository, and releases the snapshot (also when the backup fails). `kind` as for
 /// [`backup_data_dir`]; backups of a server are known by its URL.
+///
+/// `server_dir`: the server's data directory, when this machine sees it (a backup run on
+/// the server's machine): the snapshot's files are then read in its `snapshots/<id>/`
+/// rather than through the server, and their digests computed here. Either way each file
+/// is checked against the server's listing (size and BLAKE3), and the backup is the same.
 pub async fn backup_server(
     repo: &Repository,
     url: &str,
+    server_dir: Option<&Path>,
     kind: Option<BackupType>,
     progress: &dyn Progress,
 ) -> Result<BackupManifest> {
@@ -121,11 +127,25 @@ pub async fn backup_server(
         }
     };
     let sid = snapshot.id.clone();
-    let source = Source::Server {
-        client: client.clone(),
-        snapshot,
+    let local = server_dir.map(|d| d.join(SNAPSHOTS_DIR).join(&sid));
+    let result = match local.as_deref().filter(|l| !l.is_dir()) {
+        Some(missing) => {
+            let _ = repo_lock.release(repo).await;
+            Err(Error::Invalid(format!(
+                "--server-data-dir: the server at {} took snapshot {sid}, but {} does not exist here: give that server's data directory as this machine sees it, or leave the option out to pull the files over HTTP",
+                client.base,
+                missing.display()
+            )))
+        }
+        None => {
+            let source = Source::Server {
+                client: client.clone(),
+                snapshot,
+                local,
+            };
+            backup_locked(repo, &source, kind, progress, repo_lock).await
+        }
     };
-    let result = backup_locked(repo, &source, kind, progress, repo_lock).await;
     let released = client.release_snapshot(&sid).await;
     match (result, released) {
         (Ok(m), Ok(())) => Ok(m),
@@ -674,19 +694,33 @@ impl FileCtx<'_> {
         // its hash, not on the thread that drives the backup.
         let basis = DigestBasis::for_file(&file.path);
         let (bytes, blake3, digests, encoded) = if basis.is_blocks() {
-            let bytes = read.await?;
+            // A file on this machine is read on the blocking pool with its digests, in one
+            // hand-off; one from a server arrives on this thread.
+            let local = self.source.local_path(&file.path);
+            let fetched = match local {
+                Some(_) => {
+                    drop(read);
+                    Vec::new()
+                }
+                None => read.await?,
+            };
             let what = format!("file {} from {}", file.path, self.source_name);
             let path = PathBuf::from(&file.path);
+            let listed = file.size;
             let (bytes, digests) = off_thread(&what, move || {
+                let bytes = match local {
+                    Some(p) => read_whole(&p, listed)?,
+                    None => fetched,
+                };
                 let d = tsvault_storage::segment_digests(&path, &bytes, basis).map(
                     |(digests, blake3)| {
                         let encoded = digest_blob::encode(basis, &digests);
                         (digests, blake3, encoded)
                     },
                 );
-                (bytes, d)
+                Ok::<_, Error>((bytes, d))
             })
-            .await?;
+            .await??;
             // Bytes that are not the listed file fail here (not a whole segment) or below
             // (not the listed size and hash).
             let (digests, blake3, encoded) = match digests {
@@ -846,6 +880,18 @@ struct StoredFile {
 /// The per-series digests of file `entry` and their basis (None when it has none): its
 /// digest blob, or its slice of its pack. `cache` keeps packs read for files that share
 /// them.
+/// The bytes of local file `path`, listed as `listed` bytes long: at most one byte more is
+/// read, so that a file longer than its listing is found (and refused) without reading it all.
+fn read_whole(path: &Path, listed: u64) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let file = File::open(path).map_err(Error::io("open", path))?;
+    let mut bytes = Vec::with_capacity(listed as usize + 1);
+    file.take(listed + 1)
+        .read_to_end(&mut bytes)
+        .map_err(Error::io("read", path))?;
+    Ok(bytes)
+}
+
 pub(crate) async fn load_file_digests(
     repo: &Repository,
     entry: &FileEntry,
@@ -1806,7 +1852,98 @@ fn compare_digests(recorded: &[SeriesDigest], found: &[SeriesDigest]) -> Vec<Str
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tsvault_storage::DigestHash;
+    use tsvault_storage::{DigestHash, SnapshotInfo};
+
+    /// A full backup of snapshot `info` read in `local` (as `--server-data-dir` reads it);
+    /// the server is never asked (its address is closed).
+    async fn back_up_local(
+        repo: &Repository,
+        info: SnapshotInfo,
+        local: &Path,
+    ) -> Result<BackupManifest> {
+        let source = Source::Server {
+            client: ServerClient::new("http://127.0.0.1:9").unwrap(),
+            snapshot: info,
+            local: Some(local.to_path_buf()),
+        };
+        let lock = Lock::acquire(repo, LockKind::Backup).await.unwrap();
+        backup_locked(
+            repo,
+            &source,
+            Some(BackupType::Full),
+            &crate::NoProgress,
+            lock,
+        )
+        .await
+    }
+
+    /// A snapshot read in the server's data directory is backed up as listed, and checked
+    /// against the server's listing as a pulled one is: a file whose size or hash is not
+    /// the listed one (a segment, the WAL, the manifest) fails the backup, naming it, and
+    /// leaves no backup.
+    #[tokio::test]
+    async fn a_snapshot_read_in_place_is_checked_against_its_listing() {
+        use tsvault_storage::{Engine, EngineConfig};
+        let data = tempfile::tempdir().unwrap();
+        let e = Engine::open(EngineConfig::new(data.path())).unwrap();
+        let point = |host: &str, ts_ms| tsvault_model::Point {
+            key: tsvault_model::SeriesKey::new("m", &[("host", host)]).unwrap(),
+            ts_ms,
+            value: 1.5,
+        };
+        e.write(&[point("a", 1000), point("b", 1000)]).unwrap();
+        e.flush().unwrap();
+        e.write(&[point("a", 2000)]).unwrap();
+        let info = e.snapshot().unwrap();
+        let local = data.path().join(SNAPSHOTS_DIR).join(&info.id);
+        let kinds = ["segments/", "wal/", "MANIFEST"];
+        for kind in kinds {
+            assert!(
+                info.files.iter().any(|f| f.path.starts_with(kind)),
+                "{info:?}"
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::unencrypted_for_test(dir.path()).await;
+
+        let m = back_up_local(&repo, info.clone(), &local).await.unwrap();
+        let entry = |path: &str, size, blake3: &str| (path.to_string(), size, blake3.to_string());
+        let listed: Vec<_> = info
+            .files
+            .iter()
+            .map(|f| entry(&f.path, f.size, &f.blake3))
+            .collect();
+        let stored: Vec<_> = m
+            .files
+            .iter()
+            .map(|f| entry(&f.path, f.size, &f.blake3))
+            .collect();
+        assert_eq!(stored, listed);
+        assert_eq!(m.summary.as_ref().unwrap().series, 2);
+
+        for kind in kinds {
+            let i = info
+                .files
+                .iter()
+                .position(|f| f.path.starts_with(kind))
+                .unwrap();
+            let path = info.files[i].path.clone();
+            let mut wrong_hash = info.clone();
+            wrong_hash.files[i].blake3 = "0".repeat(64);
+            let mut shorter = info.clone();
+            shorter.files[i].size -= 1;
+            for wrong in [wrong_hash, shorter] {
+                let err = back_up_local(&repo, wrong, &local).await.unwrap_err();
+                let text = err.to_string();
+                assert!(
+                    text.contains(&path) && text.contains("the source listed"),
+                    "{text}"
+                );
+            }
+        }
+        assert_eq!(repo.backup_ids().await.unwrap(), vec![m.id]);
+        e.close().unwrap();
+    }
 
     #[test]
     fn backup_ids_sort_by_time_and_name_the_utc_date() {

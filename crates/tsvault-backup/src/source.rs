@@ -1,6 +1,7 @@
 //! Where a backup reads its files: a stopped data directory, or a running server's snapshot
 //! pulled over HTTP through the server's admin API (so the repository's credentials stay
-//! with the CLI), and the client for that API.
+//! with the CLI) or, on the server's machine, read from the snapshot's directory; and the
+//! client for that API.
 
 use std::fs::{self, File};
 use std::io::Read;
@@ -193,6 +194,10 @@ pub(crate) enum Source {
     Server {
         client: ServerClient,
         snapshot: SnapshotInfo,
+        /// The snapshot's directory when the server's data directory is on this machine:
+        /// its files and digests are then read there, not asked of the server. What is read
+        /// is checked against the server's listing (sizes and BLAKE3) all the same.
+        local: Option<PathBuf>,
     },
 }
 
@@ -260,15 +265,38 @@ impl Source {
         }
     }
 
+    /// Where the files' bytes come from.
+    fn reads(&self) -> Reads<'_> {
+        match self {
+            Source::Dir(dir) => Reads::Local(dir),
+            Source::Server {
+                local: Some(dir), ..
+            } => Reads::Local(dir),
+            Source::Server {
+                client,
+                snapshot,
+                local: None,
+            } => Reads::Http(client, snapshot),
+        }
+    }
+
+    /// Where file `path` is on this machine, when the source's files are read here.
+    pub(crate) fn local_path(&self, path: &str) -> Option<PathBuf> {
+        match self.reads() {
+            Reads::Local(dir) => Some(dir.join(path)),
+            Reads::Http(..) => None,
+        }
+    }
+
     /// Opens file `path` for reading.
     pub(crate) async fn open(&self, path: &str) -> Result<FileReader> {
-        match self {
-            Source::Dir(dir) => {
+        match self.reads() {
+            Reads::Local(dir) => {
                 let p = dir.join(path);
                 let file = File::open(&p).map_err(Error::io("open", &p))?;
                 Ok(FileReader::Local { file, path: p })
             }
-            Source::Server { client, snapshot } => Ok(FileReader::Http {
+            Reads::Http(client, snapshot) => Ok(FileReader::Http {
                 resp: client.snapshot_file(&snapshot.id, path).await?,
                 pending: bytes::Bytes::new(),
                 what: format!("{path} of snapshot {} at {}", snapshot.id, client.base),
@@ -281,19 +309,26 @@ impl Source {
     /// they are on.
     pub(crate) async fn digests(&self, path: &str) -> Result<(DigestBasis, Vec<SeriesDigest>)> {
         let basis = DigestBasis::for_file(path);
-        match self {
-            Source::Dir(dir) => {
+        match self.reads() {
+            Reads::Local(dir) => {
                 let p = dir.join(path);
                 let d = off_thread(path, move || tsvault_storage::file_digests(&p, basis))
                     .await?
                     .map_err(|e| Error::Invalid(format!("cannot digest {path}: {e}")))?;
                 Ok((basis, d))
             }
-            Source::Server { client, snapshot } => {
+            Reads::Http(client, snapshot) => {
                 client.snapshot_digests(&snapshot.id, path, basis).await
             }
         }
     }
+}
+
+/// Where a source's files are read: a directory on this machine, or a server's snapshot
+/// over HTTP.
+enum Reads<'a> {
+    Local(&'a Path),
+    Http(&'a ServerClient, &'a SnapshotInfo),
 }
 
 /// A file being read, local or over HTTP.
@@ -316,18 +351,11 @@ impl FileReader {
         buf.clear();
         match self {
             FileReader::Local { file, path } => {
-                buf.resize(max, 0);
-                let mut n = 0;
-                while n < max {
-                    match file
-                        .read(&mut buf[n..])
-                        .map_err(Error::io("read", &*path))?
-                    {
-                        0 => break,
-                        k => n += k,
-                    }
-                }
-                buf.truncate(n);
+                // Into the buffer's spare room: no zeroing of what is read over.
+                (&mut *file)
+                    .take(max as u64)
+                    .read_to_end(buf)
+                    .map_err(Error::io("read", &*path))?;
             }
             FileReader::Http {
                 resp,

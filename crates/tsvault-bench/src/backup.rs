@@ -107,13 +107,16 @@ impl Tsvault<'_> {
         timed(&mut cmd).map(|_| ())
     }
 
-    /// An online backup of the server at `base` (full the first time, then incremental).
-    pub fn backup(&self, base: &str) -> anyhow::Result<Duration> {
-        timed(
-            self.cmd()
-                .args(["backup", "create", "--json", "--server"])
-                .arg(base),
-        )
+    /// An online backup of the server at `base` (full the first time, then incremental),
+    /// the snapshot's files read in `data_dir` (the server's data directory) when given,
+    /// else pulled over HTTP.
+    pub fn backup(&self, base: &str, data_dir: Option<&Path>) -> anyhow::Result<Duration> {
+        let mut cmd = self.cmd();
+        cmd.args(["backup", "create", "--json", "--server", base]);
+        if let Some(dir) = data_dir {
+            cmd.arg("--server-data-dir").arg(dir);
+        }
+        timed(&mut cmd)
     }
 
     /// Restores the newest backup into the empty directory `target`.

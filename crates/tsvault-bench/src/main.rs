@@ -544,13 +544,17 @@ fn median(mut times: Vec<f64>) -> f64 {
     (times[(n - 1) / 2] + times[n / 2]) / 2.0
 }
 
-/// Round `round`'s four destinations under `root`: `names`, numbered.
-fn numbered(root: &Path, names: [&str; 4], round: usize) -> [PathBuf; 4] {
+/// Round `round`'s destinations under `root`: `names`, numbered.
+fn numbered<const N: usize>(root: &Path, names: [&str; N], round: usize) -> [PathBuf; N] {
     names.map(|name| root.join(format!("{name}-{round}")))
 }
 
 /// Round `round`'s destinations, the round before's removed (timed, no longer needed).
-fn next_round(root: &Path, names: [&str; 4], round: usize) -> anyhow::Result<[PathBuf; 4]> {
+fn next_round<const N: usize>(
+    root: &Path,
+    names: [&str; N],
+    round: usize,
+) -> anyhow::Result<[PathBuf; N]> {
     if let Some(before) = round.checked_sub(1) {
         for d in numbered(root, names, before) {
             if d.exists() {
@@ -562,21 +566,23 @@ fn next_round(root: &Path, names: [&str; 4], round: usize) -> anyhow::Result<[Pa
 }
 
 /// The tools that back up into (or restore from) a round's destinations: tsvault encrypted,
-/// tsvault unencrypted, restic (vmbackup's is a plain path).
+/// tsvault unencrypted, tsvault unencrypted pulling over HTTP, restic (vmbackup's is a
+/// plain path).
 fn tools<'a>(
     tsvault_bin: &'a Path,
-    [tsv_repo, tsv_plain_repo, _, restic_repo]: &'a [PathBuf; 4],
+    [tsv_repo, tsv_plain_repo, tsv_http_repo, _, restic_repo]: &'a [PathBuf; 5],
     restic_cache: &'a Path,
-) -> (backup::Tsvault<'a>, backup::Tsvault<'a>, backup::Restic<'a>) {
+) -> ([backup::Tsvault<'a>; 3], backup::Restic<'a>) {
+    let tsvault = |repo| backup::Tsvault {
+        bin: tsvault_bin,
+        repo,
+    };
     (
-        backup::Tsvault {
-            bin: tsvault_bin,
-            repo: tsv_repo,
-        },
-        backup::Tsvault {
-            bin: tsvault_bin,
-            repo: tsv_plain_repo,
-        },
+        [
+            tsvault(tsv_repo),
+            tsvault(tsv_plain_repo),
+            tsvault(tsv_http_repo),
+        ],
         backup::Restic {
             repo: restic_repo,
             cache: restic_cache,
@@ -587,19 +593,19 @@ fn tools<'a>(
 /// A timed command of a round.
 type Timed<'a> = Box<dyn FnMut() -> anyhow::Result<std::time::Duration> + 'a>;
 
-/// Runs a round's four timed commands, starting with the `round`-th (mod 4) so that none is
+/// Runs a round's timed commands, starting with the `round`-th (mod N) so that none is
 /// always first or always after the same other (a command can pay for what the one before
 /// it left behind, such as pages to write back), adds each time to its list in `times`,
 /// and prints them.
-fn timed_round(
+fn timed_round<const N: usize>(
     round: usize,
-    names: [&str; 4],
-    mut steps: [Timed<'_>; 4],
-    times: &mut [Vec<f64>; 4],
+    names: [&str; N],
+    mut steps: [Timed<'_>; N],
+    times: &mut [Vec<f64>; N],
 ) -> anyhow::Result<()> {
     let mut took = Vec::new();
-    for k in 0..4 {
-        let i = (round + k) % 4;
+    for k in 0..N {
+        let i = (round + k) % N;
         let t = steps[i]()?.as_secs_f64();
         times[i].push(t);
         took.push(format!("{} {t:.3} s", names[i]));
@@ -633,6 +639,12 @@ fn backups(
     // encrypts) and an unencrypted one (compared with vmbackup, which does not).
     let mut full = Row::new("full backup, encrypted (vs restic)", "s", Better::Lower);
     let mut full_plain = Row::new("full backup, unencrypted (vs vmbackup)", "s", Better::Lower);
+    // The same, with the files pulled over HTTP (the backup host need not be the server's).
+    let mut full_http = Row::new(
+        "full backup, unencrypted, files over HTTP",
+        "s",
+        Better::Lower,
+    );
     let mut incr = Row::new(
         "incremental after 1% more data, encrypted",
         "s",
@@ -640,6 +652,11 @@ fn backups(
     );
     let mut incr_plain = Row::new(
         "incremental after 1% more data, unencrypted",
+        "s",
+        Better::Lower,
+    );
+    let mut incr_http = Row::new(
+        "incremental after 1% more data, unencrypted, files over HTTP",
         "s",
         Better::Lower,
     );
@@ -651,19 +668,32 @@ fn backups(
     );
     let mut size = Row::new("backup size per sample", "bytes/sample", Better::Lower);
 
-    let repos = ["tsvault-repo", "tsvault-plain", "vmbackup", "restic-repo"];
+    let repos = [
+        "tsvault-repo",
+        "tsvault-plain",
+        "tsvault-http",
+        "vmbackup",
+        "restic-repo",
+    ];
     let restic_cache = root.join("restic-cache");
-    // Times of tsvault encrypted, tsvault unencrypted, vmbackup, restic.
-    let mut times: [Vec<f64>; 4] = Default::default();
+    // tsvault reads the snapshot's files in the server's data directory, as vmbackup reads
+    // VictoriaMetrics' (both run on the server's machine); once more over HTTP.
+    let (base, data_dir) = (
+        tsv_server.base.as_str(),
+        Some(tsv_server.data_dir.as_path()),
+    );
+    // Times of tsvault encrypted, unencrypted, unencrypted over HTTP, vmbackup, restic.
+    let mut times: [Vec<f64>; 5] = Default::default();
     for round in 0..rounds {
         say!(
-            "backups: full, round {} of {rounds}: tsvault encrypted and unencrypted (online, through the server's snapshot API), vmbackup, restic",
+            "backups: full, round {} of {rounds}: tsvault encrypted and unencrypted (online, through the server's snapshot API; files read in its data directory, and unencrypted once more over HTTP), vmbackup, restic",
             round + 1
         );
         let dirs = next_round(root, repos, round)?;
-        let (tsv, tsv_plain, restic) = tools(tsvault_bin, &dirs, &restic_cache);
+        let ([tsv, tsv_plain, tsv_http], restic) = tools(tsvault_bin, &dirs, &restic_cache);
         tsv.init(true)?;
         tsv_plain.init(false)?;
+        tsv_http.init(false)?;
         restic.init()?;
         // restic backs up the same files: tsvault's data directory (the server is idle, its
         // segments immutable; restic's second run finds its first as parent and reads only
@@ -673,24 +703,28 @@ fn backups(
             [
                 "tsvault encrypted",
                 "tsvault unencrypted",
+                "tsvault unencrypted over HTTP",
                 "vmbackup",
                 "restic",
             ],
             [
-                Box::new(|| tsv.backup(&tsv_server.base)),
-                Box::new(|| tsv_plain.backup(&tsv_server.base)),
-                Box::new(|| backup::vmbackup(&vm.base, &vm.data_dir, &dirs[2])),
+                Box::new(|| tsv.backup(base, data_dir)),
+                Box::new(|| tsv_plain.backup(base, data_dir)),
+                Box::new(|| tsv_http.backup(base, None)),
+                Box::new(|| backup::vmbackup(&vm.base, &vm.data_dir, &dirs[3])),
                 Box::new(|| restic.backup(&tsv_server.data_dir)),
             ],
             &mut times,
         )?;
     }
-    let [t_enc, t_plain, t_vm, t_restic] = times;
+    let [t_enc, t_plain, t_http, t_vm, t_restic] = times;
+    let vm_full = median(t_vm);
     full = full.set(0, median(t_enc)).set(3, median(t_restic));
-    full_plain = full_plain.set(0, median(t_plain)).set(1, median(t_vm));
+    full_plain = full_plain.set(0, median(t_plain)).set(1, vm_full);
+    full_http = full_http.set(0, median(t_http)).set(1, vm_full);
     let dirs = numbered(root, repos, rounds - 1);
-    let (tsv, tsv_plain, restic) = tools(tsvault_bin, &dirs, &restic_cache);
-    let [tsv_repo, _, vm_dst, _] = &dirs;
+    let ([tsv, tsv_plain, tsv_http], restic) = tools(tsvault_bin, &dirs, &restic_cache);
+    let [tsv_repo, _, _, vm_dst, _] = &dirs;
 
     say!("backups: 1% more data, written to disk (no forced merge), then incremental");
     let total = wl.samples() + wl.extra_samples();
@@ -704,12 +738,12 @@ fn backups(
             sys.kind.name()
         );
     }
-    incr = incr.set(0, tsv.backup(&tsv_server.base)?.as_secs_f64());
-    incr_plain = incr_plain.set(0, tsv_plain.backup(&tsv_server.base)?.as_secs_f64());
-    incr_plain = incr_plain.set(
-        1,
-        backup::vmbackup(&vm.base, &vm.data_dir, vm_dst)?.as_secs_f64(),
-    );
+    incr = incr.set(0, tsv.backup(base, data_dir)?.as_secs_f64());
+    incr_plain = incr_plain.set(0, tsv_plain.backup(base, data_dir)?.as_secs_f64());
+    incr_http = incr_http.set(0, tsv_http.backup(base, None)?.as_secs_f64());
+    let vm_incr = backup::vmbackup(&vm.base, &vm.data_dir, vm_dst)?.as_secs_f64();
+    incr_plain = incr_plain.set(1, vm_incr);
+    incr_http = incr_http.set(1, vm_incr);
     size = size.set(0, dir_bytes(tsv_repo)? as f64 / total as f64);
     incr = incr.set(3, restic.backup(&tsv_server.data_dir)?.as_secs_f64());
     size = size.set(1, dir_bytes(vm_dst)? as f64 / total as f64);
@@ -779,22 +813,26 @@ fn backups(
         report::Cell::Empty => f64::NAN,
     };
     notes.push(format!(
-        "Backup targets (issue 4): full backup {:.2}x restic's speed (encrypted; target 2x) and {:.2}x vmbackup's (unencrypted; target 1x); tsvault's incremental after 1% more data took {:.3} (encrypted) and {:.3} (unencrypted) of its full backup's time (target at most 1/20 = 0.05); restore {:.2}x restic's speed (target 2x) and {:.2}x vmrestore's.",
+        "Backup targets (issue 4): full backup {:.2}x restic's speed (encrypted; target 2x) and {:.2}x vmbackup's (unencrypted; target 1x; {:.2}x with the files over HTTP); tsvault's incremental after 1% more data took {:.3} (encrypted), {:.3} (unencrypted) and {:.3} (over HTTP) of its full backup's time (target at most 1/20 = 0.05); restore {:.2}x restic's speed (target 2x) and {:.2}x vmrestore's.",
         num(&full, 3) / num(&full, 0),
         num(&full_plain, 1) / num(&full_plain, 0),
+        num(&full_http, 1) / num(&full_http, 0),
         num(&incr, 0) / num(&full, 0),
         num(&incr_plain, 0) / num(&full_plain, 0),
+        num(&incr_http, 0) / num(&full_http, 0),
         num(&restore, 3) / num(&restore, 0),
         num(&restore_plain, 1) / num(&restore_plain, 0),
     ));
     notes.push(format!(
-        "Backups: fulls and restores timed in {rounds} rounds, the four commands of each round started from the next one in turn (each round printed as it ends), each round into new destinations, the median shown; the incrementals follow the last round's fulls. tsvault online with `tsvault backup create --server` (snapshot through its admin API, files pulled over HTTP into a local directory repository, once encrypted (Argon2id key derivation at each run, about 0.16 s here) and once not; the incremental is the default type of the second run) and `tsvault restore --data-dir`; VictoriaMetrics with vmbackup/vmrestore (fs:// destination, snapshot through its API); restic over tsvault's own data directory, the same files (encrypted, its default compression; its second run is its incremental). Each restored copy was started and holds all {total} samples."
+        "Backups: fulls and restores timed in {rounds} rounds, the commands of each round started from the next one in turn (each round printed as it ends), each round into new destinations, the median shown; the incrementals follow the last round's fulls. tsvault online with `tsvault backup create --server URL --server-data-dir DIR` (snapshot through its admin API, its files read in the server's data directory, as vmbackup reads VictoriaMetrics', into a local directory repository, once encrypted (Argon2id key derivation at each run, about 0.07 s here) and once not; the incremental is the default type of the second run), once more unencrypted without `--server-data-dir` (files pulled over HTTP), and `tsvault restore --data-dir`; VictoriaMetrics with vmbackup/vmrestore (fs:// destination, snapshot through its API); restic over tsvault's own data directory, the same files (encrypted, its default compression; its second run is its incremental). Each restored copy was started and holds all {total} samples."
     ));
     Ok(vec![
         full,
         full_plain,
+        full_http,
         incr,
         incr_plain,
+        incr_http,
         restore,
         restore_plain,
         size,

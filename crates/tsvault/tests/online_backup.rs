@@ -146,7 +146,7 @@ fn online_backups_to_a_local_repository() {
         ],
         env: Vec::new(),
     };
-    round_trip(&repo, tmp.path());
+    round_trip(&repo, tmp.path(), true);
 }
 
 /// The same on S3, served in-process over real HTTP by s3s + s3s-fs (SigV4), reached by the
@@ -195,7 +195,7 @@ fn online_backups_to_an_s3_repository() {
             ("AWS_REGION", "us-east-1".into()),
         ],
     };
-    round_trip(&repo, tmp.path());
+    round_trip(&repo, tmp.path(), false);
     // The repository's objects are in the bucket.
     assert!(root.join("bucket/tsvault/config").is_file());
     drop(rt);
@@ -203,9 +203,13 @@ fn online_backups_to_an_s3_repository() {
 
 /// Full, incremental, differential and synthetic full backups of a server taken while
 /// writes flow, each restored into a fresh server and compared with the source at its
-/// consistency point; deep verification; restores into a running server.
-fn round_trip(repo: &Repo, tmp: &std::path::Path) {
+/// consistency point; deep verification; restores into a running server. `in_place`: the
+/// incremental and the differential read the snapshot's files in the server's data
+/// directory (`--server-data-dir`) where the full pulled them over HTTP: one chain,
+/// whichever way its files were read.
+fn round_trip(repo: &Repo, tmp: &std::path::Path, in_place: bool) {
     let src = tmp.join("src");
+    let src_arg = src.display().to_string();
     let s = Server::start(&src, &[]);
     ok(&tsvault(repo, &["backup", "init"]));
     let (stop, rx, writer) = start_writer(s.base.clone());
@@ -221,6 +225,9 @@ fn round_trip(repo: &Repo, tmp: &std::path::Path) {
         let mut args = vec!["backup", "create", "--server", &s.base, "--json"];
         if let Some(k) = kind {
             args.extend(["--type", k]);
+        }
+        if in_place && step > 20 {
+            args.extend(["--server-data-dir", &src_arg]);
         }
         let b = ok(&tsvault(repo, &args));
         // A batch sent but not yet acknowledged may be in the snapshot too.
@@ -332,6 +339,30 @@ fn round_trip(repo: &Repo, tmp: &std::path::Path) {
     assert_eq!(again["import"]["imported"], 0, "{again}");
     assert_eq!(again["import"]["skipped_existing"], total, "{again}");
     assert_eq!(answers_until(&other.base, end_of(held[0]) - 1), want);
+
+    // A --server-data-dir that is not the server's: a clear error naming the snapshot and
+    // the directory looked in; no backup, the snapshot released.
+    let elsewhere = tmp.join("not-the-server");
+    let before = ok(&tsvault(repo, &["backup", "list", "--json"]));
+    let wrong = tsvault(
+        repo,
+        &[
+            "backup",
+            "create",
+            "--server",
+            &s.base,
+            "--server-data-dir",
+            &elsewhere.display().to_string(),
+        ],
+    );
+    assert_eq!(wrong.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert!(
+        stderr.contains("--server-data-dir") && stderr.contains("not-the-server/snapshots/"),
+        "{stderr}"
+    );
+    assert_eq!(ok(&tsvault(repo, &["backup", "list", "--json"])), before);
+    assert_eq!(get(&s.url("/api/admin/snapshots")).json(), json!([]));
 
     // A server that is not there: a clear error naming it.
     let down = tsvault(
