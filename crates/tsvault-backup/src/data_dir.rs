@@ -877,9 +877,6 @@ struct StoredFile {
     deduplicated: u64,
 }
 
-/// The per-series digests of file `entry` and their basis (None when it has none): its
-/// digest blob, or its slice of its pack. `cache` keeps packs read for files that share
-/// them.
 /// The bytes of local file `path`, listed as `listed` bytes long: at most one byte more is
 /// read, so that a file longer than its listing is found (and refused) without reading it all.
 fn read_whole(path: &Path, listed: u64) -> Result<Vec<u8>> {
@@ -892,6 +889,9 @@ fn read_whole(path: &Path, listed: u64) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// The per-series digests of file `entry` and their basis (None when it has none): its
+/// digest blob, or its slice of its pack. `cache` keeps packs read for files that share
+/// them.
 pub(crate) async fn load_file_digests(
     repo: &Repository,
     entry: &FileEntry,
