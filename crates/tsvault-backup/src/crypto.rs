@@ -385,6 +385,8 @@ fn derive_kek(password: &[u8], salt: &[u8], m: u32, t: u32, p: u32) -> Result<[u
 struct KdfMemory {
     ptr: std::ptr::NonNull<argon2::Block>,
     blocks: usize,
+    /// The mapping's length in bytes.
+    len: usize,
 }
 
 impl KdfMemory {
@@ -414,6 +416,7 @@ impl KdfMemory {
         Some(KdfMemory {
             ptr: std::ptr::NonNull::new(ptr.cast())?,
             blocks,
+            len,
         })
     }
 
@@ -436,7 +439,7 @@ impl Drop for KdfMemory {
         // SAFETY: the mapping made in `map`, of this length, unmapped once; no borrow of it
         // outlives `self`.
         unsafe {
-            libc::munmap(self.ptr.as_ptr().cast(), self.blocks * argon2::Block::SIZE);
+            libc::munmap(self.ptr.as_ptr().cast(), self.len);
         }
     }
 }

@@ -683,7 +683,7 @@ impl FileCtx<'_> {
     /// its blocks) are computed here from the bytes read, once they match the source's
     /// listing, instead of asking the source to read the file again.
     async fn read_small(&self, file: SourceFile) -> Result<BackedUpFile> {
-        let read = async {
+        let read = || async {
             let mut reader = self.source.open(&file.path).await?;
             let mut bytes = Vec::with_capacity(file.size as usize);
             // One byte more than listed, so that a file longer than its listing is found.
@@ -698,11 +698,8 @@ impl FileCtx<'_> {
             // hand-off; one from a server arrives on this thread.
             let local = self.source.local_path(&file.path);
             let fetched = match local {
-                Some(_) => {
-                    drop(read);
-                    Vec::new()
-                }
-                None => read.await?,
+                Some(_) => Vec::new(),
+                None => read().await?,
             };
             let what = format!("file {} from {}", file.path, self.source_name);
             let path = PathBuf::from(&file.path);
@@ -736,7 +733,7 @@ impl FileCtx<'_> {
             };
             (bytes, blake3, digests, encoded)
         } else {
-            let (bytes, digests) = tokio::join!(read, self.source.digests(&file.path));
+            let (bytes, digests) = tokio::join!(read(), self.source.digests(&file.path));
             let (bytes, (basis, digests)) = (bytes?, digests?);
             let (bytes, blake3, digests, encoded) =
                 off_thread(&format!("file {}", file.path), move || {
@@ -877,16 +874,11 @@ struct StoredFile {
     deduplicated: u64,
 }
 
-/// The bytes of local file `path`, listed as `listed` bytes long: at most one byte more is
-/// read, so that a file longer than its listing is found (and refused) without reading it all.
+/// The bytes of local file `path`, listed as `listed` bytes long (at most one byte more:
+/// see [`tsvault_storage::read_listed`]).
 fn read_whole(path: &Path, listed: u64) -> Result<Vec<u8>> {
-    use std::io::Read;
-    let file = File::open(path).map_err(Error::io("open", path))?;
-    let mut bytes = Vec::with_capacity(listed as usize + 1);
-    file.take(listed + 1)
-        .read_to_end(&mut bytes)
-        .map_err(Error::io("read", path))?;
-    Ok(bytes)
+    let mut file = File::open(path).map_err(Error::io("open", path))?;
+    tsvault_storage::read_listed(&mut file, listed).map_err(Error::io("read", path))
 }
 
 /// The per-series digests of file `entry` and their basis (None when it has none): its

@@ -107,6 +107,14 @@ pub(crate) struct LocalDir {
 }
 
 impl LocalDir {
+    /// The local repository at `root`, no directory owed an fsync yet.
+    fn new(root: PathBuf) -> LocalDir {
+        LocalDir {
+            root,
+            unsynced: Default::default(),
+        }
+    }
+
     /// Makes `data/` and its 256 prefix directories (`00` to `ff`), as `restic init` does: a
     /// repository's first backup would otherwise make each as its first blob arrives, with
     /// an fsync of `data/` each time. A blob still makes its directory if it is missing (in
@@ -316,16 +324,13 @@ fn store_for(opts: &RepoOptions) -> Result<Store> {
     let root = std::fs::canonicalize(path).map_err(Error::io("resolve", path))?;
     let local = object_store::local::LocalFileSystem::new_with_prefix(&root)
         .map_err(|e| Error::Config(format!("repository {url}: {e}")))?;
-    let dir = LocalDir {
-        root,
-        unsynced: Default::default(),
-    };
+    let dir = LocalDir::new(root);
     Ok((Arc::new(local), Some(Arc::new(dir))))
 }
 
 impl Repository {
-    /// Creates a repository at `opts.url`; encrypted unless `encrypt` is false. Refuses a
-    /// location that already holds a repository.
+    /// Creates a repository at `opts.url`, its objects sealed with `encryption` (None: an
+    /// unencrypted repository). Refuses a location that already holds a repository.
     pub async fn init(opts: &RepoOptions, encryption: Option<Cipher>) -> Result<Repository> {
         let (store, local) = store_for(opts)?;
         let mut id = [0u8; 16];
@@ -771,10 +776,7 @@ mod tests {
     fn local_objects_are_placed_whole_and_create_only_refuses_an_existing_name() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
-        let local = LocalDir {
-            root: root.to_owned(),
-            unsynced: Default::default(),
-        };
+        let local = LocalDir::new(root.to_owned());
         let owed = || local.unsynced.lock().unwrap().clone();
         assert!(put_local(&local, "data/ab/abcd", b"one", false).unwrap());
         assert_eq!(std::fs::read(root.join("data/ab/abcd")).unwrap(), b"one");
@@ -799,10 +801,7 @@ mod tests {
     fn owed_directory_fsyncs_are_done_and_a_failed_one_stays_owed() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
-        let local = LocalDir {
-            root: root.to_owned(),
-            unsynced: Default::default(),
-        };
+        let local = LocalDir::new(root.to_owned());
         let mut present = Vec::new();
         for i in 0..9 {
             let d = root.join(format!("d{i}"));

@@ -125,10 +125,7 @@ pub(crate) async fn snapshot_file(
         if len > FILE_WHOLE_MAX {
             return Ok((meta, Opened::Stream(file)));
         }
-        let mut bytes = Vec::with_capacity(len as usize);
-        // One byte more than listed, so that a file that grew is found.
-        std::io::Read::read_to_end(&mut std::io::Read::take(&mut file, len + 1), &mut bytes)
-            .map_err(io("read"))?;
+        let bytes = tsvault_storage::read_listed(&mut file, len).map_err(io("read"))?;
         if bytes.len() as u64 != len {
             return Err(wrong_size(bytes.len() as u64));
         }

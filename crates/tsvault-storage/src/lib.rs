@@ -33,6 +33,6 @@ pub use manifest::Manifest;
 pub use segment::SegmentInfo;
 pub use snapshot::{
     DigestBasis, DigestHash, SNAPSHOTS_DIR, SeriesDigest, SnapshotFile, SnapshotInfo, file_digests,
-    is_segment_file, is_snapshot_id, segment_digests,
+    is_segment_file, is_snapshot_id, read_listed, segment_digests,
 };
 pub use wal::wal_files;

@@ -195,6 +195,17 @@ pub(crate) fn expire(data_dir: &Path, max_age_ms: i64) -> Result<Vec<String>> {
     Ok(expired)
 }
 
+/// The bytes of a snapshot's file, open at `file`, which its snapshot lists as `listed`
+/// bytes long: one byte more is read at most, so that a file that grew is found (its length
+/// is then not the listed one) without reading all of it. For the server sending a file
+/// and for a backup reading it in the server's directory.
+pub fn read_listed(file: &mut fs::File, listed: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::with_capacity(listed as usize + 1);
+    file.take(listed + 1).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 /// BLAKE3 of a file, hex, read in pieces.
 pub(crate) fn hash_file(path: &Path) -> Result<String> {
     let mut hasher = blake3::Hasher::new();
