@@ -88,6 +88,12 @@ struct Args {
     /// Skip the backup and restore figures.
     #[arg(long)]
     no_backup: bool,
+    /// Only the backup and restore figures, for stores larger than the full run can hold
+    /// in memory (e.g. `--hosts 500 --hours 720`): the line protocol is generated while it is
+    /// sent (the same bytes to each system), into tsvault and VictoriaMetrics only, and no
+    /// query is timed.
+    #[arg(long, conflicts_with = "no_backup")]
+    backups_only: bool,
     /// Rounds of full backups and of restores, each round's commands started from the next
     /// one in turn, each into a new destination; the figure is the median (the machine is
     /// shared and noisy, and a command run right after another's heavy work pays for it).
@@ -278,10 +284,14 @@ fn run_variant(
     tsvault_bin: &Path,
 ) -> anyhow::Result<(String, Vec<Row>, Vec<String>)> {
     let t_gen = Instant::now();
-    let wl = Workload::generate(shape);
+    let wl = if args.backups_only {
+        Workload::streamed(shape)
+    } else {
+        Workload::generate(shape)
+    };
     let n = wl.samples();
     let title = format!(
-        "{} values: {} hosts x {} h at {} s = {} samples ({:.1} MiB of line protocol)",
+        "{} values: {} hosts x {} h at {} s = {} samples{}",
         if shape.float_values {
             "Float (two decimals)"
         } else {
@@ -291,7 +301,10 @@ fn run_variant(
         shape.hours,
         shape.interval_s,
         n,
-        wl.bytes() as f64 / 1048576.0
+        match wl.bytes() {
+            Some(b) => format!(" ({:.1} MiB of line protocol)", b as f64 / 1048576.0),
+            None => ", backups only".into(),
+        }
     );
     say!(
         "\n{title}: generated in {:.1} s",
@@ -308,12 +321,18 @@ fn run_variant(
         .collect();
     let mut notes = Vec::new();
 
-    // The client's own ceiling.
-    let sink = null_sink::NullSink::start()?;
-    let null_time = load(&sink.url, &wl.main, args.clients, &ProgressBar::hidden())?;
-    drop(sink);
-    let null_rate = n as f64 / null_time.as_secs_f64();
-    say!("client into a null endpoint: {null_rate:.0} samples/s");
+    // The client's own ceiling (not measured for a streamed load: it would generate the
+    // data once more).
+    let null_rate = if args.backups_only {
+        None
+    } else {
+        let sink = null_sink::NullSink::start()?;
+        let (null_time, _) = wl.load_main(&sink.url, args.clients, &ProgressBar::hidden())?;
+        drop(sink);
+        let rate = n as f64 / null_time.as_secs_f64();
+        say!("client into a null endpoint: {rate:.0} samples/s");
+        Some(rate)
+    };
 
     // Load, settle and measure each system in turn (the others idle and settled).
     let mut ingest_ack = Row::new(
@@ -341,8 +360,12 @@ fn run_variant(
     let kinds = Kind::ALL.into_iter().enumerate().filter(|(_, k)| match k {
         Kind::Tsvault => true,
         Kind::Victoria => args.peers.contains(&Peer::VictoriaMetrics),
-        Kind::Influx => args.peers.contains(&Peer::Influxdb),
+        Kind::Influx => !args.backups_only && args.peers.contains(&Peer::Influxdb),
     });
+    ensure!(
+        !args.backups_only || args.peers.contains(&Peer::VictoriaMetrics),
+        "--backups-only compares with vmbackup: --peers must name victoria-metrics"
+    );
     for (col, kind) in kinds {
         let sys = Running::start(
             kind,
@@ -350,9 +373,9 @@ fn run_variant(
             tsvault_bin,
             &serve_args,
         )?;
-        let pb = bar(wl.main.len() as u64, &format!("loading {}", kind.name()));
+        let pb = bar(wl.lines(), &format!("loading {}", kind.name()));
         let t0 = Instant::now();
-        load(&sys.write_url(), &wl.main, args.clients, &pb)?;
+        let (_, sent) = wl.load_main(&sys.write_url(), args.clients, &pb)?;
         let acked = t0.elapsed();
         pb.finish_and_clear();
         // Queryable: once the system says so, checked by counting every sample; should the
@@ -385,8 +408,9 @@ fn run_variant(
             kind.name()
         );
         say!(
-            "{}: acked in {:.2} s, queryable at {:.2} s ({:.0} samples/s), peak RSS {peak:.1} MiB, settled in {:.1} s, {bytes} bytes on disk ({:.3} bytes/sample)",
+            "{}: {:.1} MiB of line protocol acked in {:.2} s, queryable at {:.2} s ({:.0} samples/s), peak RSS {peak:.1} MiB, settled in {:.1} s, {bytes} bytes on disk ({:.3} bytes/sample)",
             kind.name(),
+            sent as f64 / 1048576.0,
             acked.as_secs_f64(),
             visible.as_secs_f64(),
             n as f64 / visible.as_secs_f64(),
@@ -408,26 +432,62 @@ fn run_variant(
             _ => None,
         })
         .fold(0.0, f64::max);
-    notes.push(format!(
-        "Client ceiling: the same client pushes {} samples/s into a null endpoint, {:.1}x the fastest system's rate{}.",
-        null_rate.round(),
-        null_rate / fastest,
-        if null_rate >= 2.0 * fastest { "" } else { " (less than 2x: the client may limit these figures)" }
-    ));
-    let mut rows = vec![ingest_ack, ingest_vis, rss, settle, disk];
+    let mut rows = match null_rate {
+        Some(null_rate) => {
+            notes.push(format!(
+                "Client ceiling: the same client pushes {} samples/s into a null endpoint, {:.1}x the fastest system's rate{}.",
+                null_rate.round(),
+                null_rate / fastest,
+                if null_rate >= 2.0 * fastest { "" } else { " (less than 2x: the client may limit these figures)" }
+            ));
+            vec![ingest_ack, ingest_vis, rss, settle, disk]
+        }
+        // A streamed load is generated by a thread of the same machine while it is sent:
+        // its rates are not comparable with the full run's (they are printed above).
+        None => vec![rss, settle, disk],
+    };
+    if !args.backups_only {
+        queries(args, &wl, &running, &mut rows, &mut notes)?;
+    }
+    // Backups compare with vmbackup and with restic (over tsvault's files): VictoriaMetrics
+    // must run; InfluxDB need not.
+    if !args.no_backup && running.iter().any(|s| s.kind == Kind::Victoria) {
+        rows.extend(backups(
+            &wl,
+            &running,
+            root.path(),
+            args.clients,
+            args.backup_rounds,
+            tsvault_bin,
+            &mut notes,
+        )?);
+    }
+    for sys in running {
+        sys.stop();
+    }
+    Ok((title, rows, notes))
+}
 
-    // Queries: the same random instances for every system; every answer compared.
+/// Each TSBS query type on each running system, the same random instances for every
+/// system, every answer compared with tsvault's: a p50 and a p99 row per type.
+fn queries(
+    args: &Args,
+    wl: &Workload,
+    running: &[Running],
+    rows: &mut Vec<Row>,
+    notes: &mut Vec<String>,
+) -> anyhow::Result<()> {
     let mut compared = 0;
     let mut points_compared = 0;
     for (qi, qt) in QueryType::ALL.into_iter().enumerate() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(1000 + qi as u64);
         let params: Vec<Params> = (0..args.query_runs)
-            .map(|_| Params::random(qt, &mut rng, &wl))
+            .map(|_| Params::random(qt, &mut rng, wl))
             .collect();
         let mut p50 = Row::new(format!("{} p50", qt.name()), "ms", Better::Lower);
         let mut p99 = Row::new(format!("{} p99", qt.name()), "ms", Better::Lower);
         let mut answers: Vec<Vec<queries::Answer>> = Vec::new();
-        for sys in &running {
+        for sys in running {
             let col = Kind::ALL
                 .iter()
                 .position(|k| *k == sys.kind)
@@ -518,23 +578,7 @@ fn run_variant(
             .join(", ")
     ));
 
-    // Backups compare with vmbackup and with restic (over tsvault's files): VictoriaMetrics
-    // must run; InfluxDB need not.
-    if !args.no_backup && running.iter().any(|s| s.kind == Kind::Victoria) {
-        rows.extend(backups(
-            &wl,
-            &running,
-            root.path(),
-            args.clients,
-            args.backup_rounds,
-            tsvault_bin,
-            &mut notes,
-        )?);
-    }
-    for sys in running {
-        sys.stop();
-    }
-    Ok((title, rows, notes))
+    Ok(())
 }
 
 /// The median of `times` (the mean of the middle two for an even count).

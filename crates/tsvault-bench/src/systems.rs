@@ -181,49 +181,58 @@ impl Running {
     /// Samples stored with timestamps in `[start_ms, end_ms)`, through each system's query
     /// language.
     pub fn count_samples(&self, start_ms: i64, end_ms: i64) -> anyhow::Result<u64> {
+        // A week at a time: a tsvault request may read at most 100 M samples (the server's
+        // query budget), a VictoriaMetrics query 1 G (its -search.maxSamplesPerQuery).
+        const WINDOW_MS: i64 = 7 * 86_400_000;
+        let mut n = 0;
+        let mut from = start_ms;
+        while from < end_ms {
+            let to = (from + WINDOW_MS).min(end_ms);
+            n += self.count_window(from, to)?;
+            from = to;
+        }
+        Ok(n)
+    }
+
+    /// [`Running::count_samples`] for at most a week.
+    fn count_window(&self, from: i64, to: i64) -> anyhow::Result<u64> {
         match self.kind {
             Kind::Tsvault => {
-                // A week of one field per request: a request may read at most 100 M samples
-                // (the server's query budget).
-                const WINDOW_MS: i64 = 7 * 86_400_000;
+                // One field per request.
                 let mut n = 0.0;
-                let mut from = start_ms;
-                while from < end_ms {
-                    let to = (from + WINDOW_MS).min(end_ms);
-                    for f in FIELDS {
-                        let body = json!({"start": from, "end": to - 1, "queries": [
-                            {"metric": format!("cpu_{f}"), "aggregator": "sum", "downsample": "0all-count"}]});
-                        let out: Value = serde_json::from_str(&http::post(
-                            &self.agent,
-                            &format!("{}/api/query", self.base),
-                            "application/json",
-                            body.to_string().as_bytes(),
-                        )?)?;
-                        for r in out.as_array().context("tsvault count: not an array")? {
-                            for v in r["dps"]
-                                .as_object()
-                                .context("tsvault count: no dps")?
-                                .values()
-                            {
-                                n += v.as_f64().context("tsvault count: not a number")?;
-                            }
+                for f in FIELDS {
+                    let body = json!({"start": from, "end": to - 1, "queries": [
+                        {"metric": format!("cpu_{f}"), "aggregator": "sum", "downsample": "0all-count"}]});
+                    let out: Value = serde_json::from_str(&http::post(
+                        &self.agent,
+                        &format!("{}/api/query", self.base),
+                        "application/json",
+                        body.to_string().as_bytes(),
+                    )?)?;
+                    for r in out.as_array().context("tsvault count: not an array")? {
+                        for v in r["dps"]
+                            .as_object()
+                            .context("tsvault count: no dps")?
+                            .values()
+                        {
+                            n += v.as_f64().context("tsvault count: not a number")?;
                         }
                     }
-                    from = to;
                 }
                 Ok(n as u64)
             }
             Kind::Victoria => {
+                // The window (time - d, time] is [from, to) in milliseconds.
                 let q = format!(
                     "sum(count_over_time({{__name__=~\"cpu_usage_.*\"}}[{}ms]))",
-                    end_ms - start_ms
+                    to - from
                 );
                 let out: Value = serde_json::from_str(&http::get(
                     &self.agent,
                     &format!("{}/api/v1/query", self.base),
                     &[
                         ("query", q),
-                        ("time", prom_time(end_ms - 1)),
+                        ("time", prom_time(to - 1)),
                         ("nocache", "1".into()),
                     ],
                 )?)?;
@@ -238,32 +247,34 @@ impl Running {
                         .parse::<f64>()? as u64,
                 })
             }
-            Kind::Influx => {
-                let q = format!(
-                    "SELECT count(*) FROM cpu WHERE time >= {start_ms}ms AND time < {end_ms}ms"
-                );
-                let out: Value = serde_json::from_str(&self.influxql(&q)?)?;
-                let mut n = 0;
-                if let Some(series) = out["results"][0]["series"].as_array() {
-                    for s in series {
-                        for row in s["values"]
-                            .as_array()
-                            .context("InfluxDB count: no values")?
-                        {
-                            for v in row
-                                .as_array()
-                                .context("InfluxDB count: bad row")?
-                                .iter()
-                                .skip(1)
-                            {
-                                n += v.as_u64().unwrap_or(0);
-                            }
-                        }
+            Kind::Influx => self.count_influx(from, to),
+        }
+    }
+
+    /// [`Running::count_samples`] of InfluxDB.
+    fn count_influx(&self, start_ms: i64, end_ms: i64) -> anyhow::Result<u64> {
+        let q =
+            format!("SELECT count(*) FROM cpu WHERE time >= {start_ms}ms AND time < {end_ms}ms");
+        let out: Value = serde_json::from_str(&self.influxql(&q)?)?;
+        let mut n = 0;
+        if let Some(series) = out["results"][0]["series"].as_array() {
+            for s in series {
+                for row in s["values"]
+                    .as_array()
+                    .context("InfluxDB count: no values")?
+                {
+                    for v in row
+                        .as_array()
+                        .context("InfluxDB count: bad row")?
+                        .iter()
+                        .skip(1)
+                    {
+                        n += v.as_u64().unwrap_or(0);
                     }
                 }
-                Ok(n)
             }
         }
+        Ok(n)
     }
 
     /// Runs one InfluxQL statement against the `bench` database, timestamps in ms.
@@ -499,7 +510,7 @@ pub fn dir_bytes(p: &Path) -> anyhow::Result<u64> {
 
 /// Posts every batch to `url` from `clients` threads sharing one queue; returns when every
 /// request has been answered 2xx (an error names the first failed request). `progress`
-/// advances by one per answered batch.
+/// advances by the lines of each answered batch.
 pub fn load(
     url: &str,
     batches: &[Batch],
@@ -520,7 +531,7 @@ pub fn load(
                         };
                         http::post(&agent, url, "text/plain", &b.body)
                             .with_context(|| format!("batch {i}"))?;
-                        progress.inc(1);
+                        progress.inc(b.lines);
                     }
                 })
             })

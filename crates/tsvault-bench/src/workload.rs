@@ -41,68 +41,51 @@ pub struct Shape {
 /// One request body of line protocol (precision ms).
 pub struct Batch {
     pub body: Vec<u8>,
+    /// Lines in `body` (one per host per step, ten samples each).
+    pub lines: u64,
 }
 
 /// The main load and the 1% more that follows it (for incremental backups).
 pub struct Workload {
     pub shape: Shape,
-    pub main: Vec<Batch>,
+    /// The main load's batches; `None` when it is generated while it is sent
+    /// ([`Workload::streamed`]).
+    main: Option<Vec<Batch>>,
     pub extra: Vec<Batch>,
     /// Timestamps (one per host per step) in the main load.
     pub steps: i64,
     pub extra_steps: i64,
 }
 
+/// Steps of the main load generated at a time when it is streamed: an hour at 10 s.
+const STREAM_STEPS: i64 = 360;
+
 impl Workload {
     /// Generates the data: each host's ten fields are random walks clamped to [0, 100], as
     /// integers (TSBS) or as floats with two decimals (realistic gauges).
     pub fn generate(shape: Shape) -> Workload {
-        let steps = shape.hours * 3600 / shape.interval_s;
-        let extra_steps = (steps / 100).max(1);
-        let mut rng = rand::rngs::StdRng::seed_from_u64(42);
-        let tags: Vec<String> = (0..shape.hosts).map(host_tags).collect();
-        let mut state: Vec<[f64; 10]> = (0..shape.hosts)
-            .map(|_| std::array::from_fn(|_| rng.random_range(0.0..100.0)))
-            .collect();
-        let mut gen_range = |from: i64, to: i64| {
-            let mut out = Vec::new();
-            let mut body = Vec::new();
-            let mut lines = 0;
-            for step in from..to {
-                let ts = START_MS + step * shape.interval_s * 1000;
-                for (h, vals) in state.iter_mut().enumerate() {
-                    body.extend_from_slice(b"cpu,");
-                    body.extend_from_slice(tags[h].as_bytes());
-                    for (f, v) in vals.iter_mut().enumerate() {
-                        *v = (*v + rng.random_range(-1.0..1.0) + rng.random_range(-1.0..1.0))
-                            .clamp(0.0, 100.0);
-                        body.push(if f == 0 { b' ' } else { b',' });
-                        let text = if shape.float_values {
-                            format!("{}={:.2}", FIELDS[f], v)
-                        } else {
-                            format!("{}={}i", FIELDS[f], *v as i64)
-                        };
-                        body.extend_from_slice(text.as_bytes());
-                    }
-                    body.extend_from_slice(format!(" {ts}\n").as_bytes());
-                    lines += 1;
-                    if lines == shape.batch_lines {
-                        out.push(Batch {
-                            body: std::mem::take(&mut body),
-                        });
-                        lines = 0;
-                    }
-                }
-            }
-            if lines > 0 {
-                out.push(Batch { body });
-            }
-            out
-        };
-        let main = gen_range(0, steps);
-        let extra = gen_range(steps, steps + extra_steps);
+        let mut g = Generator::new(shape);
+        let steps = g.steps;
+        let main = g.batches(0, steps);
+        Workload::with_main(g, Some(main))
+    }
+
+    /// The same data as [`Workload::generate`], but the main load is not held: each
+    /// [`Workload::load_main`] generates it again while it is sent, so that a load larger
+    /// than memory can be sent. The 1% more is held (the generator is run through the main
+    /// load's values once, without writing them, to reach it).
+    pub fn streamed(shape: Shape) -> Workload {
+        let mut g = Generator::new(shape);
+        g.skip(0, g.steps);
+        Workload::with_main(g, None)
+    }
+
+    /// `g` has generated the main load; the extra 1% follows.
+    fn with_main(mut g: Generator, main: Option<Vec<Batch>>) -> Workload {
+        let (steps, extra_steps) = (g.steps, g.extra_steps);
+        let extra = g.batches(steps, steps + extra_steps);
         Workload {
-            shape,
+            shape: g.shape,
             main,
             extra,
             steps,
@@ -110,9 +93,47 @@ impl Workload {
         }
     }
 
+    /// Sends the main load to `url` with `clients` concurrent clients (see
+    /// [`crate::systems::load`]), counting lines on `progress`; a streamed load is generated
+    /// an hour of steps at a time by another thread while the hour before is sent. Returns
+    /// how long the sending took, and the bytes sent.
+    pub fn load_main(
+        &self,
+        url: &str,
+        clients: usize,
+        progress: &indicatif::ProgressBar,
+    ) -> anyhow::Result<(std::time::Duration, u64)> {
+        if let Some(main) = &self.main {
+            let took = crate::systems::load(url, main, clients, progress)?;
+            return Ok((took, main.iter().map(|b| b.body.len() as u64).sum()));
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Batch>>(1);
+        let shape = self.shape;
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                for chunk in Generator::new(shape).hours() {
+                    if tx.send(chunk).is_err() {
+                        return; // the sender failed; its error is reported below
+                    }
+                }
+            });
+            let (mut took, mut bytes) = (std::time::Duration::ZERO, 0);
+            for chunk in rx {
+                took += crate::systems::load(url, &chunk, clients, progress)?;
+                bytes += chunk.iter().map(|b| b.body.len() as u64).sum::<u64>();
+            }
+            Ok((took, bytes))
+        })
+    }
+
+    /// Lines in the main load (the unit of [`Workload::load_main`]'s progress).
+    pub fn lines(&self) -> u64 {
+        self.steps as u64 * self.shape.hosts as u64
+    }
+
     /// Samples in the main load.
     pub fn samples(&self) -> u64 {
-        self.steps as u64 * self.shape.hosts as u64 * FIELDS.len() as u64
+        self.lines() * FIELDS.len() as u64
     }
 
     /// Samples in the extra 1%.
@@ -120,9 +141,11 @@ impl Workload {
         self.extra_steps as u64 * self.shape.hosts as u64 * FIELDS.len() as u64
     }
 
-    /// Bytes of line protocol in the main load.
-    pub fn bytes(&self) -> usize {
-        self.main.iter().map(|b| b.body.len()).sum()
+    /// Bytes of line protocol in the main load, when it is held.
+    pub fn bytes(&self) -> Option<usize> {
+        self.main
+            .as_ref()
+            .map(|m| m.iter().map(|b| b.body.len()).sum())
     }
 
     /// One past the last timestamp of the main load.
@@ -136,6 +159,103 @@ impl Workload {
     }
 }
 
+/// The random walks, step after step: the same seed gives the same data whether it is
+/// written out ([`Generator::batches`]) or only advanced ([`Generator::skip`]).
+#[derive(Clone)]
+struct Generator {
+    shape: Shape,
+    steps: i64,
+    extra_steps: i64,
+    rng: rand::rngs::StdRng,
+    tags: Vec<String>,
+    state: Vec<[f64; 10]>,
+}
+
+impl Generator {
+    fn new(shape: Shape) -> Generator {
+        let steps = shape.hours * 3600 / shape.interval_s;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+        let state = (0..shape.hosts)
+            .map(|_| std::array::from_fn(|_| rng.random_range(0.0..100.0)))
+            .collect();
+        Generator {
+            shape,
+            steps,
+            extra_steps: (steps / 100).max(1),
+            rng,
+            tags: (0..shape.hosts).map(host_tags).collect(),
+            state,
+        }
+    }
+
+    /// Host `h`'s ten values at the next step.
+    fn advance(&mut self, h: usize) -> [f64; 10] {
+        let vals = &mut self.state[h];
+        for v in vals.iter_mut() {
+            *v = (*v + self.rng.random_range(-1.0..1.0) + self.rng.random_range(-1.0..1.0))
+                .clamp(0.0, 100.0);
+        }
+        *vals
+    }
+
+    /// The main load, [`STREAM_STEPS`] steps at a time.
+    fn hours(mut self) -> impl Iterator<Item = Vec<Batch>> {
+        (0..self.steps)
+            .step_by(STREAM_STEPS as usize)
+            .map(move |from| self.batches(from, (from + STREAM_STEPS).min(self.steps)))
+    }
+
+    /// Advances through steps `[from, to)` without writing them.
+    fn skip(&mut self, from: i64, to: i64) {
+        for _ in from..to {
+            for h in 0..self.shape.hosts {
+                self.advance(h);
+            }
+        }
+    }
+
+    /// Steps `[from, to)` as line protocol, `batch_lines` lines per batch.
+    fn batches(&mut self, from: i64, to: i64) -> Vec<Batch> {
+        let shape = self.shape;
+        let mut out = Vec::new();
+        let mut body = Vec::new();
+        let mut lines = 0;
+        for step in from..to {
+            let ts = START_MS + step * shape.interval_s * 1000;
+            for h in 0..shape.hosts {
+                let vals = self.advance(h);
+                body.extend_from_slice(b"cpu,");
+                body.extend_from_slice(self.tags[h].as_bytes());
+                for (f, v) in vals.iter().enumerate() {
+                    body.push(if f == 0 { b' ' } else { b',' });
+                    let text = if shape.float_values {
+                        format!("{}={:.2}", FIELDS[f], v)
+                    } else {
+                        format!("{}={}i", FIELDS[f], *v as i64)
+                    };
+                    body.extend_from_slice(text.as_bytes());
+                }
+                body.extend_from_slice(format!(" {ts}\n").as_bytes());
+                lines += 1;
+                if lines == shape.batch_lines {
+                    out.push(Batch {
+                        body: std::mem::take(&mut body),
+                        lines: lines as u64,
+                    });
+                    lines = 0;
+                }
+            }
+        }
+        if lines > 0 {
+            out.push(Batch {
+                body,
+                lines: lines as u64,
+            });
+        }
+        out
+    }
+}
+
 /// The TSBS tag set of host `i`.
 fn host_tags(i: usize) -> String {
     let (region, dcs) = REGIONS[i % REGIONS.len()];
@@ -146,4 +266,49 @@ fn host_tags(i: usize) -> String {
         i % 20,
         i % 2
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape(float_values: bool) -> Shape {
+        Shape {
+            hosts: 3,
+            hours: 3,
+            interval_s: 10,
+            float_values,
+            batch_lines: 7,
+        }
+    }
+
+    fn text(batches: &[Batch]) -> Vec<u8> {
+        batches.iter().flat_map(|b| b.body.clone()).collect()
+    }
+
+    #[test]
+    fn a_streamed_load_is_the_held_one_in_hours() {
+        for float_values in [false, true] {
+            let held = Workload::generate(shape(float_values));
+            let streamed = Workload::streamed(shape(float_values));
+            let chunks: Vec<Batch> = Generator::new(shape(float_values))
+                .hours()
+                .flatten()
+                .collect();
+            let main = held.main.as_deref().expect("held");
+            assert_eq!(text(&chunks), text(main));
+            assert_eq!(
+                chunks.iter().map(|b| b.lines).sum::<u64>(),
+                held.lines(),
+                "lines counted per batch"
+            );
+            assert_eq!(
+                text(&chunks).iter().filter(|&&b| b == b'\n').count() as u64,
+                held.lines()
+            );
+            assert!(streamed.main.is_none() && streamed.bytes().is_none());
+            assert_eq!(text(&streamed.extra), text(&held.extra));
+            assert!(!held.extra.is_empty());
+        }
+    }
 }
