@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
 use rand::RngCore;
-use tokio::sync::Semaphore;
+use tokio::sync::{OnceCell, Semaphore};
 use tsvault_storage::{DigestBasis, SNAPSHOTS_DIR, SeriesDigest};
 
 use crate::crypto::Compression;
@@ -178,25 +178,42 @@ async fn backup_locked(
     Ok(manifest)
 }
 
-/// The newest backup of `source`, and its newest full backup, in one scan of the manifests
-/// from the newest: what an incremental and a differential backup are taken against.
-async fn references(
+/// What a backup of `source` of type `kind` (`None`: the default) is taken against, and
+/// whether the source has a full backup, from a scan of the manifests from the newest: an
+/// incremental backup's reference is the newest backup of the source, a differential's its
+/// newest full. The scan stops at the newest full, or, for an incremental, at the newest
+/// backup when the full at the root of its chain (its `base`) is still listed: a chain of
+/// daily incrementals does not read one more manifest each day.
+async fn find_reference(
     repo: &Repository,
     source: &str,
-) -> Result<(Option<BackupManifest>, Option<BackupManifest>)> {
+    kind: Option<BackupType>,
+) -> Result<(Option<BackupManifest>, bool)> {
+    let differential = kind == Some(BackupType::Differential);
+    let ids = repo.backup_ids().await?;
     let mut newest = None;
-    for id in repo.backup_ids().await?.iter().rev() {
+    for id in ids.iter().rev() {
         let m = repo.manifest(id).await?;
         if m.source != source {
             continue;
         }
         if m.kind == BackupType::Full {
-            let newest = newest.unwrap_or_else(|| m.clone());
-            return Ok((Some(newest), Some(m)));
+            return Ok((
+                Some(if differential { m } else { newest.unwrap_or(m) }),
+                true,
+            ));
+        }
+        if newest.is_none()
+            && !differential
+            && m.base
+                .as_ref()
+                .is_some_and(|b| ids.binary_search(b).is_ok())
+        {
+            return Ok((Some(m), true));
         }
         newest.get_or_insert(m);
     }
-    Ok((newest, None))
+    Ok((if differential { None } else { newest }, false))
 }
 
 async fn write_backup(
@@ -208,20 +225,20 @@ async fn write_backup(
 ) -> Result<BackupManifest> {
     let started_ms = now_ms();
     let source_name = source.name()?;
-    let (newest, newest_full) = match kind {
-        Some(BackupType::Full) => (None, None),
-        _ => references(repo, &source_name).await?,
+    let (reference, has_full) = match kind {
+        Some(BackupType::Full) => (None, false),
+        _ => find_reference(repo, &source_name, kind).await?,
     };
     // Default: incremental when a full backup of this source exists, else full.
-    let kind = kind.unwrap_or(if newest_full.is_some() {
+    let kind = kind.unwrap_or(if has_full {
         BackupType::Incremental
     } else {
         BackupType::Full
     });
-    let reference = match kind {
-        BackupType::Full => None,
-        BackupType::Incremental => newest,
-        BackupType::Differential => newest_full,
+    let reference = if kind == BackupType::Full {
+        None
+    } else {
+        reference
     };
     if kind != BackupType::Full && reference.is_none() {
         return Err(Error::Invalid(format!(
@@ -268,7 +285,7 @@ async fn write_backup(
         progress,
         repo_lock,
         blob_slots: &blob_slots,
-        present: Mutex::new(HashSet::new()),
+        present: Mutex::new(HashMap::new()),
     };
     // Several files at once (in order): a snapshot of small files, or a server digesting
     // one file per core, would otherwise wait on one round trip after another.
@@ -566,8 +583,10 @@ struct FileCtx<'a> {
     repo_lock: &'a Lock,
     /// One permit per chunk in memory.
     blob_slots: &'a Semaphore,
-    /// Blobs found present in this run (packs are named by many files).
-    present: Mutex<HashSet<String>>,
+    /// Whether each blob a reused entry names is in the repository, checked once per run
+    /// (a pack is named by many files, several of them in flight at once: the first asks,
+    /// the others wait for its answer).
+    present: Mutex<HashMap<String, Arc<OnceCell<bool>>>>,
 }
 
 /// One file of a backup: its manifest entry and digests (none when it was reused and its
@@ -606,18 +625,23 @@ impl FileCtx<'_> {
             // lock is kept fresh meanwhile (a prune ignores a stale one).
             let mut present = true;
             for blob in old.all_blobs() {
-                if self.present.lock().expect("not poisoned").contains(blob) {
-                    continue;
-                }
-                self.repo_lock.refresh_if_due(self.repo).await?;
-                if !self.repo.has_blob(blob).await? {
+                let cell = Arc::clone(
+                    self.present
+                        .lock()
+                        .expect("not poisoned")
+                        .entry(blob.clone())
+                        .or_default(),
+                );
+                let found = cell
+                    .get_or_try_init(|| async {
+                        self.repo_lock.refresh_if_due(self.repo).await?;
+                        self.repo.has_blob(blob).await
+                    })
+                    .await?;
+                if !*found {
                     present = false;
                     break;
                 }
-                self.present
-                    .lock()
-                    .expect("not poisoned")
-                    .insert(blob.clone());
             }
             if present {
                 let mut entry = old.clone();

@@ -718,6 +718,30 @@ async fn incremental_and_differential_read_only_changed_files_and_each_restores_
         assert_eq!(&all(&dst), want, "backup {} ({:?})", b.id, b.kind);
         assert!(verify_backup(&repo, &b.id, true).await.is_empty());
     }
+
+    // The next incremental reads the newest backup's manifest and no older one (its base,
+    // the full, is listed): a chain of daily incrementals does not read one more manifest
+    // each day. Shown by damaging an older manifest of the chain, which it then never sees.
+    std::fs::write(repo_dir.join("backups").join(&inc.id), b"damaged").unwrap();
+    add_segment(&src, "z", 1_770_000_000_000);
+    let inc3 = backup_data_dir(&repo, &src, None, &NoProgress)
+        .await
+        .unwrap();
+    assert_eq!(
+        (inc3.kind, inc3.parent.as_deref(), inc3.base.as_deref()),
+        (Incremental, Some(diff.id.as_str()), Some(full.id.as_str()))
+    );
+    let dst = tmp.path().join("restore-inc3");
+    restore_data_dir(&repo, Some(&inc3.id), &dst, &NoProgress)
+        .await
+        .unwrap();
+    assert_eq!(all(&dst), all(&src));
+    // A differential still looks for the newest full, reading every manifest back to it:
+    // the damaged one is named.
+    let err = backup_data_dir(&repo, &src, Some(Differential), &NoProgress)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains(&inc.id), "{err}");
 }
 
 #[tokio::test]
@@ -1075,4 +1099,49 @@ async fn every_flipped_byte_in_a_repository_is_found_by_verify() {
             objects.len()
         );
     }
+}
+
+#[tokio::test]
+async fn an_incremental_stores_again_the_files_whose_pack_went_missing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, repo_dir, repo, full) = backed_up(tmp.path(), None).await;
+    // A pack several unchanged files are in, deleted from the repository.
+    let mut packs: std::collections::HashMap<&str, Vec<&tsvault_backup::FileEntry>> =
+        Default::default();
+    for f in full.files.iter().filter(|f| f.packed.is_some()) {
+        packs.entry(f.blobs[0].as_str()).or_default().push(f);
+    }
+    let (pack, members) = packs
+        .iter()
+        .max_by_key(|(_, m)| m.len())
+        .expect("a packed file");
+    assert!(
+        members.len() >= 2,
+        "{} files in the largest pack",
+        members.len()
+    );
+    std::fs::remove_file(repo_dir.join("data").join(&pack[..2]).join(pack)).unwrap();
+
+    // The next backup finds it missing (once, for all its files at once in flight) and reads
+    // exactly those files again; every other file is reused unread.
+    let inc = backup_data_dir(&repo, &src, None, &NoProgress)
+        .await
+        .unwrap();
+    assert_eq!(inc.kind, tsvault_backup::BackupType::Incremental);
+    assert_eq!(
+        inc.read_bytes,
+        members.iter().map(|f| f.size).sum::<u64>(),
+        "read again: the files of pack {pack}"
+    );
+    // Packed again from the same files, the pack has the same id, and is back.
+    assert!(
+        repo_dir.join("data").join(&pack[..2]).join(pack).is_file(),
+        "pack {pack} stored again"
+    );
+    assert!(verify_backup(&repo, &inc.id, true).await.is_empty());
+    let dst = tmp.path().join("restored");
+    restore_data_dir(&repo, Some(&inc.id), &dst, &NoProgress)
+        .await
+        .unwrap();
+    assert_eq!(all(&dst), all(&src));
 }
