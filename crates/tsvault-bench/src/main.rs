@@ -150,6 +150,10 @@ fn main() -> anyhow::Result<()> {
         args.backup_rounds >= 1,
         "--backup-rounds must be at least 1"
     );
+    ensure!(
+        !args.backups_only || args.peers.contains(&Peer::VictoriaMetrics),
+        "--backups-only compares with vmbackup: --peers must name victoria-metrics"
+    );
     let tsvault_bin = match &args.tsvault_bin {
         Some(b) => b.clone(),
         None => std::env::current_exe()?.with_file_name("tsvault"),
@@ -362,10 +366,6 @@ fn run_variant(
         Kind::Victoria => args.peers.contains(&Peer::VictoriaMetrics),
         Kind::Influx => !args.backups_only && args.peers.contains(&Peer::Influxdb),
     });
-    ensure!(
-        !args.backups_only || args.peers.contains(&Peer::VictoriaMetrics),
-        "--backups-only compares with vmbackup: --peers must name victoria-metrics"
-    );
     for (col, kind) in kinds {
         let sys = Running::start(
             kind,
