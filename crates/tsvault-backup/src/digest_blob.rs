@@ -18,6 +18,7 @@ fn basis_code(basis: DigestBasis) -> (u8, usize) {
         DigestBasis::Samples => (0, 32),
         DigestBasis::Blocks => (1, 32),
         DigestBasis::BlocksXxh3 => (2, 16),
+        DigestBasis::BlocksCrc32c => (3, 4),
     }
 }
 
@@ -26,6 +27,7 @@ fn basis_of(code: u8) -> Option<DigestBasis> {
         DigestBasis::Samples,
         DigestBasis::Blocks,
         DigestBasis::BlocksXxh3,
+        DigestBasis::BlocksCrc32c,
     ]
     .into_iter()
     .find(|b| basis_code(*b).0 == code)
@@ -126,7 +128,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<(DigestBasis, Vec<SeriesDigest>), S
             samples,
             min_ts_ms,
             max_ts_ms: min_ts_ms.wrapping_add(span),
-            hash: DigestHash::from_bytes(hash).expect("16 or 32 bytes, by the basis"),
+            hash: DigestHash::from_bytes(hash).expect("4, 16 or 32 bytes, by the basis"),
         });
     }
     if !r.is_empty() {
@@ -174,6 +176,22 @@ mod tests {
             decode(&bytes).unwrap(),
             (DigestBasis::BlocksXxh3, digests.clone())
         );
+        // Each basis with a hash of its length.
+        for (basis, hex_len) in [
+            (DigestBasis::BlocksCrc32c, 8),
+            (DigestBasis::Blocks, 64),
+            (DigestBasis::Samples, 64),
+        ] {
+            let of_len: Vec<SeriesDigest> = digests
+                .iter()
+                .map(|x| {
+                    let hash = x.hash.to_string().repeat(2)[..hex_len].to_string();
+                    d(&x.series, x.samples, x.min_ts_ms, x.max_ts_ms, hash)
+                })
+                .collect();
+            let bytes = encode(basis, &of_len).unwrap();
+            assert_eq!(decode(&bytes).unwrap(), (basis, of_len));
+        }
         // Shared prefixes are stored once.
         let whole: usize = digests.iter().map(|d| d.series.len()).sum();
         assert!(
@@ -212,6 +230,8 @@ mod tests {
             (DigestBasis::BlocksXxh3, "ab".repeat(32)),
             (DigestBasis::Samples, "ab".repeat(16)),
             (DigestBasis::Blocks, "ab".repeat(16)),
+            (DigestBasis::BlocksCrc32c, "ab".repeat(16)),
+            (DigestBasis::BlocksXxh3, "ab".repeat(4)),
         ] {
             let err = encode(basis, &[d("cpu{host=a}", 1, 0, 0, hash)]).unwrap_err();
             assert!(err.starts_with("series cpu{host=a}: hash abab"), "{err}");
@@ -225,6 +245,7 @@ mod tests {
             "zz".repeat(32),
             "ab".repeat(31) + "a",
             "ab".repeat(20),
+            "ab".repeat(3),
             "ab".repeat(33),
             String::new(),
         ] {
@@ -234,7 +255,7 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(
-                err.contains(&format!("hash {hash:?} is not 32 or 64 hex digits")),
+                err.contains(&format!("hash {hash:?} is not 8, 32 or 64 hex digits")),
                 "{err}"
             );
         }

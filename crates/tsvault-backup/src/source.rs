@@ -7,6 +7,7 @@ use std::fs::{self, File};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 use tsvault_storage::{DigestBasis, ImportOutcome, SNAPSHOTS_DIR, SeriesDigest, SnapshotInfo};
 
@@ -62,16 +63,17 @@ impl ServerClient {
     /// Sends `req`; a non-success status is an error carrying the server's message.
     async fn send(&self, what: &str, req: reqwest::RequestBuilder) -> Result<reqwest::Response> {
         let resp = req.send().await.map_err(|e| self.err(what, e))?;
+        self.check(what, resp).await
+    }
+
+    /// `resp` if its status is a success, else an error carrying the server's message.
+    async fn check(&self, what: &str, resp: reqwest::Response) -> Result<reqwest::Response> {
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);
         }
-        let body = resp.text().await.unwrap_or_default();
-        let msg = serde_json::from_str::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
-            .unwrap_or(body);
-        Err(self.err(what, format!("{status}: {}", msg.trim())))
+        let msg = error_message(resp).await;
+        Err(self.err(what, format!("{status}: {msg}")))
     }
 
     async fn json<T: DeserializeOwned>(
@@ -149,7 +151,8 @@ impl ServerClient {
 
     /// The per-series digests of file `path` of snapshot `id` on `basis`, and the basis
     /// the server used: one from before bases existed ignores the request and answers on
-    /// samples without saying so.
+    /// samples without saying so; one from before `blocks-crc32c` is asked for
+    /// `blocks-xxh3` instead.
     async fn snapshot_digests(
         &self,
         id: &str,
@@ -158,11 +161,25 @@ impl ServerClient {
     ) -> Result<(DigestBasis, Vec<SeriesDigest>)> {
         let what = format!("digests of {path} of snapshot {id}");
         let url = format!("{}/api/admin/snapshots/{id}/digests", self.base);
-        let req = self
-            .client
-            .get(url)
-            .query(&[("path", path), ("basis", basis.as_str())]);
-        let resp = self.send(&what, req).await?;
+        let ask = |basis: DigestBasis| {
+            self.client
+                .get(&url)
+                .query(&[("path", path), ("basis", basis.as_str())])
+                .send()
+        };
+        let mut resp = ask(basis).await.map_err(|e| self.err(&what, e))?;
+        // A server from before `blocks-crc32c` refuses it by name (400, "basis: 'NAME' is
+        // none of ..."): its blocks are then digested as that server can, on XXH3-128.
+        if basis == DigestBasis::BlocksCrc32c && resp.status() == StatusCode::BAD_REQUEST {
+            let msg = error_message(resp).await;
+            if !msg.starts_with(&format!("basis: '{}' is none of", basis.as_str())) {
+                return Err(self.err(&what, format!("{}: {msg}", StatusCode::BAD_REQUEST)));
+            }
+            resp = ask(DigestBasis::BlocksXxh3)
+                .await
+                .map_err(|e| self.err(&what, e))?;
+        }
+        let resp = self.check(&what, resp).await?;
         let used = match resp.headers().get("x-tsvault-digest-basis") {
             None => DigestBasis::Samples,
             Some(v) => v
@@ -184,6 +201,17 @@ impl ServerClient {
             .body(body);
         self.json("importing restored samples", req).await
     }
+}
+
+/// The message of a failed answer: its JSON `error`, else its body (trimmed).
+async fn error_message(resp: reqwest::Response) -> String {
+    let body = resp.text().await.unwrap_or_default();
+    serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+        .unwrap_or(body)
+        .trim()
+        .to_string()
 }
 
 /// Where a backup reads from.
@@ -423,4 +451,98 @@ fn data_files(dir: &Path) -> Result<Vec<String>> {
     walk(dir, "", &mut out)?;
     out.sort();
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::TcpListener;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// A server on a real socket that answers each digests request by its query string,
+    /// as `answer` says (status, extra headers, body), and keeps the queries asked.
+    fn fake_server(
+        answer: fn(&str) -> (u16, &'static str, String),
+    ) -> (ServerClient, Arc<Mutex<Vec<String>>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let seen = asked.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut request_line = String::new();
+                reader.read_line(&mut request_line).unwrap();
+                // The rest of the head; a GET has no body.
+                let mut line = String::new();
+                while reader.read_line(&mut line).unwrap() > 2 {
+                    line.clear();
+                }
+                let target = request_line.split(' ').nth(1).unwrap_or("").to_string();
+                let query = target.split_once('?').map_or("", |(_, q)| q).to_string();
+                let (status, headers, body) = answer(&query);
+                seen.lock().unwrap().push(query);
+                let reply = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n{headers}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                conn.write_all(reply.as_bytes()).unwrap();
+            }
+        });
+        (ServerClient::new(&url).unwrap(), asked)
+    }
+
+    const DIGESTS: &str = r#"[{"series":"cpu{host=a}","samples":3,"min_ts_ms":1,"max_ts_ms":3,"blake3":"000102030405060708090a0b0c0d0e0f"}]"#;
+
+    #[tokio::test]
+    async fn a_server_from_before_blocks_crc32c_is_asked_for_blocks_xxh3() {
+        let (client, asked) = fake_server(|query| {
+            if query.contains("basis=blocks-crc32c") {
+                let refusal = r#"{"error":"basis: 'blocks-crc32c' is none of 'samples', 'blocks' and 'blocks-xxh3'"}"#;
+                (400, "", refusal.to_string())
+            } else {
+                (
+                    200,
+                    "x-tsvault-digest-basis: blocks-xxh3\r\n",
+                    DIGESTS.to_string(),
+                )
+            }
+        });
+        let (basis, digests) = client
+            .snapshot_digests("s1", "seg/1.seg", DigestBasis::BlocksCrc32c)
+            .await
+            .unwrap();
+        assert_eq!(basis, DigestBasis::BlocksXxh3);
+        assert_eq!(digests.len(), 1);
+        assert_eq!(digests[0].series, "cpu{host=a}");
+        assert_eq!(
+            digests[0].hash.to_string(),
+            "000102030405060708090a0b0c0d0e0f"
+        );
+        let asked = asked.lock().unwrap().clone();
+        assert_eq!(asked.len(), 2, "{asked:?}");
+        assert!(asked[0].contains("basis=blocks-crc32c"), "{asked:?}");
+        assert!(asked[1].contains("basis=blocks-xxh3"), "{asked:?}");
+    }
+
+    #[tokio::test]
+    async fn any_other_refusal_of_digests_is_an_error_with_the_servers_message() {
+        let (client, asked) = fake_server(|_| {
+            let refusal = r#"{"error":"no snapshot s1"}"#;
+            (400, "", refusal.to_string())
+        });
+        let err = client
+            .snapshot_digests("s1", "seg/1.seg", DigestBasis::BlocksCrc32c)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("digests of seg/1.seg of snapshot s1: 400 Bad Request: no snapshot s1"),
+            "{err}"
+        );
+        assert_eq!(asked.lock().unwrap().len(), 1, "asked once, not again");
+    }
 }

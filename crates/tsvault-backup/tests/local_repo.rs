@@ -896,13 +896,17 @@ async fn deep_verify_compares_every_series_with_what_was_recorded() {
     let summary = b.summary.clone().unwrap();
     assert!(summary.series > 0 && summary.samples > 0, "{summary:?}");
 
-    // Backups written before `blocks-xxh3` hold BLAKE3 digests of blocks: still compared,
-    // by the hash their basis names (with the other hash under that basis, every series
-    // differs).
-    for (basis, hashed_as, agree) in [
+    // Backups written before `blocks-crc32c` hold XXH3 digests of blocks, and before
+    // `blocks-xxh3` BLAKE3 ones: still compared, by the hash their basis names (with
+    // another hash under that basis, every series differs).
+    for (i, (basis, hashed_as, agree)) in [
         ("blocks", DigestBasis::Blocks, true),
         ("blocks", DigestBasis::BlocksXxh3, false),
-    ] {
+        ("blocks-xxh3", DigestBasis::BlocksXxh3, true),
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let mut m = b.clone();
         let mut series = 0;
         for entry in m.files.iter_mut().filter(|f| f.path.ends_with(".seg")) {
@@ -916,7 +920,7 @@ async fn deep_verify_compares_every_series_with_what_was_recorded() {
             entry.digests = Some(id);
         }
         assert!(series > 0);
-        m.id = format!("{}0000000{}", &b.id[..b.id.len() - 8], u8::from(agree) + 3);
+        m.id = format!("{}0000000{}", &b.id[..b.id.len() - 8], i + 5);
         repo.put_manifest(&m).await.unwrap();
         let problems = verify_deep(&repo, &m.id).await;
         if agree {

@@ -6,7 +6,7 @@
 //! - `GET /api/admin/snapshots`, `GET /api/admin/snapshots/{id}`: describe them.
 //! - `GET /api/admin/snapshots/{id}/file?path=P`: the bytes of one file, with headers
 //!   `x-tsvault-blake3` and `x-tsvault-size` (what the file held when the snapshot was taken).
-//! - `GET /api/admin/snapshots/{id}/digests?path=P[&basis=samples|blocks]`: per-series
+//! - `GET /api/admin/snapshots/{id}/digests?path=P[&basis=samples|blocks|...]`: per-series
 //!   digests of one file, of its samples (the default) or of a segment's stored blocks; the
 //!   header `x-tsvault-digest-basis` names the basis.
 //! - `DELETE /api/admin/snapshots/{id}`: release it.
@@ -164,12 +164,15 @@ pub(crate) async fn snapshot_file(
 #[derive(Deserialize)]
 pub(crate) struct DigestQuery {
     path: String,
-    /// `samples` (the default, what servers before `blocks` existed computed) or `blocks`.
+    /// `samples` (the default, what servers before `blocks` existed computed), `blocks`,
+    /// `blocks-xxh3` or `blocks-crc32c`.
     basis: Option<String>,
 }
 
-/// `GET /api/admin/snapshots/{id}/digests?path=P[&basis=samples|blocks|blocks-xxh3]`: the file's
-/// per-series digests; the `x-tsvault-digest-basis` header says which basis they use.
+/// `GET /api/admin/snapshots/{id}/digests?path=P[&basis=B]`, `B` one of `samples`,
+/// `blocks`, `blocks-xxh3`, `blocks-crc32c`: the file's per-series digests; the
+/// `x-tsvault-digest-basis` header says which basis they use. An unknown basis is refused
+/// as "basis: 'B' is none of ...", which the CLI takes to mean an older server.
 pub(crate) async fn snapshot_digests(
     State(st): State<Shared>,
     Path(id): Path<String>,
@@ -183,7 +186,7 @@ pub(crate) async fn snapshot_digests(
                 return (
                     StatusCode::BAD_REQUEST,
                     Json(json!({
-                        "error": format!("basis: '{name}' is none of 'samples', 'blocks' and 'blocks-xxh3'")
+                        "error": format!("basis: '{name}' is none of 'samples', 'blocks', 'blocks-xxh3' and 'blocks-crc32c'")
                     })),
                 )
                     .into_response();

@@ -223,16 +223,18 @@ fn digests_are_the_same_for_a_copy_and_name_damage() {
         assert_eq!(d, file_digests(&copy.path().join(&f.path), basis).unwrap());
         seen_samples += d.iter().map(|x| x.samples).sum::<u64>();
         if basis.is_blocks() {
-            // Digests of blocks (either hash) count and bound the same samples as digests
+            // Digests of blocks (any hash) count and bound the same samples as digests
             // of samples; only the hashes differ.
-            assert_eq!(basis, DigestBasis::BlocksXxh3);
+            assert_eq!(basis, DigestBasis::BlocksCrc32c);
             segments += 1;
             let by_samples = file_digests(&src, DigestBasis::Samples).unwrap();
             let by_blake3 = file_digests(&src, DigestBasis::Blocks).unwrap();
+            let by_xxh3 = file_digests(&src, DigestBasis::BlocksXxh3).unwrap();
             assert_eq!(by_samples.len(), d.len());
             assert_eq!(by_blake3.len(), d.len());
-            for ((x, s), b) in d.iter().zip(&by_samples).zip(&by_blake3) {
-                for other in [s, b] {
+            assert_eq!(by_xxh3.len(), d.len());
+            for (((x, s), b), h) in d.iter().zip(&by_samples).zip(&by_blake3).zip(&by_xxh3) {
+                for other in [s, b, h] {
                     assert_eq!(
                         (&x.series, x.samples, x.min_ts_ms, x.max_ts_ms),
                         (
@@ -248,13 +250,18 @@ fn digests_are_the_same_for_a_copy_and_name_damage() {
                     (
                         x.hash.as_bytes().len(),
                         s.hash.as_bytes().len(),
-                        b.hash.as_bytes().len()
+                        b.hash.as_bytes().len(),
+                        h.hash.as_bytes().len()
                     ),
-                    (16, 32, 32)
+                    (4, 32, 32, 16)
                 );
             }
         } else {
-            for blocks in [DigestBasis::Blocks, DigestBasis::BlocksXxh3] {
+            for blocks in [
+                DigestBasis::Blocks,
+                DigestBasis::BlocksXxh3,
+                DigestBasis::BlocksCrc32c,
+            ] {
                 let err = file_digests(&src, blocks).unwrap_err();
                 assert!(err.to_string().contains("segment files only"), "{err}");
             }
@@ -268,12 +275,15 @@ fn digests_are_the_same_for_a_copy_and_name_damage() {
         .unwrap();
     let p = copy.path().join(&seg.path);
     let mut bytes = fs::read(&p).unwrap();
+    // A byte of the first block: the CRC32C digests take the index's word for the
+    // block's checksum, and still refuse the file (its whole hash fails).
     bytes[20] ^= 1;
     fs::write(&p, bytes).unwrap();
     for basis in [
         DigestBasis::Samples,
         DigestBasis::Blocks,
         DigestBasis::BlocksXxh3,
+        DigestBasis::BlocksCrc32c,
     ] {
         let err = file_digests(&p, basis).unwrap_err();
         assert!(

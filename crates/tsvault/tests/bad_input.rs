@@ -332,7 +332,7 @@ fn every_http_input_in_the_table_gets_its_error() {
             "",
             b"",
             400,
-            "basis: 'bogus' is none of 'samples', 'blocks' and 'blocks-xxh3'",
+            "basis: 'bogus' is none of 'samples', 'blocks', 'blocks-xxh3' and 'blocks-crc32c'",
         ),
         (
             "GET",

@@ -459,7 +459,7 @@ fn an_online_backup_killed_midway_leaves_no_backup_and_the_next_run_finishes() {
 }
 
 /// The digests of a segment are asked for on blocks (no decoding on the server), hashed
-/// with BLAKE3 or XXH3-128; a client that names no basis (one from before bases existed)
+/// with BLAKE3, XXH3-128 or by their CRC32C; a client that names no basis (one from before bases existed)
 /// gets them on samples, and the answer says which it is.
 #[test]
 fn segment_digests_are_on_blocks_when_asked_and_on_samples_by_default() {
@@ -497,9 +497,22 @@ fn segment_digests_are_on_blocks_when_asked_and_on_samples_by_default() {
     let (b1, by_samples) = ask("&basis=samples");
     let (b2, by_blocks) = ask("&basis=blocks");
     let (b3, by_xxh3) = ask("&basis=blocks-xxh3");
+    let (b4, by_crc) = ask("&basis=blocks-crc32c");
     assert_eq!(
-        (b0.as_str(), b1.as_str(), b2.as_str(), b3.as_str()),
-        ("samples", "samples", "blocks", "blocks-xxh3")
+        (
+            b0.as_str(),
+            b1.as_str(),
+            b2.as_str(),
+            b3.as_str(),
+            b4.as_str()
+        ),
+        (
+            "samples",
+            "samples",
+            "blocks",
+            "blocks-xxh3",
+            "blocks-crc32c"
+        )
     );
     assert_eq!(by_default, by_samples);
     let series = |v: &serde_json::Value| -> Vec<(String, u64, String)> {
@@ -515,20 +528,24 @@ fn segment_digests_are_on_blocks_when_asked_and_on_samples_by_default() {
             })
             .collect()
     };
-    let (a, b, c) = (series(&by_samples), series(&by_blocks), series(&by_xxh3));
-    assert_eq!(
-        (a.len(), b.len(), c.len()),
-        (HOSTS as usize, HOSTS as usize, HOSTS as usize)
+    let (a, b, c, e) = (
+        series(&by_samples),
+        series(&by_blocks),
+        series(&by_xxh3),
+        series(&by_crc),
     );
-    for ((x, y), z) in a.iter().zip(&b).zip(&c) {
-        assert_eq!((&x.0, x.1), (&y.0, y.1), "same series and counts");
-        assert_eq!((&x.0, x.1), (&z.0, z.1), "same series and counts");
+    let n = HOSTS as usize;
+    assert_eq!((a.len(), b.len(), c.len(), e.len()), (n, n, n, n));
+    for (((x, y), z), w) in a.iter().zip(&b).zip(&c).zip(&e) {
+        for other in [y, z, w] {
+            assert_eq!((&x.0, x.1), (&other.0, other.1), "same series and counts");
+        }
         assert_ne!(x.2, y.2, "different hashes");
         assert_ne!(y.2, z.2, "different hashes");
         assert_eq!(
-            (y.2.len(), z.2.len()),
-            (64, 32),
-            "BLAKE3 and XXH3-128 in hex"
+            (y.2.len(), z.2.len(), w.2.len()),
+            (64, 32, 8),
+            "BLAKE3, XXH3-128 and CRC32C in hex"
         );
     }
     assert!(a.iter().all(|x| x.1 == PER_BATCH as u64));
