@@ -58,14 +58,23 @@ async fn copy_locked(
         }
         let mut m = from.manifest(id).await?;
         let mut uploaded = 0;
-        for blob in m.blobs_mut() {
+        // Each blob compressed as a backup compresses it (a segment's bytes fast, digests
+        // as digests), so a copy is the size of a backup of the same files.
+        let mut blobs: Vec<(&mut String, Compression)> = Vec::new();
+        for f in &mut m.files {
+            let data = Compression::for_file(&f.path);
+            blobs.extend(f.blobs.iter_mut().map(|b| (b, data)));
+            blobs.extend(f.digests.iter_mut().map(|b| (b, Compression::Digests)));
+        }
+        blobs.extend(m.series_index.iter_mut().map(|b| (b, Compression::Default)));
+        for (blob, compression) in blobs {
             if let Some(t) = mapped.get(blob) {
                 *blob = t.clone();
                 continue;
             }
             lock.refresh_if_due(to).await?;
             let plaintext = from.get_blob(blob).await?;
-            let (target_id, up) = to.put_blob(plaintext, Compression::Default).await?;
+            let (target_id, up) = to.put_blob(plaintext, compression).await?;
             if up > 0 {
                 report.blobs_uploaded += 1;
                 uploaded += up;

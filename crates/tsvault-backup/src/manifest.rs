@@ -122,15 +122,6 @@ pub struct BackupManifest {
 }
 
 impl BackupManifest {
-    /// Every blob id the backup names, to rewrite in place (a copy to another repository,
-    /// whose keys give other ids); the same blobs as [`BackupManifest::blobs`].
-    pub(crate) fn blobs_mut(&mut self) -> impl Iterator<Item = &mut String> {
-        self.files
-            .iter_mut()
-            .flat_map(|f| f.blobs.iter_mut().chain(f.digests.iter_mut()))
-            .chain(self.series_index.iter_mut())
-    }
-
     /// Every blob the backup needs, each with what it is for (for messages).
     pub fn blobs(&self) -> impl Iterator<Item = (&String, String)> {
         self.files

@@ -540,6 +540,13 @@ async fn copy_mirrors_backups_into_a_second_repository_uploading_only_what_it_la
     let distinct: std::collections::HashSet<&String> = first.blobs().map(|(b, _)| b).collect();
     assert_eq!(report.blobs_uploaded as usize, distinct.len());
     assert_eq!(b.manifest(&second.id).await.unwrap().uploaded_bytes, 0);
+    // Compressed as a backup compresses: the copy into an unencrypted repository is the
+    // size of a backup of the same files into another.
+    let c = Repository::init(&opts(&tmp.path().join("c"), None), None)
+        .await
+        .unwrap();
+    let direct = backup_data_dir(&c, &src, None, &NoProgress).await.unwrap();
+    assert_eq!(report.bytes_uploaded, direct.uploaded_bytes);
     // Again: nothing to do.
     let again = copy_backups(&a, &b, &ids).await.unwrap();
     assert_eq!(again.already_there, ids);
