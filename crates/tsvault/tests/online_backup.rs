@@ -459,8 +459,8 @@ fn an_online_backup_killed_midway_leaves_no_backup_and_the_next_run_finishes() {
 }
 
 /// The digests of a segment are asked for on blocks (no decoding on the server), hashed
-/// with BLAKE3, XXH3-128 or by their CRC32C; a client that names no basis (one from before bases existed)
-/// gets them on samples, and the answer says which it is.
+/// with BLAKE3, XXH3-128 or named by their CRC32C; a client that names no basis (one from
+/// before bases existed) gets them on samples, and the answer says which it is.
 #[test]
 fn segment_digests_are_on_blocks_when_asked_and_on_samples_by_default() {
     let dir = tempfile::tempdir().unwrap();
