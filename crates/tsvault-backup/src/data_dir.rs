@@ -1433,6 +1433,8 @@ fn file_matches(path: &Path, entry: &FileEntry) -> Result<bool> {
     Ok(hasher.finalize().to_hex().as_str() == entry.blake3)
 }
 
+/// Fsyncs `dir`, or a file: either is opened read-only, which is all `fsync` needs on
+/// Linux ([`sync_at_once`] passes files too).
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
