@@ -58,11 +58,12 @@ async fn copy_locked(
         }
         let mut m = from.manifest(id).await?;
         let mut uploaded = 0;
-        // Each blob compressed as a backup compresses it (a segment's bytes fast, digests
-        // as digests), so a copy is the size of a backup of the same files.
+        // Each blob compressed as a backup into the target compresses it (a segment's bytes
+        // as they are unless the target was opened to compress them, digests as digests),
+        // so a copy is the size of a backup of the same files.
         let mut blobs: Vec<(&mut String, Compression)> = Vec::new();
         for f in &mut m.files {
-            let data = Compression::for_file(&f.path);
+            let data = to.file_compression(&f.path);
             blobs.extend(f.blobs.iter_mut().map(|b| (b, data)));
             blobs.extend(f.digests.iter_mut().map(|b| (b, Compression::Digests)));
         }

@@ -286,6 +286,7 @@ async fn write_backup(
         repo_lock,
         blob_slots: &blob_slots,
         present: Mutex::new(HashMap::new()),
+        key_hash: summary.index.hash,
     };
     // Several files at once (in order): a snapshot of small files, or a server digesting
     // one file per core, would otherwise wait on one round trip after another.
@@ -311,8 +312,8 @@ async fn write_backup(
                     continue;
                 };
                 let mut file = file?;
-                match &file.digests {
-                    Some(d) => summary.index.add(d),
+                match &file.series {
+                    Some(keys) => summary.index.add_keys(keys),
                     None => {
                         reused.insert(file.entry.path.clone());
                     }
@@ -323,7 +324,8 @@ async fn write_backup(
                 uploaded += file.uploaded;
                 deduplicated += file.deduplicated;
                 if let Some(part) = file.part.take() {
-                    for pack in packer.add(entries.len(), &file.entry, part) {
+                    let compression = repo.file_compression(&file.entry.path);
+                    for pack in packer.add(entries.len(), &file.entry, part, compression) {
                         uploads.push_back(store_pack(repo, pack));
                     }
                 }
@@ -449,8 +451,11 @@ struct Packer {
     /// How the files' bytes are compressed (by the first file's kind: a directory holds
     /// one kind).
     compression: Compression,
-    /// The files' bytes.
-    plaintext: Vec<u8>,
+    /// The pack's plaintext: its magic, then each file's bytes as they were read (the
+    /// blob is sealed from these, not from a copy of them in one buffer).
+    parts: Vec<Vec<u8>>,
+    /// The plaintext's length.
+    len: usize,
     /// Their digests, a blob of their own: a restore reads only the bytes, deep verification
     /// and the series count of an incremental backup only the digests.
     digests: Vec<u8>,
@@ -463,7 +468,8 @@ struct Packer {
 struct Pack {
     /// How its bytes are compressed (its digests as [`Compression::Digests`]).
     compression: Compression,
-    plaintext: Vec<u8>,
+    /// Its plaintext, in parts (see [`Packer::parts`]).
+    parts: Vec<Vec<u8>>,
     digests: Vec<u8>,
     members: Vec<(usize, Packed)>,
     file_bytes: u64,
@@ -485,7 +491,8 @@ impl Packer {
             target,
             dir: String::new(),
             compression: Compression::Default,
-            plaintext: Vec::new(),
+            parts: Vec::new(),
+            len: 0,
             digests: Vec::new(),
             members: Vec::new(),
             file_bytes: 0,
@@ -500,11 +507,17 @@ impl Packer {
     /// [`PACK_TARGET`]. The cuts depend on the files alone, so the same files make the same
     /// packs: a backup of unchanged files finds its packs stored (also those a killed run
     /// stored), and a changed file changes only the pack it is in.
-    fn add(&mut self, index: usize, entry: &FileEntry, part: PackPart) -> Vec<Pack> {
+    fn add(
+        &mut self,
+        index: usize,
+        entry: &FileEntry,
+        part: PackPart,
+        compression: Compression,
+    ) -> Vec<Pack> {
         let mut cut = Vec::new();
         let dir = entry.path.rsplit_once('/').map_or("", |(d, _)| d);
         if !self.members.is_empty()
-            && (self.plaintext.len() + part.bytes.len() > PACK_BYTES_MAX
+            && (self.len + part.bytes.len() > PACK_BYTES_MAX
                 || self.digests.len() + part.digests.len() > PACK_BYTES_MAX
                 || self.dir != dir)
         {
@@ -512,14 +525,14 @@ impl Packer {
         }
         if self.members.is_empty() {
             self.dir = dir.to_string();
-            self.compression = Compression::for_file(&entry.path);
-            // Reserved whole (pages are touched only as they fill): no copy as it grows.
-            self.plaintext.reserve(PACK_BYTES_MAX);
-            self.plaintext.extend_from_slice(PACK_MAGIC);
+            self.compression = compression;
+            self.parts.push(PACK_MAGIC.to_vec());
+            self.len = PACK_MAGIC.len();
             self.digests.extend_from_slice(DIGEST_PACK_MAGIC);
         }
-        let offset = self.plaintext.len() as u64;
-        self.plaintext.extend_from_slice(&part.bytes);
+        let offset = self.len as u64;
+        self.len += part.bytes.len();
+        self.parts.push(part.bytes);
         let digests_at = self.digests.len() as u64;
         self.digests.extend_from_slice(&part.digests);
         self.members.push((
@@ -542,9 +555,10 @@ impl Packer {
         if self.members.is_empty() {
             return None;
         }
+        self.len = 0;
         Some(Pack {
             compression: self.compression,
-            plaintext: std::mem::take(&mut self.plaintext),
+            parts: std::mem::take(&mut self.parts),
             digests: std::mem::take(&mut self.digests),
             members: std::mem::take(&mut self.members),
             file_bytes: std::mem::take(&mut self.file_bytes),
@@ -556,7 +570,7 @@ impl Packer {
 /// it already).
 async fn store_pack(repo: &Repository, pack: Pack) -> Result<StoredPack> {
     let ((id, up_bytes), (digests_id, up_digests)) = tokio::try_join!(
-        repo.put_blob(pack.plaintext, pack.compression),
+        repo.put_blob_of_parts(pack.parts, pack.compression),
         repo.put_blob(pack.digests, Compression::Digests)
     )?;
     Ok(StoredPack {
@@ -587,14 +601,16 @@ struct FileCtx<'a> {
     /// (a pack is named by many files, several of them in flight at once: the first asks,
     /// the others wait for its answer).
     present: Mutex<HashMap<String, Arc<OnceCell<bool>>>>,
+    /// How the backup's series index hashes keys.
+    key_hash: KeyHash,
 }
 
-/// One file of a backup: its manifest entry and digests (none when it was reused and its
+/// One file of a backup: its manifest entry and series (none when it was reused and its
 /// series are counted in the reference's index), and what it cost. A small file read anew
 /// comes with its bytes (`part`), and its entry names no blob until its pack is stored.
 struct BackedUpFile {
     entry: FileEntry,
-    digests: Option<Vec<SeriesDigest>>,
+    series: Option<FileSeries>,
     read: u64,
     uploaded: u64,
     deduplicated: u64,
@@ -645,21 +661,21 @@ impl FileCtx<'_> {
             }
             if present {
                 let mut entry = old.clone();
-                let digests = match (&old.digests, counted) {
+                let series = match (&old.digests, counted) {
                     (Some(_), true) => None,
                     (Some(_), false) => {
                         let (_, digests) = load_file_digests(self.repo, old, None)
                             .await?
                             .expect("the entry names digests");
                         entry.stats = Some(DataSummary::of(&digests));
-                        Some(digests)
+                        Some(FileSeries::of(self.key_hash, &digests))
                     }
-                    (None, _) => Some(Vec::new()),
+                    (None, _) => Some(FileSeries::of(self.key_hash, &[])),
                 };
                 self.progress.advance(old.size);
                 return Ok(BackedUpFile {
                     entry,
-                    digests,
+                    series,
                     read: 0,
                     uploaded: 0,
                     deduplicated: old.size,
@@ -681,9 +697,16 @@ impl FileCtx<'_> {
         } = stored?;
         let (basis, digests) = digests?;
         self.check_listed(&file, size, &blake3)?;
-        let encoded = digest_blob::encode(basis, &digests)
-            .map_err(|detail| self.unstorable_digests(&file.path, detail))?;
-        let (digests_id, up_digests) = self.repo.put_blob(encoded, Compression::Digests).await?;
+        let key_hash = self.key_hash;
+        let summary = off_thread(&format!("digests of file {}", file.path), move || {
+            FileSummary::of_digests(basis, &digests, key_hash)
+        })
+        .await?
+        .map_err(|detail| self.unstorable_digests(&file.path, detail))?;
+        let (digests_id, up_digests) = self
+            .repo
+            .put_blob(summary.encoded, Compression::Digests)
+            .await?;
         Ok(BackedUpFile {
             entry: FileEntry {
                 path: file.path,
@@ -692,10 +715,10 @@ impl FileCtx<'_> {
                 blobs,
                 mtime_ns: file.mtime_ns,
                 digests: Some(digests_id),
-                stats: Some(DataSummary::of(&digests)),
+                stats: Some(summary.stats),
                 packed: None,
             },
-            digests: Some(digests),
+            series: Some(summary.series),
             read: size,
             uploaded: uploaded + up_digests,
             deduplicated,
@@ -717,7 +740,8 @@ impl FileCtx<'_> {
         // A file's digests are computed (a segment's) and encoded on the blocking pool with
         // its hash, not on the thread that drives the backup.
         let basis = DigestBasis::for_file(&file.path);
-        let (bytes, blake3, digests, encoded) = if basis.is_blocks() {
+        let key_hash = self.key_hash;
+        let (bytes, blake3, summary) = if basis == DigestBasis::BlocksCrc32c {
             // A file on this machine is read on the blocking pool with its digests, in one
             // hand-off; one from a server arrives on this thread.
             let local = self.source.local_path(&file.path);
@@ -733,18 +757,13 @@ impl FileCtx<'_> {
                     Some(p) => read_whole(&p, listed)?,
                     None => fetched,
                 };
-                let d = tsvault_storage::segment_digests(&path, &bytes, basis).map(
-                    |(digests, blake3)| {
-                        let encoded = digest_blob::encode(basis, &digests);
-                        (digests, blake3, encoded)
-                    },
-                );
+                let d = FileSummary::of(&path, &bytes, key_hash);
                 Ok::<_, Error>((bytes, d))
             })
             .await??;
             // Bytes that are not the listed file fail here (not a whole segment) or below
             // (not the listed size and hash).
-            let (digests, blake3, encoded) = match digests {
+            let (blake3, summary) = match digests {
                 Ok(d) => d,
                 Err(e) => {
                     let blake3 = blake3::hash(&bytes).to_hex().to_string();
@@ -755,22 +774,19 @@ impl FileCtx<'_> {
                     });
                 }
             };
-            (bytes, blake3, digests, encoded)
+            (bytes, blake3, Ok(summary))
         } else {
             let (bytes, digests) = tokio::join!(read(), self.source.digests(&file.path));
             let (bytes, (basis, digests)) = (bytes?, digests?);
-            let (bytes, blake3, digests, encoded) =
-                off_thread(&format!("file {}", file.path), move || {
-                    let h = blake3::hash(&bytes).to_hex().to_string();
-                    let encoded = digest_blob::encode(basis, &digests);
-                    (bytes, h, digests, encoded)
-                })
-                .await?;
-            (bytes, blake3, digests, encoded)
+            off_thread(&format!("file {}", file.path), move || {
+                let h = blake3::hash(&bytes).to_hex().to_string();
+                (bytes, h, FileSummary::of_digests(basis, &digests, key_hash))
+            })
+            .await?
         };
         let size = bytes.len() as u64;
         self.check_listed(&file, size, &blake3)?;
-        let encoded = encoded.map_err(|detail| self.unstorable_digests(&file.path, detail))?;
+        let summary = summary.map_err(|detail| self.unstorable_digests(&file.path, detail))?;
         self.progress.advance(size);
         Ok(BackedUpFile {
             entry: FileEntry {
@@ -780,14 +796,14 @@ impl FileCtx<'_> {
                 blobs: Vec::new(),
                 mtime_ns: file.mtime_ns,
                 digests: None,
-                stats: Some(DataSummary::of(&digests)),
+                stats: Some(summary.stats),
                 packed: None,
             },
             part: Some(PackPart {
                 bytes,
-                digests: encoded,
+                digests: summary.encoded,
             }),
-            digests: Some(digests),
+            series: Some(summary.series),
             read: size,
             uploaded: 0,
             deduplicated: 0,
@@ -856,7 +872,7 @@ impl FileCtx<'_> {
                     hasher.update(&chunk);
                     size += n as u64;
                     in_flight.push_back(async move {
-                        let stored = repo.put_blob(chunk, Compression::for_file(path)).await;
+                        let stored = repo.put_blob(chunk, repo.file_compression(path)).await;
                         drop(slot);
                         stored.map(|r| (r, n))
                     });
@@ -884,6 +900,79 @@ impl FileCtx<'_> {
             uploaded,
             deduplicated,
         })
+    }
+}
+
+/// The series of one file, by their keys' hashes for the backup's series index.
+struct FileSeries {
+    hash: KeyHash,
+    keys: Vec<[u8; 16]>,
+}
+
+impl FileSeries {
+    fn of(hash: KeyHash, digests: &[SeriesDigest]) -> FileSeries {
+        FileSeries {
+            hash,
+            keys: digests.iter().map(|d| hash.of(&d.series)).collect(),
+        }
+    }
+}
+
+/// What a backup keeps of a file's digests: their binary form, their totals and the file's
+/// series.
+struct FileSummary {
+    encoded: Vec<u8>,
+    stats: DataSummary,
+    series: FileSeries,
+}
+
+impl FileSummary {
+    /// Of `digests` on `basis` (a hash not of its basis's length is an error).
+    fn of_digests(
+        basis: DigestBasis,
+        digests: &[SeriesDigest],
+        hash: KeyHash,
+    ) -> std::result::Result<FileSummary, String> {
+        Ok(FileSummary {
+            encoded: digest_blob::encode(basis, digests)?,
+            stats: DataSummary::of(digests),
+            series: FileSeries::of(hash, digests),
+        })
+    }
+
+    /// The digests of the segment in `bytes` (file `path`) on [`DigestBasis::BlocksCrc32c`],
+    /// from its index as it is walked (see [`tsvault_storage::segment_index`]), nothing
+    /// allocated per series; and the BLAKE3 of the file.
+    fn of(
+        path: &Path,
+        bytes: &[u8],
+        hash: KeyHash,
+    ) -> tsvault_storage::Result<(String, FileSummary)> {
+        let mut encoder = digest_blob::Encoder::new(DigestBasis::BlocksCrc32c);
+        let mut keys = Vec::new();
+        let mut stats = DataSummary {
+            series: 0,
+            samples: 0,
+            min_ts_ms: None,
+            max_ts_ms: None,
+        };
+        let blake3 = tsvault_storage::segment_index(path, bytes, |e| {
+            let crc = tsvault_storage::DigestHash::crc32c(e.crc);
+            encoder
+                .push(e.key, e.count.into(), e.min_ts, e.max_ts, crc.as_bytes())
+                .expect("a CRC32C is the length of its basis's hash");
+            keys.push(hash.of(e.key));
+            stats.series += 1;
+            stats.samples += u64::from(e.count);
+            stats.min_ts_ms = Some(stats.min_ts_ms.map_or(e.min_ts, |m| m.min(e.min_ts)));
+            stats.max_ts_ms = Some(stats.max_ts_ms.map_or(e.max_ts, |m| m.max(e.max_ts)));
+        })?;
+        let summary = FileSummary {
+            encoded: encoder.finish(),
+            stats,
+            series: FileSeries { hash, keys },
+        };
+        Ok((blake3, summary))
     }
 }
 
@@ -1130,6 +1219,18 @@ enum KeyHash {
 }
 
 impl KeyHash {
+    /// The hash of series key `series`.
+    fn of(self, series: &str) -> [u8; 16] {
+        match self {
+            KeyHash::Xxh3 => xxhash_rust::xxh3::xxh3_128(series.as_bytes()).to_be_bytes(),
+            KeyHash::Blake3 => {
+                let mut k = [0u8; 16];
+                k.copy_from_slice(&blake3::hash(series.as_bytes()).as_bytes()[..16]);
+                k
+            }
+        }
+    }
+
     fn magic(self) -> &'static [u8; 8] {
         match self {
             KeyHash::Xxh3 => b"TSVSIDX2",
@@ -1140,14 +1241,7 @@ impl KeyHash {
 
 impl SeriesIndex {
     fn key(&self, series: &str) -> [u8; 16] {
-        match self.hash {
-            KeyHash::Xxh3 => xxhash_rust::xxh3::xxh3_128(series.as_bytes()).to_be_bytes(),
-            KeyHash::Blake3 => {
-                let mut k = [0u8; 16];
-                k.copy_from_slice(&blake3::hash(series.as_bytes()).as_bytes()[..16]);
-                k
-            }
-        }
+        self.hash.of(series)
     }
 
     /// An empty index on the same hash as `other`.
@@ -1161,9 +1255,21 @@ impl SeriesIndex {
     /// Counts one more file holding each series of `digests`.
     pub(crate) fn add(&mut self, digests: &[SeriesDigest]) {
         for d in digests {
-            let k = self.key(&d.series);
-            *self.files.entry(k).or_default() += 1;
+            self.add_key(self.key(&d.series));
         }
+    }
+
+    /// Counts one more file holding each series of `keys`, hashed by [`SeriesIndex::hash`]
+    /// (by whoever read the file, off the thread that drives the backup).
+    fn add_keys(&mut self, keys: &FileSeries) {
+        assert_eq!(keys.hash, self.hash, "series hashed for this index");
+        for k in &keys.keys {
+            self.add_key(*k);
+        }
+    }
+
+    fn add_key(&mut self, k: [u8; 16]) {
+        *self.files.entry(k).or_default() += 1;
     }
 
     /// Counts one file fewer for each series of `digests` (those of blob `blob`); a series
@@ -1901,6 +2007,55 @@ mod tests {
         .await
     }
 
+    /// A segment's digests, totals and series as its index is walked are those of its
+    /// digests computed as a server computes them, for either hash of the series index; a
+    /// flipped byte of the segment is refused, naming the file.
+    #[test]
+    fn a_segments_summary_from_its_index_is_that_of_its_digests() {
+        use tsvault_storage::{Engine, EngineConfig};
+        let data = tempfile::tempdir().unwrap();
+        let e = Engine::open(EngineConfig::new(data.path())).unwrap();
+        let points: Vec<tsvault_model::Point> = (0..50)
+            .flat_map(|h| {
+                (0..20).map(move |i| tsvault_model::Point {
+                    key: tsvault_model::SeriesKey::new("m", &[("host", format!("h{h}"))]).unwrap(),
+                    ts_ms: 1_000_000 + i * 1000 + h,
+                    value: (i * h) as f64,
+                })
+            })
+            .collect();
+        e.write(&points).unwrap();
+        e.close().unwrap();
+        let path = std::fs::read_dir(data.path().join("segments"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let bytes = std::fs::read(&path).unwrap();
+        let (digests, blake3) =
+            tsvault_storage::segment_digests(&path, &bytes, DigestBasis::BlocksCrc32c).unwrap();
+        assert_eq!(digests.len(), 50);
+        for hash in [KeyHash::Xxh3, KeyHash::Blake3] {
+            let want = FileSummary::of_digests(DigestBasis::BlocksCrc32c, &digests, hash).unwrap();
+            let (got_blake3, got) = FileSummary::of(&path, &bytes, hash).unwrap();
+            assert_eq!(got_blake3, blake3);
+            assert_eq!(got.encoded, want.encoded);
+            assert_eq!(got.stats, want.stats);
+            assert_eq!(
+                (got.series.hash, &got.series.keys),
+                (hash, &want.series.keys)
+            );
+        }
+        let mut bad = bytes.clone();
+        bad[bytes.len() / 2] ^= 1;
+        let err = FileSummary::of(&path, &bad, KeyHash::Xxh3).err().unwrap();
+        assert!(
+            err.to_string().contains(&path.display().to_string()),
+            "{err}"
+        );
+    }
+
     /// A snapshot read in the server's data directory is backed up as listed, and checked
     /// against the server's listing as a pulled one is: a file whose size or hash is not
     /// the listed one (a segment, the WAL, the manifest) fails the backup, naming it, and
@@ -2073,15 +2228,16 @@ mod tests {
         // A hash read as a fraction of 2^64 below size / target cuts after the file: 0x00..
         // always, 0xff.. only past the target, 0x8888.. (0.533..) past 0.533 of it.
         let (e, part) = file("f", 1000);
-        assert!(p.add(0, &e, part).is_empty());
+        assert!(p.add(0, &e, part, Compression::Stored).is_empty());
         let (e, part) = file("8", (PACK_TARGET / 2 - 1) as usize);
-        assert!(p.add(1, &e, part).is_empty());
+        assert!(p.add(1, &e, part, Compression::Stored).is_empty());
         let (e, part) = file("0", 10);
-        let packs = p.add(2, &e, part);
+        let packs = p.add(2, &e, part, Compression::Stored);
         assert_eq!(packs.len(), 1);
         let pack = &packs[0];
         assert_eq!(pack.file_bytes, 1000 + PACK_TARGET / 2 - 1 + 10);
-        assert!(pack.plaintext.starts_with(PACK_MAGIC));
+        let plaintext = pack.parts.concat();
+        assert!(plaintext.starts_with(PACK_MAGIC));
         assert!(pack.digests.starts_with(DIGEST_PACK_MAGIC));
         let members: Vec<usize> = pack.members.iter().map(|m| m.0).collect();
         assert_eq!(members, [0, 1, 2]);
@@ -2097,7 +2253,7 @@ mod tests {
         );
         let (e, part) = file("8", PACK_TARGET as usize * 54 / 100);
         assert_eq!(
-            p.add(3, &e, part).len(),
+            p.add(3, &e, part, Compression::Stored).len(),
             1,
             "0.54 of the target at 0x8888..: cut"
         );
@@ -2106,17 +2262,17 @@ mod tests {
         let big = PACK_BYTES_MAX / 4;
         for i in 0..3 {
             let (e, part) = file("f", big);
-            assert!(p.add(i, &e, part).is_empty());
+            assert!(p.add(i, &e, part, Compression::Stored).is_empty());
         }
         let (e, part) = file("f", big);
-        let packs = p.add(3, &e, part);
+        let packs = p.add(3, &e, part, Compression::Stored);
         assert_eq!(packs.len(), 1);
-        assert!(packs[0].plaintext.len() <= PACK_BYTES_MAX);
+        assert!(packs[0].parts.iter().map(Vec::len).sum::<usize>() <= PACK_BYTES_MAX);
         assert_eq!(packs[0].members.len(), 3);
         // A file of another directory starts a pack of its own.
         let (mut e, part) = file("f", 10);
         e.path = "wal/00000000000000000001.wal".into();
-        let packs = p.add(4, &e, part);
+        let packs = p.add(4, &e, part, Compression::Stored);
         assert_eq!(packs.len(), 1);
         assert_eq!(packs[0].members.len(), 1);
         assert_eq!(p.take().map(|p| p.members[0].0), Some(4));

@@ -36,35 +36,87 @@ fn basis_of(code: u8) -> Option<DigestBasis> {
 /// The binary form of a file's digests on `basis`. A hash that is not of its basis's length
 /// (digests a server sent) is an error naming the series.
 pub(crate) fn encode(basis: DigestBasis, digests: &[SeriesDigest]) -> Result<Vec<u8>, String> {
-    let (code, hash_len) = basis_code(basis);
-    let mut out = Vec::with_capacity(16 + digests.len() * (48 + hash_len));
-    out.extend_from_slice(MAGIC);
-    out.push(code);
-    put_uvarint(&mut out, digests.len() as u64);
-    let mut previous: &[u8] = &[];
+    let mut e = Encoder::new(basis);
     for d in digests {
-        let key = d.series.as_bytes();
-        let shared = key.iter().zip(previous).take_while(|(a, b)| a == b).count();
-        put_uvarint(&mut out, shared as u64);
-        put_uvarint(&mut out, (key.len() - shared) as u64);
-        out.extend_from_slice(&key[shared..]);
-        put_uvarint(&mut out, d.samples);
-        put_ivarint(&mut out, d.min_ts_ms);
-        put_ivarint(&mut out, d.max_ts_ms.wrapping_sub(d.min_ts_ms));
-        let hash = d.hash.as_bytes();
+        e.push(
+            &d.series,
+            d.samples,
+            d.min_ts_ms,
+            d.max_ts_ms,
+            d.hash.as_bytes(),
+        )?;
+    }
+    Ok(e.finish())
+}
+
+/// Writes the binary form one digest at a time, from keys that need not outlive the call
+/// (a segment's index entries as they are walked).
+pub(crate) struct Encoder {
+    basis: DigestBasis,
+    count: u64,
+    /// The digests after the count.
+    body: Vec<u8>,
+    /// The key of the digest before.
+    previous: Vec<u8>,
+}
+
+impl Encoder {
+    pub(crate) fn new(basis: DigestBasis) -> Encoder {
+        Encoder {
+            basis,
+            count: 0,
+            body: Vec::new(),
+            previous: Vec::new(),
+        }
+    }
+
+    /// Appends the digest of `series`; a hash not of the basis's length is an error.
+    pub(crate) fn push(
+        &mut self,
+        series: &str,
+        samples: u64,
+        min_ts_ms: i64,
+        max_ts_ms: i64,
+        hash: &[u8],
+    ) -> Result<(), String> {
+        let (_, hash_len) = basis_code(self.basis);
         if hash.len() != hash_len {
             return Err(format!(
-                "series {}: hash {} is {} bytes, not the {hash_len} of a {} digest",
-                d.series,
-                d.hash,
+                "series {series}: hash {} is {} bytes, not the {hash_len} of a {} digest",
+                hex::encode(hash),
                 hash.len(),
-                basis.as_str()
+                self.basis.as_str()
             ));
         }
+        let key = series.as_bytes();
+        let shared = key
+            .iter()
+            .zip(&self.previous)
+            .take_while(|(a, b)| a == b)
+            .count();
+        let out = &mut self.body;
+        put_uvarint(out, shared as u64);
+        put_uvarint(out, (key.len() - shared) as u64);
+        out.extend_from_slice(&key[shared..]);
+        put_uvarint(out, samples);
+        put_ivarint(out, min_ts_ms);
+        put_ivarint(out, max_ts_ms.wrapping_sub(min_ts_ms));
         out.extend_from_slice(hash);
-        previous = key;
+        self.previous.truncate(shared);
+        self.previous.extend_from_slice(&key[shared..]);
+        self.count += 1;
+        Ok(())
     }
-    Ok(out)
+
+    /// The binary form of the digests pushed.
+    pub(crate) fn finish(self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(MAGIC.len() + 1 + 10 + self.body.len());
+        out.extend_from_slice(MAGIC);
+        out.push(basis_code(self.basis).0);
+        put_uvarint(&mut out, self.count);
+        out.extend_from_slice(&self.body);
+        out
+    }
 }
 
 /// A digest blob in JSON: `{"basis": "...", "series": [...]}`, or a bare list (written

@@ -52,6 +52,9 @@ pub struct RepoOptions {
     /// The pack size backups aim at (bytes; FORMAT.md): None for the default (4 MiB), 0 to
     /// store every file in blobs of its own.
     pub pack_target: Option<u64>,
+    /// Compress segments' bytes with zstd in the blobs this run stores (by default they are
+    /// stored as the engine wrote them, already compressed: see [`Compression::Stored`]).
+    pub compress_segments: bool,
 }
 
 /// An open repository. Cloning it is cheap (its store and keys are shared).
@@ -67,6 +70,8 @@ pub struct Repository {
     pub url: String,
     /// See [`RepoOptions::pack_target`].
     pub(crate) pack_target: Option<u64>,
+    /// See [`RepoOptions::compress_segments`].
+    pub(crate) compress_segments: bool,
 }
 
 /// Runs CPU-heavy work (hashing, compression, encryption) on the blocking pool.
@@ -74,6 +79,11 @@ async fn cpu<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f)
         .await
         .expect("blob hashing and sealing do not panic")
+}
+
+/// `parts` as slices.
+fn slices(parts: &[Vec<u8>]) -> Vec<&[u8]> {
+    parts.iter().map(Vec::as_slice).collect()
 }
 
 /// Whether `id` has the form of a blob id: 64 lowercase or uppercase hex digits.
@@ -385,6 +395,7 @@ impl Repository {
             config,
             url: opts.url.clone(),
             pack_target: opts.pack_target,
+            compress_segments: opts.compress_segments,
         })
     }
 
@@ -457,7 +468,13 @@ impl Repository {
             config,
             url: opts.url.clone(),
             pack_target: opts.pack_target,
+            compress_segments: opts.compress_segments,
         })
+    }
+
+    /// How this run compresses the bytes of data-directory file `path` in its blobs.
+    pub(crate) fn file_compression(&self, path: &str) -> Compression {
+        Compression::for_file(path, self.compress_segments)
     }
 
     /// Whether the repository encrypts its objects.
@@ -484,10 +501,20 @@ impl Repository {
         plaintext: Vec<u8>,
         compression: Compression,
     ) -> Result<(String, u64)> {
+        self.put_blob_of_parts(vec![plaintext], compression).await
+    }
+
+    /// [`Repository::put_blob`] of the concatenation of `parts` (a pack's files), without
+    /// copying them into one buffer first.
+    pub async fn put_blob_of_parts(
+        &self,
+        parts: Vec<Vec<u8>>,
+        compression: Compression,
+    ) -> Result<(String, u64)> {
         // Hashing, compression and encryption run on the blocking pool, so that several
         // blobs in flight use several cores.
         let keys = self.keys.clone();
-        let (id, plaintext) = cpu(move || (keys.blob_id(&plaintext), plaintext)).await;
+        let (id, parts) = cpu(move || (keys.blob_id_of_parts(&slices(&parts)), parts)).await;
         if self.has_blob(&id).await? {
             // Perhaps placed by a run killed before its manifest, whose directory fsync
             // never came: this run's manifest makes its name durable too.
@@ -499,7 +526,7 @@ impl Repository {
         let path = Self::blob_path(&id)?;
         let keys = self.keys.clone();
         let name = format!("blob {id}");
-        let body = cpu(move || keys.seal(&name, &plaintext, compression)).await?;
+        let body = cpu(move || keys.seal_parts(&name, &slices(&parts), compression)).await?;
         let n = body.len() as u64;
         put_object(self.store.as_ref(), self.local.as_ref(), &path, body, false).await?;
         Ok((id, n))

@@ -559,6 +559,89 @@ async fn copy_mirrors_backups_into_a_second_repository_uploading_only_what_it_la
     assert_eq!(all(&dst), all(&src));
 }
 
+/// A segment's bytes are stored in the repository as the engine wrote them, unless the
+/// repository is opened to compress them: then its many alike blocks (the pco headers of 300
+/// series) make the backup smaller. Both restore the same samples, and a copy follows its
+/// target's choice.
+#[tokio::test]
+async fn segments_are_stored_as_they_are_unless_asked_to_compress_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let e = Engine::open(EngineConfig::new(&src)).unwrap();
+    let points: Vec<Point> = (0..300)
+        .flat_map(|h| {
+            (0..40).map(move |i| Point {
+                key: key(&format!("host-{h:03}")),
+                ts_ms: 1_700_000_000_000 + i * 10_000,
+                value: ((h * 7 + i * 3) % 1000) as f64,
+            })
+        })
+        .collect();
+    e.write(&points).unwrap();
+    e.close().unwrap();
+    // Read once, before the backups: opening the engine again changes its files.
+    let want = all(&src);
+    let segments: Vec<Vec<u8>> = std::fs::read_dir(src.join("segments"))
+        .unwrap()
+        .map(|f| std::fs::read(f.unwrap().path()).unwrap())
+        .collect();
+    assert_eq!(segments.len(), 1);
+    let segment = &segments[0];
+    // Every object under `data/`, as stored (unencrypted: a format byte, a zstd frame and
+    // a check).
+    let objects = |repo: &Path| -> Vec<Vec<u8>> {
+        files(&repo.join("data"))
+            .into_iter()
+            .map(|f| std::fs::read(f).unwrap())
+            .collect()
+    };
+    let holds = |objects: &[Vec<u8>], bytes: &[u8]| {
+        // Raw zstd blocks are at most 128 KiB: look for the segment's first 100 KB.
+        let probe = &bytes[..bytes.len().min(100_000)];
+        objects
+            .iter()
+            .any(|o| o.windows(probe.len()).any(|w| w == probe))
+    };
+    let mut uploaded = Vec::new();
+    for compress_segments in [false, true] {
+        let dir = tmp.path().join(format!("repo-{compress_segments}"));
+        Repository::init(&opts(&dir, None), None).await.unwrap();
+        let repo = Repository::open(&RepoOptions {
+            compress_segments,
+            ..opts(&dir, None)
+        })
+        .await
+        .unwrap();
+        let b = full_backup(&repo, &src).await;
+        assert_eq!(
+            holds(&objects(&dir), segment),
+            !compress_segments,
+            "compress_segments {compress_segments}"
+        );
+        let dst = tmp.path().join(format!("dst-{compress_segments}"));
+        restore_data_dir(&repo, Some(&b.id), &dst, &NoProgress)
+            .await
+            .unwrap();
+        assert_eq!(all(&dst), want);
+        assert!(verify_backup(&repo, &b.id, true).await.is_empty());
+        uploaded.push(b.uploaded_bytes);
+    }
+    assert!(uploaded[1] < uploaded[0], "{uploaded:?}");
+    // A copy from the compressed repository into a default one stores the segment as it is.
+    let from = Repository::open(&opts(&tmp.path().join("repo-true"), None))
+        .await
+        .unwrap();
+    let to_dir = tmp.path().join("copy");
+    let to = Repository::init(&opts(&to_dir, None), None).await.unwrap();
+    let report = copy_backups(&from, &to, &from.backup_ids().await.unwrap())
+        .await
+        .unwrap();
+    let stored = |repo: &Path| objects(repo).iter().map(Vec::len).sum::<usize>() as u64;
+    assert_eq!(report.bytes_uploaded, stored(&to_dir));
+    assert_eq!(stored(&to_dir), stored(&tmp.path().join("repo-false")));
+    assert!(holds(&objects(&to_dir), segment));
+}
+
 /// Writes 300 more samples of series `host` and flushes them into a new segment.
 fn add_segment(dir: &Path, host: &str, t0: i64) {
     let e = Engine::open(EngineConfig::new(dir)).unwrap();

@@ -49,7 +49,7 @@ fn opts(endpoint: &str, url: &str, password: &str) -> RepoOptions {
         s3_allow_http: true,
         s3_credentials: Some((KEY.into(), SECRET.into())),
         s3_region: Some("us-east-1".into()),
-        pack_target: None,
+        ..RepoOptions::default()
     }
 }
 

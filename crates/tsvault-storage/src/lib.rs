@@ -30,9 +30,9 @@ pub use engine::{
 };
 pub use error::{Error, Result};
 pub use manifest::Manifest;
-pub use segment::SegmentInfo;
+pub use segment::{IndexEntry, SegmentInfo};
 pub use snapshot::{
     DigestBasis, DigestHash, SNAPSHOTS_DIR, SeriesDigest, SnapshotFile, SnapshotInfo, file_digests,
-    is_segment_file, is_snapshot_id, read_listed, segment_digests,
+    is_segment_file, is_snapshot_id, read_listed, segment_digests, segment_index,
 };
 pub use wal::wal_files;

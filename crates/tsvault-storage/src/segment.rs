@@ -34,16 +34,40 @@ pub(crate) fn segment_file_name(seq: u64) -> String {
     format!("{seq:020}.seg")
 }
 
-/// Where one series' block lives in a segment.
-#[derive(Debug, Clone)]
-pub(crate) struct BlockMeta {
-    pub key: SeriesKey,
+/// Where one series' block lives in a segment, as its index says: its key as `K`.
+#[derive(Debug, Clone, Copy)]
+pub struct Block<K> {
+    pub key: K,
     pub offset: u64,
     pub len: u32,
+    /// Samples in the block.
     pub count: u32,
     pub min_ts: i64,
     pub max_ts: i64,
+    /// The block's CRC32C.
     pub crc: u32,
+}
+
+/// A block of an open segment.
+pub(crate) type BlockMeta = Block<SeriesKey>;
+
+/// An entry of a segment's index as it is walked: its key borrowed from the decompressed
+/// index, UTF-8 (its canonical form is checked by [`parse_index`] only).
+pub type IndexEntry<'a> = Block<&'a str>;
+
+impl<K> Block<K> {
+    /// The same block under key `key`.
+    fn with_key<L>(self, key: L) -> Block<L> {
+        Block {
+            key,
+            offset: self.offset,
+            len: self.len,
+            count: self.count,
+            min_ts: self.min_ts,
+            max_ts: self.max_ts,
+            crc: self.crc,
+        }
+    }
 }
 
 /// What a segment file says about itself in its footer.
@@ -548,6 +572,29 @@ impl Segment {
         seq: u64,
         expected: Option<&SegmentInfo>,
     ) -> Result<ParsedSegment> {
+        let mut blocks = Vec::new();
+        let (info, file_blake3, version) = Self::parse_with(path, bytes, seq, expected, |i, e| {
+            blocks.push(BlockMeta::of(i, e)?);
+            Ok(())
+        })?;
+        Ok(ParsedSegment {
+            info,
+            blocks,
+            file_blake3,
+            version,
+        })
+    }
+
+    /// Checks the segment in `bytes` whole (its footer, its BLAKE3, its index's CRC) and
+    /// walks its index (see [`walk_index`]), calling `visit` with each entry. Returns what
+    /// the footer says, the BLAKE3 of the whole file (hex) and the format.
+    pub(crate) fn parse_with(
+        path: &Path,
+        bytes: &[u8],
+        seq: u64,
+        expected: Option<&SegmentInfo>,
+        mut visit: impl FnMut(usize, IndexEntry<'_>) -> std::result::Result<(), String>,
+    ) -> Result<(SegmentInfo, String, u8)> {
         let corrupt = |detail: String| Error::Corrupt {
             path: path.to_owned(),
             detail,
@@ -638,28 +685,27 @@ impl Segment {
         }
         let index = zstd_decompress(index, SECTION_BYTES_MAX as usize)
             .map_err(|e| corrupt(format!("index does not decompress: {e}")))?;
-        let blocks = parse_index(&index, index_offset, n_series as usize)
-            .map_err(|d| corrupt(format!("index: {d}")))?;
-        if blocks.iter().map(|b| u64::from(b.count)).sum::<u64>() != n_samples {
+        let mut samples = 0u64;
+        let mut outside: Option<String> = None;
+        walk_index(&index, index_offset, n_series as usize, |i, e| {
+            samples += u64::from(e.count);
+            if outside.is_none() && (e.min_ts < p_start || e.max_ts >= p_end) {
+                outside = Some(e.key.to_string());
+            }
+            visit(i, e)
+        })
+        .map_err(|d| corrupt(format!("index: {d}")))?;
+        if samples != n_samples {
             return Err(corrupt(
                 "index sample counts disagree with the footer".into(),
             ));
         }
-        if let Some(b) = blocks
-            .iter()
-            .find(|b| b.min_ts < p_start || b.max_ts >= p_end)
-        {
+        if let Some(key) = outside {
             return Err(corrupt(format!(
-                "block of {} lies outside the partition",
-                b.key
+                "block of {key} lies outside the partition"
             )));
         }
-        Ok(ParsedSegment {
-            info,
-            blocks,
-            file_blake3,
-            version,
-        })
+        Ok((info, file_blake3, version))
     }
 
     /// The segment format (1 or 2).
@@ -741,15 +787,39 @@ pub(crate) fn parse_index(
     body_end: u64,
     n_series: usize,
 ) -> std::result::Result<Vec<BlockMeta>, String> {
-    let mut r = Reader::new(index);
     let mut blocks = Vec::with_capacity(n_series.min(1 << 20));
-    let mut prev: Option<SeriesKey> = None;
+    walk_index(index, body_end, n_series, |i, e| {
+        blocks.push(BlockMeta::of(i, e)?);
+        Ok(())
+    })?;
+    Ok(blocks)
+}
+
+impl BlockMeta {
+    /// Index entry `i`, its key checked to be canonical.
+    fn of(i: usize, e: IndexEntry<'_>) -> std::result::Result<BlockMeta, String> {
+        let key = SeriesKey::from_canonical(e.key).map_err(|err| format!("entry {i}: {err}"))?;
+        Ok(e.with_key(key))
+    }
+}
+
+/// Calls `visit` with each of the `n_series` entries of decompressed index `index`, in
+/// order, after checking what an entry alone can say: it is whole, its key is UTF-8 and
+/// after the key before it, its block lies in the data section (`..body_end`) and its
+/// count fits its time range. Allocates nothing.
+pub(crate) fn walk_index<'a>(
+    index: &'a [u8],
+    body_end: u64,
+    n_series: usize,
+    mut visit: impl FnMut(usize, IndexEntry<'a>) -> std::result::Result<(), String>,
+) -> std::result::Result<(), String> {
+    let mut r = Reader::new(index);
+    let mut prev: Option<&str> = None;
     for i in 0..n_series {
         let short = || format!("entry {i} is truncated");
         let key_len = r.uvarint().ok_or_else(short)? as usize;
         let key = std::str::from_utf8(r.bytes(key_len).ok_or_else(short)?)
             .map_err(|_| format!("entry {i}: series key is not UTF-8"))?;
-        let key = SeriesKey::from_canonical(key).map_err(|e| format!("entry {i}: {e}"))?;
         let offset = r.uvarint().ok_or_else(short)?;
         let len = u32::try_from(r.uvarint().ok_or_else(short)?).map_err(|_| short())?;
         let count = u32::try_from(r.uvarint().ok_or_else(short)?).map_err(|_| short())?;
@@ -772,24 +842,28 @@ pub(crate) fn parse_index(
                 "entry {i} ({key}) claims {count} samples in {min_ts}..={max_ts} ms"
             ));
         }
-        if prev.as_ref().is_some_and(|p| p >= &key) {
+        // Keys order as their bytes (a `SeriesKey` orders as its string).
+        if prev.is_some_and(|p| p >= key) {
             return Err(format!("entry {i} ({key}) is out of order"));
         }
-        prev = Some(key.clone());
-        blocks.push(BlockMeta {
-            key,
-            offset,
-            len,
-            count,
-            min_ts,
-            max_ts,
-            crc,
-        });
+        prev = Some(key);
+        visit(
+            i,
+            Block {
+                key,
+                offset,
+                len,
+                count,
+                min_ts,
+                max_ts,
+                crc,
+            },
+        )?;
     }
     if !r.is_empty() {
         return Err("trailing bytes after the last entry".into());
     }
-    Ok(blocks)
+    Ok(())
 }
 
 #[cfg(test)]

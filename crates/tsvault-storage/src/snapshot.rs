@@ -17,7 +17,7 @@ use xxhash_rust::xxh3::xxh3_128;
 
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::sync_dir;
-use crate::segment::Segment;
+use crate::segment::{IndexEntry, Segment};
 use crate::wal::{WalEnd, read_wal_file};
 
 /// The directory of snapshots inside a data directory.
@@ -441,23 +441,35 @@ pub fn segment_digests(
             )));
         }
     };
-    let seg = Segment::parse(path, bytes, 0, None)?;
-    let digests = seg
-        .blocks
-        .iter()
-        .map(|b| {
-            // The index was checked to point inside the file when the segment opened.
-            let block = &bytes[b.offset as usize..][..b.len as usize];
-            SeriesDigest {
-                series: b.key.as_str().to_string(),
-                samples: u64::from(b.count),
-                min_ts_ms: b.min_ts,
-                max_ts_ms: b.max_ts,
-                hash: hash(block, b.crc),
-            }
-        })
-        .collect();
-    Ok((digests, seg.file_blake3))
+    let mut digests = Vec::new();
+    let blake3 = segment_index(path, bytes, |e| {
+        // The index was checked to point inside the file when the segment opened.
+        let block = &bytes[e.offset as usize..][..e.len as usize];
+        digests.push(SeriesDigest {
+            series: e.key.to_string(),
+            samples: u64::from(e.count),
+            min_ts_ms: e.min_ts,
+            max_ts_ms: e.max_ts,
+            hash: hash(block, e.crc),
+        });
+    })?;
+    Ok((digests, blake3))
+}
+
+/// Checks the segment in `bytes` (file `path`, named in errors) whole, its BLAKE3 first,
+/// then calls `visit` with each entry of its index in series order; returns the BLAKE3 of
+/// the file (hex). What [`segment_digests`] on [`DigestBasis::BlocksCrc32c`] says, without
+/// allocating anything per series: the entry's CRC is that digest's hash.
+pub fn segment_index(
+    path: &Path,
+    bytes: &[u8],
+    mut visit: impl FnMut(IndexEntry<'_>),
+) -> Result<String> {
+    let (_, blake3, _) = Segment::parse_with(path, bytes, 0, None, |_, e| {
+        visit(e);
+        Ok(())
+    })?;
+    Ok(blake3)
 }
 
 fn sample_digests(path: &Path, name: &str) -> Result<Vec<SeriesDigest>> {

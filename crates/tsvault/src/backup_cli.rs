@@ -100,6 +100,11 @@ pub enum BackupCommand {
         /// of its own.
         #[arg(long, default_value = "4MiB", value_parser = parse_pack_size)]
         pack_size: u64,
+        /// Compress segments with zstd too. By default they are stored as the engine wrote
+        /// them (their columns are compressed already): zstd makes a backup about a tenth
+        /// smaller for about 40% more CPU.
+        #[arg(long)]
+        compress_segments: bool,
     },
     /// List the backups.
     List {
@@ -184,6 +189,9 @@ pub enum BackupCommand {
         /// Every backup.
         #[arg(long)]
         all: bool,
+        /// Compress segments with zstd in the blobs the copy stores (see `backup create`).
+        #[arg(long)]
+        compress_segments: bool,
     },
 }
 
@@ -423,9 +431,11 @@ pub fn backup(cmd: BackupCommand) -> anyhow::Result<ExitCode> {
                 data_dir,
                 kind,
                 pack_size,
+                compress_segments,
             } => {
                 let r = Repository::open(&RepoOptions {
                     pack_target: Some(pack_size),
+                    compress_segments,
                     ..repo.options()?
                 })
                 .await?;
@@ -555,6 +565,7 @@ pub fn backup(cmd: BackupCommand) -> anyhow::Result<ExitCode> {
                 to_s3_endpoint,
                 id,
                 all,
+                compress_segments,
             } => {
                 let from = Repository::open(&repo.options()?).await?;
                 let password = passphrase(to_password_file.as_ref(), "TSVAULT_TO_REPO_PASSWORD")?;
@@ -563,6 +574,7 @@ pub fn backup(cmd: BackupCommand) -> anyhow::Result<ExitCode> {
                     password,
                     s3_endpoint: to_s3_endpoint,
                     s3_allow_http: repo.s3_allow_http,
+                    compress_segments,
                     ..RepoOptions::default()
                 })
                 .await?;
