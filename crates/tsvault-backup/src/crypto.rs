@@ -129,16 +129,25 @@ impl Compression {
 
 /// Appends the concatenation of `parts` as a zstd frame of raw (stored) blocks: what any
 /// zstd decoder reads back at the speed of a copy, written without running the compressor
-/// (RFC 8878: a single-segment frame with an 8-byte content size, then blocks of 128 KiB
-/// but the last, each behind a 3-byte header of its size, type 0 and whether it is the
-/// last). The frame depends on the bytes alone, not on how they are split into parts.
+/// (RFC 8878: a frame header with a 128 KiB window and an 8-byte content size, then blocks
+/// of 128 KiB but the last, each behind a 3-byte header of its size, type 0 and whether it
+/// is the last). Raw blocks refer to nothing before them, so the window is the least a
+/// 128 KiB block allows, whatever the size (a single-segment frame's window would be its
+/// whole content, which decoders refuse past 128 MiB by default). The frame depends on the
+/// bytes alone, not on how they are split into parts.
+/// The bytes of a stored frame's header: magic, descriptor, window, content size.
+const STORED_HEADER: usize = 4 + 1 + 1 + 8;
+
 fn store_after(out: &mut Vec<u8>, parts: &[&[u8]]) {
     const BLOCK_MAX: usize = 128 << 10;
     let len: usize = parts.iter().map(|p| p.len()).sum();
-    out.reserve_exact(4 + 1 + 8 + 3 * len.div_ceil(BLOCK_MAX).max(1) + len + 32);
+    out.reserve_exact(STORED_HEADER + 3 * len.div_ceil(BLOCK_MAX).max(1) + len + 32);
     out.extend_from_slice(&0xFD2F_B528u32.to_le_bytes());
-    // Frame header descriptor: content size in 8 bytes (0b11 << 6), single segment (1 << 5).
-    out.push(0b1110_0000);
+    // Frame header descriptor: the content size in 8 bytes (0b11 << 6), not single-segment,
+    // no checksum, no dictionary.
+    out.push(0b1100_0000);
+    // Window descriptor: 2^(10 + 7) bytes, mantissa 0.
+    out.push(7 << 3);
     out.extend_from_slice(&(len as u64).to_le_bytes());
     if len == 0 {
         out.extend_from_slice(&[1, 0, 0]);
@@ -675,9 +684,9 @@ mod tests {
         }
     }
 
-    /// A stored frame is what RFC 8878 says: libzstd reads it back, its size is the text's
-    /// plus a 13-byte frame header and 3 bytes per block of at most 128 KiB, and it does not
-    /// compress what zstd would.
+    /// A stored frame is what RFC 8878 says: libzstd reads it back, with no more window than
+    /// 128 KiB; its size is the text's plus a 14-byte frame header and 3 bytes per block of
+    /// at most 128 KiB, and it does not compress what zstd would.
     #[test]
     fn stored_frames_are_raw_blocks_libzstd_reads() {
         use rand::Rng;
@@ -690,10 +699,17 @@ mod tests {
             store_after(&mut frame, &[text]);
             let frame = &frame[6..];
             let blocks = len.div_ceil(BLOCK).max(1);
-            assert_eq!(frame.len(), 13 + 3 * blocks + len, "{len} bytes");
+            assert_eq!(frame.len(), STORED_HEADER + 3 * blocks + len, "{len} bytes");
             let mut back = vec![0u8; len];
             let n = zstd::bulk::decompress_to_buffer(frame, &mut back).unwrap();
             assert_eq!((n, &back[..]), (len, text), "{len} bytes");
+            // A streaming decoder held to the smallest window a 128 KiB block allows reads
+            // it too.
+            let mut small = zstd::stream::read::Decoder::with_buffer(frame).unwrap();
+            small.window_log_max(17).unwrap();
+            let mut back = Vec::new();
+            std::io::Read::read_to_end(&mut small, &mut back).unwrap();
+            assert_eq!(back, text, "{len} bytes");
             assert_eq!(
                 zstd::zstd_safe::get_frame_content_size(frame).ok(),
                 Some(Some(len as u64))
