@@ -75,6 +75,8 @@ fn backup_restore_and_verify_through_the_cli() {
     let (status, log) = s.terminate();
     assert!(status.success(), "{log}");
 
+    // Segments compressed too (the option; by default they are stored as they are): the
+    // restore below is the same either way.
     let created = ok(&tsvault(
         &[
             "backup",
@@ -83,6 +85,7 @@ fn backup_restore_and_verify_through_the_cli() {
             repo_s,
             "--data-dir",
             src_s,
+            "--compress-segments",
             "--json",
         ],
         "pw",
