@@ -559,6 +559,20 @@ impl Repository {
     /// Whether blob `id` exists (without reading it).
     pub async fn has_blob(&self, id: &str) -> Result<bool> {
         let path = Self::blob_path(id)?;
+        // A local repository answers with one `statx`; `object_store`'s `head` opens the
+        // file, reads its metadata and closes it.
+        if let Some(local) = &self.local {
+            let file = local.root.join(path.as_ref());
+            return off_thread(
+                &format!("checking {path}"),
+                move || match std::fs::metadata(&file) {
+                    Ok(m) => Ok(m.is_file()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+                    Err(e) => Err(Error::io("check", &file)(e)),
+                },
+            )
+            .await?;
+        }
         match self.store.head(&path).await {
             Ok(_) => Ok(true),
             Err(object_store::Error::NotFound { .. }) => Ok(false),
@@ -873,6 +887,28 @@ mod tests {
         assert!(uploaded > 0);
         assert!(data.join(&id[..2]).join(&id).is_file());
         assert_eq!(repo.get_blob(&id).await.unwrap(), b"a blob");
+    }
+
+    /// A local repository answers `has_blob` from the file system: a stored blob is there,
+    /// an absent one and a directory in a blob's place are not, and a malformed id is an
+    /// error; what the object store's `head` answers for the same names.
+    #[tokio::test]
+    async fn a_local_repository_says_which_blobs_it_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::unencrypted_for_test(dir.path()).await;
+        let (id, _) = repo
+            .put_blob(b"held".to_vec(), Compression::Default)
+            .await
+            .unwrap();
+        let absent = "ab".repeat(32);
+        let as_dir = "cd".repeat(32);
+        std::fs::create_dir(dir.path().join("data/cd").join(&as_dir)).unwrap();
+        for (blob, held) in [(&id, true), (&absent, false), (&as_dir, false)] {
+            assert_eq!(repo.has_blob(blob).await.unwrap(), held, "{blob}");
+            let head = repo.store.head(&Repository::blob_path(blob).unwrap()).await;
+            assert_eq!(head.is_ok(), held, "{blob}: {head:?}");
+        }
+        assert!(repo.has_blob("../config").await.is_err());
     }
 
     /// Also a prune of a repository that has no backup yet (no `backups/` to fsync).
