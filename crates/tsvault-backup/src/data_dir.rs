@@ -278,6 +278,21 @@ async fn write_backup(
     let files = source.files()?;
     progress.start(files.iter().map(|f| f.size).sum());
     let blob_slots = Semaphore::new(BLOBS_IN_FLIGHT);
+    // In a local repository every blob of the reference is checked at once.
+    let referenced: HashSet<String> = reference
+        .iter()
+        .flat_map(|r| r.files.iter().flat_map(|f| f.all_blobs().cloned()))
+        .collect();
+    let present = match repo
+        .local_blobs_held(referenced.into_iter().collect())
+        .await?
+    {
+        Some(held) => held
+            .into_iter()
+            .map(|(id, h)| (id, Arc::new(OnceCell::new_with(Some(h)))))
+            .collect(),
+        None => HashMap::new(),
+    };
     let ctx = FileCtx {
         repo,
         source,
@@ -285,7 +300,7 @@ async fn write_backup(
         progress,
         repo_lock,
         blob_slots: &blob_slots,
-        present: Mutex::new(HashMap::new()),
+        present: Mutex::new(present),
         key_hash: summary.index.hash,
     };
     // Several files at once (in order): a snapshot of small files, or a server digesting
