@@ -127,6 +127,9 @@ impl Compression {
     }
 }
 
+/// The bytes of a stored frame's header: magic, descriptor, window, content size.
+const STORED_HEADER: usize = 4 + 1 + 1 + 8;
+
 /// Appends the concatenation of `parts` as a zstd frame of raw (stored) blocks: what any
 /// zstd decoder reads back at the speed of a copy, written without running the compressor
 /// (RFC 8878: a frame header with a 128 KiB window and an 8-byte content size, then blocks
@@ -135,19 +138,17 @@ impl Compression {
 /// 128 KiB block allows, whatever the size (a single-segment frame's window would be its
 /// whole content, which decoders refuse past 128 MiB by default). The frame depends on the
 /// bytes alone, not on how they are split into parts.
-/// The bytes of a stored frame's header: magic, descriptor, window, content size.
-const STORED_HEADER: usize = 4 + 1 + 1 + 8;
-
 fn store_after(out: &mut Vec<u8>, parts: &[&[u8]]) {
-    const BLOCK_MAX: usize = 128 << 10;
+    use zstd::zstd_safe::zstd_sys::{ZSTD_BLOCKSIZE_MAX, ZSTD_BLOCKSIZELOG_MAX, ZSTD_MAGICNUMBER};
+    const BLOCK_MAX: usize = ZSTD_BLOCKSIZE_MAX as usize;
     let len: usize = parts.iter().map(|p| p.len()).sum();
     out.reserve_exact(STORED_HEADER + 3 * len.div_ceil(BLOCK_MAX).max(1) + len + 32);
-    out.extend_from_slice(&0xFD2F_B528u32.to_le_bytes());
+    out.extend_from_slice(&ZSTD_MAGICNUMBER.to_le_bytes());
     // Frame header descriptor: the content size in 8 bytes (0b11 << 6), not single-segment,
     // no checksum, no dictionary.
     out.push(0b1100_0000);
-    // Window descriptor: 2^(10 + 7) bytes, mantissa 0.
-    out.push(7 << 3);
+    // Window descriptor: 2^(10 + exponent) bytes, mantissa 0: one block.
+    out.push(((ZSTD_BLOCKSIZELOG_MAX - 10) as u8) << 3);
     out.extend_from_slice(&(len as u64).to_le_bytes());
     if len == 0 {
         out.extend_from_slice(&[1, 0, 0]);

@@ -279,20 +279,17 @@ async fn write_backup(
     progress.start(files.iter().map(|f| f.size).sum());
     let blob_slots = Semaphore::new(BLOBS_IN_FLIGHT);
     // In a local repository every blob of the reference is checked at once.
-    let referenced: HashSet<String> = reference
-        .iter()
-        .flat_map(|r| r.files.iter().flat_map(|f| f.all_blobs().cloned()))
-        .collect();
-    let present = match repo
-        .local_blobs_held(referenced.into_iter().collect())
-        .await?
-    {
-        Some(held) => held
-            .into_iter()
-            .map(|(id, h)| (id, Arc::new(OnceCell::new_with(Some(h)))))
-            .collect(),
-        None => HashMap::new(),
-    };
+    let mut present = HashMap::new();
+    if let Some(r) = &reference {
+        let referenced: HashSet<&String> = r.files.iter().flat_map(|f| f.all_blobs()).collect();
+        let ids = referenced.into_iter().cloned().collect();
+        if let Some(held) = repo.local_blobs_held(ids).await? {
+            present.extend(
+                held.into_iter()
+                    .map(|(id, h)| (id, Arc::new(OnceCell::new_with(Some(h))))),
+            );
+        }
+    }
     let ctx = FileCtx {
         repo,
         source,
@@ -313,7 +310,10 @@ async fn write_backup(
     let (mut logical, mut uploaded, mut read, mut deduplicated) = (0u64, 0u64, 0u64, 0u64);
     // Small files go into packs, in file order; a pack is uploaded while the next files are
     // read, and its files' entries name it once it is stored.
-    let mut packer = Packer::new(repo.pack_target.unwrap_or(PACK_TARGET));
+    let mut packer = Packer::new(
+        repo.pack_target.unwrap_or(PACK_TARGET),
+        repo.compress_segments,
+    );
     let mut uploads = FuturesOrdered::new();
     let mut all_read = false;
     loop {
@@ -339,8 +339,7 @@ async fn write_backup(
                 uploaded += file.uploaded;
                 deduplicated += file.deduplicated;
                 if let Some(part) = file.part.take() {
-                    let compression = repo.file_compression(&file.entry.path);
-                    for pack in packer.add(entries.len(), &file.entry, part, compression) {
+                    for pack in packer.add(entries.len(), &file.entry, part) {
                         uploads.push_back(store_pack(repo, pack));
                     }
                 }
@@ -461,6 +460,8 @@ const PACKS_IN_FLIGHT: usize = 4;
 struct Packer {
     /// See [`PACK_TARGET`].
     target: u64,
+    /// See [`RepoOptions::compress_segments`](crate::RepoOptions::compress_segments).
+    compress_segments: bool,
     /// The directory of the files in the pack.
     dir: String,
     /// How the files' bytes are compressed (by the first file's kind: a directory holds
@@ -501,9 +502,10 @@ struct StoredPack {
 
 impl Packer {
     /// An empty packer cutting packs of about `target` bytes.
-    fn new(target: u64) -> Self {
+    fn new(target: u64, compress_segments: bool) -> Self {
         Packer {
             target,
+            compress_segments,
             dir: String::new(),
             compression: Compression::Default,
             parts: Vec::new(),
@@ -522,13 +524,7 @@ impl Packer {
     /// [`PACK_TARGET`]. The cuts depend on the files alone, so the same files make the same
     /// packs: a backup of unchanged files finds its packs stored (also those a killed run
     /// stored), and a changed file changes only the pack it is in.
-    fn add(
-        &mut self,
-        index: usize,
-        entry: &FileEntry,
-        part: PackPart,
-        compression: Compression,
-    ) -> Vec<Pack> {
+    fn add(&mut self, index: usize, entry: &FileEntry, part: PackPart) -> Vec<Pack> {
         let mut cut = Vec::new();
         let dir = entry.path.rsplit_once('/').map_or("", |(d, _)| d);
         if !self.members.is_empty()
@@ -540,7 +536,7 @@ impl Packer {
         }
         if self.members.is_empty() {
             self.dir = dir.to_string();
-            self.compression = compression;
+            self.compression = Compression::for_file(&entry.path, self.compress_segments);
             self.parts.push(PACK_MAGIC.to_vec());
             self.len = PACK_MAGIC.len();
             self.digests.extend_from_slice(DIGEST_PACK_MAGIC);
@@ -683,9 +679,9 @@ impl FileCtx<'_> {
                             .await?
                             .expect("the entry names digests");
                         entry.stats = Some(DataSummary::of(&digests));
-                        Some(FileSeries::of(self.key_hash, &digests))
+                        Some(self.key_hash.of_all(&digests))
                     }
-                    (None, _) => Some(FileSeries::of(self.key_hash, &[])),
+                    (None, _) => Some(Vec::new()),
                 };
                 self.progress.advance(old.size);
                 return Ok(BackedUpFile {
@@ -918,20 +914,9 @@ impl FileCtx<'_> {
     }
 }
 
-/// The series of one file, by their keys' hashes for the backup's series index.
-struct FileSeries {
-    hash: KeyHash,
-    keys: Vec<[u8; 16]>,
-}
-
-impl FileSeries {
-    fn of(hash: KeyHash, digests: &[SeriesDigest]) -> FileSeries {
-        FileSeries {
-            hash,
-            keys: digests.iter().map(|d| hash.of(&d.series)).collect(),
-        }
-    }
-}
+/// The series of one file, by their keys' hashes on the backup's series index's hash
+/// ([`FileCtx::key_hash`]).
+type FileSeries = Vec<[u8; 16]>;
 
 /// What a backup keeps of a file's digests: their binary form, their totals and the file's
 /// series.
@@ -951,7 +936,7 @@ impl FileSummary {
         Ok(FileSummary {
             encoded: digest_blob::encode(basis, digests)?,
             stats: DataSummary::of(digests),
-            series: FileSeries::of(hash, digests),
+            series: hash.of_all(digests),
         })
     }
 
@@ -965,27 +950,19 @@ impl FileSummary {
     ) -> tsvault_storage::Result<(String, FileSummary)> {
         let mut encoder = digest_blob::Encoder::new(DigestBasis::BlocksCrc32c);
         let mut keys = Vec::new();
-        let mut stats = DataSummary {
-            series: 0,
-            samples: 0,
-            min_ts_ms: None,
-            max_ts_ms: None,
-        };
+        let mut stats = DataSummary::default();
         let blake3 = tsvault_storage::segment_index(path, bytes, |e| {
             let crc = tsvault_storage::DigestHash::crc32c(e.crc);
             encoder
                 .push(e.key, e.count.into(), e.min_ts, e.max_ts, crc.as_bytes())
                 .expect("a CRC32C is the length of its basis's hash");
             keys.push(hash.of(e.key));
-            stats.series += 1;
-            stats.samples += u64::from(e.count);
-            stats.min_ts_ms = Some(stats.min_ts_ms.map_or(e.min_ts, |m| m.min(e.min_ts)));
-            stats.max_ts_ms = Some(stats.max_ts_ms.map_or(e.max_ts, |m| m.max(e.max_ts)));
+            stats.add_series(e.count.into(), e.min_ts, e.max_ts);
         })?;
         let summary = FileSummary {
             encoded: encoder.finish(),
             stats,
-            series: FileSeries { hash, keys },
+            series: keys,
         };
         Ok((blake3, summary))
     }
@@ -1167,12 +1144,19 @@ impl BlobCache {
 impl DataSummary {
     /// The totals of one file's digests.
     fn of(digests: &[SeriesDigest]) -> DataSummary {
-        DataSummary {
-            series: digests.len() as u64,
-            samples: digests.iter().map(|d| d.samples).sum(),
-            min_ts_ms: digests.iter().map(|d| d.min_ts_ms).min(),
-            max_ts_ms: digests.iter().map(|d| d.max_ts_ms).max(),
+        let mut s = DataSummary::default();
+        for d in digests {
+            s.add_series(d.samples, d.min_ts_ms, d.max_ts_ms);
         }
+        s
+    }
+
+    /// Counts one more series of `samples` samples in `min..=max`.
+    fn add_series(&mut self, samples: u64, min: i64, max: i64) {
+        self.series += 1;
+        self.samples += samples;
+        self.min_ts_ms = Some(self.min_ts_ms.map_or(min, |m| m.min(min)));
+        self.max_ts_ms = Some(self.max_ts_ms.map_or(max, |m| m.max(max)));
     }
 }
 
@@ -1246,6 +1230,11 @@ impl KeyHash {
         }
     }
 
+    /// The hashes of the series of `digests`.
+    fn of_all(self, digests: &[SeriesDigest]) -> Vec<[u8; 16]> {
+        digests.iter().map(|d| self.of(&d.series)).collect()
+    }
+
     fn magic(self) -> &'static [u8; 8] {
         match self {
             KeyHash::Xxh3 => b"TSVSIDX2",
@@ -1277,8 +1266,7 @@ impl SeriesIndex {
     /// Counts one more file holding each series of `keys`, hashed by [`SeriesIndex::hash`]
     /// (by whoever read the file, off the thread that drives the backup).
     fn add_keys(&mut self, keys: &FileSeries) {
-        assert_eq!(keys.hash, self.hash, "series hashed for this index");
-        for k in &keys.keys {
+        for k in keys {
             self.add_key(*k);
         }
     }
@@ -2057,10 +2045,9 @@ mod tests {
             assert_eq!(got_blake3, blake3);
             assert_eq!(got.encoded, want.encoded);
             assert_eq!(got.stats, want.stats);
-            assert_eq!(
-                (got.series.hash, &got.series.keys),
-                (hash, &want.series.keys)
-            );
+            // The keys are hashed with the index's hash (the series carry no tag of it).
+            assert_eq!(got.series, want.series);
+            assert_eq!(got.series, hash.of_all(&digests));
         }
         let mut bad = bytes.clone();
         bad[bytes.len() / 2] ^= 1;
@@ -2239,15 +2226,15 @@ mod tests {
                 },
             )
         };
-        let mut p = Packer::new(PACK_TARGET);
+        let mut p = Packer::new(PACK_TARGET, false);
         // A hash read as a fraction of 2^64 below size / target cuts after the file: 0x00..
         // always, 0xff.. only past the target, 0x8888.. (0.533..) past 0.533 of it.
         let (e, part) = file("f", 1000);
-        assert!(p.add(0, &e, part, Compression::Stored).is_empty());
+        assert!(p.add(0, &e, part).is_empty());
         let (e, part) = file("8", (PACK_TARGET / 2 - 1) as usize);
-        assert!(p.add(1, &e, part, Compression::Stored).is_empty());
+        assert!(p.add(1, &e, part).is_empty());
         let (e, part) = file("0", 10);
-        let packs = p.add(2, &e, part, Compression::Stored);
+        let packs = p.add(2, &e, part);
         assert_eq!(packs.len(), 1);
         let pack = &packs[0];
         assert_eq!(pack.file_bytes, 1000 + PACK_TARGET / 2 - 1 + 10);
@@ -2268,7 +2255,7 @@ mod tests {
         );
         let (e, part) = file("8", PACK_TARGET as usize * 54 / 100);
         assert_eq!(
-            p.add(3, &e, part, Compression::Stored).len(),
+            p.add(3, &e, part).len(),
             1,
             "0.54 of the target at 0x8888..: cut"
         );
@@ -2277,17 +2264,17 @@ mod tests {
         let big = PACK_BYTES_MAX / 4;
         for i in 0..3 {
             let (e, part) = file("f", big);
-            assert!(p.add(i, &e, part, Compression::Stored).is_empty());
+            assert!(p.add(i, &e, part).is_empty());
         }
         let (e, part) = file("f", big);
-        let packs = p.add(3, &e, part, Compression::Stored);
+        let packs = p.add(3, &e, part);
         assert_eq!(packs.len(), 1);
         assert!(packs[0].parts.iter().map(Vec::len).sum::<usize>() <= PACK_BYTES_MAX);
         assert_eq!(packs[0].members.len(), 3);
         // A file of another directory starts a pack of its own.
         let (mut e, part) = file("f", 10);
         e.path = "wal/00000000000000000001.wal".into();
-        let packs = p.add(4, &e, part, Compression::Stored);
+        let packs = p.add(4, &e, part);
         assert_eq!(packs.len(), 1);
         assert_eq!(packs[0].members.len(), 1);
         assert_eq!(p.take().map(|p| p.members[0].0), Some(4));

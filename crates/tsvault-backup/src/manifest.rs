@@ -71,7 +71,7 @@ pub struct ConsistencyPoint {
 }
 
 /// What backed-up data (a backup, or one file of it) holds, from per-series digests.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DataSummary {
     pub series: u64,
     /// Samples stored in the files (a timestamp written twice and not yet compacted, or in
