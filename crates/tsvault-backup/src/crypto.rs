@@ -139,19 +139,41 @@ const STORED_HEADER: usize = 4 + 1 + 1 + 8;
 /// whole content, which decoders refuse past 128 MiB by default). The frame depends on the
 /// bytes alone, not on how they are split into parts.
 fn store_after(out: &mut Vec<u8>, parts: &[&[u8]]) {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    out.reserve_exact(stored_len(len) + 32);
+    stored_frame(parts, |piece| {
+        out.extend_from_slice(piece);
+        Ok(())
+    })
+    .expect("appending to a Vec does not fail");
+}
+
+/// The length of the stored frame of `len` bytes.
+fn stored_len(len: usize) -> usize {
+    use zstd::zstd_safe::zstd_sys::ZSTD_BLOCKSIZE_MAX;
+    STORED_HEADER + 3 * len.div_ceil(ZSTD_BLOCKSIZE_MAX as usize).max(1) + len
+}
+
+/// Hands the stored frame of the concatenation of `parts` (see [`store_after`]) to `emit`,
+/// piece by piece: its header, then each block's header and bytes, as slices of `parts`.
+fn stored_frame(
+    parts: &[&[u8]],
+    mut emit: impl FnMut(&[u8]) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     use zstd::zstd_safe::zstd_sys::{ZSTD_BLOCKSIZE_MAX, ZSTD_BLOCKSIZELOG_MAX, ZSTD_MAGICNUMBER};
     const BLOCK_MAX: usize = ZSTD_BLOCKSIZE_MAX as usize;
     let len: usize = parts.iter().map(|p| p.len()).sum();
-    out.reserve_exact(STORED_HEADER + 3 * len.div_ceil(BLOCK_MAX).max(1) + len + 32);
-    out.extend_from_slice(&ZSTD_MAGICNUMBER.to_le_bytes());
+    let mut header = [0u8; STORED_HEADER];
+    header[..4].copy_from_slice(&ZSTD_MAGICNUMBER.to_le_bytes());
     // Frame header descriptor: the content size in 8 bytes (0b11 << 6), not single-segment,
     // no checksum, no dictionary.
-    out.push(0b1100_0000);
+    header[4] = 0b1100_0000;
     // Window descriptor: 2^(10 + exponent) bytes, mantissa 0: one block.
-    out.push(((ZSTD_BLOCKSIZELOG_MAX - 10) as u8) << 3);
-    out.extend_from_slice(&(len as u64).to_le_bytes());
+    header[5] = ((ZSTD_BLOCKSIZELOG_MAX - 10) as u8) << 3;
+    header[6..].copy_from_slice(&(len as u64).to_le_bytes());
+    emit(&header)?;
     if len == 0 {
-        out.extend_from_slice(&[1, 0, 0]);
+        return emit(&[1, 0, 0]);
     }
     let mut parts = parts.iter();
     let mut part: &[u8] = &[];
@@ -160,7 +182,7 @@ fn store_after(out: &mut Vec<u8>, parts: &[&[u8]]) {
         let n = left.min(BLOCK_MAX);
         left -= n;
         let header = (n as u32) << 3 | u32::from(left == 0);
-        out.extend_from_slice(&header.to_le_bytes()[..3]);
+        emit(&header.to_le_bytes()[..3])?;
         let mut need = n;
         while need > 0 {
             if part.is_empty() {
@@ -168,11 +190,12 @@ fn store_after(out: &mut Vec<u8>, parts: &[&[u8]]) {
                 continue;
             }
             let take = need.min(part.len());
-            out.extend_from_slice(&part[..take]);
+            emit(&part[..take])?;
             part = &part[take..];
             need -= take;
         }
     }
+    Ok(())
 }
 
 /// Appends `plaintext` compressed at zstd `level` to `out` (a body's header so far): written
@@ -378,6 +401,45 @@ impl Keys {
             .map_err(|_| Error::Config(format!("cannot encrypt {name}")))?;
         out.extend_from_slice(tag.as_ref());
         Ok(out)
+    }
+
+    /// Whether objects are encrypted.
+    pub fn encrypted(&self) -> bool {
+        self.aead.is_some()
+    }
+
+    /// The body [`Keys::seal_parts`] makes of `parts` for `name` with
+    /// [`Compression::Stored`] in an unencrypted repository, handed to `emit` piece by piece
+    /// (slices of `parts` between a few bytes of framing) instead of built in a buffer: a
+    /// local repository writes it to its file from where the bytes are. Its length is
+    /// [`Keys::plain_stored_len`]. None in an encrypted repository (sealing needs the bytes
+    /// in a buffer of its own).
+    pub fn stream_plain_stored(
+        &self,
+        name: &str,
+        parts: &[&[u8]],
+        mut emit: impl FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Option<std::io::Result<()>> {
+        if self.encrypted() {
+            return None;
+        }
+        let mut check = xxhash_rust::xxh3::Xxh3Default::new();
+        check.update(name.as_bytes());
+        check.update(&[0]);
+        let streamed = emit(&[BODY_PLAIN_XXH3])
+            .and_then(|()| {
+                stored_frame(parts, |piece| {
+                    check.update(piece);
+                    emit(piece)
+                })
+            })
+            .and_then(|()| emit(&check.digest128().to_be_bytes()));
+        Some(streamed)
+    }
+
+    /// The length of the body [`Keys::stream_plain_stored`] hands over for `len` bytes.
+    pub fn plain_stored_len(len: usize) -> u64 {
+        (1 + stored_len(len) + 16) as u64
     }
 
     /// The checksum of an unencrypted body of format 3: BLAKE3 keyed with the blob-id key
@@ -751,6 +813,50 @@ mod tests {
         let mut bad = stored.clone();
         bad[100] ^= 1;
         assert!(keys.open("blob s", &bad, text.len()).is_err());
+    }
+
+    /// The body streamed piece by piece (as a local repository writes it) is the sealed one,
+    /// byte for byte and of the announced length, however the bytes are split; it opens.
+    /// An encrypted repository does not stream; a failing writer stops the stream.
+    #[test]
+    fn a_streamed_stored_body_is_the_sealed_one() {
+        use rand::Rng;
+        const BLOCK: usize = 128 << 10;
+        let mut random = vec![0u8; 3 * BLOCK + 7];
+        rand::rng().fill(&mut random[..]);
+        let keys = Keys::plain([9; 32]);
+        for len in [0, 1, BLOCK - 1, BLOCK, BLOCK + 1, 3 * BLOCK + 7] {
+            let text = &random[..len];
+            let sealed = keys.seal("blob t", text, Compression::Stored).unwrap();
+            assert_eq!(sealed.len() as u64, Keys::plain_stored_len(len), "{len}");
+            for cut in [0, len / 3, len.saturating_sub(1), len] {
+                let parts = [&text[..cut], &[][..], &text[cut..]];
+                let mut streamed = Vec::new();
+                keys.stream_plain_stored("blob t", &parts, |piece| {
+                    streamed.extend_from_slice(piece);
+                    Ok(())
+                })
+                .unwrap()
+                .unwrap();
+                assert!(streamed == sealed, "{len} bytes cut at {cut}");
+            }
+            assert_eq!(keys.open("blob t", &sealed, len).unwrap(), text);
+        }
+        let encrypted = Keys::from_master(&[3; 32], Cipher::ChaCha20Poly1305);
+        assert!(
+            encrypted
+                .stream_plain_stored("blob t", &[b"x"], |_| Ok(()))
+                .is_none()
+        );
+        let mut calls = 0;
+        let err = keys
+            .stream_plain_stored("blob t", &[&random[..]], |_| {
+                calls += 1;
+                Err(std::io::Error::other("disk full"))
+            })
+            .unwrap()
+            .unwrap_err();
+        assert_eq!((calls, err.to_string().as_str()), (1, "disk full"));
     }
 
     /// Segments' bytes are stored unless asked to compress them; other files compress.

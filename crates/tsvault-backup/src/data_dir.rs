@@ -96,7 +96,7 @@ pub async fn backup_data_dir(
     };
     let repo_lock = Lock::acquire(repo, LockKind::Backup).await?;
     let source = Source::Dir(dir.to_path_buf());
-    let result = backup_locked(repo, &source, kind, progress, repo_lock).await;
+    let result = backup_locked(repo, &source, kind, progress, repo_lock, None).await;
     drop(lock);
     result
 }
@@ -118,35 +118,55 @@ pub async fn backup_server(
     progress: &dyn Progress,
 ) -> Result<BackupManifest> {
     let client = ServerClient::new(url)?;
-    let repo_lock = Lock::acquire(repo, LockKind::Backup).await?;
-    let snapshot = match client.take_snapshot().await {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = repo_lock.release(repo).await;
+    // The server takes its snapshot while the repository is locked.
+    let (repo_lock, snapshot) = tokio::join!(
+        Lock::acquire(repo, LockKind::Backup),
+        client.take_snapshot()
+    );
+    let (repo_lock, snapshot) = match (repo_lock, snapshot) {
+        (Ok(lock), Ok(snapshot)) => (lock, snapshot),
+        (Ok(lock), Err(e)) => {
+            let _ = lock.release(repo).await;
+            return Err(e);
+        }
+        (Err(e), snapshot) => {
+            if let Ok(s) = snapshot {
+                let _ = client.release_snapshot(&s.id).await;
+            }
             return Err(e);
         }
     };
     let sid = snapshot.id.clone();
     let local = server_dir.map(|d| d.join(SNAPSHOTS_DIR).join(&sid));
-    let result = match local.as_deref().filter(|l| !l.is_dir()) {
-        Some(missing) => {
-            let _ = repo_lock.release(repo).await;
-            Err(Error::Invalid(format!(
-                "--server-data-dir: the server at {} took snapshot {sid}, but {} does not exist here: give that server's data directory as this machine sees it, or leave the option out to pull the files over HTTP",
-                client.base,
-                missing.display()
-            )))
-        }
-        None => {
-            let source = Source::Server {
-                client: client.clone(),
-                snapshot,
-                local,
-            };
-            backup_locked(repo, &source, kind, progress, repo_lock).await
+    // Released once every file is read, while the manifest is written (or when the backup
+    // fails).
+    let (read_tx, read_rx) = tokio::sync::oneshot::channel();
+    let backup = async {
+        match local.as_deref().filter(|l| !l.is_dir()) {
+            Some(missing) => {
+                let _ = repo_lock.release(repo).await;
+                Err(Error::Invalid(format!(
+                    "--server-data-dir: the server at {} took snapshot {sid}, but {} does not exist here: give that server's data directory as this machine sees it, or leave the option out to pull the files over HTTP",
+                    client.base,
+                    missing.display()
+                )))
+            }
+            None => {
+                let source = Source::Server {
+                    client: client.clone(),
+                    snapshot,
+                    local: local.clone(),
+                };
+                backup_locked(repo, &source, kind, progress, repo_lock, Some(read_tx)).await
+            }
         }
     };
-    let released = client.release_snapshot(&sid).await;
+    let release = async {
+        // An error here is the backup's end without sending: released all the same.
+        let _ = read_rx.await;
+        client.release_snapshot(&sid).await
+    };
+    let (result, released) = tokio::join!(backup, release);
     match (result, released) {
         (Ok(m), Ok(())) => Ok(m),
         (Ok(m), Err(e)) => Err(Error::Server {
@@ -163,15 +183,17 @@ pub async fn backup_server(
 }
 
 /// The body of [`backup_data_dir`], holding the repository's shared lock, which it releases
-/// (on success and on failure) after the manifest is written.
+/// (on success and on failure) after the manifest is written. `files_read` is told when every
+/// file of `source` has been read.
 async fn backup_locked(
     repo: &Repository,
     source: &Source,
     kind: Option<BackupType>,
     progress: &dyn Progress,
     repo_lock: Lock,
+    files_read: Option<tokio::sync::oneshot::Sender<()>>,
 ) -> Result<BackupManifest> {
-    let written = write_backup(repo, source, kind, progress, &repo_lock).await;
+    let written = write_backup(repo, source, kind, progress, &repo_lock, files_read).await;
     let released = repo_lock.release(repo).await;
     let manifest = written?;
     released?;
@@ -222,6 +244,7 @@ async fn write_backup(
     kind: Option<BackupType>,
     progress: &dyn Progress,
     repo_lock: &Lock,
+    files_read: Option<tokio::sync::oneshot::Sender<()>>,
 ) -> Result<BackupManifest> {
     let started_ms = now_ms();
     let source_name = source.name()?;
@@ -297,6 +320,7 @@ async fn write_backup(
         progress,
         repo_lock,
         blob_slots: &blob_slots,
+        whole_reads: Semaphore::new(WHOLE_READS_MIB as usize),
         present: Mutex::new(present),
         key_hash: summary.index.hash,
     };
@@ -365,6 +389,10 @@ async fn write_backup(
         }
     }
     drop(done);
+    // The source is not read again: a server's snapshot can go.
+    if let Some(tx) = files_read {
+        let _ = tx.send(());
+    }
     // The reference's files this backup does not hold as they were leave the index.
     if reuse_index && let Some(r) = &reference {
         let mut cache = BlobCache::default();
@@ -430,6 +458,9 @@ const BLOBS_IN_FLIGHT: usize = 4;
 /// then on the blocking pool (its digests), so more than there are cores: with 4, a backup
 /// of 120 segments (50 hosts x a month, 37 MB) took 9% longer than with 8.
 const FILES_IN_FLIGHT: usize = 8;
+
+/// Megabytes of segments read whole at once (see [`FileCtx::store_segment`]).
+const WHOLE_READS_MIB: u32 = 256;
 
 /// Packed files a restore writes at once.
 const RESTORE_FILES_IN_FLIGHT: usize = 4;
@@ -608,6 +639,8 @@ struct FileCtx<'a> {
     repo_lock: &'a Lock,
     /// One permit per chunk in memory.
     blob_slots: &'a Semaphore,
+    /// One permit per megabyte of the files read whole (see [`WHOLE_READS_MIB`]).
+    whole_reads: Semaphore,
     /// Whether each blob a reused entry names is in the repository, checked once per run
     /// (a pack is named by many files, several of them in flight at once: the first asks,
     /// the others wait for its answer).
@@ -697,23 +730,31 @@ impl FileCtx<'_> {
         if file.size < PACK_FILE_MAX && self.repo.pack_target != Some(0) {
             return self.read_small(file).await;
         }
-        let (stored, digests) =
-            tokio::join!(self.store_file(&file.path), self.source.digests(&file.path));
+        let (stored, summary) = match self.source.local_path(&file.path) {
+            Some(local) if DigestBasis::for_file(&file.path) == DigestBasis::BlocksCrc32c => {
+                self.store_segment(&file, local).await?
+            }
+            _ => {
+                let (stored, digests) =
+                    tokio::join!(self.store_file(&file.path), self.source.digests(&file.path));
+                let (stored, (basis, digests)) = (stored?, digests?);
+                self.check_listed(&file, stored.size, &stored.blake3)?;
+                let key_hash = self.key_hash;
+                let summary = off_thread(&format!("digests of file {}", file.path), move || {
+                    FileSummary::of_digests(basis, &digests, key_hash)
+                })
+                .await?
+                .map_err(|detail| self.unstorable_digests(&file.path, detail))?;
+                (stored, summary)
+            }
+        };
         let StoredFile {
             size,
             blake3,
             blobs,
             uploaded,
             deduplicated,
-        } = stored?;
-        let (basis, digests) = digests?;
-        self.check_listed(&file, size, &blake3)?;
-        let key_hash = self.key_hash;
-        let summary = off_thread(&format!("digests of file {}", file.path), move || {
-            FileSummary::of_digests(basis, &digests, key_hash)
-        })
-        .await?
-        .map_err(|detail| self.unstorable_digests(&file.path, detail))?;
+        } = stored;
         let (digests_id, up_digests) = self
             .repo
             .put_blob(summary.encoded, Compression::Digests)
@@ -819,6 +860,90 @@ impl FileCtx<'_> {
             uploaded: 0,
             deduplicated: 0,
         })
+    }
+
+    /// Stores segment `file`, too large for a pack, read whole from `local` (on this
+    /// machine): its chunks are cut from the bytes that are walked for its digests, as
+    /// [`FileCtx::read_small`] does for a pack, rather than read twice (once in chunks for
+    /// the blobs, once whole for the digests). Its chunks are the ones
+    /// [`FileCtx::store_file`] would cut, so they deduplicate against backups stored either
+    /// way. Memory: files read whole at once share [`WHOLE_READS_MIB`], unless one alone
+    /// is larger (the digests were always computed from the whole file). A full backup of
+    /// 7 segments of 43 MB (2000 hosts x a week in daily partitions, warm cache, medians
+    /// of 6): 0.58 -> 0.475 core-seconds, 0.48 -> 0.395 s.
+    async fn store_segment(
+        &self,
+        file: &SourceFile,
+        local: PathBuf,
+    ) -> Result<(StoredFile, FileSummary)> {
+        let mib = u32::try_from(file.size.div_ceil(1 << 20))
+            .unwrap_or(u32::MAX)
+            .min(WHOLE_READS_MIB);
+        let _memory = self
+            .whole_reads
+            .acquire_many(mib)
+            .await
+            .expect("the semaphore is never closed");
+        let what = format!("file {} from {}", file.path, self.source_name);
+        let listed = file.size;
+        let bytes =
+            bytes::Bytes::from(off_thread(&what, move || read_whole(&local, listed)).await??);
+        let key_hash = self.key_hash;
+        let path = PathBuf::from(&file.path);
+        let whole = bytes.clone();
+        let summary = off_thread(&what, move || FileSummary::of(&path, &whole, key_hash));
+        // The chunks are stored while the file is walked; a file that fails its checks
+        // below leaves them unreferenced (a prune removes them).
+        let compression = self.repo.file_compression(&file.path);
+        let chunks = (0..bytes.len()).step_by(CHUNK_BYTES).map(|at| {
+            let chunk = bytes.slice(at..bytes.len().min(at + CHUNK_BYTES));
+            async move {
+                let _slot = self
+                    .blob_slots
+                    .acquire()
+                    .await
+                    .expect("the semaphore is never closed");
+                let n = chunk.len() as u64;
+                let stored = self
+                    .repo
+                    .put_blob_of_parts(vec![chunk], compression)
+                    .await?;
+                #[cfg(feature = "failpoints")]
+                fail::fail_point!("backup-blob-stored", |_| std::process::abort());
+                self.repo_lock.refresh_if_due(self.repo).await?;
+                self.progress.advance(n);
+                Ok::<_, Error>((stored, n))
+            }
+        });
+        let (summary, stored) = tokio::join!(summary, futures::future::try_join_all(chunks));
+        let (blake3, summary) = match summary? {
+            Ok(d) => d,
+            Err(e) => {
+                let blake3 = blake3::hash(&bytes).to_hex().to_string();
+                self.check_listed(file, bytes.len() as u64, &blake3)?;
+                return Err(Error::Corrupt {
+                    what,
+                    detail: e.to_string(),
+                });
+            }
+        };
+        let size = bytes.len() as u64;
+        self.check_listed(file, size, &blake3)?;
+        let mut stored_file = StoredFile {
+            size,
+            blake3,
+            blobs: Vec::new(),
+            uploaded: 0,
+            deduplicated: 0,
+        };
+        for ((id, up), n) in stored? {
+            stored_file.blobs.push(id);
+            stored_file.uploaded += up;
+            if up == 0 {
+                stored_file.deduplicated += n;
+            }
+        }
+        Ok((stored_file, summary))
     }
 
     /// The error for file `path`'s digests that cannot be stored (a hash a server sent that
@@ -2006,6 +2131,7 @@ mod tests {
             Some(BackupType::Full),
             &crate::NoProgress,
             lock,
+            None,
         )
         .await
     }

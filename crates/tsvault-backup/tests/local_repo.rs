@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use tsvault_backup::{
-    BackupManifest, Cipher, Compression, KeepPolicy, NoProgress, RepoOptions, Repository,
-    backup_data_dir, copy_backups, prune, restore_data_dir, verify_backup, verify_deep,
+    BackupManifest, CHUNK_BYTES, Cipher, Compression, KeepPolicy, NoProgress, RepoOptions,
+    Repository, backup_data_dir, copy_backups, prune, restore_data_dir, verify_backup, verify_deep,
 };
 use tsvault_model::{Point, Sample, SeriesKey};
 use tsvault_storage::{DigestBasis, Engine, EngineConfig, file_digests};
@@ -34,6 +34,14 @@ fn data_dir(dir: &Path) {
 
 /// A full backup of stopped data directory `src` into `repo`.
 async fn full_backup(repo: &Repository, src: &Path) -> tsvault_backup::BackupManifest {
+    try_full_backup(repo, src).await.unwrap()
+}
+
+/// [`full_backup`], which may fail.
+async fn try_full_backup(
+    repo: &Repository,
+    src: &Path,
+) -> Result<tsvault_backup::BackupManifest, tsvault_backup::Error> {
     backup_data_dir(
         repo,
         src,
@@ -41,7 +49,6 @@ async fn full_backup(repo: &Repository, src: &Path) -> tsvault_backup::BackupMan
         &NoProgress,
     )
     .await
-    .unwrap()
 }
 
 fn all(dir: &Path) -> Vec<(SeriesKey, Vec<Sample>)> {
@@ -1238,4 +1245,78 @@ async fn an_incremental_stores_again_the_files_whose_pack_went_missing() {
         .await
         .unwrap();
     assert_eq!(all(&dst), all(&src));
+}
+
+/// A segment larger than a chunk, in a data directory on this machine, is read once: its
+/// blobs are cut from the bytes walked for its digests, each [`CHUNK_BYTES`] long but the
+/// last, as a file read chunk by chunk (over HTTP) is cut, so backups stored either way
+/// share them. The backup restores and verifies, encrypted or not; a damaged copy of the
+/// segment is refused naming the file, and leaves no backup.
+#[tokio::test]
+async fn a_segment_larger_than_a_chunk_is_stored_in_chunks_of_one_read() {
+    use rand::{Rng, SeedableRng};
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let e = Engine::open(EngineConfig::new(&src)).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    // Random values (about 8 bytes a sample), in one 6-hour partition: one segment.
+    let t0 = 1_699_984_800_000;
+    let points: Vec<Point> = (0..100)
+        .flat_map(|h| (0..14_000).map(move |i| (h, i)))
+        .map(|(h, i)| Point {
+            key: key(&format!("host-{h:03}")),
+            ts_ms: t0 + i * 1000,
+            value: rng.random::<f64>(),
+        })
+        .collect();
+    for batch in points.chunks(100_000) {
+        e.write(batch).unwrap();
+    }
+    e.close().unwrap();
+    let want = all(&src);
+    let seg_files = files(&src.join("segments"));
+    assert_eq!(seg_files.len(), 1, "{seg_files:?}");
+    let segment = std::fs::read(&seg_files[0]).unwrap();
+    assert!(segment.len() > CHUNK_BYTES, "{} bytes", segment.len());
+    let seg_path = format!(
+        "segments/{}",
+        seg_files[0].file_name().unwrap().to_str().unwrap()
+    );
+
+    for password in [None, Some("pw")] {
+        let dir = tmp.path().join(format!("repo-{}", password.is_some()));
+        let repo = Repository::init(&opts(&dir, password), password.map(|_| Cipher::Aes256Gcm))
+            .await
+            .unwrap();
+        let b = full_backup(&repo, &src).await;
+        let entry = b.files.iter().find(|f| f.path == seg_path).unwrap();
+        assert!(entry.packed.is_none(), "{entry:?}");
+        let chunks: Vec<&[u8]> = segment.chunks(CHUNK_BYTES).collect();
+        assert_eq!(entry.blobs.len(), chunks.len(), "{entry:?}");
+        for (id, chunk) in entry.blobs.iter().zip(&chunks) {
+            assert!(repo.get_blob(id).await.unwrap() == *chunk, "blob {id}");
+        }
+        assert!(verify_backup(&repo, &b.id, true).await.is_empty());
+        assert!(verify_deep(&repo, &b.id).await.is_empty());
+        let dst = tmp.path().join(format!("dst-{}", password.is_some()));
+        restore_data_dir(&repo, Some(&b.id), &dst, &NoProgress)
+            .await
+            .unwrap();
+        assert_eq!(all(&dst), want);
+
+        // A copy of the directory whose segment has a flipped byte.
+        let bad = tmp.path().join(format!("bad-{}", password.is_some()));
+        std::fs::create_dir_all(bad.join("segments")).unwrap();
+        for f in files(&src) {
+            let to = bad.join(f.strip_prefix(&src).unwrap());
+            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+            std::fs::copy(&f, &to).unwrap();
+        }
+        let mut flipped = segment.clone();
+        flipped[CHUNK_BYTES + 10] ^= 0x10;
+        std::fs::write(bad.join(&seg_path), &flipped).unwrap();
+        let err = try_full_backup(&repo, &bad).await.unwrap_err().to_string();
+        assert!(err.contains(&seg_path), "{err}");
+        assert_eq!(repo.backup_ids().await.unwrap(), vec![b.id.clone()]);
+    }
 }

@@ -550,3 +550,55 @@ fn segment_digests_are_on_blocks_when_asked_and_on_samples_by_default() {
     }
     assert!(a.iter().all(|x| x.1 == PER_BATCH as u64));
 }
+
+/// The server takes its snapshot while the CLI locks the repository: when the lock is
+/// refused (a prune holds the repository), the snapshot is released and no backup is made;
+/// once the prune's lock is gone the backup runs, and releases its snapshot too.
+#[test]
+fn an_online_backup_refused_by_a_running_prune_releases_its_snapshot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo_dir = tmp.path().join("repo");
+    let repo = Repo {
+        args: vec!["--repo".into(), repo_dir.display().to_string()],
+        env: Vec::new(),
+    };
+    let s = Server::start(&tmp.path().join("src"), &[]);
+    let write = post(&s.url("/write"), batch(0).as_bytes());
+    assert_eq!(write.status, 204, "{}", write.body);
+    ok(&tsvault(&repo, &["backup", "init"]));
+    // A live prune's lock: this host, this (running) test process, fresh.
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let lock = repo_dir.join("locks/prune-0123456789abcdef");
+    std::fs::create_dir_all(lock.parent().unwrap()).unwrap();
+    std::fs::write(
+        &lock,
+        json!({"kind": "prune", "id": "0123456789abcdef", "host": host,
+               "pid": std::process::id(), "refreshed_ms": now_ms})
+        .to_string(),
+    )
+    .unwrap();
+    let refused = tsvault(&repo, &["backup", "create", "--server", &s.base]);
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("a prune is running"), "{stderr}");
+    assert_eq!(get(&s.url("/api/admin/snapshots")).json(), json!([]));
+    assert_eq!(
+        ok(&tsvault(&repo, &["backup", "list", "--json"])),
+        json!([])
+    );
+
+    std::fs::remove_file(&lock).unwrap();
+    let b = ok(&tsvault(
+        &repo,
+        &["backup", "create", "--server", &s.base, "--json"],
+    ));
+    assert_eq!(b["type"], "full");
+    assert_eq!(b["data"]["samples"], PER_BATCH * HOSTS, "{b}");
+    assert_eq!(get(&s.url("/api/admin/snapshots")).json(), json!([]));
+}
