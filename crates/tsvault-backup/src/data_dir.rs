@@ -813,19 +813,7 @@ impl FileCtx<'_> {
                 Ok::<_, Error>((bytes, d))
             })
             .await??;
-            // Bytes that are not the listed file fail here (not a whole segment) or below
-            // (not the listed size and hash).
-            let (blake3, summary) = match digests {
-                Ok(d) => d,
-                Err(e) => {
-                    let blake3 = blake3::hash(&bytes).to_hex().to_string();
-                    self.check_listed(&file, bytes.len() as u64, &blake3)?;
-                    return Err(Error::Corrupt {
-                        what,
-                        detail: e.to_string(),
-                    });
-                }
-            };
+            let (blake3, summary) = self.walked(&file, &bytes, what, digests)?;
             (bytes, blake3, Ok(summary))
         } else {
             let (bytes, digests) = tokio::join!(read(), self.source.digests(&file.path));
@@ -916,19 +904,8 @@ impl FileCtx<'_> {
             }
         });
         let (summary, stored) = tokio::join!(summary, futures::future::try_join_all(chunks));
-        let (blake3, summary) = match summary? {
-            Ok(d) => d,
-            Err(e) => {
-                let blake3 = blake3::hash(&bytes).to_hex().to_string();
-                self.check_listed(file, bytes.len() as u64, &blake3)?;
-                return Err(Error::Corrupt {
-                    what,
-                    detail: e.to_string(),
-                });
-            }
-        };
+        let (blake3, summary) = self.walked(file, &bytes, what, summary?)?;
         let size = bytes.len() as u64;
-        self.check_listed(file, size, &blake3)?;
         let mut stored_file = StoredFile {
             size,
             blake3,
@@ -944,6 +921,34 @@ impl FileCtx<'_> {
             }
         }
         Ok((stored_file, summary))
+    }
+
+    /// The BLAKE3 and summary of segment `file` from the walk of its `bytes` (`walk`, see
+    /// [`FileSummary::of`]), checked against the source's listing. Bytes that are not the
+    /// listed file fail here: not a whole segment (after their size and hash are compared
+    /// with the listing, so a file that changed is named as such), or not the listed size
+    /// and hash. `what` names the file in the error.
+    fn walked(
+        &self,
+        file: &SourceFile,
+        bytes: &[u8],
+        what: String,
+        walk: tsvault_storage::Result<(String, FileSummary)>,
+    ) -> Result<(String, FileSummary)> {
+        match walk {
+            Ok((blake3, summary)) => {
+                self.check_listed(file, bytes.len() as u64, &blake3)?;
+                Ok((blake3, summary))
+            }
+            Err(e) => {
+                let blake3 = blake3::hash(bytes).to_hex().to_string();
+                self.check_listed(file, bytes.len() as u64, &blake3)?;
+                Err(Error::Corrupt {
+                    what,
+                    detail: e.to_string(),
+                })
+            }
+        }
     }
 
     /// The error for file `path`'s digests that cannot be stored (a hash a server sent that

@@ -28,8 +28,17 @@ const SPARE_MAX: usize = 8;
 /// Creates the file `path` (which must not exist), writes `body` into it and fsyncs it (see
 /// [`NewFile`]).
 pub(crate) fn write_new_durable(path: &Path, body: &[u8]) -> io::Result<()> {
-    let mut file = NewFile::create(path, body.len() as u64)?;
-    file.write_all(body)?;
+    write_new_durable_with(path, body.len() as u64, |file| file.write_all(body))
+}
+
+/// [`write_new_durable`] of the `len` bytes `write` writes into the file.
+pub(crate) fn write_new_durable_with(
+    path: &Path,
+    len: u64,
+    write: impl FnOnce(&mut NewFile) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut file = NewFile::create(path, len)?;
+    write(&mut file)?;
     file.finish()?.sync_all()
 }
 

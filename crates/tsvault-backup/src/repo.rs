@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::crypto::{Cipher, Compression, KeyWrap, Keys};
 use crate::data_dir::{sync_at_once, sync_dir};
-use crate::direct_write::{NewFile, write_new_durable};
+use crate::direct_write::{write_new_durable, write_new_durable_with};
 use crate::error::{Error, Result, off_thread};
 use crate::locks::{LockInfo, LockKind};
 use crate::manifest::BackupManifest;
@@ -174,6 +174,13 @@ impl LocalDir {
             .lock()
             .expect("not poisoned")
             .insert(dir.to_owned());
+    }
+
+    /// Blob `id` was found already stored: perhaps placed by a run killed before its
+    /// manifest, whose directory fsync never came, so this run's manifest makes its name
+    /// durable too.
+    fn blob_found(&self, id: &str) {
+        self.placed_in(&self.root.join("data").join(&id[..2]));
     }
 }
 
@@ -542,10 +549,8 @@ impl Repository {
             return self.put_plain_stored(local, id, parts).await;
         }
         if self.has_blob(&id).await? {
-            // Perhaps placed by a run killed before its manifest, whose directory fsync
-            // never came: this run's manifest makes its name durable too.
             if let Some(local) = &self.local {
-                local.placed_in(&local.root.join("data").join(&id[..2]));
+                local.blob_found(&id);
             }
             return Ok((id, 0));
         }
@@ -575,18 +580,17 @@ impl Repository {
         off_thread(&format!("writing {path}"), move || {
             let rel = path.to_string();
             if local_has(&local.root.join(&rel))? {
-                // As in put_blob_of_parts.
-                local.placed_in(&local.root.join("data").join(&id[..2]));
+                local.blob_found(&id);
                 return Ok((id, 0));
             }
             let parts = slices(&parts);
             let len = Keys::plain_stored_len(parts.iter().map(|p| p.len()).sum());
             let name = format!("blob {id}");
             put_local_with(&local, &rel, false, |tmp| {
-                let mut file = NewFile::create(tmp, len)?;
-                keys.stream_plain_stored(&name, &parts, |piece| file.write_all(piece))
-                    .expect("the repository is unencrypted")?;
-                file.finish()?.sync_all()
+                write_new_durable_with(tmp, len, |file| {
+                    keys.stream_plain_stored(&name, &parts, |piece| file.write_all(piece))
+                        .expect("the repository is unencrypted")
+                })
             })?;
             Ok((id, len))
         })
