@@ -23,6 +23,7 @@ use crate::repo::Repository;
 use crate::selective::engine_err;
 use crate::source::{ServerClient, Source, SourceFile};
 use tsvault_storage::RESTORE_MARKER;
+use tsvault_storage::SnapshotInfo;
 
 /// Files are cut into blobs of this size: big enough that per-object overhead is small,
 /// small enough that an appended WAL file shares all but its last blob with its last backup.
@@ -118,11 +119,137 @@ pub async fn backup_server(
     progress: &dyn Progress,
 ) -> Result<BackupManifest> {
     let client = ServerClient::new(url)?;
-    // The server takes its snapshot while the repository is locked.
-    let (repo_lock, snapshot) = tokio::join!(
-        Lock::acquire(repo, LockKind::Backup),
-        client.take_snapshot()
-    );
+    backup_online(
+        repo,
+        &ServerSnapshots { client, server_dir },
+        kind,
+        progress,
+    )
+    .await
+}
+
+/// Backs up the data of `engine`, open in this process (a backup the server runs itself):
+/// the same as [`backup_server`] on its machine, without HTTP. Backups are known by the
+/// data directory's canonical path, so they continue a chain of backups taken of the
+/// stopped directory (`kind` as for [`backup_data_dir`]).
+pub async fn backup_engine(
+    repo: &Repository,
+    engine: Arc<tsvault_storage::Engine>,
+    kind: Option<BackupType>,
+    progress: &dyn Progress,
+) -> Result<BackupManifest> {
+    let dir = engine.data_dir().to_path_buf();
+    let name = Source::Dir(dir.clone()).name()?;
+    let snapshots = EngineSnapshots { engine, dir, name };
+    backup_online(repo, &snapshots, kind, progress).await
+}
+
+/// Who takes and releases the snapshot an online backup reads.
+trait Snapshots {
+    async fn take(&self) -> Result<SnapshotInfo>;
+    async fn release(&self, id: &str) -> Result<()>;
+    /// The source that reads `snapshot`.
+    fn source(&self, snapshot: SnapshotInfo) -> Result<Source>;
+    /// The error for complete backup `backup`, whose snapshot `sid` was not released.
+    fn unreleased(&self, backup: &str, sid: &str, e: Error) -> Error;
+}
+
+/// A running server's snapshots, through its admin API.
+struct ServerSnapshots<'a> {
+    client: ServerClient,
+    server_dir: Option<&'a Path>,
+}
+
+impl Snapshots for ServerSnapshots<'_> {
+    async fn take(&self) -> Result<SnapshotInfo> {
+        self.client.take_snapshot().await
+    }
+
+    async fn release(&self, id: &str) -> Result<()> {
+        self.client.release_snapshot(id).await
+    }
+
+    fn source(&self, snapshot: SnapshotInfo) -> Result<Source> {
+        let local = self
+            .server_dir
+            .map(|d| d.join(SNAPSHOTS_DIR).join(&snapshot.id));
+        if let Some(missing) = local.as_deref().filter(|l| !l.is_dir()) {
+            return Err(Error::Invalid(format!(
+                "--server-data-dir: the server at {} took snapshot {}, but {} does not exist here: give that server's data directory as this machine sees it, or leave the option out to pull the files over HTTP",
+                self.client.base,
+                snapshot.id,
+                missing.display()
+            )));
+        }
+        Ok(Source::Server {
+            client: self.client.clone(),
+            snapshot,
+            local,
+        })
+    }
+
+    fn unreleased(&self, backup: &str, sid: &str, e: Error) -> Error {
+        let base = &self.client.base;
+        Error::Server {
+            url: base.clone(),
+            detail: format!(
+                "backup {backup} is complete, but snapshot {sid} was not released ({e}); release it with DELETE {base}/api/admin/snapshots/{sid}"
+            ),
+        }
+    }
+}
+
+/// The snapshots of an engine open in this process.
+struct EngineSnapshots {
+    engine: Arc<tsvault_storage::Engine>,
+    dir: PathBuf,
+    name: String,
+}
+
+impl Snapshots for EngineSnapshots {
+    async fn take(&self) -> Result<SnapshotInfo> {
+        let engine = self.engine.clone();
+        off_thread("taking a snapshot", move || engine.snapshot())
+            .await?
+            .map_err(engine_err("taking a snapshot"))
+    }
+
+    async fn release(&self, id: &str) -> Result<()> {
+        let (engine, sid) = (self.engine.clone(), id.to_string());
+        off_thread("releasing a snapshot", move || {
+            engine.release_snapshot(&sid)
+        })
+        .await?
+        .map_err(engine_err(&format!("releasing snapshot {id}")))
+    }
+
+    fn source(&self, snapshot: SnapshotInfo) -> Result<Source> {
+        let dir = self.dir.join(SNAPSHOTS_DIR).join(&snapshot.id);
+        Ok(Source::Snapshot {
+            name: self.name.clone(),
+            snapshot,
+            dir,
+        })
+    }
+
+    fn unreleased(&self, backup: &str, sid: &str, e: Error) -> Error {
+        Error::Invalid(format!(
+            "backup {backup} is complete, but snapshot {sid} was not released ({e}); it is released when it expires"
+        ))
+    }
+}
+
+/// An online backup of the snapshot `snapshots` takes while the repository is locked; the
+/// snapshot is released once every file is read, while the manifest is written (or when
+/// the backup fails).
+async fn backup_online(
+    repo: &Repository,
+    snapshots: &impl Snapshots,
+    kind: Option<BackupType>,
+    progress: &dyn Progress,
+) -> Result<BackupManifest> {
+    let (repo_lock, snapshot) =
+        tokio::join!(Lock::acquire(repo, LockKind::Backup), snapshots.take());
     let (repo_lock, snapshot) = match (repo_lock, snapshot) {
         (Ok(lock), Ok(snapshot)) => (lock, snapshot),
         (Ok(lock), Err(e)) => {
@@ -131,32 +258,20 @@ pub async fn backup_server(
         }
         (Err(e), snapshot) => {
             if let Ok(s) = snapshot {
-                let _ = client.release_snapshot(&s.id).await;
+                let _ = snapshots.release(&s.id).await;
             }
             return Err(e);
         }
     };
     let sid = snapshot.id.clone();
-    let local = server_dir.map(|d| d.join(SNAPSHOTS_DIR).join(&sid));
-    // Released once every file is read, while the manifest is written (or when the backup
-    // fails).
     let (read_tx, read_rx) = tokio::sync::oneshot::channel();
     let backup = async {
-        match local.as_deref().filter(|l| !l.is_dir()) {
-            Some(missing) => {
+        match snapshots.source(snapshot) {
+            Err(e) => {
                 let _ = repo_lock.release(repo).await;
-                Err(Error::Invalid(format!(
-                    "--server-data-dir: the server at {} took snapshot {sid}, but {} does not exist here: give that server's data directory as this machine sees it, or leave the option out to pull the files over HTTP",
-                    client.base,
-                    missing.display()
-                )))
+                Err(e)
             }
-            None => {
-                let source = Source::Server {
-                    client: client.clone(),
-                    snapshot,
-                    local: local.clone(),
-                };
+            Ok(source) => {
                 backup_locked(repo, &source, kind, progress, repo_lock, Some(read_tx)).await
             }
         }
@@ -164,18 +279,12 @@ pub async fn backup_server(
     let release = async {
         // An error here is the backup's end without sending: released all the same.
         let _ = read_rx.await;
-        client.release_snapshot(&sid).await
+        snapshots.release(&sid).await
     };
     let (result, released) = tokio::join!(backup, release);
     match (result, released) {
         (Ok(m), Ok(())) => Ok(m),
-        (Ok(m), Err(e)) => Err(Error::Server {
-            url: client.base.clone(),
-            detail: format!(
-                "backup {} is complete, but snapshot {sid} was not released ({e}); release it with DELETE {}/api/admin/snapshots/{sid}",
-                m.id, client.base
-            ),
-        }),
+        (Ok(m), Err(e)) => Err(snapshots.unreleased(&m.id, &sid, e)),
         // The backup's own error is the one to report; a snapshot that could not be
         // released either is released by the server when it expires (24 h).
         (Err(e), _) => Err(e),

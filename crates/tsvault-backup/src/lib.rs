@@ -28,8 +28,8 @@ pub use consolidate::consolidate;
 pub use copy::{CopyReport, copy_backups};
 pub use crypto::{Cipher, Compression};
 pub use data_dir::{
-    CHUNK_BYTES, NoProgress, Problem, Progress, backup_data_dir, backup_server, restore_data_dir,
-    verify_backup, verify_deep,
+    CHUNK_BYTES, NoProgress, Problem, Progress, backup_data_dir, backup_engine, backup_server,
+    restore_data_dir, verify_backup, verify_deep,
 };
 pub use error::{Error, Result};
 pub use locks::{LOCK_STALE_MS, Lock, LockInfo, LockKind};

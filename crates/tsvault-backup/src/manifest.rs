@@ -122,6 +122,17 @@ pub struct BackupManifest {
 }
 
 impl BackupManifest {
+    /// What `backup create --json` prints of it: everything but the file list (counted).
+    pub fn summary_json(&self) -> serde_json::Value {
+        serde_json::json!({"id": self.id, "type": self.kind, "parent": self.parent,
+            "base": self.base, "consolidated_from": self.consolidated_from,
+            "started_ms": self.started_ms, "finished_ms": self.finished_ms,
+            "source": self.source, "consistency": self.consistency, "data": self.summary,
+            "files": self.files.len(), "logical_bytes": self.logical_bytes,
+            "read_bytes": self.read_bytes, "uploaded_bytes": self.uploaded_bytes,
+            "deduplicated_bytes": self.deduplicated_bytes})
+    }
+
     /// Every blob the backup needs, each with what it is for (for messages).
     pub fn blobs(&self) -> impl Iterator<Item = (&String, String)> {
         self.files

@@ -227,6 +227,16 @@ pub(crate) enum Source {
         /// is checked against the server's listing (sizes and BLAKE3) all the same.
         local: Option<PathBuf>,
     },
+    /// A snapshot this process's engine took (a backup run by the server itself): its files
+    /// are read in `dir` (`snapshots/<id>/` of the data directory), checked against its
+    /// listing as a server's are.
+    Snapshot {
+        /// The data directory's canonical path, what its backups are known by (as backups
+        /// of the stopped directory are).
+        name: String,
+        snapshot: SnapshotInfo,
+        dir: PathBuf,
+    },
 }
 
 impl Source {
@@ -239,6 +249,7 @@ impl Source {
                 .display()
                 .to_string()),
             Source::Server { client, .. } => Ok(client.base.clone()),
+            Source::Snapshot { name, .. } => Ok(name.clone()),
         }
     }
 
@@ -258,7 +269,7 @@ impl Source {
                     })
                 })
                 .collect(),
-            Source::Server { snapshot, .. } => Ok(snapshot
+            Source::Server { snapshot, .. } | Source::Snapshot { snapshot, .. } => Ok(snapshot
                 .files
                 .iter()
                 .map(|f| SourceFile {
@@ -285,18 +296,20 @@ impl Source {
                     at_ms: now_ms(),
                 })
             }
-            Source::Server { snapshot, .. } => Ok(ConsistencyPoint {
-                snapshot: Some(snapshot.id.clone()),
-                wal_position: snapshot.wal_position,
-                at_ms: snapshot.created_ms,
-            }),
+            Source::Server { snapshot, .. } | Source::Snapshot { snapshot, .. } => {
+                Ok(ConsistencyPoint {
+                    snapshot: Some(snapshot.id.clone()),
+                    wal_position: snapshot.wal_position,
+                    at_ms: snapshot.created_ms,
+                })
+            }
         }
     }
 
     /// Where the files' bytes come from.
     fn reads(&self) -> Reads<'_> {
         match self {
-            Source::Dir(dir) => Reads::Local(dir),
+            Source::Dir(dir) | Source::Snapshot { dir, .. } => Reads::Local(dir),
             Source::Server {
                 local: Some(dir), ..
             } => Reads::Local(dir),

@@ -452,6 +452,16 @@ fn run_variant(
     // Backups compare with vmbackup and with restic (over tsvault's files): VictoriaMetrics
     // must run; InfluxDB need not.
     if !args.no_backup && running.iter().any(|s| s.kind == Kind::Victoria) {
+        // Before the CLI's backups, which add 1% more data to the running servers.
+        rows.extend(server_backups(
+            &wl,
+            &running,
+            root.path(),
+            args.clients,
+            args.backup_rounds,
+            tsvault_bin,
+            &mut notes,
+        )?);
         rows.extend(backups(
             &wl,
             &running,
@@ -656,6 +666,164 @@ fn timed_round<const N: usize>(
     }
     say!("  in this order: {}", took.join(", "));
     Ok(())
+}
+
+/// Backups tsvault takes itself (`serve --backup-repo`, `POST /api/admin/backups`), into an
+/// encrypted and an unencrypted repository: on copies of the running tsvault's data (taken
+/// through a snapshot), a server started on each with its repository, the full timed in
+/// `rounds` rounds (each into a new repository, the server restarted), then 1% more data
+/// written to it and the incremental timed. The request is timed, not the server's start
+/// (the repository is opened, its key derived, when the server starts).
+fn server_backups(
+    wl: &Workload,
+    running: &[Running],
+    root: &Path,
+    clients: usize,
+    rounds: usize,
+    tsvault_bin: &Path,
+    notes: &mut Vec<String>,
+) -> anyhow::Result<Vec<Row>> {
+    let tsv = running
+        .iter()
+        .find(|s| s.kind == Kind::Tsvault)
+        .context("no tsvault")?;
+    say!("backups taken by the server: copying tsvault's data through a snapshot");
+    let agent = http::agent();
+    let snap: serde_json::Value = serde_json::from_str(&http::post(
+        &agent,
+        &format!("{}/api/admin/snapshots", tsv.base),
+        "application/json",
+        b"",
+    )?)?;
+    let sid = snap["id"].as_str().context("a snapshot id")?;
+    let modes = [("encrypted", true), ("unencrypted", false)];
+    let dirs = modes.map(|(name, _)| root.join(format!("tsvault-self-{name}")));
+    for dir in &dirs {
+        backup::timed(
+            std::process::Command::new("cp")
+                .arg("-r")
+                .arg(tsv.data_dir.join("snapshots").join(sid))
+                .arg(dir),
+        )?;
+    }
+    let released = agent
+        .delete(format!("{}/api/admin/snapshots/{sid}", tsv.base))
+        .call()?;
+    ensure!(
+        released.status().is_success(),
+        "releasing snapshot {sid}: {}",
+        released.status()
+    );
+    let password = root.join("tsvault-self-password");
+    std::fs::write(&password, "tsvault-bench\n")?;
+    let repo_of = |mode: usize, round: usize| {
+        root.join(format!("tsvault-self-{}-repo-{round}", modes[mode].0))
+    };
+    // Starts the server of `mode` backing up into `repo`, once its repository is open.
+    let start = |mode: usize, repo: &Path| -> anyhow::Result<Running> {
+        let args = [
+            "--backup-repo".to_string(),
+            repo.display().to_string(),
+            "--backup-password-file".to_string(),
+            password.display().to_string(),
+        ];
+        let sys = Running::start(Kind::Tsvault, &dirs[mode], tsvault_bin, &args)?;
+        let t = Instant::now();
+        loop {
+            let status: serde_json::Value = serde_json::from_str(&http::get(
+                &agent,
+                &format!("{}/api/admin/backups", sys.base),
+                &[],
+            )?)?;
+            if status["open"] == true {
+                return Ok(sys);
+            }
+            ensure!(
+                t.elapsed() < Duration::from_secs(60),
+                "the tsvault server did not open repository {} in 60 s: {status}",
+                repo.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    // A backup the server at `base` takes on request, its type checked; how long it took.
+    let take = |base: &str, query: &str, kind: &str| -> anyhow::Result<f64> {
+        let t = Instant::now();
+        let answer = http::post(
+            &agent,
+            &format!("{base}/api/admin/backups{query}"),
+            "application/json",
+            b"",
+        )?;
+        let took = t.elapsed().as_secs_f64();
+        let m: serde_json::Value = serde_json::from_str(&answer)?;
+        ensure!(m["type"] == kind, "asked for a {kind} backup, got {m}");
+        Ok(took)
+    };
+    let mut fulls: [Vec<f64>; 2] = Default::default();
+    for round in 0..rounds {
+        let mut took = Vec::new();
+        for i in 0..2 {
+            // The mode that went first goes second in the next round.
+            let mode = (i + round) % 2;
+            if let Some(before) = round.checked_sub(1) {
+                std::fs::remove_dir_all(repo_of(mode, before))?;
+            }
+            let repo = repo_of(mode, round);
+            backup::Tsvault {
+                bin: tsvault_bin,
+                repo: &repo,
+            }
+            .init(modes[mode].1)?;
+            let sys = start(mode, &repo)?;
+            let t = take(&sys.base, "?type=full", "full")?;
+            sys.stop();
+            fulls[mode].push(t);
+            took.push(format!("{} {t:.3} s", modes[mode].0));
+        }
+        say!(
+            "  full backups taken by the server, round {} of {rounds}: {}",
+            round + 1,
+            took.join(", ")
+        );
+    }
+    say!("backups taken by the server: 1% more data, written to disk, then incremental");
+    let mut incrs = [0.0; 2];
+    for (mode, incr) in incrs.iter_mut().enumerate() {
+        let sys = start(mode, &repo_of(mode, rounds - 1))?;
+        load(&sys.write_url(), &wl.extra, clients, &ProgressBar::hidden())?;
+        sys.settle_with(false)?;
+        *incr = take(&sys.base, "", "incremental")?;
+        sys.stop();
+    }
+    let full = fulls.map(median);
+    let mut rows = Vec::new();
+    for (mode, (name, _)) in modes.iter().enumerate() {
+        rows.push(
+            Row::new(
+                format!("full backup taken by the server, {name}"),
+                "s",
+                Better::Lower,
+            )
+            .set(0, full[mode]),
+        );
+    }
+    for (mode, (name, _)) in modes.iter().enumerate() {
+        rows.push(
+            Row::new(
+                format!("incremental after 1% more data, taken by the server, {name}"),
+                "s",
+                Better::Lower,
+            )
+            .set(0, incrs[mode]),
+        );
+    }
+    notes.push(format!(
+        "Backups taken by the server itself (issue 4's incremental target): `tsvault serve --backup-repo R` and `POST /api/admin/backups` (the repository opened, its key derived, when the server starts; the snapshot taken in the process, its files read in the data directory), on copies of tsvault's data, a server started on each with its repository; fulls in {rounds} rounds, each into a new repository (median), then 1% more data and the incremental. Incremental after 1% more data: {:.3} (encrypted) and {:.3} (unencrypted) of the full's time (target at most 1/20 = 0.05).",
+        incrs[0] / full[0],
+        incrs[1] / full[1],
+    ));
+    Ok(rows)
 }
 
 /// Full backup, incremental after 1% more data, and full restore, for each system's tool.

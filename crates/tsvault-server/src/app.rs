@@ -11,6 +11,9 @@ use axum::routing::{get, post};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tsvault_storage::{Engine, EngineConfig, FsyncMode};
 
+use tokio_util::sync::CancellationToken;
+
+use crate::backups::{self, BackupConfig, Backups};
 use crate::metrics::Metrics;
 use crate::{admin, health, influx, opentsdb};
 
@@ -23,6 +26,8 @@ pub struct ServerConfig {
     pub engine: EngineConfig,
     /// Largest request body accepted, after decompression.
     pub max_body_bytes: usize,
+    /// Backups the server takes itself, when it has a repository for them.
+    pub backup: Option<BackupConfig>,
 }
 
 /// Why the server could not start or stopped with an error.
@@ -49,6 +54,7 @@ pub(crate) struct AppState {
     pub engine: Arc<Engine>,
     pub metrics: Metrics,
     pub max_body_bytes: usize,
+    pub backups: Option<Arc<Backups>>,
 }
 
 pub(crate) type Shared = Arc<AppState>;
@@ -86,6 +92,19 @@ pub async fn serve(
         engine: Arc::new(engine),
         metrics: Metrics::new(),
         max_body_bytes: config.max_body_bytes,
+        backups: config.backup.clone().map(|b| Arc::new(Backups::new(b))),
+    });
+    let stop_schedule = CancellationToken::new();
+    let schedule = state.backups.clone().map(|backups| {
+        let (state, stop) = (state.clone(), stop_schedule.clone());
+        tokio::spawn(async move {
+            // A repository that cannot be reached does not hold up a stop.
+            tokio::select! {
+                () = backups.open_at_start() => {}
+                () = stop.cancelled() => return,
+            }
+            backups.schedule(state, stop).await;
+        })
     });
     // TCP_NODELAY: a response written in pieces (headers, then a streamed body) must not wait
     // for the client's delayed ACK, which costs 40 ms per request on Linux.
@@ -98,6 +117,11 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(ServerError::Serve)?;
+    // A scheduled backup under way ends (and releases its snapshot) before the engine closes.
+    stop_schedule.cancel();
+    if let Some(task) = schedule {
+        let _ = task.await;
+    }
     tracing::info!("stopped accepting requests; flushing");
     let engine = state.engine.clone();
     tokio::task::spawn_blocking(move || engine.close())
@@ -141,6 +165,10 @@ fn router(state: Shared) -> Router {
             get(admin::snapshot_digests),
         )
         .route("/api/admin/import", post(admin::import))
+        .route(
+            "/api/admin/backups",
+            get(backups::status).post(backups::create),
+        )
         .with_state(state)
         // A panic in a handler (a bug, never expected input) answers 500 instead of
         // dropping the connection without a word.

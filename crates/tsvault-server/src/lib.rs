@@ -1,6 +1,7 @@
 //! The tsvault HTTP server: the write protocols (InfluxDB line protocol, OpenTSDB `/api/put`),
 //! the OpenTSDB query API, health, readiness and metrics, and the admin API for snapshots and
-//! imports (online backup and restore), over one storage engine.
+//! imports (online backup and restore) and for the backups the server takes itself into its
+//! repository (`backups`), over one storage engine.
 //!
 //! It maps protocol requests onto `tsvault-ingest`, `tsvault-query` and `tsvault-storage`, and
 //! each error onto the status code and body shape of the protocol it copies. It holds no data
@@ -8,6 +9,7 @@
 
 mod admin;
 mod app;
+mod backups;
 mod error;
 mod health;
 mod influx;
@@ -15,3 +17,4 @@ mod metrics;
 mod opentsdb;
 
 pub use app::{ServerConfig, ServerError, serve};
+pub use backups::BackupConfig;

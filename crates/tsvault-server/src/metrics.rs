@@ -20,6 +20,15 @@ pub(crate) struct Metrics {
     pub string_fields_skipped: Counter,
     pub query_duration: Family<Label, Histogram>,
     engine: EngineGauges,
+    backups: BackupGauges,
+}
+
+/// The server's own backups (`--backup-repo`).
+#[derive(Default)]
+struct BackupGauges {
+    taken: Family<Label, Counter>,
+    last_success: Gauge<f64, AtomicU64>,
+    last_duration: Gauge<f64, AtomicU64>,
 }
 
 #[derive(Default)]
@@ -108,6 +117,22 @@ impl Metrics {
             "1 when writes are refused after a failed fsync or write",
             engine.poisoned.clone(),
         );
+        let backups = BackupGauges::default();
+        registry.register(
+            "backups",
+            "Backups the server took itself (--backup-repo), by result (ok, error)",
+            backups.taken.clone(),
+        );
+        registry.register(
+            "backup_last_success_timestamp_seconds",
+            "When the newest backup the server took itself finished (0: none yet)",
+            backups.last_success.clone(),
+        );
+        registry.register(
+            "backup_last_duration_seconds",
+            "How long the newest backup the server took itself took",
+            backups.last_duration.clone(),
+        );
         Metrics {
             registry,
             samples_ingested,
@@ -115,7 +140,24 @@ impl Metrics {
             string_fields_skipped,
             query_duration,
             engine,
+            backups,
         }
+    }
+
+    /// A backup finished at `finished_ms` (since the epoch), after `took`.
+    pub(crate) fn backup_succeeded(&self, finished_ms: i64, took: std::time::Duration) {
+        let b = &self.backups;
+        b.taken.get_or_create(&vec![("result", "ok")]).inc();
+        b.last_success.set(finished_ms as f64 / 1000.0);
+        b.last_duration.set(took.as_secs_f64());
+    }
+
+    /// A backup failed.
+    pub(crate) fn backup_failed(&self) {
+        self.backups
+            .taken
+            .get_or_create(&vec![("result", "error")])
+            .inc();
     }
 
     /// The text exposition, with engine figures as of now.

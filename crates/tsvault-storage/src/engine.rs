@@ -512,6 +512,11 @@ impl Engine {
         self.handle().import(points)
     }
 
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.inner.config.data_dir
+    }
+
     /// Takes a snapshot of everything acknowledged so far (see [`SnapshotInfo`]); writes
     /// keep flowing. It stays on disk, across restarts, until released.
     pub fn snapshot(&self) -> Result<SnapshotInfo> {

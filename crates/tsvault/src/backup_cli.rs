@@ -32,7 +32,7 @@ pub struct RepoArgs {
 }
 
 /// The passphrase: the first line of `file` when given, else the environment variable `env`.
-fn passphrase(file: Option<&PathBuf>, env: &str) -> anyhow::Result<Option<Vec<u8>>> {
+pub(crate) fn passphrase(file: Option<&PathBuf>, env: &str) -> anyhow::Result<Option<Vec<u8>>> {
     Ok(match file {
         Some(f) => {
             let text = std::fs::read_to_string(f)
@@ -311,16 +311,6 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-fn summary(m: &BackupManifest) -> serde_json::Value {
-    json!({"id": m.id, "type": m.kind, "parent": m.parent, "base": m.base,
-           "consolidated_from": m.consolidated_from,
-           "started_ms": m.started_ms, "finished_ms": m.finished_ms, "source": m.source,
-           "consistency": m.consistency, "data": m.summary,
-           "files": m.files.len(), "logical_bytes": m.logical_bytes,
-           "read_bytes": m.read_bytes, "uploaded_bytes": m.uploaded_bytes,
-           "deduplicated_bytes": m.deduplicated_bytes})
-}
-
 /// A time in ms since the epoch as RFC 3339 (UTC, milliseconds).
 fn rfc3339(ms: i64) -> String {
     u64::try_from(ms)
@@ -457,7 +447,7 @@ pub fn backup(cmd: BackupCommand) -> anyhow::Result<ExitCode> {
                 };
                 bar.0.finish_and_clear();
                 if repo.json {
-                    println!("{}", summary(&m));
+                    println!("{}", m.summary_json());
                 } else {
                     println!(
                         "backup {} ({:?}): {} files, {} bytes, {} bytes uploaded",
@@ -476,7 +466,7 @@ pub fn backup(cmd: BackupCommand) -> anyhow::Result<ExitCode> {
                     all.push(r.manifest(&id).await?);
                 }
                 if repo.json {
-                    println!("{}", json!(all.iter().map(summary).collect::<Vec<_>>()));
+                    println!("{}", json!(all.iter().map(BackupManifest::summary_json).collect::<Vec<_>>()));
                 } else {
                     for m in &all {
                         println!(
@@ -602,7 +592,7 @@ pub fn backup(cmd: BackupCommand) -> anyhow::Result<ExitCode> {
                 let id = resolve(&r, &id).await?;
                 let m = tsvault_backup::consolidate(&r, &id).await?;
                 if repo.json {
-                    println!("{}", summary(&m));
+                    println!("{}", m.summary_json());
                 } else {
                     println!(
                         "synthetic full backup {} of the image of {id}: {} files, {} bytes, nothing read from the source",
@@ -680,7 +670,7 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
                 if args.repo.json {
                     println!(
                         "{}",
-                        json!({"restored": summary(&m), "server": url, "selected": report, "import": counts})
+                        json!({"restored": m.summary_json(), "server": url, "selected": report, "import": counts})
                     );
                 } else {
                     println!(
@@ -706,7 +696,7 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
             if args.repo.json {
                 println!(
                     "{}",
-                    json!({"restored": summary(&m), "data_dir": data_dir, "selected": report})
+                    json!({"restored": m.summary_json(), "data_dir": data_dir, "selected": report})
                 );
             } else {
                 println!(
@@ -723,7 +713,7 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
         let m = tsvault_backup::restore_data_dir(&r, Some(&args.backup), &data_dir, &bar).await?;
         bar.0.finish_and_clear();
         if args.repo.json {
-            println!("{}", json!({"restored": summary(&m), "data_dir": data_dir}));
+            println!("{}", json!({"restored": m.summary_json(), "data_dir": data_dir}));
         } else {
             println!(
                 "restored backup {} into {} ({} files, {} bytes)",

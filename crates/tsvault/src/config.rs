@@ -6,7 +6,10 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
-use tsvault_server::ServerConfig;
+use tsvault_backup::RepoOptions;
+use tsvault_server::{BackupConfig, ServerConfig};
+
+use crate::backup_cli::passphrase;
 use tsvault_storage::{EngineConfig, FsyncMode};
 
 /// Fsync policy names as written in flags and files.
@@ -55,6 +58,25 @@ pub(crate) struct ServeArgs {
     /// in /health and the log.
     #[arg(long, env = "TSVAULT_QUARANTINE_CORRUPT")]
     quarantine_corrupt: bool,
+    /// A backup repository (made with `tsvault backup init`) the server backs itself up
+    /// into: on `POST /api/admin/backups`, and every --backup-every. A path, file:///path
+    /// or s3://bucket/prefix.
+    #[arg(long, env = "TSVAULT_BACKUP_REPO")]
+    backup_repo: Option<String>,
+    /// A file whose first line is the backup repository's passphrase (else
+    /// TSVAULT_REPO_PASSWORD).
+    #[arg(long, env = "TSVAULT_BACKUP_PASSWORD_FILE")]
+    backup_password_file: Option<PathBuf>,
+    /// Take a backup this often, e.g. 1h (the first one this long after start); needs
+    /// --backup-repo [default: only when asked].
+    #[arg(long, env = "TSVAULT_BACKUP_EVERY")]
+    backup_every: Option<String>,
+    /// The backup repository's S3 endpoint, for S3-compatible servers.
+    #[arg(long, env = "TSVAULT_BACKUP_S3_ENDPOINT")]
+    backup_s3_endpoint: Option<String>,
+    /// Allow plain HTTP to the backup repository's S3 endpoint.
+    #[arg(long, env = "TSVAULT_BACKUP_S3_ALLOW_HTTP")]
+    backup_s3_allow_http: bool,
 }
 
 /// The same settings as read from a TOML file.
@@ -70,6 +92,11 @@ struct FileConfig {
     max_body_bytes: Option<usize>,
     head_samples_max: Option<usize>,
     quarantine_corrupt: Option<bool>,
+    backup_repo: Option<String>,
+    backup_password_file: Option<PathBuf>,
+    backup_every: Option<String>,
+    backup_s3_endpoint: Option<String>,
+    backup_s3_allow_http: Option<bool>,
 }
 
 fn duration_ms(what: &str, text: &str) -> anyhow::Result<i64> {
@@ -141,7 +168,35 @@ impl ServeArgs {
         if max_body_bytes == 0 {
             bail!("--max-body-bytes must be at least 1");
         }
+        let every = self.backup_every.or(file.backup_every);
+        let backup = match self.backup_repo.or(file.backup_repo) {
+            None => {
+                if every.is_some() {
+                    bail!("--backup-every needs --backup-repo");
+                }
+                None
+            }
+            Some(url) => {
+                let password_file = self.backup_password_file.or(file.backup_password_file);
+                let every = every
+                    .map(|e| duration_ms("--backup-every", &e))
+                    .transpose()?
+                    .map(|ms| std::time::Duration::from_millis(ms as u64));
+                Some(BackupConfig {
+                    repo: RepoOptions {
+                        url,
+                        password: passphrase(password_file.as_ref(), "TSVAULT_REPO_PASSWORD")?,
+                        s3_endpoint: self.backup_s3_endpoint.or(file.backup_s3_endpoint),
+                        s3_allow_http: self.backup_s3_allow_http
+                            || file.backup_s3_allow_http.unwrap_or(false),
+                        ..RepoOptions::default()
+                    },
+                    every,
+                })
+            }
+        };
         Ok(ServerConfig {
+            backup,
             listen: self
                 .listen
                 .or(file.listen)
@@ -219,5 +274,52 @@ mod tests {
         let msg = e(&["--config", file.to_str().unwrap()]);
         assert!(msg.contains("c.toml") && msg.contains("data_dirr"), "{msg}");
         assert!(e(&["--config", "/nonexistent.toml"]).contains("/nonexistent.toml"));
+        assert!(e(&["--backup-every", "1h"]).contains("--backup-every needs --backup-repo"));
+        let msg = e(&["--backup-repo", "/r", "--backup-every", "hourly"]);
+        assert!(msg.contains("--backup-every 'hourly'"), "{msg}");
+        let msg = e(&[
+            "--backup-repo",
+            "/r",
+            "--backup-password-file",
+            "/nonexistent-pw",
+        ]);
+        assert!(msg.contains("/nonexistent-pw"), "{msg}");
+    }
+
+    #[test]
+    fn backups_from_the_file_and_flags() {
+        assert!(resolve(&[]).unwrap().backup.is_none());
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "secret\nignored\n").unwrap();
+        let file = dir.path().join("tsvault.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "backup-repo = \"s3://bucket/ts\"\nbackup-password-file = {:?}\nbackup-every = \"6h\"\nbackup-s3-endpoint = \"http://127.0.0.1:9000\"\nbackup-s3-allow-http = true\n",
+                pw.display().to_string()
+            ),
+        )
+        .unwrap();
+        let f = file.to_str().unwrap();
+        let b = resolve(&["--config", f]).unwrap().backup.unwrap();
+        assert_eq!(b.repo.url, "s3://bucket/ts");
+        assert_eq!(b.repo.password.as_deref(), Some(&b"secret"[..]));
+        assert_eq!(b.every, Some(std::time::Duration::from_secs(6 * 3600)));
+        assert_eq!(b.repo.s3_endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert!(b.repo.s3_allow_http);
+        let b = resolve(&[
+            "--config",
+            f,
+            "--backup-repo",
+            "/local",
+            "--backup-every",
+            "90s",
+        ])
+        .unwrap()
+        .backup
+        .unwrap();
+        assert_eq!(b.repo.url, "/local", "flags win over the file");
+        assert_eq!(b.every, Some(std::time::Duration::from_secs(90)));
     }
 }

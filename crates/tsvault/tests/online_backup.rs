@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 
-use common::{Server, get, ok, post, post_with, query_dps};
+use common::{Server, get, ok, post, post_with, query_dps, try_post};
 use serde_json::json;
 
 const T0: i64 = 1_700_000_000_000;
@@ -36,6 +36,17 @@ fn tsvault(repo: &Repo, args: &[&str]) -> Output {
         cmd.env(k, v);
     }
     cmd.output().expect("run tsvault")
+}
+
+/// A new encrypted repository in `dir/repo` (passphrase "pw").
+fn new_local_repo(dir: &std::path::Path) -> (std::path::PathBuf, Repo) {
+    let repo_dir = dir.join("repo");
+    let repo = Repo {
+        args: vec!["--repo".into(), repo_dir.display().to_string()],
+        env: Vec::new(),
+    };
+    ok(&tsvault(&repo, &["backup", "init"]));
+    (repo_dir, repo)
 }
 
 /// Batch `k`: `PER_BATCH` samples per host, after those of batch `k - 1`.
@@ -601,4 +612,271 @@ fn an_online_backup_refused_by_a_running_prune_releases_its_snapshot() {
     assert_eq!(b["type"], "full");
     assert_eq!(b["data"]["samples"], PER_BATCH * HOSTS, "{b}");
     assert_eq!(get(&s.url("/api/admin/snapshots")).json(), json!([]));
+}
+
+/// Backups the server takes itself (`serve --backup-repo`), asked for over HTTP while
+/// writes flow: full, then the default (incremental), then differential; each restores to
+/// the source's answers at its consistency point, and the chain verifies deeply through
+/// the CLI. The status and the metrics count them; every snapshot is released.
+#[test]
+fn a_server_backs_itself_up_into_its_repository_on_request() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (repo_dir, repo) = new_local_repo(tmp.path());
+    let src = tmp.path().join("src");
+    let repo_arg = repo_dir.display().to_string();
+    let s = Server::start_with_env(
+        &src,
+        &["--backup-repo", &repo_arg],
+        &[("TSVAULT_REPO_PASSWORD", "pw")],
+    );
+    let (stop, rx, writer) = start_writer(s.base.clone());
+    let mut acked = 0;
+    let mut backups = Vec::new();
+    for (step, query) in [(20, "?type=full"), (40, ""), (60, "?type=differential")] {
+        let before = acked_at_least(&rx, &mut acked, step);
+        if step == 20 {
+            assert_eq!(post(&s.url("/api/admin/flush"), b"").status, 200);
+        }
+        let r = post(&s.url(&format!("/api/admin/backups{query}")), b"");
+        assert_eq!(r.status, 201, "{}", r.body);
+        let after = acked_at_least(&rx, &mut acked, 0) + 1;
+        backups.push((r.json(), before, after));
+    }
+    stop.store(true, Ordering::Relaxed);
+    drop(rx);
+    writer.join().unwrap();
+
+    let (full, incr, diff) = (&backups[0].0, &backups[1].0, &backups[2].0);
+    assert_eq!(full["type"], "full");
+    assert_eq!(incr["type"], "incremental");
+    assert_eq!(incr["parent"], full["id"]);
+    assert_eq!(diff["type"], "differential");
+    assert_eq!(diff["base"], full["id"]);
+    // Known by the data directory, as backups of the stopped directory are.
+    let canonical = std::fs::canonicalize(&src).unwrap();
+    assert_eq!(full["source"], canonical.display().to_string().as_str());
+    assert!(
+        incr["read_bytes"].as_u64().unwrap() < incr["logical_bytes"].as_u64().unwrap(),
+        "{incr}"
+    );
+    assert_eq!(get(&s.url("/api/admin/snapshots")).json(), json!([]));
+
+    let status = get(&s.url("/api/admin/backups")).json();
+    assert_eq!(status["repository"], repo_arg.as_str(), "{status}");
+    assert_eq!(status["open"], true, "{status}");
+    assert_eq!(status["status"]["succeeded"], 3, "{status}");
+    assert_eq!(status["status"]["failed"], 0, "{status}");
+    assert_eq!(
+        status["status"]["last_success"]["id"], diff["id"],
+        "{status}"
+    );
+    assert_eq!(
+        status["status"]["running_since_ms"],
+        serde_json::Value::Null
+    );
+    let metrics = get(&s.url("/metrics")).body;
+    assert!(
+        metrics.contains("tsvault_backups_total{result=\"ok\"} 3"),
+        "{metrics}"
+    );
+
+    for (i, (b, lo, hi)) in backups.iter().enumerate() {
+        let dir = tmp.path().join(format!("restored-{i}"));
+        check_restore(&repo, b["id"].as_str().unwrap(), &dir, &s.base, *lo, *hi);
+    }
+    let v = ok(&tsvault(
+        &repo,
+        &["backup", "verify", "--all", "--deep", "--json"],
+    ));
+    assert_eq!(v["ok"], true, "{v}");
+}
+
+/// What a server's own backup refuses, and how it says so: no repository configured, an
+/// unknown type, an incremental with no full to take it against, a wrong passphrase. None
+/// leaves a backup or a snapshot behind, and writes go on.
+#[test]
+fn a_server_backup_that_cannot_be_taken_says_why() {
+    let tmp = tempfile::tempdir().unwrap();
+    let plain = Server::start(&tmp.path().join("plain"), &[]);
+    let r = post(&plain.url("/api/admin/backups"), b"");
+    assert_eq!(r.status, 404, "{}", r.body);
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("--backup-repo"),
+        "{}",
+        r.body
+    );
+    assert_eq!(get(&plain.url("/api/admin/backups")).status, 404);
+
+    let (repo_dir, repo) = new_local_repo(tmp.path());
+    let repo_arg = repo_dir.display().to_string();
+    let pw_file = tmp.path().join("pw");
+    std::fs::write(&pw_file, "pw\n").unwrap();
+    let s = Server::start(
+        &tmp.path().join("src"),
+        &[
+            "--backup-repo",
+            &repo_arg,
+            "--backup-password-file",
+            pw_file.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(post(&s.url("/write"), batch(0).as_bytes()).status, 204);
+    let r = post(&s.url("/api/admin/backups?type=weekly"), b"");
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.body.contains("weekly") && r.body.contains("differential"),
+        "{}",
+        r.body
+    );
+    let r = post(&s.url("/api/admin/backups?type=incremental"), b"");
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(r.body.contains("no full backup"), "{}", r.body);
+    let status = get(&s.url("/api/admin/backups")).json();
+    assert_eq!(status["status"]["failed"], 1, "{status}");
+    assert!(
+        status["status"]["last_failure"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("no full backup"),
+        "{status}"
+    );
+    assert_eq!(get(&s.url("/api/admin/snapshots")).json(), json!([]));
+    assert_eq!(
+        ok(&tsvault(&repo, &["backup", "list", "--json"])),
+        json!([])
+    );
+    // The password file is read; the default type here is full.
+    let r = post(&s.url("/api/admin/backups"), b"");
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.json()["type"], "full");
+    drop(s);
+
+    let wrong = Server::start_with_env(
+        &tmp.path().join("other"),
+        &["--backup-repo", &repo_arg],
+        &[("TSVAULT_REPO_PASSWORD", "not-the-passphrase")],
+    );
+    assert_eq!(post(&wrong.url("/write"), batch(0).as_bytes()).status, 204);
+    let r = post(&wrong.url("/api/admin/backups"), b"");
+    assert_eq!(r.status, 500, "{}", r.body);
+    assert!(r.body.contains("wrong passphrase"), "{}", r.body);
+    assert_eq!(get(&wrong.url("/api/admin/backups")).json()["open"], false);
+    let metrics = get(&wrong.url("/metrics")).body;
+    assert!(
+        metrics.contains("tsvault_backups_total{result=\"error\"} 1"),
+        "{metrics}"
+    );
+    assert_eq!(get(&wrong.url("/api/admin/snapshots")).json(), json!([]));
+    assert_eq!(post(&wrong.url("/write"), batch(1).as_bytes()).status, 204);
+    let listed = ok(&tsvault(&repo, &["backup", "list", "--json"]));
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+}
+
+/// `--backup-every`: the server backs itself up on its own, the first a full and the next
+/// incrementals against it; a stop (SIGTERM) lets a backup under way end and leaves no
+/// snapshot.
+#[test]
+fn a_server_backs_itself_up_on_a_schedule() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (repo_dir, repo) = new_local_repo(tmp.path());
+    let src = tmp.path().join("src");
+    let s = Server::start_with_env(
+        &src,
+        &[
+            "--backup-repo",
+            &repo_dir.display().to_string(),
+            "--backup-every",
+            "200ms",
+        ],
+        &[("TSVAULT_REPO_PASSWORD", "pw")],
+    );
+    assert_eq!(post(&s.url("/write"), batch(0).as_bytes()).status, 204);
+    // Waits (polling the status, at most a minute) for two scheduled backups.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let status = get(&s.url("/api/admin/backups")).json();
+        assert_eq!(status["status"]["failed"], 0, "{status}");
+        if status["status"]["succeeded"].as_u64().unwrap() >= 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no two scheduled backups in a minute: {status}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let (status, log) = s.terminate();
+    assert!(status.success(), "{log}");
+    assert_eq!(
+        std::fs::read_dir(src.join("snapshots")).unwrap().count(),
+        0,
+        "{log}"
+    );
+    let listed = ok(&tsvault(&repo, &["backup", "list", "--json"]));
+    let listed = listed.as_array().unwrap();
+    assert!(listed.len() >= 2, "{listed:?}");
+    assert_eq!(listed[0]["type"], "full");
+    assert_eq!(listed[1]["type"], "incremental");
+    assert_eq!(listed[1]["parent"], listed[0]["id"]);
+    let v = ok(&tsvault(
+        &repo,
+        &["backup", "verify", "--all", "--read-data", "--json"],
+    ));
+    assert_eq!(v["ok"], true, "{v}");
+}
+
+/// A server killed in the middle of a backup it was taking (a fault point that ends the
+/// process after the first blob is stored, as a kill -9 would) leaves no backup; restarted,
+/// it takes the backup whole, and the backup restores every write.
+#[test]
+fn a_server_killed_during_its_own_backup_leaves_none_and_takes_it_after_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (repo_dir, repo) = new_local_repo(tmp.path());
+    let src = tmp.path().join("src");
+    let repo_arg = repo_dir.display().to_string();
+    let args = ["--backup-repo", repo_arg.as_str()];
+    let s = Server::start_with_env(
+        &src,
+        &args,
+        &[
+            ("TSVAULT_REPO_PASSWORD", "pw"),
+            ("FAILPOINTS", "backup-blob-stored=return"),
+        ],
+    );
+    for k in 0..20 {
+        assert_eq!(post(&s.url("/write"), batch(k).as_bytes()).status, 204);
+        if k == 9 {
+            assert_eq!(post(&s.url("/api/admin/flush"), b"").status, 200);
+        }
+    }
+    let answer = try_post(&s.url("/api/admin/backups"), "text/plain", b"");
+    assert!(answer.is_err(), "the server answered: {answer:?}");
+    let (status, log) = s.wait_exit();
+    assert!(!status.success(), "{log}");
+    assert_eq!(
+        ok(&tsvault(&repo, &["backup", "list", "--json"])),
+        json!([])
+    );
+
+    let s = Server::start_with_env(&src, &args, &[("TSVAULT_REPO_PASSWORD", "pw")]);
+    let r = post(&s.url("/api/admin/backups"), b"");
+    assert_eq!(r.status, 201, "{}", r.body);
+    let b = r.json();
+    assert_eq!(b["type"], "full");
+    ok(&tsvault(
+        &repo,
+        &["backup", "verify", "--all", "--read-data"],
+    ));
+    let k = check_restore(
+        &repo,
+        b["id"].as_str().unwrap(),
+        &tmp.path().join("restored"),
+        &s.base,
+        20,
+        20,
+    );
+    assert_eq!(k, 20);
 }
