@@ -117,10 +117,14 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(ServerError::Serve)?;
-    // A scheduled backup under way ends (and releases its snapshot) before the engine closes.
+    // A backup under way ends (and releases its snapshot) before the engine closes.
     stop_schedule.cancel();
     if let Some(task) = schedule {
         let _ = task.await;
+    }
+    // As does one asked for by a client that has gone away (see backups::create).
+    if let Some(backups) = &state.backups {
+        backups.wait_idle().await;
     }
     tracing::info!("stopped accepting requests; flushing");
     let engine = state.engine.clone();

@@ -174,6 +174,11 @@ impl Backups {
         Ok(result?)
     }
 
+    /// Returns once no backup is under way (none starts after it unless asked for).
+    pub(crate) async fn wait_idle(&self) {
+        drop(self.repo.lock().await);
+    }
+
     /// Takes a backup every `config.every` until `stop` is cancelled; a backup under way
     /// then ends first.
     pub(crate) async fn schedule(self: Arc<Self>, state: Shared, stop: CancellationToken) {
@@ -225,7 +230,15 @@ pub(crate) async fn create(State(st): State<Shared>, Query(q): Query<BackupQuery
                 .into_response();
         }
     };
-    match backups.run(st.engine.clone(), kind, &st.metrics).await {
+    // On a task of its own: a client that goes away does not cancel the backup half-way
+    // (its lock and snapshot held until they expire); it runs to its end, and is counted.
+    let (backups, state) = (backups.clone(), st.clone());
+    let run = tokio::spawn(async move {
+        backups
+            .run(state.engine.clone(), kind, &state.metrics)
+            .await
+    });
+    match run.await.expect("a backup task does not panic") {
         Ok(m) => (StatusCode::CREATED, Json(m.summary_json())).into_response(),
         Err(e) => (e.status, Json(json!({"error": e.message}))).into_response(),
     }

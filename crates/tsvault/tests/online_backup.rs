@@ -880,3 +880,43 @@ fn a_server_killed_during_its_own_backup_leaves_none_and_takes_it_after_restart(
     );
     assert_eq!(k, 20);
 }
+
+/// A client that gives up on `POST /api/admin/backups` (here: a timeout while each blob is
+/// slowed by a fault point) does not cut the backup short: it runs to its end, is counted,
+/// and releases its snapshot.
+#[test]
+fn a_server_backup_outlives_the_client_that_asked_for_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (repo_dir, repo) = new_local_repo(tmp.path());
+    let s = Server::start_with_env(
+        &tmp.path().join("src"),
+        &["--backup-repo", &repo_dir.display().to_string()],
+        &[
+            ("TSVAULT_REPO_PASSWORD", "pw"),
+            ("FAILPOINTS", "backup-blob-stored=sleep(300)"),
+        ],
+    );
+    assert_eq!(post(&s.url("/write"), batch(0).as_bytes()).status, 204);
+    let impatient: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(std::time::Duration::from_millis(100)))
+        .build()
+        .into();
+    let gave_up = impatient.post(&s.url("/api/admin/backups")).send(&b""[..]);
+    assert!(gave_up.is_err(), "answered within 100 ms: {gave_up:?}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        let status = get(&s.url("/api/admin/backups")).json();
+        if status["status"]["running_since_ms"].is_null() && status["status"]["succeeded"] == 1 {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the backup did not end in a minute: {status}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(status["status"]["failed"], 0, "{status}");
+    assert_eq!(get(&s.url("/api/admin/snapshots")).json(), json!([]));
+    let listed = ok(&tsvault(&repo, &["backup", "list", "--json"]));
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+}
