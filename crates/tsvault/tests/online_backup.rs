@@ -162,12 +162,13 @@ fn online_backups_to_a_local_repository() {
 
 /// The same on S3, served in-process over real HTTP by s3s + s3s-fs (SigV4), reached by the
 /// CLI through the standard AWS_* variables and --s3-endpoint / --s3-allow-http.
-#[test]
-fn online_backups_to_an_s3_repository() {
+/// An S3 server in this process over real HTTP (s3s + s3s-fs, SigV4), its bucket under
+/// `tmp/s3/bucket`, and the repository `s3://bucket/tsvault` on it as the CLI reaches it
+/// (AWS_* variables, --s3-endpoint, --s3-allow-http). The runtime serves while it lives.
+fn s3_repo(tmp: &std::path::Path) -> (tokio::runtime::Runtime, String, Repo) {
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use hyper_util::server::conn::auto::Builder as ConnBuilder;
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("s3");
+    let root = tmp.join("s3");
     std::fs::create_dir_all(root.join("bucket")).unwrap();
     let (key, secret) = ("tsvault-test-key", "tsvault-test-secret");
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -197,7 +198,7 @@ fn online_backups_to_an_s3_repository() {
             "--repo".into(),
             "s3://bucket/tsvault".into(),
             "--s3-endpoint".into(),
-            endpoint,
+            endpoint.clone(),
             "--s3-allow-http".into(),
         ],
         env: vec![
@@ -206,6 +207,16 @@ fn online_backups_to_an_s3_repository() {
             ("AWS_REGION", "us-east-1".into()),
         ],
     };
+    (rt, endpoint, repo)
+}
+
+/// The same on S3, served in-process over real HTTP by s3s + s3s-fs (SigV4), reached by the
+/// CLI through the standard AWS_* variables and --s3-endpoint / --s3-allow-http.
+#[test]
+fn online_backups_to_an_s3_repository() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (rt, _, repo) = s3_repo(tmp.path());
+    let root = tmp.path().join("s3");
     round_trip(&repo, tmp.path(), false);
     // The repository's objects are in the bucket.
     assert!(root.join("bucket/tsvault/config").is_file());
@@ -622,13 +633,42 @@ fn an_online_backup_refused_by_a_running_prune_releases_its_snapshot() {
 fn a_server_backs_itself_up_into_its_repository_on_request() {
     let tmp = tempfile::tempdir().unwrap();
     let (repo_dir, repo) = new_local_repo(tmp.path());
-    let src = tmp.path().join("src");
     let repo_arg = repo_dir.display().to_string();
-    let s = Server::start_with_env(
-        &src,
-        &["--backup-repo", &repo_arg],
-        &[("TSVAULT_REPO_PASSWORD", "pw")],
+    server_round_trip(&repo, &["--backup-repo", &repo_arg], tmp.path());
+}
+
+/// The same into an S3 repository (in-process s3s over real HTTP), which the server reaches
+/// with `--backup-s3-endpoint`, `--backup-s3-allow-http` and the AWS_* variables.
+#[test]
+fn a_server_backs_itself_up_into_an_s3_repository() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (rt, endpoint, repo) = s3_repo(tmp.path());
+    ok(&tsvault(&repo, &["backup", "init"]));
+    server_round_trip(
+        &repo,
+        &[
+            "--backup-repo",
+            "s3://bucket/tsvault",
+            "--backup-s3-endpoint",
+            &endpoint,
+            "--backup-s3-allow-http",
+        ],
+        tmp.path(),
     );
+    // The server's three backups are in the bucket.
+    let manifests = std::fs::read_dir(tmp.path().join("s3/bucket/tsvault/backups")).unwrap();
+    assert_eq!(manifests.count(), 3);
+    drop(rt);
+}
+
+/// The body of the two tests above: a server started with `backup_args` (its repository
+/// made already, the repository's environment and passphrase given to it).
+fn server_round_trip(repo: &Repo, backup_args: &[&str], tmp: &std::path::Path) {
+    let src = tmp.join("src");
+    let repo_arg = backup_args[1];
+    let mut env: Vec<(&str, &str)> = repo.env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    env.push(("TSVAULT_REPO_PASSWORD", "pw"));
+    let s = Server::start_with_env(&src, backup_args, &env);
     let (stop, rx, writer) = start_writer(s.base.clone());
     let mut acked = 0;
     let mut backups = Vec::new();
@@ -662,7 +702,7 @@ fn a_server_backs_itself_up_into_its_repository_on_request() {
     assert_eq!(get(&s.url("/api/admin/snapshots")).json(), json!([]));
 
     let status = get(&s.url("/api/admin/backups")).json();
-    assert_eq!(status["repository"], repo_arg.as_str(), "{status}");
+    assert_eq!(status["repository"], repo_arg, "{status}");
     assert_eq!(status["open"], true, "{status}");
     assert_eq!(status["status"]["succeeded"], 3, "{status}");
     assert_eq!(status["status"]["failed"], 0, "{status}");
@@ -681,11 +721,11 @@ fn a_server_backs_itself_up_into_its_repository_on_request() {
     );
 
     for (i, (b, lo, hi)) in backups.iter().enumerate() {
-        let dir = tmp.path().join(format!("restored-{i}"));
-        check_restore(&repo, b["id"].as_str().unwrap(), &dir, &s.base, *lo, *hi);
+        let dir = tmp.join(format!("restored-{i}"));
+        check_restore(repo, b["id"].as_str().unwrap(), &dir, &s.base, *lo, *hi);
     }
     let v = ok(&tsvault(
-        &repo,
+        repo,
         &["backup", "verify", "--all", "--deep", "--json"],
     ));
     assert_eq!(v["ok"], true, "{v}");
