@@ -211,7 +211,7 @@ impl Snapshots for EngineSnapshots {
         let engine = self.engine.clone();
         off_thread("taking a snapshot", move || engine.snapshot())
             .await?
-            .map_err(engine_err("taking a snapshot"))
+            .map_err(|e| Error::Engine(format!("taking a snapshot: {e}")))
     }
 
     async fn release(&self, id: &str) -> Result<()> {
@@ -220,7 +220,7 @@ impl Snapshots for EngineSnapshots {
             engine.release_snapshot(&sid)
         })
         .await?
-        .map_err(engine_err(&format!("releasing snapshot {id}")))
+        .map_err(|e| Error::Engine(format!("releasing snapshot {id}: {e}")))
     }
 
     fn source(&self, snapshot: SnapshotInfo) -> Result<Source> {
@@ -233,7 +233,7 @@ impl Snapshots for EngineSnapshots {
     }
 
     fn unreleased(&self, backup: &str, sid: &str, e: Error) -> Error {
-        Error::Invalid(format!(
+        Error::Engine(format!(
             "backup {backup} is complete, but snapshot {sid} was not released ({e}); it is released when it expires"
         ))
     }

@@ -42,6 +42,9 @@ pub enum Error {
     /// The request itself is wrong (unknown backup id, non-empty target, unsafe path...).
     #[error("{0}")]
     Invalid(String),
+    /// The storage engine of this process (a backup the server takes itself) failed.
+    #[error("{0}")]
+    Engine(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
