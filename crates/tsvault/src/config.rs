@@ -169,15 +169,24 @@ impl ServeArgs {
             bail!("--max-body-bytes must be at least 1");
         }
         let every = self.backup_every.or(file.backup_every);
+        let password_file = self.backup_password_file.or(file.backup_password_file);
+        let s3_endpoint = self.backup_s3_endpoint.or(file.backup_s3_endpoint);
+        let s3_allow_http = self.backup_s3_allow_http || file.backup_s3_allow_http.unwrap_or(false);
         let backup = match self.backup_repo.or(file.backup_repo) {
             None => {
-                if every.is_some() {
-                    bail!("--backup-every needs --backup-repo");
+                // A backup setting without a repository is a mistake, not a no-op.
+                let given = [
+                    (every.is_some(), "--backup-every"),
+                    (password_file.is_some(), "--backup-password-file"),
+                    (s3_endpoint.is_some(), "--backup-s3-endpoint"),
+                    (s3_allow_http, "--backup-s3-allow-http"),
+                ];
+                if let Some((_, flag)) = given.iter().find(|(set, _)| *set) {
+                    bail!("{flag} needs --backup-repo");
                 }
                 None
             }
             Some(url) => {
-                let password_file = self.backup_password_file.or(file.backup_password_file);
                 let every = every
                     .map(|e| duration_ms("--backup-every", &e))
                     .transpose()?
@@ -186,9 +195,8 @@ impl ServeArgs {
                     repo: RepoOptions {
                         url,
                         password: passphrase(password_file.as_ref(), "TSVAULT_REPO_PASSWORD")?,
-                        s3_endpoint: self.backup_s3_endpoint.or(file.backup_s3_endpoint),
-                        s3_allow_http: self.backup_s3_allow_http
-                            || file.backup_s3_allow_http.unwrap_or(false),
+                        s3_endpoint,
+                        s3_allow_http,
                         ..RepoOptions::default()
                     },
                     every,
@@ -275,6 +283,13 @@ mod tests {
         assert!(msg.contains("c.toml") && msg.contains("data_dirr"), "{msg}");
         assert!(e(&["--config", "/nonexistent.toml"]).contains("/nonexistent.toml"));
         assert!(e(&["--backup-every", "1h"]).contains("--backup-every needs --backup-repo"));
+        assert!(
+            e(&["--backup-password-file", "/pw"])
+                .contains("--backup-password-file needs --backup-repo")
+        );
+        assert!(
+            e(&["--backup-s3-allow-http"]).contains("--backup-s3-allow-http needs --backup-repo")
+        );
         let msg = e(&["--backup-repo", "/r", "--backup-every", "hourly"]);
         assert!(msg.contains("--backup-every 'hourly'"), "{msg}");
         let msg = e(&[
