@@ -21,7 +21,7 @@ use crate::manifest::{BackupManifest, BackupType, DataSummary, FileEntry, Packed
 use crate::prune::civil;
 use crate::repo::Repository;
 use crate::selective::engine_err;
-use crate::source::{ServerClient, Source, SourceFile};
+use crate::source::{ServerClient, Source, SourceFile, dir_name};
 use tsvault_storage::RESTORE_MARKER;
 use tsvault_storage::SnapshotInfo;
 
@@ -139,7 +139,7 @@ pub async fn backup_engine(
     progress: &dyn Progress,
 ) -> Result<BackupManifest> {
     let dir = engine.data_dir().to_path_buf();
-    let name = Source::Dir(dir.clone()).name()?;
+    let name = dir_name(&dir)?;
     let snapshots = EngineSnapshots { engine, dir, name };
     backup_online(repo, &snapshots, kind, progress).await
 }

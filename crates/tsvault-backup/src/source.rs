@@ -244,10 +244,7 @@ impl Source {
     /// server's URL.
     pub(crate) fn name(&self) -> Result<String> {
         match self {
-            Source::Dir(dir) => Ok(fs::canonicalize(dir)
-                .map_err(Error::io("resolve", dir))?
-                .display()
-                .to_string()),
+            Source::Dir(dir) => dir_name(dir),
             Source::Server { client, .. } => Ok(client.base.clone()),
             Source::Snapshot { name, .. } => Ok(name.clone()),
         }
@@ -363,6 +360,14 @@ impl Source {
             }
         }
     }
+}
+
+/// What backups of data directory `dir` are known by: its canonical path.
+pub(crate) fn dir_name(dir: &Path) -> Result<String> {
+    Ok(fs::canonicalize(dir)
+        .map_err(Error::io("resolve", dir))?
+        .display()
+        .to_string())
 }
 
 /// Where a source's files are read: a directory on this machine, or a server's snapshot

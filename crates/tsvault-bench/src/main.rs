@@ -668,6 +668,14 @@ fn timed_round<const N: usize>(
     Ok(())
 }
 
+/// The running system of `kind`.
+fn system(running: &[Running], kind: Kind) -> anyhow::Result<&Running> {
+    running
+        .iter()
+        .find(|s| s.kind == kind)
+        .with_context(|| format!("{} is not running", kind.name()))
+}
+
 /// Backups tsvault takes itself (`serve --backup-repo`, `POST /api/admin/backups`), into an
 /// encrypted and an unencrypted repository: on copies of the running tsvault's data (taken
 /// through a snapshot), a server started on each with its repository, the full timed in
@@ -683,10 +691,7 @@ fn server_backups(
     tsvault_bin: &Path,
     notes: &mut Vec<String>,
 ) -> anyhow::Result<Vec<Row>> {
-    let tsv = running
-        .iter()
-        .find(|s| s.kind == Kind::Tsvault)
-        .context("no tsvault")?;
+    let tsv = system(running, Kind::Tsvault)?;
     say!("backups taken by the server: copying tsvault's data through a snapshot");
     let agent = http::agent();
     let snap: serde_json::Value = serde_json::from_str(&http::post(
@@ -839,14 +844,8 @@ fn backups(
     tsvault_bin: &Path,
     notes: &mut Vec<String>,
 ) -> anyhow::Result<Vec<Row>> {
-    let tsv_server = running
-        .iter()
-        .find(|s| s.kind == Kind::Tsvault)
-        .context("no tsvault")?;
-    let vm = running
-        .iter()
-        .find(|s| s.kind == Kind::Victoria)
-        .context("no VictoriaMetrics")?;
+    let tsv_server = system(running, Kind::Tsvault)?;
+    let vm = system(running, Kind::Victoria)?;
     // tsvault twice: into an encrypted repository (compared with restic, which always
     // encrypts) and an unencrypted one (compared with vmbackup, which does not).
     let mut full = Row::new("full backup, encrypted (vs restic)", "s", Better::Lower);

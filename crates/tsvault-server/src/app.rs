@@ -119,8 +119,10 @@ pub async fn serve(
         .map_err(ServerError::Serve)?;
     // A backup under way ends (and releases its snapshot) before the engine closes.
     stop_schedule.cancel();
-    if let Some(task) = schedule {
-        let _ = task.await;
+    if let Some(task) = schedule
+        && let Err(e) = task.await
+    {
+        tracing::error!(error = %e, "the backup schedule ended in a panic");
     }
     // As does one asked for by a client that has gone away (see backups::create).
     if let Some(backups) = &state.backups {

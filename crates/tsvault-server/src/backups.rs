@@ -145,6 +145,7 @@ impl Backups {
     ) -> Result<BackupManifest, BackupError> {
         let mut repo = self.repo.lock().await;
         let started = Instant::now();
+        tracing::info!(repo = %self.config.repo.url, kind = ?kind, "backup started");
         self.status.lock().expect("not poisoned").running_since_ms = Some(now_ms());
         let result = match self.open(&mut repo).await {
             Ok(repo) => tsvault_backup::backup_engine(repo, engine, kind, &NoProgress).await,

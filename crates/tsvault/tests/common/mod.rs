@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 /// Longest wait for the server to say where it listens.
@@ -18,7 +18,8 @@ pub struct Server {
     child: Child,
     pub base: String,
     pub data_dir: PathBuf,
-    log: Arc<Mutex<String>>,
+    /// Everything logged so far, and a signal at each new line.
+    log: Arc<(Mutex<String>, Condvar)>,
     log_done: mpsc::Receiver<()>,
 }
 
@@ -71,7 +72,7 @@ impl Server {
             .spawn()
             .expect("spawn tsvault binary");
         let stderr = child.stderr.take().expect("piped stderr");
-        let log = Arc::new(Mutex::new(String::new()));
+        let log = Arc::new((Mutex::new(String::new()), Condvar::new()));
         let (addr_tx, addr_rx) = mpsc::channel();
         let (done_tx, done_rx) = mpsc::channel();
         let log2 = log.clone();
@@ -79,10 +80,11 @@ impl Server {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 {
-                    let mut l = log2.lock().unwrap();
+                    let mut l = log2.0.lock().unwrap();
                     l.push_str(&line);
                     l.push('\n');
                 }
+                log2.1.notify_all();
                 if let Some(rest) = line.split("listening on http://").nth(1) {
                     let addr = rest
                         .split([',', ' '])
@@ -106,14 +108,28 @@ impl Server {
                 let _ = child.kill();
                 let _ = child.wait();
                 let _ = done_rx.recv_timeout(START_TIMEOUT);
-                Err(log.lock().unwrap().clone())
+                Err(log.0.lock().unwrap().clone())
             }
         }
     }
 
     /// Everything the server has logged so far.
     pub fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
+        self.log.0.lock().unwrap().clone()
+    }
+
+    /// Waits until the log holds `n` lines containing `text` (each line is signalled as it
+    /// arrives); panics with the log after `timeout`.
+    pub fn wait_for_log(&self, text: &str, n: usize, timeout: Duration) {
+        let count = |log: &String| log.lines().filter(|l| l.contains(text)).count();
+        let (log, arrived) = &*self.log;
+        let (log, waited) = arrived
+            .wait_timeout_while(log.lock().unwrap(), timeout, |log| count(log) < n)
+            .unwrap();
+        assert!(
+            !waited.timed_out(),
+            "no {n} lines with {text:?} logged in {timeout:?}:\n{log}"
+        );
     }
 
     /// SIGKILL: no flush, no goodbye.
@@ -121,7 +137,7 @@ impl Server {
     pub fn wait_exit(mut self) -> (ExitStatus, String) {
         let status = self.child.wait().expect("reap");
         let _ = self.log_done.recv_timeout(START_TIMEOUT);
-        (status, self.log.lock().unwrap().clone())
+        (status, self.log())
     }
 
     pub fn kill9(mut self) {
