@@ -3,6 +3,7 @@
 //! Sub-queries are numbered from 1 in messages ("query 2" is the second `m=` parameter or the
 //! second entry of `queries`), because the messages are read by people, not programs.
 
+use crate::filter::FILTER_TYPE_NAMES;
 use crate::source::SourceError;
 
 /// Why a request could not be parsed or executed.
@@ -87,7 +88,7 @@ pub enum Error {
     },
     /// A filter names a type that does not exist.
     #[error(
-        "query {query}: unknown filter type '{kind}' on tag '{tagk}'; known types: literal_or, iliteral_or, not_literal_or, not_iliteral_or, wildcard, iwildcard, regexp"
+        "query {query}: unknown filter type '{kind}' on tag '{tagk}'; known types: {FILTER_TYPE_NAMES}"
     )]
     UnknownFilter {
         /// The sub-query, numbered from 1.
@@ -126,6 +127,24 @@ pub enum Error {
         m: String,
         /// What is wrong with it.
         reason: String,
+    },
+    /// A `/api/query/last` `timeseries` parameter does not parse.
+    #[error("query {query}: bad timeseries parameter '{expr}': {reason}")]
+    BadTimeseries {
+        /// The query, numbered from 1.
+        query: usize,
+        /// The parameter's value as sent.
+        expr: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A GET parameter (other than a time or a query) is missing or has the wrong value.
+    #[error("parameter '{name}': {problem}")]
+    Parameter {
+        /// The parameter's name, e.g. `back_scan`.
+        name: &'static str,
+        /// What is wrong with it.
+        problem: String,
     },
     /// The request asks for an OpenTSDB feature tsvault does not implement.
     #[error("{feature} is not supported by tsvault")]

@@ -23,7 +23,7 @@ use crate::row_filter::{RowFilter, retain_passing, tag_set_of};
 use crate::source::{Source, SourceError};
 
 /// One series' key and its `(ts, value)` points.
-type Series = (SeriesKey, Vec<(i64, f64)>);
+pub(crate) type Series = (SeriesKey, Vec<(i64, f64)>);
 
 /// Series of a sub-query are checked and downsampled in parallel from this many on.
 const PARALLEL_SERIES_MIN: usize = 16;
@@ -55,6 +55,19 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// Refuses a request of more than [`Limits::sub_queries_max`] sub-queries.
+    pub(crate) fn check_sub_queries(&self, count: usize) -> Result<()> {
+        if count > self.sub_queries_max {
+            return Err(Error::TooManyQueries {
+                count,
+                limit: self.sub_queries_max,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// Runs `request` against `source` with the default [`Limits`].
 pub fn execute(source: &dyn Source, request: &QueryRequest) -> Result<Vec<QueryResult>> {
     execute_with_limits(source, request, &Limits::default())
@@ -66,17 +79,8 @@ pub fn execute_with_limits(
     request: &QueryRequest,
     limits: &Limits,
 ) -> Result<Vec<QueryResult>> {
-    if request.queries.len() > limits.sub_queries_max {
-        return Err(Error::TooManyQueries {
-            count: request.queries.len(),
-            limit: limits.sub_queries_max,
-        });
-    }
-    let mut budget = Budget {
-        samples: 0,
-        datapoints: 0,
-        limits,
-    };
+    limits.check_sub_queries(request.queries.len())?;
+    let mut budget = Budget::new(limits);
     let mut results = Vec::new();
     // Sub-queries are read, checked and processed a few at a time in parallel (as many as
     // rayon has threads); each records what it used of the budget, which is then charged in
@@ -119,14 +123,24 @@ struct Prepared {
 }
 
 /// What the request has used so far of its [`Limits`].
-struct Budget<'a> {
+pub(crate) struct Budget<'a> {
     samples: usize,
     datapoints: usize,
     limits: &'a Limits,
 }
 
-impl Budget<'_> {
-    fn take_samples(&mut self, query: usize, n: usize, what: &str) -> Result<()> {
+impl<'a> Budget<'a> {
+    /// Nothing used yet.
+    pub(crate) fn new(limits: &'a Limits) -> Self {
+        Budget {
+            samples: 0,
+            datapoints: 0,
+            limits,
+        }
+    }
+
+    /// Charges `n` samples, described by `what`, to sub-query `query` (numbered from 1).
+    pub(crate) fn take_samples(&mut self, query: usize, n: usize, what: &str) -> Result<()> {
         self.samples = self.samples.saturating_add(n);
         if self.samples > self.limits.samples_max {
             return Err(Error::LimitExceeded {
@@ -184,6 +198,61 @@ fn scan_range(start_ms: i64, end_ms: i64, sub: &SubQuery) -> (i64, i64) {
     (scan_start_s * 1000, scan_end_s * 1000)
 }
 
+/// Reads the series of `metric` that pass `matches` over `[start_ms, end_ms)` and checks the
+/// source's side of the contract (the right series, samples sorted by time), in parallel from
+/// [`PARALLEL_SERIES_MIN`] series on; keeps each series' samples within the range, drops the
+/// series left with none, and refuses more than [`Limits::series_max`] of them. `query`
+/// (numbered from 1) names the sub-query in errors. The series come in the source's order.
+pub(crate) fn read_series(
+    source: &dyn Source,
+    query: usize,
+    metric: &str,
+    matches: &(dyn Fn(&SeriesKey) -> bool + Sync),
+    (start_ms, end_ms): (i64, i64),
+    limits: &Limits,
+) -> Result<Vec<Series>> {
+    let source_err = |message: String| {
+        Error::Source(SourceError(format!(
+            "query {query}, metric '{metric}': {message}"
+        )))
+    };
+    let wanted = |key: &SeriesKey| key.metric() == metric && matches(key);
+    let selected = source
+        .select(metric, &wanted, start_ms, end_ms - 1)
+        .map_err(|e| source_err(e.0))?;
+    let check = |(key, samples): (SeriesKey, Vec<Sample>)| {
+        if !wanted(&key) {
+            return Ok(None);
+        }
+        if samples.windows(2).any(|w| w[0].ts_ms >= w[1].ts_ms) {
+            return Err(source_err(format!(
+                "samples of {key} are not sorted by time"
+            )));
+        }
+        let in_range: Vec<_> = samples
+            .into_iter()
+            .filter(|s| s.ts_ms >= start_ms && s.ts_ms < end_ms)
+            .map(|s| (s.ts_ms, s.value))
+            .collect();
+        Ok((!in_range.is_empty()).then_some((key, in_range)))
+    };
+    let checked: Result<Vec<Option<Series>>> = if selected.len() >= PARALLEL_SERIES_MIN {
+        selected.into_par_iter().map(check).collect()
+    } else {
+        selected.into_iter().map(check).collect()
+    };
+    let series: Vec<Series> = checked?.into_iter().flatten().collect();
+    if series.len() > limits.series_max {
+        return Err(Error::LimitExceeded {
+            query,
+            what: format!("the number of matching series ({})", series.len()),
+            limit: limits.series_max,
+            limit_name: "series_max",
+        });
+    }
+    Ok(series)
+}
+
 /// Reads one sub-query over its scan range, checks the source's answer, applies the row
 /// filter and downsamples and rates each series, unless what it reads and builds exceeds
 /// `samples_left` (the budget is charged later, in order, by [`finish_sub_query`]). An `Err`
@@ -198,49 +267,14 @@ fn prepare_sub_query(
 ) -> Result<Prepared> {
     let query = index + 1;
     let (scan_start_ms, scan_end_ms) = scan_range(request.start_ms, request.end_ms, sub);
-    let source_err = |message: String| {
-        let metric = &sub.metric;
-        Error::Source(SourceError(format!(
-            "query {query}, metric '{metric}': {message}"
-        )))
-    };
-    let matches = |key: &SeriesKey| key.metric() == sub.metric && sub.matches(key);
-    let selected = source
-        .select(&sub.metric, &matches, scan_start_ms, scan_end_ms - 1)
-        .map_err(|e| source_err(e.0))?;
-
-    // Check the source's side of the contract: the right series, sorted samples. Series are
-    // checked and trimmed in parallel (rayon's pool), as they are processed below.
-    let check = |(key, samples): (SeriesKey, Vec<Sample>)| {
-        if !matches(&key) {
-            return Ok(None);
-        }
-        if samples.windows(2).any(|w| w[0].ts_ms >= w[1].ts_ms) {
-            return Err(source_err(format!(
-                "samples of {key} are not sorted by time"
-            )));
-        }
-        let in_range: Vec<_> = samples
-            .into_iter()
-            .filter(|s| s.ts_ms >= scan_start_ms && s.ts_ms < scan_end_ms)
-            .map(|s| (s.ts_ms, s.value))
-            .collect();
-        Ok((!in_range.is_empty()).then_some((key, in_range)))
-    };
-    let checked: Result<Vec<Option<Series>>> = if selected.len() >= PARALLEL_SERIES_MIN {
-        selected.into_par_iter().map(check).collect()
-    } else {
-        selected.into_iter().map(check).collect()
-    };
-    let mut series: Vec<(SeriesKey, Vec<(i64, f64)>)> = checked?.into_iter().flatten().collect();
-    if series.len() > limits.series_max {
-        return Err(Error::LimitExceeded {
-            query,
-            what: format!("the number of matching series ({})", series.len()),
-            limit: limits.series_max,
-            limit_name: "series_max",
-        });
-    }
+    let mut series = read_series(
+        source,
+        query,
+        &sub.metric,
+        &|key| sub.matches(key),
+        (scan_start_ms, scan_end_ms),
+        limits,
+    )?;
     let mut prepared = Prepared {
         charges: Vec::new(),
         outcome: Ok(None),

@@ -56,12 +56,18 @@ impl FilterKind {
     }
 }
 
+/// The names of [`FilterKind`]s, for messages.
+pub(crate) const FILTER_TYPE_NAMES: &str =
+    "literal_or, iliteral_or, not_literal_or, not_iliteral_or, wildcard, iwildcard, regexp";
+
 /// Why a filter could not be built.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum FilterError {
     /// The type name is not one of [`FilterKind`]'s.
+    #[error("unknown filter type '{0}'; known types: {FILTER_TYPE_NAMES}")]
     UnknownType(String),
     /// The expression is invalid for its type.
+    #[error("{0}")]
     Bad(String),
 }
 
@@ -301,6 +307,12 @@ fn glob_match(parts: &[String], value: &str) -> bool {
 mod tests {
     use super::*;
     use expect_test::expect;
+
+    #[test]
+    fn filter_type_names_lists_every_kind_in_order() {
+        let names: Vec<&str> = KINDS.iter().map(|(name, _)| *name).collect();
+        assert_eq!(FILTER_TYPE_NAMES, names.join(", "));
+    }
 
     #[test]
     fn wildcards() {

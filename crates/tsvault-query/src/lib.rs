@@ -1,9 +1,11 @@
 //! The OpenTSDB 2.4 query language over a data source: parses `/api/query` requests (POST JSON
 //! bodies and GET `m=` parameters), selects series through the [`Source`] trait, and applies
 //! filters, grouping, downsampling, rates, interpolation and aggregation in OpenTSDB's order,
-//! returning results in OpenTSDB's JSON shape. It also answers `/api/aggregators` and
-//! `/api/suggest`. One extension goes beyond OpenTSDB: a sub-query's `where` row filter, which
-//! keeps the samples whose row (same tag set and timestamp) passes a condition on another metric.
+//! returning results in OpenTSDB's JSON shape. It also answers `/api/query/last` (each series'
+//! last sample in a window), `/api/aggregators` and `/api/suggest`. Two extensions go beyond
+//! OpenTSDB: a sub-query's `where` row filter, which keeps the samples whose row (same tag set
+//! and timestamp) passes a condition on another metric; and `/api/query/last`'s `end`, which
+//! asks for the last samples as of a time rather than now.
 //!
 //! It is not an HTTP layer (the server crate maps requests and errors to HTTP) and it never
 //! writes: it reads through [`Source`] only, and refuses OpenTSDB's `delete` queries. The core
@@ -24,6 +26,7 @@ mod downsample;
 mod error;
 mod executor;
 mod filter;
+mod last;
 mod merge;
 mod rate;
 mod request;
@@ -38,6 +41,10 @@ pub use downsample::{Downsample, FillPolicy, Interval};
 pub use error::{Error, Result};
 pub use executor::{Limits, execute, execute_with_limits};
 pub use filter::{Filter, FilterKind, iwildcard_matches};
+pub use last::{
+    BACK_SCAN_HOURS_DEFAULT, BACK_SCAN_HOURS_MAX, LastPoint, LastQuery, LastRequest, execute_last,
+    last_points_to_json,
+};
 pub use rate::RateOptions;
 pub use request::{QueryRequest, SubQuery};
 pub use result::{QueryResult, results_to_json};

@@ -135,12 +135,7 @@ impl SubQuery {
 impl QueryRequest {
     /// Parses a POST `/api/query` JSON body; `now_ms` resolves relative and missing times.
     pub fn from_json(body: &[u8], now_ms: i64) -> Result<Self> {
-        let value: Value = serde_json::from_slice(body).map_err(|e| Error::Json(e.to_string()))?;
-        let Value::Object(obj) = value else {
-            return Err(Error::Json(
-                "expected a JSON object with 'start' and 'queries'".into(),
-            ));
-        };
+        let obj = json_object(body, "expected a JSON object with 'start' and 'queries'")?;
         let (start_ms, end_ms) = resolve_range(
             time_text(&obj, "start")?.as_deref(),
             time_text(&obj, "end")?.as_deref(),
@@ -153,15 +148,11 @@ impl QueryRequest {
         if flag(&obj, &["delete"])? {
             return Err(unsupported("delete (the query engine never writes)"));
         }
-        let queries = match obj.get("queries") {
-            None | Some(Value::Null) => Vec::new(),
-            Some(Value::Array(items)) => items
-                .iter()
-                .enumerate()
-                .map(|(i, item)| sub_query_from_json(item, i + 1))
-                .collect::<Result<Vec<_>>>()?,
-            Some(_) => return Err(field_err("queries", "expected an array of sub-queries")),
-        };
+        let queries = json_queries(
+            &obj,
+            "expected an array of sub-queries",
+            sub_query_from_json,
+        )?;
         if queries.is_empty() {
             return Err(Error::NoQueries);
         }
@@ -178,26 +169,14 @@ impl QueryRequest {
 
     /// Parses GET `/api/query` parameters (`start`, `end`, repeated `m`, flags such as `ms`).
     pub fn from_params(params: &[(String, String)], now_ms: i64) -> Result<Self> {
-        let get = |name: &str| {
-            params
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.as_str())
-        };
+        let get = |name: &str| param(params, name);
         let has = |name: &str| params.iter().any(|(k, _)| k == name);
         let (start_ms, end_ms) = resolve_range(get("start"), get("end"), now_ms)?;
         check_utc(get("tz").or_else(|| get("timezone")))?;
         if has("tsuid") {
             return Err(unsupported("tsuid sub-queries"));
         }
-        // OpenTSDB drops repeated identical sub-queries.
-        let mut seen = BTreeSet::new();
-        let mut queries = Vec::new();
-        for (_, m) in params.iter().filter(|(k, _)| k == "m") {
-            if seen.insert(m.as_str()) {
-                queries.push(parse_m(m, queries.len() + 1)?);
-            }
-        }
+        let queries = distinct_params(params, "m", parse_m)?;
         if queries.is_empty() {
             return Err(Error::NoQueries);
         }
@@ -213,37 +192,101 @@ impl QueryRequest {
     }
 }
 
-fn resolve_range(start: Option<&str>, end: Option<&str>, now_ms: i64) -> Result<(i64, i64)> {
-    let start = start.filter(|s| !s.is_empty()).ok_or(Error::MissingStart)?;
-    let start_ms = parse_time(start, now_ms).map_err(|reason| Error::BadTime {
-        which: "start",
-        value: start.to_owned(),
-        reason,
-    })?;
-    let end_ms = match end.filter(|s| !s.is_empty()) {
-        None => now_ms,
-        Some(end) => parse_time(end, now_ms).map_err(|reason| Error::BadTime {
-            which: "end",
-            value: end.to_owned(),
-            reason,
-        })?,
-    };
-    for (which, value, at_ms) in [
-        ("start", start, start_ms),
-        ("end", end.unwrap_or("now"), end_ms),
-    ] {
-        if at_ms > TIME_MS_MAX {
-            return Err(Error::BadTime {
-                which,
-                value: value.to_owned(),
-                reason: "it lies after the year 9999".into(),
-            });
+/// The value of the first GET parameter called `name`.
+pub(crate) fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// A query string's `k=v` pairs, undecoded, for tests (`k` alone is `k=`).
+#[cfg(test)]
+pub(crate) fn test_params(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (k.to_owned(), v.to_owned())
+        })
+        .collect()
+}
+
+/// Each distinct value of the repeated GET parameter `name`, parsed in order by `parse` with
+/// its number from 1: OpenTSDB drops repeated identical sub-queries.
+pub(crate) fn distinct_params<T>(
+    params: &[(String, String)],
+    name: &str,
+    parse: impl Fn(&str, usize) -> Result<T>,
+) -> Result<Vec<T>> {
+    let mut seen = BTreeSet::new();
+    let mut parsed = Vec::new();
+    for (_, value) in params.iter().filter(|(k, _)| k == name) {
+        if seen.insert(value.as_str()) {
+            parsed.push(parse(value, parsed.len() + 1)?);
         }
     }
+    Ok(parsed)
+}
+
+/// A POST body, which must be a JSON object; `expected` says what it should hold.
+pub(crate) fn json_object(body: &[u8], expected: &str) -> Result<Map<String, Value>> {
+    match serde_json::from_slice(body).map_err(|e| Error::Json(e.to_string()))? {
+        Value::Object(obj) => Ok(obj),
+        _ => Err(Error::Json(expected.to_owned())),
+    }
+}
+
+/// The entries of a body's `queries` array, each parsed by `parse` with its number from 1;
+/// absent or null is none. `problem` is the error when it is not an array.
+pub(crate) fn json_queries<T>(
+    obj: &Map<String, Value>,
+    problem: &str,
+    parse: impl Fn(&Value, usize) -> Result<T>,
+) -> Result<Vec<T>> {
+    match obj.get("queries") {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| parse(item, i + 1))
+            .collect(),
+        Some(_) => Err(field_err("queries", problem)),
+    }
+}
+
+fn resolve_range(start: Option<&str>, end: Option<&str>, now_ms: i64) -> Result<(i64, i64)> {
+    let start = start.filter(|s| !s.is_empty()).ok_or(Error::MissingStart)?;
+    let start_ms = resolve_time("start", Some(start), now_ms)?;
+    let end_ms = resolve_time("end", end, now_ms)?;
     if end_ms <= start_ms {
         return Err(Error::EndNotAfterStart { start_ms, end_ms });
     }
     Ok((start_ms, end_ms))
+}
+
+/// Resolves the `which` time ("start" or "end") in any form [`parse_time`] reads; absent or
+/// empty is `now_ms`. Times after the year 9999 are refused, so range arithmetic cannot
+/// overflow.
+pub(crate) fn resolve_time(which: &'static str, value: Option<&str>, now_ms: i64) -> Result<i64> {
+    let value = value.filter(|s| !s.is_empty());
+    let at_ms = match value {
+        None => now_ms,
+        Some(text) => parse_time(text, now_ms).map_err(|reason| Error::BadTime {
+            which,
+            value: text.to_owned(),
+            reason,
+        })?,
+    };
+    if at_ms > TIME_MS_MAX {
+        return Err(Error::BadTime {
+            which,
+            value: value.unwrap_or("now").to_owned(),
+            reason: "it lies after the year 9999".into(),
+        });
+    }
+    Ok(at_ms)
 }
 
 fn check_utc(zone: Option<&str>) -> Result<()> {
@@ -255,13 +298,13 @@ fn check_utc(zone: Option<&str>) -> Result<()> {
     }
 }
 
-fn unsupported(feature: &str) -> Error {
+pub(crate) fn unsupported(feature: &str) -> Error {
     Error::Unsupported {
         feature: feature.to_owned(),
     }
 }
 
-fn field_err(field: &str, problem: &str) -> Error {
+pub(crate) fn field_err(field: &str, problem: &str) -> Error {
     Error::Field {
         field: field.to_owned(),
         problem: problem.to_owned(),
@@ -269,7 +312,7 @@ fn field_err(field: &str, problem: &str) -> Error {
 }
 
 /// A JSON time: a string, or a number, which OpenTSDB reads through its string form.
-fn time_text(obj: &Map<String, Value>, field: &str) -> Result<Option<String>> {
+pub(crate) fn time_text(obj: &Map<String, Value>, field: &str) -> Result<Option<String>> {
     match obj.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
@@ -322,13 +365,7 @@ fn sub_query_from_json(item: &Value, query: usize) -> Result<SubQuery> {
     let qflag = |field: &str| boolish(obj.get(field)).map_err(|p| qerr(field, p));
 
     let aggregator = aggregator_named(text("aggregator")?, query)?;
-    if obj
-        .get("tsuids")
-        .and_then(Value::as_array)
-        .is_some_and(|a| !a.is_empty())
-    {
-        return Err(unsupported(&format!("query {query}: tsuids sub-queries")));
-    }
+    refuse_tsuids(obj, query)?;
     if obj
         .get("percentiles")
         .and_then(Value::as_array)
@@ -368,21 +405,7 @@ fn sub_query_from_json(item: &Value, query: usize) -> Result<SubQuery> {
     }
     // OpenTSDB applies whichever of `tags` and `filters` it reads last; prefer the newer one.
     if filters.is_empty() {
-        match obj.get("tags") {
-            None | Some(Value::Null) => {}
-            Some(Value::Object(tags)) => {
-                for (tagk, value) in tags {
-                    let Some(value) = value.as_str() else {
-                        return Err(qerr("tags", format!("value of '{tagk}' must be a string")));
-                    };
-                    filters.push(
-                        Filter::from_tag_value(tagk, value, true)
-                            .map_err(|e| filter_err(e, tagk, query))?,
-                    );
-                }
-            }
-            Some(other) => return Err(qerr("tags", format!("expected an object, got {other}"))),
-        }
+        filters = filters_from_tags(obj.get("tags"), query)?;
     }
     Ok(SubQuery {
         aggregator,
@@ -393,6 +416,41 @@ fn sub_query_from_json(item: &Value, query: usize) -> Result<SubQuery> {
         explicit_tags: qflag("explicitTags")?,
         row_filter: row_filter_from_json(obj.get("where"), query)?,
     })
+}
+
+/// tsvault names series by metric and tags only: a sub-query's non-empty `tsuids` is refused.
+pub(crate) fn refuse_tsuids(obj: &Map<String, Value>, query: usize) -> Result<()> {
+    if obj
+        .get("tsuids")
+        .and_then(Value::as_array)
+        .is_some_and(|a| !a.is_empty())
+    {
+        return Err(unsupported(&format!("query {query}: tsuids sub-queries")));
+    }
+    Ok(())
+}
+
+/// The filters of an old-style `"tags": {"tagk": "value"}` map (each grouping by its key, as
+/// OpenTSDB's `tags` do); absent or null is none. See [`Filter::from_tag_value`].
+pub(crate) fn filters_from_tags(value: Option<&Value>, query: usize) -> Result<Vec<Filter>> {
+    let qerr = |problem: String| Error::QueryField {
+        query,
+        field: "tags".into(),
+        problem,
+    };
+    let tags = match value {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Object(tags)) => tags,
+        Some(other) => return Err(qerr(format!("expected an object, got {other}"))),
+    };
+    tags.iter()
+        .map(|(tagk, value)| {
+            let value = value
+                .as_str()
+                .ok_or_else(|| qerr(format!("value of '{tagk}' must be a string")))?;
+            Filter::from_tag_value(tagk, value, true).map_err(|e| filter_err(e, tagk, query))
+        })
+        .collect()
 }
 
 /// Parses `"where": {"metric": "...", "op": "gt", "value": 90}`; absent or null is no filter.
@@ -586,7 +644,12 @@ fn parse_m(m: &str, query: usize) -> Result<SubQuery> {
         return Err(bad(format!("more than {M_PARTS_MAX} ':'-separated parts")));
     }
     let aggregator = aggregator_named(Some(parts[0]).filter(|a| !a.is_empty()), query)?;
-    let (metric, filters) = parse_metric_and_filters(parts[parts.len() - 1], query, &bad)?;
+    let (metric, filters) =
+        parse_metric_and_filters(parts[parts.len() - 1]).map_err(|e| match e {
+            ExprError::MissingMetric => Error::MissingMetric { query },
+            ExprError::Syntax(reason) => bad(reason),
+            ExprError::Filter { tagk, error } => filter_err(error, &tagk, query),
+        })?;
     let mut sub = SubQuery {
         aggregator,
         metric,
@@ -633,22 +696,35 @@ fn parse_m(m: &str, query: usize) -> Result<SubQuery> {
     Ok(sub)
 }
 
+/// Why a `<metric>{tagk=value,...}{...}` expression does not parse; each caller words it for
+/// its own parameter.
+pub(crate) enum ExprError {
+    /// Nothing before the braces, or nothing at all.
+    MissingMetric,
+    /// The braces or a `tagk=value` item are malformed: why.
+    Syntax(String),
+    /// A tag's value is not a valid filter.
+    Filter {
+        /// The tag key.
+        tagk: String,
+        /// What is wrong with its filter.
+        error: FilterError,
+    },
+}
+
 /// Splits the metric from up to two brace groups: group-by filters, then plain filters.
-fn parse_metric_and_filters(
-    text: &str,
-    query: usize,
-    bad: &dyn Fn(String) -> Error,
-) -> Result<(String, Vec<Filter>)> {
+pub(crate) fn parse_metric_and_filters(text: &str) -> Result<(String, Vec<Filter>), ExprError> {
     let Some(curly) = text.find('{') else {
         if text.is_empty() {
-            return Err(Error::MissingMetric { query });
+            return Err(ExprError::MissingMetric);
         }
         return Ok((text.to_owned(), Vec::new()));
     };
     let metric = &text[..curly];
     if metric.is_empty() {
-        return Err(Error::MissingMetric { query });
+        return Err(ExprError::MissingMetric);
     }
+    let bad = |reason: String| ExprError::Syntax(reason);
     if !text.ends_with('}') {
         return Err(bad(format!("missing '}}' at the end of '{text}'")));
     }
@@ -675,8 +751,12 @@ fn parse_metric_and_filters(
                 )));
             };
             filters.push(
-                Filter::from_tag_value(tagk, value, group_by)
-                    .map_err(|e| filter_err(e, tagk, query))?,
+                Filter::from_tag_value(tagk, value, group_by).map_err(|error| {
+                    ExprError::Filter {
+                        tagk: tagk.to_owned(),
+                        error,
+                    }
+                })?,
             );
         }
     }
@@ -780,14 +860,7 @@ mod tests {
     }
 
     fn check_params(query: &str, expect: Expect) {
-        let params: Vec<(String, String)> = query
-            .split('&')
-            .map(|kv| {
-                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-                (k.to_owned(), v.to_owned())
-            })
-            .collect();
-        let got = match QueryRequest::from_params(&params, NOW_MS) {
+        let got = match QueryRequest::from_params(&test_params(query), NOW_MS) {
             Ok(req) => describe(&req),
             Err(e) => format!("error: {e}\n"),
         };
@@ -872,19 +945,12 @@ mod tests {
         ];
         let got: String = cases
             .iter()
-            .map(|q| {
-                let params: Vec<(String, String)> = q
-                    .split('&')
-                    .map(|kv| {
-                        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-                        (k.to_owned(), v.to_owned())
-                    })
-                    .collect();
-                match QueryRequest::from_params(&params, NOW_MS) {
+            .map(
+                |q| match QueryRequest::from_params(&test_params(q), NOW_MS) {
                     Ok(r) => format!("ok: {} queries\n", r.queries.len()),
                     Err(e) => format!("{e}\n"),
-                }
-            })
+                },
+            )
             .collect();
         expect![[r#"
             missing start time; give 'start' as e.g. 1h-ago, 1356998400 or 2013/01/01-00:00:00

@@ -108,3 +108,78 @@ impl Source for MemorySource {
         values.into_iter().map(str::to_owned).collect()
     }
 }
+
+/// One [`RecordingSource::select`] call that succeeded.
+#[cfg(test)]
+pub(crate) struct SelectCall {
+    pub metric: String,
+    pub start_ms: i64,
+    pub end_ms: i64,
+    /// The keys of the series returned, as displayed.
+    pub keys: Vec<String>,
+}
+
+/// A [`MemorySource`] for tests that records each `select`, can fail for one metric, and can
+/// break its side of the contract (samples sorted by time).
+#[cfg(test)]
+pub(crate) struct RecordingSource {
+    pub inner: MemorySource,
+    /// Reads of this metric fail with "block 2 fails its checksum".
+    pub fail_metric: Option<&'static str>,
+    /// Each series' samples come newest first.
+    pub reverse_samples: bool,
+    pub calls: std::sync::Mutex<Vec<SelectCall>>,
+}
+
+#[cfg(test)]
+impl RecordingSource {
+    /// Records, never fails, and answers as `inner` does.
+    pub(crate) fn new(inner: MemorySource) -> Self {
+        RecordingSource {
+            inner,
+            fail_metric: None,
+            reverse_samples: false,
+            calls: Default::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+impl Source for RecordingSource {
+    fn select(
+        &self,
+        metric: &str,
+        filter: &dyn Fn(&SeriesKey) -> bool,
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<Selection, SourceError> {
+        if self.fail_metric == Some(metric) {
+            return Err(SourceError("block 2 fails its checksum".into()));
+        }
+        let mut selection = self.inner.select(metric, filter, start_ms, end_ms)?;
+        if self.reverse_samples {
+            for (_, samples) in &mut selection {
+                samples.reverse();
+            }
+        }
+        self.calls.lock().unwrap().push(SelectCall {
+            metric: metric.to_owned(),
+            start_ms,
+            end_ms,
+            keys: selection.iter().map(|(k, _)| k.to_string()).collect(),
+        });
+        Ok(selection)
+    }
+
+    fn metric_names(&self) -> Vec<String> {
+        self.inner.metric_names()
+    }
+
+    fn tag_keys(&self) -> Vec<String> {
+        self.inner.tag_keys()
+    }
+
+    fn tag_values(&self) -> Vec<String> {
+        self.inner.tag_values()
+    }
+}

@@ -9,6 +9,7 @@ use axum::body::Body;
 use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
+use tsvault_query::{LastRequest, QueryRequest};
 use tsvault_storage::{Engine, EngineConfig, FsyncMode};
 
 use tokio_util::sync::CancellationToken;
@@ -144,7 +145,11 @@ fn router(state: Shared) -> Router {
         .route("/api/put", post(opentsdb::put))
         .route(
             "/api/query",
-            get(opentsdb::query_get).post(opentsdb::query_post),
+            get(opentsdb::read_get::<QueryRequest>).post(opentsdb::read_post::<QueryRequest>),
+        )
+        .route(
+            "/api/query/last",
+            get(opentsdb::read_get::<LastRequest>).post(opentsdb::read_post::<LastRequest>),
         )
         .route(
             "/api/suggest",

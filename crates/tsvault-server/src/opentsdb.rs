@@ -1,5 +1,6 @@
-//! The OpenTSDB HTTP API: `/api/put`, `/api/query`, `/api/suggest`, `/api/aggregators`,
-//! `/api/version`, with OpenTSDB's error shape `{"error":{"code":..,"message":..}}`.
+//! The OpenTSDB HTTP API: `/api/put`, `/api/query`, `/api/query/last`, `/api/suggest`,
+//! `/api/aggregators`, `/api/version`, with OpenTSDB's error shape
+//! `{"error":{"code":..,"message":..}}`.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -12,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tsvault_ingest::parse_opentsdb_put;
 use tsvault_model::SeriesKey;
-use tsvault_query::{QueryRequest, Selection, Source, SourceError};
+use tsvault_query::{LastRequest, Limits, QueryRequest, Selection, Source, SourceError};
 use tsvault_storage::{Engine, system_clock_ms};
 
 use crate::app::{BodyError, Shared, blocking, read_body};
@@ -158,24 +159,65 @@ impl Source for EngineSource {
     }
 }
 
-async fn run_query(
-    st: Shared,
-    parsed: Result<QueryRequest, tsvault_query::Error>,
-    endpoint: &'static str,
-) -> Response {
+/// Parses a read request's GET parameters; the time now (ms) resolves relative and missing
+/// times.
+type ParseParams<R> = for<'a> fn(&'a [(String, String)], i64) -> Result<R, tsvault_query::Error>;
+/// Parses a read request's POST body, as [`ParseParams`].
+type ParseBody<R> = for<'a> fn(&'a [u8], i64) -> Result<R, tsvault_query::Error>;
+
+/// A read request of the OpenTSDB API, parsed from GET parameters or a POST JSON body and
+/// answered as JSON by the query engine.
+pub(crate) trait ReadRequest: Sized + Send + 'static {
+    /// The `endpoint` label of the query latency metric.
+    const ENDPOINT: &'static str;
+    /// Parses GET parameters.
+    const FROM_PARAMS: ParseParams<Self>;
+    /// Parses a POST body.
+    const FROM_JSON: ParseBody<Self>;
+    /// Runs the request against `source` (blocking) and builds the response body.
+    fn answer(self, source: &dyn Source) -> Result<serde_json::Value, tsvault_query::Error>;
+}
+
+/// `/api/query`.
+impl ReadRequest for QueryRequest {
+    const ENDPOINT: &'static str = "query";
+    const FROM_PARAMS: ParseParams<Self> = QueryRequest::from_params;
+    const FROM_JSON: ParseBody<Self> = QueryRequest::from_json;
+
+    fn answer(self, source: &dyn Source) -> Result<serde_json::Value, tsvault_query::Error> {
+        let results = tsvault_query::execute(source, &self)?;
+        Ok(tsvault_query::results_to_json(&results, &self))
+    }
+}
+
+/// `/api/query/last`, with `/api/query`'s limits.
+impl ReadRequest for LastRequest {
+    const ENDPOINT: &'static str = "query_last";
+    const FROM_PARAMS: ParseParams<Self> = LastRequest::from_params;
+    const FROM_JSON: ParseBody<Self> = LastRequest::from_json;
+
+    fn answer(self, source: &dyn Source) -> Result<serde_json::Value, tsvault_query::Error> {
+        let points = tsvault_query::execute_last(source, &self, &Limits::default())?;
+        Ok(tsvault_query::last_points_to_json(&points))
+    }
+}
+
+/// Answers a parsed read request off the async workers, timed under its endpoint: a parse or
+/// request error is a 400, a storage failure a 500 naming what failed (and nothing of the data).
+async fn run_read<R: ReadRequest>(st: Shared, parsed: Result<R, tsvault_query::Error>) -> Response {
     let req = match parsed {
         Ok(r) => r,
         Err(e) => return tsdb_error(StatusCode::BAD_REQUEST, e.to_string(), None),
     };
     let started = Instant::now();
     let source = EngineSource(st.engine.clone());
-    let result = blocking(move || tsvault_query::execute(&source, &req).map(|r| (r, req))).await;
+    let result = blocking(move || req.answer(&source)).await;
     st.metrics
         .query_duration
-        .get_or_create(&vec![("endpoint", endpoint)])
+        .get_or_create(&vec![("endpoint", R::ENDPOINT)])
         .observe(started.elapsed().as_secs_f64());
     match result {
-        Ok((results, req)) => Json(tsvault_query::results_to_json(&results, &req)).into_response(),
+        Ok(answer) => Json(answer).into_response(),
         Err(tsvault_query::Error::Source(e)) => {
             tracing::error!(error = %e.0, "query failed reading storage");
             tsdb_error(
@@ -188,17 +230,16 @@ async fn run_query(
     }
 }
 
-/// `GET /api/query?start=..&m=..`.
-pub(crate) async fn query_get(
+/// `GET /api/query?start=..&m=..`, `GET /api/query/last?timeseries=..&back_scan=..&end=..`.
+pub(crate) async fn read_get<R: ReadRequest>(
     State(st): State<Shared>,
     Query(params): Query<Vec<(String, String)>>,
 ) -> Response {
-    let parsed = QueryRequest::from_params(&params, system_clock_ms());
-    run_query(st, parsed, "query").await
+    run_read(st, R::FROM_PARAMS(&params, system_clock_ms())).await
 }
 
-/// `POST /api/query` with a JSON body.
-pub(crate) async fn query_post(
+/// `POST /api/query`, `POST /api/query/last` with a JSON body.
+pub(crate) async fn read_post<R: ReadRequest>(
     State(st): State<Shared>,
     headers: HeaderMap,
     body: Body,
@@ -207,8 +248,7 @@ pub(crate) async fn query_post(
         Ok(b) => b,
         Err(r) => return r,
     };
-    let parsed = QueryRequest::from_json(&body, system_clock_ms());
-    run_query(st, parsed, "query").await
+    run_read(st, R::FROM_JSON(&body, system_clock_ms())).await
 }
 
 fn suggest(st: &Shared, kind: &str, q: &str, max: Option<&str>) -> Response {

@@ -57,7 +57,7 @@ fn a_read_error_is_a_500_naming_the_file_never_data() {
     let r = post(&s.url("/write?precision=ms"), b"disk v=1 1000");
     assert_eq!(r.status, 204);
     assert_eq!(post(&s.url("/api/admin/flush"), b"").status, 200);
-    let r = common::post_with(
+    let query = common::post_with(
         &s.url("/api/query"),
         &[("Content-Type", "application/json")],
         json!({"start": 0, "end": 4_000_000_000_000i64,
@@ -65,13 +65,17 @@ fn a_read_error_is_a_500_naming_the_file_never_data() {
         .to_string()
         .as_bytes(),
     );
-    assert_eq!(r.status, 500, "{}", r.body);
-    assert!(
-        r.body.contains("Input/output error") && r.body.contains(".seg"),
-        "{}",
-        r.body
-    );
-    assert!(!r.body.contains("\"dps\""), "{}", r.body);
+    // The last data point query reads through the same path and fails the same way.
+    let last = get(&s.url("/api/query/last?timeseries=disk_v&end=2000ms&back_scan=1"));
+    for (r, data) in [(query, "\"dps\""), (last, "\"timestamp\"")] {
+        assert_eq!(r.status, 500, "{}", r.body);
+        assert!(
+            r.body.contains("Input/output error") && r.body.contains(".seg"),
+            "{}",
+            r.body
+        );
+        assert!(!r.body.contains(data), "{}", r.body);
+    }
 }
 
 #[test]

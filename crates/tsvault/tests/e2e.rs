@@ -339,3 +339,165 @@ fn torn_wal_tail_after_kill_loses_nothing_acknowledged() {
     let got = query_none(&s.base, "m_v");
     assert_eq!(got[0].1.len(), 5, "{got:?}");
 }
+
+/// `/api/query/last` answers each series' last sample in `(end - back_scan, end]` with its own
+/// timestamp, whether that sample lies in a segment or in the head, and names the parameter of
+/// each bad request.
+#[test]
+fn opentsdb_query_last_reads_segments_and_head_with_exact_timestamps() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &[]);
+    // A partition boundary (6 h) and an hour boundary: the window [T - 1h, T) ends at it.
+    const T: i64 = 1_700_006_400_000;
+    const MIN: i64 = 60_000;
+    let put = |points: serde_json::Value| {
+        let r = post(&s.url("/api/put"), points.to_string().as_bytes());
+        assert_eq!(r.status, 204, "{}", r.body);
+    };
+    let point = |metric: &str, tags: serde_json::Value, ts: i64, value: f64| json!({"metric": metric, "tags": tags, "timestamp": ts, "value": value});
+    let (a, b) = (
+        json!({"host": "a", "dc": "eu"}),
+        json!({"host": "b", "dc": "eu"}),
+    );
+    let (c, d) = (
+        json!({"host": "c", "dc": "us"}),
+        json!({"host": "d", "dc": "us"}),
+    );
+    let e = json!({"host": "e", "dc": "us"});
+    let mem = json!({"host": "a"});
+    // Flushed into segments: the partition before T and the one from T.
+    put(json!([
+        point("cpu", a.clone(), T - 60 * MIN - 1, 0.5),
+        point("cpu", a.clone(), T - 60 * MIN, 1.0),
+        point("cpu", a.clone(), T - 30 * MIN, 2.0),
+        point("cpu", b.clone(), T - 50 * MIN, 42.0),
+        point("cpu", b.clone(), T - 1, 4.25),
+        point("cpu", c.clone(), T - 120 * MIN, 7.0),
+        point("cpu", d.clone(), T, 8.0),
+        point("mem", mem.clone(), T - 10 * MIN, 3.0),
+    ]));
+    let r = post(&s.url("/api/admin/flush"), b"");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let segments = std::fs::read_dir(dir.path().join("segments"))
+        .unwrap()
+        .count();
+    assert_eq!(segments, 2, "one segment per partition");
+    // In the head: a later sample for a, an earlier one for b (its last stays in the segment),
+    // a new value for mem's timestamp (the last written wins), a series only in the head at
+    // the window's first millisecond, and a sample of a after the window.
+    put(json!([
+        point("cpu", a.clone(), T - 20 * MIN, 2.5),
+        point("cpu", b.clone(), T - 40 * MIN, 5.0),
+        point("mem", mem.clone(), T - 10 * MIN, 3.75),
+        point("cpu", e.clone(), T - 60 * MIN, 9.0),
+        point("cpu", a.clone(), T, 100.0),
+    ]));
+
+    let last = |metric: &str, tags: &serde_json::Value, ts: i64, value: &str| json!({"metric": metric, "tags": tags, "timestamp": ts, "value": value});
+    let get_last = |query: &str| {
+        let r = get(&s.url(&format!("/api/query/last?{query}")));
+        assert_eq!(r.status, 200, "{query}: {}", r.body);
+        r.json()
+    };
+    let window = format!("end={}&back_scan=1", T - 1);
+    assert_eq!(
+        get_last(&format!("timeseries=cpu&{window}")),
+        json!([
+            last("cpu", &a, T - 20 * MIN, "2.5"),
+            last("cpu", &b, T - 1, "4.25"),
+            last("cpu", &e, T - 60 * MIN, "9"),
+        ])
+    );
+    assert_eq!(
+        get_last(&format!(
+            "timeseries=cpu{{host=a|c}}&timeseries=mem&{window}&resolve=true"
+        )),
+        json!([
+            last("cpu", &a, T - 20 * MIN, "2.5"),
+            last("mem", &mem, T - 10 * MIN, "3.75"),
+        ])
+    );
+    // Two hours back: [T - 2h, T), c's only sample (in a segment) at its first millisecond.
+    assert_eq!(
+        get_last(&format!(
+            "timeseries=cpu{{dc=us,host=*}}&end={}&back_scan=2",
+            T - 1
+        )),
+        json!([
+            last("cpu", &c, T - 120 * MIN, "7"),
+            last("cpu", &e, T - 60 * MIN, "9"),
+        ])
+    );
+    // No end: now, and ten years back reach T, where a (head) and d (segment) have samples.
+    assert_eq!(
+        get_last("timeseries=cpu{host=a|d}&back_scan=87600"),
+        json!([last("cpu", &a, T, "100"), last("cpu", &d, T, "8")])
+    );
+    assert_eq!(
+        get_last(&format!("timeseries=cpu{{host=c}}&{window}")),
+        json!([])
+    );
+    assert_eq!(get_last(&format!("timeseries=nosuch&{window}")), json!([]));
+
+    let post_last = |body: &str| {
+        post_with(
+            &s.url("/api/query/last"),
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        )
+    };
+    let r = post_last(
+        &json!({"queries": [{"metric": "cpu", "tags": {"host": "*"}}, {"metric": "mem", "tags": {}}],
+                "backScan": 1, "end": T - 1, "resolveNames": true})
+        .to_string(),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.json(),
+        json!([
+            last("cpu", &a, T - 20 * MIN, "2.5"),
+            last("cpu", &b, T - 1, "4.25"),
+            last("cpu", &e, T - 60 * MIN, "9"),
+            last("mem", &mem, T - 10 * MIN, "3.75"),
+        ])
+    );
+
+    let bad = |r: common::Reply| {
+        assert_eq!(r.status, 400, "{}", r.body);
+        assert_eq!(r.json()["error"]["code"], json!(400), "{}", r.body);
+        r.json()["error"]["message"].as_str().unwrap().to_owned()
+    };
+    let bad_get = |query: &str| bad(get(&s.url(&format!("/api/query/last?{query}"))));
+    assert_eq!(
+        bad_get("back_scan=1"),
+        "parameter 'timeseries': missing; give at least one, such as timeseries=cpu_usage_user{hostname=*}"
+    );
+    assert_eq!(
+        bad_get("timeseries=cpu{host}"),
+        "query 1: bad timeseries parameter 'cpu{host}': invalid tag 'host'; expected tagk=value or tagk=type(expr)"
+    );
+    assert_eq!(
+        bad_get("timeseries=cpu&back_scan=0"),
+        "parameter 'back_scan': '0' is not a whole number of hours from 1 to 87600"
+    );
+    assert_eq!(
+        bad_get("timeseries=cpu&end=tomorrow"),
+        "end time 'tomorrow' is invalid: expected epoch seconds or ms, a date such as 2013/01/23-12:50:42, or a relative time such as 1h-ago"
+    );
+    assert_eq!(
+        bad(post_last("not json")),
+        "request body is not a valid JSON query: expected ident at line 1 column 2"
+    );
+    assert_eq!(
+        bad(post_last(
+            r#"{"queries": [{"metric": "cpu"}], "backScan": 87601}"#
+        )),
+        "field 'backScan': '87601' is not a whole number of hours from 1 to 87600"
+    );
+    assert_eq!(
+        bad(post_last(
+            r#"{"queries": [{"metric": "cpu"}], "end": "tomorrow"}"#
+        )),
+        "end time 'tomorrow' is invalid: expected epoch seconds or ms, a date such as 2013/01/23-12:50:42, or a relative time such as 1h-ago"
+    );
+}

@@ -5,8 +5,9 @@ use tsvault_model::{Sample, SeriesKey};
 
 use super::*;
 use crate::aggregator::aggregator_names;
+use crate::request::test_params;
 use crate::result::results_to_json;
-use crate::source::{MemorySource, Selection, SourceError};
+use crate::source::{MemorySource, RecordingSource, Selection, SourceError};
 
 /// 2013-01-01T00:00:00Z, an hour boundary.
 const T0_S: i64 = 1_356_998_400;
@@ -24,16 +25,6 @@ fn put(src: &mut MemorySource, metric: &str, tags: &[(&str, &str)], points: &[(i
     for &(offset_s, value) in points {
         src.insert(&k, T0_MS + offset_s * 1000, value);
     }
-}
-
-fn params(query: &str) -> Vec<(String, String)> {
-    query
-        .split('&')
-        .map(|kv| {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            (k.to_owned(), v.to_owned())
-        })
-        .collect()
 }
 
 fn offset(ts_ms: i64) -> String {
@@ -67,7 +58,8 @@ fn render(results: &[QueryResult]) -> String {
 
 /// Runs a GET query string (times relative to T0 unless absolute) and renders the results.
 fn run_get(src: &dyn Source, query: &str) -> String {
-    match QueryRequest::from_params(&params(query), NOW_MS).and_then(|req| execute(src, &req)) {
+    match QueryRequest::from_params(&test_params(query), NOW_MS).and_then(|req| execute(src, &req))
+    {
         Ok(results) => render(&results),
         Err(e) => format!("error: {e}\n"),
     }
@@ -345,7 +337,7 @@ fn downsampling_with_each_fill_policy() {
     let mut got = String::new();
     for fill in ["", "-none", "-nan", "-null", "-zero"] {
         let query = format!("start={T0_S}&end={}&m=sum:10s-sum{fill}:m", T0_S + 60);
-        let req = QueryRequest::from_params(&params(&query), NOW_MS).unwrap();
+        let req = QueryRequest::from_params(&test_params(&query), NOW_MS).unwrap();
         let results = execute(&src, &req).unwrap();
         let json = results_to_json(&results, &req);
         got.push_str(&format!("10s-sum{fill}: {}\n", json[0]["dps"]));
@@ -545,7 +537,7 @@ fn ms_and_seconds_output() {
         src.insert(&k, T0_MS + off_ms, v);
     }
     let show = |query: &str| {
-        let req = QueryRequest::from_params(&params(query), NOW_MS).unwrap();
+        let req = QueryRequest::from_params(&test_params(query), NOW_MS).unwrap();
         results_to_json(&execute(&src, &req).unwrap(), &req).to_string()
     };
     let base = format!("start={T0_S}&end={}&m=sum:m", T0_S + 10);
@@ -643,7 +635,7 @@ fn execution_errors() {
     let range = format!("start={T0_S}&end={}", T0_S + 60);
     let mut got = String::new();
     let mut run = |src: &dyn Source, query: String, limits: &Limits| {
-        let req = QueryRequest::from_params(&params(&query), NOW_MS).unwrap();
+        let req = QueryRequest::from_params(&test_params(&query), NOW_MS).unwrap();
         let line = match execute_with_limits(src, &req, limits) {
             Ok(r) => format!("ok: {} results\n", r.len()),
             Err(e) => format!("{e}\n"),
@@ -1040,51 +1032,9 @@ fn where_with_every_op() {
     .assert_eq(&got);
 }
 
-/// A [`MemorySource`] that records each `select` (metric and the keys its filter passed) and
-/// can fail for one metric.
-struct RecordingSource {
-    inner: MemorySource,
-    fail_metric: Option<&'static str>,
-    calls: std::sync::Mutex<Vec<String>>,
-}
-
-impl Source for RecordingSource {
-    fn select(
-        &self,
-        metric: &str,
-        filter: &dyn Fn(&SeriesKey) -> bool,
-        start_ms: i64,
-        end_ms: i64,
-    ) -> Result<Selection, SourceError> {
-        if self.fail_metric == Some(metric) {
-            return Err(SourceError("block 2 fails its checksum".into()));
-        }
-        let selection = self.inner.select(metric, filter, start_ms, end_ms)?;
-        let keys: Vec<String> = selection.iter().map(|(k, _)| k.to_string()).collect();
-        self.calls
-            .lock()
-            .unwrap()
-            .push(format!("{metric}: {}", keys.join(" ")));
-        Ok(selection)
-    }
-    fn metric_names(&self) -> Vec<String> {
-        self.inner.metric_names()
-    }
-    fn tag_keys(&self) -> Vec<String> {
-        self.inner.tag_keys()
-    }
-    fn tag_values(&self) -> Vec<String> {
-        self.inner.tag_values()
-    }
-}
-
 #[test]
 fn where_reads_the_condition_once_for_the_selected_tag_sets() {
-    let src = RecordingSource {
-        inner: cpu_rows_source(),
-        fail_metric: None,
-        calls: Default::default(),
-    };
+    let src = RecordingSource::new(cpu_rows_source());
     let body = where_body(&format!(
         r#""metric": "cpu_usage_system", "aggregator": "none",
            "filters": [{{"type": "literal_or", "tagk": "hostname", "filter": "host_1|host_3", "groupBy": false}}],
@@ -1096,7 +1046,15 @@ fn where_reads_the_condition_once_for_the_selected_tag_sets() {
     expect![[r#"
         cpu_usage_system: cpu_usage_system{hostname="host_1"} cpu_usage_system{hostname="host_3"}
         cpu_usage_user: cpu_usage_user{hostname="host_1"}"#]]
-    .assert_eq(&src.calls.lock().unwrap().join("\n"));
+    .assert_eq(
+        &src.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|call| format!("{}: {}", call.metric, call.keys.join(" ")))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    );
 }
 
 #[test]
@@ -1108,9 +1066,8 @@ fn where_execution_errors() {
     ));
     let req = QueryRequest::from_json(body.as_bytes(), NOW_MS).unwrap();
     let failing = RecordingSource {
-        inner: cpu_rows_source(),
         fail_metric: Some("cpu_usage_user"),
-        calls: Default::default(),
+        ..RecordingSource::new(cpu_rows_source())
     };
     // host_1's usage_system has 7 samples and its usage_user 6: the condition's count too.
     let limits = |samples_max| Limits {
