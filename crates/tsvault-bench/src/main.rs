@@ -27,7 +27,7 @@ use serde_json::json;
 
 use queries::{Params, QueryType};
 use report::{Better, Row};
-use systems::{Kind, Running, dir_bytes, load};
+use systems::{Kind, Running, dir_size, load};
 use workload::{Shape, Workload};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -60,8 +60,9 @@ struct Args {
     /// Number of hosts (each writes 10 fields every interval).
     #[arg(long, default_value_t = 100)]
     hosts: usize,
-    /// Hours of data.
-    #[arg(long, default_value_t = 12)]
+    /// Hours of data (the default week, 60 M samples at 100 hosts, is more than tsvault's
+    /// in-memory head holds, so its flushes and segment encoding are measured).
+    #[arg(long, default_value_t = 168)]
     hours: i64,
     /// 1000 hosts x 24 h (overrides --hosts and --hours).
     #[arg(long, conflicts_with = "smoke")]
@@ -82,8 +83,9 @@ struct Args {
     /// Lines per HTTP request.
     #[arg(long, default_value_t = 5000)]
     batch_lines: usize,
-    /// Runs per query type and system.
-    #[arg(long, default_value_t = 50)]
+    /// Runs per query type and system (at least 1,000 for a p99; below, the tail figure is
+    /// the maximum and called so).
+    #[arg(long, default_value_t = 1000)]
     query_runs: usize,
     /// Skip the backup and restore figures.
     #[arg(long)]
@@ -94,11 +96,14 @@ struct Args {
     /// query is timed.
     #[arg(long, conflicts_with = "no_backup")]
     backups_only: bool,
-    /// Rounds of full backups and of restores, each round's commands started from the next
-    /// one in turn, each into a new destination; the figure is the median (the machine is
-    /// shared and noisy, and a command run right after another's heavy work pays for it).
-    #[arg(long, default_value_t = 3)]
-    backup_rounds: usize,
+    /// Rounds of full backups and of restores, each into new destinations; the figure is
+    /// the median (the machine is shared and noisy). The commands' order in each round comes
+    /// from a balanced Latin square, so that over its rounds every command takes every
+    /// position and follows every other command equally often (a command run right after
+    /// another's heavy work pays for it). Default: one whole square per phase (twice the
+    /// commands' count when it is odd, else the count).
+    #[arg(long)]
+    backup_rounds: Option<usize>,
     /// Which peers to run beside tsvault (for profiling one comparison; the published table
     /// runs both).
     #[arg(
@@ -136,7 +141,7 @@ fn main() -> anyhow::Result<()> {
     }
     if args.smoke {
         (args.hosts, args.hours, args.query_runs, args.batch_lines) = (8, 2, 3, 1000);
-        args.backup_rounds = 2;
+        args.backup_rounds = Some(2);
     }
     ensure!(
         args.hosts >= 1 && args.hours >= 1,
@@ -147,7 +152,7 @@ fn main() -> anyhow::Result<()> {
         "--clients, --batch-lines and --query-runs must be at least 1"
     );
     ensure!(
-        args.backup_rounds >= 1,
+        args.backup_rounds != Some(0),
         "--backup-rounds must be at least 1"
     );
     ensure!(
@@ -175,7 +180,7 @@ fn main() -> anyhow::Result<()> {
         Variant::Both => &[false, true],
     };
     let mut md = format!(
-        "Command: `{}`\n\nVersions: {}\n\n",
+        "Command: `{}`\n\nVersions: {} (the peers are Debian's packages, the newest these machines can install: no newer VictoriaMetrics, InfluxDB or restic is packaged in Debian, PyPI or npm)\n\n",
         std::env::args().collect::<Vec<_>>().join(" "),
         versions
             .iter()
@@ -193,7 +198,10 @@ fn main() -> anyhow::Result<()> {
             batch_lines: args.batch_lines,
         };
         let (title, rows, notes) = run_variant(&args, shape, &tsvault_bin)?;
-        let table = report::markdown(&rows);
+        let table = report::markdown(
+            &rows,
+            &std::array::from_fn(|i| versions.get(i).map(|(_, v)| v.clone()).unwrap_or_default()),
+        );
         say!("\n## {title}\n\n{table}\n{}", notes.join("\n"));
         md.push_str(&format!(
             "## {title}\n\n{table}\n{}\n\n",
@@ -257,9 +265,22 @@ fn versions(tsvault_bin: &Path) -> Vec<(String, String)> {
             .unwrap_or_else(|| "unknown".into())
     };
     let own = run(std::process::Command::new(tsvault_bin).arg("--version"));
+    let commit = run(std::process::Command::new("git").args(["rev-parse", "--short", "HEAD"]));
+    let dirty = std::process::Command::new("git")
+        .args(["diff", "--quiet", "HEAD"])
+        .status()
+        .is_ok_and(|s| !s.success());
     let mut out = vec![(
         "tsvault".to_string(),
-        own.strip_prefix("tsvault ").unwrap_or(&own).to_string(),
+        format!(
+            "{} (commit {commit}{})",
+            own.strip_prefix("tsvault ").unwrap_or(&own),
+            if dirty {
+                ", with uncommitted changes"
+            } else {
+                ""
+            }
+        ),
     )];
     for pkg in ["victoria-metrics", "influxdb", "restic"] {
         out.push((
@@ -323,7 +344,11 @@ fn run_variant(
         .split_whitespace()
         .map(str::to_owned)
         .collect();
-    let mut notes = Vec::new();
+    let mut notes = vec![format!(
+        "Data directories and repositories under {}, on {} (an fsync on tmpfs would cost nothing).",
+        root.path().display(),
+        systems::file_system_of(root.path())?
+    )];
 
     // The client's own ceiling (not measured for a streamed load: it would generate the
     // data once more).
@@ -338,41 +363,67 @@ fn run_variant(
         Some(rate)
     };
 
-    // Load, settle and measure each system in turn (the others idle and settled).
+    // Load, settle and measure each system alone: the others stopped, the page cache's
+    // dirty pages written back before it starts, so none pays for another's work.
     let mut ingest_ack = Row::new(
         "ingest, every write acknowledged",
         "samples/s",
         Better::Higher,
     );
-    let mut ingest_vis = Row::new(
-        "ingest, every write acknowledged and queryable",
+    let mut ingest_settled = Row::new(
+        "ingest, from the first write to settled on disk",
         "samples/s",
         Better::Higher,
     );
-    let mut rss = Row::new("peak resident memory during ingest", "MiB", Better::Lower);
+    // Counted every 10 ms at best: no finer lag is told apart.
+    let mut lag = Row::new(
+        "visibility lag: last acknowledgement to every sample queryable",
+        "s",
+        Better::Lower,
+    )
+    .with_resolution(0.01);
     let mut settle = Row::new(
-        "time to settle after ingest (flush, compaction)",
+        "time to settle after ingest (flush, compaction; to the last change)",
         "s",
         Better::Lower,
     );
+    let mut anon = Row::new(
+        "peak anonymous memory, ingest and settle (RssAnon)",
+        "MiB",
+        Better::Lower,
+    );
+    let mut hwm = Row::new(
+        "peak resident memory, ingest and settle (VmHWM, mapped files included)",
+        "MiB",
+        Better::Lower,
+    );
     let mut disk = Row::new(
-        "bytes on disk per sample, settled",
+        "bytes on disk per sample, settled (allocated blocks)",
         "bytes/sample",
         Better::Lower,
     );
-    let mut running = Vec::new();
-    let kinds = Kind::ALL.into_iter().enumerate().filter(|(_, k)| match k {
-        Kind::Tsvault => true,
-        Kind::Victoria => args.peers.contains(&Peer::VictoriaMetrics),
-        Kind::Influx => !args.backups_only && args.peers.contains(&Peer::Influxdb),
-    });
-    for (col, kind) in kinds {
-        let sys = Running::start(
+    let kinds: Vec<(usize, Kind)> = Kind::ALL
+        .into_iter()
+        .enumerate()
+        .filter(|(_, k)| match k {
+            Kind::Tsvault => true,
+            Kind::Victoria => args.peers.contains(&Peer::VictoriaMetrics),
+            Kind::Influx => !args.backups_only && args.peers.contains(&Peer::Influxdb),
+        })
+        .collect();
+    let start_on_its_data = |kind: Kind| {
+        Running::start(
             kind,
             &root.path().join(kind.name()),
             tsvault_bin,
             &serve_args,
-        )?;
+        )
+    };
+    let mut started_as = Vec::new();
+    for &(col, kind) in &kinds {
+        write_back()?;
+        let sys = start_on_its_data(kind)?;
+        started_as.push(format!("{}: `{}`", kind.name(), sys.started_as));
         let pb = bar(wl.lines(), &format!("loading {}", kind.name()));
         let t0 = Instant::now();
         let (_, sent) = wl.load_main(&sys.write_url(), args.clients, &pb)?;
@@ -399,34 +450,59 @@ fn run_variant(
             );
             std::thread::sleep(Duration::from_millis(10));
         };
-        let peak = sys.peak_rss_kib() as f64 / 1024.0;
+        let settle_from = t0.elapsed();
         let settle_time = sys.settle()?;
-        let bytes = dir_bytes(&sys.data_dir)?;
+        let settled_at = settle_from + settle_time;
+        let mem = sys.peak_memory();
+        let size = dir_size(&sys.data_dir)?;
         ensure!(
             sys.count_samples(workload::START_MS, wl.end_ms())? == n,
             "{} lost samples while settling",
             kind.name()
         );
         say!(
-            "{}: {:.1} MiB of line protocol acked in {:.2} s, queryable at {:.2} s ({:.0} samples/s), peak RSS {peak:.1} MiB, settled in {:.1} s, {bytes} bytes on disk ({:.3} bytes/sample)",
+            "{}: {:.1} MiB of line protocol acked in {:.2} s ({:.0} samples/s), all queryable {:.3} s later, settled {:.2} s after that ({:.0} samples/s from first write to settled), peak RssAnon {:.1} MiB, VmHWM {:.1} MiB, {} bytes allocated on disk ({:.3} bytes/sample; {} apparent)",
             kind.name(),
             sent as f64 / 1048576.0,
             acked.as_secs_f64(),
-            visible.as_secs_f64(),
-            n as f64 / visible.as_secs_f64(),
+            n as f64 / acked.as_secs_f64(),
+            (visible - acked).as_secs_f64(),
             settle_time.as_secs_f64(),
-            bytes as f64 / n as f64
+            n as f64 / settled_at.as_secs_f64(),
+            mem.anon_mib,
+            mem.hwm_mib,
+            size.allocated,
+            size.allocated as f64 / n as f64,
+            size.apparent
         );
         ingest_ack = ingest_ack.set(col, n as f64 / acked.as_secs_f64());
-        ingest_vis = ingest_vis.set(col, n as f64 / visible.as_secs_f64());
-        rss = rss.set(col, peak);
+        ingest_settled = ingest_settled.set(col, n as f64 / settled_at.as_secs_f64());
+        lag = lag.set(col, (visible - acked).as_secs_f64());
         settle = settle.set(col, settle_time.as_secs_f64());
-        disk = disk.set(col, bytes as f64 / n as f64);
+        anon = anon.set(col, mem.anon_mib);
+        hwm = hwm.set(col, mem.hwm_mib);
+        disk = disk.set(col, size.allocated as f64 / n as f64);
+        sys.stop_gracefully()?;
+    }
+    notes.push(format!("Systems as run: {}.", started_as.join("; ")));
+    // Every system started again on its data, each must hold every sample: what the queries
+    // and backups run against.
+    write_back()?;
+    let mut running = Vec::new();
+    for &(_, kind) in &kinds {
+        let sys = start_on_its_data(kind)?;
+        sys.wait_searchable()?;
+        let got = sys.count_samples(workload::START_MS, wl.end_ms())?;
+        ensure!(
+            got == n,
+            "{} holds {got} of {n} samples after a restart",
+            kind.name()
+        );
         running.push(sys);
     }
-    let fastest = [&ingest_vis, &ingest_ack]
+    let fastest = ingest_ack
+        .cells
         .iter()
-        .flat_map(|r| r.cells.iter())
         .filter_map(|c| match c {
             report::Cell::Num(v) => Some(*v),
             _ => None,
@@ -440,11 +516,11 @@ fn run_variant(
                 null_rate / fastest,
                 if null_rate >= 2.0 * fastest { "" } else { " (less than 2x: the client may limit these figures)" }
             ));
-            vec![ingest_ack, ingest_vis, rss, settle, disk]
+            vec![ingest_ack, ingest_settled, lag, settle, anon, hwm, disk]
         }
         // A streamed load is generated by a thread of the same machine while it is sent:
         // its rates are not comparable with the full run's (they are printed above).
-        None => vec![rss, settle, disk],
+        None => vec![lag, settle, anon, hwm, disk],
     };
     if !args.backups_only {
         queries(args, &wl, &running, &mut rows, &mut notes)?;
@@ -458,7 +534,7 @@ fn run_variant(
             &running,
             root.path(),
             args.clients,
-            args.backup_rounds,
+            rounds_of(args.backup_rounds, 2),
             tsvault_bin,
             &mut notes,
         )?);
@@ -478,8 +554,17 @@ fn run_variant(
     Ok((title, rows, notes))
 }
 
+/// Writes every dirty page back (`sync`), so that the next timed step does not pay for the
+/// write-back of the one before.
+fn write_back() -> anyhow::Result<()> {
+    backup::timed(&mut std::process::Command::new("sync")).map(|_| ())
+}
+
 /// Each TSBS query type on each running system, the same random instances for every
-/// system, every answer compared with tsvault's: a p50 and a p99 row per type.
+/// system, every answer compared with tsvault's: a p50 and a p99 row per type (the largest
+/// time, called so, when there are fewer than 1,000 runs per type). The instances of all
+/// types are sent in one shuffled order, each to every system, the systems taking turns at
+/// going first, so that no system or type always runs on a cache another warmed.
 fn queries(
     args: &Args,
     wl: &Workload,
@@ -487,107 +572,142 @@ fn queries(
     rows: &mut Vec<Row>,
     notes: &mut Vec<String>,
 ) -> anyhow::Result<()> {
-    let mut compared = 0;
-    let mut points_compared = 0;
-    for (qi, qt) in QueryType::ALL.into_iter().enumerate() {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(1000 + qi as u64);
-        let params: Vec<Params> = (0..args.query_runs)
-            .map(|_| Params::random(qt, &mut rng, wl))
+    use rand::seq::SliceRandom;
+    let params: Vec<Vec<Params>> = QueryType::ALL
+        .into_iter()
+        .enumerate()
+        .map(|(qi, qt)| {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(1000 + qi as u64);
+            (0..args.query_runs)
+                .map(|_| Params::random(qt, &mut rng, wl))
+                .collect()
+        })
+        .collect();
+    let mut order: Vec<(usize, usize)> = (0..params.len())
+        .flat_map(|qi| (0..args.query_runs).map(move |i| (qi, i)))
+        .collect();
+    order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(7));
+    let agents: Vec<ureq::Agent> = running.iter().map(|_| http::agent()).collect();
+    // Latencies per query type and system (in `running`'s order).
+    let mut lat = vec![vec![Vec::with_capacity(args.query_runs); running.len()]; params.len()];
+    let mut points = vec![0usize; params.len()];
+    let mut distinct: Vec<std::collections::BTreeSet<(i64, i64, Vec<usize>)>> =
+        vec![Default::default(); params.len()];
+    let pb = bar(order.len() as u64, "queries");
+    for (k, &(qi, i)) in order.iter().enumerate() {
+        let p = &params[qi][i];
+        let qt = p.qt;
+        distinct[qi].insert((p.start_ms, p.end_ms, p.hosts.clone()));
+        let mut answers: Vec<Option<queries::Answer>> = vec![None; running.len()];
+        for j in 0..running.len() {
+            let si = (k + j) % running.len();
+            let sys = &running[si];
+            let send = |req: &queries::Request| match req {
+                queries::Request::Get { path, params } => {
+                    http::get(&agents[si], &format!("{}{path}", sys.base), params)
+                }
+                queries::Request::Post { path, body } => http::post(
+                    &agents[si],
+                    &format!("{}{path}", sys.base),
+                    "application/json",
+                    body.as_bytes(),
+                ),
+            };
+            let req = queries::request(sys.kind, p);
+            let t = Instant::now();
+            let text =
+                send(&req).with_context(|| format!("{} on {}", qt.name(), sys.kind.name()))?;
+            lat[qi][si].push(t.elapsed().as_secs_f64() * 1000.0);
+            let mut answer = queries::parse(sys.kind, p, &text).with_context(|| {
+                format!(
+                    "{} answer of {} to {p:?}: {}",
+                    qt.name(),
+                    sys.kind.name(),
+                    text.chars().take(500).collect::<String>()
+                )
+            })?;
+            if let Some(times) = queries::times_request(sys.kind, p) {
+                let text = send(&times)?;
+                answer = queries::with_times(answer, &text).with_context(|| {
+                    format!("{} times of {} to {p:?}", qt.name(), sys.kind.name())
+                })?;
+            }
+            answers[si] = Some(answer);
+        }
+        let answers: Vec<queries::Answer> = answers
+            .into_iter()
+            .map(|a| a.expect("every system answered"))
             .collect();
+        points[qi] += answers[0].len();
+        for (si, other) in answers.iter().enumerate().skip(1) {
+            queries::compare(&answers[0], other).map_err(|e| {
+                anyhow::anyhow!(
+                    "{} answers differ between tsvault and {} for {p:?}: {e}",
+                    qt.name(),
+                    running[si].kind.name()
+                )
+            })?;
+        }
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    let tail = if args.query_runs >= 1000 {
+        "p99"
+    } else {
+        "max"
+    };
+    for (qi, qt) in QueryType::ALL.into_iter().enumerate() {
+        ensure!(
+            points[qi] > 0,
+            "{}: every answer is empty, nothing was compared",
+            qt.name()
+        );
         let mut p50 = Row::new(format!("{} p50", qt.name()), "ms", Better::Lower);
-        let mut p99 = Row::new(format!("{} p99", qt.name()), "ms", Better::Lower);
-        let mut answers: Vec<Vec<queries::Answer>> = Vec::new();
-        for sys in running {
+        let mut high = Row::new(format!("{} {tail}", qt.name()), "ms", Better::Lower);
+        for (si, sys) in running.iter().enumerate() {
             let col = Kind::ALL
                 .iter()
                 .position(|k| *k == sys.kind)
                 .expect("a known system");
-            let agent = http::agent();
-            let pb = bar(
-                params.len() as u64,
-                &format!("{} on {}", qt.name(), sys.kind.name()),
-            );
-            let mut lat = Vec::with_capacity(params.len());
-            let mut texts = Vec::with_capacity(params.len());
-            for p in &params {
-                let req = queries::request(sys.kind, p);
-                let t = Instant::now();
-                let text = match &req {
-                    queries::Request::Get { path, params } => {
-                        http::get(&agent, &format!("{}{path}", sys.base), params)
-                    }
-                    queries::Request::Post { path, body } => http::post(
-                        &agent,
-                        &format!("{}{path}", sys.base),
-                        "application/json",
-                        body.as_bytes(),
-                    ),
-                }
-                .with_context(|| format!("{} on {}", qt.name(), sys.kind.name()))?;
-                lat.push(t.elapsed().as_secs_f64() * 1000.0);
-                texts.push(text);
-                pb.inc(1);
-            }
-            pb.finish_and_clear();
-            let parsed = params
-                .iter()
-                .zip(&texts)
-                .map(|(p, t)| {
-                    queries::parse(sys.kind, p, t).with_context(|| {
-                        format!(
-                            "{} answer of {} to {p:?}: {}",
-                            qt.name(),
-                            sys.kind.name(),
-                            t.chars().take(500).collect::<String>()
-                        )
-                    })
-                })
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            answers.push(parsed);
-            lat.sort_by(f64::total_cmp);
-            let pct = |q: f64| lat[((lat.len() as f64 - 1.0) * q).round() as usize];
+            let l = &mut lat[qi][si];
+            l.sort_by(f64::total_cmp);
+            let pct = |q: f64| l[((l.len() as f64 - 1.0) * q).round() as usize];
+            let top = if tail == "p99" { pct(0.99) } else { pct(1.0) };
             say!(
-                "{:<22} {:<16} p50 {:>9.2} ms  p99 {:>9.2} ms",
+                "{:<22} {:<16} p50 {:>9.2} ms  {tail} {:>9.2} ms",
                 qt.name(),
                 sys.kind.name(),
                 pct(0.5),
-                pct(0.99)
+                top
             );
             p50 = p50.set(col, pct(0.5));
-            p99 = p99.set(col, pct(0.99));
-        }
-        let points: usize = answers[0].iter().map(|a| a.len()).sum();
-        ensure!(
-            points > 0,
-            "{}: every answer is empty, nothing was compared",
-            qt.name()
-        );
-        points_compared += points;
-        for (i, p) in params.iter().enumerate() {
-            for (col, other) in answers.iter().enumerate().skip(1) {
-                queries::compare(&answers[0][i], &other[i]).map_err(|e| {
-                    anyhow::anyhow!(
-                        "{} answers differ between tsvault and {} for {p:?}: {e}",
-                        qt.name(),
-                        running[col].kind.name()
-                    )
-                })?;
-            }
-            compared += 1;
+            high = high.set(col, top);
         }
         rows.push(p50);
-        rows.push(p99);
+        rows.push(high);
     }
     notes.push(format!(
-        "Answers: all {compared} query instances ({} per type) answered the same numbers on {} ({points_compared} data points compared with each peer).",
+        "Answers: all {} query instances ({} per type; distinct instances per type: {}) answered the same numbers on {} ({} data points compared with each peer; lastpoint compared on each series' last time and value). The instances of all types were sent in one shuffled order, each to every system with the systems taking turns at going first; {tail} is {}.",
+        order.len(),
         args.query_runs,
+        QueryType::ALL
+            .iter()
+            .zip(&distinct)
+            .map(|(qt, d)| format!("{} {}", qt.name(), d.len()))
+            .collect::<Vec<_>>()
+            .join(", "),
         running
             .iter()
             .map(|s| s.kind.name())
             .collect::<Vec<_>>()
-            .join(", ")
+            .join(", "),
+        points.iter().sum::<usize>(),
+        if tail == "p99" {
+            "the 99th percentile of each type's times"
+        } else {
+            "the largest of each type's times (fewer than 1,000 runs: no real 99th percentile)"
+        }
     ));
-
     Ok(())
 }
 
@@ -647,10 +767,43 @@ fn tools<'a>(
 /// A timed command of a round.
 type Timed<'a> = Box<dyn FnMut() -> anyhow::Result<std::time::Duration> + 'a>;
 
-/// Runs a round's timed commands, starting with the `round`-th (mod N) so that none is
-/// always first or always after the same other (a command can pay for what the one before
-/// it left behind, such as pages to write back), adds each time to its list in `times`,
-/// and prints them.
+/// The order of `n` commands in round `round` of a balanced Latin square (Williams' design):
+/// over [`square_rounds`]`(n)` rounds every command takes every position equally often, and
+/// every command directly follows every other equally often.
+fn balanced_order(n: usize, round: usize) -> Vec<usize> {
+    // The first row 0, 1, n-1, 2, n-2, ...; row r adds r to each (mod n); for odd n the
+    // rows are followed by their reverses.
+    let first: Vec<usize> = (0..n)
+        .map(|i| {
+            if i == 0 {
+                0
+            } else if i % 2 == 1 {
+                i.div_ceil(2)
+            } else {
+                n - i / 2
+            }
+        })
+        .collect();
+    let r = round % square_rounds(n);
+    let mut row: Vec<usize> = first.iter().map(|c| (c + r % n) % n).collect();
+    if r >= n {
+        row.reverse();
+    }
+    row
+}
+
+/// Rounds in one whole balanced Latin square of `n` commands.
+fn square_rounds(n: usize) -> usize {
+    if n.is_multiple_of(2) { n } else { 2 * n }
+}
+
+/// Rounds of a phase of `n` commands: `--backup-rounds`, or one whole square.
+fn rounds_of(args_rounds: Option<usize>, n: usize) -> usize {
+    args_rounds.unwrap_or_else(|| square_rounds(n))
+}
+
+/// Runs a round's timed commands in the order [`balanced_order`] gives round `round`, adds
+/// each time to its list in `times`, and prints them.
 fn timed_round<const N: usize>(
     round: usize,
     names: [&str; N],
@@ -658,8 +811,7 @@ fn timed_round<const N: usize>(
     times: &mut [Vec<f64>; N],
 ) -> anyhow::Result<()> {
     let mut took = Vec::new();
-    for k in 0..N {
-        let i = (round + k) % N;
+    for i in balanced_order(N, round) {
         let t = steps[i]()?.as_secs_f64();
         times[i].push(t);
         took.push(format!("{} {t:.3} s", names[i]));
@@ -768,9 +920,7 @@ fn server_backups(
     let mut fulls: [Vec<f64>; 2] = Default::default();
     for round in 0..rounds {
         let mut took = Vec::new();
-        for i in 0..2 {
-            // The mode that went first goes second in the next round.
-            let mode = (i + round) % 2;
+        for mode in balanced_order(2, round) {
             if let Some(before) = round.checked_sub(1) {
                 std::fs::remove_dir_all(repo_of(mode, before))?;
             }
@@ -831,21 +981,26 @@ fn server_backups(
     Ok(rows)
 }
 
-/// Full backup, incremental after 1% more data, and full restore, for each system's tool.
-/// Fulls and restores are timed in `rounds` rounds (median); the incremental follows the
-/// last round's fulls. Restores are checked: each restored copy of the last round is
-/// started and must hold every sample.
+/// Full backup, incremental after 1% more data, and full restore, for each system's tool,
+/// with each tool's throughput and its fixed cost (the same commands on an empty store).
+/// Fulls and restores are timed in rounds (median; see [`balanced_order`]); the incremental
+/// follows the last round's fulls. Restores are checked: each restored copy of the last round
+/// is started and must hold every sample.
 fn backups(
     wl: &Workload,
     running: &[Running],
     root: &Path,
     clients: usize,
-    rounds: usize,
+    rounds: Option<usize>,
     tsvault_bin: &Path,
     notes: &mut Vec<String>,
 ) -> anyhow::Result<Vec<Row>> {
     let tsv_server = system(running, Kind::Tsvault)?;
     let vm = system(running, Kind::Victoria)?;
+    // What each tool reads: tsvault and restic tsvault's data directory, vmbackup
+    // VictoriaMetrics'.
+    let tsv_source = dir_size(&tsv_server.data_dir)?.allocated as f64;
+    let vm_source = dir_size(&vm.data_dir)?.allocated as f64;
     // tsvault twice: into an encrypted repository (compared with restic, which always
     // encrypts) and an unencrypted one (compared with vmbackup, which does not).
     let mut full = Row::new("full backup, encrypted (vs restic)", "s", Better::Lower);
@@ -855,6 +1010,16 @@ fn backups(
         "full backup, unencrypted, files over HTTP",
         "s",
         Better::Lower,
+    );
+    let mut rate = Row::new(
+        "full backup speed, encrypted (vs restic; bytes read / time)",
+        "MiB/s",
+        Better::Higher,
+    );
+    let mut rate_plain = Row::new(
+        "full backup speed, unencrypted (vs vmbackup; bytes read / time)",
+        "MiB/s",
+        Better::Higher,
     );
     let mut incr = Row::new(
         "incremental after 1% more data, encrypted",
@@ -871,13 +1036,36 @@ fn backups(
         "s",
         Better::Lower,
     );
-    let mut restore = Row::new("full restore, encrypted (vs restic)", "s", Better::Lower);
+    let mut restore = Row::new(
+        "full restore, encrypted (vs restic, which does not fsync)",
+        "s",
+        Better::Lower,
+    );
+    let mut restore_synced = Row::new(
+        "full restore, encrypted (vs restic followed by sync)",
+        "s",
+        Better::Lower,
+    );
     let mut restore_plain = Row::new(
         "full restore, unencrypted (vs vmrestore)",
         "s",
         Better::Lower,
     );
-    let mut size = Row::new("backup size per sample", "bytes/sample", Better::Lower);
+    let mut restore_rate = Row::new(
+        "full restore speed, encrypted (vs restic followed by sync; bytes written / time)",
+        "MiB/s",
+        Better::Higher,
+    );
+    let mut restore_rate_plain = Row::new(
+        "full restore speed, unencrypted (vs vmrestore; bytes written / time)",
+        "MiB/s",
+        Better::Higher,
+    );
+    let mut size = Row::new(
+        "backup size per sample (allocated blocks)",
+        "bytes/sample",
+        Better::Lower,
+    );
 
     let repos = [
         "tsvault-repo",
@@ -895,9 +1083,10 @@ fn backups(
     );
     // Times of tsvault encrypted, unencrypted, unencrypted over HTTP, vmbackup, restic.
     let mut times: [Vec<f64>; 5] = Default::default();
-    for round in 0..rounds {
+    let full_rounds = rounds_of(rounds, 5);
+    for round in 0..full_rounds {
         say!(
-            "backups: full, round {} of {rounds}: tsvault encrypted and unencrypted (online, through the server's snapshot API; files read in its data directory, and unencrypted once more over HTTP), vmbackup, restic",
+            "backups: full, round {} of {full_rounds}: tsvault encrypted and unencrypted (online, through the server's snapshot API; files read in its data directory, and unencrypted once more over HTTP), vmbackup, restic",
             round + 1
         );
         let dirs = next_round(root, repos, round)?;
@@ -906,6 +1095,7 @@ fn backups(
         tsv_plain.init(false)?;
         tsv_http.init(false)?;
         restic.init()?;
+        write_back()?;
         // restic backs up the same files: tsvault's data directory (the server is idle, its
         // segments immutable; restic's second run finds its first as parent and reads only
         // changed files).
@@ -928,12 +1118,18 @@ fn backups(
             &mut times,
         )?;
     }
-    let [t_enc, t_plain, t_http, t_vm, t_restic] = times;
-    let vm_full = median(t_vm);
-    full = full.set(0, median(t_enc)).set(3, median(t_restic));
-    full_plain = full_plain.set(0, median(t_plain)).set(1, vm_full);
-    full_http = full_http.set(0, median(t_http)).set(1, vm_full);
-    let dirs = numbered(root, repos, rounds - 1);
+    let [t_enc, t_plain, t_http, t_vm, t_restic] = times.map(median);
+    full = full.set(0, t_enc).set(3, t_restic);
+    full_plain = full_plain.set(0, t_plain).set(1, t_vm);
+    full_http = full_http.set(0, t_http).set(1, t_vm);
+    let mib = |bytes: f64, secs: f64| bytes / 1048576.0 / secs;
+    rate = rate
+        .set(0, mib(tsv_source, t_enc))
+        .set(3, mib(tsv_source, t_restic));
+    rate_plain = rate_plain
+        .set(0, mib(tsv_source, t_plain))
+        .set(1, mib(vm_source, t_vm));
+    let dirs = numbered(root, repos, full_rounds - 1);
     let ([tsv, tsv_plain, tsv_http], restic) = tools(tsvault_bin, &dirs, &restic_cache);
     let [tsv_repo, _, _, vm_dst, _] = &dirs;
 
@@ -949,16 +1145,20 @@ fn backups(
             sys.kind.name()
         );
     }
+    write_back()?;
     incr = incr.set(0, tsv.backup(base, data_dir)?.as_secs_f64());
     incr_plain = incr_plain.set(0, tsv_plain.backup(base, data_dir)?.as_secs_f64());
     incr_http = incr_http.set(0, tsv_http.backup(base, None)?.as_secs_f64());
     let vm_incr = backup::vmbackup(&vm.base, &vm.data_dir, vm_dst)?.as_secs_f64();
     incr_plain = incr_plain.set(1, vm_incr);
     incr_http = incr_http.set(1, vm_incr);
-    size = size.set(0, dir_bytes(tsv_repo)? as f64 / total as f64);
     incr = incr.set(3, restic.backup(&tsv_server.data_dir)?.as_secs_f64());
-    size = size.set(1, dir_bytes(vm_dst)? as f64 / total as f64);
-    size = size.set(3, dir_bytes(restic.repo)? as f64 / total as f64);
+    let per_sample =
+        |p: &Path| -> anyhow::Result<f64> { Ok(dir_size(p)?.allocated as f64 / total as f64) };
+    size = size
+        .set(0, per_sample(tsv_repo)?)
+        .set(1, per_sample(vm_dst)?)
+        .set(3, per_sample(restic.repo)?);
 
     let restored = [
         "tsvault-restored",
@@ -967,37 +1167,56 @@ fn backups(
         "restic-restored",
     ];
     let mut times: [Vec<f64>; 4] = Default::default();
-    for round in 0..rounds {
+    // restic's restore alone, without the sync that follows it in its timed step.
+    let restic_alone = std::cell::RefCell::new(Vec::new());
+    let restore_rounds = rounds_of(rounds, 4);
+    for round in 0..restore_rounds {
         say!(
-            "restores, round {} of {rounds}: tsvault encrypted and unencrypted, vmrestore, restic",
+            "restores, round {} of {restore_rounds}: tsvault encrypted and unencrypted, vmrestore, restic (followed by sync: tsvault and vmrestore fsync what they write, restic does not)",
             round + 1
         );
         let [tsv_restored, tsv_plain_restored, vm_restored, restic_target] =
             next_round(root, restored, round)?;
+        write_back()?;
         timed_round(
             round,
             [
                 "tsvault encrypted",
                 "tsvault unencrypted",
                 "vmrestore",
-                "restic",
+                "restic + sync",
             ],
             [
                 Box::new(|| tsv.restore(&tsv_restored)),
                 Box::new(|| tsv_plain.restore(&tsv_plain_restored)),
                 Box::new(|| backup::vmrestore(vm_dst, &vm_restored)),
-                Box::new(|| restic.restore(&restic_target)),
+                Box::new(|| {
+                    let alone = restic.restore(&restic_target)?;
+                    restic_alone.borrow_mut().push(alone.as_secs_f64());
+                    let t = Instant::now();
+                    write_back()?;
+                    Ok(alone + t.elapsed())
+                }),
             ],
             &mut times,
         )?;
     }
-    let [t_enc, t_plain, t_vm, t_restic] = times;
-    restore = restore.set(0, median(t_enc)).set(3, median(t_restic));
-    restore_plain = restore_plain.set(0, median(t_plain)).set(1, median(t_vm));
+    let [t_enc, t_plain, t_vm, t_restic] = times.map(median);
+    let t_restic_alone = median(restic_alone.into_inner());
+    restore = restore.set(0, t_enc).set(3, t_restic_alone);
+    restore_synced = restore_synced.set(0, t_enc).set(3, t_restic);
+    restore_plain = restore_plain.set(0, t_plain).set(1, t_vm);
 
     say!("restores: each restored copy of the last round is started and counted");
     let [tsv_restored, tsv_plain_restored, vm_restored, restic_target] =
-        numbered(root, restored, rounds - 1);
+        numbered(root, restored, restore_rounds - 1);
+    let written = |p: &Path| -> anyhow::Result<f64> { Ok(dir_size(p)?.allocated as f64) };
+    restore_rate = restore_rate
+        .set(0, mib(written(&tsv_restored)?, t_enc))
+        .set(3, mib(written(&restic_target)?, t_restic));
+    restore_rate_plain = restore_rate_plain
+        .set(0, mib(written(&tsv_plain_restored)?, t_plain))
+        .set(1, mib(written(&vm_restored)?, t_vm));
     let restic_restored = restic_target.join(
         tsv_server
             .data_dir
@@ -1019,33 +1238,216 @@ fn backups(
         );
         sys.stop();
     }
+    let fixed = fixed_costs(root, tsvault_bin, rounds, &restic_cache)?;
     let num = |r: &Row, c: usize| match r.cells[c] {
         report::Cell::Num(v) => v,
         report::Cell::Empty => f64::NAN,
     };
     notes.push(format!(
-        "Backup targets (issue 4): full backup {:.2}x restic's speed (encrypted; target 2x) and {:.2}x vmbackup's (unencrypted; target 1x; {:.2}x with the files over HTTP); tsvault's incremental after 1% more data took {:.3} (encrypted), {:.3} (unencrypted) and {:.3} (over HTTP) of its full backup's time (target at most 1/20 = 0.05); restore {:.2}x restic's speed (target 2x) and {:.2}x vmrestore's.",
+        "Backup targets (issue 4): full backup {:.2}x restic's speed (encrypted; target 2x) and {:.2}x vmbackup's (unencrypted; target 1x; {:.2}x with the files over HTTP); tsvault's incremental after 1% more data took {:.3} (encrypted), {:.3} (unencrypted) and {:.3} (over HTTP) of its full backup's time (target at most 1/20 = 0.05); restore {:.2}x restic's speed followed by sync ({:.2}x restic's alone; target 2x) and {:.2}x vmrestore's. Sources: tsvault's data directory {:.1} MiB (what tsvault and restic read), VictoriaMetrics' {:.1} MiB (what vmbackup reads), allocated.",
         num(&full, 3) / num(&full, 0),
         num(&full_plain, 1) / num(&full_plain, 0),
         num(&full_http, 1) / num(&full_http, 0),
         num(&incr, 0) / num(&full, 0),
         num(&incr_plain, 0) / num(&full_plain, 0),
         num(&incr_http, 0) / num(&full_http, 0),
+        num(&restore_synced, 3) / num(&restore_synced, 0),
         num(&restore, 3) / num(&restore, 0),
         num(&restore_plain, 1) / num(&restore_plain, 0),
+        tsv_source / 1048576.0,
+        vm_source / 1048576.0,
     ));
     notes.push(format!(
-        "Backups: fulls and restores timed in {rounds} rounds, the commands of each round started from the next one in turn (each round printed as it ends), each round into new destinations, the median shown; the incrementals follow the last round's fulls. tsvault online with `tsvault backup create --server URL --server-data-dir DIR` (snapshot through its admin API, its files read in the server's data directory, as vmbackup reads VictoriaMetrics', into a local directory repository, once encrypted (each run derives the key with Argon2id) and once not; the incremental is the default type of the second run), once more unencrypted without `--server-data-dir` (files pulled over HTTP), and `tsvault restore --data-dir`; VictoriaMetrics with vmbackup/vmrestore (fs:// destination, snapshot through its API); restic over tsvault's own data directory, the same files (encrypted, its default compression; its second run is its incremental). Each restored copy was started and holds all {total} samples."
+        "Backups: fulls timed in {full_rounds} rounds and restores in {restore_rounds}, each into new destinations, the commands' order in each round from a balanced Latin square (every command in every position, after every other command, equally often; each round printed as it ends), dirty pages written back (sync) before each round, the median shown; the incrementals follow the last round's fulls. tsvault online with `tsvault backup create --server URL --server-data-dir DIR` (snapshot through its admin API, its files read in the server's data directory, as vmbackup reads VictoriaMetrics', into a local directory repository, once encrypted (each run derives the key with Argon2id) and once not; the incremental is the default type of the second run), once more unencrypted without `--server-data-dir` (files pulled over HTTP), and `tsvault restore --data-dir` (which fsyncs every file and directory it writes); VictoriaMetrics with vmbackup/vmrestore (fs:// destination, snapshot through its API); restic over tsvault's own data directory, the same files (encrypted, its default compression; its second run is its incremental); restic's restore does not fsync, so it is shown alone and followed by `sync`. Speeds: the bytes each tool reads (its source's allocated bytes) or writes (the restored directory's), over its median time. Each restored copy was started and holds all {total} samples."
     ));
     Ok(vec![
         full,
         full_plain,
         full_http,
+        rate,
+        rate_plain,
+        fixed.full,
+        fixed.full_plain,
         incr,
         incr_plain,
         incr_http,
         restore,
+        restore_synced,
         restore_plain,
+        restore_rate,
+        restore_rate_plain,
+        fixed.restore,
+        fixed.restore_plain,
         size,
     ])
+}
+
+/// Each tool's fixed costs, as rows: a full backup of an empty store and its restore.
+struct FixedCosts {
+    full: Row,
+    full_plain: Row,
+    restore: Row,
+    restore_plain: Row,
+}
+
+/// The cost of a backup and a restore that carry no data: an empty tsvault server backed up
+/// by tsvault (encrypted, unencrypted), an empty VictoriaMetrics by vmbackup, an empty
+/// directory by restic, and each restored; in rounds as the others (median). At a small
+/// scale these are most of each tool's time; at a large one, the speed rows are what counts.
+fn fixed_costs(
+    root: &Path,
+    tsvault_bin: &Path,
+    rounds: Option<usize>,
+    restic_cache: &Path,
+) -> anyhow::Result<FixedCosts> {
+    let tsv = Running::start(
+        Kind::Tsvault,
+        &root.join("empty-store-tsvault"),
+        tsvault_bin,
+        &[],
+    )?;
+    let vm = Running::start(
+        Kind::Victoria,
+        &root.join("empty-store-vm"),
+        tsvault_bin,
+        &[],
+    )?;
+    let empty_dir = root.join("empty-store-dir");
+    std::fs::create_dir_all(&empty_dir)?;
+    let repos = [
+        "empty-backup-tsvault",
+        "empty-backup-tsvault-plain",
+        "empty-backup-vm",
+        "empty-backup-restic",
+    ];
+    let restored = [
+        "empty-restored-tsvault",
+        "empty-restored-tsvault-plain",
+        "empty-restored-vm",
+        "empty-restored-restic",
+    ];
+    let names = [
+        "tsvault encrypted",
+        "tsvault unencrypted",
+        "vmbackup",
+        "restic",
+    ];
+    let n = rounds_of(rounds, 4);
+    let mut backups: [Vec<f64>; 4] = Default::default();
+    let mut restores: [Vec<f64>; 4] = Default::default();
+    for round in 0..n {
+        say!(
+            "fixed costs, round {} of {n}: backup and restore of an empty store",
+            round + 1
+        );
+        let dirs = next_round(root, repos, round)?;
+        let targets = next_round(root, restored, round)?;
+        let tsvault = |repo| backup::Tsvault {
+            bin: tsvault_bin,
+            repo,
+        };
+        let (enc, plain) = (tsvault(&dirs[0]), tsvault(&dirs[1]));
+        let restic = backup::Restic {
+            repo: &dirs[3],
+            cache: restic_cache,
+        };
+        enc.init(true)?;
+        plain.init(false)?;
+        restic.init()?;
+        write_back()?;
+        timed_round(
+            round,
+            names,
+            [
+                Box::new(|| enc.backup(&tsv.base, Some(&tsv.data_dir))),
+                Box::new(|| plain.backup(&tsv.base, Some(&tsv.data_dir))),
+                Box::new(|| backup::vmbackup(&vm.base, &vm.data_dir, &dirs[2])),
+                Box::new(|| restic.backup(&empty_dir)),
+            ],
+            &mut backups,
+        )?;
+        timed_round(
+            round,
+            names,
+            [
+                Box::new(|| enc.restore(&targets[0])),
+                Box::new(|| plain.restore(&targets[1])),
+                Box::new(|| backup::vmrestore(&dirs[2], &targets[2])),
+                Box::new(|| {
+                    let alone = restic.restore(&targets[3])?;
+                    let t = Instant::now();
+                    write_back()?;
+                    Ok(alone + t.elapsed())
+                }),
+            ],
+            &mut restores,
+        )?;
+    }
+    tsv.stop();
+    vm.stop();
+    let [b_enc, b_plain, b_vm, b_restic] = backups.map(median);
+    let [r_enc, r_plain, r_vm, r_restic] = restores.map(median);
+    let row = |what: &str| Row::new(format!("fixed cost: {what}"), "s", Better::Lower);
+    Ok(FixedCosts {
+        full: row("full backup of an empty store, encrypted (vs restic)")
+            .set(0, b_enc)
+            .set(3, b_restic),
+        full_plain: row("full backup of an empty store, unencrypted (vs vmbackup)")
+            .set(0, b_plain)
+            .set(1, b_vm),
+        restore: row("restore of an empty backup, encrypted (vs restic followed by sync)")
+            .set(0, r_enc)
+            .set(3, r_restic),
+        restore_plain: row("restore of an empty backup, unencrypted (vs vmrestore)")
+            .set(0, r_plain)
+            .set(1, r_vm),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every command in every position, and directly after every other command, equally
+    /// often over one whole square; the count of commands odd and even.
+    #[test]
+    fn balanced_order_is_a_balanced_latin_square() {
+        for n in 1..=7 {
+            let rounds = square_rounds(n);
+            let mut position = vec![vec![0; n]; n];
+            let mut follows = vec![vec![0; n]; n];
+            for r in 0..rounds {
+                let row = balanced_order(n, r);
+                let mut sorted = row.clone();
+                sorted.sort();
+                assert_eq!(
+                    sorted,
+                    (0..n).collect::<Vec<_>>(),
+                    "n {n} round {r}: {row:?}"
+                );
+                for (p, &c) in row.iter().enumerate() {
+                    position[c][p] += 1;
+                }
+                for w in row.windows(2) {
+                    follows[w[0]][w[1]] += 1;
+                }
+            }
+            let per_position = rounds / n;
+            assert!(
+                position.iter().flatten().all(|&k| k == per_position),
+                "n {n}: {position:?}"
+            );
+            if n > 1 {
+                let per_pair = rounds / n;
+                for (a, row) in follows.iter().enumerate() {
+                    for (b, &k) in row.iter().enumerate() {
+                        let want = if a == b { 0 } else { per_pair };
+                        assert_eq!(k, want, "n {n}: {a} before {b} {k} times: {follows:?}");
+                    }
+                }
+            }
+            // The square repeats past its last round.
+            assert_eq!(balanced_order(n, rounds), balanced_order(n, 0));
+        }
+    }
 }

@@ -27,7 +27,8 @@ pub enum QueryType {
     DoubleGroupby1,
     /// Every field of the rows of one host over 12 h where usage_user > 90.
     HighCpu1,
-    /// The last value of every series (within the last hour of data).
+    /// The last sample (time and value) of every series as of a random time, looking back
+    /// at most an hour.
     Lastpoint,
 }
 
@@ -85,25 +86,33 @@ pub struct Params {
 }
 
 impl Params {
-    /// A random instance, as TSBS draws them: random hosts and a random hour-aligned window.
+    /// A random instance: random hosts, as TSBS draws them, and a random window anywhere in
+    /// the data, aligned to its buckets (a minute for the per-minute types, an hour for the
+    /// hourly ones and high-cpu; any minute for lastpoint's end), so that a longer data set
+    /// gives as many different windows.
     pub fn random(qt: QueryType, rng: &mut impl Rng, wl: &Workload) -> Params {
         let n_hosts = wl.shape.hosts;
         let end = wl.end_ms();
-        let window = |rng: &mut dyn rand::RngCore, hours: i64| {
-            let latest = (end - START_MS) / HOUR - hours;
-            let s = START_MS + rng.random_range(0..=latest.max(0)) * HOUR;
-            (s, (s + hours * HOUR).min(end))
+        let window = |rng: &mut dyn rand::RngCore, length: i64, align: i64| {
+            let latest = (end - START_MS - length) / align;
+            let s = START_MS + rng.random_range(0..=latest.max(0)) * align;
+            (s, (s + length).min(end))
         };
         let one = |rng: &mut dyn rand::RngCore| vec![rng.random_range(0..n_hosts)];
         let (hosts, (start_ms, end_ms)) = match qt {
-            QueryType::SingleGroupby111 => (one(rng), window(rng, 1)),
-            QueryType::SingleGroupby5112 | QueryType::HighCpu1 => (one(rng), window(rng, 12)),
+            QueryType::SingleGroupby111 => (one(rng), window(rng, HOUR, MINUTE)),
+            QueryType::SingleGroupby5112 => (one(rng), window(rng, 12 * HOUR, MINUTE)),
+            QueryType::HighCpu1 => (one(rng), window(rng, 12 * HOUR, HOUR)),
             QueryType::CpuMaxAll8 => {
                 let hosts = sample(rng, n_hosts, 8.min(n_hosts)).into_vec();
-                (hosts, window(rng, 8))
+                (hosts, window(rng, 8 * HOUR, HOUR))
             }
-            QueryType::DoubleGroupby1 => ((0..n_hosts).collect(), window(rng, 12)),
-            QueryType::Lastpoint => ((0..n_hosts).collect(), ((end - HOUR).max(START_MS), end)),
+            QueryType::DoubleGroupby1 => ((0..n_hosts).collect(), window(rng, 12 * HOUR, HOUR)),
+            QueryType::Lastpoint => {
+                // As of a minute anywhere after the first hour, the hour before it.
+                let (_, at) = window(rng, HOUR, MINUTE);
+                ((0..n_hosts).collect(), ((at - HOUR).max(START_MS), at))
+            }
         };
         Params {
             qt,
@@ -165,11 +174,18 @@ pub fn request(kind: Kind, p: &Params) -> Request {
                         json!({"metric": metric, "aggregator": "none", "filters": host_filter(),
                         "where": {"metric": "cpu_usage_user", "op": "gt", "value": 90}})
                     }
-                    QueryType::Lastpoint => {
-                        json!({"metric": metric, "aggregator": "none", "downsample": "0all-last"})
-                    }
+                    QueryType::Lastpoint => unreachable!("lastpoint asks /api/query/last"),
                 }
             };
+            if qt == QueryType::Lastpoint {
+                // OpenTSDB's last-point query: each series' last sample with its own time.
+                let body = json!({"end": e - 1, "backScan": (e - s) / HOUR,
+                    "queries": fields.iter().map(|f| json!({"metric": format!("cpu_{f}")})).collect::<Vec<_>>()});
+                return Request::Post {
+                    path: "/api/query/last",
+                    body: body.to_string(),
+                };
+            }
             let body = json!({"start": s, "end": e - 1, "msResolution": true,
                 "queries": fields.iter().map(|f| sub(f)).collect::<Vec<_>>()});
             Request::Post {
@@ -270,7 +286,13 @@ pub fn request(kind: Kind, p: &Params) -> Request {
                 QueryType::HighCpu1 => {
                     format!("SELECT * FROM cpu WHERE usage_user > 90 AND ({host_or}) AND {time}")
                 }
-                QueryType::Lastpoint => format!("SELECT last(*) FROM cpu WHERE {time} GROUP BY *"),
+                // One statement per field: `last(*)` stamps every row with the window's start,
+                // a single selector with its sample's own time.
+                QueryType::Lastpoint => fields
+                    .iter()
+                    .map(|f| format!("SELECT last({f}) AS {f} FROM cpu WHERE {time} GROUP BY *"))
+                    .collect::<Vec<_>>()
+                    .join("; "),
             };
             Request::Get {
                 path: "/query",
@@ -280,7 +302,62 @@ pub fn request(kind: Kind, p: &Params) -> Request {
     }
 }
 
-/// An answer reduced to (host or "", field, bucket start or sample time or -1) → value.
+/// For lastpoint on VictoriaMetrics, whose timed query (`last_over_time`) answers values
+/// stamped with the evaluation time: the untimed query of each series' last sample's time
+/// (`tlast_over_time`), so that its answer is compared on times too (see [`with_times`]).
+pub fn times_request(kind: Kind, p: &Params) -> Option<Request> {
+    if kind != Kind::Victoria || p.qt != QueryType::Lastpoint {
+        return None;
+    }
+    let names = format!("cpu_({})", p.qt.fields().join("|"));
+    Some(Request::Get {
+        path: "/api/v1/query",
+        params: vec![
+            (
+                "query",
+                format!("tlast_over_time({{__name__=~\"{names}\"}}[1h]) keep_metric_names"),
+            ),
+            ("time", prom_time(p.end_ms - 1)),
+            ("nocache", "1".into()),
+        ],
+    })
+}
+
+/// `answer` (VictoriaMetrics' lastpoint, times unknown: -1) with each series' time taken
+/// from `times`, the answer to [`times_request`]; a series in one and not the other is an
+/// error.
+pub fn with_times(answer: Answer, times: &str) -> anyhow::Result<Answer> {
+    let v: Value = serde_json::from_str(times).context("times answer is not JSON")?;
+    ensure!(v["status"] == "success", "times: status {}", v["status"]);
+    let mut at = BTreeMap::new();
+    for r in v["data"]["result"].as_array().context("times: no result")? {
+        let field = field_of(r["metric"]["__name__"].as_str().context("times: no name")?)?;
+        let host = r["metric"]["hostname"]
+            .as_str()
+            .context("times: no hostname")?
+            .to_string();
+        let secs: f64 = r["value"][1].as_str().context("times: no value")?.parse()?;
+        at.insert((host, field), (secs * 1000.0).round() as i64);
+    }
+    ensure!(
+        at.len() == answer.len(),
+        "{} series have a last time, {} a last value",
+        at.len(),
+        answer.len()
+    );
+    answer
+        .into_iter()
+        .map(|((host, field, _), value)| {
+            let t = *at
+                .get(&(host.clone(), field.clone()))
+                .with_context(|| format!("no last time for {field} of {host}"))?;
+            Ok(((host, field, t), value))
+        })
+        .collect()
+}
+
+/// An answer reduced to (host or "", field, bucket start or sample time) → value; -1 for
+/// the time of a VictoriaMetrics lastpoint until [`with_times`].
 pub type Answer = BTreeMap<(String, String, i64), f64>;
 
 /// Reduces `kind`'s answer to `p` to an [`Answer`].
@@ -288,23 +365,32 @@ pub fn parse(kind: Kind, p: &Params, text: &str) -> anyhow::Result<Answer> {
     let qt = p.qt;
     let v: Value = serde_json::from_str(text).context("answer is not JSON")?;
     let mut out = Answer::new();
-    let ts_of = |t: i64| if qt == QueryType::Lastpoint { -1 } else { t };
     match kind {
+        Kind::Tsvault if qt == QueryType::Lastpoint => {
+            for r in v.as_array().context("not an array")? {
+                let field = field_of(r["metric"].as_str().context("no metric")?)?;
+                let host = hostname(&r["tags"])?;
+                let t = r["timestamp"].as_i64().context("no timestamp")?;
+                let val: f64 = r["value"]
+                    .as_str()
+                    .context("value not a string")?
+                    .parse()
+                    .context("value not a number")?;
+                out.insert((host, field, t), val);
+            }
+        }
         Kind::Tsvault => {
             for r in v.as_array().context("not an array")? {
                 let field = field_of(r["metric"].as_str().context("no metric")?)?;
                 let host = if qt.per_host() {
-                    r["tags"]["hostname"]
-                        .as_str()
-                        .context("no hostname tag")?
-                        .to_string()
+                    hostname(&r["tags"])?
                 } else {
                     String::new()
                 };
                 for (t, val) in r["dps"].as_object().context("no dps")? {
                     let t: i64 = t.parse().context("bad timestamp")?;
                     let val = val.as_f64().context("value not a number")?;
-                    out.insert((host.clone(), field.clone(), ts_of(t)), val);
+                    out.insert((host.clone(), field.clone(), t), val);
                 }
             }
         }
@@ -335,40 +421,39 @@ pub fn parse(kind: Kind, p: &Params, text: &str) -> anyhow::Result<Answer> {
                     let val: f64 = pt[1].as_str().context("bad value")?.parse()?;
                     let t = match qt.bucket_ms() {
                         Some(w) => t_ms + 1 - w,
+                        None if qt == QueryType::Lastpoint => -1, // see with_times
                         None => t_ms,
                     };
-                    out.insert((host.clone(), field.clone(), ts_of(t)), val);
+                    out.insert((host.clone(), field.clone(), t), val);
                 }
             }
         }
         Kind::Influx => {
-            let res = &v["results"][0];
-            ensure!(res["error"].is_null(), "error: {}", res["error"]);
-            for s in res["series"].as_array().into_iter().flatten() {
-                let host = if qt.per_host() {
-                    s["tags"]["hostname"]
-                        .as_str()
-                        .context("no hostname tag")?
-                        .to_string()
-                } else {
-                    String::new()
-                };
-                let cols: Vec<&str> = s["columns"]
-                    .as_array()
-                    .context("no columns")?
-                    .iter()
-                    .map(|c| c.as_str().unwrap_or(""))
-                    .collect();
-                for row in s["values"].as_array().context("no values")? {
-                    let row = row.as_array().context("bad row")?;
-                    let t = row[0].as_i64().context("bad time")?;
-                    for (c, val) in cols.iter().zip(row).skip(1) {
-                        let f = c.strip_prefix("last_").unwrap_or(c);
-                        if !f.starts_with("usage_") {
-                            continue; // a tag column of SELECT *
-                        }
-                        if let Some(val) = val.as_f64() {
-                            out.insert((host.clone(), f.to_string(), ts_of(t)), val);
+            // One result per statement (lastpoint has one per field).
+            for res in v["results"].as_array().context("no results")? {
+                ensure!(res["error"].is_null(), "error: {}", res["error"]);
+                for s in res["series"].as_array().into_iter().flatten() {
+                    let host = if qt.per_host() {
+                        hostname(&s["tags"])?
+                    } else {
+                        String::new()
+                    };
+                    let cols: Vec<&str> = s["columns"]
+                        .as_array()
+                        .context("no columns")?
+                        .iter()
+                        .map(|c| c.as_str().unwrap_or(""))
+                        .collect();
+                    for row in s["values"].as_array().context("no values")? {
+                        let row = row.as_array().context("bad row")?;
+                        let t = row[0].as_i64().context("bad time")?;
+                        for (c, val) in cols.iter().zip(row).skip(1) {
+                            if !c.starts_with("usage_") {
+                                continue; // a tag column of SELECT *
+                            }
+                            if let Some(val) = val.as_f64() {
+                                out.insert((host.clone(), c.to_string(), t), val);
+                            }
                         }
                     }
                 }
@@ -376,6 +461,14 @@ pub fn parse(kind: Kind, p: &Params, text: &str) -> anyhow::Result<Answer> {
         }
     }
     Ok(out)
+}
+
+/// The `hostname` of a tsvault or InfluxDB series' tags.
+fn hostname(tags: &Value) -> anyhow::Result<String> {
+    Ok(tags["hostname"]
+        .as_str()
+        .context("no hostname tag")?
+        .to_string())
 }
 
 fn field_of(metric: &str) -> anyhow::Result<String> {

@@ -26,6 +26,9 @@ pub struct Row {
     pub unit: &'static str,
     pub better: Better,
     pub cells: [Cell; 4],
+    /// The smallest difference the figure can show: values below it count as it in the
+    /// ratio (a lag of 0.0001 s is not ten times better than one of 0.001 s).
+    pub resolution: f64,
 }
 
 impl Row {
@@ -35,7 +38,14 @@ impl Row {
             unit,
             better,
             cells: [Cell::Empty, Cell::Empty, Cell::Empty, Cell::Empty],
+            resolution: 0.0,
         }
+    }
+
+    /// The figure's resolution (see [`Row::resolution`]).
+    pub fn with_resolution(mut self, resolution: f64) -> Row {
+        self.resolution = resolution;
+        self
     }
 
     pub fn set(mut self, column: usize, value: f64) -> Row {
@@ -48,8 +58,9 @@ impl Row {
         let Cell::Num(ours) = self.cells[0] else {
             return None;
         };
+        let ours = ours.max(self.resolution);
         let peers = self.cells[1..].iter().filter_map(|c| match c {
-            Cell::Num(v) => Some(*v),
+            Cell::Num(v) => Some(v.max(self.resolution)),
             _ => None,
         });
         let best = match self.better {
@@ -72,6 +83,7 @@ impl Row {
             "samples/s" => format!("{} samples/s", thousands(v.round() as u64)),
             "bytes/sample" => format!("{v:.3}"),
             "ms" => format!("{v:.2} ms"),
+            "s" if v < 10.0 => format!("{v:.3} s"),
             "s" => format!("{v:.2} s"),
             "MiB" => format!("{v:.1} MiB"),
             "MiB/s" => format!("{v:.1} MiB/s"),
@@ -94,11 +106,14 @@ impl Row {
     }
 }
 
-/// A markdown table of `rows`.
-pub fn markdown(rows: &[Row]) -> String {
-    let mut s = String::from(
-        "| figure | tsvault | VictoriaMetrics | InfluxDB | restic | tsvault ÷ best peer |\n|---|---|---|---|---|---|\n",
-    );
+/// A markdown table of `rows`, each system's column headed by its name and `versions[i]`
+/// (the version measured stands next to every figure).
+pub fn markdown(rows: &[Row], versions: &[String; 4]) -> String {
+    let mut s = String::from("| figure |");
+    for (name, v) in COLUMNS.iter().zip(versions) {
+        s.push_str(&format!(" {name} {v} |"));
+    }
+    s.push_str(" tsvault ÷ best peer |\n|---|---|---|---|---|---|\n");
     for r in rows {
         s.push_str(&format!("| {} |", r.figure));
         for c in &r.cells {
@@ -150,6 +165,13 @@ mod tests {
         assert_eq!(r.leads(), Some(false));
         let r = Row::new("backup", "s", Better::Lower).set(1, 1.0);
         assert_eq!(r.ratio(), None);
+        let r = Row::new("lag", "s", Better::Lower)
+            .with_resolution(0.01)
+            .set(0, 0.0001)
+            .set(1, 0.001)
+            .set(2, 1.0);
+        assert_eq!(r.ratio(), Some(1.0), "both below the resolution: a tie");
+        assert_eq!(r.leads(), Some(true));
         assert_eq!(thousands(1234567), "1,234,567");
         assert_eq!(thousands(12), "12");
     }

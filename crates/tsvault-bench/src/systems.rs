@@ -42,6 +42,62 @@ pub struct Running {
     /// Everything the system stores lives under this directory.
     pub data_dir: PathBuf,
     agent: ureq::Agent,
+    /// The process's anonymous memory, polled from its start.
+    memory: MemoryWatch,
+    /// How the system was started: its command line, and for tsvault its start-up line.
+    pub started_as: String,
+}
+
+/// Polls a process's `RssAnon` (its resident anonymous memory: heap and stacks, not the
+/// pages of files it maps or reads) every [`MEMORY_POLL`], keeping the largest value seen.
+/// `VmHWM`, the kernel's own peak, also counts mapped file pages, which flatters a system that
+/// reads its files over one that maps them; both are reported.
+struct MemoryWatch {
+    peak_anon_kib: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// How often [`MemoryWatch`] reads `/proc/<pid>/status`.
+const MEMORY_POLL: Duration = Duration::from_millis(20);
+
+impl MemoryWatch {
+    fn start(pid: u32) -> MemoryWatch {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicU64};
+        let peak_anon_kib = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (peak, stopped) = (peak_anon_kib.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stopped.load(Ordering::Relaxed) {
+                match status_kib(pid, "RssAnon:") {
+                    Some(kib) => {
+                        peak.fetch_max(kib, Ordering::Relaxed);
+                    }
+                    None => return, // the process is gone
+                }
+                std::thread::sleep(MEMORY_POLL);
+            }
+        });
+        MemoryWatch {
+            peak_anon_kib,
+            stop,
+        }
+    }
+}
+
+impl Drop for MemoryWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Peak memory of a system, in MiB.
+#[derive(Debug, Clone, Copy)]
+pub struct PeakMemory {
+    /// The largest `RssAnon` polled.
+    pub anon_mib: f64,
+    /// `VmHWM`: the kernel's peak resident set, mapped file pages included.
+    pub hwm_mib: f64,
 }
 
 /// A port on loopback that was free a moment ago.
@@ -76,11 +132,30 @@ impl Running {
     ) -> anyhow::Result<Running> {
         std::fs::create_dir_all(data_dir)?;
         let agent = http::agent();
+        let started_as;
         let (mut child, base) = match kind {
             Kind::Tsvault => {
-                let mut child = Command::new(tsvault_bin)
-                    .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-                    .arg(data_dir)
+                let mut cmd = Command::new(tsvault_bin);
+                // Nothing from the shell's environment (TSVAULT_FSYNC=interval, a config
+                // file, failpoints) changes what is measured: only the flags below.
+                for (key, _) in std::env::vars_os() {
+                    if key.to_string_lossy().starts_with("TSVAULT_") {
+                        cmd.env_remove(&key);
+                    }
+                }
+                cmd.env_remove("FAILPOINTS");
+                cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+                    .arg(data_dir);
+                // Durable acknowledgements, said explicitly, unless the caller chose otherwise.
+                let fsync_wanted = match tsvault_args.iter().position(|a| a == "--fsync") {
+                    Some(i) => tsvault_args.get(i + 1).cloned().unwrap_or_default(),
+                    None => {
+                        cmd.args(["--fsync", "always"]);
+                        "always".to_string()
+                    }
+                };
+                let cmdline = format!("{cmd:?} {}", tsvault_args.join(" "));
+                let mut child = cmd
                     .args(tsvault_args)
                     .stdin(Stdio::null())
                     .stdout(Stdio::null())
@@ -91,29 +166,37 @@ impl Running {
                 let (tx, rx) = mpsc::channel();
                 std::thread::spawn(move || {
                     for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                        if let Some(rest) = line.split("listening on http://").nth(1) {
-                            let _ = tx.send(
-                                rest.split([',', ' '])
-                                    .next()
-                                    .unwrap_or_default()
-                                    .to_string(),
-                            );
+                        if line.contains("listening on http://") {
+                            let _ = tx.send(line);
                         }
                     }
                 });
-                let addr = rx
+                let line = rx
                     .recv_timeout(Duration::from_secs(60))
                     .context("tsvault did not log its address within 60 s")?;
+                let addr = line
+                    .split("listening on http://")
+                    .nth(1)
+                    .and_then(|rest| rest.split([',', ' ']).next())
+                    .context("tsvault's start-up line without an address")?
+                    .to_string();
+                ensure!(
+                    line.contains(&format!("fsync {fsync_wanted}")),
+                    "tsvault was asked for --fsync {fsync_wanted} but its start-up line says otherwise: {line}"
+                );
+                started_as = format!("{cmdline}; it logged: {}", line.trim());
                 (child, format!("http://{addr}"))
             }
             Kind::Victoria => {
                 let port = free_port()?;
-                let mut child = Command::new("victoria-metrics")
-                    .arg(format!("-storageDataPath={}", data_dir.display()))
+                let mut cmd = Command::new("victoria-metrics");
+                cmd.arg(format!("-storageDataPath={}", data_dir.display()))
                     .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
                     // The data is from 2016; the default retention (1 month) would drop it.
                     .arg("-retentionPeriod=100y")
-                    .arg("-loggerLevel=ERROR")
+                    .arg("-loggerLevel=ERROR");
+                started_as = format!("{cmd:?}");
+                let mut child = cmd
                     .stdin(Stdio::null())
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
@@ -130,7 +213,18 @@ impl Running {
                 let port = free_port()?;
                 let rpc = free_port()?;
                 let conf = data_dir.with_extension("conf");
-                std::fs::write(&conf, influx_config(data_dir, port, rpc))?;
+                let config = influx_config(data_dir, port, rpc);
+                std::fs::write(&conf, &config)?;
+                started_as = format!(
+                    "influxd -config {} ({})",
+                    conf.display(),
+                    config
+                        .lines()
+                        .filter(|l| l.contains("cold-duration"))
+                        .map(str::trim)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
                 let mut child = Command::new("influxd")
                     .arg("-config")
                     .arg(&conf)
@@ -156,12 +250,15 @@ impl Running {
         if let Some(status) = child.try_wait()? {
             bail!("{} exited at start with {status}", kind.name());
         }
+        let memory = MemoryWatch::start(child.id());
         Ok(Running {
             kind,
             child,
             base,
             data_dir: data_dir.to_path_buf(),
             agent,
+            memory,
+            started_as,
         })
     }
 
@@ -173,9 +270,18 @@ impl Running {
         }
     }
 
-    /// The process's peak resident memory so far (VmHWM), in KiB.
-    pub fn peak_rss_kib(&self) -> u64 {
-        peak_rss_kib(self.child.id())
+    /// The process's peak memory since it started.
+    pub fn peak_memory(&self) -> PeakMemory {
+        let now_anon = status_kib(self.child.id(), "RssAnon:").unwrap_or(0);
+        let anon = self
+            .memory
+            .peak_anon_kib
+            .fetch_max(now_anon, Ordering::Relaxed)
+            .max(now_anon);
+        PeakMemory {
+            anon_mib: anon as f64 / 1024.0,
+            hwm_mib: status_kib(self.child.id(), "VmHWM:").unwrap_or(0) as f64 / 1024.0,
+        }
     }
 
     /// Samples stored with timestamps in `[start_ms, end_ms)`, through each system's query
@@ -317,12 +423,16 @@ impl Running {
     }
 
     /// Makes the system write everything to its final on-disk form and waits until it is
-    /// quiet, so that the directory size is the settled size:
-    /// - tsvault: `POST /api/admin/flush` then `POST /api/admin/compact`;
-    /// - VictoriaMetrics: `/internal/force_flush` then `/internal/force_merge`, then waits until
-    ///   no merge is active, no row is pending and the directory size held for 2 s;
-    /// - InfluxDB (configured with 5 s cold durations, see [`influx_config`]): waits until the
-    ///   WAL is empty, no compaction is active and the directory size held for 8 s.
+    /// quiet, so that the directory size is the settled size; returns the time from the start
+    /// to the last change seen (in the directory's size or the system's own busy counters),
+    /// not the quiet period held after it to be sure:
+    /// - tsvault: `POST /api/admin/flush` then `POST /api/admin/compact`, then its directory
+    ///   must hold still for 2 s;
+    /// - VictoriaMetrics: `/internal/force_flush` then `/internal/force_merge`, then no merge
+    ///   active, no row pending, and the directory held still for 2 s;
+    /// - InfluxDB (configured with 5 s cold durations, see [`influx_config`]): the WAL empty,
+    ///   no compaction active, and the directory held still for 8 s (its cold-duration timers
+    ///   can start work after 5 quiet seconds).
     pub fn settle(&self) -> anyhow::Result<Duration> {
         self.settle_with(true)
     }
@@ -334,7 +444,7 @@ impl Running {
     /// before). What a backup finds after more data arrived in normal running.
     pub fn settle_with(&self, merge: bool) -> anyhow::Result<Duration> {
         let t = Instant::now();
-        match self.kind {
+        let last_change = match self.kind {
             Kind::Tsvault => {
                 let paths: &[&str] = if merge {
                     &["/api/admin/flush", "/api/admin/compact"]
@@ -349,6 +459,7 @@ impl Running {
                         b"",
                     )?;
                 }
+                self.wait_quiet(Duration::from_secs(2), |_| Ok(true))?
             }
             Kind::Victoria => {
                 http::get(
@@ -372,56 +483,82 @@ impl Running {
                             && l.split_whitespace().last() != Some("0")
                     });
                     Ok(!busy)
-                })?;
+                })?
             }
-            Kind::Influx => {
-                self.wait_quiet(Duration::from_secs(8), |me| {
-                    let wal = dir_bytes(&me.data_dir.join("wal"))?;
-                    let vars: Value = serde_json::from_str(&http::get(
-                        &me.agent,
-                        &format!("{}/debug/vars", me.base),
-                        &[],
-                    )?)?;
-                    let mut active = 0;
-                    for v in vars.as_object().into_iter().flat_map(|o| o.values()) {
-                        if v["name"] == "tsm1_engine" {
-                            for (k, n) in v["values"].as_object().into_iter().flatten() {
-                                if k.ends_with("Active") {
-                                    active += n.as_u64().unwrap_or(0);
-                                }
+            Kind::Influx => self.wait_quiet(Duration::from_secs(8), |me| {
+                let wal = dir_size(&me.data_dir.join("wal"))?.apparent;
+                let vars: Value = serde_json::from_str(&http::get(
+                    &me.agent,
+                    &format!("{}/debug/vars", me.base),
+                    &[],
+                )?)?;
+                let mut active = 0;
+                for v in vars.as_object().into_iter().flat_map(|o| o.values()) {
+                    if v["name"] == "tsm1_engine" {
+                        for (k, n) in v["values"].as_object().into_iter().flatten() {
+                            if k.ends_with("Active") {
+                                active += n.as_u64().unwrap_or(0);
                             }
                         }
                     }
-                    Ok(wal == 0 && active == 0)
-                })?;
-            }
-        }
-        Ok(t.elapsed())
+                }
+                Ok(wal == 0 && active == 0)
+            })?,
+        };
+        Ok(last_change.saturating_duration_since(t))
     }
 
-    /// Polls every 250 ms until `quiet` holds and the directory size has not changed for
-    /// `hold`; gives up after 10 minutes.
+    /// Polls every [`QUIET_POLL`] until `quiet` holds and the directory (allocated and
+    /// apparent bytes) has not changed for `hold`; returns the last moment anything changed
+    /// (the size, or `quiet` not holding), at the earliest the call itself. Gives up after 10
+    /// minutes.
     fn wait_quiet(
         &self,
         hold: Duration,
         quiet: impl Fn(&Running) -> anyhow::Result<bool>,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Instant> {
         let t = Instant::now();
-        let mut last = (u64::MAX, Instant::now());
+        let mut size = dir_size(&self.data_dir)?;
+        let mut last_change = t;
         loop {
-            let size = dir_bytes(&self.data_dir)?;
-            if size != last.0 {
-                last = (size, Instant::now());
-            }
-            if quiet(self)? && last.1.elapsed() >= hold {
-                return Ok(());
+            std::thread::sleep(QUIET_POLL);
+            let now_size = dir_size(&self.data_dir)?;
+            let is_quiet = quiet(self)?;
+            if now_size != size || !is_quiet {
+                size = now_size;
+                last_change = Instant::now();
+            } else if last_change.elapsed() >= hold {
+                return Ok(last_change);
             }
             ensure!(
                 t.elapsed() < Duration::from_secs(600),
                 "{} did not settle within 10 minutes",
                 self.kind.name()
             );
-            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Stops the process as its operator would (SIGTERM: each system flushes what it holds
+    /// and exits) and waits for it to exit, at most 5 minutes.
+    pub fn stop_gracefully(mut self) -> anyhow::Result<()> {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill").args(["-TERM", &pid]).status()?;
+        ensure!(status.success(), "kill -TERM {pid} failed");
+        let t = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                ensure!(
+                    status.success() || self.kind != Kind::Tsvault,
+                    "tsvault exited with {status} after SIGTERM"
+                );
+                return Ok(());
+            }
+            ensure!(
+                t.elapsed() < Duration::from_secs(300),
+                "{} still running 5 minutes after SIGTERM",
+                self.kind.name()
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -431,6 +568,9 @@ impl Running {
         let _ = self.child.wait();
     }
 }
+
+/// How often [`Running::wait_quiet`] looks: the resolution of the settle figures.
+const QUIET_POLL: Duration = Duration::from_millis(100);
 
 impl Drop for Running {
     fn drop(&mut self) {
@@ -471,26 +611,38 @@ pub fn prom_time(ms: i64) -> String {
     format!("{}.{:03}", ms.div_euclid(1000), ms.rem_euclid(1000))
 }
 
-/// VmHWM of process `pid`, in KiB (0 if it cannot be read).
-pub fn peak_rss_kib(pid: u32) -> u64 {
+/// A `KiB` line of `/proc/<pid>/status` (`VmHWM:`, `RssAnon:`), or `None` if the process
+/// is gone.
+fn status_kib(pid: u32, key: &str) -> Option<u64> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with(key))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
-/// Bytes of all files under `p` (0 if it does not exist).
-pub fn dir_bytes(p: &Path) -> anyhow::Result<u64> {
+/// The size of a directory tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DirSize {
+    /// Bytes of the blocks allocated to its files (`st_blocks`): what the disk holds. A
+    /// sparse or preallocated file counts only what is written.
+    pub allocated: u64,
+    /// Bytes of its files' lengths.
+    pub apparent: u64,
+}
+
+/// The size of all files under `p` (zero if it does not exist).
+pub fn dir_size(p: &Path) -> anyhow::Result<DirSize> {
+    use std::os::unix::fs::MetadataExt;
     let entries = match std::fs::read_dir(p) {
         Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(DirSize::default()),
         Err(e) => return Err(e).with_context(|| format!("listing {}", p.display())),
     };
-    let mut total = 0;
+    let mut total = DirSize::default();
     for e in entries {
         let e = e?;
         let md = match e.metadata() {
@@ -499,13 +651,40 @@ pub fn dir_bytes(p: &Path) -> anyhow::Result<u64> {
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
             Err(err) => return Err(err.into()),
         };
-        total += if md.is_dir() {
-            dir_bytes(&e.path())?
+        if md.is_dir() {
+            let sub = dir_size(&e.path())?;
+            total.allocated += sub.allocated;
+            total.apparent += sub.apparent;
         } else {
-            md.len()
-        };
+            total.allocated += md.blocks() * 512;
+            total.apparent += md.len();
+        }
     }
     Ok(total)
+}
+
+/// The file system that holds `p`: its type and device, from `/proc/self/mounts` (the
+/// mount point that is the longest prefix of `p`'s canonical path). An fsync on tmpfs costs
+/// nothing, so the results say where the data lived.
+pub fn file_system_of(p: &Path) -> anyhow::Result<String> {
+    let p = std::fs::canonicalize(p).with_context(|| format!("resolving {}", p.display()))?;
+    let mounts = std::fs::read_to_string("/proc/self/mounts")?;
+    let mut best: Option<(usize, String)> = None;
+    for line in mounts.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let [dev, point, fstype, ..] = f[..] else {
+            continue;
+        };
+        let point_path = Path::new(point);
+        if p.starts_with(point_path) {
+            let depth = point_path.components().count();
+            if best.as_ref().is_none_or(|(d, _)| depth >= *d) {
+                best = Some((depth, format!("{fstype} on {dev} (mounted at {point})")));
+            }
+        }
+    }
+    best.map(|(_, s)| s)
+        .with_context(|| format!("no mount holds {}", p.display()))
 }
 
 /// Posts every batch to `url` from `clients` threads sharing one queue; returns when every
