@@ -73,6 +73,12 @@ impl Restic<'_> {
         timed(self.cmd().arg("backup").arg(dir))
     }
 
+    /// [`Restic::backup`] without compression (restic compresses with zstd by default, files
+    /// that are compressed already included).
+    pub fn backup_uncompressed(&self, dir: &Path) -> anyhow::Result<Duration> {
+        timed(self.cmd().args(["backup", "--compression", "off"]).arg(dir))
+    }
+
     /// Restores the latest snapshot under `target` (which then holds the absolute paths).
     pub fn restore(&self, target: &Path) -> anyhow::Result<Duration> {
         timed(

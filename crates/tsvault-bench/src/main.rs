@@ -87,6 +87,11 @@ struct Args {
     /// the maximum and called so).
     #[arg(long, default_value_t = 1000)]
     query_runs: usize,
+    /// Rounds of loading each system (each into a new directory, the systems' order
+    /// rotating; the ingest, memory and disk figures are the medians). Default: 3, or 1 with
+    /// --smoke or --backups-only (whose loads take minutes each).
+    #[arg(long)]
+    load_rounds: Option<usize>,
     /// Skip the backup and restore figures.
     #[arg(long)]
     no_backup: bool,
@@ -152,8 +157,8 @@ fn main() -> anyhow::Result<()> {
         "--clients, --batch-lines and --query-runs must be at least 1"
     );
     ensure!(
-        args.backup_rounds != Some(0),
-        "--backup-rounds must be at least 1"
+        args.backup_rounds != Some(0) && args.load_rounds != Some(0),
+        "--backup-rounds and --load-rounds must be at least 1"
     );
     ensure!(
         !args.backups_only || args.peers.contains(&Peer::VictoriaMetrics),
@@ -364,44 +369,9 @@ fn run_variant(
     };
 
     // Load, settle and measure each system alone: the others stopped, the page cache's
-    // dirty pages written back before it starts, so none pays for another's work.
-    let mut ingest_ack = Row::new(
-        "ingest, every write acknowledged",
-        "samples/s",
-        Better::Higher,
-    );
-    let mut ingest_settled = Row::new(
-        "ingest, from the first write to settled on disk",
-        "samples/s",
-        Better::Higher,
-    );
-    // Counted every 10 ms at best: no finer lag is told apart.
-    let mut lag = Row::new(
-        "visibility lag: last acknowledgement to every sample queryable",
-        "s",
-        Better::Lower,
-    )
-    .with_resolution(0.01);
-    let mut settle = Row::new(
-        "time to settle after ingest (flush, compaction; to the last change)",
-        "s",
-        Better::Lower,
-    );
-    let mut anon = Row::new(
-        "peak anonymous memory, ingest and settle (RssAnon)",
-        "MiB",
-        Better::Lower,
-    );
-    let mut hwm = Row::new(
-        "peak resident memory, ingest and settle (VmHWM, mapped files included)",
-        "MiB",
-        Better::Lower,
-    );
-    let mut disk = Row::new(
-        "bytes on disk per sample, settled (allocated blocks)",
-        "bytes/sample",
-        Better::Lower,
-    );
+    // dirty pages written back before it starts, so none pays for another's write-back or
+    // shares the CPU with another's merges; in rounds, each into a new directory, the
+    // systems' order rotating, every figure the median of the rounds.
     let kinds: Vec<(usize, Kind)> = Kind::ALL
         .into_iter()
         .enumerate()
@@ -411,86 +381,112 @@ fn run_variant(
             Kind::Influx => !args.backups_only && args.peers.contains(&Peer::Influxdb),
         })
         .collect();
-    let start_on_its_data = |kind: Kind| {
-        Running::start(
-            kind,
-            &root.path().join(kind.name()),
-            tsvault_bin,
-            &serve_args,
-        )
-    };
+    let load_rounds = args
+        .load_rounds
+        .unwrap_or(if args.backups_only || args.smoke {
+            1
+        } else {
+            3
+        });
+    let dir_of = |kind: Kind, round: usize| root.path().join(format!("{}-{round}", kind.name()));
+    let last_dir = |kind: Kind| dir_of(kind, load_rounds - 1);
+    // Per system (in `kinds`' order), one measure per round.
+    let mut loads: Vec<Vec<LoadMeasure>> = vec![Vec::new(); kinds.len()];
     let mut started_as = Vec::new();
-    for &(col, kind) in &kinds {
-        write_back()?;
-        let sys = start_on_its_data(kind)?;
-        started_as.push(format!("{}: `{}`", kind.name(), sys.started_as));
-        let pb = bar(wl.lines(), &format!("loading {}", kind.name()));
-        let t0 = Instant::now();
-        let (_, sent) = wl.load_main(&sys.write_url(), args.clients, &pb)?;
-        let acked = t0.elapsed();
-        pb.finish_and_clear();
-        // Queryable: once the system says so, checked by counting every sample; should the
-        // count fall short, the start of the first count query that sees every sample.
-        sys.wait_searchable()?;
-        let visible = loop {
-            let t = t0.elapsed();
-            let got = sys.count_samples(workload::START_MS, wl.end_ms())?;
-            if got == n {
-                break t;
+    for round in 0..load_rounds {
+        for ki in balanced_order(kinds.len(), round) {
+            let kind = kinds[ki].1;
+            write_back()?;
+            let sys = Running::start(kind, &dir_of(kind, round), tsvault_bin, &serve_args)?;
+            if round == 0 {
+                started_as.push(format!("{}: `{}`", kind.name(), sys.started_as));
             }
-            ensure!(
-                got < n,
-                "{} holds {got} samples, more than the {n} written",
-                kind.name()
+            let m = load_one(&sys, &wl, args.clients)?;
+            say!(
+                "{} (load round {} of {load_rounds}): {:.1} MiB of line protocol acked in {:.2} s ({:.0} samples/s), the last hour queryable {:.3} s later, settled {:.2} s after the last acknowledgement ({:.0} samples/s from first write to settled), peak RssAnon {:.1} MiB, VmHWM {:.1} MiB, {} bytes allocated on disk after a forced merge ({:.3} bytes/sample; {} apparent)",
+                kind.name(),
+                round + 1,
+                m.sent_bytes as f64 / 1048576.0,
+                m.acked_s,
+                n as f64 / m.acked_s,
+                m.lag_s,
+                m.settle_s,
+                n as f64 / (m.acked_s + m.settle_s),
+                m.memory.anon_mib,
+                m.memory.hwm_mib,
+                m.size.allocated,
+                m.size.allocated as f64 / n as f64,
+                m.size.apparent
             );
-            ensure!(
-                t0.elapsed() < acked + Duration::from_secs(300),
-                "{} shows {got} of {n} samples 5 minutes after the last acknowledgement",
-                kind.name()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        let settle_from = t0.elapsed();
-        let settle_time = sys.settle()?;
-        let settled_at = settle_from + settle_time;
-        let mem = sys.peak_memory();
-        let size = dir_size(&sys.data_dir)?;
-        ensure!(
-            sys.count_samples(workload::START_MS, wl.end_ms())? == n,
-            "{} lost samples while settling",
-            kind.name()
-        );
-        say!(
-            "{}: {:.1} MiB of line protocol acked in {:.2} s ({:.0} samples/s), all queryable {:.3} s later, settled {:.2} s after that ({:.0} samples/s from first write to settled), peak RssAnon {:.1} MiB, VmHWM {:.1} MiB, {} bytes allocated on disk ({:.3} bytes/sample; {} apparent)",
-            kind.name(),
-            sent as f64 / 1048576.0,
-            acked.as_secs_f64(),
-            n as f64 / acked.as_secs_f64(),
-            (visible - acked).as_secs_f64(),
-            settle_time.as_secs_f64(),
-            n as f64 / settled_at.as_secs_f64(),
-            mem.anon_mib,
-            mem.hwm_mib,
-            size.allocated,
-            size.allocated as f64 / n as f64,
-            size.apparent
-        );
-        ingest_ack = ingest_ack.set(col, n as f64 / acked.as_secs_f64());
-        ingest_settled = ingest_settled.set(col, n as f64 / settled_at.as_secs_f64());
-        lag = lag.set(col, (visible - acked).as_secs_f64());
-        settle = settle.set(col, settle_time.as_secs_f64());
-        anon = anon.set(col, mem.anon_mib);
-        hwm = hwm.set(col, mem.hwm_mib);
-        disk = disk.set(col, size.allocated as f64 / n as f64);
-        sys.stop_gracefully()?;
+            sys.stop_gracefully()?;
+            if round + 1 < load_rounds {
+                std::fs::remove_dir_all(dir_of(kind, round))?;
+            }
+            loads[ki].push(m);
+        }
     }
-    notes.push(format!("Systems as run: {}.", started_as.join("; ")));
-    // Every system started again on its data, each must hold every sample: what the queries
-    // and backups run against.
+    notes.push(format!(
+        "Systems as run, each with an environment of PATH alone: {}.",
+        started_as.join("; ")
+    ));
+    let mut ingest_settled = Row::new(
+        "ingest, from the first write to settled on disk",
+        "samples/s",
+        Better::Higher,
+    );
+    let mut ingest_ack = Row::new(
+        "ingest, every write acknowledged",
+        "samples/s",
+        Better::Higher,
+    );
+    // Counted every 10 ms at best: no finer lag is told apart.
+    let mut lag = Row::new(
+        "visibility lag: last acknowledgement to the last hour queryable",
+        "s",
+        Better::Lower,
+    )
+    .with_resolution(0.01);
+    // Polled every 100 ms.
+    let mut settle = Row::new(
+        "time to settle: last acknowledgement to the last change on disk",
+        "s",
+        Better::Lower,
+    )
+    .with_resolution(0.1);
+    let mut anon = Row::new(
+        "peak anonymous memory, ingest and settle (RssAnon)",
+        "MiB",
+        Better::Lower,
+    );
+    // Not a comparison: it counts the pages of files a system maps, and only the peers map.
+    let mut hwm = Row::new(
+        "peak resident memory, ingest and settle (VmHWM, mapped files included)",
+        "MiB",
+        Better::Lower,
+    )
+    .informational();
+    let mut disk = Row::new(
+        "bytes on disk per sample, merged (allocated blocks)",
+        "bytes/sample",
+        Better::Lower,
+    );
+    for ((col, _), ms) in kinds.iter().zip(&loads) {
+        let col = *col;
+        let med = |f: &dyn Fn(&LoadMeasure) -> f64| median(ms.iter().map(f).collect());
+        ingest_settled = ingest_settled.set(col, med(&|m| n as f64 / (m.acked_s + m.settle_s)));
+        ingest_ack = ingest_ack.set(col, med(&|m| n as f64 / m.acked_s));
+        lag = lag.set(col, med(&|m| m.lag_s));
+        settle = settle.set(col, med(&|m| m.settle_s));
+        anon = anon.set(col, med(&|m| m.memory.anon_mib));
+        hwm = hwm.set(col, med(&|m| m.memory.hwm_mib));
+        disk = disk.set(col, med(&|m| m.size.allocated as f64 / n as f64));
+    }
+    // Every system started again on its last round's data, each must hold every sample:
+    // what the queries and backups run against.
     write_back()?;
     let mut running = Vec::new();
     for &(_, kind) in &kinds {
-        let sys = start_on_its_data(kind)?;
+        let sys = Running::start(kind, &last_dir(kind), tsvault_bin, &serve_args)?;
         sys.wait_searchable()?;
         let got = sys.count_samples(workload::START_MS, wl.end_ms())?;
         ensure!(
@@ -508,20 +504,22 @@ fn run_variant(
             _ => None,
         })
         .fold(0.0, f64::max);
-    let mut rows = match null_rate {
-        Some(null_rate) => {
-            notes.push(format!(
-                "Client ceiling: the same client pushes {} samples/s into a null endpoint, {:.1}x the fastest system's rate{}.",
-                null_rate.round(),
-                null_rate / fastest,
-                if null_rate >= 2.0 * fastest { "" } else { " (less than 2x: the client may limit these figures)" }
-            ));
-            vec![ingest_ack, ingest_settled, lag, settle, anon, hwm, disk]
-        }
-        // A streamed load is generated by a thread of the same machine while it is sent:
-        // its rates are not comparable with the full run's (they are printed above).
-        None => vec![lag, settle, anon, hwm, disk],
-    };
+    notes.push(format!(
+        "Ingest: each system loaded alone, the others stopped; {load_rounds} round(s), each into a new directory, the systems' order rotating; medians. tsvault acknowledges a write once it is in its fsynced WAL and holds it in its in-memory head until the head reaches 32 M samples: the acknowledged rate defers that encoding, the rate to settled counts it."
+    ));
+    let mut rows = vec![ingest_settled, ingest_ack, lag, settle, anon, hwm, disk];
+    match null_rate {
+        Some(null_rate) => notes.push(format!(
+            "Client ceiling: the same client pushes {} samples/s into a null endpoint, {:.1}x the fastest system's rate{}.",
+            null_rate.round(),
+            null_rate / fastest,
+            if null_rate >= 2.0 * fastest { "" } else { " (less than 2x: the client may limit these figures)" }
+        )),
+        // A streamed load is generated by a thread of the same machine while it is sent.
+        None => notes.push(
+            "The load was generated while it was sent (--backups-only), by a thread of the same machine: its rates compare the systems with each other, not with a run whose load is held in memory.".into(),
+        ),
+    }
     if !args.backups_only {
         queries(args, &wl, &running, &mut rows, &mut notes)?;
     }
@@ -552,6 +550,96 @@ fn run_variant(
         sys.stop();
     }
     Ok((title, rows, notes))
+}
+
+/// How many times each incremental is timed: into as many copies of the repository its
+/// full went into (median).
+const INCREMENTAL_COPIES: usize = 5;
+
+/// A copy of repository `from` at `to` whose files are hard links (`cp -al`): backup
+/// repositories (tsvault's, restic's) only ever add files and remove their own locks, so a
+/// copy costs no space and each incremental into one leaves the others as they were.
+fn link_copy(from: &Path, to: &Path) -> anyhow::Result<()> {
+    backup::timed(
+        std::process::Command::new("cp")
+            .arg("-al")
+            .arg(from)
+            .arg(to),
+    )
+    .map(|_| ())
+}
+
+/// A copy of `from` at `to` with files of its own (`cp -a`), for a destination whose files
+/// its tool may rewrite in place (vmbackup's).
+fn full_copy(from: &Path, to: &Path) -> anyhow::Result<()> {
+    backup::timed(std::process::Command::new("cp").arg("-a").arg(from).arg(to)).map(|_| ())
+}
+
+/// What one load of one system measured.
+#[derive(Debug, Clone)]
+struct LoadMeasure {
+    sent_bytes: u64,
+    /// From the first request to the last acknowledgement.
+    acked_s: f64,
+    /// From the last acknowledgement to the start of the first count that sees every sample
+    /// of the last hour.
+    lag_s: f64,
+    /// From the last acknowledgement to the last change of the settle.
+    settle_s: f64,
+    /// Through ingest and settle.
+    memory: systems::PeakMemory,
+    /// After a forced merge.
+    size: systems::DirSize,
+}
+
+/// Loads the main load into `sys` and measures it: acknowledged, the lag until the last
+/// hour of data is queryable (a count of that hour), settled (the system's own flush and
+/// background merges, timed to the last change), peak memory at that point; then, untimed, a
+/// forced merge into the final form, its size, and a count of every sample.
+fn load_one(sys: &Running, wl: &Workload, clients: usize) -> anyhow::Result<LoadMeasure> {
+    let n = wl.samples();
+    let name = sys.kind.name();
+    let pb = bar(wl.lines(), &format!("loading {name}"));
+    let t0 = Instant::now();
+    let (_, sent_bytes) = wl.load_main(&sys.write_url(), clients, &pb)?;
+    let acked = t0.elapsed();
+    pb.finish_and_clear();
+    // Queryable: once the system says so, checked by counting the last hour of samples;
+    // should the count fall short, the start of the first count that sees all of them.
+    let hour_from = (wl.end_ms() - 3_600_000).max(workload::START_MS);
+    let hour_samples = wl.samples_in(hour_from, wl.end_ms());
+    sys.wait_searchable()?;
+    let visible = loop {
+        let t = t0.elapsed();
+        let got = sys.count_samples(hour_from, wl.end_ms())?;
+        if got == hour_samples {
+            break t;
+        }
+        ensure!(
+            got < hour_samples,
+            "{name} holds {got} samples in the last hour, more than the {hour_samples} written"
+        );
+        ensure!(
+            t0.elapsed() < acked + Duration::from_secs(300),
+            "{name} shows {got} of {hour_samples} samples of the last hour 5 minutes after the last acknowledgement"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let settle_from = t0.elapsed();
+    let settled = settle_from + sys.settle_with(false)?;
+    let memory = sys.peak_memory();
+    sys.settle()?;
+    let size = dir_size(&sys.data_dir)?;
+    let got = sys.count_samples(workload::START_MS, wl.end_ms())?;
+    ensure!(got == n, "{name} holds {got} of the {n} samples written");
+    Ok(LoadMeasure {
+        sent_bytes,
+        acked_s: acked.as_secs_f64(),
+        lag_s: (visible - acked).as_secs_f64(),
+        settle_s: (settled - acked).as_secs_f64(),
+        memory,
+        size,
+    })
 }
 
 /// Writes every dirty page back (`sync`), so that the next timed step does not pay for the
@@ -599,8 +687,7 @@ fn queries(
         let qt = p.qt;
         distinct[qi].insert((p.start_ms, p.end_ms, p.hosts.clone()));
         let mut answers: Vec<Option<queries::Answer>> = vec![None; running.len()];
-        for j in 0..running.len() {
-            let si = (k + j) % running.len();
+        for si in balanced_order(running.len(), k) {
             let sys = &running[si];
             let send = |req: &queries::Request| match req {
                 queries::Request::Get { path, params } => {
@@ -618,7 +705,7 @@ fn queries(
             let text =
                 send(&req).with_context(|| format!("{} on {}", qt.name(), sys.kind.name()))?;
             lat[qi][si].push(t.elapsed().as_secs_f64() * 1000.0);
-            let mut answer = queries::parse(sys.kind, p, &text).with_context(|| {
+            let mut answer = queries::parse_answer(sys.kind, p, &text).with_context(|| {
                 format!(
                     "{} answer of {} to {p:?}: {}",
                     qt.name(),
@@ -628,7 +715,7 @@ fn queries(
             })?;
             if let Some(times) = queries::times_request(sys.kind, p) {
                 let text = send(&times)?;
-                answer = queries::with_times(answer, &text).with_context(|| {
+                answer = queries::with_times(sys.kind, answer, &text).with_context(|| {
                     format!("{} times of {} to {p:?}", qt.name(), sys.kind.name())
                 })?;
             }
@@ -687,7 +774,7 @@ fn queries(
         rows.push(high);
     }
     notes.push(format!(
-        "Answers: all {} query instances ({} per type; distinct instances per type: {}) answered the same numbers on {} ({} data points compared with each peer; lastpoint compared on each series' last time and value). The instances of all types were sent in one shuffled order, each to every system with the systems taking turns at going first; {tail} is {}.",
+        "Answers: all {} query instances ({} per type; distinct instances per type: {}) answered the same numbers on {} ({} data points compared with each peer; lastpoint compared on each series' last time and value). The instances of all types were sent in one shuffled order, each to every system, the systems' order through every permutation in turn (a balanced Latin square); {tail} is {}.",
         order.len(),
         args.query_runs,
         QueryType::ALL
@@ -744,9 +831,12 @@ fn next_round<const N: usize>(
 /// plain path).
 fn tools<'a>(
     tsvault_bin: &'a Path,
-    [tsv_repo, tsv_plain_repo, tsv_http_repo, _, restic_repo]: &'a [PathBuf; 5],
+    dirs: &'a [PathBuf],
     restic_cache: &'a Path,
 ) -> ([backup::Tsvault<'a>; 3], backup::Restic<'a>) {
+    let [tsv_repo, tsv_plain_repo, tsv_http_repo, _, restic_repo, ..] = dirs else {
+        panic!("a round has at least five destinations, not {}", dirs.len());
+    };
     let tsvault = |repo| backup::Tsvault {
         bin: tsvault_bin,
         repo,
@@ -942,15 +1032,31 @@ fn server_backups(
             took.join(", ")
         );
     }
-    say!("backups taken by the server: 1% more data, written to disk, then incremental");
-    let mut incrs = [0.0; 2];
-    for (mode, incr) in incrs.iter_mut().enumerate() {
-        let sys = start(mode, &repo_of(mode, rounds - 1))?;
-        load(&sys.write_url(), &wl.extra, clients, &ProgressBar::hidden())?;
-        sys.settle_with(false)?;
-        *incr = take(&sys.base, "", "incremental")?;
-        sys.stop();
+    say!(
+        "backups taken by the server: 1% more data, written to disk, then incrementals into {INCREMENTAL_COPIES} copies of the last full's repository"
+    );
+    let copies: Vec<[PathBuf; 2]> = (0..INCREMENTAL_COPIES)
+        .map(|c| [0, 1].map(|mode| root.join(format!("tsvault-self-{}-incr-{c}", modes[mode].0))))
+        .collect::<Vec<_>>();
+    for copy in &copies {
+        for (mode, to) in copy.iter().enumerate() {
+            link_copy(&repo_of(mode, rounds - 1), to)?;
+        }
     }
+    let mut incrs: [Vec<f64>; 2] = Default::default();
+    for (c, copy) in copies.iter().enumerate() {
+        for mode in balanced_order(2, c) {
+            let sys = start(mode, &copy[mode])?;
+            if c == 0 {
+                load(&sys.write_url(), &wl.extra, clients, &ProgressBar::hidden())?;
+                sys.settle_with(false)?;
+            }
+            write_back()?;
+            incrs[mode].push(take(&sys.base, "", "incremental")?);
+            sys.stop_gracefully()?;
+        }
+    }
+    let incrs = incrs.map(median);
     let full = fulls.map(median);
     let mut rows = Vec::new();
     for (mode, (name, _)) in modes.iter().enumerate() {
@@ -974,7 +1080,7 @@ fn server_backups(
         );
     }
     notes.push(format!(
-        "Backups taken by the server itself (issue 4's incremental target): `tsvault serve --backup-repo R` and `POST /api/admin/backups` (the repository opened, its key derived, when the server starts; the snapshot taken in the process, its files read in the data directory), on copies of tsvault's data, a server started on each with its repository; fulls in {rounds} rounds, each into a new repository (median), then 1% more data and the incremental. Incremental after 1% more data: {:.3} (encrypted) and {:.3} (unencrypted) of the full's time (target at most 1/20 = 0.05).",
+        "Backups taken by the server itself (issue 4's incremental target): `tsvault serve --backup-repo R` and `POST /api/admin/backups` (the repository opened, its key derived, when the server starts; the snapshot taken in the process, its files read in the data directory), on copies of tsvault's data, a server started on each with its repository; fulls in {rounds} rounds, each into a new repository (median), then 1% more data and the incremental, into {INCREMENTAL_COPIES} copies of the last full's repository (median). Incremental after 1% more data: {:.3} (encrypted) and {:.3} (unencrypted) of the full's time (target at most 1/20 = 0.05).",
         incrs[0] / full[0],
         incrs[1] / full[1],
     ));
@@ -1000,7 +1106,12 @@ fn backups(
     // What each tool reads: tsvault and restic tsvault's data directory, vmbackup
     // VictoriaMetrics'.
     let tsv_source = dir_size(&tsv_server.data_dir)?.allocated as f64;
-    let vm_source = dir_size(&vm.data_dir)?.allocated as f64;
+    // vmbackup reads a snapshot of `data` and `indexdb`, not the caches beside them.
+    let vm_source = (dir_size(&vm.data_dir.join("data"))?.allocated
+        + dir_size(&vm.data_dir.join("indexdb"))?.allocated) as f64;
+    // The part of each command that does not depend on the data, first: the speeds are
+    // net of it.
+    let fixed = fixed_costs(root, tsvault_bin, rounds, &root.join("restic-cache"))?;
     // tsvault twice: into an encrypted repository (compared with restic, which always
     // encrypts) and an unencrypted one (compared with vmbackup, which does not).
     let mut full = Row::new("full backup, encrypted (vs restic)", "s", Better::Lower);
@@ -1011,13 +1122,18 @@ fn backups(
         "s",
         Better::Lower,
     );
+    let mut full_raw = Row::new(
+        "full backup, encrypted (vs restic --compression off)",
+        "s",
+        Better::Lower,
+    );
     let mut rate = Row::new(
-        "full backup speed, encrypted (vs restic; bytes read / time)",
+        "full backup speed net of the fixed cost, encrypted (vs restic)",
         "MiB/s",
         Better::Higher,
     );
     let mut rate_plain = Row::new(
-        "full backup speed, unencrypted (vs vmbackup; bytes read / time)",
+        "full backup speed net of the fixed cost, unencrypted (vs vmbackup)",
         "MiB/s",
         Better::Higher,
     );
@@ -1052,12 +1168,12 @@ fn backups(
         Better::Lower,
     );
     let mut restore_rate = Row::new(
-        "full restore speed, encrypted (vs restic followed by sync; bytes written / time)",
+        "full restore speed net of the fixed cost, encrypted (vs restic followed by sync)",
         "MiB/s",
         Better::Higher,
     );
     let mut restore_rate_plain = Row::new(
-        "full restore speed, unencrypted (vs vmrestore; bytes written / time)",
+        "full restore speed net of the fixed cost, unencrypted (vs vmrestore)",
         "MiB/s",
         Better::Higher,
     );
@@ -1073,6 +1189,7 @@ fn backups(
         "tsvault-http",
         "vmbackup",
         "restic-repo",
+        "restic-raw-repo",
     ];
     let restic_cache = root.join("restic-cache");
     // tsvault reads the snapshot's files in the server's data directory, as vmbackup reads
@@ -1081,9 +1198,11 @@ fn backups(
         tsv_server.base.as_str(),
         Some(tsv_server.data_dir.as_path()),
     );
-    // Times of tsvault encrypted, unencrypted, unencrypted over HTTP, vmbackup, restic.
-    let mut times: [Vec<f64>; 5] = Default::default();
-    let full_rounds = rounds_of(rounds, 5);
+    // Times of tsvault encrypted, unencrypted, unencrypted over HTTP, vmbackup, restic, and
+    // restic without compression (tsvault stores segments as the engine compressed them;
+    // restic compresses them again by default).
+    let mut times: [Vec<f64>; 6] = Default::default();
+    let full_rounds = rounds_of(rounds, 6);
     for round in 0..full_rounds {
         say!(
             "backups: full, round {} of {full_rounds}: tsvault encrypted and unencrypted (online, through the server's snapshot API; files read in its data directory, and unencrypted once more over HTTP), vmbackup, restic",
@@ -1091,10 +1210,15 @@ fn backups(
         );
         let dirs = next_round(root, repos, round)?;
         let ([tsv, tsv_plain, tsv_http], restic) = tools(tsvault_bin, &dirs, &restic_cache);
+        let restic_raw = backup::Restic {
+            repo: &dirs[5],
+            cache: &restic_cache,
+        };
         tsv.init(true)?;
         tsv_plain.init(false)?;
         tsv_http.init(false)?;
         restic.init()?;
+        restic_raw.init()?;
         write_back()?;
         // restic backs up the same files: tsvault's data directory (the server is idle, its
         // segments immutable; restic's second run finds its first as parent and reads only
@@ -1107,6 +1231,7 @@ fn backups(
                 "tsvault unencrypted over HTTP",
                 "vmbackup",
                 "restic",
+                "restic --compression off",
             ],
             [
                 Box::new(|| tsv.backup(base, data_dir)),
@@ -1114,26 +1239,43 @@ fn backups(
                 Box::new(|| tsv_http.backup(base, None)),
                 Box::new(|| backup::vmbackup(&vm.base, &vm.data_dir, &dirs[3])),
                 Box::new(|| restic.backup(&tsv_server.data_dir)),
+                Box::new(|| restic_raw.backup_uncompressed(&tsv_server.data_dir)),
             ],
             &mut times,
         )?;
     }
-    let [t_enc, t_plain, t_http, t_vm, t_restic] = times.map(median);
+    let [t_enc, t_plain, t_http, t_vm, t_restic, t_restic_raw] = times.map(median);
     full = full.set(0, t_enc).set(3, t_restic);
+    full_raw = full_raw.set(0, t_enc).set(3, t_restic_raw);
     full_plain = full_plain.set(0, t_plain).set(1, t_vm);
     full_http = full_http.set(0, t_http).set(1, t_vm);
-    let mib = |bytes: f64, secs: f64| bytes / 1048576.0 / secs;
-    rate = rate
-        .set(0, mib(tsv_source, t_enc))
-        .set(3, mib(tsv_source, t_restic));
+    rate = rate.set_net(0, tsv_source, t_enc, fixed.backup[0]).set_net(
+        3,
+        tsv_source,
+        t_restic,
+        fixed.backup[3],
+    );
     rate_plain = rate_plain
-        .set(0, mib(tsv_source, t_plain))
-        .set(1, mib(vm_source, t_vm));
-    let dirs = numbered(root, repos, full_rounds - 1);
-    let ([tsv, tsv_plain, tsv_http], restic) = tools(tsvault_bin, &dirs, &restic_cache);
-    let [tsv_repo, _, _, vm_dst, _] = &dirs;
+        .set_net(0, tsv_source, t_plain, fixed.backup[1])
+        .set_net(1, vm_source, t_vm, fixed.backup[2]);
+    let last = numbered(root, repos, full_rounds - 1);
 
-    say!("backups: 1% more data, written to disk (no forced merge), then incremental");
+    say!(
+        "backups: 1% more data, written to disk (no forced merge), then incrementals into {INCREMENTAL_COPIES} copies of the last fulls' destinations"
+    );
+    let copies: Vec<[PathBuf; 6]> = (0..INCREMENTAL_COPIES)
+        .map(|c| last.clone().map(|d| d.with_extension(format!("incr-{c}"))))
+        .collect();
+    for copy in &copies {
+        for (i, (from, to)) in last.iter().zip(copy).enumerate() {
+            // vmbackup's destination is copied whole; the repositories by hard links.
+            if i == 3 {
+                full_copy(from, to)?
+            } else {
+                link_copy(from, to)?
+            }
+        }
+    }
     let total = wl.samples() + wl.extra_samples();
     for sys in running {
         load(&sys.write_url(), &wl.extra, clients, &ProgressBar::hidden())?;
@@ -1145,14 +1287,38 @@ fn backups(
             sys.kind.name()
         );
     }
-    write_back()?;
-    incr = incr.set(0, tsv.backup(base, data_dir)?.as_secs_f64());
-    incr_plain = incr_plain.set(0, tsv_plain.backup(base, data_dir)?.as_secs_f64());
-    incr_http = incr_http.set(0, tsv_http.backup(base, None)?.as_secs_f64());
-    let vm_incr = backup::vmbackup(&vm.base, &vm.data_dir, vm_dst)?.as_secs_f64();
-    incr_plain = incr_plain.set(1, vm_incr);
-    incr_http = incr_http.set(1, vm_incr);
-    incr = incr.set(3, restic.backup(&tsv_server.data_dir)?.as_secs_f64());
+    let mut times: [Vec<f64>; 5] = Default::default();
+    for (c, copy) in copies.iter().enumerate() {
+        say!("incrementals, round {} of {INCREMENTAL_COPIES}", c + 1);
+        let ([tsv, tsv_plain, tsv_http], restic) = tools(tsvault_bin, copy, &restic_cache);
+        write_back()?;
+        timed_round(
+            c,
+            [
+                "tsvault encrypted",
+                "tsvault unencrypted",
+                "tsvault unencrypted over HTTP",
+                "vmbackup",
+                "restic",
+            ],
+            [
+                Box::new(|| tsv.backup(base, data_dir)),
+                Box::new(|| tsv_plain.backup(base, data_dir)),
+                Box::new(|| tsv_http.backup(base, None)),
+                Box::new(|| backup::vmbackup(&vm.base, &vm.data_dir, &copy[3])),
+                Box::new(|| restic.backup(&tsv_server.data_dir)),
+            ],
+            &mut times,
+        )?;
+    }
+    let [i_enc, i_plain, i_http, i_vm, i_restic] = times.map(median);
+    incr = incr.set(0, i_enc).set(3, i_restic);
+    incr_plain = incr_plain.set(0, i_plain).set(1, i_vm);
+    incr_http = incr_http.set(0, i_http).set(1, i_vm);
+    // The first copies hold a full and an incremental each: what is restored and measured.
+    let dirs = &copies[0];
+    let ([tsv, tsv_plain, _], restic) = tools(tsvault_bin, dirs, &restic_cache);
+    let [tsv_repo, _, _, vm_dst, _, _] = dirs;
     let per_sample =
         |p: &Path| -> anyhow::Result<f64> { Ok(dir_size(p)?.allocated as f64 / total as f64) };
     size = size
@@ -1212,11 +1378,11 @@ fn backups(
         numbered(root, restored, restore_rounds - 1);
     let written = |p: &Path| -> anyhow::Result<f64> { Ok(dir_size(p)?.allocated as f64) };
     restore_rate = restore_rate
-        .set(0, mib(written(&tsv_restored)?, t_enc))
-        .set(3, mib(written(&restic_target)?, t_restic));
+        .set_net(0, written(&tsv_restored)?, t_enc, fixed.restore[0])
+        .set_net(3, written(&restic_target)?, t_restic, fixed.restore[3]);
     restore_rate_plain = restore_rate_plain
-        .set(0, mib(written(&tsv_plain_restored)?, t_plain))
-        .set(1, mib(written(&vm_restored)?, t_vm));
+        .set_net(0, written(&tsv_plain_restored)?, t_plain, fixed.restore[1])
+        .set_net(1, written(&vm_restored)?, t_vm, fixed.restore[2]);
     let restic_restored = restic_target.join(
         tsv_server
             .data_dir
@@ -1238,36 +1404,52 @@ fn backups(
         );
         sys.stop();
     }
-    let fixed = fixed_costs(root, tsvault_bin, rounds, &restic_cache)?;
     let num = |r: &Row, c: usize| match r.cells[c] {
         report::Cell::Num(v) => v,
         report::Cell::Empty => f64::NAN,
     };
     notes.push(format!(
-        "Backup targets (issue 4): full backup {:.2}x restic's speed (encrypted; target 2x) and {:.2}x vmbackup's (unencrypted; target 1x; {:.2}x with the files over HTTP); tsvault's incremental after 1% more data took {:.3} (encrypted), {:.3} (unencrypted) and {:.3} (over HTTP) of its full backup's time (target at most 1/20 = 0.05); restore {:.2}x restic's speed followed by sync ({:.2}x restic's alone; target 2x) and {:.2}x vmrestore's. Sources: tsvault's data directory {:.1} MiB (what tsvault and restic read), VictoriaMetrics' {:.1} MiB (what vmbackup reads), allocated.",
+        "Backup targets (issue 4), as times for the same samples (each tool reads its own system's store) and as speeds net of the fixed cost (each tool's bytes): full backup {:.2}x restic's speed in time, {:.2}x in MiB/s ({:.2}x restic's time with --compression off; encrypted; target 2x), and {:.2}x vmbackup's in time, {:.2}x in MiB/s (unencrypted; target 1x; {:.2}x in time with the files over HTTP); tsvault's incremental after 1% more data took {:.3} (encrypted), {:.3} (unencrypted) and {:.3} (over HTTP) of its full backup's time (target at most 1/20 = 0.05); restore {:.2}x the time of restic followed by sync ({:.2}x restic's alone; target 2x), {:.2}x in MiB/s, and {:.2}x vmrestore's time, {:.2}x in MiB/s. Sources: tsvault's data directory {:.1} MiB (what tsvault and restic read), VictoriaMetrics' data and indexdb {:.1} MiB (what vmbackup reads), allocated. A ratio of NaN: a speed not shown (fixed cost over 80% of the time).",
         num(&full, 3) / num(&full, 0),
+        num(&rate, 0) / num(&rate, 3),
+        num(&full_raw, 3) / num(&full_raw, 0),
         num(&full_plain, 1) / num(&full_plain, 0),
+        num(&rate_plain, 0) / num(&rate_plain, 1),
         num(&full_http, 1) / num(&full_http, 0),
         num(&incr, 0) / num(&full, 0),
         num(&incr_plain, 0) / num(&full_plain, 0),
         num(&incr_http, 0) / num(&full_http, 0),
         num(&restore_synced, 3) / num(&restore_synced, 0),
         num(&restore, 3) / num(&restore, 0),
+        num(&restore_rate, 0) / num(&restore_rate, 3),
         num(&restore_plain, 1) / num(&restore_plain, 0),
+        num(&restore_rate_plain, 0) / num(&restore_rate_plain, 1),
         tsv_source / 1048576.0,
         vm_source / 1048576.0,
     ));
     notes.push(format!(
-        "Backups: fulls timed in {full_rounds} rounds and restores in {restore_rounds}, each into new destinations, the commands' order in each round from a balanced Latin square (every command in every position, after every other command, equally often; each round printed as it ends), dirty pages written back (sync) before each round, the median shown; the incrementals follow the last round's fulls. tsvault online with `tsvault backup create --server URL --server-data-dir DIR` (snapshot through its admin API, its files read in the server's data directory, as vmbackup reads VictoriaMetrics', into a local directory repository, once encrypted (each run derives the key with Argon2id) and once not; the incremental is the default type of the second run), once more unencrypted without `--server-data-dir` (files pulled over HTTP), and `tsvault restore --data-dir` (which fsyncs every file and directory it writes); VictoriaMetrics with vmbackup/vmrestore (fs:// destination, snapshot through its API); restic over tsvault's own data directory, the same files (encrypted, its default compression; its second run is its incremental); restic's restore does not fsync, so it is shown alone and followed by `sync`. Speeds: the bytes each tool reads (its source's allocated bytes) or writes (the restored directory's), over its median time. Each restored copy was started and holds all {total} samples."
+        "Backups: fulls timed in {full_rounds} rounds and restores in {restore_rounds}, each into new destinations, the commands' order in each round from a balanced Latin square (every command in every position, after every other command, equally often{}; each round printed as it ends), dirty pages written back (sync) before each round, the median shown. The incrementals: 1% more data, then each command into {INCREMENTAL_COPIES} copies of its last full's destination (hard links; vmbackup's copied), each command in every position once, the median shown. tsvault online with `tsvault backup create --server URL --server-data-dir DIR` (snapshot through its admin API, its files read in the server's data directory, as vmbackup reads VictoriaMetrics', into a local directory repository, once encrypted and once not; the incremental is the default type of the second run), once more unencrypted without `--server-data-dir` (files pulled over HTTP), and `tsvault restore --data-dir` (which fsyncs every file and directory it writes); VictoriaMetrics with vmbackup/vmrestore (fs:// destination, snapshot through its API); restic over tsvault's own data directory, the same files (encrypted; its default compression, and once with `--compression off` since tsvault does not compress segments again; its second run is its incremental); restic's restore does not fsync, so it is shown alone and followed by `sync`. Every encrypted command derives its key: tsvault with Argon2id (64 MiB, 3 passes, 4 lanes, about 0.07 s here), restic with scrypt as calibrated by its `init` (about half a second): the fixed-cost rows hold that. Speeds: the bytes each tool reads (its source's allocated bytes: tsvault's data directory, VictoriaMetrics' data and indexdb) or writes (the restored directory), over its median time less its fixed cost; left empty where the fixed cost is more than 80% of the time. Each restored copy was started and holds all {total} samples.",
+        if rounds.is_some_and(|r| r % 6 != 0 || r % 4 != 0) {
+            " over a whole square only; --backup-rounds was not a multiple of every phase's square"
+        } else {
+            ""
+        }
     ));
+    let [
+        fixed_full,
+        fixed_full_plain,
+        fixed_restore,
+        fixed_restore_plain,
+    ] = fixed.rows();
     Ok(vec![
         full,
+        full_raw,
         full_plain,
         full_http,
         rate,
         rate_plain,
-        fixed.full,
-        fixed.full_plain,
+        fixed_full,
+        fixed_full_plain,
         incr,
         incr_plain,
         incr_http,
@@ -1276,18 +1458,40 @@ fn backups(
         restore_plain,
         restore_rate,
         restore_rate_plain,
-        fixed.restore,
-        fixed.restore_plain,
+        fixed_restore,
+        fixed_restore_plain,
         size,
     ])
 }
 
-/// Each tool's fixed costs, as rows: a full backup of an empty store and its restore.
+/// Each tool's fixed costs (a full backup of an empty store and its restore), in seconds,
+/// in the order tsvault encrypted, tsvault unencrypted, VictoriaMetrics, restic.
 struct FixedCosts {
-    full: Row,
-    full_plain: Row,
-    restore: Row,
-    restore_plain: Row,
+    backup: [f64; 4],
+    restore: [f64; 4],
+}
+
+impl FixedCosts {
+    /// As rows of the table.
+    fn rows(&self) -> [Row; 4] {
+        let row = |what: &str| Row::new(format!("fixed cost: {what}"), "s", Better::Lower);
+        let ([b_enc, b_plain, b_vm, b_restic], [r_enc, r_plain, r_vm, r_restic]) =
+            (self.backup, self.restore);
+        [
+            row("full backup of an empty store, encrypted (vs restic)")
+                .set(0, b_enc)
+                .set(3, b_restic),
+            row("full backup of an empty store, unencrypted (vs vmbackup)")
+                .set(0, b_plain)
+                .set(1, b_vm),
+            row("restore of an empty backup, encrypted (vs restic followed by sync)")
+                .set(0, r_enc)
+                .set(3, r_restic),
+            row("restore of an empty backup, unencrypted (vs vmrestore)")
+                .set(0, r_plain)
+                .set(1, r_vm),
+        ]
+    }
 }
 
 /// The cost of a backup and a restore that carry no data: an empty tsvault server backed up
@@ -1385,22 +1589,9 @@ fn fixed_costs(
     }
     tsv.stop();
     vm.stop();
-    let [b_enc, b_plain, b_vm, b_restic] = backups.map(median);
-    let [r_enc, r_plain, r_vm, r_restic] = restores.map(median);
-    let row = |what: &str| Row::new(format!("fixed cost: {what}"), "s", Better::Lower);
     Ok(FixedCosts {
-        full: row("full backup of an empty store, encrypted (vs restic)")
-            .set(0, b_enc)
-            .set(3, b_restic),
-        full_plain: row("full backup of an empty store, unencrypted (vs vmbackup)")
-            .set(0, b_plain)
-            .set(1, b_vm),
-        restore: row("restore of an empty backup, encrypted (vs restic followed by sync)")
-            .set(0, r_enc)
-            .set(3, r_restic),
-        restore_plain: row("restore of an empty backup, unencrypted (vs vmrestore)")
-            .set(0, r_plain)
-            .set(1, r_vm),
+        backup: backups.map(median),
+        restore: restores.map(median),
     })
 }
 

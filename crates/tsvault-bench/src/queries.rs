@@ -288,11 +288,9 @@ pub fn request(kind: Kind, p: &Params) -> Request {
                 }
                 // One statement per field: `last(*)` stamps every row with the window's start,
                 // a single selector with its sample's own time.
-                QueryType::Lastpoint => fields
-                    .iter()
-                    .map(|f| format!("SELECT last({f}) AS {f} FROM cpu WHERE {time} GROUP BY *"))
-                    .collect::<Vec<_>>()
-                    .join("; "),
+                // Its rows are stamped with the window's start: the times come from
+                // `times_request`.
+                QueryType::Lastpoint => format!("SELECT last(*) FROM cpu WHERE {time} GROUP BY *"),
             };
             Request::Get {
                 path: "/query",
@@ -302,42 +300,71 @@ pub fn request(kind: Kind, p: &Params) -> Request {
     }
 }
 
-/// For lastpoint on VictoriaMetrics, whose timed query (`last_over_time`) answers values
-/// stamped with the evaluation time: the untimed query of each series' last sample's time
-/// (`tlast_over_time`), so that its answer is compared on times too (see [`with_times`]).
+/// For lastpoint on a peer whose cheapest query for the last values answers them stamped with
+/// another time (VictoriaMetrics' `last_over_time`: the evaluation time; InfluxDB's `last(*)`:
+/// the window's start): the untimed query of each series' last sample's time
+/// (`tlast_over_time`; one `last(field)` statement per field), so that its answer is compared
+/// on times too (see [`with_times`]). tsvault's `/api/query/last` answers both at once.
 pub fn times_request(kind: Kind, p: &Params) -> Option<Request> {
-    if kind != Kind::Victoria || p.qt != QueryType::Lastpoint {
+    if p.qt != QueryType::Lastpoint {
         return None;
     }
-    let names = format!("cpu_({})", p.qt.fields().join("|"));
-    Some(Request::Get {
-        path: "/api/v1/query",
-        params: vec![
-            (
-                "query",
-                format!("tlast_over_time({{__name__=~\"{names}\"}}[1h]) keep_metric_names"),
-            ),
-            ("time", prom_time(p.end_ms - 1)),
-            ("nocache", "1".into()),
-        ],
-    })
+    let fields = p.qt.fields();
+    match kind {
+        Kind::Tsvault => None,
+        Kind::Victoria => {
+            let names = format!("cpu_({})", fields.join("|"));
+            Some(Request::Get {
+                path: "/api/v1/query",
+                params: vec![
+                    (
+                        "query",
+                        format!("tlast_over_time({{__name__=~\"{names}\"}}[1h]) keep_metric_names"),
+                    ),
+                    ("time", prom_time(p.end_ms - 1)),
+                    ("nocache", "1".into()),
+                ],
+            })
+        }
+        Kind::Influx => {
+            let time = format!("time >= {}ms AND time < {}ms", p.start_ms, p.end_ms);
+            let q = fields
+                .iter()
+                .map(|f| format!("SELECT last({f}) AS {f} FROM cpu WHERE {time} GROUP BY *"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            Some(Request::Get {
+                path: "/query",
+                params: vec![("db", "bench".into()), ("epoch", "ms".into()), ("q", q)],
+            })
+        }
+    }
 }
 
-/// `answer` (VictoriaMetrics' lastpoint, times unknown: -1) with each series' time taken
-/// from `times`, the answer to [`times_request`]; a series in one and not the other is an
+/// `answer` (a peer's lastpoint, times unknown: -1) with each series' time taken from
+/// `times`, `kind`'s answer to [`times_request`]; a series in one and not the other is an
 /// error.
-pub fn with_times(answer: Answer, times: &str) -> anyhow::Result<Answer> {
+pub fn with_times(kind: Kind, answer: Answer, times: &str) -> anyhow::Result<Answer> {
     let v: Value = serde_json::from_str(times).context("times answer is not JSON")?;
-    ensure!(v["status"] == "success", "times: status {}", v["status"]);
     let mut at = BTreeMap::new();
-    for r in v["data"]["result"].as_array().context("times: no result")? {
-        let field = field_of(r["metric"]["__name__"].as_str().context("times: no name")?)?;
-        let host = r["metric"]["hostname"]
-            .as_str()
-            .context("times: no hostname")?
-            .to_string();
-        let secs: f64 = r["value"][1].as_str().context("times: no value")?.parse()?;
-        at.insert((host, field), (secs * 1000.0).round() as i64);
+    match kind {
+        Kind::Victoria => {
+            ensure!(v["status"] == "success", "times: status {}", v["status"]);
+            for r in v["data"]["result"].as_array().context("times: no result")? {
+                let field = field_of(r["metric"]["__name__"].as_str().context("times: no name")?)?;
+                let secs: f64 = r["value"][1].as_str().context("times: no value")?.parse()?;
+                at.insert(
+                    (hostname(&r["metric"])?, field),
+                    (secs * 1000.0).round() as i64,
+                );
+            }
+        }
+        // One `last(field)` per field: each series' own time, in its field's statement.
+        _ => {
+            for ((host, field, t), _) in parse(kind, QueryType::Lastpoint, &v)? {
+                at.insert((host, field), t);
+            }
+        }
     }
     ensure!(
         at.len() == answer.len(),
@@ -361,9 +388,13 @@ pub fn with_times(answer: Answer, times: &str) -> anyhow::Result<Answer> {
 pub type Answer = BTreeMap<(String, String, i64), f64>;
 
 /// Reduces `kind`'s answer to `p` to an [`Answer`].
-pub fn parse(kind: Kind, p: &Params, text: &str) -> anyhow::Result<Answer> {
-    let qt = p.qt;
+pub fn parse_answer(kind: Kind, p: &Params, text: &str) -> anyhow::Result<Answer> {
     let v: Value = serde_json::from_str(text).context("answer is not JSON")?;
+    parse(kind, p.qt, &v)
+}
+
+/// [`parse_answer`] of JSON already read.
+fn parse(kind: Kind, qt: QueryType, v: &Value) -> anyhow::Result<Answer> {
     let mut out = Answer::new();
     match kind {
         Kind::Tsvault if qt == QueryType::Lastpoint => {
@@ -448,11 +479,17 @@ pub fn parse(kind: Kind, p: &Params, text: &str) -> anyhow::Result<Answer> {
                         let row = row.as_array().context("bad row")?;
                         let t = row[0].as_i64().context("bad time")?;
                         for (c, val) in cols.iter().zip(row).skip(1) {
-                            if !c.starts_with("usage_") {
+                            // `last(*)` names its columns last_<field>, its rows stamped with
+                            // the window's start (see times_request).
+                            let (f, t) = match c.strip_prefix("last_") {
+                                Some(f) => (f, -1),
+                                None => (*c, t),
+                            };
+                            if !f.starts_with("usage_") {
                                 continue; // a tag column of SELECT *
                             }
                             if let Some(val) = val.as_f64() {
-                                out.insert((host.clone(), c.to_string(), t), val);
+                                out.insert((host.clone(), f.to_string(), t), val);
                             }
                         }
                     }

@@ -16,6 +16,10 @@ pub enum Cell {
     Empty,
 }
 
+/// The largest share of a command's time its fixed cost may take for a speed net of it to
+/// be shown.
+pub const FIXED_SHARE_MAX: f64 = 0.8;
+
 /// The systems' columns, in order.
 pub const COLUMNS: [&str; 4] = ["tsvault", "VictoriaMetrics", "InfluxDB", "restic"];
 
@@ -29,6 +33,8 @@ pub struct Row {
     /// The smallest difference the figure can show: values below it count as it in the
     /// ratio (a lag of 0.0001 s is not ten times better than one of 0.001 s).
     pub resolution: f64,
+    /// Shown without a ratio: the figure does not compare the systems on equal terms.
+    pub informational: bool,
 }
 
 impl Row {
@@ -39,7 +45,14 @@ impl Row {
             better,
             cells: [Cell::Empty, Cell::Empty, Cell::Empty, Cell::Empty],
             resolution: 0.0,
+            informational: false,
         }
+    }
+
+    /// Shown, but without a ratio (see [`Row::informational`]).
+    pub fn informational(mut self) -> Row {
+        self.informational = true;
+        self
     }
 
     /// The figure's resolution (see [`Row::resolution`]).
@@ -53,11 +66,25 @@ impl Row {
         self
     }
 
+    /// A speed in MiB/s net of a fixed cost: `bytes` over `secs - fixed_secs`. Left empty
+    /// when the fixed cost is more than [`FIXED_SHARE_MAX`] of the time: what is left is
+    /// too small a difference of two medians to be a speed.
+    pub fn set_net(self, column: usize, bytes: f64, secs: f64, fixed_secs: f64) -> Row {
+        let net = secs - fixed_secs;
+        if net < (1.0 - FIXED_SHARE_MAX) * secs {
+            return self;
+        }
+        self.set(column, bytes / 1048576.0 / net)
+    }
+
     /// tsvault's value divided by the best peer's.
     pub fn ratio(&self) -> Option<f64> {
         let Cell::Num(ours) = self.cells[0] else {
             return None;
         };
+        if self.informational {
+            return None;
+        }
         let ours = ours.max(self.resolution);
         let peers = self.cells[1..].iter().filter_map(|c| match c {
             Cell::Num(v) => Some(v.max(self.resolution)),
@@ -124,6 +151,7 @@ pub fn markdown(rows: &[Row], versions: &[String; 4]) -> String {
             s.push_str(&format!(" {text} |"));
         }
         let ratio = match (r.ratio(), r.leads()) {
+            (Some(1.0), Some(true)) => "1.00x (tie)".to_string(),
             (Some(x), Some(true)) => format!("{x:.2}x (leads)"),
             (Some(x), Some(false)) => format!("{x:.2}x (behind)"),
             _ => String::new(),
@@ -171,7 +199,23 @@ mod tests {
             .set(1, 0.001)
             .set(2, 1.0);
         assert_eq!(r.ratio(), Some(1.0), "both below the resolution: a tie");
-        assert_eq!(r.leads(), Some(true));
+        assert!(markdown(&[r], &Default::default()).contains("1.00x (tie)"));
+        let r = Row::new("hwm", "MiB", Better::Lower)
+            .informational()
+            .set(0, 1.0)
+            .set(1, 2.0);
+        assert_eq!(r.ratio(), None, "no ratio on an informational row");
+        let r = Row::new("speed", "MiB/s", Better::Higher)
+            .set_net(0, 10.0 * 1048576.0, 2.0, 1.0)
+            .set_net(1, 1048576.0, 1.0, 0.9);
+        assert!(
+            matches!(r.cells[0], Cell::Num(v) if v == 10.0),
+            "10 MiB in 2 - 1 s"
+        );
+        assert!(
+            matches!(r.cells[1], Cell::Empty),
+            "fixed cost 90% of the time"
+        );
         assert_eq!(thousands(1234567), "1,234,567");
         assert_eq!(thousands(12), "12");
     }

@@ -100,6 +100,28 @@ pub struct PeakMemory {
     pub hwm_mib: f64,
 }
 
+/// `program` with an environment of `PATH` alone: nothing from the shell (`TSVAULT_*`,
+/// `INFLUXDB_*` overrides, `GOGC`, `GOMAXPROCS`, failpoints) changes what a system does; only
+/// the flags and configuration recorded with the results.
+fn clean_command(program: &std::ffi::OsStr) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.env_clear();
+    if let Some(path) = std::env::var_os("PATH") {
+        cmd.env("PATH", path);
+    }
+    cmd
+}
+
+/// `cmd`'s program and arguments, as a shell would show them (its environment is `PATH`
+/// alone, see [`clean_command`]).
+fn command_line(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// A port on loopback that was free a moment ago.
 fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -135,15 +157,7 @@ impl Running {
         let started_as;
         let (mut child, base) = match kind {
             Kind::Tsvault => {
-                let mut cmd = Command::new(tsvault_bin);
-                // Nothing from the shell's environment (TSVAULT_FSYNC=interval, a config
-                // file, failpoints) changes what is measured: only the flags below.
-                for (key, _) in std::env::vars_os() {
-                    if key.to_string_lossy().starts_with("TSVAULT_") {
-                        cmd.env_remove(&key);
-                    }
-                }
-                cmd.env_remove("FAILPOINTS");
+                let mut cmd = clean_command(tsvault_bin.as_os_str());
                 cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
                     .arg(data_dir);
                 // Durable acknowledgements, said explicitly, unless the caller chose otherwise.
@@ -154,7 +168,7 @@ impl Running {
                         "always".to_string()
                     }
                 };
-                let cmdline = format!("{cmd:?} {}", tsvault_args.join(" "));
+                let cmdline = format!("{} {}", command_line(&cmd), tsvault_args.join(" "));
                 let mut child = cmd
                     .args(tsvault_args)
                     .stdin(Stdio::null())
@@ -189,13 +203,13 @@ impl Running {
             }
             Kind::Victoria => {
                 let port = free_port()?;
-                let mut cmd = Command::new("victoria-metrics");
+                let mut cmd = clean_command("victoria-metrics".as_ref());
                 cmd.arg(format!("-storageDataPath={}", data_dir.display()))
                     .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
                     // The data is from 2016; the default retention (1 month) would drop it.
                     .arg("-retentionPeriod=100y")
                     .arg("-loggerLevel=ERROR");
-                started_as = format!("{cmd:?}");
+                started_as = command_line(&cmd);
                 let mut child = cmd
                     .stdin(Stdio::null())
                     .stdout(Stdio::null())
@@ -216,16 +230,16 @@ impl Running {
                 let config = influx_config(data_dir, port, rpc);
                 std::fs::write(&conf, &config)?;
                 started_as = format!(
-                    "influxd -config {} ({})",
+                    "influxd -config {}, which holds: {}",
                     conf.display(),
                     config
                         .lines()
-                        .filter(|l| l.contains("cold-duration"))
                         .map(str::trim)
+                        .filter(|l| !l.is_empty())
                         .collect::<Vec<_>>()
-                        .join(", ")
+                        .join(" ")
                 );
-                let mut child = Command::new("influxd")
+                let mut child = clean_command("influxd".as_ref())
                     .arg("-config")
                     .arg(&conf)
                     .stdin(Stdio::null())
@@ -522,11 +536,14 @@ impl Running {
         let mut last_change = t;
         loop {
             std::thread::sleep(QUIET_POLL);
+            // A change seen by this poll is stamped with its start, before the poll's own
+            // work (walking the directory, asking for counters), which differs by system.
+            let polled_at = Instant::now();
             let now_size = dir_size(&self.data_dir)?;
             let is_quiet = quiet(self)?;
             if now_size != size || !is_quiet {
                 size = now_size;
-                last_change = Instant::now();
+                last_change = polled_at;
             } else if last_change.elapsed() >= hold {
                 return Ok(last_change);
             }
@@ -579,9 +596,10 @@ impl Drop for Running {
     }
 }
 
-/// InfluxDB 1.x configuration: loopback only, no reporting, quiet logs, and cold durations
-/// of 5 s so that the cache is snapshotted to TSM and shards are fully compacted soon after
-/// the load (the defaults, 10 min and 4 h, would leave data in the WAL for the whole run).
+/// InfluxDB 1.x configuration: loopback only, no reporting, quiet logs, cold durations of 5 s
+/// so that the cache is snapshotted to TSM and shards are fully compacted soon after the load
+/// (the defaults, 10 min and 4 h, would leave data in the WAL for the whole run), and its
+/// compactions not held to 48 MB/s (as an operator on SSDs would set it).
 fn influx_config(dir: &Path, port: u16, rpc: u16) -> String {
     let d = dir.display();
     format!(
@@ -595,6 +613,8 @@ bind-address = "127.0.0.1:{rpc}"
   query-log-enabled = false
   cache-snapshot-write-cold-duration = "5s"
   compact-full-write-cold-duration = "5s"
+  compact-throughput = "1g"
+  compact-throughput-burst = "1g"
 [http]
   bind-address = "127.0.0.1:{port}"
   log-enabled = false

@@ -136,6 +136,16 @@ impl Workload {
         self.lines() * FIELDS.len() as u64
     }
 
+    /// Samples of the main load with timestamps in `[from_ms, to_ms)`.
+    pub fn samples_in(&self, from_ms: i64, to_ms: i64) -> u64 {
+        let step_ms = self.shape.interval_s * 1000;
+        // Steps k with from <= START + k * step < to, within [0, steps).
+        let step_at_or_after = |t: i64| ((t - START_MS).max(0) as u64).div_ceil(step_ms as u64);
+        let first = step_at_or_after(from_ms).min(self.steps as u64);
+        let end = step_at_or_after(to_ms).min(self.steps as u64);
+        end.saturating_sub(first) * self.shape.hosts as u64 * FIELDS.len() as u64
+    }
+
     /// Samples in the extra 1%.
     pub fn extra_samples(&self) -> u64 {
         self.extra_steps as u64 * self.shape.hosts as u64 * FIELDS.len() as u64
@@ -309,6 +319,19 @@ mod tests {
             assert!(streamed.main.is_none() && streamed.bytes().is_none());
             assert_eq!(text(&streamed.extra), text(&held.extra));
             assert!(!held.extra.is_empty());
+            assert_eq!(held.samples_in(START_MS, held.end_ms()), held.samples());
+            assert_eq!(
+                held.samples_in(START_MS - 1, held.end_ms() + 1),
+                held.samples()
+            );
+            // The last hour of 3 hours at 10 s: 360 steps of 3 hosts' 10 fields.
+            assert_eq!(
+                held.samples_in(held.end_ms() - 3_600_000, held.end_ms()),
+                360 * 3 * 10
+            );
+            // One step: [t, t + 1 ms) holds the samples at t, (t, t + 10 s) none.
+            assert_eq!(held.samples_in(START_MS, START_MS + 1), 30);
+            assert_eq!(held.samples_in(START_MS + 1, START_MS + 10_000), 0);
         }
     }
 }
