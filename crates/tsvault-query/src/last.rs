@@ -9,11 +9,16 @@
 //! sample: no more work than a `0all-last` query of the same series, which reads a wider,
 //! hour-aligned range. Tag values are read as `/api/query`'s `tags`: an exact value, `*`,
 //! `a|b`, or a `type(expr)` filter. tsvault has no tsuids: names are always resolved
-//! (`resolve`, `resolveNames` are accepted and ignored) and tsuid queries are refused. A
-//! metric never written is not an error here (OpenTSDB's last query skips it too): it has no
-//! series, so nothing is listed for it.
+//! (`resolve`, `resolveNames` are accepted and ignored) and tsuid queries are refused. As in
+//! `/api/query`, a metric never written is an error (a typo would otherwise look like a quiet
+//! metric), a time zone other than UTC is refused, and a parameter given twice, empty, or
+//! spelt for the other form (`backScan` in GET, `back_scan` in POST) is refused rather than
+//! guessed at. The series read by all the queries of a request together are bounded by
+//! `series_max`, and each series is kept once, so that many copies of one query cost no more
+//! memory than one.
 
 use std::cmp::Ordering;
+use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 use tsvault_model::SeriesKey;
@@ -22,8 +27,8 @@ use crate::error::{Error, Result};
 use crate::executor::{Budget, Limits, read_series};
 use crate::filter::Filter;
 use crate::request::{
-    ExprError, distinct_params, field_err, filters_from_tags, json_object, json_queries, param,
-    parse_metric_and_filters, refuse_tsuids, resolve_time, tag_map, time_text, unsupported,
+    ExprError, check_utc, distinct_params, field_err, filters_from_tags, json_object, json_queries,
+    param, parse_metric_and_filters, refuse_tsuids, resolve_time, tag_map, time_text, unsupported,
 };
 use crate::source::Source;
 
@@ -104,9 +109,49 @@ impl LastRequest {
     /// Parses GET parameters: repeated `timeseries=<metric>[{tagk=value,...}]`, `back_scan`
     /// (hours), `end`; `resolve` is ignored. `now_ms` resolves relative and missing times.
     pub fn from_params(params: &[(String, String)], now_ms: i64) -> Result<Self> {
+        // A parameter of the POST body's spelling, or one this query does not have, would
+        // otherwise be ignored and the default window used without a word.
+        for (wrong, right) in [
+            ("backScan", "back_scan"),
+            ("backscan", "back_scan"),
+            ("start", "end and back_scan"),
+        ] {
+            if params.iter().any(|(k, _)| k == wrong) {
+                return Err(Error::Parameter {
+                    name: wrong,
+                    problem: format!(
+                        "not a parameter of /api/query/last; the window is given by {right}"
+                    ),
+                });
+            }
+        }
+        for name in ["back_scan", "end", "tz", "timezone"] {
+            let given: Vec<&str> = params
+                .iter()
+                .filter(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+                .collect();
+            if given.len() > 1 {
+                return Err(Error::Parameter {
+                    name: param_name(name),
+                    problem: format!(
+                        "given {} times ({}); give it once",
+                        given.len(),
+                        given.join(", ")
+                    ),
+                });
+            }
+            if given == [""] && name != "tz" && name != "timezone" {
+                return Err(Error::Parameter {
+                    name: param_name(name),
+                    problem: "empty; leave it out for its default".into(),
+                });
+            }
+        }
         let get = |name: &str| param(params, name);
+        check_utc(get("tz").or_else(|| get("timezone")))?;
         let end_ms = resolve_time("end", get("end"), now_ms)?;
-        let back_scan_hours = match get("back_scan").filter(|v| !v.is_empty()) {
+        let back_scan_hours = match get("back_scan") {
             None => BACK_SCAN_HOURS_DEFAULT,
             Some(text) => back_scan_hours(text).map_err(|problem| Error::Parameter {
                 name: "back_scan",
@@ -136,7 +181,13 @@ impl LastRequest {
     /// "end": time}`; `resolveNames` is ignored. `now_ms` resolves relative and missing times.
     pub fn from_json(body: &[u8], now_ms: i64) -> Result<Self> {
         let obj = json_object(body, "expected a JSON object with 'queries'")?;
-        let end_ms = resolve_time("end", time_text(&obj, "end")?.as_deref(), now_ms)?;
+        refuse_unknown_fields(&obj, TOP_FIELDS, None)?;
+        check_utc(obj.get("timezone").and_then(Value::as_str))?;
+        let end_text = time_text(&obj, "end")?;
+        if end_text.as_deref() == Some("") {
+            return Err(field_err("end", "empty; leave it out for now"));
+        }
+        let end_ms = resolve_time("end", end_text.as_deref(), now_ms)?;
         let back_scan_hours = match obj.get("backScan") {
             None | Some(Value::Null) => Ok(BACK_SCAN_HOURS_DEFAULT),
             Some(Value::Number(n)) => back_scan_hours(&n.to_string()),
@@ -161,6 +212,49 @@ impl LastRequest {
             back_scan_hours,
             queries,
         })
+    }
+}
+
+/// The fields of a POST body, and of each of its queries: any other is refused rather than
+/// ignored (a `back_scan` spelt as in GET would silently leave the window at its default).
+const TOP_FIELDS: &[&str] = &["queries", "backScan", "end", "resolveNames", "timezone"];
+const QUERY_FIELDS: &[&str] = &["metric", "tags"];
+
+/// Refuses a field of `obj` not in `known`, naming it and the known ones; `query` is the
+/// query it belongs to, if any.
+fn refuse_unknown_fields(
+    obj: &serde_json::Map<String, Value>,
+    known: &[&str],
+    query: Option<usize>,
+) -> Result<()> {
+    let Some(unknown) = obj.keys().find(|k| !known.contains(&k.as_str())) else {
+        return Ok(());
+    };
+    let problem = format!(
+        "unknown field; /api/query/last reads {}",
+        known
+            .iter()
+            .map(|k| format!("'{k}'"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Err(match query {
+        Some(query) => Error::QueryField {
+            query,
+            field: unknown.clone(),
+            problem,
+        },
+        None => field_err(unknown, &problem),
+    })
+}
+
+/// The `&'static` name of a GET parameter of this query.
+fn param_name(name: &str) -> &'static str {
+    match name {
+        "back_scan" => "back_scan",
+        "end" => "end",
+        "tz" => "tz",
+        _ => "timezone",
     }
 }
 
@@ -200,6 +294,7 @@ fn last_query_from_json(item: &Value, query: usize) -> Result<LastQuery> {
         });
     };
     refuse_tsuids(obj, query)?;
+    refuse_unknown_fields(obj, QUERY_FIELDS, Some(query))?;
     let metric = match obj.get("metric") {
         None | Some(Value::Null) => return Err(Error::MissingMetric { query }),
         Some(Value::String(s)) if s.is_empty() => return Err(Error::MissingMetric { query }),
@@ -228,7 +323,12 @@ pub fn execute_last(
     limits.check_sub_queries(request.queries.len())?;
     let window = request.window_ms();
     let mut budget = Budget::new(limits);
-    let mut points = Vec::new();
+    // Each series once however many queries select it, so memory is bounded by the series,
+    // not by queries times series; and the series read by all the queries together are
+    // bounded as one query's are, so that many queries of the same many series are refused
+    // instead of reading them again and again.
+    let mut last: BTreeMap<SeriesKey, (i64, f64)> = BTreeMap::new();
+    let mut series_read = 0usize;
     for (index, q) in request.queries.iter().enumerate() {
         let query = index + 1;
         let series = read_series(
@@ -239,17 +339,39 @@ pub fn execute_last(
             window,
             limits,
         )?;
+        if series.is_empty() && source.metric_names().binary_search(&q.metric).is_err() {
+            // As /api/query: a name never written is a mistake, not a quiet metric.
+            return Err(Error::UnknownMetric {
+                query,
+                metric: q.metric.clone(),
+            });
+        }
+        series_read += series.len();
+        if series_read > limits.series_max {
+            return Err(Error::LimitExceeded {
+                query,
+                what: format!(
+                    "the number of series read by this request's queries together ({series_read})"
+                ),
+                limit: limits.series_max,
+                limit_name: "series_max",
+            });
+        }
         let read = series.iter().map(|(_, samples)| samples.len()).sum();
         budget.take_samples(query, read, "the number of samples read")?;
-        // `read_series` keeps only series with samples in the window, sorted by time.
-        points.extend(series.into_iter().filter_map(|(key, samples)| {
-            let &(ts_ms, value) = samples.last()?;
-            Some(LastPoint { key, ts_ms, value })
-        }));
+        // `read_series` keeps only series with samples in the window, sorted by time; two
+        // queries selecting one series find the same last sample.
+        for (key, samples) in series {
+            if let Some(&point) = samples.last() {
+                last.entry(key).or_insert(point);
+            }
+        }
     }
+    let mut points: Vec<LastPoint> = last
+        .into_iter()
+        .map(|(key, (ts_ms, value))| LastPoint { key, ts_ms, value })
+        .collect();
     points.sort_by(|a, b| metric_then_tags(&a.key, &b.key));
-    // Two queries may select the same series; the window is the same, so is its last point.
-    points.dedup_by(|a, b| a.key == b.key);
     Ok(points)
 }
 

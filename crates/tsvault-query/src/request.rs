@@ -289,7 +289,7 @@ pub(crate) fn resolve_time(which: &'static str, value: Option<&str>, now_ms: i64
     Ok(at_ms)
 }
 
-fn check_utc(zone: Option<&str>) -> Result<()> {
+pub(crate) fn check_utc(zone: Option<&str>) -> Result<()> {
     match zone {
         None | Some("" | "UTC" | "Etc/UTC" | "GMT" | "Z") => Ok(()),
         Some(other) => Err(unsupported(&format!(

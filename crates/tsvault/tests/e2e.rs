@@ -437,7 +437,6 @@ fn opentsdb_query_last_reads_segments_and_head_with_exact_timestamps() {
         get_last(&format!("timeseries=cpu{{host=c}}&{window}")),
         json!([])
     );
-    assert_eq!(get_last(&format!("timeseries=nosuch&{window}")), json!([]));
 
     let post_last = |body: &str| {
         post_with(
@@ -479,6 +478,26 @@ fn opentsdb_query_last_reads_segments_and_head_with_exact_timestamps() {
     assert_eq!(
         bad_get("timeseries=cpu&back_scan=0"),
         "parameter 'back_scan': '0' is not a whole number of hours from 1 to 87600"
+    );
+    // A typo is not a quiet metric; a zone, a repeated or a misspelt parameter is not
+    // guessed at (each once accepted and answered from a default window).
+    assert_eq!(
+        bad_get(&format!("timeseries=nosuch&{window}")),
+        "query 1: no such metric 'nosuch'"
+    );
+    assert_eq!(
+        bad_get("timeseries=cpu&tz=Asia/Tokyo"),
+        "timezone 'Asia/Tokyo' (tsvault reads dates as UTC) is not supported by tsvault"
+    );
+    assert_eq!(
+        bad_get("timeseries=cpu&back_scan=3&back_scan=1"),
+        "parameter 'back_scan': given 2 times (3, 1); give it once"
+    );
+    assert_eq!(
+        bad(post_last(
+            r#"{"queries": [{"metric": "cpu"}], "back_scan": 1}"#
+        )),
+        "field 'back_scan': unknown field; /api/query/last reads 'queries', 'backScan', 'end', 'resolveNames', 'timezone'"
     );
     assert_eq!(
         bad_get("timeseries=cpu&end=tomorrow"),

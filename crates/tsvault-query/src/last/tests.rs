@@ -105,8 +105,7 @@ fn get_parameters() {
               q1 cpu [host=literal_or(web01) dc=literal_or(eu|us)]
               q2 mem [host=wildcard(*)]
             timeseries=cpu&timeseries=cpu&end=1356998400&back_scan=
-            end +0s back_scan 24h: [-1439m59.999s, +0.001s)
-              q1 cpu []
+            error: parameter 'back_scan': empty; leave it out for its default
             timeseries=cpu&end=1357002000123&back_scan=87600
             end +60m0.123s back_scan 87600h: [-5255939m59.876s, +60m0.124s)
               q1 cpu []
@@ -375,7 +374,7 @@ fn the_last_sample_of_each_series_in_the_window_with_its_own_timestamp() {
         cpu.idle{host="a"} +15m 97.125
         mem{host="a"} +0s 1000000000000000000000
         timeseries=nosuch
-        (none)
+        error: query 1: no such metric 'nosuch'
     "#]]
     .assert_eq(&got);
 }
@@ -580,7 +579,13 @@ proptest! {
             &test_params(&format!("timeseries=m0{tags}&end={end_ms}&back_scan={back_scan_hours}")),
             NOW_MS,
         ).unwrap();
-        let got: Vec<(SeriesKey, i64, f64)> = execute_last(&src, &req, &Limits::default())
+        let result = execute_last(&src, &req, &Limits::default());
+        if !model.keys().any(|(metric, _)| *metric == "m0") {
+            // Never written: a mistake, as in /api/query, not an empty answer.
+            prop_assert!(matches!(result, Err(Error::UnknownMetric { .. })), "{:?}", result);
+            return Ok(());
+        }
+        let got: Vec<(SeriesKey, i64, f64)> = result
             .unwrap()
             .into_iter()
             .map(|p| (p.key, p.ts_ms, p.value))
@@ -597,4 +602,96 @@ proptest! {
         want.sort_by(|a, b| metric_then_tags(&a.0, &b.0));
         prop_assert_eq!(got, want);
     }
+}
+
+/// What a hostile test found accepted and guessed at: each is refused, naming what to give.
+#[test]
+fn repeated_misspelt_empty_and_zoned_parameters_are_refused() {
+    check_params(
+        &[
+            "timeseries=cpu&back_scan=3&back_scan=1",
+            "timeseries=cpu&end=1356998400&end=1356998401",
+            "timeseries=cpu&end=",
+            "timeseries=cpu&back_scan=",
+            "timeseries=cpu&backScan=1",
+            "timeseries=cpu&start=1h-ago",
+            "timeseries=cpu&tz=Asia/Tokyo",
+            "timeseries=cpu&tz=UTC",
+        ],
+        expect![[r#"
+            timeseries=cpu&back_scan=3&back_scan=1
+            error: parameter 'back_scan': given 2 times (3, 1); give it once
+            timeseries=cpu&end=1356998400&end=1356998401
+            error: parameter 'end': given 2 times (1356998400, 1356998401); give it once
+            timeseries=cpu&end=
+            error: parameter 'end': empty; leave it out for its default
+            timeseries=cpu&back_scan=
+            error: parameter 'back_scan': empty; leave it out for its default
+            timeseries=cpu&backScan=1
+            error: parameter 'backScan': not a parameter of /api/query/last; the window is given by back_scan
+            timeseries=cpu&start=1h-ago
+            error: parameter 'start': not a parameter of /api/query/last; the window is given by end and back_scan
+            timeseries=cpu&tz=Asia/Tokyo
+            error: timezone 'Asia/Tokyo' (tsvault reads dates as UTC) is not supported by tsvault
+            timeseries=cpu&tz=UTC
+            end +120m back_scan 24h: [-1319m59.999s, +120m0.001s)
+              q1 cpu []
+        "#]],
+    );
+    check_json(
+        &[
+            r#"{"queries":[{"metric":"cpu"}],"back_scan":1}"#,
+            r#"{"queries":[{"metric":"cpu","tag":{"host":"a"}}]}"#,
+            r#"{"queries":[{"metric":"cpu"}],"end":""}"#,
+            r#"{"queries":[{"metric":"cpu"}],"timezone":"Asia/Tokyo"}"#,
+            r#"{"queries":[{"metric":"cpu"}],"timezone":"UTC","resolveNames":true}"#,
+        ],
+        expect![[r#"
+            {"queries":[{"metric":"cpu"}],"back_scan":1}
+            error: field 'back_scan': unknown field; /api/query/last reads 'queries', 'backScan', 'end', 'resolveNames', 'timezone'
+            {"queries":[{"metric":"cpu","tag":{"host":"a"}}]}
+            error: query 1: field 'tag': unknown field; /api/query/last reads 'metric', 'tags'
+            {"queries":[{"metric":"cpu"}],"end":""}
+            error: field 'end': empty; leave it out for now
+            {"queries":[{"metric":"cpu"}],"timezone":"Asia/Tokyo"}
+            error: timezone 'Asia/Tokyo' (tsvault reads dates as UTC) is not supported by tsvault
+            {"queries":[{"metric":"cpu"}],"timezone":"UTC","resolveNames":true}
+            end +120m back_scan 24h: [-1319m59.999s, +120m0.001s)
+              q1 cpu []
+        "#]],
+    );
+}
+
+/// Many queries of the same series are bounded together (a hostile request of 1,000 copies
+/// of one query over 20,000 series took 1 GB and 80 s), each series is listed once, and a
+/// metric never written is an error as in `/api/query`, not an empty answer.
+#[test]
+fn queries_together_are_bounded_and_an_unknown_metric_is_an_error() {
+    // "cpu" has 3 series with samples in the window.
+    let limits = Limits {
+        series_max: 8,
+        ..Limits::default()
+    };
+    let got = run_get(
+        &bounds_source(),
+        &[
+            "timeseries=cpu&timeseries=cpu{dc=*}",
+            "timeseries=cpu&timeseries=cpu{dc=*}&timeseries=cpu{dc=eu|us}",
+            "timeseries=cpu_typo",
+            "timeseries=cpu&timeseries=cpu}",
+        ],
+        &limits,
+    );
+    expect![[r#"
+        timeseries=cpu&timeseries=cpu{dc=*}
+        cpu{dc="eu",host="a"} +59m59.999s 3
+        cpu{dc="eu",host="b"} +20m 0.25
+        cpu{dc="us"} +5m -1.5
+        timeseries=cpu&timeseries=cpu{dc=*}&timeseries=cpu{dc=eu|us}
+        error: query 3: the number of series read by this request's queries together (9) exceeds the limit of 8 (series_max); narrow the time range, add filters or downsample
+        timeseries=cpu_typo
+        error: query 1: no such metric 'cpu_typo'
+        timeseries=cpu&timeseries=cpu}
+        error: query 2: no such metric 'cpu}'
+    "#]].assert_eq(&got);
 }
