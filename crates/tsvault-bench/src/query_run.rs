@@ -16,8 +16,9 @@ use crate::{Args, bar, http};
 /// Each TSBS query type on each running system, the same random instances for every
 /// system, every answer compared with tsvault's: a p50 and a p99 row per type (the largest
 /// time, called so, when there are fewer than 1,000 runs per type). The instances of all
-/// types are sent in one shuffled order, each to every system, the systems taking turns at
-/// going first, so that no system or type always runs on a cache another warmed.
+/// types are sent in one shuffled order, each to every system, the systems' order going
+/// through every permutation in turn, so that no system or type always runs on a cache
+/// another warmed or right after the same other.
 pub(crate) fn queries(
     args: &Args,
     wl: &Workload,
