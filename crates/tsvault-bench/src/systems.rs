@@ -561,22 +561,32 @@ impl Running {
         let pid = self.child.id().to_string();
         let status = Command::new("kill").args(["-TERM", &pid]).status()?;
         ensure!(status.success(), "kill -TERM {pid} failed");
-        let t = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                ensure!(
-                    status.success() || self.kind != Kind::Tsvault,
-                    "tsvault exited with {status} after SIGTERM"
-                );
-                return Ok(());
-            }
-            ensure!(
-                t.elapsed() < Duration::from_secs(300),
-                "{} still running 5 minutes after SIGTERM",
-                self.kind.name()
+        // Waits for the exit itself; a watchdog kills a process that has not exited after
+        // 5 minutes, which then ends the wait.
+        let (exited, watch) = mpsc::channel::<()>();
+        let watchdog = std::thread::spawn(move || {
+            let timed_out = matches!(
+                watch.recv_timeout(Duration::from_secs(300)),
+                Err(mpsc::RecvTimeoutError::Timeout)
             );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            if timed_out {
+                let _ = Command::new("kill").args(["-KILL", &pid]).status();
+            }
+            timed_out
+        });
+        let status = self.child.wait()?;
+        let _ = exited.send(());
+        let timed_out = watchdog.join().expect("the watchdog does not panic");
+        ensure!(
+            !timed_out,
+            "{} still running 5 minutes after SIGTERM; killed",
+            self.kind.name()
+        );
+        ensure!(
+            status.success() || self.kind != Kind::Tsvault,
+            "tsvault exited with {status} after SIGTERM"
+        );
+        Ok(())
     }
 
     /// Stops the process (SIGKILL; the benchmark never reuses a directory it killed).

@@ -203,6 +203,23 @@ fn scan_range(start_ms: i64, end_ms: i64, sub: &SubQuery) -> (i64, i64) {
 /// [`PARALLEL_SERIES_MIN`] series on; keeps each series' samples within the range, drops the
 /// series left with none, and refuses more than [`Limits::series_max`] of them. `query`
 /// (numbered from 1) names the sub-query in errors. The series come in the source's order.
+/// Refuses a metric never written, as OpenTSDB does (a typo would otherwise look like a quiet
+/// metric, which answers nothing); asked only when a read found no series, to keep the
+/// name list off the common path.
+pub(crate) fn known_metric(source: &dyn Source, query: usize, metric: &str) -> Result<()> {
+    if source
+        .metric_names()
+        .binary_search_by(|m| m.as_str().cmp(metric))
+        .is_err()
+    {
+        return Err(Error::UnknownMetric {
+            query,
+            metric: metric.to_owned(),
+        });
+    }
+    Ok(())
+}
+
 pub(crate) fn read_series(
     source: &dyn Source,
     query: usize,
@@ -280,13 +297,7 @@ fn prepare_sub_query(
         outcome: Ok(None),
     };
     if series.is_empty() {
-        // OpenTSDB fails on a metric it has never seen, and returns nothing for a quiet one.
-        if source.metric_names().binary_search(&sub.metric).is_err() {
-            return Err(Error::UnknownMetric {
-                query,
-                metric: sub.metric.clone(),
-            });
-        }
+        known_metric(source, query, &sub.metric)?;
         return Ok(prepared);
     }
     series.sort_by(|a, b| a.0.cmp(&b.0));
@@ -442,16 +453,8 @@ fn apply_row_filter(
         .map_err(|e| source_err(e.0))?;
     // As for the sub-query's own metric: a name never written is a mistake, not an empty row
     // set (a typo would otherwise silently return nothing).
-    if selected.is_empty()
-        && source
-            .metric_names()
-            .binary_search(&row_filter.metric)
-            .is_err()
-    {
-        return Err(Error::UnknownMetric {
-            query,
-            metric: row_filter.metric.clone(),
-        });
+    if selected.is_empty() {
+        known_metric(source, query, &row_filter.metric)?;
     }
     let mut conditions: Vec<Vec<Sample>> = vec![Vec::new(); series.len()];
     let mut read = 0usize;

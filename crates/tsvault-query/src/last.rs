@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 use tsvault_model::SeriesKey;
 
 use crate::error::{Error, Result};
-use crate::executor::{Budget, Limits, read_series};
+use crate::executor::{Budget, Limits, known_metric, read_series};
 use crate::filter::Filter;
 use crate::request::{
     ExprError, check_utc, distinct_params, field_err, filters_from_tags, json_object, json_queries,
@@ -339,12 +339,8 @@ pub fn execute_last(
             window,
             limits,
         )?;
-        if series.is_empty() && source.metric_names().binary_search(&q.metric).is_err() {
-            // As /api/query: a name never written is a mistake, not a quiet metric.
-            return Err(Error::UnknownMetric {
-                query,
-                metric: q.metric.clone(),
-            });
+        if series.is_empty() {
+            known_metric(source, query, &q.metric)?;
         }
         series_read += series.len();
         if series_read > limits.series_max {
