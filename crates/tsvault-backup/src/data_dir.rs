@@ -1,4 +1,12 @@
 //! Backups of a stopped data directory, and restores into an empty one.
+//!
+//! Also the online backups of a server's snapshot (`backup_online`, over either `Snapshots`:
+//! HTTP, or the engine in this process), the snapshot taken while the repository is locked and
+//! released once its files are read. Small files are gathered into packs; a segment's digests,
+//! totals and series-index keys are taken in one walk of its index
+//! (`tsvault_storage::segment_index`) without allocating per series; a larger segment is read
+//! once, whole, and its 8 MiB chunks cut from the bytes walked (files read whole at once held to
+//! 256 MiB). Verify has three levels: structure, read-data and deep.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};

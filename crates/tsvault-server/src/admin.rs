@@ -13,6 +13,9 @@
 //! - `POST /api/admin/import`: newline-delimited JSON, one series per line,
 //!   `{"series":"<canonical key>","samples":[[ms,value],...]}`; samples merge, and a series'
 //!   existing sample at a timestamp is never overwritten.
+//!
+//! A snapshot file up to 4 MiB is found, opened and read in one blocking step and sent as one
+//! body; larger ones are streamed.
 
 use axum::Json;
 use axum::body::Body;

@@ -1,5 +1,8 @@
 //! Snapshots (the unit every online backup starts from) and per-series digests of files.
 //!
+//! `segment_index` walks a verified segment's index, its entries borrowing their keys, for the
+//! backup's digests.
+//!
 //! A snapshot is a directory `snapshots/<id>/` inside the data directory holding the manifest
 //! of the moment, hard links of its live segments and of the WAL files since the manifest's
 //! `wal_start`, up to a WAL roll made for the snapshot, and `snapshot.json` naming each file
