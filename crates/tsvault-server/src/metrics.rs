@@ -42,6 +42,7 @@ struct EngineGauges {
     flushes: Gauge<u64, AtomicU64>,
     compactions: Gauge<u64, AtomicU64>,
     dropped_retention: Gauge<u64, AtomicU64>,
+    wal_fsyncs: Gauge<u64, AtomicU64>,
     poisoned: Gauge,
 }
 
@@ -113,6 +114,11 @@ impl Metrics {
             engine.dropped_retention.clone(),
         );
         registry.register(
+            "wal_fsyncs",
+            "Fsyncs of the write-ahead log since start",
+            engine.wal_fsyncs.clone(),
+        );
+        registry.register(
             "write_refused",
             "1 when writes are refused after a failed fsync or write",
             engine.poisoned.clone(),
@@ -172,6 +178,7 @@ impl Metrics {
         g.flushes.set(stats.flushes);
         g.compactions.set(stats.compactions);
         g.dropped_retention.set(stats.samples_dropped_retention);
+        g.wal_fsyncs.set(stats.wal_fsyncs);
         g.poisoned.set(i64::from(poisoned));
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");

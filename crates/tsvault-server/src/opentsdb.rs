@@ -44,8 +44,9 @@ async fn body_or_error(st: &Shared, headers: &HeaderMap, body: Body) -> Result<V
         })
 }
 
-/// `POST /api/put[?summary][&details][&sync]`. Writes are always durable before the answer,
-/// so `sync` changes nothing.
+/// `POST /api/put[?summary][&details][&sync]`. Under `--fsync always` (the default) every
+/// write is durable before its answer; under `--fsync interval`, `sync` asks for the fsync
+/// before the answer all the same.
 pub(crate) async fn put(
     State(st): State<Shared>,
     Query(params): Query<Vec<(String, String)>>,
@@ -57,6 +58,7 @@ pub(crate) async fn put(
         Err(r) => return r,
     };
     let engine = st.engine.clone();
+    let sync = flag(&params, "sync");
     let result = blocking(move || {
         let mut parsed = parse_opentsdb_put(&body)?;
         if let Some(cutoff) = engine.retention_cutoff_ms() {
@@ -72,7 +74,11 @@ pub(crate) async fn put(
             parsed.errors.sort_by_key(|e| e.index);
         }
         let points: Vec<_> = parsed.points.iter().map(|(_, p)| p.clone()).collect();
-        let written = engine.write(&points);
+        let written = if sync {
+            engine.write_synced(&points)
+        } else {
+            engine.write(&points)
+        };
         Ok::<_, tsvault_ingest::PutBodyError>((parsed, written))
     })
     .await;

@@ -14,7 +14,10 @@ use crate::error::{Error, IoContext, Result};
 use crate::manifest::{MANIFEST_FILE, Manifest};
 use crate::segment::{Segment, segment_file_name};
 use crate::snapshot::{self, SNAPSHOTS_DIR};
-use crate::wal::{WalEnd, list_wal_files, read_wal_file};
+use crate::wal::{
+    WalEnd, describe_missing, list_wal_files, missing_wal_files, newest_path, read_newest,
+    read_wal_file, wal_file_name,
+};
 
 /// One finding of a check, naming the file it is about.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -100,7 +103,14 @@ pub fn check_data_dir(dir: &Path, progress: &mut dyn FnMut(u64)) -> Result<Check
     let seg_dir = dir.join("segments");
     check_segments(&seg_dir, manifest.as_ref(), &mut r, progress)?;
     let wal_start = manifest.as_ref().map_or(0, |m| m.wal_start);
-    check_wal(&wal_dir, wal_start, &mut r, progress)?;
+    let segments_without_manifest = manifest.is_none() && has_segment_files(&seg_dir);
+    check_wal(
+        &wal_dir,
+        wal_start,
+        segments_without_manifest,
+        &mut r,
+        progress,
+    )?;
     check_snapshots(dir, &mut r, progress)?;
     let qdir = dir.join("quarantine");
     if qdir.is_dir() {
@@ -318,6 +328,7 @@ fn check_segment(
 fn check_wal(
     wal_dir: &Path,
     wal_start: u64,
+    segments_without_manifest: bool,
     r: &mut CheckReport,
     progress: &mut dyn FnMut(u64),
 ) -> Result<()> {
@@ -325,6 +336,33 @@ fn check_wal(
         return Ok(());
     }
     let files = list_wal_files(wal_dir)?;
+    // Every file replay needs is there, as the engine checks at start.
+    let newest = match read_newest(wal_dir) {
+        Ok(n) => n,
+        Err(e) => {
+            r.error(&newest_path(wal_dir), e);
+            None
+        }
+    };
+    let numbers: Vec<u64> = files
+        .iter()
+        .map(|(n, _)| *n)
+        .filter(|&n| n >= wal_start)
+        .collect();
+    let (stored_start, start_required) = if wal_start >= 1 {
+        (Some(wal_start), true)
+    } else if segments_without_manifest {
+        (None, false)
+    } else {
+        (Some(1), false)
+    };
+    let missing = missing_wal_files(&numbers, stored_start, start_required, newest);
+    if let Some(&(first, _)) = missing.first() {
+        r.problem(
+            &wal_dir.join(wal_file_name(first)),
+            describe_missing(&missing),
+        );
+    }
     let newest = files.last().map_or(0, |(n, _)| *n);
     for (n, path) in &files {
         let size = fs::metadata(path).map_or(0, |m| m.len());
@@ -427,4 +465,12 @@ fn check_snapshots(dir: &Path, r: &mut CheckReport, progress: &mut dyn FnMut(u64
         }
     }
     Ok(())
+}
+
+/// Whether `seg_dir` holds any segment file.
+fn has_segment_files(seg_dir: &Path) -> bool {
+    fs::read_dir(seg_dir).is_ok_and(|list| {
+        list.flatten()
+            .any(|e| e.file_name().to_string_lossy().ends_with(".seg"))
+    })
 }

@@ -28,10 +28,12 @@ const COMMIT_SAMPLES_MAX: usize = 4 << 20;
 
 /// What the commit thread is asked to do.
 pub(crate) enum CommitRequest {
-    /// Make these samples durable, then visible; answer when done.
+    /// Make these samples durable, then visible; answer when done. With `sync`, they are
+    /// fsynced before the answer whatever the fsync mode (a client that asked for it).
     Write {
         samples: Vec<(SeriesId, i64, f64)>,
         done: SyncSender<Result<()>>,
+        sync: bool,
     },
     /// Start a new WAL file and move the head aside for flushing: everything in the returned
     /// head came from WAL files numbered below the returned number.
@@ -99,9 +101,15 @@ fn run_loop(inner: Arc<Inner>, mut wal: WalWriter, rx: Receiver<CommitRequest>) 
         let mut writes = Vec::new();
         let mut pending = Some(first);
         let mut n_samples = 0;
+        let mut sync_asked = false;
         while let Some(req) = pending.take() {
             match req {
-                CommitRequest::Write { samples, done } => {
+                CommitRequest::Write {
+                    samples,
+                    done,
+                    sync,
+                } => {
+                    sync_asked |= sync;
                     n_samples += samples.len();
                     writes.push((samples, done));
                     if n_samples < COMMIT_SAMPLES_MAX {
@@ -111,7 +119,9 @@ fn run_loop(inner: Arc<Inner>, mut wal: WalWriter, rx: Receiver<CommitRequest>) 
                 control => {
                     // Writes received before a control request are committed first, so that
                     // it sees them; a shutdown syncs them whatever the fsync mode.
-                    let fsync = interval.is_none() || matches!(control, CommitRequest::Shutdown);
+                    let fsync = interval.is_none()
+                        || sync_asked
+                        || matches!(control, CommitRequest::Shutdown);
                     let had_writes = !writes.is_empty();
                     commit(
                         &inner,
@@ -125,6 +135,9 @@ fn run_loop(inner: Arc<Inner>, mut wal: WalWriter, rx: Receiver<CommitRequest>) 
                     // whatever the control request does next.
                     if had_writes && !fsync && dirty_since.is_none() {
                         dirty_since = Some(Instant::now());
+                    }
+                    if had_writes && fsync {
+                        dirty_since = None;
                     }
                     match control {
                         CommitRequest::Write { .. } => {
@@ -170,17 +183,21 @@ fn run_loop(inner: Arc<Inner>, mut wal: WalWriter, rx: Receiver<CommitRequest>) 
             }
         }
         if !writes.is_empty() {
-            commit(
-                &inner,
-                &mut wal,
-                &mut defined,
-                &mut frames,
-                writes,
-                interval.is_none(),
-            );
-            if interval.is_some() && dirty_since.is_none() {
+            let fsync = interval.is_none() || sync_asked;
+            commit(&inner, &mut wal, &mut defined, &mut frames, writes, fsync);
+            if fsync {
+                dirty_since = None;
+            } else if dirty_since.is_none() {
                 dirty_since = Some(Instant::now());
             }
+        }
+        // Under sustained load the receive above never times out: the interval is kept
+        // here too, so that no acknowledged write stays unsynced much past it.
+        if let (Some(iv), Some(since)) = (interval, dirty_since)
+            && since.elapsed() >= iv
+        {
+            sync_or_poison(&inner, &mut wal);
+            dirty_since = None;
         }
         if wal.size_bytes() >= inner.config.wal_segment_bytes_max
             && inner.poisoned().is_none()
@@ -194,10 +211,20 @@ fn run_loop(inner: Arc<Inner>, mut wal: WalWriter, rx: Receiver<CommitRequest>) 
 
 fn sync_or_poison(inner: &Inner, wal: &mut WalWriter) {
     if inner.poisoned().is_none()
-        && let Err(e) = wal.sync()
+        && let Err(e) = sync_wal(inner, wal)
     {
         inner.poison(&e);
     }
+}
+
+/// Fsyncs the WAL file, counting it.
+fn sync_wal(inner: &Inner, wal: &mut WalWriter) -> Result<()> {
+    wal.sync()?;
+    inner
+        .stats
+        .wal_fsyncs
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
 }
 
 type Write = (Vec<(SeriesId, i64, f64)>, SyncSender<Result<()>>);
@@ -251,7 +278,7 @@ fn commit(
                 }
             },
             r => {
-                let r = r.and_then(|()| if fsync { wal.sync() } else { Ok(()) });
+                let r = r.and_then(|()| if fsync { sync_wal(inner, wal) } else { Ok(()) });
                 if let Err(e) = &r {
                     inner.poison(e);
                 }
@@ -329,7 +356,7 @@ fn roll(inner: &Inner, wal: &mut WalWriter, defined: &mut Vec<bool>) -> Result<u
     if let Some(msg) = inner.poisoned() {
         return Err(Error::Poisoned(msg));
     }
-    if let Err(e) = wal.sync() {
+    if let Err(e) = sync_wal(inner, wal) {
         inner.poison(&e);
         return Err(e);
     }

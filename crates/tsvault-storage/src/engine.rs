@@ -22,7 +22,8 @@ use crate::manifest::{MANIFEST_FILE, Manifest};
 use crate::segment::{Segment, SegmentInfo, segment_file_name, write_segment};
 use crate::snapshot::{self, SNAPSHOTS_DIR, SnapshotFile, SnapshotInfo};
 use crate::wal::{
-    WalEnd, WalWriter, list_wal_files, read_wal_file, truncate_torn_tail, wal_file_name,
+    WalEnd, WalWriter, describe_missing, list_wal_files, missing_wal_files, newest_path,
+    read_newest, read_wal_file, truncate_torn_tail, wal_file_name,
 };
 
 /// When a write is made durable.
@@ -119,6 +120,7 @@ pub(crate) struct Stats {
     pub flushes: AtomicU64,
     pub compactions: AtomicU64,
     pub samples_dropped_retention: AtomicU64,
+    pub wal_fsyncs: AtomicU64,
 }
 
 /// A point-in-time view of the engine's figures.
@@ -144,6 +146,8 @@ pub struct EngineStats {
     pub compactions: u64,
     /// Samples refused because they were older than the retention period.
     pub samples_dropped_retention: u64,
+    /// Fsyncs of the WAL since start.
+    pub wal_fsyncs: u64,
 }
 
 /// What an import did (also the answer of the server's import API).
@@ -268,6 +272,10 @@ const COMPACTION_CHECK_EVERY: Duration = Duration::from_secs(60);
 /// How long the maintenance thread waits after a compaction found the disk full.
 const COMPACTION_BACKOFF: Duration = Duration::from_secs(600);
 
+/// Most missing WAL files `--quarantine-corrupt` stands empty files in for: more than a gap
+/// this directory could have (a damaged record of the newest file, most likely).
+const MISSING_WAL_FILES_FILLED_MAX: u64 = 10_000;
+
 /// How often the maintenance thread looks for work.
 const MAINTENANCE_TICK_MS: u64 = 1000;
 
@@ -343,6 +351,70 @@ impl Engine {
         remove_stray_files(&seg_dir, &manifest)?;
         // Snapshots interrupted while being taken are removed; complete ones stay.
         snapshot::remove_partial(&dir)?;
+
+        // Every WAL file replay needs must be there (see `missing_wal_files`).
+        let manifest_on_disk = !rebuilt && manifest.wal_start >= 1;
+        let newest_recorded = match read_newest(&wal_dir) {
+            Ok(n) => n,
+            Err(e) if config.quarantine_corrupt => {
+                let path = newest_path(&wal_dir);
+                quarantined.push(quarantine(
+                    &dir,
+                    &path,
+                    e.to_string(),
+                    "nothing: the record only helps find a missing newest WAL file".into(),
+                )?);
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        let stored_start = if manifest_on_disk {
+            Some(manifest.wal_start)
+        } else if !rebuilt {
+            Some(1)
+        } else {
+            None
+        };
+        let numbers: Vec<u64> = list_wal_files(&wal_dir)?
+            .into_iter()
+            .map(|(n, _)| n)
+            .filter(|&n| n >= manifest.wal_start)
+            .collect();
+        let missing = missing_wal_files(&numbers, stored_start, manifest_on_disk, newest_recorded);
+        if !missing.is_empty() {
+            let first = wal_dir.join(wal_file_name(missing[0].0));
+            let detail = describe_missing(&missing);
+            let count: u64 = missing.iter().map(|(a, b)| b - a + 1).sum();
+            if !config.quarantine_corrupt || count > MISSING_WAL_FILES_FILLED_MAX {
+                return Err(Error::Corrupt {
+                    path: first,
+                    detail: format!(
+                        "{detail}; start with --quarantine-corrupt to serve the rest{}",
+                        if count > MISSING_WAL_FILES_FILLED_MAX {
+                            " (not offered here: too many files are missing for a gap this data directory could have)"
+                        } else {
+                            ""
+                        }
+                    ),
+                });
+            }
+            // Served without them: each missing file is made an empty one, so the numbering
+            // holds again and the next start does not report the same loss.
+            for &(a, b) in &missing {
+                for n in a..=b {
+                    fsutil::write_synced(&wal_dir.join(wal_file_name(n)), crate::wal::WAL_MAGIC)?;
+                }
+            }
+            sync_dir(&wal_dir)?;
+            quarantined.push(QuarantinedFile {
+                file: first.clone(),
+                moved_to: first,
+                reason: detail,
+                lost:
+                    "the acknowledged writes those WAL files held; empty files stand in their place"
+                        .into(),
+            });
+        }
 
         // Replay the WAL into the head.
         let mut head = Head::default();
@@ -430,11 +502,28 @@ impl Engine {
                     }
                 }
             }
+            // What was just replayed is served and built on (a new WAL file follows it, a
+            // snapshot may link it), so it must be durable first: a process killed between
+            // a WAL write and its fsync leaves bytes in the page cache that a power cut
+            // would still take, turning this file into a torn older one.
+            if path.exists() {
+                let f = File::open(path).ctx("open", path)?;
+                fsutil::fsync(&f, path, true)?;
+            }
         }
-        if manifest.wal_start == 0 {
-            manifest.wal_start = 1;
+        sync_dir(&wal_dir)?;
+        // The new file follows the last one left (a newest file cut to nothing at start is
+        // gone, and its number is used again, so no gap opens).
+        let survivors = list_wal_files(&wal_dir)?;
+        let last_left = survivors.last().map_or(0, |(n, _)| *n);
+        let next_number = (last_left + 1)
+            .max(manifest.wal_start)
+            .max(newest_recorded.map_or(0, |n| n + 1));
+        if manifest.wal_start == 0 || rebuilt {
+            // A rebuilt manifest replays every WAL file there is: it starts at the first.
+            manifest.wal_start = survivors.first().map_or(next_number, |(n, _)| *n);
         }
-        let wal = WalWriter::create(&wal_dir, (last_number + 1).max(manifest.wal_start))?;
+        let wal = WalWriter::create(&wal_dir, next_number)?;
         if rebuilt || !quarantined.is_empty() {
             manifest.store(&dir)?;
         }
@@ -489,6 +578,7 @@ impl Engine {
                 &engine.inner.config.data_dir,
             )?;
         engine.threads.lock().push(maint);
+        crate::powercut::after_open();
         Ok(engine)
     }
 
@@ -502,7 +592,14 @@ impl Engine {
     /// Makes `points` durable and visible; returns once they are (per the fsync mode).
     /// Samples older than the retention period are refused and counted.
     pub fn write(&self, points: &[Point]) -> Result<WriteOutcome> {
-        self.handle().write(points)
+        self.handle().write(points, false)
+    }
+
+    /// Like [`Engine::write`], and fsynced before it returns whatever the fsync mode: for a
+    /// client that asked for durability (`/api/put?sync`) on a server started with
+    /// `--fsync interval`.
+    pub fn write_synced(&self, points: &[Point]) -> Result<WriteOutcome> {
+        self.handle().write(points, true)
     }
 
     /// Writes those of `points` whose series holds no sample at their timestamp yet, so that
@@ -671,6 +768,7 @@ impl Engine {
             flushes: s.flushes.load(Ordering::Relaxed),
             compactions: s.compactions.load(Ordering::Relaxed),
             samples_dropped_retention: s.samples_dropped_retention.load(Ordering::Relaxed),
+            wal_fsyncs: s.wal_fsyncs.load(Ordering::Relaxed),
         }
     }
 
@@ -732,7 +830,7 @@ struct EngineHandle {
 }
 
 impl EngineHandle {
-    fn write(&self, points: &[Point]) -> Result<WriteOutcome> {
+    fn write(&self, points: &[Point], sync: bool) -> Result<WriteOutcome> {
         let (samples, dropped) = self.resolve(points)?;
         let written = samples.len();
         if written > 0 {
@@ -741,6 +839,7 @@ impl EngineHandle {
                 .send(CommitRequest::Write {
                     samples,
                     done: done_tx,
+                    sync,
                 })
                 .map_err(|_| Error::Closed)?;
             done_rx.recv().map_err(|_| Error::Closed)??;

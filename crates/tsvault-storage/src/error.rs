@@ -69,9 +69,12 @@ impl<T> IoContext<T> for io::Result<T> {
 }
 
 impl Error {
-    /// True when the error means the disk is full (ENOSPC).
+    /// True when the error means the disk is full (ENOSPC) and nothing was lost by it: a
+    /// write, create or rename that found no room. A failed fsync never counts, whatever its
+    /// errno: the kernel may have dropped the dirty pages it could not write, and what was
+    /// renamed or created before it may or may not be durable, so it poisons.
     pub fn is_disk_full(&self) -> bool {
-        matches!(self, Error::Io { source, .. } if source.raw_os_error() == Some(28))
+        matches!(self, Error::Io { op, source, .. } if *op != "fsync" && source.raw_os_error() == Some(28))
     }
 }
 

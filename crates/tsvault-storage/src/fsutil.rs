@@ -4,7 +4,7 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::path::Path;
 
-use crate::error::{IoContext, Result};
+use crate::error::{IoContext, Result, failpoint};
 use crate::powercut;
 
 /// Fsyncs a directory so that entries created, renamed or removed in it are durable.
@@ -66,5 +66,6 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
     write_synced(&tmp, bytes)?;
     rename(&tmp, path)?;
+    failpoint!("replace-dir-fsync", "fsync", dir);
     sync_dir(dir)
 }

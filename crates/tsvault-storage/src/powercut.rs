@@ -1,8 +1,13 @@
 //! Simulated power cuts (builds with the `failpoints` feature, for tests; otherwise every
 //! hook is empty). With `TSVAULT_POWERCUT=1` in the environment, the engine records what is
 //! durable as it runs: a file's bytes up to its last fsync, a directory's entries as of its
-//! last fsync (or as they were when the engine opened). When the fault point `powercut`
-//! fires, the data directory is put back to exactly that state (bytes written but not
+//! last fsync. What is durable is kept in `.powercut-state` in the data directory as it
+//! changes, so that a process killed without a cut (SIGKILL, a clean exit) hands the next
+//! one what was really fsynced, not what the page cache still shows: bytes a killed process
+//! wrote but never fsynced stay undurable until a later fsync. Only a directory with no
+//! such record (first use, or after a cut, which leaves everything durable) is taken as
+//! durable as found. When the fault point `powercut` (or `powercut-after-open`, at the end
+//! of a start) fires, the data directory is put back to exactly that state (bytes written but not
 //! fsynced are dropped, except, at random, a prefix of them: a torn write; files created,
 //! renamed or removed since their directory's last fsync are un-created, renamed back or
 //! brought back), and the process aborts. What a restart then finds is what a machine that
@@ -26,6 +31,8 @@ mod off {
     #[inline(always)]
     pub(crate) fn point() {}
     #[inline(always)]
+    pub(crate) fn after_open() {}
+    #[inline(always)]
     pub(crate) fn file_synced(_: &File) {}
     #[inline(always)]
     pub(crate) fn dir_synced(_: &Path) {}
@@ -46,6 +53,8 @@ mod imp {
 
     /// The stash of unlinked files (hard links keep their bytes), inside the data directory.
     const STASH: &str = ".powercut";
+    /// What is durable, as of the last fsync of this process or an earlier one.
+    const RECORD: &str = ".powercut-state";
 
     struct State {
         root: PathBuf,
@@ -69,28 +78,31 @@ mod imp {
         };
         list.flatten()
             .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-            .filter(|e| e.file_name() != crate::engine::LOCK_FILE)
+            .filter(|e| e.file_name() != crate::engine::LOCK_FILE && e.file_name() != RECORD)
             .filter_map(|e| Some((e.file_name(), e.metadata().ok()?.ino())))
             .collect()
     }
 
-    /// Starts recording for the data directory `root` when `TSVAULT_POWERCUT` is set: what is
-    /// there now is taken as durable.
+    /// Starts recording for the data directory `root` when `TSVAULT_POWERCUT` is set: what an
+    /// earlier process recorded as durable, or, with no record, what is there now.
     pub(crate) fn start(root: &Path) {
         if std::env::var_os("TSVAULT_POWERCUT").is_none() {
             return;
         }
-        let mut synced = HashMap::new();
-        let mut entries = HashMap::new();
-        for dir in simulated(root) {
-            let here = files(&dir);
-            for (name, &ino) in &here {
-                if let Ok(md) = fs::metadata(dir.join(name)) {
-                    synced.insert(ino, md.len());
+        let (synced, entries) = load(root).unwrap_or_else(|| {
+            let mut synced = HashMap::new();
+            let mut entries = HashMap::new();
+            for dir in simulated(root) {
+                let here = files(&dir);
+                for (name, &ino) in &here {
+                    if let Ok(md) = fs::metadata(dir.join(name)) {
+                        synced.insert(ino, md.len());
+                    }
                 }
+                entries.insert(dir, here);
             }
-            entries.insert(dir, here);
-        }
+            (synced, entries)
+        });
         let seed = std::env::var("TSVAULT_POWERCUT_SEED")
             .ok()
             .and_then(|s| s.parse().ok())
@@ -99,12 +111,57 @@ mod imp {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(1, |d| d.as_nanos() as u64)
             });
-        *STATE.lock().unwrap_or_else(|p| p.into_inner()) = Some(State {
+        let st = State {
             root: root.to_owned(),
             synced,
             entries,
             rng: seed | 1,
-        });
+        };
+        save(&st);
+        *STATE.lock().unwrap_or_else(|p| p.into_inner()) = Some(st);
+    }
+
+    /// The durable state an earlier process recorded for `root`, if any.
+    #[allow(clippy::type_complexity)]
+    fn load(root: &Path) -> Option<(HashMap<u64, u64>, HashMap<PathBuf, HashMap<OsString, u64>>)> {
+        let text = fs::read_to_string(root.join(RECORD)).ok()?;
+        let dirs = simulated(root);
+        let mut synced = HashMap::new();
+        let mut entries: HashMap<PathBuf, HashMap<OsString, u64>> =
+            dirs.iter().map(|d| (d.clone(), HashMap::new())).collect();
+        for line in text.lines() {
+            let f: Vec<&str> = line.split(' ').collect();
+            match f.as_slice() {
+                ["S", ino, len] => {
+                    synced.insert(ino.parse().ok()?, len.parse().ok()?);
+                }
+                ["E", d, ino, name] => {
+                    let dir = dirs.get(d.parse::<usize>().ok()?)?;
+                    entries
+                        .get_mut(dir)?
+                        .insert(OsString::from(name), ino.parse().ok()?);
+                }
+                _ => return None,
+            }
+        }
+        Some((synced, entries))
+    }
+
+    /// Records what is durable now, for a later process (see the module's comment).
+    fn save(st: &State) {
+        let mut text = String::new();
+        for (ino, len) in &st.synced {
+            text.push_str(&format!("S {ino} {len}\n"));
+        }
+        for (i, dir) in simulated(&st.root).iter().enumerate() {
+            for (name, ino) in st.entries.get(dir).into_iter().flatten() {
+                text.push_str(&format!("E {i} {ino} {}\n", name.to_string_lossy()));
+            }
+        }
+        let tmp = st.root.join(format!("{RECORD}.tmp"));
+        if fs::write(&tmp, text).is_ok() {
+            let _ = fs::rename(&tmp, st.root.join(RECORD));
+        }
     }
 
     /// A moment where the power may go (the `powercut` fault point).
@@ -112,11 +169,18 @@ mod imp {
         fail::fail_point!("powercut", |_| cut());
     }
 
+    /// The end of a start (the `powercut-after-open` fault point): the moment the engine
+    /// has replayed the WAL and created its new WAL file.
+    pub(crate) fn after_open() {
+        fail::fail_point!("powercut-after-open", |_| cut());
+    }
+
     /// `file` was fsynced: its bytes so far are durable.
     pub(crate) fn file_synced(file: &File) {
         let mut guard = STATE.lock().unwrap_or_else(|p| p.into_inner());
         if let (Some(st), Ok(md)) = (guard.as_mut(), file.metadata()) {
             st.synced.insert(md.ino(), md.len());
+            save(st);
         }
     }
 
@@ -127,6 +191,7 @@ mod imp {
             && let Some(e) = st.entries.get_mut(dir)
         {
             *e = files(dir);
+            save(st);
         }
     }
 
@@ -231,6 +296,8 @@ mod imp {
             File::open(&dir)?.sync_all()?;
         }
         let _ = fs::remove_dir_all(&stash);
+        // Everything left is durable now: no record, the next start takes it as found.
+        let _ = fs::remove_file(st.root.join(RECORD));
         File::open(&st.root)?.sync_all()
     }
 }

@@ -411,7 +411,13 @@ pub(crate) fn write_segment(
     let result = write_segment_file(&tmp, partition, series).and_then(
         |(size, hash, n_series, n_samples)| {
             fsutil::rename(&tmp, &path)?;
-            sync_dir(dir)?;
+            // No manifest names the file yet: if its directory's fsync fails, it goes (the
+            // failed fsync itself poisons the store, see `Error::is_disk_full`).
+            failpoint!("segment-dir-fsync", "fsync", dir);
+            if let Err(e) = sync_dir(dir) {
+                let _ = fsutil::remove_file(&path);
+                return Err(e);
+            }
             Ok(SegmentInfo {
                 seq,
                 partition_start_ms: partition.0,

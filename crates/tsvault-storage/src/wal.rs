@@ -24,6 +24,102 @@ pub(crate) const WAL_RECORD_BYTES_MAX: usize = 256 << 20;
 /// Record type of a write batch.
 const RECORD_BATCH: u8 = 1;
 
+/// The file beside `wal/` (in the data directory) that names the newest WAL file ever
+/// created (see [`missing_wal_files`]).
+pub(crate) const NEWEST_FILE: &str = "WAL-NEWEST";
+
+/// Where the record of the newest WAL file is, for the WAL directory `wal_dir`.
+pub(crate) fn newest_path(wal_dir: &Path) -> PathBuf {
+    wal_dir.parent().unwrap_or(Path::new(".")).join(NEWEST_FILE)
+}
+const NEWEST_MAGIC: &[u8; 8] = b"TSVNEW\x00\x01";
+
+/// Records durably (atomic replace) that WAL file `n` of `wal_dir` exists and is the newest.
+pub(crate) fn write_newest(wal_dir: &Path, n: u64) -> Result<()> {
+    let mut bytes = NEWEST_MAGIC.to_vec();
+    bytes.extend_from_slice(&n.to_le_bytes());
+    let crc = crc32c::crc32c(&bytes);
+    bytes.extend_from_slice(&crc.to_le_bytes());
+    crate::fsutil::write_atomic(&newest_path(wal_dir), &bytes)
+}
+
+/// The newest WAL file number recorded for `wal_dir` (None when no record: a directory
+/// written before the record existed, or restored).
+pub(crate) fn read_newest(wal_dir: &Path) -> Result<Option<u64>> {
+    let path = newest_path(wal_dir);
+    let bytes = match fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).ctx("read", path),
+    };
+    let ok = bytes.len() == 20
+        && &bytes[..8] == NEWEST_MAGIC
+        && crc32c::crc32c(&bytes[..16]).to_le_bytes() == bytes[16..20];
+    if !ok {
+        return Err(crate::error::Error::Corrupt {
+            path,
+            detail: "not a valid record of the newest WAL file (bad length, magic or checksum)"
+                .into(),
+        });
+    }
+    Ok(Some(u64::from_le_bytes(
+        bytes[8..16].try_into().expect("8 bytes"),
+    )))
+}
+
+/// The WAL files that must exist and do not, as inclusive ranges of numbers. Replay needs
+/// every file from the manifest's `wal_start` (`stored_start`, when a manifest was on disk;
+/// 1 for a directory never flushed) through the newest ever created (`newest`, the record
+/// [`write_newest`] keeps): a gap, or a newest file that is gone, lost acknowledged writes.
+/// With `start_required` (a manifest on disk: a flush created its start file before
+/// storing it), the start file must be there even when no later one is.
+pub(crate) fn missing_wal_files(
+    numbers: &[u64],
+    stored_start: Option<u64>,
+    start_required: bool,
+    newest: Option<u64>,
+) -> Vec<(u64, u64)> {
+    let mut missing = Vec::new();
+    if numbers.is_empty()
+        && start_required
+        && let Some(start) = stored_start
+    {
+        return vec![(start, newest.unwrap_or(start).max(start))];
+    }
+    let mut expect = stored_start.or_else(|| numbers.first().copied());
+    for &n in numbers {
+        match expect {
+            Some(e) if n > e => missing.push((e, n - 1)),
+            _ => {}
+        }
+        expect = Some(expect.map_or(n, |e| e.max(n)) + 1);
+    }
+    if let (Some(newest), Some(e)) = (newest, expect.or(stored_start))
+        && newest >= e
+    {
+        missing.push((e, newest));
+    }
+    missing
+}
+
+/// Says which WAL files `missing` names, for an error or a report.
+pub(crate) fn describe_missing(missing: &[(u64, u64)]) -> String {
+    let names: Vec<String> = missing
+        .iter()
+        .map(|&(a, b)| {
+            if a == b {
+                wal_file_name(a)
+            } else {
+                format!("{} to {}", wal_file_name(a), wal_file_name(b))
+            }
+        })
+        .collect();
+    format!(
+        "WAL file(s) {} missing: replay needs every file from the manifest's WAL start to the newest one created ({NEWEST_FILE}), and the acknowledged writes they held are not in any segment",
+        names.join(", ")
+    )
+}
+
 /// The file name of WAL file number `n`.
 pub(crate) fn wal_file_name(n: u64) -> String {
     format!("{n:020}.wal")
@@ -181,7 +277,10 @@ pub(crate) fn read_wal_bytes(
     buf: &[u8],
     mut apply: impl FnMut(WalBatch) -> Result<()>,
 ) -> Result<WalEnd> {
-    if buf.len() < WAL_MAGIC.len() {
+    // A file whose header never reached the disk (created, then the power went before its
+    // fsync): short, or zeros where the file system allocated blocks it never wrote. It held
+    // no record, since records follow the header's fsync.
+    if buf.len() < WAL_MAGIC.len() || buf.iter().all(|&b| b == 0) {
         return Ok(WalEnd::TornTail { valid_len: 0 });
     }
     if &buf[..WAL_MAGIC.len()] != WAL_MAGIC {
@@ -251,10 +350,26 @@ impl WalWriter {
             file.write_all(WAL_MAGIC).ctx("write", &path)?;
             fsync(&file, &path, false)?;
             sync_dir(dir)
-        })();
+        })()
+        // After the file is durable: the record never names a file that is not there. A
+        // full disk leaves the old record in place (its temporary file goes); a failed fsync
+        // after its rename leaves the file too, and poisons.
+        .and_then(|()| {
+            write_newest(dir, number).inspect_err(|e| {
+                if e.is_disk_full() {
+                    let _ = crate::fsutil::remove_file(&newest_path(dir).with_extension("tmp"));
+                }
+            })
+        });
         if let Err(e) = written {
-            // No half-made file is left to block the next attempt at this number.
+            if !e.is_disk_full() && matches!(&e, crate::error::Error::Io { op: "fsync", .. }) {
+                return Err(e);
+            }
+            // No half-made file is left to block the next attempt at this number, nor comes
+            // back after a power cut as an empty newest file (hence the directory's fsync,
+            // whose own failure poisons instead).
             let _ = crate::fsutil::remove_file(&path);
+            sync_dir(dir)?;
             return Err(e);
         }
         Ok(WalWriter {
@@ -279,6 +394,10 @@ impl WalWriter {
             })
         });
         self.file.write_all(frames).ctx("write", &self.path)?;
+        // A process killed here leaves the records in the page cache, never fsynced: what
+        // the next start must not take as durable (see `Engine::open`).
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!("abort-after-wal-append", |_| std::process::abort());
         crate::powercut::point();
         self.size_bytes += frames.len() as u64;
         Ok(())
@@ -329,6 +448,55 @@ pub(crate) fn truncate_torn_tail(path: &Path, len: u64) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn missing_wal_files_finds_gaps_a_missing_start_and_a_missing_newest() {
+        // Whole.
+        assert_eq!(
+            missing_wal_files(&[3, 4, 5], Some(3), true, Some(5)),
+            vec![]
+        );
+        assert_eq!(
+            missing_wal_files(&[3, 4, 5], Some(3), true, Some(4)),
+            vec![]
+        );
+        // A gap.
+        assert_eq!(
+            missing_wal_files(&[3, 5], Some(3), true, None),
+            vec![(4, 4)]
+        );
+        // The start file.
+        assert_eq!(
+            missing_wal_files(&[5, 6], Some(3), true, None),
+            vec![(3, 4)]
+        );
+        assert_eq!(missing_wal_files(&[], Some(3), true, None), vec![(3, 3)]);
+        // The newest, and the newest few.
+        assert_eq!(
+            missing_wal_files(&[3, 4], Some(3), true, Some(5)),
+            vec![(5, 5)]
+        );
+        assert_eq!(
+            missing_wal_files(&[3], Some(3), true, Some(6)),
+            vec![(4, 6)]
+        );
+        // A directory never flushed starts at 1; with no record and no file, nothing.
+        assert_eq!(
+            missing_wal_files(&[2], Some(1), false, Some(2)),
+            vec![(1, 1)]
+        );
+        assert_eq!(missing_wal_files(&[], Some(1), false, None), vec![]);
+        assert_eq!(
+            missing_wal_files(&[], Some(1), false, Some(2)),
+            vec![(1, 2)]
+        );
+        // A rebuilt manifest: wherever the files start, but no gap.
+        assert_eq!(missing_wal_files(&[7, 8], None, false, Some(8)), vec![]);
+        assert_eq!(
+            missing_wal_files(&[7, 9], None, false, Some(9)),
+            vec![(8, 8)]
+        );
+    }
 
     fn key(m: &str) -> SeriesKey {
         SeriesKey::new(m, &[("host", "a")]).unwrap()

@@ -123,7 +123,7 @@ fn every_flipped_byte_is_found_and_its_file_named() {
     let targets = files(&clean);
     let newest_wal = targets
         .iter()
-        .filter(|p| p.starts_with(clean.join("wal")))
+        .filter(|p| p.starts_with(clean.join("wal")) && p.extension().is_some_and(|e| e == "wal"))
         .max()
         .unwrap()
         .clone();

@@ -334,3 +334,53 @@ fn a_full_disk_during_a_compaction_is_tried_again_later() {
     e.close().unwrap();
     scenario.teardown();
 }
+
+/// A directory fsync that fails after the manifest's rename, even with ENOSPC, is not a full
+/// disk that changed nothing: the renamed manifest may be the durable one, so the segments
+/// it names must stay, and the store is poisoned (a restart finds everything).
+#[test]
+fn a_failed_directory_fsync_after_the_manifest_rename_poisons_and_deletes_nothing() {
+    let scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(EngineConfig::new(dir.path())).unwrap();
+    e.write(&[pt(1, 1.0), pt(2, 2.0)]).unwrap();
+    // A flush replaces two small files: the record of the newest WAL file when it rolls
+    // the WAL, then the manifest.
+    fail::cfg("replace-dir-fsync", "1*off->return(enospc)").unwrap();
+    let err = e.flush().unwrap_err();
+    assert!(err.to_string().contains("No space left"), "{err}");
+    fail::remove("replace-dir-fsync");
+    assert!(
+        matches!(e.write(&[pt(3, 3.0)]), Err(Error::Poisoned(_))),
+        "a failed fsync poisons, whatever its errno"
+    );
+    e.close_without_flush();
+    drop(e);
+    let e = Engine::open(EngineConfig::new(dir.path())).unwrap();
+    assert_eq!(
+        e.segments().len(),
+        1,
+        "the renamed manifest's segment is kept"
+    );
+    assert_eq!(samples(&e), vec![s(1, 1.0), s(2, 2.0)]);
+    scenario.teardown();
+}
+
+/// The same after a new segment's rename: the store is poisoned, nothing is lost.
+#[test]
+fn a_failed_directory_fsync_after_a_segment_rename_poisons() {
+    let scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(EngineConfig::new(dir.path())).unwrap();
+    e.write(&[pt(1, 1.0), pt(2, 2.0)]).unwrap();
+    fail::cfg("segment-dir-fsync", "return(enospc)").unwrap();
+    e.flush().unwrap_err();
+    fail::remove("segment-dir-fsync");
+    assert!(matches!(e.write(&[pt(3, 3.0)]), Err(Error::Poisoned(_))));
+    assert_eq!(samples(&e), vec![s(1, 1.0), s(2, 2.0)]);
+    e.close_without_flush();
+    drop(e);
+    let e = Engine::open(EngineConfig::new(dir.path())).unwrap();
+    assert_eq!(samples(&e), vec![s(1, 1.0), s(2, 2.0)]);
+    scenario.teardown();
+}

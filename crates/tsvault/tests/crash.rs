@@ -428,3 +428,55 @@ fn backup_cli(repo: &str, args: &[&str]) -> std::process::Output {
         .output()
         .expect("run tsvault")
 }
+
+/// A process killed between a WAL write and its fsync leaves the records in the page cache.
+/// The next start replays and serves them, and creates a new WAL file after them: it must
+/// make them durable first, or a power cut turns the file into a torn older one (the start
+/// after it refused, reporting corruption) and takes back what was served. The power-cut
+/// simulation remembers across processes what was really fsynced, so it sees this.
+#[test]
+fn records_a_killed_process_never_fsynced_are_made_durable_before_the_next_start_builds_on_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = |fp: &'static str| [("FAILPOINTS", fp), ("TSVAULT_POWERCUT", "1")];
+    let server = Server::start_with_env(
+        dir.path(),
+        &[],
+        &env("abort-after-wal-append=1*off->return"),
+    );
+    let r = try_post(
+        &server.url("/write?precision=ms"),
+        "text/plain",
+        b"m,h=a v=1 1000\n",
+    )
+    .unwrap();
+    assert_eq!(r.status, 204);
+    assert!(
+        try_post(
+            &server.url("/write?precision=ms"),
+            "text/plain",
+            b"m,h=a v=2 2000\n"
+        )
+        .is_err(),
+        "the process dies after the second write's WAL append"
+    );
+    let (status, _) = server.wait_exit();
+    assert!(!status.success());
+    // The next start replays both records, then the power goes.
+    let log = match Server::try_start_with(dir.path(), &[], &env("powercut-after-open=return")) {
+        Err(log) => log,
+        Ok(_) => panic!("the start was to end in a simulated power cut"),
+    };
+    assert!(log.contains("power cut simulated"), "{log}");
+    let report = tsvault_storage::check_data_dir(dir.path(), &mut |_| {}).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    let server = Server::start(dir.path(), &[]);
+    let got = common::query_dps(
+        &server.base,
+        json!({"start": 0, "end": 10_000, "msResolution": true, "queries": [{"metric": "m_v", "aggregator": "none"}]}),
+    );
+    assert_eq!(
+        got[0].1,
+        vec![(1000, 1.0), (2000, 2.0)],
+        "what the earlier start replayed and served is still there"
+    );
+}

@@ -520,3 +520,34 @@ fn opentsdb_query_last_reads_segments_and_head_with_exact_timestamps() {
         "end time 'tomorrow' is invalid: expected epoch seconds or ms, a date such as 2013/01/23-12:50:42, or a relative time such as 1h-ago"
     );
 }
+
+/// `/api/put?sync` under `--fsync interval` is fsynced before its answer (it was ignored);
+/// a put without it is not (the interval is an hour here).
+#[test]
+fn opentsdb_put_sync_is_honoured_under_interval_fsync() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(
+        dir.path(),
+        &["--fsync", "interval", "--fsync-interval", "1h"],
+    );
+    let fsyncs = || -> u64 {
+        let m = get(&s.url("/metrics")).body;
+        m.lines()
+            .find_map(|l| l.strip_prefix("tsvault_wal_fsyncs "))
+            .unwrap_or_else(|| panic!("no tsvault_wal_fsyncs in:\n{m}"))
+            .parse()
+            .unwrap()
+    };
+    let put = |q: &str, ts: i64| {
+        let body = format!(r#"{{"metric":"m","timestamp":{ts},"value":1,"tags":{{"h":"a"}}}}"#);
+        assert_eq!(
+            post(&s.url(&format!("/api/put{q}")), body.as_bytes()).status,
+            204
+        );
+    };
+    let before = fsyncs();
+    put("", 1_700_000_000_000);
+    assert_eq!(fsyncs(), before, "an interval write is not fsynced at once");
+    put("?sync", 1_700_000_001_000);
+    assert_eq!(fsyncs(), before + 1, "?sync is");
+}
