@@ -43,6 +43,8 @@ struct EngineGauges {
     compactions: Gauge<u64, AtomicU64>,
     dropped_retention: Gauge<u64, AtomicU64>,
     wal_fsyncs: Gauge<u64, AtomicU64>,
+    open_segment_files: Gauge<u64, AtomicU64>,
+    open_segment_files_max: Gauge<u64, AtomicU64>,
     poisoned: Gauge,
 }
 
@@ -119,6 +121,16 @@ impl Metrics {
             engine.wal_fsyncs.clone(),
         );
         registry.register(
+            "open_segment_files",
+            "Segment files open now (opened on demand, the least recently read closed first)",
+            engine.open_segment_files.clone(),
+        );
+        registry.register(
+            "open_segment_files_max",
+            "The most segment files kept open (a quarter of the open-files soft limit)",
+            engine.open_segment_files_max.clone(),
+        );
+        registry.register(
             "write_refused",
             "1 when writes are refused after a failed fsync or write",
             engine.poisoned.clone(),
@@ -179,6 +191,8 @@ impl Metrics {
         g.compactions.set(stats.compactions);
         g.dropped_retention.set(stats.samples_dropped_retention);
         g.wal_fsyncs.set(stats.wal_fsyncs);
+        g.open_segment_files.set(stats.open_segment_files);
+        g.open_segment_files_max.set(stats.open_segment_files_max);
         g.poisoned.set(i64::from(poisoned));
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");

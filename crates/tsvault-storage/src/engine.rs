@@ -148,6 +148,9 @@ pub struct EngineStats {
     pub samples_dropped_retention: u64,
     /// Fsyncs of the WAL since start.
     pub wal_fsyncs: u64,
+    /// Segment files open now (in the process), and the most that may be.
+    pub open_segment_files: u64,
+    pub open_segment_files_max: u64,
 }
 
 /// What an import did (also the answer of the server's import API).
@@ -769,6 +772,8 @@ impl Engine {
             compactions: s.compactions.load(Ordering::Relaxed),
             samples_dropped_retention: s.samples_dropped_retention.load(Ordering::Relaxed),
             wal_fsyncs: s.wal_fsyncs.load(Ordering::Relaxed),
+            open_segment_files: crate::segment::open_files() as u64,
+            open_segment_files_max: crate::segment::open_files_max() as u64,
         }
     }
 
@@ -1195,8 +1200,10 @@ impl EngineHandle {
 
     /// Makes `next` the durable manifest, then switches readers in one step to the segment
     /// list without `removed` and with `added` (dropping the frozen head too when
-    /// `clear_frozen`: its data is now in `added`), then deletes the removed files. The order
-    /// matters: files are deleted only after no manifest and no reader refers to them.
+    /// `clear_frozen`: its data is now in `added`), then has the removed files deleted once no
+    /// reader holds them. The order matters: a file is deleted only after no manifest and no
+    /// reader refers to it (a read in flight may still have to open it: segment files are
+    /// opened on demand, see `segment::OpenFiles`).
     fn install(
         &self,
         manifest: &mut Manifest,
@@ -1214,7 +1221,7 @@ impl EngineHandle {
             // what is left.)
             if e.is_disk_full() {
                 for s in &added {
-                    let _ = fsutil::remove_file(&s.seg.path);
+                    s.seg.remove_when_unused();
                 }
                 let tmp = self
                     .inner
@@ -1231,21 +1238,19 @@ impl EngineHandle {
         *manifest = next;
         {
             let mut state = self.inner.state.write();
-            let mut segs: Vec<Arc<LoadedSegment>> = state
-                .segments
-                .iter()
-                .filter(|s| !removed.contains(&s.seg.info.seq))
-                .cloned()
-                .collect();
+            let mut segs = Vec::with_capacity(state.segments.len() + added.len());
+            for s in state.segments.iter() {
+                if removed.contains(&s.seg.info.seq) {
+                    s.seg.remove_when_unused();
+                } else {
+                    segs.push(s.clone());
+                }
+            }
             segs.extend(added);
             state.segments = Arc::new(segs);
             if clear_frozen {
                 state.frozen = None;
             }
-        }
-        for seq in removed {
-            let p = self.inner.seg_dir.join(segment_file_name(*seq));
-            fsutil::remove_file(&p)?;
         }
         Ok(())
     }

@@ -5,10 +5,13 @@
 //! pco, others by pco's float modes. The index of blocks is zstd-compressed. Every block has a CRC32C,
 //! checked on every read; the whole file has a BLAKE3 hash, checked when it is opened.
 
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use pco::{ChunkConfig, DeltaSpec};
 use tsvault_model::{Sample, SeriesKey};
@@ -532,6 +535,56 @@ pub(crate) struct ParsedSegment {
     version: u8,
 }
 
+/// The segment files held open, shared by every segment of the process and bounded (as
+/// RocksDB's `max_open_files`): a data directory of any number of segments works under a
+/// soft limit of 1,024 open files. A segment's file is opened when a read needs it and
+/// closed when it has been the least recently read of more than [`open_files_max`].
+struct OpenFiles {
+    files: HashMap<u64, (Arc<File>, u64)>,
+    tick: u64,
+    max: usize,
+}
+
+static OPEN_FILES: parking_lot::Mutex<Option<OpenFiles>> = parking_lot::Mutex::new(None);
+static NEXT_SEGMENT_ID: AtomicU64 = AtomicU64::new(0);
+
+/// The default bound on open segment files: well under a soft limit of 1,024, which also
+/// has the connections, the WAL and the backups to serve.
+pub const OPEN_SEGMENT_FILES_DEFAULT: usize = 256;
+
+/// Sets how many segment files the process keeps open at most (at least 8).
+pub fn set_open_files_max(max: usize) {
+    let mut g = OPEN_FILES.lock();
+    let cache = g.get_or_insert_with(|| OpenFiles {
+        files: HashMap::new(),
+        tick: 0,
+        max: OPEN_SEGMENT_FILES_DEFAULT,
+    });
+    cache.max = max.max(8);
+    while cache.files.len() > cache.max {
+        evict_one(cache);
+    }
+}
+
+/// How many segment files the process keeps open at most.
+pub fn open_files_max() -> usize {
+    OPEN_FILES
+        .lock()
+        .as_ref()
+        .map_or(OPEN_SEGMENT_FILES_DEFAULT, |c| c.max)
+}
+
+/// How many segment files are open now.
+pub fn open_files() -> usize {
+    OPEN_FILES.lock().as_ref().map_or(0, |c| c.files.len())
+}
+
+fn evict_one(cache: &mut OpenFiles) {
+    if let Some((&id, _)) = cache.files.iter().min_by_key(|(_, (_, used))| *used) {
+        cache.files.remove(&id);
+    }
+}
+
 /// An open, verified segment.
 pub(crate) struct Segment {
     pub path: PathBuf,
@@ -541,7 +594,25 @@ pub(crate) struct Segment {
     pub file_blake3: String,
     /// The segment format (1 or 2), which decides the block encoding.
     version: u8,
-    file: File,
+    /// Its key in the open files (unique in the process: a path can be used again).
+    id: u64,
+    /// No manifest names the file any more: it is removed when the last reader is done
+    /// (a read in flight may still need to open it).
+    obsolete: AtomicBool,
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        if let Some(cache) = OPEN_FILES.lock().as_mut() {
+            cache.files.remove(&self.id);
+        }
+        if self.obsolete.load(Ordering::Acquire)
+            && let Err(e) = fsutil::remove_file(&self.path)
+        {
+            // A start removes every segment file no manifest names.
+            tracing::warn!(error = %e, "could not remove a segment no longer in use; the next start removes it");
+        }
+    }
 }
 
 impl std::fmt::Debug for Segment {
@@ -559,15 +630,50 @@ impl Segment {
     pub(crate) fn open(path: &Path, seq: u64, expected: Option<&SegmentInfo>) -> Result<Self> {
         let bytes = fs::read(path).ctx("read", path)?;
         let parsed = Self::parse(path, &bytes, seq, expected)?;
-        let file = File::open(path).ctx("open", path)?;
         Ok(Segment {
             path: path.to_owned(),
             info: parsed.info,
             blocks: parsed.blocks,
             file_blake3: parsed.file_blake3,
             version: parsed.version,
-            file,
+            id: NEXT_SEGMENT_ID.fetch_add(1, Ordering::Relaxed),
+            obsolete: AtomicBool::new(false),
         })
+    }
+
+    /// Marks the file for removal once no reader holds this segment.
+    pub(crate) fn remove_when_unused(&self) {
+        self.obsolete.store(true, Ordering::Release);
+    }
+
+    /// The open file, from the shared open files or opened now (evicting the least recently
+    /// read when they are at their bound).
+    fn file(&self) -> Result<Arc<File>> {
+        {
+            let mut g = OPEN_FILES.lock();
+            if let Some(cache) = g.as_mut() {
+                cache.tick += 1;
+                let tick = cache.tick;
+                if let Some((f, used)) = cache.files.get_mut(&self.id) {
+                    *used = tick;
+                    return Ok(f.clone());
+                }
+            }
+        }
+        let file = Arc::new(File::open(&self.path).ctx("open", &self.path)?);
+        let mut g = OPEN_FILES.lock();
+        let cache = g.get_or_insert_with(|| OpenFiles {
+            files: HashMap::new(),
+            tick: 0,
+            max: OPEN_SEGMENT_FILES_DEFAULT,
+        });
+        while cache.files.len() >= cache.max {
+            evict_one(cache);
+        }
+        cache.tick += 1;
+        let tick = cache.tick;
+        cache.files.insert(self.id, (file.clone(), tick));
+        Ok(file)
     }
 
     /// Verifies and parses the bytes of a segment file (`path` names it in errors): its
@@ -740,7 +846,7 @@ impl Segment {
         let b = &self.blocks[i];
         let mut buf = vec![0u8; b.len as usize];
         failpoint!("segment-read", "read", self.path);
-        self.file
+        self.file()?
             .read_exact_at(&mut buf, b.offset)
             .ctx("read", &self.path)?;
         let corrupt = |detail: String| Error::Corrupt {

@@ -37,6 +37,7 @@ enum Command {
 
 fn main() -> anyhow::Result<ExitCode> {
     tune_allocator();
+    let open_files_soft_limit = raise_open_files_limit();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("TSVAULT_LOG")
@@ -51,6 +52,10 @@ fn main() -> anyhow::Result<ExitCode> {
             // Fault points for tests (FAILPOINTS=...; only in builds with them).
             tsvault_backup::failpoints_from_env();
             let config = args.resolve()?;
+            // A quarter of what the process may open goes to segment files (opened on
+            // demand, the least recently read closed first); the rest is for connections,
+            // the WAL and backups. With the common soft limit of 1,024: 256.
+            tsvault_storage::set_open_files_max((open_files_soft_limit / 4).clamp(64, 4096));
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -87,6 +92,32 @@ fn tune_allocator() {
             libc::mallopt(libc::M_ARENA_MAX, arenas);
         }
     }
+}
+
+/// Raises the soft limit on open files to the hard one (as most servers do) and returns the
+/// soft limit in force. Not relied on: every open file has its own bound (segment files,
+/// connections), so the server works at a soft limit of 1,024 too.
+fn raise_open_files_limit() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim = raised;
+            }
+        }
+    }
+    usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX)
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -54,7 +54,40 @@ impl Server {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Result<Server, String> {
+        Self::try_start_limited(data_dir, extra, env, None)
+    }
+
+    /// Like `start`, in a process that may open at most `open_files` files (soft and hard
+    /// limit alike, so the server cannot raise it).
+    pub fn start_with_open_files_limit(data_dir: &Path, extra: &[&str], open_files: u64) -> Server {
+        Self::try_start_limited(data_dir, extra, &[], Some(open_files))
+            .unwrap_or_else(|log| panic!("server did not start:\n{log}"))
+    }
+
+    fn try_start_limited(
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        open_files: Option<u64>,
+    ) -> Result<Server, String> {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tsvault"));
+        if let Some(n) = open_files {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe, as pre_exec requires.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: n as libc::rlim_t,
+                        rlim_max: n as libc::rlim_t,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
         cmd.env_remove("FAILPOINTS").env_remove("TSVAULT_POWERCUT");
         for (k, v) in env {
             cmd.env(k, v);
