@@ -11,7 +11,9 @@ mod line_protocol;
 mod opentsdb;
 mod precision;
 
-pub use line_protocol::{LINE_BYTES_MAX, LineError, LineProtocolOutcome, parse_line_protocol};
+pub use line_protocol::{
+    LINE_BYTES_MAX, LineError, LineProtocolOutcome, parse_line_protocol, parse_line_protocol_tagged,
+};
 pub use opentsdb::{PutBodyError, PutError, PutOutcome, parse_opentsdb_put};
 pub use precision::{Precision, PrecisionError};
 

@@ -5,6 +5,13 @@
 //! line's tags. Booleans are stored as 1 and 0; string fields are counted and dropped. A line
 //! is taken whole or refused whole, and a refused line never stops the lines around it.
 //!
+//! A string field value may hold a newline (InfluxDB takes it, and Telegraf does not escape
+//! it): a line ends at the first newline outside a quoted field value. What is changed on
+//! the way to storage is counted for the answer: string fields not stored, timestamps cut
+//! to the millisecond (and points that then shared a millisecond with another of their
+//! series in the body, one of which overwrites the other), integers beyond 2^53 rounded to
+//! the nearest float.
+//!
 //! Escapes: a backslash escapes comma and space in the measurement; comma, equals sign and
 //! space in tag keys, tag values and field keys; the double quote in string field values; and
 //! a backslash everywhere (`\\` reads as one backslash, as the documentation's table says). A
@@ -65,6 +72,56 @@ pub struct LineProtocolOutcome {
     pub lines_written: usize,
     /// String fields of valid lines; they are not stored.
     pub string_fields_skipped: u64,
+    /// Timestamps with digits finer than a millisecond, cut to the millisecond.
+    pub timestamps_truncated: u64,
+    /// Points that, cut to the millisecond, shared it with another point of their series
+    /// whose timestamp the client sent differently: one value of each such millisecond is
+    /// stored (the last in the body).
+    pub points_collapsed: u64,
+    /// Integer field values beyond 2^53 in magnitude, stored rounded to the nearest float.
+    pub integers_rounded: u64,
+}
+
+impl LineProtocolOutcome {
+    /// What was accepted but not stored as sent, in words for the answer; None when
+    /// everything was stored as sent.
+    pub fn not_stored_as_sent(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        if self.string_fields_skipped > 0 {
+            parts.push(format!(
+                "{} string field(s) not stored (tsvault stores numbers and booleans)",
+                self.string_fields_skipped
+            ));
+        }
+        if self.timestamps_truncated > 0 {
+            parts.push(format!(
+                "{} timestamp(s) cut to the millisecond (tsvault stores milliseconds)",
+                self.timestamps_truncated
+            ));
+        }
+        if self.points_collapsed > 0 {
+            parts.push(format!(
+                "{} point(s) overwritten by another point of their series in the same millisecond",
+                self.points_collapsed
+            ));
+        }
+        if self.integers_rounded > 0 {
+            parts.push(format!(
+                "{} integer(s) beyond 2^53 stored rounded to the nearest float",
+                self.integers_rounded
+            ));
+        }
+        (!parts.is_empty()).then(|| parts.join("; "))
+    }
+}
+
+/// What one valid line held that is not stored as sent.
+#[derive(Default)]
+struct LineCounts {
+    strings: u64,
+    rounded: u64,
+    /// The timestamp as sent, when it had digits finer than a millisecond.
+    truncated_from: Option<i64>,
 }
 
 /// One rejected line.
@@ -86,6 +143,18 @@ impl std::error::Error for LineError {}
 
 /// Parses a whole body; lines without a timestamp get `now_ms`.
 pub fn parse_line_protocol(body: &[u8], precision: Precision, now_ms: i64) -> LineProtocolOutcome {
+    parse_line_protocol_tagged(body, precision, now_ms, &[])
+}
+
+/// [`parse_line_protocol`], adding `default_tags` to every line that does not have a tag of
+/// that name itself (how the database of a `/write?db=` is kept apart, as VictoriaMetrics
+/// does).
+pub fn parse_line_protocol_tagged(
+    body: &[u8],
+    precision: Precision,
+    now_ms: i64,
+    default_tags: &[(String, String)],
+) -> LineProtocolOutcome {
     let mut out = LineProtocolOutcome {
         // A numeric field typically costs 30 to 40 bytes of body; half that many points is a
         // first guess that string-heavy bodies do not overshoot much.
@@ -99,13 +168,15 @@ pub fn parse_line_protocol(body: &[u8], precision: Precision, now_ms: i64) -> Li
     };
     let mut rest = body;
     let mut index = 0;
+    // Points whose timestamp had digits finer than a millisecond, with that timestamp.
+    let mut sent_ts: HashMap<usize, i64> = HashMap::new();
     while !rest.is_empty() {
-        let (raw, next) = match memchr::memchr(b'\n', rest) {
-            Some(i) => (&rest[..i], &rest[i + 1..]),
-            None => (rest, &rest[rest.len()..]),
-        };
-        rest = next;
+        let len = record_len(rest);
+        let raw = &rest[..len];
+        rest = rest.get(len + 1..).unwrap_or_default();
         index += 1;
+        let first_line = index;
+        index += memchr::memchr_iter(b'\n', raw).count();
         let line = raw.strip_suffix(b"\r").unwrap_or(raw);
         let start = line
             .iter()
@@ -120,24 +191,107 @@ pub fn parse_line_protocol(body: &[u8], precision: Precision, now_ms: i64) -> Li
             start,
             precision,
             now_ms,
+            default_tags,
             &mut scratch,
             &mut out.points,
         ) {
-            Ok(strings) => {
+            Ok(counts) => {
                 out.lines_written += 1;
-                out.string_fields_skipped += strings;
+                out.string_fields_skipped += counts.strings;
+                out.integers_rounded += counts.rounded;
+                if let Some(ts) = counts.truncated_from {
+                    out.timestamps_truncated += 1;
+                    sent_ts.extend((mark..out.points.len()).map(|i| (i, ts)));
+                }
             }
-            Err(message) => {
+            Err(mut message) => {
                 // A line is all or nothing: drop the points it produced before failing.
                 out.points.truncate(mark);
+                if index > first_line {
+                    message.push_str(&format!(
+                        " (refused with lines {} to {index}: a newline inside a quoted string value does not end a line, and one left open runs to the end of the body)",
+                        first_line + 1
+                    ));
+                }
                 out.errors.push(LineError {
-                    line: index,
+                    line: first_line,
                     message,
                 });
             }
         }
     }
+    if !sent_ts.is_empty() {
+        out.points_collapsed = collapsed(&out.points, &sent_ts, precision);
+    }
     out
+}
+
+/// How many points share a (series, millisecond) with another point whose timestamp was sent
+/// differently: of each such group only one value is kept. `sent_ts` holds the timestamp as
+/// sent of every point cut to the millisecond; any other point's was its millisecond exactly.
+fn collapsed(points: &[Point], sent_ts: &HashMap<usize, i64>, precision: Precision) -> u64 {
+    let per_ms = i128::from(precision.units_per_ms());
+    let mut groups: HashMap<(&SeriesKey, i64), HashSet<i128>> = sent_ts
+        .keys()
+        .map(|&i| ((&points[i].key, points[i].ts_ms), HashSet::new()))
+        .collect();
+    for (i, p) in points.iter().enumerate() {
+        if let Some(sent) = groups.get_mut(&(&p.key, p.ts_ms)) {
+            let ts = sent_ts
+                .get(&i)
+                .map_or(i128::from(p.ts_ms) * per_ms, |&t| i128::from(t));
+            sent.insert(ts);
+        }
+    }
+    groups.values().map(|s| s.len() as u64 - 1).sum()
+}
+
+/// The length of the line at the start of `b`, up to (not including) its newline: the first
+/// newline outside a quoted string field value (a string may hold newlines). A string left
+/// open runs to the end of the body, as in InfluxDB: the line is then refused whole, and no
+/// text inside it is ever read as a line of its own.
+fn record_len(b: &[u8]) -> usize {
+    let Some(nl) = memchr::memchr(b'\n', b) else {
+        return b.len();
+    };
+    // Only a line with a double quote before its first newline can hold a string value.
+    if memchr::memchr(b'"', &b[..nl]).is_none() {
+        return nl;
+    }
+    let start = b
+        .iter()
+        .position(|&c| c != b' ' && c != b'\t')
+        .unwrap_or(b.len());
+    if b.get(start) == Some(&b'#') {
+        return nl;
+    }
+    // The measurement and tags end at the first unescaped space; quotes mean nothing there.
+    let mut i = start;
+    while i < b.len() {
+        match b[i] {
+            b'\n' => return i,
+            b'\\' if b.get(i + 1).is_some_and(|&n| n != b'\n') => i += 2,
+            b' ' => break,
+            _ => i += 1,
+        }
+    }
+    // Fields (and the timestamp): a value that starts with a quote (right after an unescaped
+    // '=') runs to its closing one.
+    let mut after_equals = false;
+    while i < b.len() {
+        let c = b[i];
+        match c {
+            b'\n' => return i,
+            b'"' if after_equals => match find_closing_quote(b, i + 1) {
+                Some(close) => i = close + 1,
+                None => return b.len(),
+            },
+            b'\\' if b.get(i + 1).is_some_and(|&n| n != b'\n') => i += 2,
+            _ => i += 1,
+        }
+        after_equals = c == b'=';
+    }
+    b.len()
 }
 
 /// Buffers reused from line to line, so a line costs no allocation beyond its tag set and
@@ -157,15 +311,16 @@ struct Scratch<'a> {
 }
 
 /// Parses one non-blank, non-comment line starting at byte `start`; appends its points and
-/// returns how many string fields it held. Columns in messages are 1-based byte offsets.
+/// returns what of it is not stored as sent. Columns in messages are 1-based byte offsets.
 fn parse_line<'a>(
     line: &'a [u8],
     start: usize,
     precision: Precision,
     now_ms: i64,
+    default_tags: &'a [(String, String)],
     scratch: &mut Scratch<'a>,
     points: &mut Vec<Point>,
-) -> Result<u64, String> {
+) -> Result<LineCounts, String> {
     if line.len() > LINE_BYTES_MAX {
         return Err(format!(
             "line is {} bytes long; the limit is {LINE_BYTES_MAX} bytes",
@@ -177,6 +332,7 @@ fn parse_line<'a>(
     let b = line.as_bytes();
     scratch.tags.clear();
     scratch.fields.clear();
+    let mut rounded = 0u64;
 
     // Measurement and tags.
     let (measurement, mut pos) = scan_name(line, start, MEASUREMENT_STOP);
@@ -253,7 +409,9 @@ fn parse_line<'a>(
                     value_at + 1
                 ));
             }
-            (Some(parse_value(&key, &line[value_at..end])?), end)
+            let (v, exact) = parse_value(&key, &line[value_at..end])?;
+            rounded += u64::from(!exact);
+            (Some(v), end)
         };
         scratch.fields.push((key, value));
         match b.get(end) {
@@ -276,6 +434,7 @@ fn parse_line<'a>(
 
     // Timestamp.
     let ts_at = skip_spaces(b, pos);
+    let mut truncated_from = None;
     let ts_ms = if ts_at == b.len() {
         now_ms
     } else {
@@ -291,10 +450,17 @@ fn parse_line<'a>(
                 quote(&line[rest..])
             ));
         }
-        parse_timestamp(&line[ts_at..ts_end], precision)?
+        let (ms, sent) = parse_timestamp(&line[ts_at..ts_end], precision)?;
+        truncated_from = sent;
+        ms
     };
 
     // Semantics: names against the model's rules, then one point per numeric field.
+    for (k, v) in default_tags {
+        if !scratch.tags.iter().any(|(t, _)| t == k) {
+            scratch.tags.push((Cow::Borrowed(k), Cow::Borrowed(v)));
+        }
+    }
     let tagset = TagSet::new(&scratch.tags).map_err(|e| e.to_string())?;
     if has_control(&measurement) {
         return Err(format!(
@@ -376,7 +542,11 @@ fn parse_line<'a>(
             value,
         });
     }
-    Ok(strings)
+    Ok(LineCounts {
+        strings,
+        rounded,
+        truncated_from,
+    })
 }
 
 /// Reads a name from `start` up to its first unescaped stop byte of class `stop`; returns it
@@ -484,8 +654,12 @@ fn cut(s: &str) -> (&str, &'static str) {
     (&s[..end], "...")
 }
 
-/// Parses an unquoted field value: float, `i` integer, `u` unsigned or boolean.
-fn parse_value(key: &str, text: &str) -> Result<f64, String> {
+/// Integers up to this magnitude are exactly representable as f64.
+const F64_EXACT_INT_MAX: u64 = 1 << 53;
+
+/// Parses an unquoted field value: float, `i` integer, `u` unsigned or boolean. The flag is
+/// false for an integer beyond 2^53 in magnitude that the float rounds.
+fn parse_value(key: &str, text: &str) -> Result<(f64, bool), String> {
     // Only error paths format the key.
     let key = || named(key);
     let b = text.as_bytes();
@@ -499,8 +673,8 @@ fn parse_value(key: &str, text: &str) -> Result<f64, String> {
     match b.first() {
         Some(b't' | b'T' | b'f' | b'F') => {
             return match text {
-                "t" | "T" | "true" | "True" | "TRUE" => Ok(1.0),
-                "f" | "F" | "false" | "False" | "FALSE" => Ok(0.0),
+                "t" | "T" | "true" | "True" | "TRUE" => Ok((1.0, true)),
+                "f" | "F" | "false" | "False" | "FALSE" => Ok((0.0, true)),
                 _ => Err(not_a_value()),
             };
         }
@@ -517,7 +691,10 @@ fn parse_value(key: &str, text: &str) -> Result<f64, String> {
     let (body, last) = b.split_at(b.len() - 1);
     match last[0] {
         b'i' => match parse_i64(body) {
-            Ok(v) => Ok(v as f64),
+            Ok(v) => Ok((
+                v as f64,
+                v.unsigned_abs() <= F64_EXACT_INT_MAX || (v as f64) as i128 == i128::from(v),
+            )),
             Err(IntError::Overflow) => Err(format!(
                 "invalid field value for {}: {text} is out of range for an integer (i64)",
                 key()
@@ -534,7 +711,10 @@ fn parse_value(key: &str, text: &str) -> Result<f64, String> {
                 ));
             }
             match parse_u64(body) {
-                Ok(v) => Ok(v as f64),
+                Ok(v) => Ok((
+                    v as f64,
+                    v <= F64_EXACT_INT_MAX || (v as f64) as u128 == u128::from(v),
+                )),
                 Err(IntError::Overflow) => Err(format!(
                     "invalid field value for {}: {text} is out of range for an unsigned integer (u64)",
                     key()
@@ -547,7 +727,7 @@ fn parse_value(key: &str, text: &str) -> Result<f64, String> {
                 return Err(not_a_value());
             }
             match text.parse::<f64>() {
-                Ok(v) if v.is_finite() => Ok(v),
+                Ok(v) if v.is_finite() => Ok((v, true)),
                 Ok(_) => Err(format!(
                     "invalid field value for {}: {text} is out of range for a float (f64)",
                     key()
@@ -648,8 +828,9 @@ fn parse_u64(digits: &[u8]) -> Result<u64, IntError> {
     Ok(v)
 }
 
-/// Parses a timestamp in `precision` and converts it to milliseconds within tsvault's range.
-fn parse_timestamp(text: &str, precision: Precision) -> Result<i64, String> {
+/// Parses a timestamp in `precision` and converts it to milliseconds within tsvault's range;
+/// with the timestamp as sent when it had digits finer than a millisecond.
+fn parse_timestamp(text: &str, precision: Precision) -> Result<(i64, Option<i64>), String> {
     let ts = parse_i64(text.as_bytes()).map_err(|e| match e {
         IntError::Overflow => format!("timestamp {text} does not fit in a 64-bit integer"),
         IntError::Invalid if text.contains('=') => format!(
@@ -658,15 +839,17 @@ fn parse_timestamp(text: &str, precision: Precision) -> Result<i64, String> {
         ),
         IntError::Invalid => format!("invalid timestamp {}: expected an integer", quote(text)),
     })?;
-    precision
+    let ms = precision
         .to_ms(ts)
         .filter(|&ms| ts_in_range(ms))
         .ok_or_else(|| {
             format!(
-                "timestamp {ts} (precision {precision}) is out of range: tsvault stores times \
-                 within 2^60 ms (about 36 million years) of 1970"
+                "timestamp {ts} (precision {precision}) is out of range: tsvault stores and \
+                 queries times from 1970-01-01 to 9999-12-31"
             )
-        })
+        })?;
+    let sent = (ts % precision.units_per_ms() != 0).then_some(ts);
+    Ok((ms, sent))
 }
 
 #[cfg(test)]
@@ -700,6 +883,60 @@ mod tests {
 
     fn check(body: &str, expect: Expect) {
         expect.assert_eq(&render_at(body.as_bytes(), Precision::Ns));
+    }
+
+    #[test]
+    fn a_newline_inside_a_string_value_belongs_to_its_line() {
+        // The point survives whole; text after a newline in a string is never a line.
+        check(
+            "b s=\"a\nb\",v=1 1000000\nm s=\"A\nevil,t=x v=9\",v=2 2000000\nc v=3 3000000",
+            expect![[r#"
+                b_v{} 1 1.0
+                m_v{} 2 2.0
+                c_v{} 3 3.0
+                lines_written=3 string_fields_skipped=2"#]],
+        );
+        // Line numbers count physical lines; an escaped quote does not close the string; a
+        // quote in a measurement or tag, or in a key, opens nothing.
+        check(
+            "a s=\"x\\\"\ny\" z\nm\"q,t=\"u v=1 5000000\nk k\"k=2,s=\"\n\" 6000000",
+            expect![[r#"
+                m"q_v{t="\"u"} 5 1.0
+                k_k"k{} 6 2.0
+                line 1: invalid timestamp "z": expected an integer (refused with lines 2 to 2: a newline inside a quoted string value does not end a line, and one left open runs to the end of the body)
+                lines_written=2 string_fields_skipped=1"#]],
+        );
+        // A string left open runs to the end of the body, which is refused as one line: no
+        // text inside it is read as a point.
+        check(
+            "ok v=1 1000000\nm s=\"open\nevil v=1 1000000\n",
+            expect![[r#"
+                ok_v{} 1 1.0
+                line 2: string value of field 's' has no closing double quote (opened at column 5) (refused with lines 3 to 4: a newline inside a quoted string value does not end a line, and one left open runs to the end of the body)
+                lines_written=1 string_fields_skipped=0"#]],
+        );
+    }
+
+    #[test]
+    fn what_is_not_stored_as_sent_is_counted() {
+        let out = parse_line_protocol(
+            b"m v=1 1000000001\nm v=2 1000000002\nm v=3 1000000000\nn v=9007199254740993i,w=9007199254740992i,s=\"x\" 2000000000\n",
+            Precision::Ns,
+            0,
+        );
+        assert_eq!(out.errors, []);
+        assert_eq!(out.timestamps_truncated, 2);
+        // Three points of m in one millisecond, sent as three different timestamps.
+        assert_eq!(out.points_collapsed, 2);
+        assert_eq!(out.integers_rounded, 1, "2^53 + 1 rounds; 2^53 does not");
+        assert_eq!(out.string_fields_skipped, 1);
+        expect![[r#"1 string field(s) not stored (tsvault stores numbers and booleans); 2 timestamp(s) cut to the millisecond (tsvault stores milliseconds); 2 point(s) overwritten by another point of their series in the same millisecond; 1 integer(s) beyond 2^53 stored rounded to the nearest float"#]]
+            .assert_eq(&out.not_stored_as_sent().unwrap());
+        // The same timestamp twice is an overwrite the client asked for, not a collapse.
+        let out = parse_line_protocol(b"m v=1 1000000001\nm v=2 1000000001\n", Precision::Ns, 0);
+        assert_eq!((out.timestamps_truncated, out.points_collapsed), (2, 0));
+        let out = parse_line_protocol(b"m v=1 1000000000\nm v=2 1000000000\n", Precision::Ns, 0);
+        assert_eq!(out.not_stored_as_sent(), None);
     }
 
     #[test]
@@ -861,19 +1098,19 @@ mod tests {
         .collect();
         expect![[r#"
             ns 1451606400123456789 -> m_v{} 1451606400123 1.0
-            ns -1 -> m_v{} -1 1.0
-            ns -1000001 -> m_v{} -2 1.0
+            ns -1 -> line 1: timestamp -1 (precision ns) is out of range: tsvault stores and queries times from 1970-01-01 to 9999-12-31
+            ns -1000001 -> line 1: timestamp -1000001 (precision ns) is out of range: tsvault stores and queries times from 1970-01-01 to 9999-12-31
             ns 0 -> m_v{} 0 1.0
             us 1999 -> m_v{} 1 1.0
-            us -1 -> m_v{} -1 1.0
+            us -1 -> line 1: timestamp -1 (precision us) is out of range: tsvault stores and queries times from 1970-01-01 to 9999-12-31
             ms 42 -> m_v{} 42 1.0
-            ms -42 -> m_v{} -42 1.0
+            ms -42 -> line 1: timestamp -42 (precision ms) is out of range: tsvault stores and queries times from 1970-01-01 to 9999-12-31
             s 2 -> m_v{} 2000 1.0
-            s -2 -> m_v{} -2000 1.0
+            s -2 -> line 1: timestamp -2 (precision s) is out of range: tsvault stores and queries times from 1970-01-01 to 9999-12-31
             m 2 -> m_v{} 120000 1.0
             h 1 -> m_v{} 3600000 1.0
-            ms 1152921504606846976 -> m_v{} 1152921504606846976 1.0
-            ms -1152921504606846976 -> m_v{} -1152921504606846976 1.0"#]]
+            ms 1152921504606846976 -> line 1: timestamp 1152921504606846976 (precision ms) is out of range: tsvault stores and queries times from 1970-01-01 to 9999-12-31
+            ms -1152921504606846976 -> line 1: timestamp -1152921504606846976 (precision ms) is out of range: tsvault stores and queries times from 1970-01-01 to 9999-12-31"#]]
         .assert_eq(&got.join("\n"));
         // No timestamp: now; trailing spaces are fine.
         check(
@@ -918,23 +1155,27 @@ mod tests {
             ns 9223372036854775808 -> line 1: timestamp 9223372036854775808 does not fit in a 64-bit integer
             ns -9223372036854775809 -> line 1: timestamp -9223372036854775809 does not fit in a 64-bit integer
             us 99999999999999999999 -> line 1: timestamp 99999999999999999999 does not fit in a 64-bit integer
-            ms 1152921504606846977 -> line 1: timestamp 1152921504606846977 (precision ms) is out of range: tsvault stores times within 2^60 ms (about 36 million years) of 1970
-            ms -1152921504606846977 -> line 1: timestamp -1152921504606846977 (precision ms) is out of range: tsvault stores times within 2^60 ms (about 36 million years) of 1970
-            ms 9223372036854775807 -> line 1: timestamp 9223372036854775807 (precision ms) is out of range: tsvault stores times within 2^60 ms (about 36 million years) of 1970
-            s 9223372036854775807 -> line 1: timestamp 9223372036854775807 (precision s) is out of range: tsvault stores times within 2^60 ms (about 36 million years) of 1970
-            s 1152921504606847 -> line 1: timestamp 1152921504606847 (precision s) is out of range: tsvault stores times within 2^60 ms (about 36 million years) of 1970
-            s -9223372036854775808 -> line 1: timestamp -9223372036854775808 (precision s) is out of range: tsvault stores times within 2^60 ms (about 36 million years) of 1970
-            m 153722867280913 -> line 1: timestamp 153722867280913 (precision m) is out of range: tsvault stores times within 2^60 ms (about 36 million years) of 1970
-            h 9223372036854775807 -> line 1: timestamp 9223372036854775807 (precision h) is out of range: tsvault stores times within 2^60 ms (about 36 million years) of 1970
-            h -2562047788016 -> line 1: timestamp -2562047788016 (precision h) is out of range: tsvault stores times within 2^60 ms (about 36 million years) of 1970
+            ms 1152921504606846977 -> line 1: timestamp 1152921504606846977 (precision ms) is out of range: tsvault stores and queries times from 1970-01-01 to 9999-12-31
+            ms -1152921504606846977 -> line 1: timestamp -1152921504606846977 (precision ms) is out of range: tsvault stores and queries times from 1970-01-01 to 9999-12-31
+            ms 9223372036854775807 -> line 1: timestamp 9223372036854775807 (precision ms) is out of range: tsvault stores and queries times from 1970-01-01 to 9999-12-31
+            s 9223372036854775807 -> line 1: timestamp 9223372036854775807 (precision s) is out of range: tsvault stores and queries times from 1970-01-01 to 9999-12-31
+            s 1152921504606847 -> line 1: timestamp 1152921504606847 (precision s) is out of range: tsvault stores and queries times from 1970-01-01 to 9999-12-31
+            s -9223372036854775808 -> line 1: timestamp -9223372036854775808 (precision s) is out of range: tsvault stores and queries times from 1970-01-01 to 9999-12-31
+            m 153722867280913 -> line 1: timestamp 153722867280913 (precision m) is out of range: tsvault stores and queries times from 1970-01-01 to 9999-12-31
+            h 9223372036854775807 -> line 1: timestamp 9223372036854775807 (precision h) is out of range: tsvault stores and queries times from 1970-01-01 to 9999-12-31
+            h -2562047788016 -> line 1: timestamp -2562047788016 (precision h) is out of range: tsvault stores and queries times from 1970-01-01 to 9999-12-31
         "#]]
         .assert_eq(&got);
-        // The extremes of i64 in ns and us are always in range.
-        for p in [Ns, Us] {
-            for t in [i64::MIN, i64::MAX] {
-                let out = parse_line_protocol(format!("m v=1 {t}").as_bytes(), p, 0);
-                assert_eq!(out.errors, [], "{p} {t}");
-            }
+        // Every non-negative i64 of nanoseconds is in range (i64::MAX ns is in 2262); no
+        // negative timestamp is; the last microsecond of 9999 is, the next is not.
+        for (p, t, ok) in [
+            (Ns, i64::MAX, true),
+            (Ns, i64::MIN, false),
+            (Us, 253_402_300_799_999_999, true),
+            (Us, 253_402_300_800_000_000, false),
+        ] {
+            let out = parse_line_protocol(format!("m v=1 {t}").as_bytes(), p, 0);
+            assert_eq!(out.errors.is_empty(), ok, "{p} {t}");
         }
     }
 
@@ -1289,6 +1530,8 @@ mod tests {
             any::<u64>().prop_map(Value::UInt),
             prop::sample::select(spellings).prop_map(|(s, b)| Value::Bool(s, b)),
             name().prop_map(Value::Str),
+            // A string may hold a newline (and quotes, escaped).
+            (name(), name()).prop_map(|(a, b)| Value::Str(format!("{a}\n{b}"))),
         ]
     }
 
@@ -1312,7 +1555,7 @@ mod tests {
             measurement in name().prop_filter("a leading # makes a comment", |m| !m.starts_with('#')),
             tags in prop::collection::btree_map(name(), name(), 0..4),
             fields in prop::collection::btree_map(name(), value(), 1..5),
-            ts in prop::option::of(any::<i64>()),
+            ts in prop::option::of(0..i64::MAX),
         ) {
             let mut line = escape(&measurement, ", ");
             for (k, v) in &tags {
@@ -1337,11 +1580,18 @@ mod tests {
             let ts_ms = ts.map_or(-7, |t| t.div_euclid(1_000_000));
             let mut want = Vec::new();
             let mut strings = 0;
+            let mut rounded = 0;
             for (k, v) in &fields {
                 let value = match v {
                     Value::Float(f) => *f,
-                    Value::Int(n) => *n as f64,
-                    Value::UInt(n) => *n as f64,
+                    Value::Int(n) => {
+                        rounded += u64::from((*n as f64) as i128 != i128::from(*n));
+                        *n as f64
+                    }
+                    Value::UInt(n) => {
+                        rounded += u64::from((*n as f64) as u128 != u128::from(*n));
+                        *n as f64
+                    }
                     Value::Bool(_, b) => f64::from(u8::from(*b)),
                     Value::Str(_) => {
                         strings += 1;
@@ -1355,6 +1605,8 @@ mod tests {
             prop_assert_eq!(&out.errors, &[], "{}", line);
             prop_assert_eq!(out.points, want, "{}", line);
             prop_assert_eq!(out.string_fields_skipped, strings);
+            prop_assert_eq!(out.integers_rounded, rounded);
+            prop_assert_eq!(out.timestamps_truncated, u64::from(ts.is_some_and(|t| t % 1_000_000 != 0)));
             prop_assert_eq!(out.lines_written, 1);
         }
     }

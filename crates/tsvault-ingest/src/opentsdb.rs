@@ -45,6 +45,8 @@ pub struct PutOutcome {
     pub points: Vec<(usize, Point)>,
     /// Rejected data points, in request order.
     pub errors: Vec<PutError>,
+    /// Integer values beyond 2^53 in magnitude, stored rounded to the nearest float.
+    pub integers_rounded: u64,
 }
 
 /// One rejected data point.
@@ -77,10 +79,14 @@ pub fn parse_opentsdb_put(body: &[u8]) -> Result<PutOutcome, PutBodyError> {
     let mut out = PutOutcome {
         points: Vec::with_capacity(items.len()),
         errors: Vec::new(),
+        integers_rounded: 0,
     };
     for (index, item) in items.into_iter().enumerate() {
         match parse_point(&item) {
-            Ok(point) => out.points.push((index, point)),
+            Ok((point, exact)) => {
+                out.integers_rounded += u64::from(!exact);
+                out.points.push((index, point));
+            }
             Err(error) => out.errors.push(PutError {
                 index,
                 datapoint: item,
@@ -92,8 +98,9 @@ pub fn parse_opentsdb_put(body: &[u8]) -> Result<PutOutcome, PutBodyError> {
 }
 
 /// Checks one data point in OpenTSDB's order: metric, timestamp, value present, tags present,
-/// value a finite number; then the names.
-fn parse_point(item: &Value) -> Result<Point, String> {
+/// value a finite number; then the names. The flag is false for an integer value beyond
+/// 2^53 in magnitude that the float rounds.
+fn parse_point(item: &Value) -> Result<(Point, bool), String> {
     let object = match item {
         Value::Object(o) => o,
         Value::Null => return Err("Unexpected null datapoint encountered in set.".into()),
@@ -135,6 +142,13 @@ fn parse_point(item: &Value) -> Result<Point, String> {
         _ => None,
     }
     .ok_or_else(|| format!("Unable to parse value to a number: {raw_value}"))?;
+    // An integer (a JSON integer, or a string of one) the float does not hold exactly.
+    let integer = match raw_value {
+        Value::Number(n) => n.as_i64().map(i128::from).or(n.as_u64().map(i128::from)),
+        Value::String(s) => s.trim().parse::<i128>().ok(),
+        _ => None,
+    };
+    let exact = integer.is_none_or(|i| value as i128 == i);
     if !value.is_finite() {
         let text = match raw_value {
             Value::String(s) => s.clone(),
@@ -170,7 +184,7 @@ fn parse_point(item: &Value) -> Result<Point, String> {
         check_chars("tag name", k)?;
         check_chars("tag value", v)?;
     }
-    Ok(Point { key, ts_ms, value })
+    Ok((Point { key, ts_ms, value }, exact))
 }
 
 /// Reads a timestamp (a JSON integer, an integral float, or a string holding an integer) and

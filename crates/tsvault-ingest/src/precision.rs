@@ -64,6 +64,15 @@ impl Precision {
         }
     }
 
+    /// How many of this unit make a millisecond (1 for milliseconds and coarser units).
+    pub fn units_per_ms(self) -> i64 {
+        match self {
+            Precision::Ns => 1_000_000,
+            Precision::Us => 1_000,
+            _ => 1,
+        }
+    }
+
     /// Converts a timestamp in this unit to milliseconds: floor division for finer units (so
     /// -1 ns is -1 ms, as the instant lies in that millisecond), checked multiplication for
     /// coarser ones (`None` on i64 overflow).

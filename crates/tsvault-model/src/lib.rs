@@ -8,11 +8,13 @@ mod key;
 
 pub use key::{KeyError, LIMITS, SeriesKey, TagSet};
 
-/// The earliest timestamp tsvault stores: -2^60 ms, about 36 million years before 1970.
-/// Bounding time keeps partition arithmetic far from i64 overflow.
-pub const TS_MS_MIN: i64 = -(1 << 60);
-/// The latest timestamp tsvault stores: 2^60 ms, about 36 million years after 1970.
-pub const TS_MS_MAX: i64 = 1 << 60;
+/// The earliest timestamp tsvault stores: the Unix epoch. Every write path accepts exactly
+/// the times a query can ask for (OpenTSDB queries have no negative times), so nothing is
+/// acknowledged that no query could read.
+pub const TS_MS_MIN: i64 = 0;
+/// The latest timestamp tsvault stores (and a query may name): 9999-12-31T23:59:59.999Z.
+/// Bounding time also keeps partition and range arithmetic far from i64 overflow.
+pub const TS_MS_MAX: i64 = 253_402_300_799_999;
 
 /// True when `ts_ms` lies in the supported range [`TS_MS_MIN`, `TS_MS_MAX`].
 pub fn ts_in_range(ts_ms: i64) -> bool {

@@ -13,8 +13,8 @@ use crate::rate::RateOptions;
 use crate::row_filter::{COMPARE_OP_NAMES, CompareOp, RowFilter};
 use crate::time::parse_time;
 
-/// The latest time accepted, 9999-12-31T23:59:59.999Z, so range arithmetic cannot overflow.
-const TIME_MS_MAX: i64 = 253_402_300_799_999;
+/// The latest time accepted, 9999-12-31T23:59:59.999Z: the latest a write may store.
+const TIME_MS_MAX: i64 = tsvault_model::TS_MS_MAX;
 
 /// Most `:`-separated parts in an `m=` parameter: aggregator, three modifiers, metric.
 const M_PARTS_MAX: usize = 5;

@@ -218,7 +218,9 @@ pub(crate) async fn read_body(
         None | Some("") | Some("identity") => Ok(raw.to_vec()),
         Some("gzip") => {
             let mut out = Vec::new();
-            let mut dec = flate2::read::GzDecoder::new(&raw[..]).take(limit as u64 + 1);
+            // Every member of a multi-member stream (concatenated gzip files are one valid
+            // gzip file), and bytes after the last member are an error, not ignored.
+            let mut dec = flate2::read::MultiGzDecoder::new(&raw[..]).take(limit as u64 + 1);
             dec.read_to_end(&mut out)
                 .map_err(|e| BodyError::Bad(format!("the body is not valid gzip: {e}")))?;
             if out.len() > limit {

@@ -2,7 +2,14 @@
 //!
 //! Valid lines of a body are written even when others are malformed (1.x "partial write"):
 //! the response is then 400, names each bad line and what is wrong with it, and says how
-//! many lines and samples were written.
+//! many lines and samples were written. What was accepted but not stored as sent (string
+//! fields, timestamps cut to the millisecond, integers rounded) is said in a
+//! `Tsvault-Warning` header of the 204 (and in the 400's body), and counted in `/metrics`.
+//!
+//! The database (`db` of 1.x, `bucket` of 2.x) is kept as a tag `db` on every point that
+//! has no such tag itself, as VictoriaMetrics does: the same series written to two databases
+//! stays two series. A retention policy (`rp`) other than the default (`autogen`) is kept
+//! as a tag `rp` the same way. The 2.x `org` is not stored: tsvault has one organization.
 
 use axum::Json;
 use axum::body::Body;
@@ -10,7 +17,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
-use tsvault_ingest::{Precision, parse_line_protocol};
+use tsvault_ingest::{Precision, parse_line_protocol_tagged};
 use tsvault_storage::system_clock_ms;
 
 use crate::app::{BodyError, Shared, blocking, read_body};
@@ -64,7 +71,11 @@ pub(crate) async fn write_v1(
         None | Some("") | Some("n") => "ns",
         Some(p) => p,
     };
-    write(st, Flavor::V1, precision, headers, body).await
+    let mut tags = database_tag(param(&params, "db"));
+    if let Some(rp) = param(&params, "rp").filter(|rp| !rp.is_empty() && *rp != "autogen") {
+        tags.push(("rp".to_owned(), rp.to_owned()));
+    }
+    write(st, Flavor::V1, precision, tags, headers, body).await
 }
 
 /// `POST /api/v2/write?bucket=&org=&precision=`: InfluxDB 2.x.
@@ -77,13 +88,26 @@ pub(crate) async fn write_v2(
     let precision = param(&params, "precision")
         .filter(|p| !p.is_empty())
         .unwrap_or("ns");
-    write(st, Flavor::V2, precision, headers, body).await
+    let tags = database_tag(param(&params, "bucket"));
+    write(st, Flavor::V2, precision, tags, headers, body).await
 }
+
+/// The `db` tag for a database (or bucket) name, when one is given.
+fn database_tag(name: Option<&str>) -> Vec<(String, String)> {
+    name.filter(|n| !n.is_empty())
+        .map(|n| ("db".to_owned(), n.to_owned()))
+        .into_iter()
+        .collect()
+}
+
+/// The header that says what a 2xx write accepted but did not store as sent.
+pub(crate) const WARNING_HEADER: &str = "tsvault-warning";
 
 async fn write(
     st: Shared,
     flavor: Flavor,
     precision: &str,
+    tags: Vec<(String, String)>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -115,7 +139,7 @@ async fn write(
     };
     let engine = st.engine.clone();
     let result = blocking(move || {
-        let mut parsed = parse_line_protocol(&body, precision, system_clock_ms());
+        let mut parsed = parse_line_protocol_tagged(&body, precision, system_clock_ms(), &tags);
         let cutoff = engine.retention_cutoff_ms();
         let before = parsed.points.len();
         if let Some(c) = cutoff {
@@ -131,15 +155,29 @@ async fn write(
     st.metrics
         .string_fields_skipped
         .inc_by(parsed.string_fields_skipped);
+    for (reason, n) in [
+        ("timestamp_truncated", parsed.timestamps_truncated),
+        ("collapsed", parsed.points_collapsed),
+        ("integer_rounded", parsed.integers_rounded),
+    ] {
+        if n > 0 {
+            st.metrics
+                .not_stored_as_sent
+                .get_or_create(&vec![("reason", reason)])
+                .inc_by(n);
+        }
+    }
     let outcome = match written {
         Ok(o) => o,
         Err(e) => {
             let (status, msg) = storage_status(&e);
             tracing::error!(error = %e, "line protocol write failed");
-            let code = if status == StatusCode::SERVICE_UNAVAILABLE {
-                "unavailable"
-            } else {
-                "internal error"
+            // InfluxDB 2.x's codes for these statuses.
+            let code = match status {
+                StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+                StatusCode::INSUFFICIENT_STORAGE => "unavailable",
+                StatusCode::BAD_REQUEST => "invalid",
+                _ => "internal error",
             };
             return flavor.error(status, code, msg, none);
         }
@@ -149,8 +187,15 @@ async fn write(
         .get_or_create(&vec![("protocol", "influx")])
         .inc_by(outcome.written as u64);
     let dropped = beyond_retention + outcome.dropped_beyond_retention;
+    let warning = parsed.not_stored_as_sent();
     if parsed.errors.is_empty() && dropped == 0 {
-        return StatusCode::NO_CONTENT.into_response();
+        let mut response = StatusCode::NO_CONTENT.into_response();
+        if let Some(w) = warning
+            && let Ok(v) = axum::http::HeaderValue::from_str(&w)
+        {
+            response.headers_mut().insert(WARNING_HEADER, v);
+        }
+        return response;
     }
     let mut problems: Vec<String> = parsed
         .errors
@@ -176,15 +221,16 @@ async fn write(
         outcome.written,
         parsed.errors.len()
     );
-    flavor.error(
-        StatusCode::BAD_REQUEST,
-        "invalid",
-        message,
-        json!({
+    flavor.error(StatusCode::BAD_REQUEST, "invalid", message, {
+        let mut extra = json!({
             "lines_written": parsed.lines_written,
             "lines_rejected": parsed.errors.len(),
             "samples_written": outcome.written,
             "samples_dropped_beyond_retention": dropped,
-        }),
-    )
+        });
+        if let (Some(w), Some(o)) = (warning, extra.as_object_mut()) {
+            o.insert("not_stored_as_sent".into(), json!(w));
+        }
+        extra
+    })
 }

@@ -18,6 +18,7 @@ pub(crate) struct Metrics {
     pub samples_ingested: Family<Label, Counter>,
     pub lines_rejected: Counter,
     pub string_fields_skipped: Counter,
+    pub not_stored_as_sent: Family<Label, Counter>,
     pub query_duration: Family<Label, Histogram>,
     engine: EngineGauges,
     backups: BackupGauges,
@@ -68,6 +69,12 @@ impl Metrics {
             "string_fields_skipped",
             "Line protocol string fields skipped (not stored)",
             string_fields_skipped.clone(),
+        );
+        let not_stored_as_sent = Family::<Label, Counter>::default();
+        registry.register(
+            "points_not_stored_as_sent",
+            "Points accepted but stored changed, by reason: timestamp_truncated (digits finer than a millisecond cut), collapsed (overwritten by another point of its series in the same millisecond of one request), integer_rounded (an integer beyond 2^53 rounded to the nearest float)",
+            not_stored_as_sent.clone(),
         );
         let query_duration = Family::<Label, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.0005, 2.0, 16))
@@ -156,6 +163,7 @@ impl Metrics {
             samples_ingested,
             lines_rejected,
             string_fields_skipped,
+            not_stored_as_sent,
             query_duration,
             engine,
             backups,

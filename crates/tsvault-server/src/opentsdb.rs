@@ -93,6 +93,18 @@ pub(crate) async fn put(
     }
     let success = parsed.points.len();
     let failed = parsed.errors.len();
+    if parsed.integers_rounded > 0 {
+        st.metrics
+            .not_stored_as_sent
+            .get_or_create(&vec![("reason", "integer_rounded")])
+            .inc_by(parsed.integers_rounded);
+    }
+    let rounded = (parsed.integers_rounded > 0).then(|| {
+        format!(
+            "{} integer(s) beyond 2^53 stored rounded to the nearest float",
+            parsed.integers_rounded
+        )
+    });
     st.metrics
         .samples_ingested
         .get_or_create(&vec![("protocol", "opentsdb")])
@@ -111,19 +123,33 @@ pub(crate) async fn put(
             .collect();
         return (
             status,
-            Json(json!({ "success": success, "failed": failed, "errors": errors })),
+            Json(with_warning(
+                json!({ "success": success, "failed": failed, "errors": errors }),
+                &rounded,
+            )),
         )
             .into_response();
     }
     if flag(&params, "summary") {
         return (
             status,
-            Json(json!({ "success": success, "failed": failed })),
+            Json(with_warning(
+                json!({ "success": success, "failed": failed }),
+                &rounded,
+            )),
         )
             .into_response();
     }
     if failed == 0 {
-        return StatusCode::NO_CONTENT.into_response();
+        let mut response = StatusCode::NO_CONTENT.into_response();
+        if let Some(w) = &rounded
+            && let Ok(v) = axum::http::HeaderValue::from_str(w)
+        {
+            response
+                .headers_mut()
+                .insert(crate::influx::WARNING_HEADER, v);
+        }
+        return response;
     }
     let first = &parsed.errors[0];
     tsdb_error(
@@ -134,6 +160,14 @@ pub(crate) async fn put(
             first.index, first.error
         )),
     )
+}
+
+/// `answer` with what was not stored as sent, when something was.
+fn with_warning(mut answer: serde_json::Value, warning: &Option<String>) -> serde_json::Value {
+    if let (Some(w), Some(o)) = (warning, answer.as_object_mut()) {
+        o.insert("not_stored_as_sent".into(), json!(w));
+    }
+    answer
 }
 
 /// The engine seen through the query crate's data-source trait.

@@ -867,7 +867,7 @@ impl EngineHandle {
         }
         if let Some(p) = points.iter().find(|p| !tsvault_model::ts_in_range(p.ts_ms)) {
             return Err(Error::OutOfRange(format!(
-                "timestamp {} ms of {} is outside the supported range (±2^60 ms)",
+                "timestamp {} ms of {} is outside the range tsvault stores and queries (1970-01-01 to 9999-12-31)",
                 p.ts_ms, p.key
             )));
         }

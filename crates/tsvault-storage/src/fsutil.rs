@@ -4,7 +4,7 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::path::Path;
 
-use crate::error::{IoContext, Result, failpoint};
+use crate::error::{IoContext, Result};
 use crate::powercut;
 
 /// Fsyncs a directory so that entries created, renamed or removed in it are durable.
@@ -66,6 +66,15 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
     write_synced(&tmp, bytes)?;
     rename(&tmp, path)?;
-    failpoint!("replace-dir-fsync", "fsync", dir);
+    #[cfg(feature = "failpoints")]
+    fail::fail_point!(
+        "manifest-dir-fsync",
+        path.file_name() == Some(crate::manifest::MANIFEST_FILE.as_ref()),
+        |arg: Option<String>| Err(crate::error::Error::Io {
+            op: "fsync",
+            path: dir.to_owned(),
+            source: crate::error::injected("manifest-dir-fsync", arg.as_deref()),
+        })
+    );
     sync_dir(dir)
 }

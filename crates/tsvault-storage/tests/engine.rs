@@ -474,7 +474,7 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        6 => prop::collection::vec((0u8..6, -3i64..40, any::<i32>()), 1..20).prop_map(Op::Write),
+        6 => prop::collection::vec((0u8..6, 0i64..43, any::<i32>()), 1..20).prop_map(Op::Write),
         1 => Just(Op::Flush),
         1 => Just(Op::Compact),
         1 => Just(Op::Restart),

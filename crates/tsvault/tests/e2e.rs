@@ -28,14 +28,22 @@ fn influx_v1_write_reads_back_exact_values() {
                 cpu,host=db,dc=us usage_user=-0.125 1700000000123456789\n";
     let r = post(&s.url("/write?db=mydb"), body.as_bytes());
     assert_eq!(r.status, 204, "{}", r.body);
+    assert_eq!(
+        r.header("tsvault-warning").as_deref(),
+        Some("1 timestamp(s) cut to the millisecond (tsvault stores milliseconds)")
+    );
     let user = query_none(&s.base, "cpu_usage_user");
     assert_eq!(user.len(), 2);
-    assert_eq!(user[0].0, json!({"dc": "eu", "host": "web 01"}));
+    assert_eq!(
+        user[0].0,
+        json!({"dc": "eu", "host": "web 01", "db": "mydb"}),
+        "the database is a tag"
+    );
     assert_eq!(
         user[0].1,
         vec![(1_700_000_000_000, 12.5), (1_700_000_010_000, 13.25)]
     );
-    assert_eq!(user[1].0, json!({"dc": "us", "host": "db"}));
+    assert_eq!(user[1].0, json!({"dc": "us", "host": "db", "db": "mydb"}));
     assert_eq!(
         user[1].1,
         vec![(1_700_000_000_123, -0.125)],

@@ -214,9 +214,18 @@ pub fn agent() -> ureq::Agent {
 pub struct Reply {
     pub status: u16,
     pub body: String,
+    pub headers: Vec<(String, String)>,
 }
 
 impl Reply {
+    /// The value of header `name` (lower case), if the answer has it.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    }
+
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
     }
@@ -225,8 +234,22 @@ impl Reply {
 fn reply(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<Reply, ureq::Error> {
     let mut r = r?;
     let status = r.status().as_u16();
+    let headers = r
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                v.to_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
     let body = r.body_mut().with_config().limit(1 << 30).read_to_string()?;
-    Ok(Reply { status, body })
+    Ok(Reply {
+        status,
+        body,
+        headers,
+    })
 }
 
 pub fn try_post(url: &str, content_type: &str, body: &[u8]) -> Result<Reply, ureq::Error> {
