@@ -27,8 +27,9 @@ use serde_json::json;
 use tsvault_model::{Point, SeriesKey};
 use tsvault_storage::{DigestBasis, Error as StorageError};
 
-use crate::app::{BodyError, Shared, blocking, read_body};
-use crate::error::{body_too_large, storage_status};
+use crate::app::{Shared, blocking};
+use crate::body::BodyError;
+use crate::error::storage_status;
 
 fn error_response(e: &StorageError) -> Response {
     let (status, msg) = match e {
@@ -263,23 +264,30 @@ fn parse_import(body: &[u8]) -> Result<Vec<Point>, String> {
     Ok(points)
 }
 
+/// A body that could not be read, as this API's JSON error.
+fn body_error(e: &BodyError) -> Response {
+    let (status, msg) = e.status_message();
+    (status, Json(json!({ "error": msg }))).into_response()
+}
+
 /// `POST /api/admin/import`.
 pub(crate) async fn import(State(st): State<Shared>, headers: HeaderMap, body: Body) -> Response {
-    let body = match read_body(&headers, body, st.max_body_bytes).await {
+    let received = match st.bodies.read(&headers, body).await {
         Ok(b) => b,
-        Err(BodyError::TooLarge) => {
-            return (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                Json(json!({ "error": body_too_large(st.max_body_bytes) })),
-            )
-                .into_response();
-        }
-        Err(BodyError::Bad(msg)) => return bad_request(msg),
+        Err(e) => return body_error(&e),
     };
-    // Parsing and importing both run off the async workers, like every write protocol.
+    // Decoding, parsing and importing all run off the async workers, like every write
+    // protocol.
     let engine = st.engine.clone();
-    match blocking(move || parse_import(&body).map(|points| engine.import(&points))).await {
-        Err(msg) => bad_request(msg),
+    let result = blocking(move || {
+        let body = received.decode().map_err(Err)?;
+        let points = parse_import(&body.bytes).map_err(Ok)?;
+        Ok(engine.import(&points))
+    })
+    .await;
+    match result {
+        Err(Ok(msg)) => bad_request(msg),
+        Err(Err(e)) => body_error(&e),
         Ok(Ok(outcome)) => Json(outcome).into_response(),
         Ok(Err(e)) => error_response(&e),
     }

@@ -1,22 +1,21 @@
-//! Server start-up, routing, shared state and request-body handling.
+//! Server start-up, routing, shared state and the bounds every request works within.
 
-use std::future::Future;
-use std::io::Read;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use axum::Router;
-use axum::body::Body;
-use axum::http::HeaderMap;
 use axum::routing::{get, post};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tsvault_query::{LastRequest, QueryRequest};
 use tsvault_storage::{Engine, EngineConfig, FsyncMode};
 
 use tokio_util::sync::CancellationToken;
 
 use crate::backups::{self, BackupConfig, Backups};
+use crate::body::BodyBudget;
+pub use crate::body::BodyLimits;
 use crate::metrics::Metrics;
-use crate::{admin, health, influx, opentsdb};
+use crate::query_slots::QuerySlots;
+use crate::{admin, health, http, influx, opentsdb};
 
 /// Everything the server needs to start; every field has a working default in the CLI.
 #[derive(Debug, Clone)]
@@ -25,10 +24,58 @@ pub struct ServerConfig {
     pub listen: String,
     /// The storage engine's configuration.
     pub engine: EngineConfig,
-    /// Largest request body accepted, after decompression.
-    pub max_body_bytes: usize,
+    /// Bounds on request bodies (size, time, bytes held across requests).
+    pub body: BodyLimits,
+    /// Bounds on connections.
+    pub connections: ConnectionLimits,
+    /// Bounds on queries across requests.
+    pub queries: QueryLimits,
     /// Backups the server takes itself, when it has a repository for them.
     pub backup: Option<BackupConfig>,
+}
+
+/// Bounds on connections and their timing.
+#[derive(Debug, Clone)]
+pub struct ConnectionLimits {
+    /// Most connections open at once; more wait in the listen backlog until one closes.
+    pub max: usize,
+    /// Longest time a request's headers may take to arrive, and the longest an idle
+    /// keep-alive connection stays open.
+    pub header_read_timeout: Duration,
+    /// After a stop signal, the longest wait for requests under way to finish (a second
+    /// signal ends it at once); the engine is flushed either way.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            max: 512,
+            header_read_timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Bounds on queries across all requests.
+#[derive(Debug, Clone)]
+pub struct QueryLimits {
+    /// Queries run at once; more wait their turn.
+    pub concurrency: usize,
+    /// Longest wait for a turn before the answer is 503.
+    pub queue_timeout: Duration,
+    /// Most samples one query may read (so at most `concurrency` times this in memory).
+    pub samples_max: usize,
+}
+
+impl Default for QueryLimits {
+    fn default() -> Self {
+        QueryLimits {
+            concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            queue_timeout: Duration::from_secs(10),
+            samples_max: 20_000_000,
+        }
+    }
 }
 
 /// Why the server could not start or stopped with an error.
@@ -54,25 +101,29 @@ pub enum ServerError {
 pub(crate) struct AppState {
     pub engine: Arc<Engine>,
     pub metrics: Metrics,
-    pub max_body_bytes: usize,
+    pub bodies: BodyBudget,
+    pub queries: QuerySlots,
     pub backups: Option<Arc<Backups>>,
+    /// Cancelled at the stop signal: no backup starts after it.
+    pub stopping: CancellationToken,
 }
 
 pub(crate) type Shared = Arc<AppState>;
 
-/// Opens the engine, serves HTTP until `shutdown` resolves, then stops accepting, finishes
-/// in-flight requests, and flushes the engine.
-pub async fn serve(
-    config: ServerConfig,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), ServerError> {
-    let engine_config = config.engine.clone();
-    let engine = tokio::task::spawn_blocking(move || Engine::open(engine_config))
-        .await
-        .expect("engine open task does not panic")?;
-    for q in engine.quarantined() {
-        tracing::error!(file = %q.file.display(), reason = %q.reason, lost = %q.lost, "serving without a damaged file");
-    }
+/// How a running server is told to stop.
+#[derive(Debug, Clone, Default)]
+pub struct Stop {
+    /// The first signal: stop accepting, drain the requests under way (for at most the
+    /// drain timeout), stop the backup schedule, flush, exit.
+    pub graceful: CancellationToken,
+    /// A second signal: stop waiting for requests under way (the flush still happens).
+    pub now: CancellationToken,
+}
+
+/// Binds the address at once (answering `starting` while the data directory opens and the
+/// WAL replays), opens the engine, serves HTTP until `stop.graceful`, drains, and flushes
+/// the engine.
+pub async fn serve(config: ServerConfig, stop: Stop) -> Result<(), ServerError> {
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .map_err(|source| ServerError::Bind {
@@ -80,24 +131,54 @@ pub async fn serve(
             source,
         })?;
     let local = listener.local_addr().map_err(ServerError::Serve)?;
+    tracing::info!(
+        "tsvault {} accepting connections on http://{local} while it opens {} (answering 503 `starting` until then)",
+        env!("CARGO_PKG_VERSION"),
+        config.engine.data_dir.display()
+    );
+    let full: Arc<OnceLock<Router>> = Arc::new(OnceLock::new());
+    let accepting = tokio::spawn(http::accept_loop(
+        listener,
+        full.clone(),
+        config.connections.clone(),
+        stop.clone(),
+    ));
+    let engine_config = config.engine.clone();
+    let opened = tokio::task::spawn_blocking(move || Engine::open(engine_config))
+        .await
+        .expect("engine open task does not panic");
+    let engine = match opened {
+        Ok(e) => e,
+        Err(e) => {
+            stop.now.cancel();
+            stop.graceful.cancel();
+            let _ = accepting.await;
+            return Err(e.into());
+        }
+    };
+    for q in engine.quarantined() {
+        tracing::error!(file = %q.file.display(), reason = %q.reason, lost = %q.lost, "serving without a damaged file");
+    }
     let fsync = match config.engine.fsync {
         FsyncMode::Always => "always".to_string(),
         FsyncMode::Interval { interval_ms } => format!("interval ({interval_ms} ms)"),
     };
+    let state = Arc::new(AppState {
+        engine: Arc::new(engine),
+        metrics: Metrics::new(),
+        bodies: BodyBudget::new(config.body.clone()),
+        queries: QuerySlots::new(config.queries.clone()),
+        backups: config.backup.clone().map(|b| Arc::new(Backups::new(b))),
+        stopping: stop.graceful.clone(),
+    });
+    let _ = full.set(router(state.clone()));
     tracing::info!(
         "tsvault {} listening on http://{local}, data in {}, fsync {fsync}",
         env!("CARGO_PKG_VERSION"),
         config.engine.data_dir.display()
     );
-    let state = Arc::new(AppState {
-        engine: Arc::new(engine),
-        metrics: Metrics::new(),
-        max_body_bytes: config.max_body_bytes,
-        backups: config.backup.clone().map(|b| Arc::new(Backups::new(b))),
-    });
-    let stop_schedule = CancellationToken::new();
     let schedule = state.backups.clone().map(|backups| {
-        let (state, stop) = (state.clone(), stop_schedule.clone());
+        let (state, stop) = (state.clone(), stop.graceful.clone());
         tokio::spawn(async move {
             // A repository that cannot be reached does not hold up a stop.
             tokio::select! {
@@ -107,27 +188,25 @@ pub async fn serve(
             backups.schedule(state, stop).await;
         })
     });
-    // TCP_NODELAY: a response written in pieces (headers, then a streamed body) must not wait
-    // for the client's delayed ACK, which costs 40 ms per request on Linux.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY on a connection");
-        }
-    });
-    axum::serve(listener, router(state.clone()))
-        .with_graceful_shutdown(shutdown)
+    // Returns once the connections are drained (or the drain is cut short).
+    accepting
         .await
+        .expect("accept loop does not panic")
         .map_err(ServerError::Serve)?;
-    // A backup under way ends (and releases its snapshot) before the engine closes.
-    stop_schedule.cancel();
     if let Some(task) = schedule
         && let Err(e) = task.await
     {
         tracing::error!(error = %e, "the backup schedule ended in a panic");
     }
-    // As does one asked for by a client that has gone away (see backups::create).
+    // A backup under way ends (and releases its snapshot) before the engine closes, unless
+    // a second signal asked not to wait.
     if let Some(backups) = &state.backups {
-        backups.wait_idle().await;
+        tokio::select! {
+            () = backups.wait_idle() => {}
+            () = stop.now.cancelled() => {
+                tracing::warn!("not waiting for the backup under way; its snapshot is released when it expires");
+            }
+        }
     }
     tracing::info!("stopped accepting requests; flushing");
     let engine = state.engine.clone();
@@ -180,58 +259,17 @@ fn router(state: Shared) -> Router {
             "/api/admin/backups",
             get(backups::status).post(backups::create),
         )
+        .fallback(http::not_found)
+        .method_not_allowed_fallback(http::method_not_allowed)
         .with_state(state)
+        // Every error answer is JSON, axum's own rejections (a missing or malformed query
+        // parameter, a bad path) included.
+        .layer(axum::middleware::from_fn(http::json_errors))
         // A panic in a handler (a bug, never expected input) answers 500 instead of
         // dropping the connection without a word.
-        .layer(tower_http::catch_panic::CatchPanicLayer::new())
-}
-
-/// Why a request body could not be read.
-pub(crate) enum BodyError {
-    /// Larger than the limit (before or after decompression).
-    TooLarge,
-    /// Not readable as sent (bad gzip, unknown encoding, broken connection).
-    Bad(String),
-}
-
-/// Reads a body up to `limit` bytes, decompressing `Content-Encoding: gzip` with the same
-/// limit on the decompressed size (a small gzip bomb cannot take the memory).
-pub(crate) async fn read_body(
-    headers: &HeaderMap,
-    body: Body,
-    limit: usize,
-) -> Result<Vec<u8>, BodyError> {
-    let raw = match Limited::new(body, limit).collect().await {
-        Ok(c) => c.to_bytes(),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            return Err(BodyError::TooLarge);
-        }
-        Err(e) => return Err(BodyError::Bad(format!("cannot read the request body: {e}"))),
-    };
-    let encoding = headers.get(axum::http::header::CONTENT_ENCODING).map(|v| {
-        v.to_str()
-            .unwrap_or("(not ASCII)")
-            .trim()
-            .to_ascii_lowercase()
-    });
-    match encoding.as_deref() {
-        None | Some("") | Some("identity") => Ok(raw.to_vec()),
-        Some("gzip") => {
-            let mut out = Vec::new();
-            // Every member of a multi-member stream (concatenated gzip files are one valid
-            // gzip file), and bytes after the last member are an error, not ignored.
-            let mut dec = flate2::read::MultiGzDecoder::new(&raw[..]).take(limit as u64 + 1);
-            dec.read_to_end(&mut out)
-                .map_err(|e| BodyError::Bad(format!("the body is not valid gzip: {e}")))?;
-            if out.len() > limit {
-                return Err(BodyError::TooLarge);
-            }
-            Ok(out)
-        }
-        Some(other) => Err(BodyError::Bad(format!(
-            "Content-Encoding '{other}' is not supported; send the body plain or gzip-compressed"
-        ))),
-    }
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            http::panic_answer,
+        ))
 }
 
 /// Runs blocking engine work off the async workers. A panic there is re-raised in the

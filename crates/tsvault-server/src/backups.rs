@@ -40,6 +40,8 @@ pub struct BackupConfig {
     pub repo: RepoOptions,
     /// Take a backup this often; None: only when asked.
     pub every: Option<Duration>,
+    /// The file the passphrase was read from, if it came from one (for `--print-config`).
+    pub password_file: Option<std::path::PathBuf>,
 }
 
 /// A backup that failed: when, and why.
@@ -136,14 +138,22 @@ impl Backups {
         }
     }
 
-    /// Takes a backup of `engine` now (after the one under way, if any).
+    /// Takes a backup of `engine` now (after the one under way, if any), unless the server
+    /// was told to stop meanwhile (`stopping`): no backup starts after the stop signal.
     pub(crate) async fn run(
         &self,
         engine: Arc<Engine>,
         kind: Option<BackupType>,
         metrics: &Metrics,
+        stopping: &CancellationToken,
     ) -> Result<BackupManifest, BackupError> {
         let mut repo = self.repo.lock().await;
+        if stopping.is_cancelled() {
+            return Err(BackupError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                message: "the server is stopping; no backup starts now".into(),
+            });
+        }
         let started = Instant::now();
         tracing::info!(repo = %self.config.repo.url, kind = ?kind, "backup started");
         self.status.lock().expect("not poisoned").running_since_ms = Some(now_ms());
@@ -194,7 +204,9 @@ impl Backups {
                 () = stop.cancelled() => return,
             }
             // Logged and counted in run.
-            let _ = self.run(state.engine.clone(), None, &state.metrics).await;
+            let _ = self
+                .run(state.engine.clone(), None, &state.metrics, &stop)
+                .await;
         }
     }
 }
@@ -236,7 +248,7 @@ pub(crate) async fn create(State(st): State<Shared>, Query(q): Query<BackupQuery
     let (backups, state) = (backups.clone(), st.clone());
     let run = tokio::spawn(async move {
         backups
-            .run(state.engine.clone(), kind, &state.metrics)
+            .run(state.engine.clone(), kind, &state.metrics, &state.stopping)
             .await
     });
     match run.await.expect("a backup task does not panic") {

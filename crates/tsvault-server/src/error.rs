@@ -24,10 +24,3 @@ pub(crate) fn storage_status(e: &StorageError) -> (StatusCode, String) {
         ),
     }
 }
-
-/// A body larger than the limit, in words a person can act on.
-pub(crate) fn body_too_large(limit: usize) -> String {
-    format!(
-        "request body is larger than the limit of {limit} bytes; split the write into smaller requests or raise --max-body-bytes"
-    )
-}

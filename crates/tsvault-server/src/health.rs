@@ -9,30 +9,49 @@ use serde_json::json;
 use crate::app::{Shared, blocking};
 use crate::error::storage_status;
 
-/// `GET /health`: 200 "ok", 200 "degraded" when damaged files were quarantined at start
-/// (naming them and what was lost), 503 "failing" when writes are refused.
+/// `GET /health`: 200 "ok"; 200 "degraded" when something needs an operator but writes
+/// still work (damaged files quarantined at start or found by a read while serving, each
+/// named with what was lost); 503 "failing" when writes are refused (after a failed fsync)
+/// or fail (the disk is full). While the server starts it answers 200 "starting" (see
+/// `http::starting_router`), so a liveness probe does not kill a long WAL replay.
 pub(crate) async fn health(State(st): State<Shared>) -> Response {
     let poisoned = st.engine.poisoned();
+    let disk_full = st.engine.disk_full();
     let quarantined = st.engine.quarantined();
-    let (status, word) = match (&poisoned, quarantined.is_empty()) {
-        (Some(_), _) => (StatusCode::SERVICE_UNAVAILABLE, "failing"),
-        (None, false) => (StatusCode::OK, "degraded"),
-        (None, true) => (StatusCode::OK, "ok"),
+    let corruption: Vec<_> = st
+        .engine
+        .corruption_found()
+        .into_iter()
+        .map(|(file, detail)| json!({ "file": file, "detail": detail }))
+        .collect();
+    let (status, word) = if poisoned.is_some() || disk_full.is_some() {
+        (StatusCode::SERVICE_UNAVAILABLE, "failing")
+    } else if !quarantined.is_empty() || !corruption.is_empty() {
+        (StatusCode::OK, "degraded")
+    } else {
+        (StatusCode::OK, "ok")
     };
     (
         status,
-        Json(json!({ "status": word, "writes_refused": poisoned, "quarantined": quarantined })),
+        Json(json!({
+            "status": word,
+            "writes_refused": poisoned,
+            "disk_full": disk_full,
+            "quarantined": quarantined,
+            "corruption_found": corruption,
+        })),
     )
         .into_response()
 }
 
-/// `GET /ready`: 200 while the server accepts writes.
+/// `GET /ready`: 200 while writes can succeed; 503 naming why not (refused after a failed
+/// fsync, or failing on a full disk), and while the server starts.
 pub(crate) async fn ready(State(st): State<Shared>) -> Response {
-    match st.engine.poisoned() {
-        None => (StatusCode::OK, "ready\n").into_response(),
+    match st.engine.poisoned().or_else(|| st.engine.disk_full()) {
+        None => Json(json!({ "ready": true })).into_response(),
         Some(msg) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {msg}\n"),
+            Json(json!({ "ready": false, "error": { "code": 503, "message": format!("not ready: {msg}") } })),
         )
             .into_response(),
     }
@@ -42,7 +61,9 @@ pub(crate) async fn ready(State(st): State<Shared>) -> Response {
 pub(crate) async fn metrics(State(st): State<Shared>) -> Response {
     let engine = st.engine.clone();
     let stats = blocking(move || engine.stats()).await;
-    let body = st.metrics.render(&stats, st.engine.poisoned().is_some());
+    let body = st
+        .metrics
+        .render(&stats, st.engine.poisoned().is_some(), st.bodies.held());
     (
         [(
             header::CONTENT_TYPE,

@@ -20,8 +20,9 @@ use serde_json::json;
 use tsvault_ingest::{Precision, parse_line_protocol_tagged};
 use tsvault_storage::system_clock_ms;
 
-use crate::app::{BodyError, Shared, blocking, read_body};
-use crate::error::{body_too_large, storage_status};
+use crate::app::{Shared, blocking};
+use crate::body::BodyError;
+use crate::error::storage_status;
 
 /// Most line errors spelled out in one response; the rest are counted.
 const LINE_ERRORS_SHOWN_MAX: usize = 10;
@@ -123,23 +124,24 @@ async fn write(
             );
         }
     };
-    let body = match read_body(&headers, body, st.max_body_bytes).await {
+    let body_error = |e: BodyError| {
+        let (status, msg) = e.status_message();
+        let code = match e {
+            BodyError::TooLarge(_) => "request too large",
+            BodyError::Busy(_) => "unavailable",
+            BodyError::Bad(_) | BodyError::Timeout(_) => "invalid",
+        };
+        flavor.error(status, code, msg, json!({}))
+    };
+    let received = match st.bodies.read(&headers, body).await {
         Ok(b) => b,
-        Err(BodyError::TooLarge) => {
-            return flavor.error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "request too large",
-                body_too_large(st.max_body_bytes),
-                none,
-            );
-        }
-        Err(BodyError::Bad(msg)) => {
-            return flavor.error(StatusCode::BAD_REQUEST, "invalid", msg, none);
-        }
+        Err(e) => return body_error(e),
     };
     let engine = st.engine.clone();
     let result = blocking(move || {
-        let mut parsed = parse_line_protocol_tagged(&body, precision, system_clock_ms(), &tags);
+        let body = received.decode()?;
+        let mut parsed =
+            parse_line_protocol_tagged(&body.bytes, precision, system_clock_ms(), &tags);
         let cutoff = engine.retention_cutoff_ms();
         let before = parsed.points.len();
         if let Some(c) = cutoff {
@@ -147,10 +149,13 @@ async fn write(
         }
         let beyond_retention = before - parsed.points.len();
         let written = engine.write(&parsed.points);
-        (parsed, beyond_retention, written)
+        Ok((parsed, beyond_retention, written))
     })
     .await;
-    let (parsed, beyond_retention, written) = result;
+    let (parsed, beyond_retention, written) = match result {
+        Ok(r) => r,
+        Err(e) => return body_error(e),
+    };
     st.metrics.lines_rejected.inc_by(parsed.errors.len() as u64);
     st.metrics
         .string_fields_skipped

@@ -10,11 +10,14 @@
 mod admin;
 mod app;
 mod backups;
+mod body;
 mod error;
 mod health;
+mod http;
 mod influx;
 mod metrics;
 mod opentsdb;
+mod query_slots;
 
-pub use app::{ServerConfig, ServerError, serve};
+pub use app::{BodyLimits, ConnectionLimits, QueryLimits, ServerConfig, ServerError, Stop, serve};
 pub use backups::BackupConfig;

@@ -44,6 +44,7 @@ struct EngineGauges {
     compactions: Gauge<u64, AtomicU64>,
     dropped_retention: Gauge<u64, AtomicU64>,
     wal_fsyncs: Gauge<u64, AtomicU64>,
+    body_bytes_held: Gauge<u64, AtomicU64>,
     open_segment_files: Gauge<u64, AtomicU64>,
     open_segment_files_max: Gauge<u64, AtomicU64>,
     poisoned: Gauge,
@@ -128,6 +129,11 @@ impl Metrics {
             engine.wal_fsyncs.clone(),
         );
         registry.register(
+            "request_body_bytes_held",
+            "Bytes of request bodies held in memory now, across all requests (bounded by --max-buffered-bytes)",
+            engine.body_bytes_held.clone(),
+        );
+        registry.register(
             "open_segment_files",
             "Segment files open now (opened on demand, the least recently read closed first)",
             engine.open_segment_files.clone(),
@@ -187,7 +193,12 @@ impl Metrics {
     }
 
     /// The text exposition, with engine figures as of now.
-    pub(crate) fn render(&self, stats: &EngineStats, poisoned: bool) -> String {
+    pub(crate) fn render(
+        &self,
+        stats: &EngineStats,
+        poisoned: bool,
+        body_bytes_held: u64,
+    ) -> String {
         let g = &self.engine;
         g.series.set(stats.series as i64);
         g.head_samples.set(stats.head_samples as i64);
@@ -199,6 +210,7 @@ impl Metrics {
         g.compactions.set(stats.compactions);
         g.dropped_retention.set(stats.samples_dropped_retention);
         g.wal_fsyncs.set(stats.wal_fsyncs);
+        g.body_bytes_held.set(body_bytes_held);
         g.open_segment_files.set(stats.open_segment_files);
         g.open_segment_files_max.set(stats.open_segment_files_max);
         g.poisoned.set(i64::from(poisoned));

@@ -3,6 +3,7 @@
 //! `{"error":{"code":..,"message":..}}`.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use axum::Json;
@@ -16,8 +17,9 @@ use tsvault_model::SeriesKey;
 use tsvault_query::{LastRequest, Limits, QueryRequest, Selection, Source, SourceError};
 use tsvault_storage::{Engine, system_clock_ms};
 
-use crate::app::{BodyError, Shared, blocking, read_body};
-use crate::error::{body_too_large, storage_status};
+use crate::app::{Shared, blocking};
+use crate::body::{BodyError, Received};
+use crate::error::storage_status;
 
 fn tsdb_error(status: StatusCode, message: impl Into<String>, details: Option<String>) -> Response {
     let mut err = json!({ "code": status.as_u16(), "message": message.into() });
@@ -31,17 +33,32 @@ fn flag(params: &[(String, String)], name: &str) -> bool {
     params.iter().any(|(k, v)| k == name && v != "false")
 }
 
-async fn body_or_error(st: &Shared, headers: &HeaderMap, body: Body) -> Result<Vec<u8>, Response> {
-    read_body(headers, body, st.max_body_bytes)
+fn body_error(e: &BodyError) -> Response {
+    let (status, msg) = e.status_message();
+    tsdb_error(status, msg, None)
+}
+
+async fn received_or_error(
+    st: &Shared,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Received, Response> {
+    st.bodies
+        .read(headers, body)
         .await
-        .map_err(|e| match e {
-            BodyError::TooLarge => tsdb_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                body_too_large(st.max_body_bytes),
-                None,
-            ),
-            BodyError::Bad(msg) => tsdb_error(StatusCode::BAD_REQUEST, msg, None),
-        })
+        .map_err(|e| body_error(&e))
+}
+
+/// The body's bytes, decoded on the blocking pool.
+async fn decoded_or_error(
+    st: &Shared,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<crate::body::Decoded, Response> {
+    let received = received_or_error(st, headers, body).await?;
+    blocking(move || received.decode())
+        .await
+        .map_err(|e| body_error(&e))
 }
 
 /// `POST /api/put[?summary][&details][&sync]`. Under `--fsync always` (the default) every
@@ -53,14 +70,15 @@ pub(crate) async fn put(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let body = match body_or_error(&st, &headers, body).await {
+    let received = match received_or_error(&st, &headers, body).await {
         Ok(b) => b,
         Err(r) => return r,
     };
     let engine = st.engine.clone();
     let sync = flag(&params, "sync");
     let result = blocking(move || {
-        let mut parsed = parse_opentsdb_put(&body)?;
+        let body = received.decode().map_err(PutFailure::Body)?;
+        let mut parsed = parse_opentsdb_put(&body.bytes).map_err(PutFailure::Parse)?;
         if let Some(cutoff) = engine.retention_cutoff_ms() {
             let (keep, old): (Vec<_>, Vec<_>) = parsed.points.into_iter().partition(|(_, p)| p.ts_ms >= cutoff);
             parsed.points = keep;
@@ -79,12 +97,15 @@ pub(crate) async fn put(
         } else {
             engine.write(&points)
         };
-        Ok::<_, tsvault_ingest::PutBodyError>((parsed, written))
+        Ok::<_, PutFailure>((parsed, written))
     })
     .await;
     let (parsed, written) = match result {
         Ok(r) => r,
-        Err(e) => return tsdb_error(StatusCode::BAD_REQUEST, e.to_string(), None),
+        Err(PutFailure::Body(e)) => return body_error(&e),
+        Err(PutFailure::Parse(e)) => {
+            return tsdb_error(StatusCode::BAD_REQUEST, e.to_string(), None);
+        }
     };
     if let Err(e) = written {
         tracing::error!(error = %e, "put failed");
@@ -162,6 +183,12 @@ pub(crate) async fn put(
     )
 }
 
+/// Why a put's body was refused whole.
+enum PutFailure {
+    Body(BodyError),
+    Parse(tsvault_ingest::PutBodyError),
+}
+
 /// `answer` with what was not stored as sent, when something was.
 fn with_warning(mut answer: serde_json::Value, warning: &Option<String>) -> serde_json::Value {
     if let (Some(w), Some(o)) = (warning, answer.as_object_mut()) {
@@ -170,8 +197,30 @@ fn with_warning(mut answer: serde_json::Value, warning: &Option<String>) -> serd
     answer
 }
 
-/// The engine seen through the query crate's data-source trait.
-struct EngineSource(Arc<Engine>);
+/// The engine seen through the query crate's data-source trait; reads stop once the
+/// client has gone away (`cancelled`).
+struct EngineSource {
+    engine: Arc<Engine>,
+    cancelled: Arc<AtomicBool>,
+}
+
+impl EngineSource {
+    fn new(engine: Arc<Engine>) -> (Self, CancelOnDrop) {
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let guard = CancelOnDrop(cancelled.clone());
+        (EngineSource { engine, cancelled }, guard)
+    }
+}
+
+/// Held by the request's future: when the client goes away the future is dropped, and the
+/// query running on the blocking pool stops at its next read.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
 
 impl Source for EngineSource {
     fn select(
@@ -181,21 +230,26 @@ impl Source for EngineSource {
         start_ms: i64,
         end_ms: i64,
     ) -> Result<Selection, SourceError> {
-        self.0
+        if self.cancelled.load(Ordering::Relaxed) {
+            return Err(SourceError(
+                "the client went away; the query was stopped".into(),
+            ));
+        }
+        self.engine
             .select(metric, filter, start_ms, end_ms)
             .map_err(|e| SourceError(e.to_string()))
     }
 
     fn metric_names(&self) -> Vec<String> {
-        self.0.metric_names()
+        self.engine.metric_names()
     }
 
     fn tag_keys(&self) -> Vec<String> {
-        self.0.tag_keys()
+        self.engine.tag_keys()
     }
 
     fn tag_values(&self) -> Vec<String> {
-        self.0.tag_values()
+        self.engine.tag_values()
     }
 }
 
@@ -214,8 +268,13 @@ pub(crate) trait ReadRequest: Sized + Send + 'static {
     const FROM_PARAMS: ParseParams<Self>;
     /// Parses a POST body.
     const FROM_JSON: ParseBody<Self>;
-    /// Runs the request against `source` (blocking) and builds the response body.
-    fn answer(self, source: &dyn Source) -> Result<serde_json::Value, tsvault_query::Error>;
+    /// Runs the request against `source` within `limits` (blocking) and builds the response
+    /// body.
+    fn answer(
+        self,
+        source: &dyn Source,
+        limits: &Limits,
+    ) -> Result<serde_json::Value, tsvault_query::Error>;
 }
 
 /// `/api/query`.
@@ -224,8 +283,12 @@ impl ReadRequest for QueryRequest {
     const FROM_PARAMS: ParseParams<Self> = QueryRequest::from_params;
     const FROM_JSON: ParseBody<Self> = QueryRequest::from_json;
 
-    fn answer(self, source: &dyn Source) -> Result<serde_json::Value, tsvault_query::Error> {
-        let results = tsvault_query::execute(source, &self)?;
+    fn answer(
+        self,
+        source: &dyn Source,
+        limits: &Limits,
+    ) -> Result<serde_json::Value, tsvault_query::Error> {
+        let results = tsvault_query::execute_with_limits(source, &self, limits)?;
         Ok(tsvault_query::results_to_json(&results, &self))
     }
 }
@@ -236,8 +299,12 @@ impl ReadRequest for LastRequest {
     const FROM_PARAMS: ParseParams<Self> = LastRequest::from_params;
     const FROM_JSON: ParseBody<Self> = LastRequest::from_json;
 
-    fn answer(self, source: &dyn Source) -> Result<serde_json::Value, tsvault_query::Error> {
-        let points = tsvault_query::execute_last(source, &self, &Limits::default())?;
+    fn answer(
+        self,
+        source: &dyn Source,
+        limits: &Limits,
+    ) -> Result<serde_json::Value, tsvault_query::Error> {
+        let points = tsvault_query::execute_last(source, &self, limits)?;
         Ok(tsvault_query::last_points_to_json(&points))
     }
 }
@@ -249,15 +316,34 @@ async fn run_read<R: ReadRequest>(st: Shared, parsed: Result<R, tsvault_query::E
         Ok(r) => r,
         Err(e) => return tsdb_error(StatusCode::BAD_REQUEST, e.to_string(), None),
     };
+    // A turn among the queries running at once: their memory together stays bounded.
+    let slot = match st.queries.acquire().await {
+        Ok(s) => s,
+        Err((status, msg)) => return tsdb_error(status, msg, None),
+    };
     let started = Instant::now();
-    let source = EngineSource(st.engine.clone());
-    let result = blocking(move || req.answer(&source)).await;
+    let (source, _cancel_on_drop) = EngineSource::new(st.engine.clone());
+    let limits = Limits {
+        samples_max: st.queries.samples_max(),
+        ..Limits::default()
+    };
+    // The answer is encoded there too: a large one takes milliseconds of CPU.
+    let result = blocking(move || {
+        let answer = req.answer(&source, &limits)?;
+        drop(slot);
+        Ok::<_, tsvault_query::Error>(serde_json::to_vec(&answer).expect("a JSON value encodes"))
+    })
+    .await;
     st.metrics
         .query_duration
         .get_or_create(&vec![("endpoint", R::ENDPOINT)])
         .observe(started.elapsed().as_secs_f64());
     match result {
-        Ok(answer) => Json(answer).into_response(),
+        Ok(bytes) => (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            bytes,
+        )
+            .into_response(),
         Err(tsvault_query::Error::Source(e)) => {
             tracing::error!(error = %e.0, "query failed reading storage");
             tsdb_error(
@@ -284,14 +370,16 @@ pub(crate) async fn read_post<R: ReadRequest>(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let body = match body_or_error(&st, &headers, body).await {
+    let body = match decoded_or_error(&st, &headers, body).await {
         Ok(b) => b,
         Err(r) => return r,
     };
-    run_read(st, R::FROM_JSON(&body, system_clock_ms())).await
+    run_read(st, R::FROM_JSON(&body.bytes, system_clock_ms())).await
 }
 
-fn suggest(st: &Shared, kind: &str, q: &str, max: Option<&str>) -> Response {
+/// Answers a suggest on the blocking pool: it reads every name of a kind under the index
+/// lock, which takes milliseconds at hundreds of thousands of series.
+async fn suggest(st: &Shared, kind: &str, q: &str, max: Option<&str>) -> Response {
     let max = match max.map(str::parse::<usize>) {
         None => 25,
         Some(Ok(m)) => m,
@@ -299,11 +387,25 @@ fn suggest(st: &Shared, kind: &str, q: &str, max: Option<&str>) -> Response {
             return tsdb_error(StatusCode::BAD_REQUEST, "max must be a whole number", None);
         }
     };
-    let source = EngineSource(st.engine.clone());
-    match tsvault_query::suggest(&source, kind, q, max) {
+    let (source, _cancel_on_drop) = EngineSource::new(st.engine.clone());
+    let (kind, q) = (kind.to_owned(), q.to_owned());
+    match blocking(move || tsvault_query::suggest(&source, &kind, &q, max)).await {
         Ok(v) => Json(v).into_response(),
         Err(e) => tsdb_error(StatusCode::BAD_REQUEST, e.to_string(), None),
     }
+}
+
+/// A suggest without a usable `type`.
+fn suggest_type_missing(found: Option<&serde_json::Value>) -> Response {
+    let message = match found {
+        None | Some(serde_json::Value::Null) => {
+            "missing parameter 'type': one of metrics, tagk, tagv".to_string()
+        }
+        Some(other) => {
+            format!("parameter 'type' must be one of \"metrics\", \"tagk\", \"tagv\", not {other}")
+        }
+    };
+    tsdb_error(StatusCode::BAD_REQUEST, message, None)
 }
 
 /// `GET /api/suggest?type=metrics|tagk|tagv&q=&max=`.
@@ -313,13 +415,9 @@ pub(crate) async fn suggest_get(
 ) -> Response {
     let get = |n: &str| params.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
     let Some(kind) = get("type") else {
-        return tsdb_error(
-            StatusCode::BAD_REQUEST,
-            "Missing parameter <code>type</code>",
-            None,
-        );
+        return suggest_type_missing(None);
     };
-    suggest(&st, kind, get("q").unwrap_or(""), get("max"))
+    suggest(&st, kind, get("q").unwrap_or(""), get("max")).await
 }
 
 /// `POST /api/suggest` with `{"type":..,"q":..,"max":..}`.
@@ -328,11 +426,11 @@ pub(crate) async fn suggest_post(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let body = match body_or_error(&st, &headers, body).await {
+    let body = match decoded_or_error(&st, &headers, body).await {
         Ok(b) => b,
         Err(r) => return r,
     };
-    let v: serde_json::Value = match serde_json::from_slice(&body) {
+    let v: serde_json::Value = match serde_json::from_slice(&body.bytes) {
         Ok(v) => v,
         Err(e) => {
             return tsdb_error(
@@ -343,11 +441,7 @@ pub(crate) async fn suggest_post(
         }
     };
     let Some(kind) = v.get("type").and_then(|t| t.as_str()) else {
-        return tsdb_error(
-            StatusCode::BAD_REQUEST,
-            "Missing parameter <code>type</code>",
-            None,
-        );
+        return suggest_type_missing(v.get("type"));
     };
     let max = v.get("max").map(|m| m.to_string());
     suggest(
@@ -356,6 +450,7 @@ pub(crate) async fn suggest_post(
         v.get("q").and_then(|q| q.as_str()).unwrap_or(""),
         max.as_deref(),
     )
+    .await
 }
 
 /// `GET /api/aggregators`.

@@ -196,6 +196,10 @@ pub(crate) struct Inner {
     manifest: Mutex<Manifest>,
     poisoned: Mutex<Option<String>>,
     poisoned_flag: AtomicBool,
+    /// Why the last write or flush found the disk full; cleared by the next that succeeds.
+    disk_full: Mutex<Option<String>>,
+    /// Damaged files a read found while serving (each named once, with what was found).
+    corruption_found: Mutex<Vec<(PathBuf, String)>>,
     pub stats: Stats,
     quarantined: Vec<QuarantinedFile>,
     stop: Mutex<bool>,
@@ -226,6 +230,31 @@ impl Inner {
     /// Wakes the maintenance thread early (the head passed its limit).
     pub(crate) fn wake_maintenance(&self) {
         self.stop_cv.notify_all();
+    }
+
+    /// Records what a read found damaged, once per file (the list is bounded).
+    pub(crate) fn note_corruption(&self, e: &Error) {
+        if let Error::Corrupt { path, detail } = e {
+            let mut found = self.corruption_found.lock();
+            if found.len() < 100 && !found.iter().any(|(p, _)| p == path) {
+                tracing::error!(file = %path.display(), %detail, "a read found a damaged file; it is not served");
+                found.push((path.clone(), detail.clone()));
+            }
+        }
+    }
+
+    /// Records whether a write or flush found the disk full.
+    pub(crate) fn note_disk_full<T>(&self, r: &Result<T>) {
+        match r {
+            Err(e) if e.is_disk_full() => *self.disk_full.lock() = Some(e.to_string()),
+            Ok(_) => {
+                let mut d = self.disk_full.lock();
+                if d.is_some() {
+                    *d = None;
+                }
+            }
+            Err(_) => {}
+        }
     }
 
     pub(crate) fn poisoned(&self) -> Option<String> {
@@ -286,6 +315,9 @@ impl Engine {
     /// Opens (or creates) the data directory: verifies the manifest and every segment,
     /// replays the WAL (cutting a torn tail), and starts the commit and maintenance threads.
     pub fn open(config: EngineConfig) -> Result<Self> {
+        // A slow start (a long WAL replay), for tests of what the server answers meanwhile.
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!("engine-open");
         if config.segment_duration_ms.is_some_and(|d| d <= 0) {
             return Err(Error::Config("segment duration must be positive".into()));
         }
@@ -551,6 +583,8 @@ impl Engine {
             manifest: Mutex::new(manifest),
             poisoned: Mutex::new(None),
             poisoned_flag: AtomicBool::new(false),
+            disk_full: Mutex::new(None),
+            corruption_found: Mutex::new(Vec::new()),
             stats: Stats::default(),
             quarantined,
             stop: Mutex::new(false),
@@ -595,21 +629,30 @@ impl Engine {
     /// Makes `points` durable and visible; returns once they are (per the fsync mode).
     /// Samples older than the retention period are refused and counted.
     pub fn write(&self, points: &[Point]) -> Result<WriteOutcome> {
-        self.handle().write(points, false)
+        let r = self.handle().write(points, false);
+        self.inner.note_disk_full(&r);
+        r
     }
 
     /// Like [`Engine::write`], and fsynced before it returns whatever the fsync mode: for a
     /// client that asked for durability (`/api/put?sync`) on a server started with
     /// `--fsync interval`.
     pub fn write_synced(&self, points: &[Point]) -> Result<WriteOutcome> {
-        self.handle().write(points, true)
+        let r = self.handle().write(points, true);
+        self.inner.note_disk_full(&r);
+        r
     }
 
     /// Writes those of `points` whose series holds no sample at their timestamp yet, so that
     /// restored data merges and never overwrites what the store already has (a later write
     /// of the same timestamp still wins, as always). For `tsvault restore --server`.
     pub fn import(&self, points: &[Point]) -> Result<ImportOutcome> {
-        self.handle().import(points)
+        let r = self.handle().import(points);
+        self.inner.note_disk_full(&r);
+        if let Err(e) = &r {
+            self.inner.note_corruption(e);
+        }
+        r
     }
 
     /// The data directory.
@@ -713,7 +756,21 @@ impl Engine {
         start_ms: i64,
         end_ms: i64,
     ) -> Result<Vec<(SeriesKey, Vec<Sample>)>> {
-        self.handle().select(metric, filter, start_ms, end_ms)
+        self.handle()
+            .select(metric, filter, start_ms, end_ms)
+            .inspect_err(|e| self.inner.note_corruption(e))
+    }
+
+    /// Why writes fail for lack of space, while they do (the last write or flush found the
+    /// disk full, and none has succeeded since).
+    pub fn disk_full(&self) -> Option<String> {
+        self.inner.disk_full.lock().clone()
+    }
+
+    /// Damaged files reads found while serving, with what was found (their data is never
+    /// served; `tsvault check` on the stopped directory tells the whole extent).
+    pub fn corruption_found(&self) -> Vec<(PathBuf, String)> {
+        self.inner.corruption_found.lock().clone()
     }
 
     /// All metric names, sorted.
@@ -1094,6 +1151,7 @@ impl EngineHandle {
             .map_err(|_| Error::Closed)?;
         let (wal_start, frozen) = done_rx.recv().map_err(|_| Error::Closed)??;
         let result = self.flush_frozen(&mut manifest, wal_start, &frozen);
+        self.inner.note_disk_full(&result);
         drop(frozen);
         if let Err(e) = &result {
             if e.is_disk_full() {

@@ -25,7 +25,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server (single node).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Backup repositories: init, create, list, show, verify.
     #[command(subcommand)]
     Backup(backup_cli::BackupCommand),
@@ -51,7 +51,15 @@ fn main() -> anyhow::Result<ExitCode> {
         Command::Serve(args) => {
             // Fault points for tests (FAILPOINTS=...; only in builds with them).
             tsvault_backup::failpoints_from_env();
+            let print = args.print_config;
             let config = args.resolve()?;
+            if print {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&config::effective(&config))?
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
             // A quarter of what the process may open goes to segment files (opened on
             // demand, the least recently read closed first); the rest is for connections,
             // the WAL and backups. With the common soft limit of 1,024: 256.
@@ -60,8 +68,12 @@ fn main() -> anyhow::Result<ExitCode> {
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
-            rt.block_on(tsvault_server::serve(config, shutdown_signal()))
-                .context("tsvault serve")?;
+            let stop = tsvault_server::Stop::default();
+            rt.block_on(async {
+                watch_signals(stop.clone());
+                tsvault_server::serve(config, stop).await
+            })
+            .context("tsvault serve")?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Backup(cmd) => backup_cli::backup(cmd),
@@ -120,27 +132,43 @@ fn raise_open_files_limit() -> usize {
     usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX)
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for SIGINT");
-            std::future::pending::<()>().await;
-        }
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+/// Listens for SIGINT and SIGTERM: the first asks for a graceful stop, a second stops the
+/// wait for requests under way (the flush still happens).
+fn watch_signals(stop: tsvault_server::Stop) {
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    None
+                }
+            };
+        for n in 0..2 {
+            let which = tokio::select! {
+                r = tokio::signal::ctrl_c() => match r {
+                    Ok(()) => "SIGINT",
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot listen for SIGINT");
+                        std::future::pending::<&str>().await
+                    }
+                },
+                Some(()) = async {
+                    match term.as_mut() {
+                        Some(t) => t.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => "SIGTERM",
+            };
+            if n == 0 {
+                tracing::info!(
+                    "{which} received; shutting down (a second signal stops waiting for requests under way)"
+                );
+                stop.graceful.cancel();
+            } else {
+                tracing::warn!("{which} received again; no more waiting for requests under way");
+                stop.now.cancel();
             }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
         }
-    };
-    tokio::select! {
-        () = ctrl_c => tracing::info!("SIGINT received; shutting down"),
-        () = term => tracing::info!("SIGTERM received; shutting down"),
-    }
+    });
 }

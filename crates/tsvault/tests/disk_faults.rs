@@ -36,13 +36,12 @@ fn a_full_disk_answers_507_and_writes_resume_when_space_returns() {
         assert_eq!(r.status, 507, "{}", r.body);
         assert!(r.body.contains("disk is full"), "{}", r.body);
     }
+    // Failing while the disk is full, but not poisoned: writes are not refused for good.
     let health = get(&s.url("/health"));
-    assert_eq!(
-        health.status, 200,
-        "a full disk does not poison: {}",
-        health.body
-    );
+    assert_eq!(health.status, 503, "{}", health.body);
+    assert_eq!(health.json()["writes_refused"], serde_json::Value::Null);
     assert_eq!(write(3_000, 3.0).status, 204);
+    assert_eq!(get(&s.url("/health")).status, 200);
     assert_eq!(write(4_000, 4.0).status, 204);
     assert_eq!(query(&s), vec![(3_000, 3.0), (4_000, 4.0)]);
     s.kill9();

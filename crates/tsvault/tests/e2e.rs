@@ -559,3 +559,48 @@ fn opentsdb_put_sync_is_honoured_under_interval_fsync() {
     put("?sync", 1_700_000_001_000);
     assert_eq!(fsyncs(), before + 1, "?sync is");
 }
+
+/// Damage a read finds while serving (after the start verified every file) answers 500
+/// naming the file, and `/health` says degraded, naming it too (it said ok).
+#[test]
+fn corruption_found_while_serving_shows_in_health() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &[]);
+    let body: String = (0..500)
+        .map(|i| format!("m,host=a v={i} {}\n", 1_700_000_000_000i64 + i * 1000))
+        .collect();
+    assert_eq!(
+        post(&s.url("/write?precision=ms"), body.as_bytes()).status,
+        204
+    );
+    assert_eq!(post(&s.url("/api/admin/flush"), b"").status, 200);
+    let seg = std::fs::read_dir(dir.path().join("segments"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .next()
+        .unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[20] ^= 0x10; // inside the first block
+    std::fs::write(&seg, &bytes).unwrap();
+    let r = post_with(
+        &s.url("/api/query"),
+        &[("Content-Type", "application/json")],
+        json!({"start": 1_699_999_999_000i64, "end": 1_700_001_000_000i64, "queries": [{"metric": "m_v", "aggregator": "sum"}]})
+            .to_string()
+            .as_bytes(),
+    );
+    let name = seg.file_name().unwrap().to_str().unwrap();
+    assert_eq!(r.status, 500, "{}", r.body);
+    assert!(r.body.contains(name), "{}", r.body);
+    let h = get(&s.url("/health"));
+    assert_eq!(h.status, 200);
+    let h = h.json();
+    assert_eq!(h["status"], json!("degraded"), "{h}");
+    assert!(
+        h["corruption_found"][0]["file"]
+            .as_str()
+            .unwrap()
+            .ends_with(name),
+        "{h}"
+    );
+}

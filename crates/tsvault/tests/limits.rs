@@ -69,3 +69,340 @@ fn more_segments_than_the_open_files_limit_flush_start_and_read() {
     assert_eq!(count(&s, days), days as usize * 24 + 1);
     assert_eq!(get(&s.url("/health")).json()["status"], json!("ok"));
 }
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+/// Waits (bounded) for the server to close `conn`: reads until EOF or an error.
+fn closed_within(mut conn: TcpStream, limit: Duration) -> Duration {
+    let started = Instant::now();
+    conn.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match conn.read(&mut buf) {
+            Ok(0) => return started.elapsed(),
+            Ok(_) => continue,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                panic!("the connection was still open after {limit:?}")
+            }
+            Err(_) => return started.elapsed(),
+        }
+    }
+}
+
+/// What the server answered on `conn` (status line and body), reading until it closes.
+fn answer(mut conn: TcpStream) -> String {
+    conn.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut out = String::new();
+    let _ = conn.read_to_string(&mut out);
+    out
+}
+
+fn connect(s: &Server) -> TcpStream {
+    TcpStream::connect(s.base.trim_start_matches("http://")).unwrap()
+}
+
+/// Idle connections, half-sent headers and stalled bodies are closed or refused within their
+/// bounds (they were held for minutes); a declared length over the limit is refused before
+/// any of the body is read.
+#[test]
+fn slow_and_idle_clients_are_bounded_in_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(
+        dir.path(),
+        &["--header-timeout", "1s", "--body-timeout", "2s"],
+    );
+    // Connected, nothing sent.
+    assert!(closed_within(connect(&s), Duration::from_secs(20)) >= Duration::from_millis(900));
+    // Half a header.
+    let mut c = connect(&s);
+    c.write_all(b"POST /write HTTP/1.1\r\nHost: x\r\nContent-Le")
+        .unwrap();
+    closed_within(c, Duration::from_secs(20));
+    // Idle after a request on a keep-alive connection.
+    let mut c = connect(&s);
+    c.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut reader = BufReader::new(c.try_clone().unwrap());
+    let mut status = String::new();
+    reader.read_line(&mut status).unwrap();
+    assert!(status.contains("200"), "{status}");
+    closed_within(c, Duration::from_secs(20));
+    // A body that stalls half-way: 408, in JSON.
+    let mut c = connect(&s);
+    c.write_all(
+        b"POST /write?precision=ms HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nm v=1 1",
+    )
+    .unwrap();
+    let a = answer(c);
+    assert!(a.starts_with("HTTP/1.1 408"), "{a}");
+    assert!(a.contains("stalled") || a.contains("did not arrive"), "{a}");
+    // A declared length over the limit: 413 at once, the body never sent.
+    let mut c = connect(&s);
+    c.write_all(b"POST /write HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n")
+        .unwrap();
+    let a = answer(c);
+    assert!(a.starts_with("HTTP/1.1 413"), "{a}");
+    assert!(a.contains("larger than the limit"), "{a}");
+}
+
+/// Clients that declare large bodies and stall cannot together hold more than the byte
+/// budget: the request past it gets 503 at once, and the budget comes back when they end.
+#[test]
+fn bytes_held_across_requests_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(
+        dir.path(),
+        &[
+            "--max-body-bytes",
+            "10000000",
+            "--max-buffered-bytes",
+            "25000000",
+            "--body-timeout",
+            "60s",
+        ],
+    );
+    let declare = |n: usize| {
+        let mut c = connect(&s);
+        c.write_all(
+            format!("POST /write HTTP/1.1\r\nHost: x\r\nContent-Length: {n}\r\n\r\nm v=1")
+                .as_bytes(),
+        )
+        .unwrap();
+        c
+    };
+    let holding = [declare(10_000_000), declare(10_000_000)];
+    // Each waits for its body, its declared length claimed (20 MB of the 25).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(&s, "tsvault_request_body_bytes_held") < 20_000_000 {
+        assert!(
+            Instant::now() < deadline,
+            "the two bodies were never claimed"
+        );
+    }
+    // A third 10 MB one cannot fit.
+    let a = answer(declare(10_000_000));
+    assert!(a.starts_with("HTTP/1.1 503"), "{a}");
+    assert!(a.contains("25000000 bytes of request bodies"), "{a}");
+    drop(holding);
+    // Their budget is released once their requests end (the server sees the close).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = post(&s.url("/write?precision=ms"), b"m v=1 1000\n");
+        if r.status == 204 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the budget never came back: {} {}",
+            r.status,
+            r.body
+        );
+    }
+}
+
+/// Connections beyond the bound wait in the backlog and are served once one closes.
+#[test]
+fn connections_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(
+        dir.path(),
+        &["--max-connections", "2", "--header-timeout", "30s"],
+    );
+    let first = connect(&s);
+    let second = connect(&s);
+    // Both slots are held by silent connections: a third is accepted by the kernel but not
+    // served.
+    let mut third = connect(&s);
+    third
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    assert!(
+        third.read(&mut buf).is_err(),
+        "served beyond the connection bound"
+    );
+    drop(first);
+    let a = answer(third);
+    assert!(a.starts_with("HTTP/1.1 200"), "{a}");
+    drop(second);
+}
+
+/// Every error answer is JSON, axum's own rejections included (they were plain text or
+/// empty).
+#[test]
+fn every_error_answer_is_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &[]);
+    for (method, path, status) in [
+        ("GET", "/no/such/route", 404),
+        ("DELETE", "/api/query", 405),
+        ("GET", "/write", 405),
+        ("GET", "/api/admin/snapshots/1-0/file", 400),
+        ("GET", "/api/admin/backups?type=x", 404),
+    ] {
+        let r = common::agent()
+            .run(
+                ureq::http::Request::builder()
+                    .method(method)
+                    .uri(s.url(path))
+                    .body(())
+                    .unwrap(),
+            )
+            .unwrap();
+        assert_eq!(r.status().as_u16(), status, "{method} {path}");
+        let ct = r
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let body = r.into_body().read_to_string().unwrap();
+        assert_eq!(
+            ct.as_deref(),
+            Some("application/json"),
+            "{method} {path}: {body}"
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("{method} {path}: {e}: {body}"));
+        let message = v["error"]["message"]
+            .as_str()
+            .or(v["error"].as_str())
+            .unwrap_or_default();
+        assert!(!message.is_empty(), "{method} {path}: {body}");
+    }
+}
+
+/// The port answers from the start: `/health` says `starting` (200, so a liveness probe
+/// does not kill a long replay), `/ready` and writes get 503, until the engine is open.
+#[test]
+fn the_server_answers_while_it_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tsvault"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("FAILPOINTS", "engine-open=sleep(4000)")
+        .env("TSVAULT_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("the server logs its address").unwrap();
+        if let Some(rest) = line.split("accepting connections on http://").nth(1) {
+            break rest.split(' ').next().unwrap().to_owned();
+        }
+    };
+    let base = format!("http://{addr}");
+    let h = get(&format!("{base}/health"));
+    assert_eq!(
+        (h.status, h.json()["status"].as_str()),
+        (200, Some("starting")),
+        "{}",
+        h.body
+    );
+    assert_eq!(get(&format!("{base}/ready")).status, 503);
+    let w = post(&format!("{base}/write"), b"m v=1\n");
+    assert_eq!(w.status, 503);
+    assert!(
+        w.json()["error"].as_str().unwrap().contains("starting"),
+        "{}",
+        w.body
+    );
+    // Then it opens, and serves.
+    for line in lines.by_ref() {
+        if line.unwrap().contains("listening on http://") {
+            break;
+        }
+    }
+    assert_eq!(get(&format!("{base}/ready")).status, 200);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A stop waits for requests under way only so long (a stalled client held it for ever),
+/// and a second signal stops the wait at once; the flush happens either way.
+#[test]
+fn shutdown_has_a_deadline_and_a_second_signal_ends_the_wait() {
+    for (timeout, second_signal) in [("2s", false), ("1h", true)] {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Server::start(
+            dir.path(),
+            &["--shutdown-timeout", timeout, "--body-timeout", "1h"],
+        );
+        assert_eq!(
+            post(&s.url("/write?precision=ms"), b"m v=1 1000\n").status,
+            204
+        );
+        let mut stalled = connect(&s);
+        stalled
+            .write_all(b"POST /write HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nm v")
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while metric(&s, "tsvault_request_body_bytes_held") < 100 {
+            assert!(
+                Instant::now() < deadline,
+                "the stalled request never reached the server"
+            );
+        }
+        s.sigterm();
+        s.wait_for_log(
+            "stop signal: no new connections",
+            1,
+            Duration::from_secs(20),
+        );
+        if second_signal {
+            s.sigterm();
+        }
+        let started = Instant::now();
+        let (status, log) = s.wait_exit();
+        assert!(status.success(), "{log}");
+        assert!(started.elapsed() < Duration::from_secs(30), "{log}");
+        assert!(
+            log.contains("cut off") && log.contains("flushed; bye"),
+            "{log}"
+        );
+        drop(stalled);
+        // The flush happened: the sample is in a segment.
+        let s = Server::start(dir.path(), &[]);
+        assert_eq!(metric(&s, "tsvault_segments"), 1);
+    }
+}
+
+/// While the disk is full, `/health` says failing and `/ready` 503 (both said ok while every
+/// write got 507); once a write succeeds again, both recover.
+#[test]
+fn health_and_ready_follow_a_full_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start_with_failpoints(dir.path(), &[], "wal-append=1*return(enospc)");
+    let r = post(&s.url("/write?precision=ms"), b"m v=1 1000\n");
+    assert_eq!(r.status, 507, "{}", r.body);
+    let h = get(&s.url("/health"));
+    assert_eq!(
+        (h.status, h.json()["status"].as_str()),
+        (503, Some("failing")),
+        "{}",
+        h.body
+    );
+    assert!(
+        h.json()["disk_full"]
+            .as_str()
+            .unwrap()
+            .contains("No space left"),
+        "{}",
+        h.body
+    );
+    assert_eq!(get(&s.url("/ready")).status, 503);
+    assert_eq!(
+        post(&s.url("/write?precision=ms"), b"m v=1 1000\n").status,
+        204
+    );
+    assert_eq!(get(&s.url("/health")).json()["status"], json!("ok"));
+    assert_eq!(get(&s.url("/ready")).status, 200);
+}

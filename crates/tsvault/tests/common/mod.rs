@@ -178,6 +178,13 @@ impl Server {
         self.child.wait().expect("reap");
     }
 
+    /// Sends SIGTERM without waiting.
+    pub fn sigterm(&self) {
+        // SAFETY: plain kill(2) on our own child's pid.
+        let rc = unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        assert_eq!(rc, 0, "kill(SIGTERM)");
+    }
+
     /// SIGTERM, then waits for the exit; returns the status and the full log.
     pub fn terminate(mut self) -> (ExitStatus, String) {
         // SAFETY: plain kill(2) on our own child's pid.
