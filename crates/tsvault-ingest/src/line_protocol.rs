@@ -80,6 +80,14 @@ pub struct LineProtocolOutcome {
     pub points_collapsed: u64,
     /// Integer field values beyond 2^53 in magnitude, stored rounded to the nearest float.
     pub integers_rounded: u64,
+    /// Fields named `time` (which InfluxDB reserves and drops): not stored.
+    pub time_fields_dropped: u64,
+    /// Each metric name the body made, with the length of the measurement in it: `a_b c=1`
+    /// and `a b_c=1` both make `a_b_c` (splits 3 and 1), one series that each overwrites.
+    /// The caller compares the splits with those of earlier bodies.
+    pub metric_splits: HashMap<String, usize>,
+    /// Metric names made by two measurement/field pairs within this body.
+    pub metric_collisions: u64,
 }
 
 impl LineProtocolOutcome {
@@ -111,6 +119,18 @@ impl LineProtocolOutcome {
                 self.integers_rounded
             ));
         }
+        if self.time_fields_dropped > 0 {
+            parts.push(format!(
+                "{} field(s) named 'time' not stored (the name is reserved, as in InfluxDB)",
+                self.time_fields_dropped
+            ));
+        }
+        if self.metric_collisions > 0 {
+            parts.push(format!(
+                "{} metric name(s) made by two measurement/field pairs (as a_b c and a b_c both make a_b_c): they are one series",
+                self.metric_collisions
+            ));
+        }
         (!parts.is_empty()).then(|| parts.join("; "))
     }
 }
@@ -120,6 +140,7 @@ impl LineProtocolOutcome {
 struct LineCounts {
     strings: u64,
     rounded: u64,
+    time_fields: u64,
     /// The timestamp as sent, when it had digits finer than a millisecond.
     truncated_from: Option<i64>,
 }
@@ -199,6 +220,7 @@ pub fn parse_line_protocol_tagged(
                 out.lines_written += 1;
                 out.string_fields_skipped += counts.strings;
                 out.integers_rounded += counts.rounded;
+                out.time_fields_dropped += counts.time_fields;
                 if let Some(ts) = counts.truncated_from {
                     out.timestamps_truncated += 1;
                     sent_ts.extend((mark..out.points.len()).map(|i| (i, ts)));
@@ -223,6 +245,8 @@ pub fn parse_line_protocol_tagged(
     if !sent_ts.is_empty() {
         out.points_collapsed = collapsed(&out.points, &sent_ts, precision);
     }
+    out.metric_collisions = scratch.collided.len() as u64;
+    out.metric_splits = std::mem::take(&mut scratch.metric_splits);
     out
 }
 
@@ -305,9 +329,14 @@ struct Scratch<'a> {
     /// The canonical key of the field being parsed, to find it in `keys`.
     lookup: String,
     /// Every series key the body has produced so far.
-    keys: HashSet<SeriesKey>,
+    keys: HashMap<SeriesKey, usize>,
     /// Bytes of new series keys the rest of the body may still produce.
     key_budget_left: usize,
+    /// The measurement's length in each metric name the body made (see
+    /// [`LineProtocolOutcome::metric_splits`]).
+    metric_splits: HashMap<String, usize>,
+    /// Metric names made by a second measurement/field pair.
+    collided: HashSet<String>,
 }
 
 /// Parses one non-blank, non-comment line starting at byte `start`; appends its points and
@@ -456,6 +485,9 @@ fn parse_line<'a>(
     };
 
     // Semantics: names against the model's rules, then one point per numeric field.
+    if scratch.tags.iter().any(|(k, _)| k == "time") {
+        return Err("tag key 'time' is reserved (InfluxDB refuses it too)".into());
+    }
     for (k, v) in default_tags {
         if !scratch.tags.iter().any(|(t, _)| t == k) {
             scratch.tags.push((Cow::Borrowed(k), Cow::Borrowed(v)));
@@ -479,7 +511,15 @@ fn parse_line<'a>(
         HashMap::new()
     };
     let mut strings = 0;
+    let mut time_fields = 0;
     let mut key_bytes = 0usize;
+    // InfluxDB reserves the field name `time`: it drops such a field, and refuses a line
+    // that has no other.
+    if fields.iter().all(|(k, _)| k == "time") {
+        return Err(
+            "the only field is named 'time', which is reserved (InfluxDB refuses it too)".into(),
+        );
+    }
     for (i, (key, value)) in fields.iter().enumerate() {
         // InfluxDB keeps the last of duplicate field keys.
         let superseded = if fields.len() > FIELDS_LINEAR_MAX {
@@ -488,6 +528,10 @@ fn parse_line<'a>(
             fields[i + 1..].iter().any(|(k, _)| k == key)
         };
         if superseded {
+            continue;
+        }
+        if key == "time" {
+            time_fields += 1;
             continue;
         }
         let Some(value) = *value else {
@@ -511,8 +555,14 @@ fn parse_line<'a>(
         lookup.clear();
         lookup.push_str(metric);
         lookup.push_str(tagset.canonical());
-        let series = match scratch.keys.get(lookup.as_str()) {
-            Some(known) => known.clone(),
+        let split = measurement.len();
+        let series = match scratch.keys.get_key_value(lookup.as_str()) {
+            Some((known, &known_split)) => {
+                if known_split != split {
+                    scratch.collided.insert(metric.clone());
+                }
+                known.clone()
+            }
             None => {
                 let series = tagset.key_for(metric).map_err(|e| match e {
                     KeyError::ControlChar { .. } => {
@@ -525,7 +575,16 @@ fn parse_line<'a>(
                         "the request expands to more than {BODY_KEY_BYTES_PER_BYTE_MAX} times its size in distinct series keys (every numeric field is a series with all of its line's tags); send fewer tags or fields per request"
                     )
                 })?;
-                scratch.keys.insert(series.clone());
+                scratch.keys.insert(series.clone(), split);
+                match scratch.metric_splits.get(metric.as_str()) {
+                    Some(&other) if other != split => {
+                        scratch.collided.insert(metric.clone());
+                    }
+                    Some(_) => {}
+                    None => {
+                        scratch.metric_splits.insert(metric.clone(), split);
+                    }
+                }
                 series
             }
         };
@@ -545,6 +604,7 @@ fn parse_line<'a>(
     Ok(LineCounts {
         strings,
         rounded,
+        time_fields,
         truncated_from,
     })
 }

@@ -712,18 +712,36 @@ pub(crate) enum ExprError {
     },
 }
 
-/// Splits the metric from up to two brace groups: group-by filters, then plain filters.
+/// Splits the metric from up to two brace groups: group-by filters, then plain filters. In
+/// the metric, a backslash takes the next character as it is, so any metric a write stored
+/// can be named: `a\{b` is the metric `a{b`, `a\\b` the metric `a\b`.
 pub(crate) fn parse_metric_and_filters(text: &str) -> Result<(String, Vec<Filter>), ExprError> {
-    let Some(curly) = text.find('{') else {
-        if text.is_empty() {
-            return Err(ExprError::MissingMetric);
+    let mut metric = String::new();
+    let mut curly = None;
+    let mut chars = text.char_indices();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some((_, next)) => metric.push(next),
+                None => {
+                    return Err(ExprError::Syntax(format!(
+                        "'{text}' ends in a lone backslash; write \\\\ for a backslash in a metric name"
+                    )));
+                }
+            },
+            '{' => {
+                curly = Some(i);
+                break;
+            }
+            c => metric.push(c),
         }
-        return Ok((text.to_owned(), Vec::new()));
-    };
-    let metric = &text[..curly];
+    }
     if metric.is_empty() {
         return Err(ExprError::MissingMetric);
     }
+    let Some(curly) = curly else {
+        return Ok((metric, Vec::new()));
+    };
     let bad = |reason: String| ExprError::Syntax(reason);
     if !text.ends_with('}') {
         return Err(bad(format!("missing '}}' at the end of '{text}'")));
@@ -789,13 +807,21 @@ fn brace_groups(text: &str) -> Option<Vec<&str>> {
     Some(groups)
 }
 
-/// Splits on `sep` outside parentheses and braces, so `regexp(a{1,3})` stays whole.
+/// Splits on `sep` outside parentheses and braces, so `regexp(a{1,3})` stays whole; a
+/// character after a backslash is never a separator or a bracket (a metric name may hold
+/// any of them, written `\{`, `\:`...).
 fn split_top_level(text: &str, sep: char) -> Vec<&str> {
     let mut parts = Vec::new();
     let mut depth = 0usize;
     let mut start = 0;
+    let mut escaped = false;
     for (i, c) in text.char_indices() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
         match c {
+            '\\' => escaped = true,
             '(' | '{' => depth += 1,
             ')' | '}' => depth = depth.saturating_sub(1),
             c if c == sep && depth == 0 => {
@@ -822,6 +848,33 @@ mod tests {
     use expect_test::{Expect, expect};
 
     const NOW_MS: i64 = 1_700_000_000_000;
+
+    /// Any metric a write stored can be named in GET `m=`: a backslash takes the next
+    /// character as it is (braces, colons, commas and backslashes in line-protocol names).
+    #[test]
+    fn metric_names_with_brackets_and_colons_are_escaped_in_m() {
+        let metric_of = |m: &str| {
+            let params = vec![
+                ("start".to_string(), "1h-ago".to_string()),
+                ("m".to_string(), m.to_string()),
+            ];
+            QueryRequest::from_params(&params, NOW_MS).map(|r| {
+                let q = &r.queries[0];
+                (q.metric.clone(), q.filters.len())
+            })
+        };
+        assert_eq!(metric_of(r"sum:a\{b_v").unwrap(), ("a{b_v".into(), 0));
+        assert_eq!(
+            metric_of(r"sum:a\{b\}_v{host=x}").unwrap(),
+            ("a{b}_v".into(), 1)
+        );
+        assert_eq!(
+            metric_of(r"sum:1m-avg:a\:b_v").unwrap(),
+            ("a:b_v".into(), 0)
+        );
+        assert_eq!(metric_of(r"sum:m\\x_v").unwrap(), (r"m\x_v".into(), 0));
+        assert!(metric_of(r"sum:m\").is_err());
+    }
 
     fn describe(req: &QueryRequest) -> String {
         let mut out = format!(

@@ -46,7 +46,20 @@ fn bad_request(msg: String) -> Response {
 /// `POST /api/admin/snapshots`.
 pub(crate) async fn create_snapshot(State(st): State<Shared>) -> Response {
     let engine = st.engine.clone();
-    match blocking(move || engine.snapshot()).await {
+    // A client that goes away before the answer never learns the snapshot's id: it is
+    // released at once instead of holding disk space until it expires.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::task::spawn_blocking(move || {
+        let taken = engine.snapshot();
+        if let Err(Ok(orphan)) = tx.send(taken) {
+            tracing::info!(id = %orphan.id, "the client that asked for this snapshot went away; released");
+            if let Err(e) = engine.release_snapshot(&orphan.id) {
+                tracing::error!(id = %orphan.id, error = %e, "cannot release an orphaned snapshot; it expires later");
+            }
+        }
+    });
+    let taken = rx.await.expect("the snapshot task answers");
+    match taken {
         Ok(info) => {
             tracing::info!(id = %info.id, files = info.files.len(), wal_position = info.wal_position, "snapshot taken");
             (StatusCode::CREATED, Json(info)).into_response()

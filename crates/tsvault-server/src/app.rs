@@ -106,6 +106,9 @@ pub(crate) struct AppState {
     pub backups: Option<Arc<Backups>>,
     /// Cancelled at the stop signal: no backup starts after it.
     pub stopping: CancellationToken,
+    /// The measurement/field split of each line-protocol metric name seen since start, to
+    /// find names two pairs make (`a_b c` and `a b_c` both make `a_b_c`).
+    pub metric_splits: std::sync::Mutex<std::collections::HashMap<String, usize>>,
 }
 
 pub(crate) type Shared = Arc<AppState>;
@@ -170,6 +173,7 @@ pub async fn serve(config: ServerConfig, stop: Stop) -> Result<(), ServerError> 
         queries: QuerySlots::new(config.queries.clone()),
         backups: config.backup.clone().map(|b| Arc::new(Backups::new(b))),
         stopping: stop.graceful.clone(),
+        metric_splits: Default::default(),
     });
     let _ = full.set(router(state.clone()));
     tracing::info!(

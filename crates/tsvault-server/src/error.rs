@@ -14,6 +14,7 @@ pub(crate) fn storage_status(e: &StorageError) -> (StatusCode, String) {
             format!("the data directory's disk is full; free space and retry ({e})"),
         ),
         StorageError::OutOfRange(msg) => (StatusCode::BAD_REQUEST, msg.clone()),
+        StorageError::Limit(msg) => (StatusCode::TOO_MANY_REQUESTS, msg.clone()),
         StorageError::Corrupt { .. } => (
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("stored data failed a checksum and is not served: {e}"),

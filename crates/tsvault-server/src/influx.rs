@@ -101,6 +101,37 @@ fn database_tag(name: Option<&str>) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Compares a body's metric names with those seen before: a name made by a different
+/// measurement/field pair than before (`a_b c` after `a b_c`) is one series with it. Counts
+/// them, logging each name once.
+fn note_metric_splits(st: &Shared, splits: &std::collections::HashMap<String, usize>) -> u64 {
+    /// A name already seen made by two pairs.
+    const COLLIDED: usize = usize::MAX;
+    let mut known = st.metric_splits.lock().expect("not poisoned");
+    let mut collisions = 0;
+    for (metric, &split) in splits {
+        match known.get(metric).copied() {
+            // Logged already: counted.
+            Some(COLLIDED) => collisions += 1,
+            Some(s) if s != split => {
+                collisions += 1;
+                tracing::warn!(
+                    %metric,
+                    first = %format!("{} {}", &metric[..s], &metric[s + 1..]),
+                    now = %format!("{} {}", &metric[..split], &metric[split + 1..]),
+                    "two measurement/field pairs make one metric name: their points are one series (logged once; counted in tsvault_points_not_stored_as_sent_total{{reason=\"metric_collision\"}})"
+                );
+                known.insert(metric.clone(), COLLIDED);
+            }
+            Some(_) => {}
+            None => {
+                known.insert(metric.clone(), split);
+            }
+        }
+    }
+    collisions
+}
+
 /// The header that says what a 2xx write accepted but did not store as sent.
 pub(crate) const WARNING_HEADER: &str = "tsvault-warning";
 
@@ -138,10 +169,12 @@ async fn write(
         Err(e) => return body_error(e),
     };
     let engine = st.engine.clone();
+    let shared = st.clone();
     let result = blocking(move || {
         let body = received.decode()?;
         let mut parsed =
             parse_line_protocol_tagged(&body.bytes, precision, system_clock_ms(), &tags);
+        parsed.metric_collisions += note_metric_splits(&shared, &parsed.metric_splits);
         let cutoff = engine.retention_cutoff_ms();
         let before = parsed.points.len();
         if let Some(c) = cutoff {
@@ -164,6 +197,8 @@ async fn write(
         ("timestamp_truncated", parsed.timestamps_truncated),
         ("collapsed", parsed.points_collapsed),
         ("integer_rounded", parsed.integers_rounded),
+        ("time_field", parsed.time_fields_dropped),
+        ("metric_collision", parsed.metric_collisions),
     ] {
         if n > 0 {
             st.metrics

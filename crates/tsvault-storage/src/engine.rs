@@ -71,6 +71,9 @@ pub struct EngineConfig {
     /// Snapshots older than this are released by the maintenance thread: the snapshot of an
     /// online backup that was killed (and so never released it) holds disk space until then.
     pub snapshot_max_age_ms: i64,
+    /// Most snapshots at once: each holds hard links (disk space once its files are
+    /// replaced) and started a WAL file; one more is refused until one is released.
+    pub snapshots_max: usize,
 }
 
 /// The system clock in milliseconds since the Unix epoch.
@@ -96,6 +99,7 @@ impl EngineConfig {
             quarantine_corrupt: false,
             clock: system_clock_ms,
             snapshot_max_age_ms: 24 * 3600 * 1000,
+            snapshots_max: 16,
         }
     }
 }
@@ -160,6 +164,10 @@ pub struct ImportOutcome {
     pub imported: usize,
     /// Samples left out because the series already had a sample at that timestamp.
     pub skipped_existing: usize,
+    /// Samples left out because the import itself held an earlier one of the same series at
+    /// the same timestamp (the first is kept).
+    #[serde(default)]
+    pub duplicates_in_request: usize,
     /// Samples refused because they are older than the retention period.
     pub dropped_beyond_retention: usize,
 }
@@ -215,6 +223,8 @@ pub(crate) struct Inner {
     /// tenth of the server's work in a backup of 120 segments. Forgotten when the snapshot
     /// is released or expires.
     snapshot_infos: Mutex<HashMap<String, Arc<SnapshotInfo>>>,
+    /// Held while a snapshot is taken (they are counted against `snapshots_max`).
+    snapshot_taking: Mutex<()>,
 }
 
 impl Inner {
@@ -592,6 +602,7 @@ impl Engine {
             lock: Mutex::new(Some(lock)),
             partition_written_ms: Mutex::new(HashMap::new()),
             snapshot_infos: Mutex::new(HashMap::new()),
+            snapshot_taking: Mutex::new(()),
             opened_ms,
         });
         let (tx, rx) = sync_channel(COMMIT_QUEUE_MAX);
@@ -713,15 +724,7 @@ impl Engine {
     /// Releases the snapshots older than `snapshot_max_age_ms`; returns their ids. The
     /// maintenance thread does this every minute.
     pub fn expire_snapshots(&self) -> Result<Vec<String>> {
-        let expired = snapshot::expire(
-            &self.inner.config.data_dir,
-            self.inner.config.snapshot_max_age_ms,
-        )?;
-        let mut infos = self.inner.snapshot_infos.lock();
-        for id in &expired {
-            infos.remove(id);
-        }
-        Ok(expired)
+        self.handle().expire_snapshots()
     }
 
     /// Samples before this time are refused (None when retention is unlimited).
@@ -1002,8 +1005,17 @@ impl EngineHandle {
             }
         }
         let offered = samples.len();
+        // Of two samples of one series at one timestamp in the import, the first is kept
+        // (as a restore keeps what it met first) and the other counted, not dropped silently.
+        let mut seen: HashSet<(SeriesId, i64)> = HashSet::with_capacity(samples.len());
+        let mut duplicates = 0;
         let candidates: Vec<IdSample> = samples
             .into_iter()
+            .filter(|&(id, ts, _)| {
+                let first = seen.insert((id, ts));
+                duplicates += usize::from(!first);
+                first
+            })
             .filter(|(id, ts, _)| !in_segments.get(id).is_some_and(|set| set.contains(ts)))
             .collect();
         let imported = if candidates.is_empty() {
@@ -1025,7 +1037,8 @@ impl EngineHandle {
             .fetch_add(imported as u64, Ordering::Relaxed);
         Ok(ImportOutcome {
             imported,
-            skipped_existing: offered - imported,
+            skipped_existing: offered - imported - duplicates,
+            duplicates_in_request: duplicates,
             dropped_beyond_retention: dropped,
         })
     }
@@ -1038,6 +1051,19 @@ impl EngineHandle {
         let data_dir = &self.inner.config.data_dir;
         let root = data_dir.join(SNAPSHOTS_DIR);
         create_dir_durable(&root)?;
+        // Taken one at a time, so that the count below cannot be raced past.
+        let _one_at_a_time = self.inner.snapshot_taking.lock();
+        let existing = fs::read_dir(&root)
+            .ctx("list", &root)?
+            .filter_map(|e| e.ok())
+            .filter(|e| snapshot::is_snapshot_id(&e.file_name().to_string_lossy()))
+            .count();
+        let max = self.inner.config.snapshots_max;
+        if existing >= max {
+            return Err(Error::Limit(format!(
+                "{existing} snapshots exist, the most this server keeps (each holds disk space and started a WAL file); release one (DELETE /api/admin/snapshots/ID) or wait for the oldest to expire"
+            )));
+        }
         let created_ms = system_clock_ms();
         // The id is claimed by creating its directory: two snapshots taken in the same
         // millisecond get different ids, and each removes only what it created.
@@ -1070,6 +1096,9 @@ impl EngineHandle {
     }
 
     fn build_snapshot(&self, id: &str, created_ms: i64, tmp: &Path) -> Result<SnapshotInfo> {
+        // A slow snapshot, for tests of a client that goes away meanwhile.
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!("snapshot-build");
         let (seg_tmp, wal_tmp) = (tmp.join("segments"), tmp.join("wal"));
         for d in [&seg_tmp, &wal_tmp] {
             fs::create_dir(d).ctx("create", d)?;
@@ -1564,6 +1593,18 @@ impl EngineHandle {
                     return;
                 }
             }
+            // Snapshots expire whatever else happens (a poisoned store still holds them),
+            // looked for every minute (more often when they live less than two).
+            let expiry_every = SNAPSHOT_EXPIRY_EVERY.min(Duration::from_millis(
+                (self.inner.config.snapshot_max_age_ms / 2).max(1) as u64,
+            ));
+            if last_expiry.elapsed() >= expiry_every {
+                last_expiry = Instant::now();
+                // Not part of the data path: a failure is reported and tried again later.
+                if let Err(e) = self.expire_snapshots() {
+                    tracing::error!(error = %e, "cannot release expired snapshots");
+                }
+            }
             if self.inner.poisoned().is_some() {
                 continue;
             }
@@ -1595,15 +1636,20 @@ impl EngineHandle {
             if let Err(e) = r {
                 tracing::error!(error = %e, "background maintenance failed");
             }
-            if last_expiry.elapsed() >= SNAPSHOT_EXPIRY_EVERY {
-                last_expiry = Instant::now();
-                // Not part of the data path: a failure is reported and tried again later.
-                let data_dir = &self.inner.config.data_dir;
-                if let Err(e) = snapshot::expire(data_dir, self.inner.config.snapshot_max_age_ms) {
-                    tracing::error!(error = %e, "cannot release expired snapshots");
-                }
-            }
         }
+    }
+
+    /// Releases the snapshots past their age and forgets their descriptions.
+    fn expire_snapshots(&self) -> Result<Vec<String>> {
+        let expired = snapshot::expire(
+            &self.inner.config.data_dir,
+            self.inner.config.snapshot_max_age_ms,
+        )?;
+        let mut infos = self.inner.snapshot_infos.lock();
+        for id in &expired {
+            infos.remove(id);
+        }
+        Ok(expired)
     }
 }
 

@@ -45,6 +45,9 @@ pub enum Error {
     /// A snapshot (or a file of one) that does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// A bound was reached (too many snapshots): nothing was done; retry once below it.
+    #[error("{0}")]
+    Limit(String),
     /// A configuration value is out of range.
     #[error("invalid storage configuration: {0}")]
     Config(String),

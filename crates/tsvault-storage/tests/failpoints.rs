@@ -388,3 +388,30 @@ fn a_failed_directory_fsync_after_a_segment_rename_poisons() {
     drop(e);
     scenario.teardown();
 }
+
+/// A poisoned store still lets its snapshots expire (expiry stopped with the rest of the
+/// maintenance).
+#[test]
+fn snapshots_expire_while_the_store_is_poisoned() {
+    let scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = EngineConfig::new(dir.path());
+    cfg.snapshot_max_age_ms = 500;
+    let e = Engine::open(cfg).unwrap();
+    e.write(&[pt(1, 1.0)]).unwrap();
+    e.snapshot().unwrap();
+    fail::cfg("wal-fsync", "return").unwrap();
+    assert!(e.write(&[pt(2, 2.0)]).is_err());
+    fail::remove("wal-fsync");
+    assert!(e.poisoned().is_some());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !e.snapshots().unwrap().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the snapshot never expired"
+        );
+        std::thread::yield_now();
+    }
+    drop(e);
+    scenario.teardown();
+}

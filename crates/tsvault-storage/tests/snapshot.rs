@@ -161,7 +161,8 @@ fn imports_merge_and_never_overwrite() {
         got,
         ImportOutcome {
             imported: 2,
-            skipped_existing: 3,
+            skipped_existing: 2,
+            duplicates_in_request: 1,
             dropped_beyond_retention: 0
         }
     );
@@ -381,7 +382,9 @@ fn a_damaged_snapshot_description_is_named_and_never_stops_the_store() {
 #[test]
 fn concurrent_snapshots_get_their_own_ids_and_are_whole() {
     let dir = tempfile::tempdir().unwrap();
-    let e = open(dir.path());
+    let mut config = tsvault_storage::EngineConfig::new(dir.path());
+    config.snapshots_max = 64;
+    let e = Engine::open(config).unwrap();
     e.write(&[pt(&key("a"), HOUR, 1.0)]).unwrap();
     e.flush().unwrap();
     let ids: Vec<String> = std::thread::scope(|s| {
@@ -406,4 +409,22 @@ fn concurrent_snapshots_get_their_own_ids_and_are_whole() {
         "{report:?}"
     );
     assert_eq!(report.snapshots, 45);
+}
+
+/// Snapshots are bounded in number: one past the bound is refused (nothing taken) until one
+/// is released.
+#[test]
+fn snapshots_are_bounded_in_number() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = tsvault_storage::EngineConfig::new(dir.path());
+    cfg.snapshots_max = 2;
+    let e = tsvault_storage::Engine::open(cfg).unwrap();
+    let a = e.snapshot().unwrap();
+    e.snapshot().unwrap();
+    let err = e.snapshot().unwrap_err();
+    assert!(matches!(err, tsvault_storage::Error::Limit(_)), "{err}");
+    assert!(err.to_string().contains("2 snapshots exist"), "{err}");
+    assert_eq!(e.snapshots().unwrap().len(), 2);
+    e.release_snapshot(&a.id).unwrap();
+    e.snapshot().unwrap();
 }

@@ -406,3 +406,29 @@ fn health_and_ready_follow_a_full_disk() {
     assert_eq!(get(&s.url("/health")).json()["status"], json!("ok"));
     assert_eq!(get(&s.url("/ready")).status, 200);
 }
+
+/// A snapshot asked for by a client that went away before the answer is released at once
+/// (it was orphaned for a day, holding disk space).
+#[test]
+fn a_snapshot_whose_client_went_away_is_released() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start_with_failpoints(dir.path(), &[], "snapshot-build=sleep(1500)");
+    let mut c = connect(&s);
+    c.write_all(b"POST /api/admin/snapshots HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        .unwrap();
+    // The snapshot is being built (its temporary directory is there) when the client goes.
+    let building = || {
+        std::fs::read_dir(dir.path().join("snapshots")).is_ok_and(|mut d| {
+            d.any(|e| e.unwrap().file_name().to_string_lossy().ends_with(".tmp"))
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !building() {
+        assert!(Instant::now() < deadline, "the snapshot never started");
+        std::thread::yield_now();
+    }
+    drop(c);
+    s.wait_for_log("went away; released", 1, Duration::from_secs(30));
+    let list = get(&s.url("/api/admin/snapshots")).json();
+    assert_eq!(list, json!([]), "{list}");
+}

@@ -290,3 +290,91 @@ fn integers_beyond_2_pow_53_are_reported_as_rounded() {
     );
     assert_eq!(r.json(), json!({"success": 1, "failed": 0}));
 }
+
+/// Two measurement/field pairs that make one metric name (`a_b c`, `a b_c`) are one series:
+/// said in the answer, counted and logged (one silently overwrote the other). A field named
+/// `time` is dropped and said so; a tag named `time` refuses its line (as InfluxDB does).
+#[test]
+fn metric_name_collisions_and_reserved_names_are_visible() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &[]);
+    assert_eq!(
+        post(&s.url("/write?precision=ms"), b"a_b c=1 1000\n").status,
+        204
+    );
+    let r = post(&s.url("/write?precision=ms"), b"a b_c=2 1000\n");
+    assert_eq!(r.status, 204);
+    assert!(
+        r.header("tsvault-warning")
+            .is_some_and(|w| w.contains("1 metric name(s) made by two measurement/field pairs")),
+        "{:?}",
+        r.headers
+    );
+    // Within one body too.
+    let r = post(
+        &s.url("/write?precision=ms"),
+        b"x_y z=1 1000\nx y_z=2 2000\n",
+    );
+    assert!(
+        r.header("tsvault-warning")
+            .is_some_and(|w| w.contains("1 metric name(s)")),
+        "{:?}",
+        r.headers
+    );
+    assert!(
+        get(&s.url("/metrics"))
+            .body
+            .contains("tsvault_points_not_stored_as_sent_total{reason=\"metric_collision\"} 2")
+    );
+    assert!(
+        s.log()
+            .contains("two measurement/field pairs make one metric name")
+    );
+    let r = post(&s.url("/write?precision=ms"), b"t time=1,v=2 1000\n");
+    assert_eq!(r.status, 204);
+    assert!(
+        r.header("tsvault-warning")
+            .is_some_and(|w| w.contains("named 'time' not stored")),
+        "{:?}",
+        r.headers
+    );
+    assert_never_written(&s.base, "t_time");
+    let r = post(
+        &s.url("/write?precision=ms"),
+        b"t time=1 1000\nu,time=x v=1 1000\n",
+    );
+    assert_eq!(r.status, 400);
+    assert!(
+        r.body.contains("line 1") && r.body.contains("line 2") && r.body.contains("reserved"),
+        "{}",
+        r.body
+    );
+}
+
+/// Two samples of one series at one timestamp in an import: the first is kept, and the
+/// answer counts the other (it was resolved silently).
+#[test]
+fn import_duplicates_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &[]);
+    // The series in its canonical form: metric, then \x1f key \x1e value per tag.
+    let body =
+        b"{\"series\":\"m\\u001fh\\u001ea\",\"samples\":[[1000,1.0],[1000,2.0],[2000,3.0]]}\n";
+    let r = post_with(
+        &s.url("/api/admin/import"),
+        &[("Content-Type", "application/x-ndjson")],
+        body,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(
+        (
+            v["imported"].clone(),
+            v["duplicates_in_request"].clone(),
+            v["skipped_existing"].clone()
+        ),
+        (json!(2), json!(1), json!(0)),
+        "{v}"
+    );
+    assert_eq!(series(&s.base, "m")[0].1, vec![(1000, 1.0), (2000, 3.0)]);
+}
