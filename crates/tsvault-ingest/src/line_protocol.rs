@@ -323,8 +323,9 @@ fn record_len(b: &[u8]) -> usize {
 #[derive(Default)]
 struct Scratch<'a> {
     tags: Vec<(Cow<'a, str>, Cow<'a, str>)>,
-    /// Field keys with their value; `None` for a string field.
-    fields: Vec<(Cow<'a, str>, Option<f64>)>,
+    /// Field keys with their value and whether the float holds it exactly; `None` for a
+    /// string field.
+    fields: Vec<(Cow<'a, str>, Option<(f64, bool)>)>,
     metric: String,
     /// The canonical key of the field being parsed, to find it in `keys`.
     lookup: String,
@@ -438,9 +439,7 @@ fn parse_line<'a>(
                     value_at + 1
                 ));
             }
-            let (v, exact) = parse_value(&key, &line[value_at..end])?;
-            rounded += u64::from(!exact);
-            (Some(v), end)
+            (Some(parse_value(&key, &line[value_at..end])?), end)
         };
         scratch.fields.push((key, value));
         match b.get(end) {
@@ -534,7 +533,7 @@ fn parse_line<'a>(
             time_fields += 1;
             continue;
         }
-        let Some(value) = *value else {
+        let Some((value, exact)) = *value else {
             if has_control(key) {
                 return Err(format!(
                     "field key {} contains a control character",
@@ -544,6 +543,7 @@ fn parse_line<'a>(
             strings += 1;
             continue;
         };
+        rounded += u64::from(!exact);
         let metric = &mut scratch.metric;
         metric.clear();
         metric.push_str(&measurement);
