@@ -318,6 +318,9 @@ fn record_len(b: &[u8]) -> usize {
     b.len()
 }
 
+/// A numeric field's value, and whether the float holds it exactly.
+type NumericValue = (f64, bool);
+
 /// Buffers reused from line to line, so a line costs no allocation beyond its tag set and
 /// one series key per numeric field (and unescaped copies of names that hold escapes).
 #[derive(Default)]
@@ -325,7 +328,7 @@ struct Scratch<'a> {
     tags: Vec<(Cow<'a, str>, Cow<'a, str>)>,
     /// Field keys with their value and whether the float holds it exactly; `None` for a
     /// string field.
-    fields: Vec<(Cow<'a, str>, Option<(f64, bool)>)>,
+    fields: Vec<(Cow<'a, str>, Option<NumericValue>)>,
     metric: String,
     /// The canonical key of the field being parsed, to find it in `keys`.
     lookup: String,

@@ -15,8 +15,8 @@ use crate::manifest::{MANIFEST_FILE, Manifest};
 use crate::segment::{Segment, segment_file_name};
 use crate::snapshot::{self, SNAPSHOTS_DIR};
 use crate::wal::{
-    WalEnd, describe_missing, list_wal_files, missing_wal_files, newest_path, read_newest,
-    read_wal_file, wal_file_name,
+    WalEnd, check_predecessors, describe_missing, durable_prefix, list_wal_files,
+    missing_wal_files, newest_path, read_newest, read_wal_file, wal_file_name,
 };
 
 /// One finding of a check, naming the file it is about.
@@ -337,7 +337,7 @@ fn check_wal(
     }
     let files = list_wal_files(wal_dir)?;
     // Every file replay needs is there, as the engine checks at start.
-    let newest = match read_newest(wal_dir) {
+    let newest_recorded = match read_newest(wal_dir) {
         Ok(n) => n,
         Err(e) => {
             r.error(&newest_path(wal_dir), e);
@@ -356,13 +356,14 @@ fn check_wal(
     } else {
         (Some(1), false)
     };
-    let missing = missing_wal_files(&numbers, stored_start, start_required, newest);
+    let missing = missing_wal_files(&numbers, stored_start, start_required, newest_recorded);
     if let Some(&(first, _)) = missing.first() {
         r.problem(
             &wal_dir.join(wal_file_name(first)),
             describe_missing(&missing),
         );
     }
+    let mut chain = Vec::new();
     let newest = files.last().map_or(0, |(n, _)| *n);
     for (n, path) in &files {
         let size = fs::metadata(path).map_or(0, |m| m.len());
@@ -374,10 +375,20 @@ fn check_wal(
             continue;
         }
         r.wal_files += 1;
+        let durable = durable_prefix(
+            *n,
+            newest_recorded,
+            files.first().is_some_and(|(first, _)| first < n),
+        );
         let mut defined = std::collections::HashSet::new();
         let (mut undefined, mut non_finite) = (None, false);
         let mut samples = 0u64;
+        let (mut predecessor, mut stand_in) = (None, false);
         let end = read_wal_file(path, |batch| {
+            if batch.predecessor.is_some() {
+                predecessor = batch.predecessor;
+            }
+            stand_in |= batch.stand_in;
             defined.extend(batch.defs.iter().map(|(id, _)| *id));
             for (id, _, v) in &batch.samples {
                 if !defined.contains(id) {
@@ -388,12 +399,21 @@ fn check_wal(
             samples += batch.samples.len() as u64;
             Ok(())
         });
+        chain.push((*n, (!stand_in).then_some(size), predecessor));
         r.wal_samples += samples;
         r.bytes_read += size;
         progress(size);
         match end {
             Err(e) => r.error(path, e),
+            Ok(WalEnd::Clean) if size < durable && !stand_in => r.problem(
+                path,
+                format!("the newest WAL file is {size} bytes, shorter than the {durable} fsynced when it was created: it was cut, not torn by a crash"),
+            ),
             Ok(WalEnd::Clean) => {}
+            Ok(WalEnd::TornTail { valid_len }) if *n == newest && valid_len < durable && !stand_in => r.problem(
+                path,
+                format!("the newest WAL file keeps {valid_len} whole bytes of the {durable} fsynced when it was created: it was cut, not torn by a crash"),
+            ),
             Ok(WalEnd::TornTail { valid_len }) if *n == newest => r.note(
                 path,
                 format!("ends in a torn write after byte {valid_len} (a crash during a write that was never acknowledged); the server cuts it at start"),
@@ -411,6 +431,13 @@ fn check_wal(
         }
         if non_finite {
             r.problem(path, "a record holds a NaN or infinite value");
+        }
+    }
+    for (n, detail) in check_predecessors(&chain) {
+        let path = wal_dir.join(wal_file_name(n));
+        // A file damaged at its end is named already.
+        if !r.problems.iter().any(|p| p.file == path) {
+            r.problem(&path, detail);
         }
     }
     Ok(())

@@ -360,7 +360,11 @@ fn roll(inner: &Inner, wal: &mut WalWriter, defined: &mut Vec<bool>) -> Result<u
         inner.poison(&e);
         return Err(e);
     }
-    match WalWriter::create(&inner.wal_dir, wal.number() + 1) {
+    match WalWriter::create(
+        &inner.wal_dir,
+        wal.number() + 1,
+        Some((wal.number(), wal.size_bytes())),
+    ) {
         Ok(n) => {
             *wal = n;
             defined.clear();

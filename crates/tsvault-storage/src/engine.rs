@@ -22,8 +22,8 @@ use crate::manifest::{MANIFEST_FILE, Manifest};
 use crate::segment::{Segment, SegmentInfo, segment_file_name, write_segment};
 use crate::snapshot::{self, SNAPSHOTS_DIR, SnapshotFile, SnapshotInfo};
 use crate::wal::{
-    WalEnd, WalWriter, describe_missing, list_wal_files, missing_wal_files, newest_path,
-    read_newest, read_wal_file, truncate_torn_tail, wal_file_name,
+    WalEnd, WalWriter, check_predecessors, describe_missing, list_wal_files, missing_wal_files,
+    newest_path, read_newest, read_wal_file, truncate_torn_tail, wal_file_name,
 };
 
 /// When a write is made durable.
@@ -447,7 +447,10 @@ impl Engine {
             // holds again and the next start does not report the same loss.
             for &(a, b) in &missing {
                 for n in a..=b {
-                    fsutil::write_synced(&wal_dir.join(wal_file_name(n)), crate::wal::WAL_MAGIC)?;
+                    fsutil::write_synced(
+                        &wal_dir.join(wal_file_name(n)),
+                        &crate::wal::stand_in_file(),
+                    )?;
                 }
             }
             sync_dir(&wal_dir)?;
@@ -463,6 +466,7 @@ impl Engine {
 
         // Replay the WAL into the head.
         let mut head = Head::default();
+        let mut predecessors: HashMap<u64, (Option<(u64, u64)>, bool)> = HashMap::new();
         let wal_files = list_wal_files(&wal_dir)?;
         let last_number = wal_files.last().map_or(0, |(n, _)| *n);
         for (n, path) in &wal_files {
@@ -472,7 +476,13 @@ impl Engine {
             }
             let mut ids: HashMap<u32, SeriesId> = HashMap::new();
             let mut bad_id = None;
+            let mut predecessor = None;
+            let mut stand_in = false;
             let end = read_wal_file(path, |batch| {
+                if batch.predecessor.is_some() {
+                    predecessor = batch.predecessor;
+                }
+                stand_in |= batch.stand_in;
                 for (wal_id, key) in batch.defs {
                     ids.insert(wal_id, registry.get_or_insert(&key));
                 }
@@ -487,11 +497,33 @@ impl Engine {
             // Only the newest file can end in a torn write: every older one was fsynced whole
             // before the next was created (and a cut tail is fsynced before the start goes
             // on). Damage at the end of an older file is corruption of fsynced data.
+            // The newest file's header (and predecessor record) were fsynced when it was
+            // created, before the record of the newest file named it: losing them is damage.
+            let file_len = fs::metadata(path).ctx("stat", path)?.len();
+            let durable = crate::wal::durable_prefix(
+                *n,
+                newest_recorded,
+                wal_files.first().is_some_and(|(first, _)| first < n),
+            );
             let end = match end {
                 WalEnd::TornTail { valid_len } if *n != last_number => WalEnd::Corrupt {
                     offset: valid_len,
                     detail: format!(
                         "damaged record at byte {valid_len} at the end of a WAL file that is not the newest; it was fsynced whole, so this is corruption, not a torn write"
+                    ),
+                },
+                WalEnd::TornTail { valid_len } if valid_len < durable && !stand_in => {
+                    WalEnd::Damaged {
+                        offset: valid_len,
+                        detail: format!(
+                            "the newest WAL file keeps {valid_len} whole bytes of the {durable} fsynced when it was created: it was cut, not torn by a crash"
+                        ),
+                    }
+                }
+                WalEnd::Clean if file_len < durable && !stand_in => WalEnd::Damaged {
+                    offset: file_len,
+                    detail: format!(
+                        "the newest WAL file is {file_len} bytes, shorter than the {durable} fsynced when it was created: it was cut, not torn by a crash"
                     ),
                 },
                 end => end,
@@ -544,9 +576,16 @@ impl Engine {
                         fsutil::remove_file(path)?;
                     } else {
                         truncate_torn_tail(path, offset)?;
+                        // An older file, cut: its successor's record of its length no longer
+                        // holds, and the loss is reported now, once.
+                        if !newest {
+                            crate::wal::mark_stand_in(path)?;
+                            stand_in = true;
+                        }
                     }
                 }
             }
+            predecessors.insert(*n, (predecessor, stand_in));
             // What was just replayed is served and built on (a new WAL file follows it, a
             // snapshot may link it), so it must be durable first: a process killed between
             // a WAL write and its fsync leaves bytes in the page cache that a power cut
@@ -557,6 +596,37 @@ impl Engine {
             }
         }
         sync_dir(&wal_dir)?;
+        // Each file is as long as the file after it recorded when it was created: a file cut
+        // (at a record boundary, where replay cannot see it) or swapped after it was
+        // complete lost acknowledged records.
+        let mut chain = Vec::new();
+        for (n, path) in list_wal_files(&wal_dir)? {
+            if n >= manifest.wal_start {
+                let len = fs::metadata(&path).ctx("stat", &path)?.len();
+                let (pred, stand_in) = predecessors.get(&n).copied().unwrap_or_default();
+                chain.push((n, (!stand_in).then_some(len), pred));
+            }
+        }
+        for (n, detail) in check_predecessors(&chain) {
+            let path = wal_dir.join(wal_file_name(n));
+            // Cut at start already (damage in it), and reported so.
+            if quarantined.iter().any(|q| q.file == path) {
+                continue;
+            }
+            if !config.quarantine_corrupt {
+                return Err(Error::Corrupt {
+                    path,
+                    detail: format!("{detail}; start with --quarantine-corrupt to serve the rest"),
+                });
+            }
+            crate::wal::mark_stand_in(&path)?;
+            quarantined.push(QuarantinedFile {
+                file: path.clone(),
+                moved_to: path,
+                reason: detail,
+                lost: "the acknowledged writes past the recorded length of this WAL file".into(),
+            });
+        }
         // The new file follows the last one left (a newest file cut to nothing at start is
         // gone, and its number is used again, so no gap opens).
         let survivors = list_wal_files(&wal_dir)?;
@@ -568,7 +638,13 @@ impl Engine {
             // A rebuilt manifest replays every WAL file there is: it starts at the first.
             manifest.wal_start = survivors.first().map_or(next_number, |(n, _)| *n);
         }
-        let wal = WalWriter::create(&wal_dir, next_number)?;
+        let predecessor = match survivors.last() {
+            Some((n, path)) if n + 1 == next_number => {
+                Some((*n, fs::metadata(path).ctx("stat", path)?.len()))
+            }
+            _ => None,
+        };
+        let wal = WalWriter::create(&wal_dir, next_number, predecessor)?;
         if rebuilt || !quarantined.is_empty() {
             manifest.store(&dir)?;
         }

@@ -23,6 +23,39 @@ const FRAME_HEADER_BYTES: usize = 8;
 pub(crate) const WAL_RECORD_BYTES_MAX: usize = 256 << 20;
 /// Record type of a write batch.
 const RECORD_BATCH: u8 = 1;
+/// Record type of the first record of a file: the number and final length of the file
+/// before it (see [`check_predecessors`]).
+const RECORD_PREDECESSOR: u8 = 3;
+/// Record type of the only record of a file that stands in for a lost one (started with
+/// `--quarantine-corrupt`): its length tells nothing.
+const RECORD_STAND_IN: u8 = 4;
+
+/// The bytes of a WAL file standing in for lost file: header and one stand-in record.
+pub(crate) fn stand_in_file() -> Vec<u8> {
+    let mut out = WAL_MAGIC.to_vec();
+    out.extend_from_slice(&stand_in_record());
+    out
+}
+
+fn stand_in_record() -> Vec<u8> {
+    let payload = [RECORD_STAND_IN];
+    let mut out = (payload.len() as u32).to_le_bytes().to_vec();
+    out.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+    out.extend_from_slice(&payload);
+    out
+}
+
+/// Marks an older WAL file whose loss was accepted (`--quarantine-corrupt`: cut, or shorter
+/// than its successor recorded) so its length is not checked again: the loss is reported
+/// once. The only append to a file another process wrote; fsynced.
+pub(crate) fn mark_stand_in(path: &Path) -> Result<()> {
+    let mut file = OpenOptions::new()
+        .append(true)
+        .open(path)
+        .ctx("open", path)?;
+    file.write_all(&stand_in_record()).ctx("write", path)?;
+    fsync(&file, path, false)
+}
 
 /// The file beside `wal/` (in the data directory) that names the newest WAL file ever
 /// created (see [`missing_wal_files`]).
@@ -100,6 +133,65 @@ pub(crate) fn missing_wal_files(
         missing.push((e, newest));
     }
     missing
+}
+
+/// A WAL file as [`check_predecessors`] sees it: its number, its length (None for a stand-in)
+/// and its predecessor record.
+pub(crate) type ChainLink = (u64, Option<u64>, Option<(u64, u64)>);
+
+/// Checks each file's predecessor record against the file it names: a file named there that
+/// is not as long as recorded was cut (or replaced by another) after it was complete: the
+/// records past its length are lost. `files` are (number, length, predecessor record) of the
+/// files replay reads, ascending (`None` for a stand-in, whose length tells nothing); a
+/// predecessor below them (flushed away) is not checked. Returns the file at fault and what
+/// is wrong.
+pub(crate) fn check_predecessors(files: &[ChainLink]) -> Vec<(u64, String)> {
+    let mut problems = Vec::new();
+    for (i, &(n, _, pred)) in files.iter().enumerate() {
+        let Some((p, len)) = pred else { continue };
+        if p + 1 != n {
+            problems.push((
+                n,
+                format!(
+                    "its first record names WAL file {} as the one before it, not {}: the files were renamed or reordered",
+                    wal_file_name(p),
+                    wal_file_name(n.saturating_sub(1))
+                ),
+            ));
+            continue;
+        }
+        if let Some(&(_, Some(actual), _)) = i
+            .checked_sub(1)
+            .and_then(|j| files.get(j))
+            .filter(|f| f.0 == p)
+            && actual != len
+        {
+            problems.push((
+                p,
+                format!(
+                    "{actual} bytes, but the WAL file after it recorded {len} when it was created: the file was cut or changed after it was complete, and the records past byte {} are lost",
+                    actual.min(len)
+                ),
+            ));
+        }
+    }
+    problems
+}
+
+/// The bytes of the newest WAL file `number` that were fsynced when it was created, if the
+/// record of the newest file names it (`newest`): its header, and its predecessor record
+/// when a file before it exists (`has_predecessor`; the record takes at least 11 bytes).
+/// A file shorter than that lost bytes a crash cannot take.
+pub(crate) fn durable_prefix(number: u64, newest: Option<u64>, has_predecessor: bool) -> u64 {
+    if newest != Some(number) {
+        return 0;
+    }
+    WAL_MAGIC.len() as u64
+        + if has_predecessor {
+            FRAME_HEADER_BYTES as u64 + 3
+        } else {
+            0
+        }
 }
 
 /// Says which WAL files `missing` names, for an error or a report.
@@ -185,17 +277,51 @@ pub(crate) fn encode_batch(
     out[frame_start + 4..frame_start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
-/// One decoded write batch.
+/// One decoded write batch (or the predecessor record, which carries no samples).
 #[derive(Debug, Default)]
 pub(crate) struct WalBatch {
     pub defs: Vec<(u32, SeriesKey)>,
     pub samples: Vec<(u32, i64, f64)>,
+    /// The number and length of the file before this one, when this is its first record.
+    pub predecessor: Option<(u64, u64)>,
+    /// This file stands in for a lost one.
+    pub stand_in: bool,
+}
+
+/// Encodes the predecessor record: WAL file `number` ended at `len` bytes when the file
+/// that begins with this record was created.
+fn encode_predecessor(out: &mut Vec<u8>, number: u64, len: u64) {
+    let frame_start = out.len();
+    out.extend_from_slice(&[0u8; FRAME_HEADER_BYTES]);
+    let payload_start = out.len();
+    out.push(RECORD_PREDECESSOR);
+    put_uvarint(out, number);
+    put_uvarint(out, len);
+    let payload_len = out.len() - payload_start;
+    let crc = crc32c::crc32c(&out[payload_start..]);
+    out[frame_start..frame_start + 4].copy_from_slice(&(payload_len as u32).to_le_bytes());
+    out[frame_start + 4..frame_start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
 fn decode_batch(payload: &[u8]) -> Option<WalBatch> {
     let mut r = Reader::new(payload);
-    if r.bytes(1)? != [RECORD_BATCH] {
-        return None;
+    match r.bytes(1)? {
+        [RECORD_BATCH] => {}
+        [RECORD_STAND_IN] => {
+            return r.is_empty().then_some(WalBatch {
+                stand_in: true,
+                ..WalBatch::default()
+            });
+        }
+        [RECORD_PREDECESSOR] => {
+            let number = r.uvarint()?;
+            let len = r.uvarint()?;
+            return r.is_empty().then_some(WalBatch {
+                predecessor: Some((number, len)),
+                ..WalBatch::default()
+            });
+        }
+        _ => return None,
     }
     let n_defs = r.uvarint()? as usize;
     let mut batch = WalBatch::default();
@@ -336,18 +462,23 @@ pub(crate) struct WalWriter {
 }
 
 impl WalWriter {
-    /// Creates WAL file `number` in `dir`; the header and the directory entry are durable
-    /// before this returns.
-    pub(crate) fn create(dir: &Path, number: u64) -> Result<Self> {
+    /// Creates WAL file `number` in `dir`, beginning with the record of the file before it
+    /// (`predecessor`: its number and final length) when there is one; the header, that
+    /// record and the directory entry are durable before this returns.
+    pub(crate) fn create(dir: &Path, number: u64, predecessor: Option<(u64, u64)>) -> Result<Self> {
         let path = dir.join(wal_file_name(number));
         let mut file = OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&path)
             .ctx("create", &path)?;
+        let mut header = WAL_MAGIC.to_vec();
+        if let Some((n, len)) = predecessor {
+            encode_predecessor(&mut header, n, len);
+        }
         let written = (|| {
             failpoint!("wal-create", "write", path);
-            file.write_all(WAL_MAGIC).ctx("write", &path)?;
+            file.write_all(&header).ctx("write", &path)?;
             fsync(&file, &path, false)?;
             sync_dir(dir)
         })()
@@ -376,7 +507,7 @@ impl WalWriter {
             file,
             path,
             number,
-            size_bytes: WAL_MAGIC.len() as u64,
+            size_bytes: header.len() as u64,
         })
     }
 
@@ -503,7 +634,7 @@ mod tests {
     }
 
     fn write_file(dir: &Path, n: u64, batches: usize) -> PathBuf {
-        let mut w = WalWriter::create(dir, n).unwrap();
+        let mut w = WalWriter::create(dir, n, None).unwrap();
         let k = key("m");
         for i in 0..batches {
             let mut buf = Vec::new();

@@ -215,10 +215,18 @@ fn stored(base: &str, metric: &str) -> BTreeMap<String, BTreeMap<i64, f64>> {
     if r.status == 400 && r.body.contains("no such metric") {
         return BTreeMap::new();
     }
-    query_dps(base, json!({"start": 0, "end": TS_MS_MAX, "msResolution": true,
-               "queries": [{"metric": metric, "aggregator": "none"}]}))
+    query_dps(
+        base,
+        json!({"start": 0, "end": TS_MS_MAX, "msResolution": true,
+               "queries": [{"metric": metric, "aggregator": "none"}]}),
+    )
     .into_iter()
-    .map(|(tags, dps)| (tags["host"].as_str().unwrap().to_owned(), dps.into_iter().collect()))
+    .map(|(tags, dps)| {
+        (
+            tags["host"].as_str().unwrap().to_owned(),
+            dps.into_iter().collect(),
+        )
+    })
     .collect()
 }
 
@@ -241,7 +249,11 @@ fn line_protocol_answers_agree_with_what_is_stored() {
             let n = n.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
             let prefix = format!("c{n}");
             let want = model(&c, &prefix);
-            let path = if n % 2 == 0 { "/write" } else { "/api/v2/write" };
+            let path = if n.is_multiple_of(2) {
+                "/write"
+            } else {
+                "/api/v2/write"
+            };
             let mut headers = vec![("Content-Type", "text/plain")];
             if c.gzip_members > 1 {
                 headers.push(("Content-Encoding", "gzip"));
@@ -256,12 +268,41 @@ fn line_protocol_answers_agree_with_what_is_stored() {
             } else {
                 prop_assert_eq!(r.status, 400, "{}", r.body);
                 let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
-                prop_assert_eq!(v["lines_rejected"].as_u64(), Some(want.rejected_lines as u64), "{}", r.body);
+                prop_assert_eq!(
+                    v["lines_rejected"].as_u64(),
+                    Some(want.rejected_lines as u64),
+                    "{}",
+                    r.body
+                );
             }
-            prop_assert_eq!(warned(&r, "string field"), want.strings, "{:?} {}", r.headers, r.body);
-            prop_assert_eq!(warned(&r, "cut to the millisecond"), want.truncated, "{:?} {}", r.headers, r.body);
-            prop_assert_eq!(warned(&r, "overwritten"), want.collapsed, "{:?} {}", r.headers, r.body);
-            prop_assert_eq!(warned(&r, "rounded"), want.rounded, "{:?} {}", r.headers, r.body);
+            prop_assert_eq!(
+                warned(&r, "string field"),
+                want.strings,
+                "{:?} {}",
+                r.headers,
+                r.body
+            );
+            prop_assert_eq!(
+                warned(&r, "cut to the millisecond"),
+                want.truncated,
+                "{:?} {}",
+                r.headers,
+                r.body
+            );
+            prop_assert_eq!(
+                warned(&r, "overwritten"),
+                want.collapsed,
+                "{:?} {}",
+                r.headers,
+                r.body
+            );
+            prop_assert_eq!(
+                warned(&r, "rounded"),
+                want.rounded,
+                "{:?} {}",
+                r.headers,
+                r.body
+            );
             let mut got = BTreeMap::new();
             for m in 0..3 {
                 for k in 0..3 {
