@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Server, get, post};
+use common::{Server, get, post, post_with};
 use serde_json::json;
 
 /// Hours of one series, one point each, from 2020-01-01: `days` days make `days * 4`
@@ -431,4 +431,75 @@ fn a_snapshot_whose_client_went_away_is_released() {
     s.wait_for_log("went away; released", 1, Duration::from_secs(30));
     let list = get(&s.url("/api/admin/snapshots")).json();
     assert_eq!(list, json!([]), "{list}");
+}
+
+/// The server's peak resident memory (VmHWM), in bytes.
+fn peak_rss(s: &Server) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", s.pid())).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+        .unwrap()
+        * 1024
+}
+
+/// Eight requests at once, each of 49 wildcard sub-queries over every series, cannot take
+/// memory without bound (one such request took 1.8 GB, eight 5.4 GB): queries run two at a
+/// time, each within its sample budget, and the server's peak stays bounded.
+#[test]
+fn concurrent_heavy_queries_stay_within_a_memory_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(
+        dir.path(),
+        &["--query-concurrency", "2", "--query-samples-max", "1000000"],
+    );
+    let start = 1_700_000_000_000i64;
+    for batch in 0..4 {
+        let body: String = (0..50)
+            .flat_map(|h| {
+                let h = batch * 50 + h;
+                (0..1000).map(move |i| format!("q,host=h{h} v={i} {}\n", start + i * 1000))
+            })
+            .collect();
+        assert_eq!(
+            post(&s.url("/write?precision=ms"), body.as_bytes()).status,
+            204
+        );
+    }
+    let before = peak_rss(&s);
+    let sub = json!({"metric": "q_v", "aggregator": "none", "tags": {"host": "*"}});
+    let request =
+        json!({"start": start, "end": start + 1_000_000, "queries": vec![sub; 49]}).to_string();
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let (url, request) = (s.url("/api/query"), request.clone());
+                scope.spawn(move || {
+                    post_with(
+                        &url,
+                        &[("Content-Type", "application/json")],
+                        request.as_bytes(),
+                    )
+                    .status
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let peak = peak_rss(&s);
+    eprintln!(
+        "heavy queries: statuses {statuses:?}; peak RSS {} MiB (before {} MiB)",
+        peak >> 20,
+        before >> 20
+    );
+    // Each request asks for 9.8 M samples: past its budget of 1 M (400), or refused for want
+    // of a turn (503).
+    assert!(
+        statuses.iter().all(|&st| st == 400 || st == 503),
+        "{statuses:?}"
+    );
+    assert!(statuses.contains(&400), "{statuses:?}");
+    assert!(peak < 600 << 20, "peak RSS {} MiB", peak >> 20);
+    assert_eq!(get(&s.url("/ready")).status, 200, "the server still serves");
 }

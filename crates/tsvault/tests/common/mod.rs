@@ -178,6 +178,11 @@ impl Server {
         self.child.wait().expect("reap");
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends SIGTERM without waiting.
     pub fn sigterm(&self) {
         // SAFETY: plain kill(2) on our own child's pid.
