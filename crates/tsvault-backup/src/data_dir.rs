@@ -1749,6 +1749,9 @@ pub async fn restore_data_dir(
     })
     .await??;
     sync_tree(target, resuming)?;
+    // The record of the newest WAL file, as the server that wrote them keeps it (a backup
+    // holds the WAL files, not the record, which names a file of the live directory).
+    tsvault_storage::record_newest_wal(target).map_err(|e| Error::Engine(e.to_string()))?;
     // Done: without the marker, the directory is a data directory again.
     fs::remove_file(&marker).map_err(Error::io("remove", &marker))?;
     sync_dir(target)?;

@@ -119,7 +119,7 @@ pub(crate) async fn snapshot_file(
 ) -> Response {
     enum Opened {
         Whole(Vec<u8>),
-        Stream(std::fs::File),
+        Stream(std::fs::File, std::path::PathBuf),
     }
     let engine = st.engine.clone();
     let found = blocking(move || {
@@ -140,11 +140,21 @@ pub(crate) async fn snapshot_file(
             return Err(wrong_size(len));
         }
         if len > FILE_WHOLE_MAX {
-            return Ok((meta, Opened::Stream(file)));
+            return Ok((meta, Opened::Stream(file, path.clone())));
         }
         let bytes = tsvault_storage::read_listed(&mut file, len).map_err(io("read"))?;
         if bytes.len() as u64 != len {
             return Err(wrong_size(bytes.len() as u64));
+        }
+        // Never served when its bytes are not the listed ones.
+        let hash = blake3::hash(&bytes).to_hex().to_string();
+        if hash != meta.blake3 {
+            let e = StorageError::Corrupt {
+                path: path.clone(),
+                detail: format!("BLAKE3 {hash}; the snapshot lists {}", meta.blake3),
+            };
+            engine.report_corruption(path.clone(), e.to_string());
+            return Err(e);
         }
         Ok((meta, Opened::Whole(bytes)))
     })
@@ -155,10 +165,38 @@ pub(crate) async fn snapshot_file(
     };
     let body = match opened {
         Opened::Whole(bytes) => Body::from(bytes),
-        Opened::Stream(file) => Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
-            tokio::fs::File::from_std(file),
-            1 << 20,
-        )),
+        Opened::Stream(file, path_of) => {
+            // Hashed as it is sent: bytes that are not the listed ones end the body with an
+            // error (the client sees a broken transfer, never a whole corrupt file) and are
+            // reported in /health.
+            use futures::StreamExt;
+            let hasher = std::sync::Arc::new(std::sync::Mutex::new(blake3::Hasher::new()));
+            let fed = hasher.clone();
+            let data = tokio_util::io::ReaderStream::with_capacity(
+                tokio::fs::File::from_std(file),
+                1 << 20,
+            )
+            .map(move |chunk| {
+                if let Ok(c) = &chunk {
+                    fed.lock().expect("not poisoned").update(c);
+                }
+                chunk
+            });
+            let (expected, engine, what) =
+                (meta.blake3.clone(), st.engine.clone(), path_of.clone());
+            let tail = futures::stream::once(async move {
+                let got = hasher.lock().expect("not poisoned").finalize().to_hex().to_string();
+                if got == expected {
+                    return None;
+                }
+                let detail = format!("BLAKE3 {got}; the snapshot lists {expected}");
+                tracing::error!(file = %what.display(), %detail, "a snapshot file no longer matches its hash; its transfer is cut off");
+                engine.report_corruption(what, detail.clone());
+                Some(Err(std::io::Error::other(detail)))
+            })
+            .filter_map(|x| async move { x });
+            Body::from_stream(data.chain(tail))
+        }
     };
     (
         [

@@ -153,9 +153,8 @@ pub async fn serve(config: ServerConfig, stop: Stop) -> Result<(), ServerError> 
     let engine = match opened {
         Ok(e) => e,
         Err(e) => {
-            stop.now.cancel();
-            stop.graceful.cancel();
-            let _ = accepting.await;
+            // Nothing to drain: the listener goes with the task.
+            accepting.abort();
             return Err(e.into());
         }
     };

@@ -75,7 +75,7 @@ impl BodyError {
             BodyError::Busy(budget) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!(
-                    "the server already holds {budget} bytes of request bodies being received or processed (its limit across all requests); retry shortly"
+                    "the server already holds {budget} bytes of request bodies and answers being received, processed or sent (its limit across all requests, --max-buffered-bytes); retry shortly"
                 ),
             ),
         }
@@ -95,6 +95,23 @@ impl BodyBudget {
     pub(crate) fn new(limits: BodyLimits) -> Self {
         let bytes = Arc::new(Semaphore::new(limits.buffered_bytes_max));
         BodyBudget { limits, bytes }
+    }
+
+    /// An answer of `bytes`, counted against the same budget until it has been written to
+    /// the client (an answer a slow or stalled client does not read holds memory as a body
+    /// does); past the budget, Busy.
+    pub(crate) fn hold_answer(&self, bytes: Vec<u8>) -> Result<Body, BodyError> {
+        let n = u32::try_from(bytes.len())
+            .map_err(|_| BodyError::Busy(self.limits.buffered_bytes_max))?;
+        let permit = self
+            .bytes
+            .clone()
+            .try_acquire_many_owned(n.max(1))
+            .map_err(|_| BodyError::Busy(self.limits.buffered_bytes_max))?;
+        Ok(Body::from(bytes::Bytes::from_owner(HeldAnswer {
+            bytes,
+            _permit: permit,
+        })))
     }
 
     /// Bytes of request bodies held now.
@@ -257,6 +274,18 @@ impl Received {
             bytes: out,
             _permit: inflated.permit.take(),
         })
+    }
+}
+
+/// An answer's bytes with their share of the byte budget, released when hyper drops them.
+struct HeldAnswer {
+    bytes: Vec<u8>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl AsRef<[u8]> for HeldAnswer {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
     }
 }
 

@@ -136,33 +136,8 @@ pub(crate) async fn put(
     } else {
         StatusCode::BAD_REQUEST
     };
-    if flag(&params, "details") {
-        let errors: Vec<_> = parsed
-            .errors
-            .iter()
-            .map(|e| json!({ "datapoint": e.datapoint, "error": e.error }))
-            .collect();
-        return (
-            status,
-            Json(with_warning(
-                json!({ "success": success, "failed": failed, "errors": errors }),
-                &rounded,
-            )),
-        )
-            .into_response();
-    }
-    if flag(&params, "summary") {
-        return (
-            status,
-            Json(with_warning(
-                json!({ "success": success, "failed": failed }),
-                &rounded,
-            )),
-        )
-            .into_response();
-    }
-    if failed == 0 {
-        let mut response = StatusCode::NO_CONTENT.into_response();
+    // What was not stored as sent is said in the header of every answer shape.
+    let warned = |mut response: Response| {
         if let Some(w) = &rounded
             && let Ok(v) = axum::http::HeaderValue::from_str(w)
         {
@@ -170,7 +145,39 @@ pub(crate) async fn put(
                 .headers_mut()
                 .insert(crate::influx::WARNING_HEADER, v);
         }
-        return response;
+        response
+    };
+    if flag(&params, "details") {
+        let errors: Vec<_> = parsed
+            .errors
+            .iter()
+            .map(|e| json!({ "datapoint": e.datapoint, "error": e.error }))
+            .collect();
+        return warned(
+            (
+                status,
+                Json(with_warning(
+                    json!({ "success": success, "failed": failed, "errors": errors }),
+                    &rounded,
+                )),
+            )
+                .into_response(),
+        );
+    }
+    if flag(&params, "summary") {
+        return warned(
+            (
+                status,
+                Json(with_warning(
+                    json!({ "success": success, "failed": failed }),
+                    &rounded,
+                )),
+            )
+                .into_response(),
+        );
+    }
+    if failed == 0 {
+        return warned(StatusCode::NO_CONTENT.into_response());
     }
     let first = &parsed.errors[0];
     tsdb_error(
@@ -339,11 +346,21 @@ async fn run_read<R: ReadRequest>(st: Shared, parsed: Result<R, tsvault_query::E
         .get_or_create(&vec![("endpoint", R::ENDPOINT)])
         .observe(started.elapsed().as_secs_f64());
     match result {
-        Ok(bytes) => (
-            [(axum::http::header::CONTENT_TYPE, "application/json")],
-            bytes,
-        )
-            .into_response(),
+        Ok(bytes) => match st.bodies.hold_answer(bytes) {
+            Ok(body) => (
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                body,
+            )
+                .into_response(),
+            Err(e) => {
+                let (status, msg) = e.status_message();
+                tsdb_error(
+                    status,
+                    format!("{msg} (this answer would have held more)"),
+                    None,
+                )
+            }
+        },
         Err(tsvault_query::Error::Source(e)) => {
             tracing::error!(error = %e.0, "query failed reading storage");
             tsdb_error(

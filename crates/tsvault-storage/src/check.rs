@@ -163,13 +163,26 @@ fn check_segments(
                 .parent()
                 .is_some_and(|d| d.join(MANIFEST_FILE).exists())
         {
-            r.note(
-                &seg_dir.with_file_name(MANIFEST_FILE),
-                format!(
-                    "missing while {} segment file(s) exist (a first flush cut short, or a lost manifest); the server rebuilds it from them and replays the whole WAL",
-                    on_disk.len()
+            let lowest_wal = seg_dir
+                .parent()
+                .and_then(|d| list_wal_files(&d.join("wal")).ok())
+                .and_then(|f| f.first().map(|(n, _)| *n));
+            match lowest_wal.filter(|&n| n > 1) {
+                Some(n) => r.problem(
+                    &seg_dir.with_file_name(MANIFEST_FILE),
+                    format!(
+                        "missing while {} segment file(s) exist, and a manifest existed (the WAL starts at file {n}: earlier files were removed after flushes): segments it listed may be missing too; the server refuses to start (--quarantine-corrupt rebuilds it from the segment files)",
+                        on_disk.len()
+                    ),
                 ),
-            );
+                None => r.note(
+                    &seg_dir.with_file_name(MANIFEST_FILE),
+                    format!(
+                        "missing while {} segment file(s) exist (a first flush cut short before its manifest was written); the server rebuilds it from them and replays the whole WAL",
+                        on_disk.len()
+                    ),
+                ),
+            }
         }
         for &seq in &on_disk {
             check_segment(
@@ -336,6 +349,15 @@ fn check_wal(
         return Ok(());
     }
     let files = list_wal_files(wal_dir)?;
+    for e in fs::read_dir(wal_dir).ctx("list", wal_dir)? {
+        let e = e.ctx("list", wal_dir)?;
+        if !files.iter().any(|(_, p)| *p == e.path()) {
+            r.note(
+                &e.path(),
+                "not a WAL file (not named <number>.wal): the server ignores it",
+            );
+        }
+    }
     // Every file replay needs is there, as the engine checks at start.
     let newest_recorded = match read_newest(wal_dir) {
         Ok(n) => n,
@@ -433,6 +455,12 @@ fn check_wal(
             r.problem(path, "a record holds a NaN or infinite value");
         }
     }
+    if newest_recorded.is_none() && chain.iter().any(|(_, _, pred)| pred.is_some()) {
+        r.problem(
+            &newest_path(wal_dir),
+            "missing, while the WAL files were written by a server that keeps it: the newest WAL file may be missing too, and with it acknowledged writes",
+        );
+    }
     for (n, detail) in check_predecessors(&chain) {
         let path = wal_dir.join(wal_file_name(n));
         // A file damaged at its end is named already.
@@ -469,6 +497,10 @@ fn check_snapshots(dir: &Path, r: &mut CheckReport, progress: &mut dyn FnMut(u64
             }
         };
         r.snapshots += 1;
+        // The snapshot's own record of its newest WAL file (not in its file list).
+        if let Err(e) = read_newest(&path.join("wal")) {
+            r.error(&newest_path(&path.join("wal")), e);
+        }
         for f in &info.files {
             let p = path.join(&f.path);
             match fs::metadata(&p) {

@@ -204,8 +204,9 @@ pub(crate) struct Inner {
     manifest: Mutex<Manifest>,
     poisoned: Mutex<Option<String>>,
     poisoned_flag: AtomicBool,
-    /// Why the last write or flush found the disk full; cleared by the next that succeeds.
-    disk_full: Mutex<Option<String>>,
+    /// Why the last write or flush found the disk full, and the bytes free then; cleared by
+    /// the next that succeeds, or once 64 MiB more are free.
+    disk_full: Mutex<Option<(String, u64)>>,
     /// Damaged files a read found while serving (each named once, with what was found).
     corruption_found: Mutex<Vec<(PathBuf, String)>>,
     pub stats: Stats,
@@ -256,7 +257,9 @@ impl Inner {
     /// Records whether a write or flush found the disk full.
     pub(crate) fn note_disk_full<T>(&self, r: &Result<T>) {
         match r {
-            Err(e) if e.is_disk_full() => *self.disk_full.lock() = Some(e.to_string()),
+            Err(e) if e.is_disk_full() => {
+                *self.disk_full.lock() = Some((e.to_string(), free_bytes(&self.config.data_dir)))
+            }
             Ok(_) => {
                 let mut d = self.disk_full.lock();
                 if d.is_some() {
@@ -317,6 +320,23 @@ const COMPACTION_BACKOFF: Duration = Duration::from_secs(600);
 /// Most missing WAL files `--quarantine-corrupt` stands empty files in for: more than a gap
 /// this directory could have (a damaged record of the newest file, most likely).
 const MISSING_WAL_FILES_FILLED_MAX: u64 = 10_000;
+
+/// Space freed after a disk was found full from which it counts as having room again.
+const DISK_ROOM_BYTES: u64 = 64 << 20;
+
+/// Bytes free to an unprivileged writer on the file system of `path` (0 when unknown).
+fn free_bytes(path: &Path) -> u64 {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return 0;
+    };
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a writable statvfs.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return 0;
+    }
+    (st.f_bavail as u64).saturating_mul(st.f_frsize as u64)
+}
 
 /// How often the maintenance thread looks for work.
 const MAINTENANCE_TICK_MS: u64 = 1000;
@@ -562,7 +582,7 @@ impl Engine {
                     }
                     let lost = if newest {
                         format!(
-                            "WAL records from byte {offset} on of the newest WAL file, cut at start; after a power cut they were never acknowledged; earlier records were replayed and kept"
+                            "WAL records from byte {offset} on of the newest WAL file, cut at start; earlier records were replayed and kept. After a power cut, what is cut was never acknowledged (unsynced pages reach the disk out of order); if the disk damaged records already written, acknowledged writes are among them: the whole file is kept in quarantine/"
                         )
                     } else {
                         format!(
@@ -606,6 +626,26 @@ impl Engine {
                 let (pred, stand_in) = predecessors.get(&n).copied().unwrap_or_default();
                 chain.push((n, (!stand_in).then_some(len), pred));
             }
+        }
+        // Files with a predecessor record were written by a version that keeps WAL-NEWEST:
+        // without it, a newest file deleted with it would go unseen.
+        if newest_recorded.is_none() && chain.iter().any(|(_, _, pred)| pred.is_some()) {
+            let path = newest_path(&wal_dir);
+            let detail = "missing, while the WAL files were written by a server that keeps it: the newest WAL file may be missing too, and with it acknowledged writes".to_string();
+            if !config.quarantine_corrupt {
+                return Err(Error::Corrupt {
+                    path,
+                    detail: format!(
+                        "{detail}; start with --quarantine-corrupt to serve what is there"
+                    ),
+                });
+            }
+            quarantined.push(QuarantinedFile {
+                file: path.clone(),
+                moved_to: path,
+                reason: detail,
+                lost: "any WAL file newer than the newest one there".into(),
+            });
         }
         for (n, detail) in check_predecessors(&chain) {
             let path = wal_dir.join(wal_file_name(n));
@@ -840,10 +880,24 @@ impl Engine {
             .inspect_err(|e| self.inner.note_corruption(e))
     }
 
+    /// Records damage found outside the engine's own reads (a snapshot file whose bytes no
+    /// longer match their listed hash), for `/health`.
+    pub fn report_corruption(&self, path: PathBuf, detail: String) {
+        self.inner.note_corruption(&Error::Corrupt { path, detail });
+    }
+
     /// Why writes fail for lack of space, while they do (the last write or flush found the
     /// disk full, and none has succeeded since).
     pub fn disk_full(&self) -> Option<String> {
-        self.inner.disk_full.lock().clone()
+        let mut full = self.inner.disk_full.lock();
+        // Space may have come back with no write since to show it (a load balancer routing
+        // by /ready would never send that write): the file system is asked.
+        if let Some((_, free_then)) = &*full
+            && free_bytes(&self.inner.config.data_dir) >= free_then.saturating_add(DISK_ROOM_BYTES)
+        {
+            *full = None;
+        }
+        full.as_ref().map(|(why, _)| why.clone())
     }
 
     /// Damaged files reads found while serving, with what was found (their data is never
@@ -1201,12 +1255,19 @@ impl EngineHandle {
                     blake3: s.seg.file_blake3.clone(),
                 });
             }
+            let mut newest_linked = None;
             for (n, src) in list_wal_files(&self.inner.wal_dir)? {
                 if n >= manifest.wal_start && n < position {
                     let name = wal_file_name(n);
                     fs::hard_link(&src, wal_tmp.join(&name)).ctx("link", &src)?;
                     wal_links.push(name);
+                    newest_linked = Some(n);
                 }
+            }
+            // The record of the newest WAL file, so that the snapshot directory opens as a
+            // data directory of its own (not in its file list: a restore writes its own).
+            if let Some(n) = newest_linked {
+                crate::wal::write_newest(&wal_tmp, n)?;
             }
             let bytes = manifest.encode();
             fsutil::write_synced(&tmp.join(MANIFEST_FILE), &bytes)?;
@@ -1282,11 +1343,15 @@ impl EngineHandle {
         drop(manifest);
         // The flush is done: a compaction that finds the disk full leaves the segments as
         // they are and is tried again later; retention (which frees space) still runs.
-        if let Err(e) = self.compact(false) {
-            if !e.is_disk_full() {
-                return Err(e);
+        match self.compact(false) {
+            Ok(_) => {}
+            Err(e) if e.is_disk_full() => {
+                tracing::warn!(error = %e, "compaction after a flush found the disk full; the segments stay as they are until a later one");
             }
-            tracing::warn!(error = %e, "compaction after a flush found the disk full; the segments stay as they are until a later one");
+            // A damaged segment in a partition it merged: reported, that partition left as
+            // it is; the flush itself is done.
+            Err(e @ Error::Corrupt { .. }) => self.inner.note_corruption(&e),
+            Err(e) => return Err(e),
         }
         self.guarded("retention", || self.apply_retention())?;
         Ok(())
@@ -1437,6 +1502,12 @@ impl EngineHandle {
         // A full disk is not a reason to distrust the store: flush, compaction and
         // retention change nothing before their new files are durable, so a failure for
         // lack of space leaves the old state whole, and they are tried again later.
+        // Nor is a segment found damaged by a read (a compaction's): the write path is
+        // whole; the damage is reported, and its partition no longer merged.
+        if let Err(e @ Error::Corrupt { .. }) = &r {
+            self.inner.note_corruption(e);
+            return r;
+        }
         if let Err(e) = &r
             && !matches!(e, Error::Poisoned(_) | Error::Closed)
             && !e.is_disk_full()
@@ -1487,7 +1558,17 @@ impl EngineHandle {
             if pick.len() < 2 {
                 continue;
             }
-            // Callers run this guarded: an error poisons the store unless the disk was full.
+            // A partition with a segment found damaged is left as it is: merging it would
+            // fail on the damage again (it is reported in /health; `check` tells the rest).
+            let damaged = self.inner.corruption_found.lock().iter().any(|(path, _)| {
+                pick.iter()
+                    .any(|s| *path == self.inner.seg_dir.join(segment_file_name(s.seq)))
+            });
+            if damaged {
+                continue;
+            }
+            // Callers run this guarded: an error poisons the store unless the disk was full
+            // or a segment it read was damaged.
             self.compact_partition(&mut manifest, (start, end), pick)?;
             done += 1;
         }
@@ -1918,6 +1999,27 @@ fn load_segments(
         // segments are rebuilt into one and the whole WAL replayed on top (a sample in both
         // has the same value); taking them for strays would delete every segment.
         Ok(None) if has_segment_files(seg_dir)? => {
+            // WAL files are removed only after a manifest that no longer needs them is
+            // installed: when the first is gone, a manifest existed and was lost, and the
+            // segments it listed may be gone too (nothing here can tell).
+            let lowest = list_wal_files(&dir.join("wal"))?.first().map(|(n, _)| *n);
+            if let Some(n) = lowest.filter(|&n| n > 1) {
+                let detail = format!(
+                    "MANIFEST is missing, and a manifest existed (the WAL starts at file {n}: earlier files were removed after flushes): segments it listed may be missing too; start with --quarantine-corrupt to rebuild it from the segment files there"
+                );
+                if !config.quarantine_corrupt {
+                    return Err(Error::Corrupt {
+                        path: dir.join(MANIFEST_FILE),
+                        detail,
+                    });
+                }
+                quarantined.push(QuarantinedFile {
+                    file: dir.join(MANIFEST_FILE),
+                    moved_to: PathBuf::new(),
+                    reason: detail,
+                    lost: "any segment the lost manifest listed that is not there".into(),
+                });
+            }
             tracing::warn!(dir = %dir.display(), "MANIFEST is missing but segment files exist: rebuilding it from them and replaying the whole WAL");
             *rebuilt = true;
             rebuild_manifest(dir, seg_dir, quarantined, config.quarantine_corrupt)?

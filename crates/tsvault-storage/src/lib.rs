@@ -38,4 +38,4 @@ pub use snapshot::{
     DigestBasis, DigestHash, SNAPSHOTS_DIR, SeriesDigest, SnapshotFile, SnapshotInfo, file_digests,
     is_segment_file, is_snapshot_id, read_listed, segment_digests, segment_index,
 };
-pub use wal::wal_files;
+pub use wal::{record_newest_wal, wal_files};

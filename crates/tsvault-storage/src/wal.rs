@@ -67,6 +67,16 @@ pub(crate) fn newest_path(wal_dir: &Path) -> PathBuf {
 }
 const NEWEST_MAGIC: &[u8; 8] = b"TSVNEW\x00\x01";
 
+/// Records the newest WAL file of the data directory `data_dir` (for `tsvault restore`,
+/// which writes WAL files without the record); nothing when it has none.
+pub fn record_newest_wal(data_dir: &Path) -> Result<()> {
+    let wal_dir = data_dir.join("wal");
+    match wal_files(data_dir)?.last() {
+        Some((n, _)) => write_newest(&wal_dir, *n),
+        None => Ok(()),
+    }
+}
+
 /// Records durably (atomic replace) that WAL file `n` of `wal_dir` exists and is the newest.
 pub(crate) fn write_newest(wal_dir: &Path, n: u64) -> Result<()> {
     let mut bytes = NEWEST_MAGIC.to_vec();

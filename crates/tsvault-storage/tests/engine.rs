@@ -518,9 +518,9 @@ proptest! {
     }
 }
 
-/// A data directory whose MANIFEST is gone (a first flush cut short before writing it, or a
-/// manifest lost since) keeps its segments: they are rebuilt into a new manifest and the
-/// WAL replayed on top. Before, every segment was deleted as a stray at start.
+/// A data directory whose MANIFEST is gone keeps its segments: they are rebuilt into a new
+/// manifest and the WAL replayed on top (before, every segment was deleted as a stray at
+/// start); when a manifest had existed, only with --quarantine-corrupt.
 #[test]
 fn a_missing_manifest_is_rebuilt_from_the_segments_never_taken_for_strays() {
     let dir = tempfile::tempdir().unwrap();
@@ -534,17 +534,26 @@ fn a_missing_manifest_is_rebuilt_from_the_segments_never_taken_for_strays() {
         e.close_without_flush();
     }
     std::fs::remove_file(dir.path().join("MANIFEST")).unwrap();
+    // A manifest existed (the WAL no longer starts at file 1): a lost one may have listed
+    // segments that are gone too, so check and the start say so, and only
+    // --quarantine-corrupt rebuilds it (the segments there are all kept).
     let report = tsvault_storage::check_data_dir(dir.path(), &mut |_| {}).unwrap();
-    assert!(report.problems.is_empty(), "{:?}", report.problems);
     assert!(
         report
-            .notes
+            .problems
             .iter()
             .any(|n| n.detail.starts_with("missing while")),
         "{:?}",
-        report.notes
+        report
     );
-    let e = open(dir.path());
+    let err = Engine::open(EngineConfig::new(dir.path()))
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("MANIFEST is missing"), "{err}");
+    let mut cfg = EngineConfig::new(dir.path());
+    cfg.quarantine_corrupt = true;
+    let e = Engine::open(cfg).unwrap();
+    assert_eq!(e.quarantined().len(), 1);
     assert_eq!(
         all(&e, "m"),
         vec![(
@@ -859,4 +868,64 @@ fn a_newest_wal_file_without_its_header_is_removed_and_leaves_no_gap() {
     }
     let report = tsvault_storage::check_data_dir(dir.path(), &mut |_| {}).unwrap();
     assert!(report.problems.is_empty(), "{report:?}");
+}
+
+/// The record of the newest WAL file deleted together with the newest file (which holds
+/// acknowledged writes): the older files' predecessor records show a server that keeps the
+/// record, so check and the start report it (both said nothing, and the writes were gone).
+#[test]
+fn the_newest_wal_record_deleted_with_the_newest_file_is_reported() {
+    let (dir, _a, wals) = two_wal_files_with_data();
+    // A third file, so the one left is not the only one.
+    {
+        let e = open(dir.path());
+        e.write(&[pt(&key("m", "a"), 3, 3.0)]).unwrap();
+        e.close_without_flush();
+    }
+    let mut all_wals: Vec<_> = fs::read_dir(dir.path().join("wal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    all_wals.sort();
+    assert_eq!(all_wals.len(), 3, "{wals:?}");
+    fs::remove_file(all_wals.last().unwrap()).unwrap();
+    fs::remove_file(dir.path().join("WAL-NEWEST")).unwrap();
+    let report = tsvault_storage::check_data_dir(dir.path(), &mut |_| {}).unwrap();
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.file.ends_with("WAL-NEWEST")),
+        "{report:?}"
+    );
+    let err = Engine::open(EngineConfig::new(dir.path()))
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("WAL-NEWEST"), "{err}");
+}
+
+/// MANIFEST and a segment deleted after flushes: refused (the rebuilt manifest would have
+/// served the rest as if nothing were missing).
+#[test]
+fn a_lost_manifest_and_segment_are_refused_not_rebuilt_silently() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = key("m", "a");
+    {
+        let e = open(dir.path());
+        e.write(&[pt(&k, HOUR, 1.0), pt(&k, 7 * HOUR, 2.0)])
+            .unwrap();
+        e.flush().unwrap();
+        e.close_without_flush();
+    }
+    fs::remove_file(dir.path().join("MANIFEST")).unwrap();
+    let seg = fs::read_dir(dir.path().join("segments"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    fs::remove_file(seg).unwrap();
+    let report = tsvault_storage::check_data_dir(dir.path(), &mut |_| {}).unwrap();
+    assert!(!report.problems.is_empty(), "{report:?}");
+    assert!(Engine::open(EngineConfig::new(dir.path())).is_err());
 }

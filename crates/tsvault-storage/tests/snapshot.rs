@@ -42,6 +42,8 @@ fn copy_snapshot(e: &Engine, id: &str, dst: &Path) {
         fs::create_dir_all(out.parent().unwrap()).unwrap();
         fs::write(out, bytes).unwrap();
     }
+    // As `tsvault restore` does: the record of the newest WAL file is the directory's own.
+    tsvault_storage::record_newest_wal(dst).unwrap();
 }
 
 #[test]

@@ -604,3 +604,94 @@ fn corruption_found_while_serving_shows_in_health() {
         "{h}"
     );
 }
+
+/// A compaction that reads a segment found damaged does not stop writes (it poisoned the
+/// store with "a failed write or fsync"): the damage is reported, the partition left alone.
+#[test]
+fn a_compaction_meeting_a_damaged_segment_keeps_writes_going() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &[]);
+    let body: String = (0..500)
+        .map(|i| format!("m,host=a v={i} {}\n", 1_700_000_000_000i64 + i * 1000))
+        .collect();
+    assert_eq!(
+        post(&s.url("/write?precision=ms"), body.as_bytes()).status,
+        204
+    );
+    assert_eq!(post(&s.url("/api/admin/flush"), b"").status, 200);
+    let seg = std::fs::read_dir(dir.path().join("segments"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .next()
+        .unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[20] ^= 0x10;
+    std::fs::write(&seg, &bytes).unwrap();
+    assert_eq!(
+        post(
+            &s.url("/write?precision=ms"),
+            b"m,host=a v=1 1700000000500\n"
+        )
+        .status,
+        204
+    );
+    assert_eq!(post(&s.url("/api/admin/flush"), b"").status, 200);
+    let r = post(&s.url("/api/admin/compact"), b"");
+    assert_eq!(r.status, 500, "{}", r.body);
+    assert!(
+        r.body.contains(seg.file_name().unwrap().to_str().unwrap()),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        post(
+            &s.url("/write?precision=ms"),
+            b"m,host=b v=1 1700000000000\n"
+        )
+        .status,
+        204,
+        "writes go on"
+    );
+    let h = get(&s.url("/health")).json();
+    assert_eq!(h["status"], json!("degraded"), "{h}");
+    // The partition is left alone from then on.
+    let r = post(&s.url("/api/admin/compact"), b"");
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+/// A snapshot's file whose bytes no longer match the hash it is listed with is not served
+/// (it was, with 200 and the listed hash in its header): 500 naming it, and /health degraded.
+#[test]
+fn a_damaged_snapshot_file_is_not_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &[]);
+    assert_eq!(
+        post(
+            &s.url("/write?precision=ms"),
+            b"m,host=a v=1 1700000000000\n"
+        )
+        .status,
+        204
+    );
+    assert_eq!(post(&s.url("/api/admin/flush"), b"").status, 200);
+    let snap = post(&s.url("/api/admin/snapshots"), b"").json();
+    let id = snap["id"].as_str().unwrap().to_owned();
+    let seg = snap["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap().to_owned())
+        .find(|p| p.starts_with("segments/"))
+        .unwrap();
+    // The snapshot's link replaced by a damaged copy; the live segment stays whole.
+    let link = dir.path().join("snapshots").join(&id).join(&seg);
+    let mut bytes = std::fs::read(&link).unwrap();
+    std::fs::remove_file(&link).unwrap();
+    bytes[20] ^= 1;
+    std::fs::write(&link, &bytes).unwrap();
+    let r = get(&s.url(&format!("/api/admin/snapshots/{id}/file?path={seg}")));
+    assert_eq!(r.status, 500, "{}", r.body);
+    assert!(r.body.contains("BLAKE3"), "{}", r.body);
+    let h = get(&s.url("/health")).json();
+    assert_eq!(h["status"], json!("degraded"), "{h}");
+}

@@ -503,3 +503,109 @@ fn concurrent_heavy_queries_stay_within_a_memory_bound() {
     assert!(peak < 600 << 20, "peak RSS {} MiB", peak >> 20);
     assert_eq!(get(&s.url("/ready")).status, 200, "the server still serves");
 }
+
+/// Once space comes back, `/ready` says so without waiting for a write that a load balancer
+/// routing by `/ready` would never send (it stayed 503 until some write succeeded).
+#[test]
+fn ready_recovers_when_space_returns_without_a_write() {
+    let dir = tempfile::tempdir().unwrap();
+    // Space that will be freed: 128 MiB on the data directory's file system.
+    let filler = dir.path().join("filler");
+    std::fs::write(&filler, vec![1u8; 128 << 20]).unwrap();
+    let data = dir.path().join("data");
+    let s = Server::start_with_failpoints(&data, &[], "wal-append=1*return(enospc)");
+    assert_eq!(
+        post(&s.url("/write?precision=ms"), b"m v=1 1000\n").status,
+        507
+    );
+    assert_eq!(get(&s.url("/ready")).status, 503);
+    std::fs::remove_file(&filler).unwrap();
+    // Freed blocks are counted once the file system has released them.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while get(&s.url("/ready")).status != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "/ready stayed 503 after 128 MiB were freed"
+        );
+    }
+    assert_eq!(get(&s.url("/health")).json()["status"], json!("ok"));
+}
+
+/// Answers that clients do not read hold memory until written: they count against the same
+/// byte budget as bodies (twelve unread 60 MB answers held 2 GB), so the next past it gets
+/// 503 at once.
+#[test]
+fn unread_answers_are_bounded_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(
+        dir.path(),
+        &[
+            "--max-body-bytes",
+            "1000000",
+            "--max-buffered-bytes",
+            "40000000",
+        ],
+    );
+    let start = 1_700_000_000_000i64;
+    // Answers of about 16 MB: more than the kernel's socket buffers take from an unread
+    // connection.
+    let body: String = (0..600_000)
+        .map(|i| format!("a,host=h{} v={i} {}\n", i % 10, start + i))
+        .collect();
+    for part in body.lines().collect::<Vec<_>>().chunks(20_000) {
+        assert_eq!(
+            post(&s.url("/write?precision=ms"), part.join("\n").as_bytes()).status,
+            204
+        );
+    }
+    let request = json!({"start": start, "end": start + 600_000, "msResolution": true,
+        "queries": [{"metric": "a_v", "aggregator": "none"}]})
+    .to_string();
+    let ask = || {
+        let mut c = connect(&s);
+        c.write_all(
+            format!(
+                "POST /api/query HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{request}",
+                request.len()
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        c
+    };
+    // Two answers, never read.
+    let unread = [ask(), ask()];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(&s, "tsvault_request_body_bytes_held") < 25_000_000 {
+        assert!(Instant::now() < deadline, "the answers were never held");
+    }
+    let held = metric(&s, "tsvault_request_body_bytes_held");
+    assert!(held <= 40_000_000, "{held}");
+    // A third cannot fit in 40 MB with them.
+    let statuses: Vec<u16> = (0..2)
+        .map(|_| {
+            post_with(
+                &s.url("/api/query"),
+                &[("Content-Type", "application/json")],
+                request.as_bytes(),
+            )
+            .status
+        })
+        .collect();
+    assert!(
+        statuses.contains(&503),
+        "{statuses:?} with {held} bytes held"
+    );
+    drop(unread);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while post_with(
+        &s.url("/api/query"),
+        &[("Content-Type", "application/json")],
+        request.as_bytes(),
+    )
+    .status
+        != 200
+    {
+        assert!(Instant::now() < deadline, "the budget never came back");
+    }
+}

@@ -284,6 +284,11 @@ fn integers_beyond_2_pow_53_are_reported_as_rounded() {
         r.json()["not_stored_as_sent"],
         json!("1 integer(s) beyond 2^53 stored rounded to the nearest float")
     );
+    assert!(
+        r.header("tsvault-warning").is_some(),
+        "the header too: {:?}",
+        r.headers
+    );
     let r = post(
         &s.url("/api/put?summary"),
         br#"{"metric":"p","timestamp":1002,"value":9007199254740992,"tags":{"h":"a"}}"#,
