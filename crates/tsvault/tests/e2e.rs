@@ -566,22 +566,7 @@ fn opentsdb_put_sync_is_honoured_under_interval_fsync() {
 fn corruption_found_while_serving_shows_in_health() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(dir.path(), &[]);
-    let body: String = (0..500)
-        .map(|i| format!("m,host=a v={i} {}\n", 1_700_000_000_000i64 + i * 1000))
-        .collect();
-    assert_eq!(
-        post(&s.url("/write?precision=ms"), body.as_bytes()).status,
-        204
-    );
-    assert_eq!(post(&s.url("/api/admin/flush"), b"").status, 200);
-    let seg = std::fs::read_dir(dir.path().join("segments"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .next()
-        .unwrap();
-    let mut bytes = std::fs::read(&seg).unwrap();
-    bytes[20] ^= 0x10; // inside the first block
-    std::fs::write(&seg, &bytes).unwrap();
+    let seg = flushed_segment_damaged_while_serving(&s, dir.path());
     let r = post_with(
         &s.url("/api/query"),
         &[("Content-Type", "application/json")],
@@ -611,22 +596,7 @@ fn corruption_found_while_serving_shows_in_health() {
 fn a_compaction_meeting_a_damaged_segment_keeps_writes_going() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(dir.path(), &[]);
-    let body: String = (0..500)
-        .map(|i| format!("m,host=a v={i} {}\n", 1_700_000_000_000i64 + i * 1000))
-        .collect();
-    assert_eq!(
-        post(&s.url("/write?precision=ms"), body.as_bytes()).status,
-        204
-    );
-    assert_eq!(post(&s.url("/api/admin/flush"), b"").status, 200);
-    let seg = std::fs::read_dir(dir.path().join("segments"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .next()
-        .unwrap();
-    let mut bytes = std::fs::read(&seg).unwrap();
-    bytes[20] ^= 0x10;
-    std::fs::write(&seg, &bytes).unwrap();
+    let seg = flushed_segment_damaged_while_serving(&s, dir.path());
     assert_eq!(
         post(
             &s.url("/write?precision=ms"),
@@ -694,4 +664,26 @@ fn a_damaged_snapshot_file_is_not_served() {
     assert!(r.body.contains("BLAKE3"), "{}", r.body);
     let h = get(&s.url("/health")).json();
     assert_eq!(h["status"], json!("degraded"), "{h}");
+}
+
+/// Writes 500 samples of `m_v{host=a}`, flushes them into one segment, and flips a bit of
+/// its first block while the server runs; returns the segment's path.
+fn flushed_segment_damaged_while_serving(s: &Server, dir: &std::path::Path) -> std::path::PathBuf {
+    let body: String = (0..500)
+        .map(|i| format!("m,host=a v={i} {}\n", 1_700_000_000_000i64 + i * 1000))
+        .collect();
+    assert_eq!(
+        post(&s.url("/write?precision=ms"), body.as_bytes()).status,
+        204
+    );
+    assert_eq!(post(&s.url("/api/admin/flush"), b"").status, 200);
+    let seg = std::fs::read_dir(dir.join("segments"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .next()
+        .unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[20] ^= 0x10; // inside the first block
+    std::fs::write(&seg, &bytes).unwrap();
+    seg
 }
