@@ -30,6 +30,11 @@ pub fn timed(cmd: &mut Command) -> anyhow::Result<Duration> {
 pub fn vmbackup(base: &str, data_dir: &Path, dst: &Path) -> anyhow::Result<Duration> {
     timed(
         Command::new("vmbackup")
+            // Its own metrics server, on a free port: the default (:8420) may be taken.
+            .arg(format!(
+                "-httpListenAddr=127.0.0.1:{}",
+                crate::systems::free_port()?
+            ))
             .arg(format!("-storageDataPath={}", data_dir.display()))
             .arg(format!("-snapshot.createURL={base}/snapshot/create"))
             .arg(format!("-dst=fs://{}", dst.display()))
@@ -41,6 +46,10 @@ pub fn vmbackup(base: &str, data_dir: &Path, dst: &Path) -> anyhow::Result<Durat
 pub fn vmrestore(src: &Path, data_dir: &Path) -> anyhow::Result<Duration> {
     timed(
         Command::new("vmrestore")
+            .arg(format!(
+                "-httpListenAddr=127.0.0.1:{}",
+                crate::systems::free_port()?
+            ))
             .arg(format!("-src=fs://{}", src.display()))
             .arg(format!("-storageDataPath={}", data_dir.display()))
             .arg("-loggerLevel=ERROR"),

@@ -123,7 +123,7 @@ fn command_line(cmd: &Command) -> String {
 }
 
 /// A port on loopback that was free a moment ago.
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
