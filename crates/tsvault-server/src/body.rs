@@ -260,7 +260,11 @@ impl Received {
         loop {
             let n = dec
                 .read(&mut step)
-                .map_err(|e| BodyError::Bad(format!("the body is not valid gzip: {e}")))?;
+                .map_err(|e| {
+                    BodyError::Bad(format!(
+                        "the body is not valid gzip ({e}): a member is cut short or damaged, or bytes that are not gzip follow the last one"
+                    ))
+                })?;
             if n == 0 {
                 break;
             }

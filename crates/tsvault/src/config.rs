@@ -140,6 +140,9 @@ struct FileConfig {
     backup_s3_allow_http: Option<bool>,
 }
 
+/// The narrowest time partition a server may be started with.
+const SEGMENT_DURATION_MIN_MS: i64 = 60_000;
+
 fn duration_ms(what: &str, text: &str) -> anyhow::Result<i64> {
     let d = humantime::parse_duration(text.trim()).with_context(|| {
         format!("{what} '{text}' is not a duration (examples: 90s, 15m, 2h, 30d)")
@@ -232,7 +235,13 @@ impl ServeArgs {
             engine.retention_ms = Some(duration_ms("--retention", &r)?);
         }
         if let Some(s) = self.segment_duration.or(file.segment_duration) {
-            engine.segment_duration_ms = Some(duration_ms("--segment-duration", &s)?);
+            let ms = duration_ms("--segment-duration", &s)?;
+            // One segment file per partition and flush: a width of milliseconds would make a
+            // file per millisecond of data.
+            if ms < SEGMENT_DURATION_MIN_MS {
+                bail!("--segment-duration '{s}' is shorter than the minimum of 1m");
+            }
+            engine.segment_duration_ms = Some(ms);
         }
         // An interval given where `always` was chosen, or above it, is a contradiction; one
         // in the file beneath a flag's `always` is simply overridden.
@@ -441,6 +450,7 @@ mod tests {
         let e = |args: &[&str]| format!("{:#}", resolve(args).unwrap_err());
         assert!(e(&["--retention", "forever"]).contains("--retention 'forever'"));
         assert!(e(&["--segment-duration", "0s"]).contains("longer than zero"));
+        assert!(e(&["--segment-duration", "1ms"]).contains("shorter than the minimum of 1m"));
         assert!(e(&["--fsync-interval", "1s"]).contains("needs --fsync interval"));
         assert!(e(&["--max-body-bytes", "0"]).contains("at least 1"));
         let dir = tempfile::tempdir().unwrap();
