@@ -58,6 +58,8 @@ pub(crate) enum BodyError {
     Timeout(String),
     /// The server holds as many body bytes as it may: retry later.
     Busy(usize),
+    /// An answer larger than all the bytes the server may hold (its size, the limit).
+    AnswerTooLarge(usize, usize),
 }
 
 impl BodyError {
@@ -72,6 +74,12 @@ impl BodyError {
             ),
             BodyError::Bad(msg) => (StatusCode::BAD_REQUEST, msg.clone()),
             BodyError::Timeout(msg) => (StatusCode::REQUEST_TIMEOUT, msg.clone()),
+            BodyError::AnswerTooLarge(size, limit) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the answer is {size} bytes, more than the {limit} bytes the server may hold for all requests (--max-buffered-bytes); ask for a shorter time range, fewer series, or a downsample"
+                ),
+            ),
             BodyError::Busy(budget) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!(
@@ -101,8 +109,11 @@ impl BodyBudget {
     /// the client (an answer a slow or stalled client does not read holds memory as a body
     /// does); past the budget, Busy.
     pub(crate) fn hold_answer(&self, bytes: Vec<u8>) -> Result<Body, BodyError> {
-        let n = u32::try_from(bytes.len())
-            .map_err(|_| BodyError::Busy(self.limits.buffered_bytes_max))?;
+        let too_large = || BodyError::AnswerTooLarge(bytes.len(), self.limits.buffered_bytes_max);
+        if bytes.len() > self.limits.buffered_bytes_max {
+            return Err(too_large());
+        }
+        let n = u32::try_from(bytes.len()).map_err(|_| too_large())?;
         let permit = self
             .bytes
             .clone()

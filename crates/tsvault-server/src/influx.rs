@@ -158,7 +158,7 @@ async fn write(
     let body_error = |e: BodyError| {
         let (status, msg) = e.status_message();
         let code = match e {
-            BodyError::TooLarge(_) => "request too large",
+            BodyError::TooLarge(_) | BodyError::AnswerTooLarge(..) => "request too large",
             BodyError::Busy(_) => "unavailable",
             BodyError::Bad(_) | BodyError::Timeout(_) => "invalid",
         };

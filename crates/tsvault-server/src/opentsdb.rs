@@ -354,11 +354,7 @@ async fn run_read<R: ReadRequest>(st: Shared, parsed: Result<R, tsvault_query::E
                 .into_response(),
             Err(e) => {
                 let (status, msg) = e.status_message();
-                tsdb_error(
-                    status,
-                    format!("{msg} (this answer would have held more)"),
-                    None,
-                )
+                tsdb_error(status, msg, None)
             }
         },
         Err(tsvault_query::Error::Source(e)) => {
