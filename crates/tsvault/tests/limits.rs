@@ -617,14 +617,22 @@ fn an_answer_larger_than_the_whole_budget_is_413() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(
         dir.path(),
-        &["--max-body-bytes", "1000000", "--max-buffered-bytes", "1500000"],
+        &[
+            "--max-body-bytes",
+            "1000000",
+            "--max-buffered-bytes",
+            "1500000",
+        ],
     );
     let start = 1_700_000_000_000i64;
     let lines: Vec<String> = (0..100_000)
         .map(|i| format!("b v={i} {}", start + i))
         .collect();
     for part in lines.chunks(20_000) {
-        assert_eq!(post(&s.url("/write?precision=ms"), part.join("\n").as_bytes()).status, 204);
+        assert_eq!(
+            post(&s.url("/write?precision=ms"), part.join("\n").as_bytes()).status,
+            204
+        );
     }
     let r = post_with(
         &s.url("/api/query"),
@@ -635,5 +643,9 @@ fn an_answer_larger_than_the_whole_budget_is_413() {
         .as_bytes(),
     );
     assert_eq!(r.status, 413, "{}", r.body);
-    assert!(r.body.contains("--max-buffered-bytes") && r.body.contains("downsample"), "{}", r.body);
+    assert!(
+        r.body.contains("--max-buffered-bytes") && r.body.contains("downsample"),
+        "{}",
+        r.body
+    );
 }
