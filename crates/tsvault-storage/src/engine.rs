@@ -684,6 +684,14 @@ impl Engine {
             }
             _ => None,
         };
+        // A directory without the record (written by an earlier version): it is written for
+        // the files there before the first file with a predecessor record is created, so a
+        // crash between the two never leaves such a file without the record.
+        if newest_recorded.is_none()
+            && let Some((n, _)) = survivors.last()
+        {
+            crate::wal::write_newest(&wal_dir, *n)?;
+        }
         let wal = WalWriter::create(&wal_dir, next_number, predecessor)?;
         if rebuilt || !quarantined.is_empty() {
             manifest.store(&dir)?;

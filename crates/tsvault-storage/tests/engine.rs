@@ -929,3 +929,34 @@ fn a_lost_manifest_and_segment_are_refused_not_rebuilt_silently() {
     assert!(!report.problems.is_empty(), "{report:?}");
     assert!(Engine::open(EngineConfig::new(dir.path())).is_err());
 }
+
+/// A directory written before the record of the newest WAL file existed (no record, no
+/// predecessor records) gets the record before its first file with a predecessor record, so
+/// a crash between the two leaves a record naming an older file (accepted), never a file
+/// with a predecessor record and no record (refused as a deleted record).
+#[test]
+fn a_directory_without_the_newest_wal_record_gets_one_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = key("m", "a");
+    {
+        let e = open(dir.path());
+        e.write(&[pt(&a, 1, 1.0)]).unwrap();
+        e.close_without_flush();
+    }
+    // As an earlier version left it: one WAL file, no record.
+    let record = dir.path().join("WAL-NEWEST");
+    let names_first = fs::read(&record).unwrap();
+    fs::remove_file(&record).unwrap();
+    {
+        let e = open(dir.path());
+        e.write(&[pt(&a, 2, 2.0)]).unwrap();
+        e.close_without_flush();
+    }
+    // What a crash right after the new file's creation leaves: the record written first,
+    // naming the older file.
+    fs::write(&record, names_first).unwrap();
+    let report = tsvault_storage::check_data_dir(dir.path(), &mut |_| {}).unwrap();
+    assert!(report.problems.is_empty(), "{report:?}");
+    let e = open(dir.path());
+    assert_eq!(all(&e, "m")[0].1, vec![s(1, 1.0), s(2, 2.0)]);
+}
