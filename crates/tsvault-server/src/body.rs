@@ -100,7 +100,9 @@ pub(crate) struct Received {
 }
 
 impl BodyBudget {
-    pub(crate) fn new(limits: BodyLimits) -> Self {
+    pub(crate) fn new(mut limits: BodyLimits) -> Self {
+        // Beyond what a semaphore can count, the bound is the semaphore's (2^61 bytes).
+        limits.buffered_bytes_max = limits.buffered_bytes_max.min(Semaphore::MAX_PERMITS);
         let bytes = Arc::new(Semaphore::new(limits.buffered_bytes_max));
         BodyBudget { limits, bytes }
     }
