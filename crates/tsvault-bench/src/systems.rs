@@ -1,4 +1,7 @@
 //! Starting, loading, settling and measuring each system: tsvault, VictoriaMetrics, InfluxDB.
+//! Each starts with `PATH` alone in its environment; tsvault's `--fsync always` is checked in
+//! its start-up line. A system is settled at its last change; memory is polled `RssAnon`
+//! beside `VmHWM`, disk the allocated blocks.
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;

@@ -970,8 +970,8 @@ impl Engine {
             compactions: s.compactions.load(Ordering::Relaxed),
             samples_dropped_retention: s.samples_dropped_retention.load(Ordering::Relaxed),
             wal_fsyncs: s.wal_fsyncs.load(Ordering::Relaxed),
-            open_segment_files: crate::segment::open_files() as u64,
-            open_segment_files_max: crate::segment::open_files_max() as u64,
+            open_segment_files: crate::open_files::open_files() as u64,
+            open_segment_files_max: crate::open_files::open_files_max() as u64,
         }
     }
 
@@ -1439,7 +1439,7 @@ impl EngineHandle {
     /// `clear_frozen`: its data is now in `added`), then has the removed files deleted once no
     /// reader holds them. The order matters: a file is deleted only after no manifest and no
     /// reader refers to it (a read in flight may still have to open it: segment files are
-    /// opened on demand, see `segment::OpenFiles`).
+    /// opened on demand, see `open_files.rs`).
     fn install(
         &self,
         manifest: &mut Manifest,

@@ -17,6 +17,7 @@ pub mod fuzzing;
 mod head;
 mod index;
 mod manifest;
+mod open_files;
 mod powercut;
 mod segment;
 mod snapshot;
@@ -30,10 +31,8 @@ pub use engine::{
 };
 pub use error::{Error, Result};
 pub use manifest::Manifest;
-pub use segment::{
-    IndexEntry, OPEN_SEGMENT_FILES_DEFAULT, SegmentInfo, open_files, open_files_max,
-    set_open_files_max,
-};
+pub use open_files::{OPEN_SEGMENT_FILES_DEFAULT, open_files, open_files_max, set_open_files_max};
+pub use segment::{IndexEntry, SegmentInfo};
 pub use snapshot::{
     DigestBasis, DigestHash, SNAPSHOTS_DIR, SeriesDigest, SnapshotFile, SnapshotInfo, file_digests,
     is_segment_file, is_snapshot_id, read_listed, segment_digests, segment_index,

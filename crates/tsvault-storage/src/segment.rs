@@ -5,13 +5,12 @@
 //! pco, others by pco's float modes. The index of blocks is zstd-compressed. Every block has a CRC32C,
 //! checked on every read; the whole file has a BLAKE3 hash, checked when it is opened.
 
-use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use pco::{ChunkConfig, DeltaSpec};
 use tsvault_model::{Sample, SeriesKey};
@@ -19,6 +18,7 @@ use tsvault_model::{Sample, SeriesKey};
 use crate::bytes::{Reader, put_ivarint, put_uvarint, zstd_decompress};
 use crate::error::{Error, IoContext, Result, failpoint};
 use crate::fsutil::{self, sync_dir};
+use crate::open_files;
 
 /// The header of the format written; format 1 (same layout, older block encoding) is read.
 const HEADER_MAGIC: &[u8; 8] = b"TSVSEG\x00\x02";
@@ -535,56 +535,6 @@ pub(crate) struct ParsedSegment {
     version: u8,
 }
 
-/// The segment files held open, shared by every segment of the process and bounded (as
-/// RocksDB's `max_open_files`): a data directory of any number of segments works under a
-/// soft limit of 1,024 open files. A segment's file is opened when a read needs it and
-/// closed when it has been the least recently read of more than [`open_files_max`].
-struct OpenFiles {
-    files: HashMap<u64, (Arc<File>, u64)>,
-    tick: u64,
-    max: usize,
-}
-
-static OPEN_FILES: parking_lot::Mutex<Option<OpenFiles>> = parking_lot::Mutex::new(None);
-static NEXT_SEGMENT_ID: AtomicU64 = AtomicU64::new(0);
-
-/// The default bound on open segment files: well under a soft limit of 1,024, which also
-/// has the connections, the WAL and the backups to serve.
-pub const OPEN_SEGMENT_FILES_DEFAULT: usize = 256;
-
-/// Sets how many segment files the process keeps open at most (at least 8).
-pub fn set_open_files_max(max: usize) {
-    let mut g = OPEN_FILES.lock();
-    let cache = g.get_or_insert_with(|| OpenFiles {
-        files: HashMap::new(),
-        tick: 0,
-        max: OPEN_SEGMENT_FILES_DEFAULT,
-    });
-    cache.max = max.max(8);
-    while cache.files.len() > cache.max {
-        evict_one(cache);
-    }
-}
-
-/// How many segment files the process keeps open at most.
-pub fn open_files_max() -> usize {
-    OPEN_FILES
-        .lock()
-        .as_ref()
-        .map_or(OPEN_SEGMENT_FILES_DEFAULT, |c| c.max)
-}
-
-/// How many segment files are open now.
-pub fn open_files() -> usize {
-    OPEN_FILES.lock().as_ref().map_or(0, |c| c.files.len())
-}
-
-fn evict_one(cache: &mut OpenFiles) {
-    if let Some((&id, _)) = cache.files.iter().min_by_key(|(_, (_, used))| *used) {
-        cache.files.remove(&id);
-    }
-}
-
 /// An open, verified segment.
 pub(crate) struct Segment {
     pub path: PathBuf,
@@ -603,9 +553,7 @@ pub(crate) struct Segment {
 
 impl Drop for Segment {
     fn drop(&mut self) {
-        if let Some(cache) = OPEN_FILES.lock().as_mut() {
-            cache.files.remove(&self.id);
-        }
+        open_files::forget(self.id);
         if self.obsolete.load(Ordering::Acquire)
             && let Err(e) = fsutil::remove_file(&self.path)
         {
@@ -636,7 +584,7 @@ impl Segment {
             blocks: parsed.blocks,
             file_blake3: parsed.file_blake3,
             version: parsed.version,
-            id: NEXT_SEGMENT_ID.fetch_add(1, Ordering::Relaxed),
+            id: open_files::next_id(),
             obsolete: AtomicBool::new(false),
         })
     }
@@ -646,34 +594,9 @@ impl Segment {
         self.obsolete.store(true, Ordering::Release);
     }
 
-    /// The open file, from the shared open files or opened now (evicting the least recently
-    /// read when they are at their bound).
+    /// The open file, from the process's open segment files or opened now.
     fn file(&self) -> Result<Arc<File>> {
-        {
-            let mut g = OPEN_FILES.lock();
-            if let Some(cache) = g.as_mut() {
-                cache.tick += 1;
-                let tick = cache.tick;
-                if let Some((f, used)) = cache.files.get_mut(&self.id) {
-                    *used = tick;
-                    return Ok(f.clone());
-                }
-            }
-        }
-        let file = Arc::new(File::open(&self.path).ctx("open", &self.path)?);
-        let mut g = OPEN_FILES.lock();
-        let cache = g.get_or_insert_with(|| OpenFiles {
-            files: HashMap::new(),
-            tick: 0,
-            max: OPEN_SEGMENT_FILES_DEFAULT,
-        });
-        while cache.files.len() >= cache.max {
-            evict_one(cache);
-        }
-        cache.tick += 1;
-        let tick = cache.tick;
-        cache.files.insert(self.id, (file.clone(), tick));
-        Ok(file)
+        open_files::get_or_open(self.id, &self.path)
     }
 
     /// Verifies and parses the bytes of a segment file (`path` names it in errors): its
