@@ -47,6 +47,7 @@ struct EngineGauges {
     body_bytes_held: Gauge<u64, AtomicU64>,
     open_segment_files: Gauge<u64, AtomicU64>,
     open_segment_files_max: Gauge<u64, AtomicU64>,
+    segments_unverified: Gauge<u64, AtomicU64>,
     poisoned: Gauge,
 }
 
@@ -144,6 +145,11 @@ impl Metrics {
             engine.open_segment_files_max.clone(),
         );
         registry.register(
+            "segments_unverified",
+            "Segments not yet read and verified whole since start (the start checks their footers; a background pass, or the first read, checks the rest)",
+            engine.segments_unverified.clone(),
+        );
+        registry.register(
             "write_refused",
             "1 when writes are refused after a failed fsync or write",
             engine.poisoned.clone(),
@@ -213,6 +219,7 @@ impl Metrics {
         g.body_bytes_held.set(body_bytes_held);
         g.open_segment_files.set(stats.open_segment_files);
         g.open_segment_files_max.set(stats.open_segment_files_max);
+        g.segments_unverified.set(stats.segments_unverified);
         g.poisoned.set(i64::from(poisoned));
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");

@@ -3,16 +3,18 @@
 //! the check reads more (every block of every segment, every snapshot's files) and names
 //! every problem instead of stopping at the first.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
+use tsvault_model::SeriesKey;
 
 use crate::engine::{LOCK_FILE, RESTORE_MARKER, lock_data_dir};
 use crate::error::{Error, IoContext, Result};
 use crate::manifest::{MANIFEST_FILE, Manifest};
 use crate::segment::{Segment, segment_file_name};
+use crate::series_file::{self, SERIES_FILE};
 use crate::snapshot::{self, SNAPSHOTS_DIR};
 use crate::wal::{
     WalEnd, check_predecessors, describe_missing, durable_prefix, list_wal_files,
@@ -191,11 +193,13 @@ fn check_segments(
                 None,
                 r,
                 progress,
+                &mut HashSet::new(),
             );
         }
         return Ok(());
     };
     let mut seen = HashMap::new();
+    let mut keys = HashSet::new();
     let width = m.segment_duration_ms;
     for info in &m.segments {
         let path = seg_dir.join(segment_file_name(info.seq));
@@ -229,14 +233,64 @@ fn check_segments(
             r.problem(&path, "listed in the manifest but missing");
             continue;
         }
-        check_segment(&path, info.seq, Some(info), r, progress);
+        check_segment(&path, info.seq, Some(info), r, progress, &mut keys);
     }
+    check_series_file(seg_dir, m, &keys, r)?;
     for &seq in &on_disk {
         if !seen.contains_key(&seq) {
             r.note(
                 &seg_dir.join(segment_file_name(seq)),
                 "not in the manifest (left by an interrupted flush or compaction); the server removes it at start",
             );
+        }
+    }
+    Ok(())
+}
+
+/// The series file against the manifest's record of it, and holding every series of the
+/// segments (`keys`). The server rebuilds one it cannot use from the segments at its next
+/// start, so nothing is lost, but one recorded and then missing or damaged is a problem
+/// (the disk or someone changed it); one never written is a note. One that can be used but
+/// misses series is a problem: the server would not know them until it reads their
+/// segments.
+fn check_series_file(
+    seg_dir: &Path,
+    m: &Manifest,
+    keys: &HashSet<SeriesKey>,
+    r: &mut CheckReport,
+) -> Result<()> {
+    let Some(dir) = seg_dir.parent() else {
+        return Ok(());
+    };
+    let path = dir.join(SERIES_FILE);
+    match series_file::read(dir, m.series_file)? {
+        Err(u) => {
+            let detail = format!(
+                "{}; the server reads every segment at its next start and writes the file anew (nothing is lost: the file is derived from the segments)",
+                u.why
+            );
+            // Damage at rest says something of the disk, even in a file that is rebuilt.
+            if u.damaged {
+                r.problem(&path, detail);
+            } else {
+                r.note(&path, detail);
+            }
+        }
+        Ok(read) => {
+            let listed: HashSet<&SeriesKey> = read.keys.iter().collect();
+            let mut missing: Vec<&SeriesKey> =
+                keys.iter().filter(|k| !listed.contains(k)).collect();
+            if !missing.is_empty() {
+                missing.sort_unstable();
+                r.problem(
+                    &path,
+                    format!(
+                        "lacks {} series the segments hold (the first: {}); the server would not know them until it reads their segments. Remove the file: the next start writes it anew",
+                        missing.len(),
+                        missing[0]
+                    ),
+                );
+            }
         }
     }
     Ok(())
@@ -251,6 +305,7 @@ fn check_segment(
     expected: Option<&crate::segment::SegmentInfo>,
     r: &mut CheckReport,
     progress: &mut dyn FnMut(u64),
+    keys: &mut HashSet<SeriesKey>,
 ) {
     let seg = match Segment::open(path, seq, expected) {
         Ok(s) => s,
@@ -261,10 +316,17 @@ fn check_segment(
     };
     r.segments += 1;
     let info = &seg.info;
+    let blocks = match seg.blocks() {
+        Ok(b) => b,
+        Err(e) => {
+            r.error(path, e);
+            return;
+        }
+    };
     let mut samples = Vec::new();
     let (mut total, mut series) = (0u64, 0u64);
     let mut prev_key: Option<&tsvault_model::SeriesKey> = None;
-    for (i, b) in seg.blocks.iter().enumerate() {
+    for (i, b) in blocks.iter().enumerate() {
         samples.clear();
         if let Err(e) = seg.read_block_into(i, i64::MIN, i64::MAX, &mut samples) {
             r.error(path, e);
@@ -282,6 +344,9 @@ fn check_segment(
             );
         }
         prev_key = Some(&b.key);
+        if !keys.contains(&b.key) {
+            keys.insert(b.key.clone());
+        }
         if samples.len() != b.count as usize {
             r.problem(
                 path,

@@ -3,9 +3,9 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, sync_channel};
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -19,7 +19,8 @@ use crate::fsutil::{self, sync_dir};
 use crate::head::{Head, normalize};
 use crate::index::{Registry, SeriesId};
 use crate::manifest::{MANIFEST_FILE, Manifest};
-use crate::segment::{Segment, SegmentInfo, segment_file_name, write_segment};
+use crate::segment::{BlockMeta, Segment, SegmentInfo, segment_file_name, write_segment};
+use crate::series_file::{self, SeriesFile, SeriesFileMark};
 use crate::snapshot::{self, SNAPSHOTS_DIR, SnapshotFile, SnapshotInfo};
 use crate::wal::{
     WalEnd, WalWriter, check_predecessors, describe_missing, list_wal_files, missing_wal_files,
@@ -155,6 +156,9 @@ pub struct EngineStats {
     /// Segment files open now (in the process), and the most that may be.
     pub open_segment_files: u64,
     pub open_segment_files_max: u64,
+    /// Live segments not yet read and verified whole since start (checked from their
+    /// footer only; see `Engine::wait_verified`).
+    pub segments_unverified: u64,
 }
 
 /// What an import did (also the answer of the server's import API).
@@ -181,9 +185,56 @@ pub struct WriteOutcome {
     pub dropped_beyond_retention: usize,
 }
 
+/// A live segment and, once its contents are read (on first use, or by the verification
+/// that follows a start), each series' block in it.
 pub(crate) struct LoadedSegment {
     seg: Segment,
-    blocks: HashMap<SeriesId, u32>,
+    by_series: OnceLock<HashMap<SeriesId, u32>>,
+}
+
+impl LoadedSegment {
+    fn new(seg: Segment) -> Self {
+        LoadedSegment {
+            seg,
+            by_series: OnceLock::new(),
+        }
+    }
+
+    /// The segment's blocks and each series' block among them, read and verified whole on
+    /// first use (an `Error::Corrupt` naming the file when it is damaged). A key the series
+    /// index lacks (a series file that missed it) is registered now and reported. The
+    /// caller must not hold the registry's lock.
+    fn index(&self, inner: &Inner) -> Result<(&[BlockMeta], &HashMap<SeriesId, u32>)> {
+        let blocks = self.seg.blocks()?;
+        if let Some(m) = self.by_series.get() {
+            return Ok((blocks, m));
+        }
+        let mut map = HashMap::with_capacity(blocks.len());
+        let mut missing = Vec::new();
+        {
+            let registry = inner.registry.read();
+            for (i, b) in blocks.iter().enumerate() {
+                match registry.get(&b.key) {
+                    Some(id) => {
+                        map.insert(id, i as u32);
+                    }
+                    None => missing.push(i),
+                }
+            }
+        }
+        if !missing.is_empty() {
+            tracing::error!(
+                file = %self.seg.path.display(),
+                series = missing.len(),
+                "the series index lacked series this segment holds; they are registered now, and written to the series file with the next flush"
+            );
+            let mut registry = inner.registry.write();
+            for i in missing {
+                map.insert(registry.get_or_insert(&blocks[i].key), i as u32);
+            }
+        }
+        Ok((blocks, self.by_series.get_or_init(|| map)))
+    }
 }
 
 pub(crate) struct State {
@@ -202,6 +253,8 @@ pub(crate) struct Inner {
     pub state: RwLock<State>,
     /// The durable manifest; holding this lock serializes flush, compaction and retention.
     manifest: Mutex<Manifest>,
+    /// The series file, appended to under the manifest's lock before a manifest is stored.
+    series_file: Mutex<SeriesFile>,
     poisoned: Mutex<Option<String>>,
     poisoned_flag: AtomicBool,
     /// Why the last write or flush found the disk full, and the bytes free then; cleared by
@@ -213,6 +266,9 @@ pub(crate) struct Inner {
     quarantined: Vec<QuarantinedFile>,
     stop: Mutex<bool>,
     stop_cv: Condvar,
+    /// Whether the verification after start is over, and its signal.
+    verified: Mutex<bool>,
+    verified_cv: Condvar,
     /// The data directory lock, held until shutdown completes.
     lock: Mutex<Option<File>>,
     /// When (clock ms) a flush last wrote into each partition, by partition start; a
@@ -338,6 +394,16 @@ fn free_bytes(path: &Path) -> u64 {
     (st.f_bavail as u64).saturating_mul(st.f_frsize as u64)
 }
 
+/// Lowers the calling thread's CPU priority (nice 10): background verification gives way
+/// to writes and queries. Best effort.
+fn lower_thread_priority() {
+    // SAFETY: plain syscalls on the calling thread's id.
+    unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10);
+    }
+}
+
 /// How often the maintenance thread looks for work.
 const MAINTENANCE_TICK_MS: u64 = 1000;
 
@@ -376,7 +442,7 @@ impl Engine {
         let mut registry = Registry::default();
 
         let mut rebuilt = false;
-        let (mut manifest, segments) = load_segments(
+        let (mut manifest, segments, series_file) = load_segments(
             &config,
             &dir,
             &seg_dir,
@@ -693,7 +759,19 @@ impl Engine {
             crate::wal::write_newest(&wal_dir, *n)?;
         }
         let wal = WalWriter::create(&wal_dir, next_number, predecessor)?;
-        if rebuilt || !quarantined.is_empty() {
+        let mut store_manifest = rebuilt || !quarantined.is_empty();
+        let series_file = match series_file {
+            Some(f) => f,
+            None => {
+                // Every series registered so far (the segments' and the WAL's) goes in.
+                let f = series_file::create(&dir, registry.keys())?;
+                registry.take_unpersisted();
+                manifest.series_file = Some(f.mark());
+                store_manifest = true;
+                f
+            }
+        };
+        if store_manifest {
             manifest.store(&dir)?;
         }
         if !quarantined.is_empty() {
@@ -715,6 +793,7 @@ impl Engine {
                 segments: Arc::new(segments),
             }),
             manifest: Mutex::new(manifest),
+            series_file: Mutex::new(series_file),
             poisoned: Mutex::new(None),
             poisoned_flag: AtomicBool::new(false),
             disk_full: Mutex::new(None),
@@ -723,6 +802,8 @@ impl Engine {
             quarantined,
             stop: Mutex::new(false),
             stop_cv: Condvar::new(),
+            verified: Mutex::new(false),
+            verified_cv: Condvar::new(),
             lock: Mutex::new(Some(lock)),
             partition_written_ms: Mutex::new(HashMap::new()),
             snapshot_infos: Mutex::new(HashMap::new()),
@@ -750,6 +831,15 @@ impl Engine {
                 &engine.inner.config.data_dir,
             )?;
         engine.threads.lock().push(maint);
+        let verify_engine = engine.handle();
+        let verify = std::thread::Builder::new()
+            .name("tsvault-verify".into())
+            .spawn(move || verify_engine.verify_segments())
+            .ctx(
+                "spawn verification thread for",
+                &engine.inner.config.data_dir,
+            )?;
+        engine.threads.lock().push(verify);
         crate::powercut::after_open();
         Ok(engine)
     }
@@ -972,6 +1062,17 @@ impl Engine {
             wal_fsyncs: s.wal_fsyncs.load(Ordering::Relaxed),
             open_segment_files: crate::open_files::open_files() as u64,
             open_segment_files_max: crate::open_files::open_files_max() as u64,
+            segments_unverified: segments.iter().filter(|s| !s.seg.is_verified()).count() as u64,
+        }
+    }
+
+    /// Waits until the verification that follows the start has read every segment the
+    /// start checked from its footer only (or the engine is closing). What it found damaged
+    /// is reported like any damage a read finds.
+    pub fn wait_verified(&self) {
+        let mut done = self.inner.verified.lock();
+        while !*done {
+            self.inner.verified_cv.wait(&mut done);
         }
     }
 
@@ -1130,10 +1231,15 @@ impl EngineHandle {
         for (&id, &(start, end)) in &ranges {
             let set = in_segments.entry(id).or_default();
             for s in segments.iter() {
-                let Some(&b) = s.blocks.get(&id) else {
+                let info = &s.seg.info;
+                if info.partition_end_ms <= start || info.partition_start_ms > end {
+                    continue;
+                }
+                let (blocks, by_series) = s.index(&self.inner)?;
+                let Some(&b) = by_series.get(&id) else {
                     continue;
                 };
-                let meta = &s.seg.blocks[b as usize];
+                let meta = &blocks[b as usize];
                 if meta.max_ts < start || meta.min_ts > end {
                     continue;
                 }
@@ -1250,8 +1356,8 @@ impl EngineHandle {
                 .send(CommitRequest::Roll { done: done_tx })
                 .map_err(|_| Error::Closed)?;
             let position = done_rx.recv().map_err(|_| Error::Closed)??;
-            // Under the manifest lock the loaded segments are exactly the manifest's, each
-            // with its whole-file hash computed when it was opened or written.
+            // Under the manifest lock the loaded segments are exactly the manifest's; each
+            // one's whole-file hash was computed when it was verified (now, if not yet).
             let segments = self.inner.state.read().segments.clone();
             for s in segments.iter() {
                 let name = segment_file_name(s.seg.info.seq);
@@ -1260,7 +1366,7 @@ impl EngineHandle {
                 files.push(SnapshotFile {
                     path: format!("segments/{name}"),
                     size: s.seg.info.size_bytes,
-                    blake3: s.seg.file_blake3.clone(),
+                    blake3: s.seg.contents()?.file_blake3.clone(),
                 });
             }
             let mut newest_linked = None;
@@ -1277,7 +1383,13 @@ impl EngineHandle {
             if let Some(n) = newest_linked {
                 crate::wal::write_newest(&wal_tmp, n)?;
             }
-            let bytes = manifest.encode();
+            // Without the series file's record: the snapshot holds no series file, and a
+            // directory restored from it writes its own at its first start.
+            let bytes = Manifest {
+                series_file: None,
+                ..manifest.clone()
+            }
+            .encode();
             fsutil::write_synced(&tmp.join(MANIFEST_FILE), &bytes)?;
             files.push(SnapshotFile {
                 path: MANIFEST_FILE.into(),
@@ -1449,7 +1561,12 @@ impl EngineHandle {
         clear_frozen: bool,
     ) -> Result<()> {
         self.refuse_if_poisoned()?;
-        if let Err(e) = next.store(&self.inner.config.data_dir) {
+        let mut next = next;
+        let stored = self.persist_new_series().and_then(|mark| {
+            next.series_file = Some(mark);
+            next.store(&self.inner.config.data_dir)
+        });
+        if let Err(e) = stored {
             // A full disk fails the store while it writes the new manifest's temporary file
             // (or renames it), so the old manifest is still the one in place: the segments
             // only the new one named, and the temporary file, go now, so that the next try
@@ -1491,6 +1608,21 @@ impl EngineHandle {
         Ok(())
     }
 
+    /// Appends the series registered since the last append to the series file (fsynced):
+    /// every series of the segments a manifest is about to name is in the file first.
+    fn persist_new_series(&self) -> Result<SeriesFileMark> {
+        let mut file = self.inner.series_file.lock();
+        let (ids, keys): (Vec<SeriesId>, Vec<SeriesKey>) = {
+            let mut registry = self.inner.registry.write();
+            let ids = registry.take_unpersisted();
+            let keys = ids.iter().map(|&id| registry.key(id).clone()).collect();
+            (ids, keys)
+        };
+        file.append(&keys).inspect_err(|_| {
+            self.inner.registry.write().unpersisted_again(ids);
+        })
+    }
+
     fn refuse_if_poisoned(&self) -> Result<()> {
         match self.inner.poisoned() {
             Some(msg) => Err(Error::Poisoned(msg)),
@@ -1530,7 +1662,7 @@ impl EngineHandle {
         let path = self.inner.seg_dir.join(segment_file_name(info.seq));
         let seg = Segment::open(&path, info.seq, Some(info))?;
         let mut registry = self.inner.registry.write();
-        Ok(Arc::new(index_segment(seg, &mut registry)))
+        Ok(Arc::new(index_segment(seg, &mut registry)?))
     }
 
     /// Merges segments of partitions that have several: with `all`, each such partition
@@ -1600,16 +1732,20 @@ impl EngineHandle {
             .cloned()
             .collect();
         // Every series in any input, in key order; inputs are ascending by seq (oldest first).
-        let mut keys: Vec<&SeriesKey> = inputs
+        let input_blocks = inputs
             .iter()
-            .flat_map(|s| s.seg.blocks.iter().map(|b| &b.key))
+            .map(|s| s.seg.blocks())
+            .collect::<Result<Vec<_>>>()?;
+        let mut keys: Vec<&SeriesKey> = input_blocks
+            .iter()
+            .flat_map(|blocks| blocks.iter().map(|b| &b.key))
             .collect();
         keys.sort_unstable();
         keys.dedup();
         let merged = keys.into_iter().map(|key| {
             let mut samples = Vec::new();
-            for input in &inputs {
-                if let Ok(i) = input.seg.blocks.binary_search_by(|b| b.key.cmp(key)) {
+            for (input, blocks) in inputs.iter().zip(&input_blocks) {
+                if let Ok(i) = blocks.binary_search_by(|b| b.key.cmp(key)) {
                     input
                         .seg
                         .read_block_into(i, i64::MIN, i64::MAX, &mut samples)?;
@@ -1699,10 +1835,11 @@ impl EngineHandle {
                 if info.partition_end_ms <= start_ms || info.partition_start_ms > end_ms {
                     continue;
                 }
-                let Some(&b) = s.blocks.get(&id) else {
+                let (blocks, by_series) = s.index(&self.inner)?;
+                let Some(&b) = by_series.get(&id) else {
                     continue;
                 };
-                let meta = &s.seg.blocks[b as usize];
+                let meta = &blocks[b as usize];
                 if meta.max_ts < start_ms || meta.min_ts > end_ms {
                     continue;
                 }
@@ -1740,6 +1877,52 @@ impl EngineHandle {
             ids.into_iter().zip(head).map(read_one).collect()
         };
         Ok(read?.into_iter().flatten().collect())
+    }
+
+    /// Reads and verifies whole (BLAKE3, index) every segment the start checked from its
+    /// footer only, newest first (the likeliest to be read), at a low CPU priority: damage
+    /// at rest is found soon after a start that did not read the data. Stops at close.
+    fn verify_segments(&self) {
+        lower_thread_priority();
+        let mut pending: Vec<(u64, std::sync::Weak<LoadedSegment>)> = self
+            .inner
+            .state
+            .read()
+            .segments
+            .iter()
+            .filter(|s| !s.seg.is_verified())
+            .map(|s| (s.seg.info.seq, Arc::downgrade(s)))
+            .collect();
+        pending.sort_by_key(|(seq, _)| std::cmp::Reverse(*seq));
+        let started = Instant::now();
+        let (mut verified, mut bytes) = (0u64, 0u64);
+        for (_, seg) in pending {
+            if *self.inner.stop.lock() {
+                break;
+            }
+            // Gone already: compacted or expired since the start.
+            let Some(seg) = seg.upgrade() else { continue };
+            match seg.index(&self.inner) {
+                Ok(_) => {
+                    verified += 1;
+                    bytes += seg.seg.info.size_bytes;
+                }
+                Err(e @ Error::Corrupt { .. }) => self.inner.note_corruption(&e),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not verify a segment; it is verified when it is first read")
+                }
+            }
+        }
+        if verified > 0 {
+            tracing::info!(
+                segments = verified,
+                bytes,
+                secs = started.elapsed().as_secs_f64(),
+                "verified the segments the start checked from their footers"
+            );
+        }
+        *self.inner.verified.lock() = true;
+        self.inner.verified_cv.notify_all();
     }
 
     fn maintenance_loop(&self) {
@@ -1862,14 +2045,18 @@ pub(crate) fn compaction_pick(
     &[]
 }
 
-fn index_segment(seg: Segment, registry: &mut Registry) -> LoadedSegment {
-    let blocks = seg
-        .blocks
+/// A segment verified whole, its series registered.
+fn index_segment(seg: Segment, registry: &mut Registry) -> Result<LoadedSegment> {
+    let blocks: HashMap<SeriesId, u32> = seg
+        .blocks()?
         .iter()
         .enumerate()
         .map(|(i, b)| (registry.get_or_insert(&b.key), i as u32))
         .collect();
-    LoadedSegment { seg, blocks }
+    Ok(LoadedSegment {
+        seg,
+        by_series: OnceLock::from(blocks),
+    })
 }
 
 /// The file of a data directory that a process working on it holds locked.
@@ -1989,9 +2176,14 @@ fn quarantine(dir: &Path, file: &Path, reason: String, lost: String) -> Result<Q
     quarantine_as(SetAside::Move, dir, file, reason, lost)
 }
 
-/// Loads the manifest and opens every segment it lists, verifying each. With
-/// `quarantine_corrupt`, damaged segments (or a damaged manifest, rebuilt from the segment
-/// files) are moved aside and reported instead of stopping the start.
+/// Loads the manifest, the series it knows, and every segment it lists. With the series
+/// file usable, a segment is checked from its size and footer (against the manifest) and
+/// verified whole later (on first use, or by the verification after start): a start that
+/// does not grow with the data. Otherwise (no usable series file, a rebuilt manifest, or
+/// `quarantine_corrupt`) every segment is verified whole now and its series registered;
+/// the series file is then `None`, to be written anew. With `quarantine_corrupt`, damaged
+/// segments (or a damaged manifest, rebuilt from the segment files) are moved aside and
+/// reported instead of stopping the start.
 fn load_segments(
     config: &EngineConfig,
     dir: &Path,
@@ -1999,7 +2191,7 @@ fn load_segments(
     registry: &mut Registry,
     quarantined: &mut Vec<QuarantinedFile>,
     rebuilt: &mut bool,
-) -> Result<(Manifest, Vec<Arc<LoadedSegment>>)> {
+) -> Result<(Manifest, Vec<Arc<LoadedSegment>>, Option<SeriesFile>)> {
     let mut manifest = match Manifest::load(dir) {
         Ok(Some(m)) => m,
         // No manifest but segment files: a first flush cut short before its manifest was
@@ -2040,13 +2232,38 @@ fn load_segments(
         }
         Err(e) => return Err(e),
     };
+    let series = if *rebuilt || config.quarantine_corrupt {
+        None
+    } else {
+        match series_file::open(dir, manifest.series_file)? {
+            Ok((file, keys)) => {
+                for k in &keys {
+                    registry.insert_persisted(k);
+                }
+                Some(file)
+            }
+            Err(u) => {
+                if u.damaged {
+                    tracing::warn!(why = %u.why, "the series file is damaged: every segment is read now, and the file written anew");
+                } else {
+                    tracing::info!(why = %u.why, "no series file yet: every segment is read now, and the file written");
+                }
+                None
+            }
+        }
+    };
     let mut loaded = Vec::new();
     let mut kept = Vec::new();
     for info in &manifest.segments {
         let path = seg_dir.join(segment_file_name(info.seq));
-        match Segment::open(&path, info.seq, Some(info)) {
+        let opened = if series.is_some() {
+            Segment::open_footer(&path, info).map(LoadedSegment::new)
+        } else {
+            Segment::open(&path, info.seq, Some(info)).and_then(|seg| index_segment(seg, registry))
+        };
+        match opened {
             Ok(seg) => {
-                loaded.push(Arc::new(index_segment(seg, registry)));
+                loaded.push(Arc::new(seg));
                 kept.push(info.clone());
             }
             Err(Error::Corrupt { path, detail }) if config.quarantine_corrupt => {
@@ -2075,7 +2292,7 @@ fn load_segments(
         }
     }
     manifest.segments = kept;
-    Ok((manifest, loaded))
+    Ok((manifest, loaded, series))
 }
 
 /// Whether `seg_dir` holds any segment file.

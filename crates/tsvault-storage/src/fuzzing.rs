@@ -33,7 +33,8 @@ pub fn segment(bytes: &[u8], scratch: &Path) -> usize {
         return 0;
     };
     let mut out = Vec::new();
-    for i in 0..seg.blocks.len() {
+    let n = seg.blocks().map_or(0, <[_]>::len);
+    for i in 0..n {
         let _ = seg.read_block_into(i, i64::MIN, i64::MAX, &mut out);
     }
     out.len()
@@ -69,14 +70,15 @@ pub fn seeds_from_segment(path: &Path) -> crate::Result<(Vec<Vec<u8>>, Vec<u8>)>
         source: e,
     })?;
     let mut blocks = Vec::new();
-    for b in &seg.blocks {
-        let mut seed = vec![seg.version() - 1];
+    let version = seg.version()?;
+    for b in seg.blocks()? {
+        let mut seed = vec![version - 1];
         seed.extend_from_slice(&u16::try_from(b.count).unwrap_or(u16::MAX).to_le_bytes());
         seed.extend_from_slice(&bytes[b.offset as usize..(b.offset + u64::from(b.len)) as usize]);
         blocks.push(seed);
     }
     let index_start = seg
-        .blocks
+        .blocks()?
         .iter()
         .map(|b| b.offset + u64::from(b.len))
         .max()

@@ -1,7 +1,8 @@
 //! The series index: series keys to dense ids, and metric names to their series.
 //!
-//! Rebuilt at start from segment indexes and the WAL, so it has no file of its own. Ids are
-//! valid for one process lifetime only and never written to segments.
+//! Loaded at start from the series file (`series_file.rs`; from the segments' indexes when
+//! that cannot be used) and the WAL. Ids are valid for one process lifetime only and never
+//! written to segments.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -16,6 +17,8 @@ pub(crate) struct Registry {
     by_key: HashMap<SeriesKey, SeriesId>,
     keys: Vec<SeriesKey>,
     by_metric: BTreeMap<String, Vec<SeriesId>>,
+    /// Series not yet in the series file, in the order they were registered.
+    unpersisted: Vec<SeriesId>,
 }
 
 impl Registry {
@@ -25,6 +28,16 @@ impl Registry {
 
     /// The id of `key`, registering it when new.
     pub(crate) fn get_or_insert(&mut self, key: &SeriesKey) -> SeriesId {
+        if let Some(id) = self.get(key) {
+            return id;
+        }
+        let id = self.insert_persisted(key);
+        self.unpersisted.push(id);
+        id
+    }
+
+    /// Registers `key`, read from the series file (it must be new).
+    pub(crate) fn insert_persisted(&mut self, key: &SeriesKey) -> SeriesId {
         if let Some(id) = self.get(key) {
             return id;
         }
@@ -39,8 +52,26 @@ impl Registry {
         id
     }
 
+    /// The series registered since the series file was last appended to; they count as
+    /// persisted from now (give them back with [`Registry::unpersisted_again`] when the
+    /// append fails).
+    pub(crate) fn take_unpersisted(&mut self) -> Vec<SeriesId> {
+        std::mem::take(&mut self.unpersisted)
+    }
+
+    /// Series whose append to the series file failed: they are appended with the next.
+    pub(crate) fn unpersisted_again(&mut self, mut ids: Vec<SeriesId>) {
+        ids.append(&mut self.unpersisted);
+        self.unpersisted = ids;
+    }
+
     pub(crate) fn key(&self, id: SeriesId) -> &SeriesKey {
         &self.keys[id as usize]
+    }
+
+    /// Every key, by id.
+    pub(crate) fn keys(&self) -> impl Iterator<Item = &SeriesKey> {
+        self.keys.iter()
     }
 
     pub(crate) fn len(&self) -> usize {

@@ -20,6 +20,7 @@ mod manifest;
 mod open_files;
 mod powercut;
 mod segment;
+mod series_file;
 mod snapshot;
 mod wal;
 
@@ -33,6 +34,7 @@ pub use error::{Error, Result};
 pub use manifest::Manifest;
 pub use open_files::{OPEN_SEGMENT_FILES_DEFAULT, open_files, open_files_max, set_open_files_max};
 pub use segment::{IndexEntry, SegmentInfo};
+pub use series_file::SeriesFileMark;
 pub use snapshot::{
     DigestBasis, DigestHash, SNAPSHOTS_DIR, SeriesDigest, SnapshotFile, SnapshotInfo, file_digests,
     is_segment_file, is_snapshot_id, read_listed, segment_digests, segment_index,

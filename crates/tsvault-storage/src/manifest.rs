@@ -12,6 +12,7 @@ use crate::bytes::Reader;
 use crate::error::{Error, IoContext, Result, failpoint};
 use crate::fsutil::write_atomic;
 use crate::segment::SegmentInfo;
+use crate::series_file::SeriesFileMark;
 
 const MAGIC: &[u8; 8] = b"TSVMAN\x00\x01";
 /// The manifest file's name in the data directory.
@@ -33,6 +34,10 @@ pub struct Manifest {
     pub segment_duration_ms: i64,
     /// Live segments, ascending by sequence number.
     pub segments: Vec<SegmentInfo>,
+    /// The prefix of the series file that holds every series key of these segments (none:
+    /// a start reads the keys from the segments and writes the file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub series_file: Option<SeriesFileMark>,
 }
 
 impl Manifest {
@@ -44,11 +49,12 @@ impl Manifest {
             wal_start: 0,
             segment_duration_ms: 0,
             segments: Vec::new(),
+            series_file: None,
         }
     }
 
     /// Encodes the manifest with its frame.
-    pub(crate) fn encode(&self) -> Vec<u8> {
+    pub fn encode(&self) -> Vec<u8> {
         let payload =
             serde_json::to_vec(self).expect("manifest invariant: plain data always serializes");
         let mut out = Vec::with_capacity(payload.len() + 16);
@@ -60,7 +66,7 @@ impl Manifest {
     }
 
     /// Decodes and checks a framed manifest; the error names what is wrong.
-    pub(crate) fn decode(bytes: &[u8]) -> std::result::Result<Self, String> {
+    pub fn decode(bytes: &[u8]) -> std::result::Result<Self, String> {
         let mut r = Reader::new(bytes);
         if r.bytes(8) != Some(MAGIC.as_slice()) {
             return Err("bad magic: not a tsvault manifest".into());

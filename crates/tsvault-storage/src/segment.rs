@@ -3,14 +3,17 @@
 //! A block holds one series' samples in the partition: timestamps at a constant step as first
 //! and step, others by pco with delta-of-delta; values that are decimals as scaled integers by
 //! pco, others by pco's float modes. The index of blocks is zstd-compressed. Every block has a CRC32C,
-//! checked on every read; the whole file has a BLAKE3 hash, checked when it is opened.
+//! checked on every read; the whole file has a BLAKE3 hash, checked with the index before the
+//! segment is first read (a start checks only the size and footer: see [`Segment`]).
 
 use std::fs::{self, File};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::Mutex;
 
 use pco::{ChunkConfig, DeltaSpec};
 use tsvault_model::{Sample, SeriesKey};
@@ -530,20 +533,30 @@ fn write_segment_file(
 /// What [`Segment::parse`] found in a segment's bytes.
 pub(crate) struct ParsedSegment {
     pub info: SegmentInfo,
-    pub blocks: Vec<BlockMeta>,
-    pub file_blake3: String,
-    version: u8,
+    pub contents: Contents,
 }
 
-/// An open, verified segment.
-pub(crate) struct Segment {
-    pub path: PathBuf,
-    pub info: SegmentInfo,
+/// A segment's index and whole-file hash, known once its bytes were read and verified whole.
+pub(crate) struct Contents {
     pub blocks: Vec<BlockMeta>,
     /// BLAKE3 of the whole file (footer included), hex: how a snapshot names its bytes.
     pub file_blake3: String,
     /// The segment format (1 or 2), which decides the block encoding.
     version: u8,
+}
+
+/// A live segment. Opened two ways: verified whole now ([`Segment::open`]: every byte read,
+/// the BLAKE3 and the index checked), or from its footer alone ([`Segment::open_footer`]:
+/// a start that does not grow with the data), its bytes then read and verified whole on
+/// first use, by a read or by the verification that follows a start. Every block read
+/// checks its CRC32C either way.
+pub(crate) struct Segment {
+    pub path: PathBuf,
+    pub info: SegmentInfo,
+    contents: OnceLock<Contents>,
+    /// Held while the contents are read; keeps what made them fail when the file is
+    /// damaged, so that it is reported, not read again by every query.
+    loading: Mutex<Option<String>>,
     /// Its key in the open files (unique in the process: a path can be used again).
     id: u64,
     /// No manifest names the file any more: it is removed when the last reader is done
@@ -578,15 +591,112 @@ impl Segment {
     pub(crate) fn open(path: &Path, seq: u64, expected: Option<&SegmentInfo>) -> Result<Self> {
         let bytes = fs::read(path).ctx("read", path)?;
         let parsed = Self::parse(path, &bytes, seq, expected)?;
-        Ok(Segment {
+        let seg = Self::unread(path, parsed.info);
+        let _ = seg.contents.set(parsed.contents);
+        Ok(seg)
+    }
+
+    /// Opens the segment the manifest describes as `info` from its size and footer alone:
+    /// a file of another size, or whose footer is damaged or names another partition,
+    /// count or hash, is refused now; the rest is verified on first use
+    /// ([`Segment::contents`]).
+    pub(crate) fn open_footer(path: &Path, info: &SegmentInfo) -> Result<Self> {
+        let corrupt = |detail: String| Error::Corrupt {
             path: path.to_owned(),
-            info: parsed.info,
-            blocks: parsed.blocks,
-            file_blake3: parsed.file_blake3,
-            version: parsed.version,
+            detail,
+        };
+        let file = File::open(path).ctx("open", path)?;
+        let size = file.metadata().ctx("stat", path)?.len();
+        if size != info.size_bytes {
+            return Err(corrupt(format!(
+                "file does not match the manifest (manifest: {} bytes; file: {size} bytes)",
+                info.size_bytes
+            )));
+        }
+        if size < (HEADER_MAGIC.len() + FOOTER_BYTES) as u64 {
+            return Err(corrupt(format!(
+                "file is {size} bytes, too short for a segment"
+            )));
+        }
+        let mut footer = [0u8; FOOTER_BYTES];
+        file.read_exact_at(&mut footer, size - FOOTER_BYTES as u64)
+            .ctx("read", path)?;
+        let f = parse_footer(&footer).map_err(corrupt)?;
+        let found = SegmentInfo {
+            seq: info.seq,
+            partition_start_ms: f.partition.0,
+            partition_end_ms: f.partition.1,
+            size_bytes: size,
+            blake3: blake3::Hash::from_bytes(f.hash).to_hex().to_string(),
+            series: u64::from(f.n_series),
+            samples: f.n_samples,
+        };
+        if &found != info {
+            return Err(corrupt(format!(
+                "footer does not match the manifest (manifest: partition {}..{} ms, {} series, {} samples, hash {}; footer: partition {}..{} ms, {} series, {} samples, hash {})",
+                info.partition_start_ms,
+                info.partition_end_ms,
+                info.series,
+                info.samples,
+                info.blake3,
+                found.partition_start_ms,
+                found.partition_end_ms,
+                found.series,
+                found.samples,
+                found.blake3
+            )));
+        }
+        Ok(Self::unread(path, found))
+    }
+
+    fn unread(path: &Path, info: SegmentInfo) -> Self {
+        Segment {
+            path: path.to_owned(),
+            info,
+            contents: OnceLock::new(),
+            loading: Mutex::new(None),
             id: open_files::next_id(),
             obsolete: AtomicBool::new(false),
-        })
+        }
+    }
+
+    /// The segment's index and whole-file hash: read and verified whole on first use (the
+    /// file must still be the one the manifest describes). A damaged file is an
+    /// `Error::Corrupt` naming it, now and on every later call.
+    pub(crate) fn contents(&self) -> Result<&Contents> {
+        if let Some(c) = self.contents.get() {
+            return Ok(c);
+        }
+        let mut failed = self.loading.lock();
+        if let Some(c) = self.contents.get() {
+            return Ok(c);
+        }
+        if let Some(detail) = &*failed {
+            return Err(Error::Corrupt {
+                path: self.path.clone(),
+                detail: detail.clone(),
+            });
+        }
+        failpoint!("segment-read", "read", self.path);
+        let bytes = fs::read(&self.path).ctx("read", &self.path)?;
+        match Self::parse(&self.path, &bytes, self.info.seq, Some(&self.info)) {
+            Ok(parsed) => Ok(self.contents.get_or_init(|| parsed.contents)),
+            Err(Error::Corrupt { path, detail }) => {
+                *failed = Some(detail.clone());
+                Err(Error::Corrupt { path, detail })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The blocks of the segment's index, in key order (see [`Segment::contents`]).
+    pub(crate) fn blocks(&self) -> Result<&[BlockMeta]> {
+        Ok(&self.contents()?.blocks)
+    }
+
+    /// Whether the contents were read and verified.
+    pub(crate) fn is_verified(&self) -> bool {
+        self.contents.get().is_some()
     }
 
     /// Marks the file for removal once no reader holds this segment.
@@ -614,9 +724,11 @@ impl Segment {
         })?;
         Ok(ParsedSegment {
             info,
-            blocks,
-            file_blake3,
-            version,
+            contents: Contents {
+                blocks,
+                file_blake3,
+                version,
+            },
         })
     }
 
@@ -647,45 +759,20 @@ impl Segment {
         };
         let footer_start = bytes.len() - FOOTER_BYTES;
         let footer = &bytes[footer_start..];
-        if &footer[FOOTER_BYTES - 8..] != FOOTER_MAGIC {
-            return Err(corrupt(
-                "bad footer magic: the file is truncated or damaged".into(),
-            ));
-        }
-        let mut r = Reader::new(footer);
-        let fields = (|| {
-            Some((
-                r.i64()?,
-                r.i64()?,
-                r.u64()?,
-                r.u64()?,
-                r.u32()?,
-                r.u32()?,
-                r.u64()?,
-                r.bytes(32)?,
-                r.u32()?,
-            ))
-        })()
-        .ok_or_else(|| corrupt("footer is truncated".into()))?;
-        let (
-            p_start,
-            p_end,
+        let Footer {
+            partition: (p_start, p_end),
             index_offset,
             index_len,
             index_crc,
             n_series,
             n_samples,
             hash,
-            footer_crc,
-        ) = fields;
-        if crc32c::crc32c(&footer[..FOOTER_BYTES - 12]) != footer_crc {
-            return Err(corrupt("footer checksum mismatch".into()));
-        }
+        } = parse_footer(footer).map_err(corrupt)?;
         let mut hasher = blake3::Hasher::new();
         hasher.update(&bytes[..footer_start]);
         let actual_hash = hasher.finalize();
         let file_blake3 = hasher.update(footer).finalize().to_hex().to_string();
-        if actual_hash.as_bytes() != hash {
+        if actual_hash.as_bytes() != &hash {
             return Err(corrupt(
                 "file hash mismatch: some bytes were changed".into(),
             ));
@@ -744,8 +831,8 @@ impl Segment {
     }
 
     /// The segment format (1 or 2).
-    pub(crate) fn version(&self) -> u8 {
-        self.version
+    pub(crate) fn version(&self) -> Result<u8> {
+        Ok(self.contents()?.version)
     }
 
     /// Reads and verifies block `i`; a checksum failure is an error naming the file.
@@ -766,7 +853,8 @@ impl Segment {
         end_ms: i64,
         out: &mut Vec<Sample>,
     ) -> Result<()> {
-        let b = &self.blocks[i];
+        let contents = self.contents()?;
+        let b = &contents.blocks[i];
         let mut buf = vec![0u8; b.len as usize];
         failpoint!("segment-read", "read", self.path);
         self.file()?
@@ -782,7 +870,7 @@ impl Segment {
                 b.key, b.offset
             )));
         }
-        let (ts, vals) = decode_columns(self.version, &buf, b.count as usize).map_err(|d| {
+        let (ts, vals) = decode_columns(contents.version, &buf, b.count as usize).map_err(|d| {
             corrupt(format!(
                 "block of series {} at byte {}: {d}",
                 b.key, b.offset
@@ -815,6 +903,43 @@ impl Segment {
         }
         Ok(())
     }
+}
+
+/// What a segment's footer says.
+struct Footer {
+    partition: (i64, i64),
+    index_offset: u64,
+    index_len: u64,
+    index_crc: u32,
+    n_series: u32,
+    n_samples: u64,
+    /// BLAKE3 of every byte before the footer.
+    hash: [u8; 32],
+}
+
+/// Checks a footer's magic and CRC and reads its fields.
+fn parse_footer(footer: &[u8]) -> std::result::Result<Footer, String> {
+    if footer.len() != FOOTER_BYTES || &footer[FOOTER_BYTES - 8..] != FOOTER_MAGIC {
+        return Err("bad footer magic: the file is truncated or damaged".into());
+    }
+    let mut r = Reader::new(footer);
+    let f = (|| {
+        Some(Footer {
+            partition: (r.i64()?, r.i64()?),
+            index_offset: r.u64()?,
+            index_len: r.u64()?,
+            index_crc: r.u32()?,
+            n_series: r.u32()?,
+            n_samples: r.u64()?,
+            hash: r.bytes(32)?.try_into().ok()?,
+        })
+    })()
+    .ok_or("footer is truncated")?;
+    let footer_crc = r.u32().ok_or("footer is truncated")?;
+    if crc32c::crc32c(&footer[..FOOTER_BYTES - 12]) != footer_crc {
+        return Err("footer checksum mismatch".into());
+    }
+    Ok(f)
 }
 
 pub(crate) fn parse_index(
@@ -1131,7 +1256,7 @@ mod tests {
         let path = dir.path().join(segment_file_name(7));
         let seg = Segment::open(&path, 7, Some(&info)).unwrap();
         for (i, (key, samples)) in data.iter().enumerate() {
-            assert_eq!(&seg.blocks[i].key, key);
+            assert_eq!(&seg.blocks().unwrap()[i].key, key);
             assert_eq!(&seg.read_block(i).unwrap(), samples);
         }
         // Every single flipped byte is detected when the file is opened.
@@ -1147,7 +1272,7 @@ mod tests {
         fs::write(&path, &good).unwrap();
         let seg = Segment::open(&path, 7, Some(&info)).unwrap();
         let mut bad = good.clone();
-        bad[seg.blocks[3].offset as usize + 2] ^= 0x10;
+        bad[seg.blocks().unwrap()[3].offset as usize + 2] ^= 0x10;
         fs::write(&path, &bad).unwrap();
         let err = seg.read_block(3).unwrap_err().to_string();
         assert!(
