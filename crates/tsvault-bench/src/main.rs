@@ -22,6 +22,7 @@ mod queries;
 mod query_run;
 mod report;
 mod rounds;
+mod startup;
 mod systems;
 mod workload;
 
@@ -116,6 +117,11 @@ struct Args {
     /// commands' count when it is odd, else the count).
     #[arg(long)]
     backup_rounds: Option<usize>,
+    /// Only the start-up figures, for each size given as HOSTSxHOURS (comma-separated, e.g.
+    /// `1000x4,1000x40,1000x400`): tsvault and VictoriaMetrics loaded once per size, then
+    /// started in rounds on their data with the page cache dropped (see BENCHMARKS.md).
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["backups_only", "smoke", "large"])]
+    startup: Vec<startup::Size>,
     /// Which peers to run beside tsvault (for profiling one comparison; the published table
     /// runs both).
     #[arg(
@@ -195,6 +201,46 @@ fn main() -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    if !args.startup.is_empty() {
+        let root = match &args.work_dir {
+            Some(d) => tempfile::tempdir_in(d)?,
+            None => tempfile::tempdir()?,
+        };
+        let serve_args: Vec<String> = args
+            .serve_args
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        let (rows, mut notes) = startup::run(
+            &args.startup,
+            args.load_rounds.unwrap_or(3),
+            args.interval_s,
+            args.batch_lines,
+            args.clients,
+            root.path(),
+            &tsvault_bin,
+            &serve_args,
+        )?;
+        notes.push(format!(
+            "Data directories under {}, on {}.",
+            root.path().display(),
+            systems::file_system_of(root.path())?
+        ));
+        let table = report::markdown(
+            &rows,
+            &std::array::from_fn(|i| versions.get(i).map(|(_, v)| v.clone()).unwrap_or_default()),
+        );
+        say!("\n## Start-up\n\n{table}\n{}", notes.join("\n"));
+        md.push_str(&format!(
+            "## Start-up\n\n{table}\n{}\n\n",
+            notes.join("\n\n")
+        ));
+        return finish(
+            &args,
+            &md,
+            json!({"versions": versions.iter().map(|(n, v)| json!({"system": n, "version": v})).collect::<Vec<_>>(), "startup": {"rows": rows.iter().map(Row::to_json).collect::<Vec<_>>(), "notes": notes}}),
+        );
+    }
     let mut json_out = Vec::new();
     for &float_values in variants {
         let shape = Shape {
@@ -202,6 +248,7 @@ fn main() -> anyhow::Result<()> {
             hours: args.hours,
             interval_s: args.interval_s,
             float_values,
+            noise: false,
             batch_lines: args.batch_lines,
         };
         let (title, rows, notes) = run_variant(&args, shape, &tsvault_bin)?;
@@ -219,18 +266,22 @@ fn main() -> anyhow::Result<()> {
             "rows": rows.iter().map(Row::to_json).collect::<Vec<_>>(), "notes": notes}),
         );
     }
+    finish(
+        &args,
+        &md,
+        json!({"versions": versions.iter().map(|(n, v)| json!({"system": n, "version": v})).collect::<Vec<_>>(), "variants": json_out}),
+    )
+}
+
+/// Writes the markdown to `--out` and, with `--json`, the results to stdout.
+fn finish(args: &Args, md: &str, results: serde_json::Value) -> anyhow::Result<()> {
     if let Some(parent) = args.out.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    std::fs::write(&args.out, &md).with_context(|| format!("writing {}", args.out.display()))?;
+    std::fs::write(&args.out, md).with_context(|| format!("writing {}", args.out.display()))?;
     say!("table written to {}", args.out.display());
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(
-                &json!({"versions": versions.iter().map(|(n, v)| json!({"system": n, "version": v})).collect::<Vec<_>>(), "variants": json_out})
-            )?
-        );
+        println!("{}", serde_json::to_string_pretty(&results)?);
     }
     Ok(())
 }

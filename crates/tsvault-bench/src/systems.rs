@@ -130,7 +130,11 @@ pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// Polls `ready` every 20 ms until it is true, the child exits, or 60 s pass.
+/// How long a system may take to start (a start that reads every segment of a large store
+/// takes minutes).
+const START_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// Polls `ready` every 5 ms until it is true, the child exits, or [`START_TIMEOUT`] passes.
 fn wait_ready(child: &mut Child, what: &str, ready: impl Fn() -> bool) -> anyhow::Result<()> {
     let t = Instant::now();
     while !ready() {
@@ -138,10 +142,11 @@ fn wait_ready(child: &mut Child, what: &str, ready: impl Fn() -> bool) -> anyhow
             bail!("{what} exited with {status} before it was ready");
         }
         ensure!(
-            t.elapsed() < Duration::from_secs(60),
-            "{what} not ready after 60 s"
+            t.elapsed() < START_TIMEOUT,
+            "{what} not ready after {} s",
+            START_TIMEOUT.as_secs()
         );
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(5));
     }
     Ok(())
 }
@@ -188,9 +193,12 @@ impl Running {
                         }
                     }
                 });
-                let line = rx
-                    .recv_timeout(Duration::from_secs(60))
-                    .context("tsvault did not log its address within 60 s")?;
+                let line = rx.recv_timeout(START_TIMEOUT).with_context(|| {
+                    format!(
+                        "tsvault did not log its address within {} s",
+                        START_TIMEOUT.as_secs()
+                    )
+                })?;
                 let addr = line
                     .split("listening on http://")
                     .nth(1)

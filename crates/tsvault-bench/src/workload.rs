@@ -35,6 +35,10 @@ pub struct Shape {
     pub hours: i64,
     pub interval_s: i64,
     pub float_values: bool,
+    /// Floats at full precision (the walk plus a pseudo-random part below 10^-6), which no
+    /// system compresses well: a store of many gigabytes from a load this machine can send
+    /// in minutes (for the start-up figures).
+    pub noise: bool,
     pub batch_lines: usize,
 }
 
@@ -238,7 +242,11 @@ impl Generator {
                 body.extend_from_slice(self.tags[h].as_bytes());
                 for (f, v) in vals.iter().enumerate() {
                     body.push(if f == 0 { b' ' } else { b',' });
-                    let text = if shape.float_values {
+                    let text = if shape.noise {
+                        let bits = splitmix64(((step as u64) << 32) ^ ((h as u64) << 4) ^ f as u64);
+                        let part = (bits >> 11) as f64 / (1u64 << 53) as f64 * 1e-6;
+                        format!("{}={}", FIELDS[f], v + part)
+                    } else if shape.float_values {
                         format!("{}={:.2}", FIELDS[f], v)
                     } else {
                         format!("{}={}i", FIELDS[f], *v as i64)
@@ -266,6 +274,15 @@ impl Generator {
     }
 }
 
+/// A 64-bit mix of `x` (SplitMix64's finalizer): the noise of a sample, the same whether the
+/// load is held or streamed.
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 /// The TSBS tag set of host `i`.
 fn host_tags(i: usize) -> String {
     let (region, dcs) = REGIONS[i % REGIONS.len()];
@@ -288,6 +305,7 @@ mod tests {
             hours: 3,
             interval_s: 10,
             float_values,
+            noise: false,
             batch_lines: 7,
         }
     }
