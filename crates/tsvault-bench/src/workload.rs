@@ -63,6 +63,9 @@ pub struct Workload {
 
 /// Steps of the main load generated at a time when it is streamed: an hour at 10 s.
 const STREAM_STEPS: i64 = 360;
+/// ...or fewer, so that a chunk holds at most this many lines (100,000 hosts make 36 M
+/// lines an hour: gigabytes).
+const STREAM_LINES_MAX: i64 = 1_000_000;
 
 impl Workload {
     /// Generates the data: each host's ten fields are random walks clamped to [0, 100], as
@@ -99,8 +102,8 @@ impl Workload {
 
     /// Sends the main load to `url` with `clients` concurrent clients (see
     /// [`crate::systems::load`]), counting lines on `progress`; a streamed load is generated
-    /// an hour of steps at a time by another thread while the hour before is sent. Returns
-    /// how long the sending took, and the bytes sent.
+    /// an hour of steps (or a million lines) at a time by another thread while the chunk
+    /// before is sent. Returns how long the sending took, and the bytes sent.
     pub fn load_main(
         &self,
         url: &str,
@@ -212,11 +215,20 @@ impl Generator {
         *vals
     }
 
-    /// The main load, [`STREAM_STEPS`] steps at a time.
+    /// The main load, [`STREAM_STEPS`] steps at a time (fewer for many hosts: at most
+    /// [`STREAM_LINES_MAX`] lines).
     fn hours(mut self) -> impl Iterator<Item = Vec<Batch>> {
         (0..self.steps)
-            .step_by(STREAM_STEPS as usize)
-            .map(move |from| self.batches(from, (from + STREAM_STEPS).min(self.steps)))
+            .step_by(Self::stream_steps(self.shape.hosts) as usize)
+            .map(move |from| {
+                let to = (from + Self::stream_steps(self.shape.hosts)).min(self.steps);
+                self.batches(from, to)
+            })
+    }
+
+    /// Steps per streamed chunk for `hosts` hosts.
+    fn stream_steps(hosts: usize) -> i64 {
+        (STREAM_LINES_MAX / hosts.max(1) as i64).clamp(1, STREAM_STEPS)
     }
 
     /// Advances through steps `[from, to)` without writing them.

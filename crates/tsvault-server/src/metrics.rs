@@ -36,6 +36,7 @@ struct BackupGauges {
 struct EngineGauges {
     series: Gauge,
     head_samples: Gauge,
+    head_bytes: Gauge,
     wal_bytes: Gauge,
     segments: Gauge,
     segment_bytes: Gauge,
@@ -44,6 +45,7 @@ struct EngineGauges {
     compactions: Gauge<u64, AtomicU64>,
     dropped_retention: Gauge<u64, AtomicU64>,
     wal_fsyncs: Gauge<u64, AtomicU64>,
+    write_stall_ms: Gauge<u64, AtomicU64>,
     body_bytes_held: Gauge<u64, AtomicU64>,
     open_segment_files: Gauge<u64, AtomicU64>,
     open_segment_files_max: Gauge<u64, AtomicU64>,
@@ -94,6 +96,11 @@ impl Metrics {
             engine.head_samples.clone(),
         );
         registry.register(
+            "head_bytes",
+            "Bytes those samples take in memory, compressed (the head is flushed at --head-samples-max samples or 128 MiB)",
+            engine.head_bytes.clone(),
+        );
+        registry.register(
             "wal_bytes",
             "Bytes of write-ahead log on disk",
             engine.wal_bytes.clone(),
@@ -123,6 +130,11 @@ impl Metrics {
             "samples_dropped_retention",
             "Samples refused as older than the retention period",
             engine.dropped_retention.clone(),
+        );
+        registry.register(
+            "write_stall_ms",
+            "Milliseconds writes waited for a flush since start: the head was at twice its limit while a flush ran",
+            engine.write_stall_ms.clone(),
         );
         registry.register(
             "wal_fsyncs",
@@ -208,6 +220,7 @@ impl Metrics {
         let g = &self.engine;
         g.series.set(stats.series as i64);
         g.head_samples.set(stats.head_samples as i64);
+        g.head_bytes.set(stats.head_bytes as i64);
         g.wal_bytes.set(stats.wal_bytes as i64);
         g.segments.set(stats.segments as i64);
         g.segment_bytes.set(stats.segment_bytes as i64);
@@ -216,6 +229,7 @@ impl Metrics {
         g.compactions.set(stats.compactions);
         g.dropped_retention.set(stats.samples_dropped_retention);
         g.wal_fsyncs.set(stats.wal_fsyncs);
+        g.write_stall_ms.set(stats.write_stall_ms);
         g.body_bytes_held.set(body_bytes_held);
         g.open_segment_files.set(stats.open_segment_files);
         g.open_segment_files_max.set(stats.open_segment_files_max);

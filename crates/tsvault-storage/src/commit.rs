@@ -205,6 +205,7 @@ fn run_loop(inner: Arc<Inner>, mut wal: WalWriter, rx: Receiver<CommitRequest>) 
         {
             dirty_since = None;
         }
+        inner.wait_while_head_over();
     }
     sync_or_poison(&inner, &mut wal);
 }
@@ -293,7 +294,7 @@ fn commit(
                 state.live.append(id, ts, v);
             }
         }
-        let head_full = state.live.samples() >= inner.config.head_samples_max;
+        let head_full = inner.head_full(&state.live);
         drop(state);
         if head_full {
             inner.wake_maintenance();

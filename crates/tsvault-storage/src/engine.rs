@@ -16,7 +16,7 @@ use tsvault_model::{Point, Sample, SeriesKey};
 use crate::commit::{self, CommitRequest};
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::{self, sync_dir};
-use crate::head::{Head, normalize};
+use crate::head::{Head, SeriesHead, normalize};
 use crate::index::{Registry, SeriesId};
 use crate::manifest::{MANIFEST_FILE, Manifest};
 use crate::segment::{BlockMeta, Segment, SegmentInfo, segment_file_name, write_segment};
@@ -55,8 +55,10 @@ pub struct EngineConfig {
     pub retention_ms: Option<i64>,
     /// A WAL file is closed and a new one started past this size.
     pub wal_segment_bytes_max: u64,
-    /// The head is flushed to segments when it holds more samples than this.
+    /// The head is flushed to segments when it holds more samples than this...
     pub head_samples_max: usize,
+    /// ...or takes more bytes than this (samples that compress badly: full-precision floats).
+    pub head_bytes_max: usize,
     /// The head is flushed at least this often when it holds anything.
     pub flush_interval_ms: u64,
     /// A partition with this many segments has its newer, smaller ones merged even when
@@ -94,6 +96,7 @@ impl EngineConfig {
             retention_ms: None,
             wal_segment_bytes_max: 64 << 20,
             head_samples_max: 32 << 20,
+            head_bytes_max: 128 << 20,
             flush_interval_ms: 30 * 60 * 1000,
             compaction_segments_min: 4,
             compaction_cold_ms: 4 * 3600 * 1000,
@@ -126,6 +129,8 @@ pub(crate) struct Stats {
     pub compactions: AtomicU64,
     pub samples_dropped_retention: AtomicU64,
     pub wal_fsyncs: AtomicU64,
+    /// Time writes waited for a flush, the head being full (milliseconds).
+    pub write_stall_ms: AtomicU64,
 }
 
 /// A point-in-time view of the engine's figures.
@@ -137,6 +142,10 @@ pub struct EngineStats {
     pub series: u64,
     /// Samples in memory (head), including any being flushed.
     pub head_samples: u64,
+    /// Bytes those samples take, compressed.
+    pub head_bytes: u64,
+    /// Time writes waited for a flush since start, the head being full (milliseconds).
+    pub write_stall_ms: u64,
     /// Bytes in WAL files on disk.
     pub wal_bytes: u64,
     /// Live segments.
@@ -185,8 +194,8 @@ pub struct WriteOutcome {
     pub dropped_beyond_retention: usize,
 }
 
-/// A live segment and, once its contents are read (on first use, or by the verification
-/// that follows a start), each series' block in it.
+/// A live segment and, once its index is read (on first use, or by the verification that
+/// follows a start), each series' block in it.
 pub(crate) struct LoadedSegment {
     seg: Segment,
     by_series: OnceLock<HashMap<SeriesId, u32>>,
@@ -200,8 +209,8 @@ impl LoadedSegment {
         }
     }
 
-    /// The segment's blocks and each series' block among them, read and verified whole on
-    /// first use (an `Error::Corrupt` naming the file when it is damaged). A key the series
+    /// The segment's blocks and each series' block among them, read and checked on first
+    /// use (an `Error::Corrupt` naming the file when it is damaged). A key the series
     /// index lacks (a series file that missed it) is registered now and reported. The
     /// caller must not hold the registry's lock.
     fn index(&self, inner: &Inner) -> Result<(&[BlockMeta], &HashMap<SeriesId, u32>)> {
@@ -266,6 +275,9 @@ pub(crate) struct Inner {
     quarantined: Vec<QuarantinedFile>,
     stop: Mutex<bool>,
     stop_cv: Condvar,
+    /// Signalled when a flush ends (writes held back by a full head wait for it).
+    flush_done: Mutex<()>,
+    flush_done_cv: Condvar,
     /// Whether the verification after start is over, and its signal.
     verified: Mutex<bool>,
     verified_cv: Condvar,
@@ -292,6 +304,44 @@ impl Inner {
             *p = Some(e.to_string());
         }
         self.poisoned_flag.store(true, Ordering::Release);
+    }
+
+    /// Whether `head` is at its limit of samples or bytes (and is to be flushed).
+    pub(crate) fn head_full(&self, head: &Head) -> bool {
+        head.samples() >= self.config.head_samples_max || head.bytes() >= self.config.head_bytes_max
+    }
+
+    /// Backpressure, on the commit thread: while a flush writes the frozen head, the live
+    /// head may grow to twice its limits; past them the next writes wait until the flush is
+    /// done (a store of many series can flush slower than it ingests, and the head would
+    /// grow without bound). Clients see slower acknowledgements, never an error.
+    pub(crate) fn wait_while_head_over(&self) {
+        let over = || {
+            let state = self.state.read();
+            state.frozen.is_some()
+                && (state.live.samples() >= self.config.head_samples_max.saturating_mul(2)
+                    || state.live.bytes() >= self.config.head_bytes_max.saturating_mul(2))
+        };
+        if !over() {
+            return;
+        }
+        let started = Instant::now();
+        let mut done = self.flush_done.lock();
+        // A poisoned store refuses the writes anyway; a closing one stops waiting.
+        while over() && !*self.stop.lock() && self.poisoned().is_none() {
+            // Woken when a flush ends; the timeout only re-checks.
+            self.flush_done_cv
+                .wait_for(&mut done, Duration::from_millis(100));
+        }
+        self.stats
+            .write_stall_ms
+            .fetch_add(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Wakes writes waiting for a flush (see [`Inner::wait_while_head_over`]).
+    fn flush_ended(&self) {
+        let _done = self.flush_done.lock();
+        self.flush_done_cv.notify_all();
     }
 
     /// Wakes the maintenance thread early (the head passed its limit).
@@ -393,6 +443,9 @@ fn free_bytes(path: &Path) -> u64 {
     }
     (st.f_bavail as u64).saturating_mul(st.f_frsize as u64)
 }
+
+/// A series' samples in the frozen and the live head, compressed.
+type HeadCopy = [Option<SeriesHead>; 2];
 
 /// Lowers the calling thread's CPU priority (nice 10): background verification gives way
 /// to writes and queries. Best effort.
@@ -802,6 +855,8 @@ impl Engine {
             quarantined,
             stop: Mutex::new(false),
             stop_cv: Condvar::new(),
+            flush_done: Mutex::new(()),
+            flush_done_cv: Condvar::new(),
             verified: Mutex::new(false),
             verified_cv: Condvar::new(),
             lock: Mutex::new(Some(lock)),
@@ -1032,10 +1087,11 @@ impl Engine {
     /// Current figures.
     pub fn stats(&self) -> EngineStats {
         let s = &self.inner.stats;
-        let (head_samples, segments) = {
+        let (head_samples, head_bytes, segments) = {
             let st = self.inner.state.read();
             (
                 st.live.samples() + st.frozen.as_ref().map_or(0, |f| f.samples()),
+                st.live.bytes() + st.frozen.as_ref().map_or(0, |f| f.bytes()),
                 st.segments.clone(),
             )
         };
@@ -1052,6 +1108,8 @@ impl Engine {
             samples_written: s.samples_written.load(Ordering::Relaxed),
             series: self.inner.registry.read().len() as u64,
             head_samples: head_samples as u64,
+            head_bytes: head_bytes as u64,
+            write_stall_ms: s.write_stall_ms.load(Ordering::Relaxed),
             wal_bytes,
             segments: segments.len() as u64,
             segment_bytes: segments.iter().map(|s| s.seg.info.size_bytes).sum(),
@@ -1366,7 +1424,7 @@ impl EngineHandle {
                 files.push(SnapshotFile {
                     path: format!("segments/{name}"),
                     size: s.seg.info.size_bytes,
-                    blake3: s.seg.contents()?.file_blake3.clone(),
+                    blake3: s.seg.verify_whole()?.to_string(),
                 });
             }
             let mut newest_linked = None;
@@ -1430,6 +1488,12 @@ impl EngineHandle {
     }
 
     fn flush(&self) -> Result<()> {
+        let r = self.flush_head();
+        self.inner.flush_ended();
+        r
+    }
+
+    fn flush_head(&self) -> Result<()> {
         let mut manifest = self.inner.manifest.lock();
         let (done_tx, done_rx) = sync_channel(1);
         self.commit_tx
@@ -1489,24 +1553,28 @@ impl EngineHandle {
                 .map(|s| self.inner.seg_dir.join(segment_file_name(s.seq)))
                 .collect()
         };
-        for (start, mut series) in frozen.partitions(dur) {
+        for (start, series) in frozen.partitions(dur) {
             let end = start.saturating_add(dur);
             if cutoff.is_some_and(|c| end <= c) {
                 continue;
             }
             let registry = self.inner.registry.read();
-            let mut keyed: Vec<(SeriesKey, Vec<Sample>)> = series
-                .drain(..)
-                .map(|(id, s)| (registry.key(id).clone(), s))
+            let mut keyed: Vec<(SeriesKey, SeriesId)> = series
+                .into_iter()
+                .map(|id| (registry.key(id).clone(), id))
                 .collect();
             drop(registry);
             keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
             let seq = allocate_seq(manifest, &mut next);
+            // Each series decoded from the head as it is written: the flush holds one
+            // series' samples at a time, not a copy of the head.
             let info = match write_segment(
                 &self.inner.seg_dir,
                 seq,
                 (start, end),
-                keyed.into_iter().map(Ok),
+                keyed
+                    .into_iter()
+                    .map(|(key, id)| Ok((key, frozen.series_in(id, start, end)))),
             )
             .and_then(|info| Ok((self.open_segment(&info)?, info)))
             {
@@ -1811,23 +1879,26 @@ impl EngineHandle {
                 .map(|(id, k)| (id, k.clone()))
                 .collect()
         };
-        // Head samples are copied under the lock; segment blocks are read after it.
+        // Head samples are copied under the lock, compressed (the frozen head's, then the
+        // live one's: write order); they are decoded, and segment blocks read, after it.
         let (segments, head) = {
             let state = self.inner.state.read();
-            let mut head: Vec<Vec<Sample>> = Vec::with_capacity(ids.len());
+            let mut head: Vec<HeadCopy> = Vec::with_capacity(ids.len());
             for (id, _) in &ids {
-                let mut v = Vec::new();
-                if let Some(f) = &state.frozen {
-                    f.collect(*id, start_ms, end_ms, &mut v);
-                }
-                state.live.collect(*id, start_ms, end_ms, &mut v);
-                head.push(v);
+                head.push([
+                    state.frozen.as_ref().and_then(|f| f.series(*id).cloned()),
+                    state.live.series(*id).cloned(),
+                ]);
             }
             (state.segments.clone(), head)
         };
         // Series are read in parallel (rayon's pool, one thread per core): decoding blocks is
         // most of a large query's time.
-        let read_one = |((id, key), head_samples): ((SeriesId, SeriesKey), Vec<Sample>)| {
+        let read_one = |((id, key), head_copy): ((SeriesId, SeriesKey), HeadCopy)| {
+            let mut head_samples = Vec::new();
+            for h in head_copy.iter().flatten() {
+                h.collect(start_ms, end_ms, &mut head_samples);
+            }
             let mut samples: Vec<Sample> = Vec::new();
             let mut unsorted = false;
             for s in segments.iter() {
@@ -1879,9 +1950,10 @@ impl EngineHandle {
         Ok(read?.into_iter().flatten().collect())
     }
 
-    /// Reads and verifies whole (BLAKE3, index) every segment the start checked from its
-    /// footer only, newest first (the likeliest to be read), at a low CPU priority: damage
-    /// at rest is found soon after a start that did not read the data. Stops at close.
+    /// Reads and verifies (index, then the whole file's BLAKE3) every segment the start
+    /// checked from its footer only, newest first (the likeliest to be read), at a low CPU
+    /// priority: damage at rest is found soon after a start that did not read the data.
+    /// Stops at close.
     fn verify_segments(&self) {
         lower_thread_priority();
         let mut pending: Vec<(u64, std::sync::Weak<LoadedSegment>)> = self
@@ -1902,7 +1974,7 @@ impl EngineHandle {
             }
             // Gone already: compacted or expired since the start.
             let Some(seg) = seg.upgrade() else { continue };
-            match seg.index(&self.inner) {
+            match seg.index(&self.inner).and_then(|_| seg.seg.verify_whole()) {
                 Ok(_) => {
                     verified += 1;
                     bytes += seg.seg.info.size_bytes;
@@ -1956,12 +2028,13 @@ impl EngineHandle {
             if self.inner.poisoned().is_some() {
                 continue;
             }
-            let head_samples = self.inner.state.read().live.samples();
+            let (head_samples, head_full) = {
+                let state = self.inner.state.read();
+                (state.live.samples(), self.inner.head_full(&state.live))
+            };
             let interval_due =
                 last_flush.elapsed() >= Duration::from_millis(self.inner.config.flush_interval_ms);
-            let r = if head_samples >= self.inner.config.head_samples_max
-                || (interval_due && head_samples > 0)
-            {
+            let r = if head_full || (interval_due && head_samples > 0) {
                 last_flush = Instant::now();
                 self.guarded("flush", || self.flush())
             } else if last_compaction.elapsed() >= compaction_wait {
@@ -2177,8 +2250,8 @@ fn quarantine(dir: &Path, file: &Path, reason: String, lost: String) -> Result<Q
 }
 
 /// Loads the manifest, the series it knows, and every segment it lists. With the series
-/// file usable, a segment is checked from its size and footer (against the manifest) and
-/// verified whole later (on first use, or by the verification after start): a start that
+/// file usable, a segment is checked from its size and footer (against the manifest), its
+/// index on first use and its whole file by the verification after start: a start that
 /// does not grow with the data. Otherwise (no usable series file, a rebuilt manifest, or
 /// `quarantine_corrupt`) every segment is verified whole now and its series registered;
 /// the series file is then `None`, to be written anew. With `quarantine_corrupt`, damaged

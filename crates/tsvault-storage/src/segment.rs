@@ -3,8 +3,9 @@
 //! A block holds one series' samples in the partition: timestamps at a constant step as first
 //! and step, others by pco with delta-of-delta; values that are decimals as scaled integers by
 //! pco, others by pco's float modes. The index of blocks is zstd-compressed. Every block has a CRC32C,
-//! checked on every read; the whole file has a BLAKE3 hash, checked with the index before the
-//! segment is first read (a start checks only the size and footer: see [`Segment`]).
+//! checked on every read; the index has a CRC32C, checked before the segment is first read;
+//! the whole file has a BLAKE3 hash, checked after each start in the background (a start
+//! checks only the size and footer: see [`Segment`]).
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -534,29 +535,37 @@ fn write_segment_file(
 pub(crate) struct ParsedSegment {
     pub info: SegmentInfo,
     pub contents: Contents,
+    /// BLAKE3 of the whole file (footer included), hex.
+    pub file_blake3: String,
 }
 
-/// A segment's index and whole-file hash, known once its bytes were read and verified whole.
+/// A segment's index: known once it was read and checked (its CRC, bounds and order).
 pub(crate) struct Contents {
     pub blocks: Vec<BlockMeta>,
-    /// BLAKE3 of the whole file (footer included), hex: how a snapshot names its bytes.
-    pub file_blake3: String,
     /// The segment format (1 or 2), which decides the block encoding.
     version: u8,
 }
 
 /// A live segment. Opened two ways: verified whole now ([`Segment::open`]: every byte read,
 /// the BLAKE3 and the index checked), or from its footer alone ([`Segment::open_footer`]:
-/// a start that does not grow with the data), its bytes then read and verified whole on
-/// first use, by a read or by the verification that follows a start. Every block read
-/// checks its CRC32C either way.
+/// a start that does not grow with the data). Then its index is read and checked on first
+/// use ([`Segment::contents`]), and the whole file's BLAKE3 by the verification that follows
+/// a start or when a snapshot needs it ([`Segment::verify_whole`]). Every block read checks
+/// its CRC32C. Once any check fails, nothing more is read from the file.
 pub(crate) struct Segment {
     pub path: PathBuf,
     pub info: SegmentInfo,
+    footer: Footer,
     contents: OnceLock<Contents>,
-    /// Held while the contents are read; keeps what made them fail when the file is
-    /// damaged, so that it is reported, not read again by every query.
-    loading: Mutex<Option<String>>,
+    /// BLAKE3 of the whole file (footer included), hex, once verified: how a snapshot names
+    /// its bytes.
+    file_blake3: OnceLock<String>,
+    /// What a check found damaged: the file is not read again (every later read is this
+    /// error).
+    damaged: OnceLock<String>,
+    /// Held while the index is read, and while the whole file is hashed.
+    loading: Mutex<()>,
+    hashing: Mutex<()>,
     /// Its key in the open files (unique in the process: a path can be used again).
     id: u64,
     /// No manifest names the file any more: it is removed when the last reader is done
@@ -585,21 +594,26 @@ impl std::fmt::Debug for Segment {
     }
 }
 
+/// Bytes read at a time while a whole file is hashed.
+const HASH_CHUNK_BYTES: usize = 1 << 20;
+
 impl Segment {
     /// Opens `path` and verifies every structural check and the whole-file hash. When the
     /// manifest names a size and hash, they must match too.
     pub(crate) fn open(path: &Path, seq: u64, expected: Option<&SegmentInfo>) -> Result<Self> {
         let bytes = fs::read(path).ctx("read", path)?;
         let parsed = Self::parse(path, &bytes, seq, expected)?;
-        let seg = Self::unread(path, parsed.info);
+        let footer = parse_footer(&bytes[bytes.len() - FOOTER_BYTES..])
+            .expect("segment invariant: a parsed segment has a valid footer");
+        let seg = Self::unread(path, parsed.info, footer);
         let _ = seg.contents.set(parsed.contents);
+        let _ = seg.file_blake3.set(parsed.file_blake3);
         Ok(seg)
     }
 
     /// Opens the segment the manifest describes as `info` from its size and footer alone:
     /// a file of another size, or whose footer is damaged or names another partition,
-    /// count or hash, is refused now; the rest is verified on first use
-    /// ([`Segment::contents`]).
+    /// count or hash, is refused now; the rest is checked later (see [`Segment`]).
     pub(crate) fn open_footer(path: &Path, info: &SegmentInfo) -> Result<Self> {
         let corrupt = |detail: String| Error::Corrupt {
             path: path.to_owned(),
@@ -646,47 +660,133 @@ impl Segment {
                 found.blake3
             )));
         }
-        Ok(Self::unread(path, found))
+        f.check_index_position(size).map_err(corrupt)?;
+        Ok(Self::unread(path, found, f))
     }
 
-    fn unread(path: &Path, info: SegmentInfo) -> Self {
+    fn unread(path: &Path, info: SegmentInfo, footer: Footer) -> Self {
         Segment {
             path: path.to_owned(),
             info,
+            footer,
             contents: OnceLock::new(),
-            loading: Mutex::new(None),
+            file_blake3: OnceLock::new(),
+            damaged: OnceLock::new(),
+            loading: Mutex::new(()),
+            hashing: Mutex::new(()),
             id: open_files::next_id(),
             obsolete: AtomicBool::new(false),
         }
     }
 
-    /// The segment's index and whole-file hash: read and verified whole on first use (the
-    /// file must still be the one the manifest describes). A damaged file is an
-    /// `Error::Corrupt` naming it, now and on every later call.
-    pub(crate) fn contents(&self) -> Result<&Contents> {
-        if let Some(c) = self.contents.get() {
-            return Ok(c);
-        }
-        let mut failed = self.loading.lock();
-        if let Some(c) = self.contents.get() {
-            return Ok(c);
-        }
-        if let Some(detail) = &*failed {
-            return Err(Error::Corrupt {
+    /// The error of a file found damaged, if it was.
+    fn refuse_if_damaged(&self) -> Result<()> {
+        match self.damaged.get() {
+            Some(detail) => Err(Error::Corrupt {
                 path: self.path.clone(),
                 detail: detail.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Keeps `r`'s damage, if any: the file is not read again.
+    fn note_damage<T>(&self, r: Result<T>) -> Result<T> {
+        if let Err(Error::Corrupt { detail, .. }) = &r {
+            let _ = self.damaged.set(detail.clone());
+        }
+        r
+    }
+
+    /// The segment's index, read and checked on first use (its header, its CRC, every
+    /// entry's bounds and order, the counts and the partition against the footer). A damaged
+    /// file is an `Error::Corrupt` naming it, now and on every later call.
+    pub(crate) fn contents(&self) -> Result<&Contents> {
+        self.once_checked(&self.contents, &self.loading, || self.read_index())
+    }
+
+    /// What `cell` holds, or what `check` gives, found once (under `lock`): a failure is
+    /// not kept, unless it is damage, which every later call returns.
+    fn once_checked<'a, T>(
+        &self,
+        cell: &'a OnceLock<T>,
+        lock: &Mutex<()>,
+        check: impl FnOnce() -> Result<T>,
+    ) -> Result<&'a T> {
+        self.refuse_if_damaged()?;
+        if let Some(c) = cell.get() {
+            return Ok(c);
+        }
+        let _checking = lock.lock();
+        self.refuse_if_damaged()?;
+        if let Some(c) = cell.get() {
+            return Ok(c);
+        }
+        let found = self.note_damage(check())?;
+        Ok(cell.get_or_init(|| found))
+    }
+
+    fn read_index(&self) -> Result<Contents> {
+        failpoint!("segment-read", "read", self.path);
+        let file = self.file()?;
+        let mut magic = [0u8; HEADER_MAGIC.len()];
+        file.read_exact_at(&mut magic, 0).ctx("read", &self.path)?;
+        let corrupt = |detail: String| Error::Corrupt {
+            path: self.path.clone(),
+            detail,
+        };
+        let version = format_of(&magic).map_err(corrupt)?;
+        let mut index = vec![0u8; self.footer.index_len as usize];
+        file.read_exact_at(&mut index, self.footer.index_offset)
+            .ctx("read", &self.path)?;
+        let mut blocks = Vec::with_capacity((self.footer.n_series as usize).min(1 << 20));
+        check_index(&index, &self.footer, |i, e| {
+            blocks.push(BlockMeta::of(i, e)?);
+            Ok(())
+        })
+        .map_err(corrupt)?;
+        Ok(Contents { blocks, version })
+    }
+
+    /// Hashes the whole file (BLAKE3) against its footer once, and returns the hash of all
+    /// its bytes (footer included, hex), as a snapshot names it. A mismatch is an
+    /// `Error::Corrupt` naming the file, now and on every later read of it.
+    pub(crate) fn verify_whole(&self) -> Result<&str> {
+        self.once_checked(&self.file_blake3, &self.hashing, || self.hash_file())
+            .map(String::as_str)
+    }
+
+    fn hash_file(&self) -> Result<String> {
+        failpoint!("segment-read", "read", self.path);
+        let file = self.file()?;
+        let body_len = self.info.size_bytes - FOOTER_BYTES as u64;
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; HASH_CHUNK_BYTES];
+        let mut pos = 0u64;
+        while pos < body_len {
+            let n = (body_len - pos).min(HASH_CHUNK_BYTES as u64) as usize;
+            file.read_exact_at(&mut buf[..n], pos)
+                .ctx("read", &self.path)?;
+            hasher.update(&buf[..n]);
+            pos += n as u64;
+        }
+        if hasher.finalize().as_bytes() != &self.footer.hash {
+            return Err(Error::Corrupt {
+                path: self.path.clone(),
+                detail: "file hash mismatch: some bytes were changed".into(),
             });
         }
-        failpoint!("segment-read", "read", self.path);
-        let bytes = fs::read(&self.path).ctx("read", &self.path)?;
-        match Self::parse(&self.path, &bytes, self.info.seq, Some(&self.info)) {
-            Ok(parsed) => Ok(self.contents.get_or_init(|| parsed.contents)),
-            Err(Error::Corrupt { path, detail }) => {
-                *failed = Some(detail.clone());
-                Err(Error::Corrupt { path, detail })
-            }
-            Err(e) => Err(e),
+        let mut footer = [0u8; FOOTER_BYTES];
+        file.read_exact_at(&mut footer, body_len)
+            .ctx("read", &self.path)?;
+        // The footer was checked at open; bytes changed since are damage too.
+        if parse_footer(&footer).ok().as_ref() != Some(&self.footer) {
+            return Err(Error::Corrupt {
+                path: self.path.clone(),
+                detail: "footer changed since the segment was opened".into(),
+            });
         }
+        Ok(hasher.update(&footer).finalize().to_hex().to_string())
     }
 
     /// The blocks of the segment's index, in key order (see [`Segment::contents`]).
@@ -694,9 +794,9 @@ impl Segment {
         Ok(&self.contents()?.blocks)
     }
 
-    /// Whether the contents were read and verified.
+    /// Whether the whole file was hashed and found as written.
     pub(crate) fn is_verified(&self) -> bool {
-        self.contents.get().is_some()
+        self.file_blake3.get().is_some()
     }
 
     /// Marks the file for removal once no reader holds this segment.
@@ -724,11 +824,8 @@ impl Segment {
         })?;
         Ok(ParsedSegment {
             info,
-            contents: Contents {
-                blocks,
-                file_blake3,
-                version,
-            },
+            contents: Contents { blocks, version },
+            file_blake3,
         })
     }
 
@@ -740,7 +837,7 @@ impl Segment {
         bytes: &[u8],
         seq: u64,
         expected: Option<&SegmentInfo>,
-        mut visit: impl FnMut(usize, IndexEntry<'_>) -> std::result::Result<(), String>,
+        visit: impl FnMut(usize, IndexEntry<'_>) -> std::result::Result<(), String>,
     ) -> Result<(SegmentInfo, String, u8)> {
         let corrupt = |detail: String| Error::Corrupt {
             path: path.to_owned(),
@@ -752,40 +849,27 @@ impl Segment {
                 bytes.len()
             )));
         }
-        let version = match &bytes[..HEADER_MAGIC.len()] {
-            m if m == HEADER_MAGIC => 2,
-            m if m == HEADER_MAGIC_V1 => 1,
-            _ => return Err(corrupt("bad header magic: not a tsvault segment".into())),
-        };
+        let version = format_of(&bytes[..HEADER_MAGIC.len()]).map_err(corrupt)?;
         let footer_start = bytes.len() - FOOTER_BYTES;
-        let footer = &bytes[footer_start..];
-        let Footer {
-            partition: (p_start, p_end),
-            index_offset,
-            index_len,
-            index_crc,
-            n_series,
-            n_samples,
-            hash,
-        } = parse_footer(footer).map_err(corrupt)?;
+        let footer_bytes = &bytes[footer_start..];
+        let footer = parse_footer(footer_bytes).map_err(corrupt)?;
         let mut hasher = blake3::Hasher::new();
         hasher.update(&bytes[..footer_start]);
         let actual_hash = hasher.finalize();
-        let file_blake3 = hasher.update(footer).finalize().to_hex().to_string();
-        if actual_hash.as_bytes() != &hash {
+        let file_blake3 = hasher.update(footer_bytes).finalize().to_hex().to_string();
+        if actual_hash.as_bytes() != &footer.hash {
             return Err(corrupt(
                 "file hash mismatch: some bytes were changed".into(),
             ));
         }
-        let size = bytes.len() as u64;
         let info = SegmentInfo {
             seq,
-            partition_start_ms: p_start,
-            partition_end_ms: p_end,
-            size_bytes: size,
+            partition_start_ms: footer.partition.0,
+            partition_end_ms: footer.partition.1,
+            size_bytes: bytes.len() as u64,
             blake3: actual_hash.to_hex().to_string(),
-            series: u64::from(n_series),
-            samples: n_samples,
+            series: u64::from(footer.n_series),
+            samples: footer.n_samples,
         };
         if let Some(exp) = expected
             && exp != &info
@@ -795,38 +879,15 @@ impl Segment {
                 exp.size_bytes, exp.blake3, info.size_bytes, info.blake3
             )));
         }
-        let index_end = index_offset
-            .checked_add(index_len)
-            .filter(|&e| e == footer_start as u64);
-        if index_end.is_none() || index_len > SECTION_BYTES_MAX {
-            return Err(corrupt("index position is out of bounds".into()));
-        }
-        let index = &bytes[index_offset as usize..footer_start];
-        if crc32c::crc32c(index) != index_crc {
-            return Err(corrupt("index checksum mismatch".into()));
-        }
-        let index = zstd_decompress(index, SECTION_BYTES_MAX as usize)
-            .map_err(|e| corrupt(format!("index does not decompress: {e}")))?;
-        let mut samples = 0u64;
-        let mut outside: Option<String> = None;
-        walk_index(&index, index_offset, n_series as usize, |i, e| {
-            samples += u64::from(e.count);
-            if outside.is_none() && (e.min_ts < p_start || e.max_ts >= p_end) {
-                outside = Some(e.key.to_string());
-            }
-            visit(i, e)
-        })
-        .map_err(|d| corrupt(format!("index: {d}")))?;
-        if samples != n_samples {
-            return Err(corrupt(
-                "index sample counts disagree with the footer".into(),
-            ));
-        }
-        if let Some(key) = outside {
-            return Err(corrupt(format!(
-                "block of {key} lies outside the partition"
-            )));
-        }
+        footer
+            .check_index_position(bytes.len() as u64)
+            .map_err(corrupt)?;
+        check_index(
+            &bytes[footer.index_offset as usize..footer_start],
+            &footer,
+            visit,
+        )
+        .map_err(corrupt)?;
         Ok((info, file_blake3, version))
     }
 
@@ -847,6 +908,17 @@ impl Segment {
     /// `out`; a checksum failure or a block that disagrees with the index is an error naming
     /// the file.
     pub(crate) fn read_block_into(
+        &self,
+        i: usize,
+        start_ms: i64,
+        end_ms: i64,
+        out: &mut Vec<Sample>,
+    ) -> Result<()> {
+        let r = self.read_block_checked(i, start_ms, end_ms, out);
+        self.note_damage(r)
+    }
+
+    fn read_block_checked(
         &self,
         i: usize,
         start_ms: i64,
@@ -906,6 +978,7 @@ impl Segment {
 }
 
 /// What a segment's footer says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Footer {
     partition: (i64, i64),
     index_offset: u64,
@@ -915,6 +988,64 @@ struct Footer {
     n_samples: u64,
     /// BLAKE3 of every byte before the footer.
     hash: [u8; 32],
+}
+
+/// Checks a segment's compressed index against its footer (CRC, decompression, every
+/// entry's bounds and order, the sample count, the partition) and walks it, calling `visit`
+/// with each entry. The error says what is wrong.
+fn check_index(
+    compressed: &[u8],
+    f: &Footer,
+    mut visit: impl FnMut(usize, IndexEntry<'_>) -> std::result::Result<(), String>,
+) -> std::result::Result<(), String> {
+    if crc32c::crc32c(compressed) != f.index_crc {
+        return Err("index checksum mismatch".into());
+    }
+    let index = zstd_decompress(compressed, SECTION_BYTES_MAX as usize)
+        .map_err(|e| format!("index does not decompress: {e}"))?;
+    let (p_start, p_end) = f.partition;
+    let mut samples = 0u64;
+    let mut outside: Option<String> = None;
+    walk_index(&index, f.index_offset, f.n_series as usize, |i, e| {
+        samples += u64::from(e.count);
+        if outside.is_none() && (e.min_ts < p_start || e.max_ts >= p_end) {
+            outside = Some(e.key.to_string());
+        }
+        visit(i, e)
+    })
+    .map_err(|d| format!("index: {d}"))?;
+    if samples != f.n_samples {
+        return Err("index sample counts disagree with the footer".into());
+    }
+    if let Some(key) = outside {
+        return Err(format!("block of {key} lies outside the partition"));
+    }
+    Ok(())
+}
+
+impl Footer {
+    /// The index must end where the footer of a file of `size` bytes begins.
+    fn check_index_position(&self, size: u64) -> std::result::Result<(), String> {
+        let footer_start = size - FOOTER_BYTES as u64;
+        if self
+            .index_offset
+            .checked_add(self.index_len)
+            .is_none_or(|e| e != footer_start)
+            || self.index_len > SECTION_BYTES_MAX
+        {
+            return Err("index position is out of bounds".into());
+        }
+        Ok(())
+    }
+}
+
+/// The segment format a header magic names.
+fn format_of(magic: &[u8]) -> std::result::Result<u8, String> {
+    match magic {
+        m if m == HEADER_MAGIC => Ok(2),
+        m if m == HEADER_MAGIC_V1 => Ok(1),
+        _ => Err("bad header magic: not a tsvault segment".into()),
+    }
 }
 
 /// Checks a footer's magic and CRC and reads its fields.

@@ -415,3 +415,65 @@ fn snapshots_expire_while_the_store_is_poisoned() {
     drop(e);
     scenario.teardown();
 }
+
+/// A head at twice its limit while a flush writes holds the next writes back until the
+/// flush is done (they are acknowledged then, all of them), so the head stays bounded when
+/// flushes are slower than ingest (many series).
+#[test]
+fn writes_wait_for_a_flush_once_the_head_is_at_twice_its_limit() {
+    use std::sync::mpsc::{RecvTimeoutError, channel};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    let scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = EngineConfig::new(dir.path());
+    cfg.head_samples_max = 100;
+    let e = Arc::new(Engine::open(cfg).unwrap());
+    // The flush stops in its segment write until released: the frozen head is set, the
+    // manifest held.
+    let (reached_tx, reached_rx) = channel::<()>();
+    let (release_tx, release_rx) = channel::<()>();
+    let (reached_tx, release_rx) = (Mutex::new(reached_tx), Mutex::new(release_rx));
+    fail::cfg_callback("segment-write", move || {
+        let _ = reached_tx.lock().unwrap().send(());
+        let _ = release_rx.lock().unwrap().recv();
+    })
+    .unwrap();
+    e.write(&(0..100).map(|i| pt(i, 1.0)).collect::<Vec<_>>())
+        .unwrap();
+    let flusher = {
+        let e = e.clone();
+        std::thread::spawn(move || e.flush())
+    };
+    reached_rx.recv().unwrap();
+    // 50 writes of 10: the first 20 fill the live head to twice its limit, the rest wait.
+    let (done_tx, done_rx) = channel();
+    let writer = {
+        let e = e.clone();
+        std::thread::spawn(move || {
+            for b in 0..50i64 {
+                let batch: Vec<Point> = (0..10).map(|i| pt(1000 + b * 10 + i, 2.0)).collect();
+                e.write(&batch).unwrap();
+            }
+            done_tx.send(()).unwrap();
+        })
+    };
+    // A bound, not a synchronisation: without the backpressure the writer ends at once.
+    assert_eq!(
+        done_rx.recv_timeout(Duration::from_millis(500)),
+        Err(RecvTimeoutError::Timeout),
+        "the writes went on while the flush was held"
+    );
+    let held = e.stats().head_samples;
+    assert!(held <= 100 + 200 + 10, "the head grew to {held} samples");
+    // The flush is let go (the next flushes too): every write is acknowledged.
+    fail::remove("segment-write");
+    drop(release_tx);
+    flusher.join().unwrap().unwrap();
+    done_rx.recv().unwrap();
+    writer.join().unwrap();
+    assert_eq!(samples(&e).len(), 600);
+    assert!(e.stats().write_stall_ms > 0, "the wait is counted");
+    scenario.teardown();
+}
