@@ -559,7 +559,7 @@ fn run_variant(
         })
         .fold(0.0, f64::max);
     notes.push(format!(
-        "Ingest: each system loaded alone, the others stopped; {load_rounds} round(s), each into a new directory, the systems' order rotating; medians. tsvault acknowledges a write once it is in its fsynced WAL and holds it in its in-memory head until the head reaches 32 M samples: the acknowledged rate defers that encoding, the rate to settled counts it."
+        "Ingest: each system loaded alone, the others stopped; {load_rounds} round(s), each into a new directory, the systems' order rotating; medians. tsvault acknowledges a write once it is in its fsynced WAL and holds it in its in-memory head until the head reaches 16 M samples (or 64 MiB, compressed): the acknowledged rate defers that encoding, the rate to settled counts it."
     ));
     let mut rows = vec![ingest_settled, ingest_ack, lag, settle, anon, hwm, disk];
     match null_rate {

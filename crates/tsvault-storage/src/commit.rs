@@ -423,7 +423,8 @@ fn rotate(inner: &Inner, wal: &mut WalWriter, defined: &mut Vec<bool>) -> Result
             "a flush was asked for while another one's data is still being written".into(),
         ));
     }
-    let frozen = Arc::new(std::mem::take(&mut state.live));
+    let empty = state.live.empty_like();
+    let frozen = Arc::new(std::mem::replace(&mut state.live, empty));
     state.frozen = Some(frozen.clone());
     Ok((wal.number(), frozen))
 }

@@ -95,8 +95,8 @@ impl EngineConfig {
             segment_duration_ms: None,
             retention_ms: None,
             wal_segment_bytes_max: 64 << 20,
-            head_samples_max: 32 << 20,
-            head_bytes_max: 128 << 20,
+            head_samples_max: 16 << 20,
+            head_bytes_max: 64 << 20,
             flush_interval_ms: 30 * 60 * 1000,
             compaction_segments_min: 4,
             compaction_cold_ms: 4 * 3600 * 1000,
@@ -604,7 +604,7 @@ impl Engine {
         }
 
         // Replay the WAL into the head.
-        let mut head = Head::default();
+        let mut head = Head::new(segment_duration_ms);
         let mut predecessors: HashMap<u64, (Option<(u64, u64)>, bool)> = HashMap::new();
         let wal_files = list_wal_files(&wal_dir)?;
         let last_number = wal_files.last().map_or(0, |(n, _)| *n);
@@ -1511,7 +1511,8 @@ impl EngineHandle {
                 // once space returns.
                 let mut state = self.inner.state.write();
                 if let Some(f) = state.frozen.take() {
-                    let live = std::mem::take(&mut state.live);
+                    let empty = state.live.empty_like();
+                    let live = std::mem::replace(&mut state.live, empty);
                     let frozen = Arc::try_unwrap(f).unwrap_or_else(|f| (*f).clone());
                     state.live = Head::joined(frozen, live);
                 }
@@ -1553,7 +1554,7 @@ impl EngineHandle {
                 .map(|s| self.inner.seg_dir.join(segment_file_name(s.seq)))
                 .collect()
         };
-        for (start, series) in frozen.partitions(dur) {
+        for (start, series) in frozen.partitions() {
             let end = start.saturating_add(dur);
             if cutoff.is_some_and(|c| end <= c) {
                 continue;
@@ -1574,7 +1575,7 @@ impl EngineHandle {
                 (start, end),
                 keyed
                     .into_iter()
-                    .map(|(key, id)| Ok((key, frozen.series_in(id, start, end)))),
+                    .map(|(key, id)| Ok((key, frozen.series_in(id, start)))),
             )
             .and_then(|info| Ok((self.open_segment(&info)?, info)))
             {
@@ -1886,8 +1887,15 @@ impl EngineHandle {
             let mut head: Vec<HeadCopy> = Vec::with_capacity(ids.len());
             for (id, _) in &ids {
                 head.push([
-                    state.frozen.as_ref().and_then(|f| f.series(*id).cloned()),
-                    state.live.series(*id).cloned(),
+                    state
+                        .frozen
+                        .as_ref()
+                        .and_then(|f| f.series(*id))
+                        .map(|s| s.copy_range(start_ms, end_ms)),
+                    state
+                        .live
+                        .series(*id)
+                        .map(|s| s.copy_range(start_ms, end_ms)),
                 ]);
             }
             (state.segments.clone(), head)

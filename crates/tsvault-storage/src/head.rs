@@ -27,9 +27,9 @@ const TAG_DELTA: u64 = 0;
 const TAG_RAW: u8 = 1;
 const TAG_SCALE: u64 = 2;
 
-/// One series' samples as a byte stream, and what the next sample is encoded against.
+/// Samples as a byte stream, and what the next sample is encoded against.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct SeriesHead {
+struct Stream {
     bytes: Vec<u8>,
     count: u32,
     prev_ts: i64,
@@ -72,7 +72,7 @@ fn unzigzag(v: u64) -> i64 {
     ((v >> 1) as i64) ^ -((v & 1) as i64)
 }
 
-impl SeriesHead {
+impl Stream {
     fn push(&mut self, ts: i64, v: f64) {
         let b = &mut self.bytes;
         if b.len() + 20 > b.capacity() && b.capacity() >= HEAD_DOUBLING_MAX {
@@ -115,15 +115,6 @@ impl SeriesHead {
         self.count += 1;
     }
 
-    /// Appends the samples in `[start_ms, end_ms]` to `out`, in write order.
-    pub(crate) fn collect(&self, start_ms: i64, end_ms: i64, out: &mut Vec<Sample>) {
-        self.for_each(|x| {
-            if x.ts_ms >= start_ms && x.ts_ms <= end_ms {
-                out.push(x);
-            }
-        });
-    }
-
     /// Calls `f` with every sample, in write order.
     fn for_each(&self, mut f: impl FnMut(Sample)) {
         let mut r = StreamReader {
@@ -160,7 +151,7 @@ impl SeriesHead {
     }
 }
 
-/// Reads what [`SeriesHead::push`] wrote (the head's own bytes, never input).
+/// Reads what [`Stream::push`] wrote (the head's own bytes, never input).
 struct StreamReader<'a> {
     b: &'a [u8],
     pos: usize,
@@ -182,15 +173,76 @@ impl StreamReader<'_> {
     }
 }
 
+/// One series' samples in the head: a stream per time partition (a head of a bulk load
+/// spans many), so that a flush decodes each sample once and a read only the partitions
+/// it asks for.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SeriesHead {
+    parts: Vec<Part>,
+}
+
+#[derive(Debug, Clone)]
+struct Part {
+    /// The partition: `[start, last]` ms.
+    start: i64,
+    last: i64,
+    stream: Stream,
+}
+
+impl SeriesHead {
+    /// Appends the samples in `[start_ms, end_ms]` to `out`, in write order within each
+    /// partition (a timestamp is in one partition only).
+    pub(crate) fn collect(&self, start_ms: i64, end_ms: i64, out: &mut Vec<Sample>) {
+        for p in self.parts_in(start_ms, end_ms) {
+            p.stream.for_each(|x| {
+                if x.ts_ms >= start_ms && x.ts_ms <= end_ms {
+                    out.push(x);
+                }
+            });
+        }
+    }
+
+    /// A copy of the partitions that hold `[start_ms, end_ms]` (for a reader: copied under
+    /// the state's lock, decoded after it).
+    pub(crate) fn copy_range(&self, start_ms: i64, end_ms: i64) -> SeriesHead {
+        SeriesHead {
+            parts: self.parts_in(start_ms, end_ms).cloned().collect(),
+        }
+    }
+
+    fn parts_in(&self, start_ms: i64, end_ms: i64) -> impl Iterator<Item = &Part> {
+        self.parts
+            .iter()
+            .filter(move |p| p.start <= end_ms && p.last >= start_ms)
+    }
+}
+
 /// In-memory samples of every series, in the order they were written.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub(crate) struct Head {
     series: HashMap<SeriesId, SeriesHead>,
+    /// The width of the time partitions its streams are cut by.
+    partition_ms: i64,
     samples: usize,
     bytes: usize,
 }
 
 impl Head {
+    /// An empty head whose streams are cut by partitions `partition_ms` wide.
+    pub(crate) fn new(partition_ms: i64) -> Head {
+        Head {
+            series: HashMap::new(),
+            partition_ms,
+            samples: 0,
+            bytes: 0,
+        }
+    }
+
+    /// An empty head cut as this one is.
+    pub(crate) fn empty_like(&self) -> Head {
+        Head::new(self.partition_ms)
+    }
+
     pub(crate) fn append(&mut self, id: SeriesId, ts_ms: i64, value: f64) {
         let s = match self.series.entry(id) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
@@ -200,9 +252,27 @@ impl Head {
                 e.insert(SeriesHead::default())
             }
         };
-        let before = s.bytes.capacity();
-        s.push(ts_ms, value);
-        self.bytes += s.bytes.capacity() - before;
+        // Most writes go to the newest partition: looked for from the end.
+        let part = match s
+            .parts
+            .iter()
+            .rposition(|p| p.start <= ts_ms && ts_ms <= p.last)
+        {
+            Some(i) => &mut s.parts[i],
+            None => {
+                let start = partition_start(ts_ms, self.partition_ms);
+                self.bytes += std::mem::size_of::<Part>();
+                s.parts.push(Part {
+                    start,
+                    last: start.saturating_add(self.partition_ms - 1),
+                    stream: Stream::default(),
+                });
+                s.parts.last_mut().expect("pushed above")
+            }
+        };
+        let before = part.stream.bytes.capacity();
+        part.stream.push(ts_ms, value);
+        self.bytes += part.stream.bytes.capacity() - before;
         self.samples += 1;
     }
 
@@ -219,55 +289,49 @@ impl Head {
     /// written in both keeps `newer`'s value).
     pub(crate) fn joined(mut older: Head, newer: Head) -> Head {
         for (id, s) in &newer.series {
-            s.for_each(|x| older.append(*id, x.ts_ms, x.value));
+            for p in &s.parts {
+                p.stream.for_each(|x| older.append(*id, x.ts_ms, x.value));
+            }
         }
         older
     }
 
-    /// Appends the samples of `id` in `[start_ms, end_ms]` to `out`, in write order.
+    /// Appends the samples of `id` in `[start_ms, end_ms]` to `out` (see
+    /// [`SeriesHead::collect`]).
     pub(crate) fn collect(&self, id: SeriesId, start_ms: i64, end_ms: i64, out: &mut Vec<Sample>) {
         if let Some(s) = self.series.get(&id) {
             s.collect(start_ms, end_ms, out);
         }
     }
 
-    /// The samples of `id`, still compressed (a reader copies them under the state's lock
-    /// and decodes them after it).
+    /// The samples of `id`, still compressed.
     pub(crate) fn series(&self, id: SeriesId) -> Option<&SeriesHead> {
         self.series.get(&id)
     }
 
     /// The time partitions the head's samples fall in, each with the series that have
     /// samples there (see [`Head::series_in`] for their samples).
-    pub(crate) fn partitions(&self, segment_duration_ms: i64) -> BTreeMap<i64, Vec<SeriesId>> {
+    pub(crate) fn partitions(&self) -> BTreeMap<i64, Vec<SeriesId>> {
         let mut out: BTreeMap<i64, Vec<SeriesId>> = BTreeMap::new();
-        let mut starts = Vec::new();
         for (&id, s) in &self.series {
-            starts.clear();
-            s.for_each(|x| {
-                let p = partition_start(x.ts_ms, segment_duration_ms);
-                if starts.last() != Some(&p) {
-                    starts.push(p);
-                }
-            });
-            starts.sort_unstable();
-            starts.dedup();
-            for &p in &starts {
-                out.entry(p).or_default().push(id);
+            for p in &s.parts {
+                out.entry(p.start).or_default().push(id);
             }
         }
         out
     }
 
-    /// The samples of `id` in `[start_ms, end_ms)`, sorted and deduplicated.
-    pub(crate) fn series_in(&self, id: SeriesId, start_ms: i64, end_ms: i64) -> Vec<Sample> {
+    /// The samples of `id` in the partition starting at `start_ms`, sorted and
+    /// deduplicated.
+    pub(crate) fn series_in(&self, id: SeriesId, start_ms: i64) -> Vec<Sample> {
         let mut out = Vec::new();
-        if let Some(s) = self.series.get(&id) {
-            s.for_each(|x| {
-                if x.ts_ms >= start_ms && x.ts_ms < end_ms {
-                    out.push(x);
-                }
-            });
+        if let Some(p) = self
+            .series
+            .get(&id)
+            .and_then(|s| s.parts.iter().find(|p| p.start == start_ms))
+        {
+            out.reserve_exact(p.stream.count as usize);
+            p.stream.for_each(|x| out.push(x));
         }
         normalize(&mut out);
         out
@@ -276,7 +340,10 @@ impl Head {
 
 /// The start of the partition holding `ts_ms`.
 pub(crate) fn partition_start(ts_ms: i64, segment_duration_ms: i64) -> i64 {
-    ts_ms.div_euclid(segment_duration_ms) * segment_duration_ms
+    // Saturating: the partition of a timestamp near i64::MIN starts at it.
+    ts_ms
+        .div_euclid(segment_duration_ms)
+        .saturating_mul(segment_duration_ms)
 }
 
 /// Sorts samples given oldest-written first by time and keeps, for each timestamp, the one
@@ -313,26 +380,46 @@ mod tests {
 
     #[test]
     fn partitions_split_on_boundaries() {
-        let mut h = Head::default();
-        for ts in [-1, 0, 9, 10, 25] {
+        let mut h = Head::new(10);
+        for ts in [-1, 0, 9, 10, 25, 1] {
             h.append(0, ts, ts as f64);
         }
-        let p = h.partitions(10);
+        let p = h.partitions();
         let starts: Vec<i64> = p.keys().copied().collect();
         assert_eq!(starts, vec![-10, 0, 10, 20]);
-        assert_eq!(h.series_in(0, 0, 10).len(), 2);
+        let s = |ts: i64| Sample {
+            ts_ms: ts,
+            value: ts as f64,
+        };
+        assert_eq!(h.series_in(0, 0), vec![s(0), s(1), s(9)]);
+        let mut out = Vec::new();
+        h.collect(0, 1, 10, &mut out);
+        assert_eq!(out, vec![s(9), s(1), s(10)]);
     }
 
     /// Every sample comes back bit for bit, in write order.
     fn round_trips(samples: &[(i64, f64)]) {
-        let mut h = Head::default();
+        let mut stream = Stream::default();
+        for &(ts, v) in samples {
+            stream.push(ts, v);
+        }
+        let mut out = Vec::new();
+        stream.for_each(|x| out.push(x));
+        let got: Vec<(i64, u64)> = out.iter().map(|s| (s.ts_ms, s.value.to_bits())).collect();
+        let want: Vec<(i64, u64)> = samples.iter().map(|&(t, v)| (t, v.to_bits())).collect();
+        assert_eq!(got, want);
+        // Through a head: each partition's samples in write order, all of them there.
+        let mut h = Head::new(6 * 3_600_000);
         for &(ts, v) in samples {
             h.append(7, ts, v);
         }
         let mut out = Vec::new();
         h.collect(7, i64::MIN, i64::MAX, &mut out);
-        let got: Vec<(i64, u64)> = out.iter().map(|s| (s.ts_ms, s.value.to_bits())).collect();
-        let want: Vec<(i64, u64)> = samples.iter().map(|&(t, v)| (t, v.to_bits())).collect();
+        let mut got: Vec<(i64, u64)> = out.iter().map(|s| (s.ts_ms, s.value.to_bits())).collect();
+        let mut want = want;
+        got.sort_by_key(|x| x.0);
+        want.sort_by_key(|x| x.0);
+        // Equal timestamps share a partition, so their order (the write order) is kept.
         assert_eq!(got, want);
         assert_eq!(h.samples(), samples.len());
     }
@@ -361,13 +448,13 @@ mod tests {
 
     #[test]
     fn a_regular_series_of_two_decimal_gauges_takes_about_three_bytes_a_sample() {
-        let mut h = Head::default();
+        let mut h = Head::new(6 * 3_600_000);
         let mut v = 50.0f64;
         for i in 0..10_000i64 {
             v = ((v + ((i * 7919) % 201 - 100) as f64 / 100.0) * 100.0).round() / 100.0;
             h.append(1, 1_451_606_400_000 + i * 10_000, v);
         }
-        let per_sample = h.series[&1].bytes.len() as f64 / 10_000.0;
+        let per_sample = h.bytes() as f64 / 10_000.0;
         assert!(per_sample <= 3.5, "{per_sample} bytes a sample");
     }
 

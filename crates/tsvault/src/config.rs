@@ -85,7 +85,7 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "TSVAULT_QUERY_SAMPLES_MAX")]
     query_samples_max: Option<usize>,
     /// Flush the in-memory head to segments once it holds this many samples
-    /// [default: 33554432].
+    /// [default: 16777216].
     #[arg(long, env = "TSVAULT_HEAD_SAMPLES_MAX")]
     head_samples_max: Option<usize>,
     /// Start even when files are damaged: move them aside, serve the rest, report the loss
