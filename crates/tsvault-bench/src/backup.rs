@@ -28,32 +28,44 @@ pub fn timed(cmd: &mut Command) -> anyhow::Result<Duration> {
 /// `vmbackup` of a running VictoriaMetrics into a local `fs://` destination. A second run to
 /// the same destination uploads only the parts it does not hold (its incremental mode).
 pub fn vmbackup(base: &str, data_dir: &Path, dst: &Path) -> anyhow::Result<Duration> {
-    timed(
-        Command::new("vmbackup")
-            // Its own metrics server, on a free port: the default (:8420) may be taken.
-            .arg(format!(
-                "-httpListenAddr=127.0.0.1:{}",
-                crate::systems::free_port()?
-            ))
+    vm_tool(|port| {
+        let mut c = Command::new("vmbackup");
+        c.arg(format!("-httpListenAddr=127.0.0.1:{port}"))
             .arg(format!("-storageDataPath={}", data_dir.display()))
             .arg(format!("-snapshot.createURL={base}/snapshot/create"))
             .arg(format!("-dst=fs://{}", dst.display()))
-            .arg("-loggerLevel=ERROR"),
-    )
+            .arg("-loggerLevel=ERROR");
+        c
+    })
 }
 
 /// `vmrestore` from a local `fs://` backup into an empty directory.
 pub fn vmrestore(src: &Path, data_dir: &Path) -> anyhow::Result<Duration> {
-    timed(
-        Command::new("vmrestore")
-            .arg(format!(
-                "-httpListenAddr=127.0.0.1:{}",
-                crate::systems::free_port()?
-            ))
+    vm_tool(|port| {
+        let mut c = Command::new("vmrestore");
+        c.arg(format!("-httpListenAddr=127.0.0.1:{port}"))
             .arg(format!("-src=fs://{}", src.display()))
             .arg(format!("-storageDataPath={}", data_dir.display()))
-            .arg("-loggerLevel=ERROR"),
-    )
+            .arg("-loggerLevel=ERROR");
+        c
+    })
+}
+
+/// Runs a VictoriaMetrics tool with its own metrics server on a free port (the default,
+/// :8420, may be taken), timed. A run that panics with "there is no http server" is run
+/// again (twice at most): the tool's server was not up yet when a very short run (an empty
+/// store) stopped it, or its port was taken between the harness choosing it and the tool
+/// binding it; such a run did no measurable work.
+fn vm_tool(cmd: impl Fn(u16) -> Command) -> anyhow::Result<Duration> {
+    let mut tries = 0;
+    loop {
+        match timed(&mut cmd(crate::systems::free_port()?)) {
+            Err(e) if tries < 2 && e.to_string().contains("there is no http server") => {
+                tries += 1;
+            }
+            r => return r,
+        }
+    }
 }
 
 /// A restic repository with a fixed password and its cache beside it.

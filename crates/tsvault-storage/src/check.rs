@@ -277,6 +277,16 @@ fn check_series_file(
             }
         }
         Ok(read) => {
+            if read.file_len > read.mark.len {
+                r.note(
+                    &path,
+                    format!(
+                        "{} bytes past the {} the manifest records (series appended by a flush whose manifest was never stored: they are in the WAL); cut at the next start",
+                        read.file_len - read.mark.len,
+                        read.mark.len
+                    ),
+                );
+            }
             let listed: HashSet<&SeriesKey> = read.keys.iter().collect();
             let mut missing: Vec<&SeriesKey> =
                 keys.iter().filter(|k| !listed.contains(k)).collect();

@@ -205,7 +205,6 @@ fn run_loop(inner: Arc<Inner>, mut wal: WalWriter, rx: Receiver<CommitRequest>) 
         {
             dirty_since = None;
         }
-        inner.wait_while_head_over();
     }
     sync_or_poison(&inner, &mut wal);
 }
@@ -426,6 +425,9 @@ fn rotate(inner: &Inner, wal: &mut WalWriter, defined: &mut Vec<bool>) -> Result
     let empty = state.live.empty_like();
     let frozen = Arc::new(std::mem::replace(&mut state.live, empty));
     state.frozen = Some(frozen.clone());
+    drop(state);
+    // Writes held back by a full head go on.
+    inner.flush_ended();
     Ok((wal.number(), frozen))
 }
 

@@ -311,25 +311,29 @@ impl Inner {
         head.samples() >= self.config.head_samples_max || head.bytes() >= self.config.head_bytes_max
     }
 
-    /// Backpressure, on the commit thread: while a flush writes the frozen head, the live
-    /// head may grow to twice its limits; past them the next writes wait until the flush is
-    /// done (a store of many series can flush slower than it ingests, and the head would
-    /// grow without bound). Clients see slower acknowledgements, never an error.
+    /// Backpressure, in the writing thread before its write is queued: once the live head
+    /// holds twice its limits (of samples or bytes), a write waits until a flush has taken
+    /// the head (a store of many series can flush, or compact, slower than it ingests, and
+    /// the head would grow without bound). Clients see slower acknowledgements; a closing,
+    /// poisoned or full store lets the write through to its own answer.
     pub(crate) fn wait_while_head_over(&self) {
         let over = || {
             let state = self.state.read();
-            state.frozen.is_some()
-                && (state.live.samples() >= self.config.head_samples_max.saturating_mul(2)
-                    || state.live.bytes() >= self.config.head_bytes_max.saturating_mul(2))
+            state.live.samples() >= self.config.head_samples_max.saturating_mul(2)
+                || state.live.bytes() >= self.config.head_bytes_max.saturating_mul(2)
         };
         if !over() {
             return;
         }
+        self.wake_maintenance();
         let started = Instant::now();
         let mut done = self.flush_done.lock();
-        // A poisoned store refuses the writes anyway; a closing one stops waiting.
-        while over() && !*self.stop.lock() && self.poisoned().is_none() {
-            // Woken when a flush ends; the timeout only re-checks.
+        while over()
+            && !*self.stop.lock()
+            && self.poisoned().is_none()
+            && self.disk_full.lock().is_none()
+        {
+            // Woken when a flush takes the head or ends; the timeout only re-checks.
             self.flush_done_cv
                 .wait_for(&mut done, Duration::from_millis(100));
         }
@@ -339,7 +343,7 @@ impl Inner {
     }
 
     /// Wakes writes waiting for a flush (see [`Inner::wait_while_head_over`]).
-    fn flush_ended(&self) {
+    pub(crate) fn flush_ended(&self) {
         let _done = self.flush_done.lock();
         self.flush_done_cv.notify_all();
     }
@@ -1157,13 +1161,26 @@ impl Engine {
         }
         *self.inner.stop.lock() = true;
         self.inner.stop_cv.notify_all();
-        let maint = self.threads.lock().pop();
-        if let Some(t) = maint {
+        // The background threads (all but the commit thread, the first) end before the last
+        // flush: a maintenance flush must not run beside it.
+        let background: Vec<JoinHandle<()>> = {
+            let mut threads = self.threads.lock();
+            let from = threads.len().min(1);
+            threads.drain(from..).collect()
+        };
+        for t in background {
             let _ = t.join();
         }
         let flushed = if flush && self.inner.poisoned().is_none() {
             let h = self.handle();
-            h.guarded("flush at shutdown", || h.flush())
+            match h.guarded("flush at shutdown", || h.flush()) {
+                // Nothing is lost: the WAL holds the head, and the next start replays it.
+                Err(e) if e.is_disk_full() => {
+                    tracing::warn!(error = %e, "the flush at shutdown found the disk full; the WAL holds the data and the next start replays it");
+                    Ok(())
+                }
+                r => r,
+            }
         } else {
             Ok(())
         };
@@ -1193,6 +1210,7 @@ struct EngineHandle {
 
 impl EngineHandle {
     fn write(&self, points: &[Point], sync: bool) -> Result<WriteOutcome> {
+        self.inner.wait_while_head_over();
         let (samples, dropped) = self.resolve(points)?;
         let written = samples.len();
         if written > 0 {
@@ -1276,6 +1294,7 @@ impl EngineHandle {
     /// always wins. Flush and compaction wait while the segments are checked; the head is
     /// checked on the commit thread, in order with every other write.
     fn import(&self, points: &[Point]) -> Result<ImportOutcome> {
+        self.inner.wait_while_head_over();
         let manifest = self.inner.manifest.lock();
         let (samples, dropped) = self.resolve(points)?;
         let segments = self.inner.state.read().segments.clone();
@@ -1759,6 +1778,11 @@ impl EngineHandle {
                 .copied()
                 .unwrap_or(self.inner.opened_ms);
             let cold = now.saturating_sub(written) >= self.inner.config.compaction_cold_ms;
+            // A full head is flushed first: a compaction of many partitions must not keep
+            // writes waiting (see `Inner::wait_while_head_over`).
+            if !all && self.inner.head_full(&self.inner.state.read().live) {
+                break;
+            }
             let pick = if all {
                 &group[..]
             } else {
@@ -2261,8 +2285,9 @@ fn quarantine(dir: &Path, file: &Path, reason: String, lost: String) -> Result<Q
 /// file usable, a segment is checked from its size and footer (against the manifest), its
 /// index on first use and its whole file by the verification after start: a start that
 /// does not grow with the data. Otherwise (no usable series file, a rebuilt manifest, or
-/// `quarantine_corrupt`) every segment is verified whole now and its series registered;
-/// the series file is then `None`, to be written anew. With `quarantine_corrupt`, damaged
+/// `quarantine_corrupt`) every segment is verified whole now and its series registered (a
+/// series the file lacks is appended to it with the next manifest); without a usable file,
+/// `None` is returned, for one to be written anew. With `quarantine_corrupt`, damaged
 /// segments (or a damaged manifest, rebuilt from the segment files) are moved aside and
 /// reported instead of stopping the start.
 fn load_segments(
@@ -2313,7 +2338,10 @@ fn load_segments(
         }
         Err(e) => return Err(e),
     };
-    let series = if *rebuilt || config.quarantine_corrupt {
+    // A rebuilt manifest records no series file. (A file that can be used is kept even
+    // when every segment is verified now: writing it anew, then crashing before the manifest
+    // naming it is stored, would leave a file that disagrees with the manifest.)
+    let series = if *rebuilt {
         None
     } else {
         match series_file::open(dir, manifest.series_file)? {
@@ -2337,7 +2365,7 @@ fn load_segments(
     let mut kept = Vec::new();
     for info in &manifest.segments {
         let path = seg_dir.join(segment_file_name(info.seq));
-        let opened = if series.is_some() {
+        let opened = if series.is_some() && !config.quarantine_corrupt {
             Segment::open_footer(&path, info).map(LoadedSegment::new)
         } else {
             Segment::open(&path, info.seq, Some(info)).and_then(|seg| index_segment(seg, registry))
