@@ -1426,6 +1426,14 @@ impl EngineHandle {
         }
         let mut files = Vec::new();
         let mut wal_links = Vec::new();
+        // Segments not yet verified since the start are hashed now, before the manifest's
+        // lock is taken (a flush waits for that lock, and writes for a flush); one written
+        // meanwhile was hashed when it was written.
+        let segments = self.inner.state.read().segments.clone();
+        for s in segments.iter() {
+            s.seg.verify_whole()?;
+        }
+        drop(segments);
         let position = {
             let manifest = self.inner.manifest.lock();
             let (done_tx, done_rx) = sync_channel(1);
