@@ -16,6 +16,7 @@ mod fsutil;
 pub mod fuzzing;
 mod head;
 mod index;
+mod live_segment;
 mod manifest;
 mod open_files;
 mod powercut;
