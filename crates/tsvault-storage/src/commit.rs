@@ -14,7 +14,7 @@ use crate::engine::{FsyncMode, Inner};
 use crate::error::{Error, Result};
 use crate::head::Head;
 use crate::index::SeriesId;
-use crate::wal::{WalWriter, encode_batch};
+use crate::wal::{NextWal, WalWriter, encode_batch};
 use tsvault_model::SeriesKey;
 
 /// A frame is closed once its definitions and samples reach this size, so that no frame
@@ -52,7 +52,47 @@ pub(crate) enum CommitRequest {
     Shutdown,
 }
 
-pub(crate) fn run(inner: Arc<Inner>, wal: WalWriter, rx: Receiver<CommitRequest>) {
+/// The WAL file the commit thread writes, or the one it will create first: a start that
+/// found the disk full serves reads, and each write tries to create the file until there
+/// is room (until then it is refused with the disk-full error, as any write on a full disk).
+pub(crate) enum Wal {
+    Open(WalWriter),
+    ToCreate(NextWal),
+}
+
+impl Wal {
+    /// The open file, created first if need be. A full disk leaves it to create (the error
+    /// is returned); any other failure to create it poisons.
+    fn file(&mut self, inner: &Inner) -> Result<&mut WalWriter> {
+        if let Wal::ToCreate(next) = self {
+            match next.create() {
+                Ok(file) => {
+                    tracing::info!(file = %file.path().display(), "there is room again: the WAL file is created and writes are taken");
+                    *self = Wal::Open(file);
+                }
+                Err(e) => {
+                    if !e.is_disk_full() {
+                        inner.poison(&e);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        match self {
+            Wal::Open(file) => Ok(file),
+            Wal::ToCreate(_) => unreachable!("the WAL file was created above"),
+        }
+    }
+
+    fn path(&self) -> std::path::PathBuf {
+        match self {
+            Wal::Open(file) => file.path().to_owned(),
+            Wal::ToCreate(next) => next.path(),
+        }
+    }
+}
+
+pub(crate) fn run(inner: Arc<Inner>, wal: Wal, rx: Receiver<CommitRequest>) {
     let watcher = inner.clone();
     let outcome =
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_loop(inner, wal, rx)));
@@ -74,7 +114,7 @@ pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_default()
 }
 
-fn run_loop(inner: Arc<Inner>, mut wal: WalWriter, rx: Receiver<CommitRequest>) {
+fn run_loop(inner: Arc<Inner>, mut wal: Wal, rx: Receiver<CommitRequest>) {
     let mut defined: Vec<bool> = Vec::new();
     let mut frames: Vec<u8> = Vec::new();
     let interval = match inner.config.fsync {
@@ -199,7 +239,7 @@ fn run_loop(inner: Arc<Inner>, mut wal: WalWriter, rx: Receiver<CommitRequest>) 
             sync_or_poison(&inner, &mut wal);
             dirty_since = None;
         }
-        if wal.size_bytes() >= inner.config.wal_segment_bytes_max
+        if matches!(&wal, Wal::Open(file) if file.size_bytes() >= inner.config.wal_segment_bytes_max)
             && inner.poisoned().is_none()
             && roll(&inner, &mut wal, &mut defined).is_ok()
         {
@@ -209,9 +249,11 @@ fn run_loop(inner: Arc<Inner>, mut wal: WalWriter, rx: Receiver<CommitRequest>) 
     sync_or_poison(&inner, &mut wal);
 }
 
-fn sync_or_poison(inner: &Inner, wal: &mut WalWriter) {
-    if inner.poisoned().is_none()
-        && let Err(e) = sync_wal(inner, wal)
+/// Fsyncs the WAL file (there is nothing to sync before it is created).
+fn sync_or_poison(inner: &Inner, wal: &mut Wal) {
+    if let Wal::Open(file) = wal
+        && inner.poisoned().is_none()
+        && let Err(e) = sync_wal(inner, file)
     {
         inner.poison(&e);
     }
@@ -231,7 +273,7 @@ type Write = (Vec<(SeriesId, i64, f64)>, SyncSender<Result<()>>);
 
 fn commit(
     inner: &Inner,
-    wal: &mut WalWriter,
+    wal: &mut Wal,
     defined: &mut Vec<bool>,
     frames: &mut Vec<u8>,
     writes: Vec<Write>,
@@ -243,48 +285,7 @@ fn commit(
     let result = if let Some(msg) = inner.poisoned() {
         Err(Error::Poisoned(msg))
     } else {
-        frames.clear();
-        let mut newly_defined = Vec::new();
-        {
-            let registry = inner.registry.read();
-            for (samples, _) in &writes {
-                encode_write(
-                    frames,
-                    defined,
-                    &mut newly_defined,
-                    |id| registry.key(id),
-                    samples,
-                );
-            }
-        }
-        let before = wal.size_bytes();
-        match wal.append(frames) {
-            // A full disk refuses the write; whatever part of it reached the file is cut
-            // off, so the WAL ends at its last whole record and later writes go on once
-            // there is room. The series it defined are defined again by the next write
-            // that uses them (found by the disk-fault test: without this, that write's
-            // samples named a series the WAL never defined, and the file did not replay).
-            // A failed fsync is another matter: below, it poisons.
-            Err(e) if e.is_disk_full() => match wal.rewind(before) {
-                Ok(()) => {
-                    for id in newly_defined {
-                        defined[id as usize] = false;
-                    }
-                    Err(e)
-                }
-                Err(cut) => {
-                    inner.poison(&cut);
-                    Err(Error::Poisoned(cut.to_string()))
-                }
-            },
-            r => {
-                let r = r.and_then(|()| if fsync { sync_wal(inner, wal) } else { Ok(()) });
-                if let Err(e) = &r {
-                    inner.poison(e);
-                }
-                r.map_err(|e| Error::Poisoned(e.to_string()))
-            }
-        }
+        append_writes(inner, wal, defined, frames, &writes, fsync)
     };
     if result.is_ok() {
         let mut state = inner.state.write();
@@ -304,11 +305,66 @@ fn commit(
             Ok(()) => Ok(()),
             Err(e) if e.is_disk_full() => Err(Error::Io {
                 op: "write",
-                path: wal.path().to_owned(),
+                path: wal.path(),
                 source: std::io::Error::from_raw_os_error(28),
             }),
             Err(e) => Err(Error::Poisoned(e.to_string())),
         });
+    }
+}
+
+/// Appends the writes to the WAL file (creating it first if need be) and fsyncs when asked.
+/// A full disk refuses them and leaves the file as before; any other failure poisons.
+fn append_writes(
+    inner: &Inner,
+    wal: &mut Wal,
+    defined: &mut Vec<bool>,
+    frames: &mut Vec<u8>,
+    writes: &[Write],
+    fsync: bool,
+) -> Result<()> {
+    let wal = wal.file(inner)?;
+    frames.clear();
+    let mut newly_defined = Vec::new();
+    {
+        let registry = inner.registry.read();
+        for (samples, _) in writes {
+            encode_write(
+                frames,
+                defined,
+                &mut newly_defined,
+                |id| registry.key(id),
+                samples,
+            );
+        }
+    }
+    let before = wal.size_bytes();
+    match wal.append(frames) {
+        // A full disk refuses the write; whatever part of it reached the file is cut
+        // off, so the WAL ends at its last whole record and later writes go on once
+        // there is room. The series it defined are defined again by the next write
+        // that uses them (found by the disk-fault test: without this, that write's
+        // samples named a series the WAL never defined, and the file did not replay).
+        // A failed fsync is another matter: below, it poisons.
+        Err(e) if e.is_disk_full() => match wal.rewind(before) {
+            Ok(()) => {
+                for id in newly_defined {
+                    defined[id as usize] = false;
+                }
+                Err(e)
+            }
+            Err(cut) => {
+                inner.poison(&cut);
+                Err(Error::Poisoned(cut.to_string()))
+            }
+        },
+        r => {
+            let r = r.and_then(|()| if fsync { sync_wal(inner, wal) } else { Ok(()) });
+            if let Err(e) = &r {
+                inner.poison(e);
+            }
+            r.map_err(|e| Error::Poisoned(e.to_string()))
+        }
     }
 }
 
@@ -351,24 +407,33 @@ fn encode_write<'k>(
 }
 
 /// Makes the WAL file's contents durable, then starts the next file (a failure poisons);
-/// returns the new file's number.
-fn roll(inner: &Inner, wal: &mut WalWriter, defined: &mut Vec<bool>) -> Result<u64> {
+/// returns the new file's number. A file still to create is created instead: everything
+/// in the head came from the files before it.
+fn roll(inner: &Inner, wal: &mut Wal, defined: &mut Vec<bool>) -> Result<u64> {
     if let Some(msg) = inner.poisoned() {
         return Err(Error::Poisoned(msg));
     }
-    if let Err(e) = sync_wal(inner, wal) {
+    let file = match wal {
+        Wal::ToCreate(_) => {
+            let number = wal.file(inner)?.number();
+            defined.clear();
+            return Ok(number);
+        }
+        Wal::Open(file) => file,
+    };
+    if let Err(e) = sync_wal(inner, file) {
         inner.poison(&e);
         return Err(e);
     }
     match WalWriter::create(
         &inner.wal_dir,
-        wal.number() + 1,
-        Some((wal.number(), wal.size_bytes())),
+        file.number() + 1,
+        Some((file.number(), file.size_bytes())),
     ) {
-        Ok(n) => {
-            *wal = n;
+        Ok(next) => {
+            *file = next;
             defined.clear();
-            Ok(wal.number())
+            Ok(file.number())
         }
         // A full disk: the current file, synced whole above, stays the WAL, and the roll (a
         // flush's, a snapshot's) fails and is tried again later; `create` left no file.
@@ -414,8 +479,8 @@ fn absent_from_head(
     out
 }
 
-fn rotate(inner: &Inner, wal: &mut WalWriter, defined: &mut Vec<bool>) -> Result<(u64, Arc<Head>)> {
-    roll(inner, wal, defined)?;
+fn rotate(inner: &Inner, wal: &mut Wal, defined: &mut Vec<bool>) -> Result<(u64, Arc<Head>)> {
+    let number = roll(inner, wal, defined)?;
     let mut state = inner.state.write();
     if state.frozen.is_some() {
         return Err(Error::Internal(
@@ -428,7 +493,7 @@ fn rotate(inner: &Inner, wal: &mut WalWriter, defined: &mut Vec<bool>) -> Result
     drop(state);
     // Writes held back by a full head go on.
     inner.flush_ended();
-    Ok((wal.number(), frozen))
+    Ok((number, frozen))
 }
 
 #[cfg(test)]

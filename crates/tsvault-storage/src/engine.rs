@@ -13,6 +13,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use rayon::prelude::*;
 use tsvault_model::{Point, Sample, SeriesKey};
 
+use crate::commit::Wal;
 use crate::commit::{self, CommitRequest};
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::{self, sync_dir};
@@ -24,7 +25,7 @@ use crate::segment::{Segment, SegmentInfo, segment_file_name, write_segment};
 use crate::series_file::{self, SeriesFile, SeriesFileMark};
 use crate::snapshot::{self, SNAPSHOTS_DIR, SnapshotFile, SnapshotInfo};
 use crate::wal::{
-    WalEnd, WalWriter, check_predecessors, describe_missing, list_wal_files, missing_wal_files,
+    NextWal, WalEnd, check_predecessors, describe_missing, list_wal_files, missing_wal_files,
     newest_path, read_newest, read_wal_file, truncate_torn_tail, wal_file_name,
 };
 
@@ -212,7 +213,8 @@ pub(crate) struct Inner {
     /// The durable manifest; holding this lock serializes flush, compaction and retention.
     manifest: Mutex<Manifest>,
     /// The series file, appended to under the manifest's lock before a manifest is stored.
-    series_file: Mutex<SeriesFile>,
+    /// None until it could be written (a start on a full disk that had to rebuild it).
+    series_file: Mutex<Option<SeriesFile>>,
     poisoned: Mutex<Option<String>>,
     poisoned_flag: AtomicBool,
     /// Why the last write or flush found the disk full, and the bytes free then; cleared by
@@ -756,29 +758,61 @@ impl Engine {
             }
             _ => None,
         };
-        // A directory without the record (written by an earlier version): it is written for
-        // the files there before the first file with a predecessor record is created, so a
-        // crash between the two never leaves such a file without the record.
-        if newest_recorded.is_none()
-            && let Some((n, _)) = survivors.last()
-        {
-            crate::wal::write_newest(&wal_dir, *n)?;
-        }
-        let wal = WalWriter::create(&wal_dir, next_number, predecessor)?;
+        let next_wal = NextWal {
+            dir: wal_dir.clone(),
+            number: next_number,
+            predecessor,
+            // A directory without the record (written by an earlier version).
+            record_first: survivors
+                .last()
+                .filter(|_| newest_recorded.is_none())
+                .map(|(n, _)| *n),
+        };
+        // A full disk does not keep the server from starting: everything acknowledged is
+        // served, and writes are refused with the disk-full error until there is room for
+        // what could not be written now (the WAL file first, see `commit::Wal`).
+        let mut full_at_open = None;
+        let mut full = |e: Error, what: &str| {
+            tracing::warn!(error = %e, "the disk is full: {what}; reads are served, writes are refused until there is room");
+            full_at_open.get_or_insert(e);
+        };
+        let wal = match next_wal.create() {
+            Ok(file) => Wal::Open(file),
+            Err(e) if e.is_disk_full() => {
+                full(e, "no new WAL file");
+                Wal::ToCreate(next_wal)
+            }
+            Err(e) => return Err(e),
+        };
         let mut store_manifest = rebuilt || !quarantined.is_empty();
         let series_file = match series_file {
-            Some(f) => f,
-            None => {
-                // Every series registered so far (the segments' and the WAL's) goes in.
-                let f = series_file::create(&dir, registry.keys())?;
-                registry.take_unpersisted();
-                manifest.series_file = Some(f.mark());
-                store_manifest = true;
-                f
-            }
+            Some(f) => Some(f),
+            // Every series registered so far (the segments' and the WAL's) goes in.
+            None => match series_file::create(&dir, registry.keys()) {
+                Ok(f) => {
+                    registry.take_unpersisted();
+                    manifest.series_file = Some(f.mark());
+                    store_manifest = true;
+                    Some(f)
+                }
+                Err(e) if e.is_disk_full() => {
+                    full(e, "the series file is written with the next manifest");
+                    None
+                }
+                Err(e) => return Err(e),
+            },
         };
         if store_manifest {
-            manifest.store(&dir)?;
+            match manifest.store(&dir) {
+                Ok(()) => {}
+                // A manifest rebuilt from the files there, or naming a new series file, is
+                // stored by the next flush; until then a start rebuilds the same one. What a
+                // start quarantined must be recorded now.
+                Err(e) if e.is_disk_full() && quarantined.is_empty() => {
+                    full(e, "the manifest is stored by the next flush");
+                }
+                Err(e) => return Err(e),
+            }
         }
         if !quarantined.is_empty() {
             for q in &quarantined {
@@ -818,6 +852,9 @@ impl Engine {
             snapshot_taking: Mutex::new(()),
             opened_ms,
         });
+        if let Some(e) = full_at_open {
+            inner.note_disk_full(&Err::<(), _>(e));
+        }
         let (tx, rx) = sync_channel(COMMIT_QUEUE_MAX);
         let commit_inner = inner.clone();
         let commit = std::thread::Builder::new()
@@ -1657,6 +1694,15 @@ impl EngineHandle {
     /// every series of the segments a manifest is about to name is in the file first.
     fn persist_new_series(&self) -> Result<SeriesFileMark> {
         let mut file = self.inner.series_file.lock();
+        let Some(file) = &mut *file else {
+            // Not written at start (the disk was full): every series goes in now.
+            let mut registry = self.inner.registry.write();
+            let created = series_file::create(&self.inner.config.data_dir, registry.keys())?;
+            registry.take_unpersisted();
+            let mark = created.mark();
+            *file = Some(created);
+            return Ok(mark);
+        };
         let (ids, keys): (Vec<SeriesId>, Vec<SeriesKey>) = {
             let mut registry = self.inner.registry.write();
             let ids = registry.take_unpersisted();

@@ -64,7 +64,11 @@ pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = path.with_extension("tmp");
-    write_synced(&tmp, bytes)?;
+    // A write that fails part-way (a full disk) leaves no temporary file to fill the disk
+    // further or to be found by the next try.
+    write_synced(&tmp, bytes).inspect_err(|_| {
+        let _ = fs::remove_file(&tmp);
+    })?;
     rename(&tmp, path)?;
     #[cfg(feature = "failpoints")]
     fail::fail_point!(

@@ -155,6 +155,7 @@ pub(crate) fn create<'a>(
     for k in keys {
         encode_key(k, &mut bytes);
     }
+    failpoint!("series-create", "write", path.with_extension("tmp"));
     fsutil::write_atomic(&path, &bytes)?;
     let file = File::options()
         .read(true)

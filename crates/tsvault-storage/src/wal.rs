@@ -463,6 +463,36 @@ pub(crate) fn read_wal_bytes(
     Ok(WalEnd::Clean)
 }
 
+/// The WAL file a process will write, before it is created: a start that finds the disk
+/// full serves reads and refuses writes, and creates the file with the first write once
+/// there is room (see `commit.rs`).
+pub(crate) struct NextWal {
+    pub(crate) dir: PathBuf,
+    pub(crate) number: u64,
+    /// The number and final length of the file before it, when there is one.
+    pub(crate) predecessor: Option<(u64, u64)>,
+    /// A directory without the record of the newest file (an earlier version's): it is
+    /// written for this number first, so that no file with a predecessor record is ever
+    /// there without it.
+    pub(crate) record_first: Option<u64>,
+}
+
+impl NextWal {
+    /// Creates the file (see [`WalWriter::create`]); on an error nothing is left behind to
+    /// block the next try.
+    pub(crate) fn create(&self) -> Result<WalWriter> {
+        if let Some(n) = self.record_first {
+            write_newest(&self.dir, n)?;
+        }
+        WalWriter::create(&self.dir, self.number, self.predecessor)
+    }
+
+    /// The path the file will have.
+    pub(crate) fn path(&self) -> PathBuf {
+        self.dir.join(wal_file_name(self.number))
+    }
+}
+
 /// An open WAL file being appended to.
 pub(crate) struct WalWriter {
     file: File,
@@ -643,7 +673,11 @@ mod tests {
         SeriesKey::new(m, &[("host", "a")]).unwrap()
     }
 
-    fn write_file(dir: &Path, n: u64, batches: usize) -> PathBuf {
+    /// Writes WAL file `n` in `data_dir`'s `wal/` (the record of the newest file goes in
+    /// `data_dir`, never in the shared parent of temporary directories).
+    fn write_file(data_dir: &Path, n: u64, batches: usize) -> PathBuf {
+        let dir = &data_dir.join("wal");
+        fs::create_dir_all(dir).unwrap();
         let mut w = WalWriter::create(dir, n, None).unwrap();
         let k = key("m");
         for i in 0..batches {

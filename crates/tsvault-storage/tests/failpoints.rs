@@ -265,6 +265,44 @@ fn a_full_disk_when_the_wal_rolls_is_tried_again_later() {
     scenario.teardown();
 }
 
+/// A start that finds the disk full, with no room for its new WAL file nor for the series
+/// file it must write anew: it opens and serves, refuses writes and flushes as full, and
+/// writes both once there is room, with nothing lost.
+#[test]
+fn a_start_on_a_full_disk_serves_and_writes_once_there_is_room() {
+    let scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(EngineConfig::new(dir.path())).unwrap();
+    e.write(&[pt(1, 1.0)]).unwrap();
+    e.flush().unwrap();
+    e.write(&[pt(2, 2.0)]).unwrap();
+    e.close_without_flush();
+    drop(e);
+    std::fs::remove_file(dir.path().join("SERIES")).unwrap();
+    fail::cfg("wal-create", "return(enospc)").unwrap();
+    fail::cfg("series-create", "return(enospc)").unwrap();
+    let e = Engine::open(EngineConfig::new(dir.path())).unwrap();
+    let full = e.disk_full().expect("the start says the disk is full");
+    assert!(full.contains("No space left"), "{full}");
+    assert_eq!(samples(&e), vec![s(1, 1.0), s(2, 2.0)]);
+    let err = e.write(&[pt(3, 3.0)]).unwrap_err();
+    assert!(err.is_disk_full(), "{err}");
+    assert!(e.flush().unwrap_err().is_disk_full());
+    assert!(e.poisoned().is_none());
+    fail::remove("wal-create");
+    fail::remove("series-create");
+    e.write(&[pt(4, 4.0)]).unwrap();
+    assert!(e.disk_full().is_none());
+    e.flush().unwrap();
+    e.close().unwrap();
+    drop(e);
+    let report = tsvault_storage::check_data_dir(dir.path(), &mut |_| {}).unwrap();
+    assert!(report.problems.is_empty(), "{report:?}");
+    let e = Engine::open(EngineConfig::new(dir.path())).unwrap();
+    assert_eq!(samples(&e), vec![s(1, 1.0), s(2, 2.0), s(4, 4.0)]);
+    scenario.teardown();
+}
+
 /// A full disk when a flush stores its manifest: the segments it wrote are removed at once
 /// (retries would otherwise fill the disk with strays), nothing is poisoned, the samples stay
 /// served, and a later flush writes them.

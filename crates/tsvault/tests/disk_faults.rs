@@ -49,6 +49,43 @@ fn a_full_disk_answers_507_and_writes_resume_when_space_returns() {
     assert_eq!(query(&s), vec![(3_000, 3.0), (4_000, 4.0)]);
 }
 
+/// A start that finds no room for its new WAL file serves what the store holds and refuses
+/// writes with 507 until there is room, then takes them, without a restart.
+#[test]
+fn a_start_on_a_full_disk_serves_reads_and_takes_writes_once_there_is_room() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Server::start(tmp.path(), &[]);
+    assert_eq!(
+        post(&s.url("/write?precision=ms"), b"disk v=1 1000").status,
+        204
+    );
+    s.kill9();
+    // The start's WAL file, and the first write's try at it, find the disk full.
+    let s = Server::start_with_failpoints(tmp.path(), &[], "wal-create=2*return(enospc)");
+    assert!(
+        s.log().contains("the disk is full: no new WAL file"),
+        "{}",
+        s.log()
+    );
+    assert_eq!(query(&s), vec![(1_000, 1.0)], "what the WAL held is served");
+    let health = get(&s.url("/health"));
+    assert_eq!(health.status, 503, "{}", health.body);
+    assert!(health.body.contains("No space left"), "{}", health.body);
+    assert_eq!(get(&s.url("/ready")).status, 503);
+    let refused = post(&s.url("/write?precision=ms"), b"disk v=2 2000");
+    assert_eq!(refused.status, 507, "{}", refused.body);
+    assert!(refused.body.contains("disk is full"), "{}", refused.body);
+    // Room again: the next write creates the WAL file and is taken.
+    assert_eq!(
+        post(&s.url("/write?precision=ms"), b"disk v=3 3000").status,
+        204
+    );
+    assert_eq!(get(&s.url("/health")).status, 200);
+    s.kill9();
+    let s = Server::start(tmp.path(), &[]);
+    assert_eq!(query(&s), vec![(1_000, 1.0), (3_000, 3.0)]);
+}
+
 #[test]
 fn a_read_error_is_a_500_naming_the_file_never_data() {
     let tmp = tempfile::tempdir().unwrap();
