@@ -326,7 +326,7 @@ fn check_segment(
     };
     r.segments += 1;
     let info = &seg.info;
-    let blocks = match seg.blocks() {
+    let blocks = match seg.keyed_blocks() {
         Ok(b) => b,
         Err(e) => {
             r.error(path, e);

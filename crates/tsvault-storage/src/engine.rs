@@ -1572,13 +1572,7 @@ impl EngineHandle {
             if cutoff.is_some_and(|c| end <= c) {
                 continue;
             }
-            let registry = self.inner.registry.read();
-            let mut keyed: Vec<(SeriesKey, SeriesId)> = series
-                .into_iter()
-                .map(|id| (registry.key(id).clone(), id))
-                .collect();
-            drop(registry);
-            keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            let ids = self.in_key_order(series);
             let seq = allocate_seq(manifest, &mut next);
             // Each series decoded from the head as it is written: the flush holds one
             // series' samples at a time, not a copy of the head.
@@ -1586,9 +1580,8 @@ impl EngineHandle {
                 &self.inner.seg_dir,
                 seq,
                 (start, end),
-                keyed
-                    .into_iter()
-                    .map(|(key, id)| Ok((key, frozen.series_in(id, start)))),
+                ids.into_iter()
+                    .map(|id| Ok((self.key_of(id), frozen.series_in(id, start)))),
             )
             .and_then(|info| Ok((self.open_segment(&info)?, info)))
             {
@@ -1749,9 +1742,21 @@ impl EngineHandle {
     }
 
     /// Opens a segment just written, checking it against what was written (pair assertion).
+    /// `ids` sorted by their series' keys, the order of a segment's blocks (the keys are
+    /// taken one at a time as each block is written: see [`EngineHandle::key_of`]).
+    fn in_key_order(&self, mut ids: Vec<SeriesId>) -> Vec<SeriesId> {
+        let registry = self.inner.registry.read();
+        ids.sort_unstable_by(|a, b| registry.key(*a).cmp(registry.key(*b)));
+        ids
+    }
+
+    fn key_of(&self, id: SeriesId) -> SeriesKey {
+        self.inner.registry.read().key(id).clone()
+    }
+
     fn open_segment(&self, info: &SegmentInfo) -> Result<Arc<LoadedSegment>> {
         let path = self.inner.seg_dir.join(segment_file_name(info.seq));
-        let seg = Segment::open(&path, info.seq, Some(info))?;
+        let seg = Segment::open_verified(&path, info)?;
         let mut registry = self.inner.registry.write();
         Ok(Arc::new(index_segment(seg, &mut registry)?))
     }
@@ -1782,9 +1787,15 @@ impl EngineHandle {
                 .unwrap_or(self.inner.opened_ms);
             let cold = now.saturating_sub(written) >= self.inner.config.compaction_cold_ms;
             // A full head is flushed first: a compaction of many partitions must not keep
-            // writes waiting (see `Inner::wait_while_head_over`).
-            if !all && self.inner.head_full(&self.inner.state.read().live) {
-                break;
+            // writes waiting (see `Inner::wait_while_head_over`). Not a partition that has
+            // piled up twice `compaction_segments_min`: under a load that keeps the head full,
+            // each flush adds a segment, and every live segment costs memory (its index) and
+            // reads.
+            if !all
+                && group.len() < self.inner.config.compaction_segments_min.max(2) * 2
+                && self.inner.head_full(&self.inner.state.read().live)
+            {
+                continue;
             }
             let pick = if all {
                 &group[..]
@@ -1828,27 +1839,26 @@ impl EngineHandle {
             .cloned()
             .collect();
         // Every series in any input, in key order; inputs are ascending by seq (oldest first).
-        let input_blocks = inputs
+        // Series are named by id (the inputs' cached indexes map ids to blocks) and their
+        // keys are taken from the registry one at a time: no input's keys are held at once.
+        let indexes = inputs
             .iter()
-            .map(|s| s.seg.blocks())
+            .map(|s| s.index(&self.inner).map(|(_, by_series)| by_series))
             .collect::<Result<Vec<_>>>()?;
-        let mut keys: Vec<&SeriesKey> = input_blocks
-            .iter()
-            .flat_map(|blocks| blocks.iter().map(|b| &b.key))
-            .collect();
-        keys.sort_unstable();
-        keys.dedup();
-        let merged = keys.into_iter().map(|key| {
+        let mut ids: Vec<SeriesId> = indexes.iter().flat_map(|m| m.keys().copied()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let merged = self.in_key_order(ids).into_iter().map(|id| {
             let mut samples = Vec::new();
-            for (input, blocks) in inputs.iter().zip(&input_blocks) {
-                if let Ok(i) = blocks.binary_search_by(|b| b.key.cmp(key)) {
+            for (input, by_series) in inputs.iter().zip(&indexes) {
+                if let Some(&i) = by_series.get(&id) {
                     input
                         .seg
-                        .read_block_into(i, i64::MIN, i64::MAX, &mut samples)?;
+                        .read_block_into(i as usize, i64::MIN, i64::MAX, &mut samples)?;
                 }
             }
             normalize(&mut samples);
-            Ok((key.clone(), samples))
+            Ok((self.key_of(id), samples))
         });
         let mut next = manifest.clone();
         let seq = allocate_seq(manifest, &mut next);

@@ -71,7 +71,7 @@ pub fn seeds_from_segment(path: &Path) -> crate::Result<(Vec<Vec<u8>>, Vec<u8>)>
     })?;
     let mut blocks = Vec::new();
     let version = seg.version()?;
-    for b in seg.blocks()? {
+    for b in seg.keyed_blocks()? {
         let mut seed = vec![version - 1];
         seed.extend_from_slice(&u16::try_from(b.count).unwrap_or(u16::MAX).to_le_bytes());
         seed.extend_from_slice(&bytes[b.offset as usize..(b.offset + u64::from(b.len)) as usize]);

@@ -12,7 +12,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::fsutil;
 use crate::index::{Registry, SeriesId};
 use crate::manifest::{MANIFEST_FILE, Manifest};
-use crate::segment::{BlockMeta, Segment, segment_file_name};
+use crate::segment::{BlockLoc, Segment, segment_file_name};
 use crate::series_file::{self, SeriesFile};
 use crate::wal::list_wal_files;
 
@@ -35,16 +35,17 @@ impl LoadedSegment {
     /// use (an `Error::Corrupt` naming the file when it is damaged). A key the series
     /// index lacks (a series file that missed it) is registered now and reported. The
     /// caller must not hold the registry's lock.
-    pub(crate) fn index(&self, inner: &Inner) -> Result<(&[BlockMeta], &HashMap<SeriesId, u32>)> {
+    pub(crate) fn index(&self, inner: &Inner) -> Result<(&[BlockLoc], &HashMap<SeriesId, u32>)> {
         let blocks = self.seg.blocks()?;
         if let Some(m) = self.by_series.get() {
             return Ok((blocks, m));
         }
-        let mut map = HashMap::with_capacity(blocks.len());
+        let keyed = self.seg.keyed_blocks()?;
+        let mut map = HashMap::with_capacity(keyed.len());
         let mut missing = Vec::new();
         {
             let registry = inner.registry.read();
-            for (i, b) in blocks.iter().enumerate() {
+            for (i, b) in keyed.iter().enumerate() {
                 match registry.get(&b.key) {
                     Some(id) => {
                         map.insert(id, i as u32);
@@ -61,7 +62,7 @@ impl LoadedSegment {
             );
             let mut registry = inner.registry.write();
             for i in missing {
-                map.insert(registry.get_or_insert(&blocks[i].key), i as u32);
+                map.insert(registry.get_or_insert(&keyed[i].key), i as u32);
             }
         }
         Ok((blocks, self.by_series.get_or_init(|| map)))
@@ -71,7 +72,7 @@ impl LoadedSegment {
 /// A segment verified whole, its series registered.
 pub(crate) fn index_segment(seg: Segment, registry: &mut Registry) -> Result<LoadedSegment> {
     let blocks: HashMap<SeriesId, u32> = seg
-        .blocks()?
+        .keyed_blocks()?
         .iter()
         .enumerate()
         .map(|(i, b)| (registry.get_or_insert(&b.key), i as u32))
@@ -169,7 +170,7 @@ pub(crate) fn load_segments(
         let opened = if series.is_some() && !config.quarantine_corrupt {
             Segment::open_footer(&path, info).map(LoadedSegment::new)
         } else {
-            Segment::open(&path, info.seq, Some(info)).and_then(|seg| index_segment(seg, registry))
+            Segment::open_verified(&path, info).and_then(|seg| index_segment(seg, registry))
         };
         match opened {
             Ok(seg) => {

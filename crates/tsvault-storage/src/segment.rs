@@ -55,8 +55,13 @@ pub struct Block<K> {
     pub crc: u32,
 }
 
-/// A block of an open segment.
+/// A block of a segment, with its series' key.
 pub(crate) type BlockMeta = Block<SeriesKey>;
+
+/// A block of an open segment as its cached index holds it: without its key, which the
+/// series registry holds once for every segment (the cached index of a segment of a
+/// million series is 40 MB rather than several hundred).
+pub(crate) type BlockLoc = Block<()>;
 
 /// An entry of a segment's index as it is walked: its key borrowed from the decompressed
 /// index, UTF-8 (its canonical form is checked by [`parse_index`] only).
@@ -534,14 +539,15 @@ fn write_segment_file(
 /// What [`Segment::parse`] found in a segment's bytes.
 pub(crate) struct ParsedSegment {
     pub info: SegmentInfo,
-    pub contents: Contents,
+    pub blocks: Vec<BlockMeta>,
+    pub version: u8,
     /// BLAKE3 of the whole file (footer included), hex.
     pub file_blake3: String,
 }
 
 /// A segment's index: known once it was read and checked (its CRC, bounds and order).
 pub(crate) struct Contents {
-    pub blocks: Vec<BlockMeta>,
+    pub blocks: Vec<BlockLoc>,
     /// The segment format (1 or 2), which decides the block encoding.
     version: u8,
 }
@@ -606,8 +612,21 @@ impl Segment {
         let footer = parse_footer(&bytes[bytes.len() - FOOTER_BYTES..])
             .expect("segment invariant: a parsed segment has a valid footer");
         let seg = Self::unread(path, parsed.info, footer);
-        let _ = seg.contents.set(parsed.contents);
+        let _ = seg.contents.set(Contents {
+            blocks: parsed.blocks.into_iter().map(|b| b.with_key(())).collect(),
+            version: parsed.version,
+        });
         let _ = seg.file_blake3.set(parsed.file_blake3);
+        Ok(seg)
+    }
+
+    /// Opens the segment the manifest describes as `info` and verifies it whole, as
+    /// [`Segment::open`] does, reading the file a piece at a time rather than whole (a
+    /// compaction's segment may be gigabytes).
+    pub(crate) fn open_verified(path: &Path, info: &SegmentInfo) -> Result<Self> {
+        let seg = Self::open_footer(path, info)?;
+        seg.verify_whole()?;
+        seg.contents()?;
         Ok(seg)
     }
 
@@ -727,6 +746,35 @@ impl Segment {
     }
 
     fn read_index(&self) -> Result<Contents> {
+        let mut blocks = Vec::with_capacity((self.footer.n_series as usize).min(1 << 20));
+        let version = self.walk_index(|i, e| {
+            // The key is checked here too, though not kept.
+            blocks.push(BlockMeta::of(i, e)?.with_key(()));
+            Ok(())
+        })?;
+        Ok(Contents { blocks, version })
+    }
+
+    /// The blocks of the segment's index with their keys, in key order, read from the file
+    /// now (the cached index keeps no keys): for what needs them once (registering a
+    /// segment's series, a compaction, a check).
+    pub(crate) fn keyed_blocks(&self) -> Result<Vec<BlockMeta>> {
+        self.refuse_if_damaged()?;
+        let mut blocks = Vec::with_capacity((self.footer.n_series as usize).min(1 << 20));
+        let r = self.walk_index(|i, e| {
+            blocks.push(BlockMeta::of(i, e)?);
+            Ok(())
+        });
+        self.note_damage(r)?;
+        Ok(blocks)
+    }
+
+    /// Reads the index and checks it whole (header, CRC, every entry), calling `visit` with
+    /// each entry; returns the segment format.
+    fn walk_index(
+        &self,
+        visit: impl FnMut(usize, IndexEntry<'_>) -> std::result::Result<(), String>,
+    ) -> Result<u8> {
         failpoint!("segment-read", "read", self.path);
         let file = self.file()?;
         let mut magic = [0u8; HEADER_MAGIC.len()];
@@ -739,13 +787,21 @@ impl Segment {
         let mut index = vec![0u8; self.footer.index_len as usize];
         file.read_exact_at(&mut index, self.footer.index_offset)
             .ctx("read", &self.path)?;
-        let mut blocks = Vec::with_capacity((self.footer.n_series as usize).min(1 << 20));
-        check_index(&index, &self.footer, |i, e| {
-            blocks.push(BlockMeta::of(i, e)?);
+        check_index(&index, &self.footer, visit).map_err(corrupt)?;
+        Ok(version)
+    }
+
+    /// The key of block `i`'s series, for an error message (its number when the index
+    /// cannot be read again).
+    fn series_of(&self, i: usize) -> String {
+        let mut key = None;
+        let _ = self.walk_index(|j, e| {
+            if j == i {
+                key = Some(e.key.to_string());
+            }
             Ok(())
-        })
-        .map_err(corrupt)?;
-        Ok(Contents { blocks, version })
+        });
+        key.unwrap_or_else(|| format!("number {i} of the index"))
     }
 
     /// Hashes the whole file (BLAKE3) against its footer once, and returns the hash of all
@@ -790,7 +846,7 @@ impl Segment {
     }
 
     /// The blocks of the segment's index, in key order (see [`Segment::contents`]).
-    pub(crate) fn blocks(&self) -> Result<&[BlockMeta]> {
+    pub(crate) fn blocks(&self) -> Result<&[BlockLoc]> {
         Ok(&self.contents()?.blocks)
     }
 
@@ -824,7 +880,8 @@ impl Segment {
         })?;
         Ok(ParsedSegment {
             info,
-            contents: Contents { blocks, version },
+            blocks,
+            version,
             file_blake3,
         })
     }
@@ -932,28 +989,22 @@ impl Segment {
         self.file()?
             .read_exact_at(&mut buf, b.offset)
             .ctx("read", &self.path)?;
-        let corrupt = |detail: String| Error::Corrupt {
+        // The damaged block's series, named from the index read again (the cached one keeps
+        // no keys).
+        let corrupt = |what: String| Error::Corrupt {
             path: self.path.clone(),
-            detail,
+            detail: format!("block of series {} {what}", self.series_of(i)),
         };
         if crc32c::crc32c(&buf) != b.crc {
-            return Err(corrupt(format!(
-                "block of series {} at byte {}: checksum mismatch",
-                b.key, b.offset
-            )));
+            return Err(corrupt(format!("at byte {}: checksum mismatch", b.offset)));
         }
-        let (ts, vals) = decode_columns(contents.version, &buf, b.count as usize).map_err(|d| {
-            corrupt(format!(
-                "block of series {} at byte {}: {d}",
-                b.key, b.offset
-            ))
-        })?;
+        let (ts, vals) = decode_columns(contents.version, &buf, b.count as usize)
+            .map_err(|d| corrupt(format!("at byte {}: {d}", b.offset)))?;
         let n = ts.len();
         if n == 0 || ts.get(0) != b.min_ts || ts.get(n - 1) != b.max_ts {
-            return Err(corrupt(format!(
-                "block of series {}: time range disagrees with the index",
-                b.key
-            )));
+            return Err(corrupt(
+                "has a time range that disagrees with the index".into(),
+            ));
         }
         let from = ts.lower_bound(start_ms);
         let to = ts.upper_bound(end_ms);
@@ -1387,7 +1438,7 @@ mod tests {
         let path = dir.path().join(segment_file_name(7));
         let seg = Segment::open(&path, 7, Some(&info)).unwrap();
         for (i, (key, samples)) in data.iter().enumerate() {
-            assert_eq!(&seg.blocks().unwrap()[i].key, key);
+            assert_eq!(&seg.keyed_blocks().unwrap()[i].key, key);
             assert_eq!(&seg.read_block(i).unwrap(), samples);
         }
         // Every single flipped byte is detected when the file is opened.

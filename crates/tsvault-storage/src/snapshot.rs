@@ -507,7 +507,7 @@ fn sample_digests(path: &Path, name: &str) -> Result<Vec<SeriesDigest>> {
         let seg = Segment::open(path, 0, None)?;
         let mut samples = Vec::new();
         let mut run = Vec::new();
-        for (i, b) in seg.blocks()?.iter().enumerate() {
+        for (i, b) in seg.keyed_blocks()?.iter().enumerate() {
             samples.clear();
             seg.read_block_into(i, i64::MIN, i64::MAX, &mut samples)?;
             let a = acc_for(&mut acc, b.key.as_str());

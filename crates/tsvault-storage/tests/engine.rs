@@ -1133,3 +1133,41 @@ fn a_directory_without_the_newest_wal_record_gets_one_first() {
     let e = open(dir.path());
     assert_eq!(all(&e, "m")[0].1, vec![s(1, 1.0), s(2, 2.0)]);
 }
+
+/// A load that keeps the head full (every flush finds it full again before its compaction)
+/// cannot pile up segments in a partition: past twice `compaction_segments_min`, the
+/// partition is compacted even while writes wait for the head. (Found by the start-up
+/// benchmark at a million series: without the bound, each flush added a segment whose index
+/// stayed in memory, and the server was killed for lack of memory.)
+#[test]
+fn a_head_kept_full_does_not_pile_up_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = EngineConfig::new(dir.path());
+    config.head_samples_max = 200;
+    config.compaction_segments_min = 2;
+    // Writes as fast as a flush at least: each one fills the head.
+    config.fsync = tsvault_storage::FsyncMode::Interval { interval_ms: 1000 };
+    let e = Engine::open(config).unwrap();
+    let keys: Vec<SeriesKey> = (0..50).map(|i| key("cpu", &format!("h{i}"))).collect();
+    let mut most = 0;
+    let mut ts = 0;
+    while e.stats().flushes < 40 {
+        let points: Vec<Point> = (0..4)
+            .flat_map(|_| {
+                ts += 1000;
+                keys.iter().map(move |k| pt(k, ts, ts as f64))
+            })
+            .collect();
+        e.write(&points).unwrap();
+        most = most.max(e.segments().len());
+        assert!(ts < 100_000_000, "40 flushes never happened");
+    }
+    assert!(e.stats().compactions > 0);
+    assert!(most <= 5, "{most} segments in one partition");
+    let got = all(&e, "cpu");
+    assert_eq!(got.len(), 50);
+    assert!(
+        got.iter()
+            .all(|(_, samples)| samples.len() == (ts / 1000) as usize)
+    );
+}
