@@ -97,7 +97,7 @@ impl Metrics {
         );
         registry.register(
             "head_bytes",
-            "Bytes those samples take in memory, compressed (the head is flushed at --head-samples-max samples or 64 MiB)",
+            "Bytes the head takes in memory: those samples, compressed, and each series' state (the head is flushed at --head-samples-max samples or 64 MiB of samples)",
             engine.head_bytes.clone(),
         );
         registry.register(

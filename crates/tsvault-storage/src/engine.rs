@@ -59,7 +59,9 @@ pub struct EngineConfig {
     pub wal_segment_bytes_max: u64,
     /// The head is flushed to segments when it holds more samples than this...
     pub head_samples_max: usize,
-    /// ...or takes more bytes than this (samples that compress badly: full-precision floats).
+    /// ...or its samples take more bytes than this (samples that compress badly:
+    /// full-precision floats). Each series' own state in the head (about 130 bytes) is not
+    /// counted: a flush does not free it while the series is written.
     pub head_bytes_max: usize,
     /// The head is flushed at least this often when it holds anything.
     pub flush_interval_ms: u64,
@@ -144,7 +146,7 @@ pub struct EngineStats {
     pub series: u64,
     /// Samples in memory (head), including any being flushed.
     pub head_samples: u64,
-    /// Bytes those samples take, compressed.
+    /// Bytes the head takes: those samples, compressed, and each series' state.
     pub head_bytes: u64,
     /// Time writes waited for a flush since start, the head being full (milliseconds).
     pub write_stall_ms: u64,
@@ -1081,7 +1083,7 @@ impl Engine {
             let st = self.inner.state.read();
             (
                 st.live.samples() + st.frozen.as_ref().map_or(0, |f| f.samples()),
-                st.live.bytes() + st.frozen.as_ref().map_or(0, |f| f.bytes()),
+                st.live.memory() + st.frozen.as_ref().map_or(0, |f| f.memory()),
                 st.segments.clone(),
             )
         };

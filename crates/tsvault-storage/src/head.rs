@@ -224,7 +224,10 @@ pub(crate) struct Head {
     /// The width of the time partitions its streams are cut by.
     partition_ms: i64,
     samples: usize,
+    /// The streams' capacity.
     bytes: usize,
+    /// Each series' state: its place in the map and its partitions.
+    state_bytes: usize,
 }
 
 impl Head {
@@ -235,6 +238,7 @@ impl Head {
             partition_ms,
             samples: 0,
             bytes: 0,
+            state_bytes: 0,
         }
     }
 
@@ -247,9 +251,12 @@ impl Head {
         let s = match self.series.entry(id) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
-                // The series' own state and its place in the map count too.
-                self.bytes += std::mem::size_of::<(SeriesId, SeriesHead)>() + 8;
-                e.insert(SeriesHead::default())
+                // Its place in the map, and one partition (most series have one).
+                self.state_bytes +=
+                    std::mem::size_of::<(SeriesId, SeriesHead)>() + 8 + std::mem::size_of::<Part>();
+                e.insert(SeriesHead {
+                    parts: Vec::with_capacity(1),
+                })
             }
         };
         // Most writes go to the newest partition: looked for from the end.
@@ -261,12 +268,14 @@ impl Head {
             Some(i) => &mut s.parts[i],
             None => {
                 let start = partition_start(ts_ms, self.partition_ms);
-                self.bytes += std::mem::size_of::<Part>();
+                let before = s.parts.capacity();
                 s.parts.push(Part {
                     start,
                     last: start.saturating_add(self.partition_ms - 1),
                     stream: Stream::default(),
                 });
+                self.state_bytes +=
+                    (s.parts.capacity() - before.max(1)) * std::mem::size_of::<Part>();
                 s.parts.last_mut().expect("pushed above")
             }
         };
@@ -280,9 +289,18 @@ impl Head {
         self.samples
     }
 
-    /// Bytes the samples take (the streams' capacity, and each series' state).
+    /// Bytes the samples take (the streams' capacity): what a flush frees for good. The
+    /// head's limits are on this, not on the state of each series written to, which the
+    /// next head has again as long as the series is written (counting it, a million
+    /// series would fill a 64 MiB head before holding a sample each, and flush at every
+    /// write).
     pub(crate) fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// All the head takes: the samples and each series' state.
+    pub(crate) fn memory(&self) -> usize {
+        self.bytes + self.state_bytes
     }
 
     /// One head holding `older`'s samples, then `newer`'s, in write order (so a timestamp
@@ -444,6 +462,24 @@ mod tests {
             (i64::MAX, 1.0),
             (i64::MIN, 2.0),
         ]);
+    }
+
+    /// The head's limits are on its samples' bytes: the state of each series written to
+    /// (which the next head takes again) is reported but never fills it. Counted, a million
+    /// series filled the 64 MiB head with fewer than three samples each, and every write
+    /// waited for a flush of a million tiny blocks.
+    #[test]
+    fn each_series_state_is_memory_but_not_sample_bytes() {
+        let mut h = Head::new(6 * 3_600_000);
+        for id in 0..20_000 {
+            h.append(id, 1_000, 1.0);
+        }
+        assert!(h.bytes() <= 20_000 * 16, "{} bytes of samples", h.bytes());
+        assert!(h.memory() >= h.bytes() + 20_000 * 100, "{}", h.memory());
+        // A second partition of one series is its state too.
+        let before = h.memory();
+        h.append(7, 7 * 3_600_000, 1.0);
+        assert!(h.memory() - before >= std::mem::size_of::<Part>());
     }
 
     #[test]
