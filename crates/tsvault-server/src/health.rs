@@ -10,14 +10,18 @@ use crate::app::{Shared, blocking};
 use crate::error::storage_status;
 
 /// `GET /health`: 200 "ok"; 200 "degraded" when something needs an operator but writes
-/// still work (damaged files quarantined at start or found by a read while serving, each
-/// named with what was lost); 503 "failing" when writes are refused (after a failed fsync)
+/// still work (damaged files quarantined at this start or found by a read while serving,
+/// each named with what was lost, or set aside by an earlier start and not yet deleted); 503 "failing" when writes are refused (after a failed fsync)
 /// or fail (the disk is full). While the server starts it answers 200 "starting" (see
 /// `http::starting_router`), so a liveness probe does not kill a long WAL replay.
 pub(crate) async fn health(State(st): State<Shared>) -> Response {
     let poisoned = st.engine.poisoned();
     let disk_full = st.engine.disk_full();
     let quarantined = st.engine.quarantined();
+    let kept = {
+        let engine = st.engine.clone();
+        blocking(move || engine.quarantine_kept()).await
+    };
     let corruption: Vec<_> = st
         .engine
         .corruption_found()
@@ -26,7 +30,7 @@ pub(crate) async fn health(State(st): State<Shared>) -> Response {
         .collect();
     let (status, word) = if poisoned.is_some() || disk_full.is_some() {
         (StatusCode::SERVICE_UNAVAILABLE, "failing")
-    } else if !quarantined.is_empty() || !corruption.is_empty() {
+    } else if !quarantined.is_empty() || !kept.is_empty() || !corruption.is_empty() {
         (StatusCode::OK, "degraded")
     } else {
         (StatusCode::OK, "ok")
@@ -38,6 +42,7 @@ pub(crate) async fn health(State(st): State<Shared>) -> Response {
             "writes_refused": poisoned,
             "disk_full": disk_full,
             "quarantined": quarantined,
+            "quarantine_kept": kept,
             "corruption_found": corruption,
         })),
     )

@@ -75,9 +75,18 @@ impl CheckReport {
 pub fn check_data_dir(dir: &Path, progress: &mut dyn FnMut(u64)) -> Result<CheckReport> {
     let manifest_path = dir.join(MANIFEST_FILE);
     let wal_dir = dir.join("wal");
-    if !manifest_path.is_file() && !wal_dir.is_dir() {
+    // Anything a server leaves makes it a data directory whose losses are reported (a
+    // directory that lost its manifest and its WAL still has its segments or its record
+    // of the newest WAL file).
+    let known = [
+        manifest_path.clone(),
+        wal_dir.clone(),
+        dir.join("segments"),
+        newest_path(&wal_dir),
+    ];
+    if !known.iter().any(|p| p.exists()) {
         return Err(Error::NotFound(format!(
-            "{} is not a tsvault data directory (no MANIFEST, no wal/)",
+            "{} is not a tsvault data directory (no MANIFEST, wal/, segments/ or WAL-NEWEST)",
             dir.display()
         )));
     }
@@ -421,6 +430,13 @@ fn check_wal(
     progress: &mut dyn FnMut(u64),
 ) -> Result<()> {
     if !wal_dir.is_dir() {
+        // A server always has it; without it, acknowledged writes no segment holds are lost.
+        if wal_start >= 1 || newest_path(wal_dir).exists() {
+            r.problem(
+                wal_dir,
+                "missing: the WAL directory is gone, and with it every acknowledged write not yet in a segment",
+            );
+        }
         return Ok(());
     }
     let files = list_wal_files(wal_dir)?;

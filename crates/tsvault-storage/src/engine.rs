@@ -384,21 +384,37 @@ const COMPACTION_BACKOFF: Duration = Duration::from_secs(600);
 /// this directory could have (a damaged record of the newest file, most likely).
 const MISSING_WAL_FILES_FILLED_MAX: u64 = 10_000;
 
-/// Space freed after a disk was found full from which it counts as having room again.
+/// Space freed after a disk was found full from which it counts as having room again (a
+/// 64th of a smaller file system: 16 MiB of a 1 GiB one, a quarter MiB of a 16 MiB one).
 const DISK_ROOM_BYTES: u64 = 64 << 20;
 
 /// Bytes free to an unprivileged writer on the file system of `path` (0 when unknown).
 fn free_bytes(path: &Path) -> u64 {
+    disk_space(path).0
+}
+
+/// The space freed after a full disk from which the file system of `path` has room again.
+fn disk_room_bytes(path: &Path) -> u64 {
+    DISK_ROOM_BYTES.min(disk_space(path).1 / 64)
+}
+
+/// Bytes free to an unprivileged writer on the file system of `path`, and its size (0 when
+/// unknown).
+fn disk_space(path: &Path) -> (u64, u64) {
     use std::os::unix::ffi::OsStrExt;
     let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
-        return 0;
+        return (0, 0);
     };
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: `c` is a valid NUL-terminated path and `st` a writable statvfs.
     if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return 0;
+        return (0, 0);
     }
-    (st.f_bavail as u64).saturating_mul(st.f_frsize as u64)
+    let block = st.f_frsize as u64;
+    (
+        (st.f_bavail as u64).saturating_mul(block),
+        (st.f_blocks as u64).saturating_mul(block),
+    )
 }
 
 /// A series' samples in the frozen and the live head, compressed.
@@ -608,15 +624,16 @@ impl Engine {
                         "damaged record at byte {valid_len} at the end of a WAL file that is not the newest; it was fsynced whole, so this is corruption, not a torn write"
                     ),
                 },
+                // Shorter than what was fsynced at its creation: no crash does that.
                 WalEnd::TornTail { valid_len } if valid_len < durable && !stand_in => {
-                    WalEnd::Damaged {
+                    WalEnd::Corrupt {
                         offset: valid_len,
                         detail: format!(
                             "the newest WAL file keeps {valid_len} whole bytes of the {durable} fsynced when it was created: it was cut, not torn by a crash"
                         ),
                     }
                 }
-                WalEnd::Clean if file_len < durable && !stand_in => WalEnd::Damaged {
+                WalEnd::Clean if file_len < durable && !stand_in => WalEnd::Corrupt {
                     offset: file_len,
                     detail: format!(
                         "the newest WAL file is {file_len} bytes, shorter than the {durable} fsynced when it was created: it was cut, not torn by a crash"
@@ -1038,7 +1055,8 @@ impl Engine {
         // Space may have come back with no write since to show it (a load balancer routing
         // by /ready would never send that write): the file system is asked.
         if let Some((_, free_then)) = &*full
-            && free_bytes(&self.inner.config.data_dir) >= free_then.saturating_add(DISK_ROOM_BYTES)
+            && free_bytes(&self.inner.config.data_dir)
+                >= free_then.saturating_add(disk_room_bytes(&self.inner.config.data_dir))
         {
             *full = None;
         }
@@ -1074,6 +1092,21 @@ impl Engine {
     /// Files moved aside at start.
     pub fn quarantined(&self) -> &[QuarantinedFile] {
         &self.inner.quarantined
+    }
+
+    /// Files earlier starts set aside in `quarantine/` and still there, sorted: what was
+    /// lost stays visible (`/health` degraded) until an operator, having looked, deletes
+    /// them.
+    pub fn quarantine_kept(&self) -> Vec<PathBuf> {
+        let Ok(entries) = fs::read_dir(self.inner.config.data_dir.join("quarantine")) else {
+            return Vec::new();
+        };
+        let mut kept: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| !self.inner.quarantined.iter().any(|q| q.moved_to == *p))
+            .collect();
+        kept.sort();
+        kept
     }
 
     /// Current figures.

@@ -129,7 +129,9 @@ pub(crate) fn missing_wal_files(
     {
         return vec![(start, newest.unwrap_or(start).max(start))];
     }
-    let mut expect = stored_start.or_else(|| numbers.first().copied());
+    // Without a recorded start (a rebuilt manifest) and without files, the newest recorded
+    // file is still missing.
+    let mut expect = stored_start.or_else(|| numbers.first().copied()).or(newest);
     for &n in numbers {
         match expect {
             Some(e) if n > e => missing.push((e, n - 1)),
@@ -663,6 +665,9 @@ mod tests {
         );
         // A rebuilt manifest: wherever the files start, but no gap.
         assert_eq!(missing_wal_files(&[7, 8], None, false, Some(8)), vec![]);
+        // A rebuilt manifest and no file at all: the newest recorded one is missing.
+        assert_eq!(missing_wal_files(&[], None, false, Some(4)), vec![(4, 4)]);
+        assert_eq!(missing_wal_files(&[], None, false, None), vec![]);
         assert_eq!(
             missing_wal_files(&[7, 9], None, false, Some(9)),
             vec![(8, 8)]

@@ -989,15 +989,7 @@ fn a_missing_wal_file_is_reported_by_check_and_refused_at_start() {
 /// only one.
 #[test]
 fn a_missing_wal_start_file_after_a_flush_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let a = key("m", "a");
-    {
-        let e = open(dir.path());
-        e.write(&[pt(&a, 1, 1.0)]).unwrap();
-        e.flush().unwrap();
-        e.write(&[pt(&a, 2, 2.0)]).unwrap();
-        e.close_without_flush();
-    }
+    let dir = flushed_then_written();
     let wals: Vec<_> = fs::read_dir(dir.path().join("wal"))
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -1006,12 +998,79 @@ fn a_missing_wal_start_file_after_a_flush_is_refused() {
     fs::remove_file(&wals[0]).unwrap();
     // The record of the newest file goes too: the manifest alone still tells.
     fs::remove_file(dir.path().join("WAL-NEWEST")).unwrap();
-    let report = tsvault_storage::check_data_dir(dir.path(), &mut |_| {}).unwrap();
+    reported_and_refused(dir.path(), "missing");
+}
+
+/// The manifest and the WAL deleted together (the files, or the whole `wal/`): the record
+/// of the newest WAL file still tells that one is missing, so `check` reports it and a start
+/// refuses, rather than rebuilding a manifest from the segments and serving without the
+/// acknowledged writes only the WAL held.
+#[test]
+fn a_lost_manifest_and_wal_are_reported_and_refused() {
+    for whole_dir in [false, true] {
+        let dir = flushed_then_written();
+        fs::remove_file(dir.path().join("MANIFEST")).unwrap();
+        let wal = dir.path().join("wal");
+        if whole_dir {
+            fs::remove_dir_all(&wal).unwrap();
+        } else {
+            for f in fs::read_dir(&wal).unwrap() {
+                fs::remove_file(f.unwrap().path()).unwrap();
+            }
+        }
+        reported_and_refused(dir.path(), "missing");
+    }
+}
+
+/// A stopped data directory with one sample in a segment and one only in the WAL.
+fn flushed_then_written() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let a = key("m", "a");
+    let e = open(dir.path());
+    e.write(&[pt(&a, 1, 1.0)]).unwrap();
+    e.flush().unwrap();
+    e.write(&[pt(&a, 2, 2.0)]).unwrap();
+    e.close_without_flush();
+    dir
+}
+
+/// `check` reports a problem saying `what`, and a start refuses saying it too.
+fn reported_and_refused(dir: &Path, what: &str) {
+    let report = tsvault_storage::check_data_dir(dir, &mut |_| {}).unwrap();
     assert!(
-        report.problems.iter().any(|p| p.detail.contains("missing")),
+        report.problems.iter().any(|p| p.detail.contains(what)),
         "{report:?}"
     );
-    assert!(Engine::open(EngineConfig::new(dir.path())).is_err());
+    let err = Engine::open(EngineConfig::new(dir))
+        .err()
+        .expect("must refuse");
+    assert!(err.to_string().contains(what), "{err}");
+}
+
+/// The newest WAL file cut shorter than its header and predecessor record, which were
+/// fsynced when it was created: no crash does that, so the start refuses (it held
+/// acknowledged writes) unless told to serve the rest.
+#[test]
+fn a_newest_wal_file_cut_below_what_was_fsynced_is_refused() {
+    let (dir, _a, wals) = two_wal_files_with_data();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&wals[1])
+        .unwrap()
+        .set_len(4)
+        .unwrap();
+    let err = Engine::open(EngineConfig::new(dir.path()))
+        .err()
+        .expect("must refuse");
+    assert!(
+        err.to_string().contains("cut, not torn by a crash"),
+        "{err}"
+    );
+    let mut cfg = EngineConfig::new(dir.path());
+    cfg.quarantine_corrupt = true;
+    let e = Engine::open(cfg).unwrap();
+    assert_eq!(e.quarantined().len(), 1, "{:?}", e.quarantined());
+    assert_eq!(all(&e, "m")[0].1, vec![s(1, 1.0)]);
 }
 
 /// A newest file cut to nothing at start (its header never reached the disk) leaves no gap:

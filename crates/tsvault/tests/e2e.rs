@@ -330,6 +330,20 @@ fn flipped_byte_in_segment_is_reported_naming_the_file() {
         vec![(1_800_000_000_000, 2.0)],
         "the intact partition is served"
     );
+    assert!(s.terminate().0.success());
+
+    // The next start quarantines nothing, but the file set aside is still there: the loss
+    // stays visible until an operator deletes it.
+    let s = Server::start(dir.path(), &[]);
+    let h = get(&s.url("/health")).json();
+    assert_eq!(h["status"], json!("degraded"), "{h}");
+    assert_eq!(h["quarantined"], json!([]), "{h}");
+    assert!(
+        h["quarantine_kept"][0].as_str().unwrap().ends_with(name),
+        "{h}"
+    );
+    std::fs::remove_dir_all(dir.path().join("quarantine")).unwrap();
+    assert_eq!(get(&s.url("/health")).json()["status"], json!("ok"));
 }
 
 #[test]
