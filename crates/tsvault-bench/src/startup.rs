@@ -70,6 +70,12 @@ pub(crate) fn run(
     tsvault_bin: &Path,
     serve_args: &[String],
 ) -> anyhow::Result<(Vec<Row>, Vec<String>)> {
+    // The first query reads every series' last hour (36 M samples a field at a million
+    // series): tsvault may read as many samples per query as VictoriaMetrics does by default
+    // (its -search.maxSamplesPerQuery, 1 G).
+    let mut serve_args = serve_args.to_vec();
+    serve_args.extend(["--query-samples-max".to_string(), "1000000000".to_string()]);
+    let serve_args = &serve_args[..];
     let cold = drop_caches();
     let mut rows = Vec::new();
     let mut notes = vec![format!(

@@ -312,8 +312,8 @@ impl Running {
     /// Samples stored with timestamps in `[start_ms, end_ms)`, through each system's query
     /// language.
     pub fn count_samples(&self, start_ms: i64, end_ms: i64) -> anyhow::Result<u64> {
-        // A week at a time: a tsvault request may read at most 100 M samples (the server's
-        // query budget), a VictoriaMetrics query 1 G (its -search.maxSamplesPerQuery).
+        // A week at a time: a tsvault request may read at most 20 M samples by default (its
+        // --query-samples-max), a VictoriaMetrics query 1 G (its -search.maxSamplesPerQuery).
         const WINDOW_MS: i64 = 7 * 86_400_000;
         let mut n = 0;
         let mut from = start_ms;
