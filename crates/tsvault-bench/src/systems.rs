@@ -219,6 +219,9 @@ impl Running {
                     .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
                     // The data is from 2016; the default retention (1 month) would drop it.
                     .arg("-retentionPeriod=100y")
+                    // A query may match a million series (the start-up runs count every
+                    // series' last hour), as tsvault's may there; the default is 300,000.
+                    .arg("-search.maxUniqueTimeseries=10000000")
                     .arg("-loggerLevel=ERROR");
                 started_as = command_line(&cmd);
                 let mut child = cmd
