@@ -393,9 +393,13 @@ fn free_bytes(path: &Path) -> u64 {
     disk_space(path).0
 }
 
-/// The space freed after a full disk from which the file system of `path` has room again.
+/// The space freed after a full disk from which the file system of `path` has room again
+/// (the whole [`DISK_ROOM_BYTES`] when its size is unknown).
 fn disk_room_bytes(path: &Path) -> u64 {
-    DISK_ROOM_BYTES.min(disk_space(path).1 / 64)
+    match disk_space(path).1 {
+        0 => DISK_ROOM_BYTES,
+        size => DISK_ROOM_BYTES.min(size / 64),
+    }
 }
 
 /// Bytes free to an unprivileged writer on the file system of `path`, and its size (0 when
