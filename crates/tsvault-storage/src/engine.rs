@@ -1795,9 +1795,9 @@ impl EngineHandle {
 
     fn open_segment(&self, info: &SegmentInfo) -> Result<Arc<LoadedSegment>> {
         let path = self.inner.seg_dir.join(segment_file_name(info.seq));
-        let seg = Segment::open_verified(&path, info)?;
+        let (seg, keyed) = Segment::open_verified(&path, info)?;
         let mut registry = self.inner.registry.write();
-        Ok(Arc::new(index_segment(seg, &mut registry)?))
+        Ok(Arc::new(index_segment(seg, &keyed, &mut registry)?))
     }
 
     /// Merges segments of partitions that have several: with `all`, each such partition

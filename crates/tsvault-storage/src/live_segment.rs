@@ -12,7 +12,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::fsutil;
 use crate::index::{Registry, SeriesId};
 use crate::manifest::{MANIFEST_FILE, Manifest};
-use crate::segment::{BlockLoc, Segment, segment_file_name};
+use crate::segment::{BlockLoc, BlockMeta, Segment, segment_file_name};
 use crate::series_file::{self, SeriesFile};
 use crate::wal::list_wal_files;
 
@@ -69,10 +69,13 @@ impl LoadedSegment {
     }
 }
 
-/// A segment verified whole, its series registered.
-pub(crate) fn index_segment(seg: Segment, registry: &mut Registry) -> Result<LoadedSegment> {
-    let blocks: HashMap<SeriesId, u32> = seg
-        .keyed_blocks()?
+/// A segment verified whole, its series (its `keyed` blocks) registered.
+pub(crate) fn index_segment(
+    seg: Segment,
+    keyed: &[BlockMeta],
+    registry: &mut Registry,
+) -> Result<LoadedSegment> {
+    let blocks: HashMap<SeriesId, u32> = keyed
         .iter()
         .enumerate()
         .map(|(i, b)| (registry.get_or_insert(&b.key), i as u32))
@@ -170,7 +173,8 @@ pub(crate) fn load_segments(
         let opened = if series.is_some() && !config.quarantine_corrupt {
             Segment::open_footer(&path, info).map(LoadedSegment::new)
         } else {
-            Segment::open_verified(&path, info).and_then(|seg| index_segment(seg, registry))
+            Segment::open_verified(&path, info)
+                .and_then(|(seg, keyed)| index_segment(seg, &keyed, registry))
         };
         match opened {
             Ok(seg) => {

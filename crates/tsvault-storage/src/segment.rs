@@ -623,11 +623,16 @@ impl Segment {
     /// Opens the segment the manifest describes as `info` and verifies it whole, as
     /// [`Segment::open`] does, reading the file a piece at a time rather than whole (a
     /// compaction's segment may be gigabytes).
-    pub(crate) fn open_verified(path: &Path, info: &SegmentInfo) -> Result<Self> {
+    /// Returns its blocks with their keys too, from the one read of its index.
+    pub(crate) fn open_verified(path: &Path, info: &SegmentInfo) -> Result<(Self, Vec<BlockMeta>)> {
         let seg = Self::open_footer(path, info)?;
         seg.verify_whole()?;
-        seg.contents()?;
-        Ok(seg)
+        let (keyed, version) = seg.read_keyed()?;
+        let _ = seg.contents.set(Contents {
+            blocks: keyed.iter().map(|b| b.clone().with_key(())).collect(),
+            version,
+        });
+        Ok((seg, keyed))
     }
 
     /// Opens the segment the manifest describes as `info` from its size and footer alone:
@@ -759,14 +764,19 @@ impl Segment {
     /// now (the cached index keeps no keys): for what needs them once (registering a
     /// segment's series, a compaction, a check).
     pub(crate) fn keyed_blocks(&self) -> Result<Vec<BlockMeta>> {
+        self.read_keyed().map(|(blocks, _)| blocks)
+    }
+
+    /// [`Segment::keyed_blocks`], and the segment format.
+    fn read_keyed(&self) -> Result<(Vec<BlockMeta>, u8)> {
         self.refuse_if_damaged()?;
         let mut blocks = Vec::with_capacity((self.footer.n_series as usize).min(1 << 20));
         let r = self.walk_index(|i, e| {
             blocks.push(BlockMeta::of(i, e)?);
             Ok(())
         });
-        self.note_damage(r)?;
-        Ok(blocks)
+        let version = self.note_damage(r)?;
+        Ok((blocks, version))
     }
 
     /// Reads the index and checks it whole (header, CRC, every entry), calling `visit` with
