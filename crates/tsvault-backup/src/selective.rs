@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use tsvault_model::Point;
+use tsvault_model::{Point, ReadCap};
 use tsvault_storage::{Engine, EngineConfig, ImportOutcome};
 
 use crate::data_dir::{Progress, restore_data_dir};
@@ -93,7 +93,7 @@ pub(crate) fn for_each_selected(
                 continue;
             }
             let selected = source
-                .select(&metric, &|_| true, from, to)
+                .select(&metric, &|_| true, (from, to), ReadCap::NONE)
                 .map_err(engine_err("reading the restored backup"))?;
             for (key, samples) in selected {
                 series.insert(key.clone());

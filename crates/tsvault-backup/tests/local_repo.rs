@@ -7,7 +7,7 @@ use tsvault_backup::{
     BackupManifest, CHUNK_BYTES, Cipher, Compression, KeepPolicy, NoProgress, RepoOptions,
     Repository, backup_data_dir, copy_backups, prune, restore_data_dir, verify_backup, verify_deep,
 };
-use tsvault_model::{Point, Sample, SeriesKey};
+use tsvault_model::{Point, ReadCap, Sample, SeriesKey};
 use tsvault_storage::{DigestBasis, Engine, EngineConfig, file_digests};
 
 fn key(host: &str) -> SeriesKey {
@@ -54,7 +54,12 @@ async fn try_full_backup(
 fn all(dir: &Path) -> Vec<(SeriesKey, Vec<Sample>)> {
     let e = Engine::open(EngineConfig::new(dir)).unwrap();
     let out = e
-        .select("cpu_usage", &|_| true, i64::MIN / 4, i64::MAX / 4)
+        .select(
+            "cpu_usage",
+            &|_| true,
+            (i64::MIN / 4, i64::MAX / 4),
+            ReadCap::NONE,
+        )
         .unwrap();
     e.close().unwrap();
     out
@@ -884,7 +889,12 @@ async fn selective_restore_returns_only_the_chosen_metric_and_time_range() {
     assert_eq!(e.metric_names(), vec!["cpu_idle", "cpu_usage"]);
     for metric in ["cpu_idle", "cpu_usage"] {
         let got = e
-            .select(metric, &|_| true, i64::MIN / 4, i64::MAX / 4)
+            .select(
+                metric,
+                &|_| true,
+                (i64::MIN / 4, i64::MAX / 4),
+                ReadCap::NONE,
+            )
             .unwrap();
         assert_eq!(got.len(), 1);
         let samples = &got[0].1;

@@ -10,7 +10,7 @@ use s3s::service::S3ServiceBuilder;
 use tsvault_backup::{
     Cipher, NoProgress, RepoOptions, Repository, backup_data_dir, restore_data_dir, verify_backup,
 };
-use tsvault_model::{Point, SeriesKey};
+use tsvault_model::{Point, ReadCap, SeriesKey};
 use tsvault_storage::{Engine, EngineConfig};
 
 const KEY: &str = "tsvault-test-key";
@@ -106,7 +106,9 @@ async fn backup_and_restore_through_s3() {
         .unwrap();
     let read = |dir: &Path| {
         let e = Engine::open(EngineConfig::new(dir)).unwrap();
-        let out = e.select("m", &|_| true, 0, i64::MAX / 4).unwrap();
+        let out = e
+            .select("m", &|_| true, (0, i64::MAX / 4), ReadCap::NONE)
+            .unwrap();
         e.close().unwrap();
         out
     };

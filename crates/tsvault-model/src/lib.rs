@@ -30,6 +30,37 @@ pub struct Sample {
     pub value: f64,
 }
 
+/// How much one read of series may take before it stops: what its query has left of its
+/// budget. Storage checks it as it reads, so a query past its limits is refused having held
+/// about its budget in memory, not everything it matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadCap {
+    /// Most series with samples in the range.
+    pub series_max: usize,
+    /// Most of `series × series_weight + samples`.
+    pub budget: usize,
+    /// What one series counts for in `budget`, in samples (its key, buffers and answer).
+    pub series_weight: usize,
+}
+
+impl ReadCap {
+    /// No bound (a backup's or a test's read).
+    pub const NONE: ReadCap = ReadCap {
+        series_max: usize::MAX,
+        budget: usize::MAX,
+        series_weight: 0,
+    };
+
+    /// True when `series` series holding `samples` samples are more than it allows.
+    pub fn exceeded_by(&self, series: usize, samples: usize) -> bool {
+        series > self.series_max
+            || series
+                .saturating_mul(self.series_weight)
+                .saturating_add(samples)
+                > self.budget
+    }
+}
+
 /// One sample addressed to its series, as produced by the ingest parsers.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Point {

@@ -24,7 +24,9 @@ use serde_json::{Value, json};
 use tsvault_model::SeriesKey;
 
 use crate::error::{Error, Result};
-use crate::executor::{Budget, Limits, known_metric, read_series};
+use crate::executor::{
+    Allowance, Budget, Limits, SERIES_CHARGE, SERIES_WEIGHT, known_metric, read_series,
+};
 use crate::filter::Filter;
 use crate::request::{
     ExprError, check_utc, distinct_params, field_err, filters_from_tags, json_object, json_queries,
@@ -338,6 +340,10 @@ pub fn execute_last(
             &|key| q.matches(key),
             window,
             limits,
+            Allowance {
+                used: budget.samples,
+                series_used: series_read,
+            },
         )?;
         if series.is_empty() {
             known_metric(source, query, &q.metric)?;
@@ -355,6 +361,7 @@ pub fn execute_last(
         }
         let read = series.iter().map(|(_, samples)| samples.len()).sum();
         budget.take_samples(query, read, "the number of samples read")?;
+        budget.take_samples(query, series.len() * SERIES_WEIGHT, SERIES_CHARGE)?;
         // `read_series` keeps only series with samples in the window, sorted by time; two
         // queries selecting one series find the same last sample.
         for (key, samples) in series {

@@ -47,7 +47,7 @@ pub use last::{
 };
 pub use rate::RateOptions;
 pub use request::{QueryRequest, SubQuery};
-pub use result::{QueryResult, results_to_json};
+pub use result::{QueryResult, results_to_bytes, results_to_json};
 pub use row_filter::{CompareOp, RowFilter};
 pub use source::{MemorySource, Selection, Source, SourceError};
 pub use suggest::{SUGGEST_DEFAULT_MAX, suggest};

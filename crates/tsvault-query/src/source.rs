@@ -2,12 +2,23 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use tsvault_model::{Sample, SeriesKey};
+use tsvault_model::{ReadCap, Sample, SeriesKey};
 
-/// A storage failure reported by a [`Source`], e.g. a corrupt block.
+/// Why a [`Source`] returned no selection.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct SourceError(pub String);
+pub enum SourceError {
+    /// A storage failure, e.g. a corrupt block.
+    #[error("{0}")]
+    Failed(String),
+    /// The read stopped at its [`ReadCap`], having read at least this much.
+    #[error("the read stopped at its limit after {series} series and {samples} samples")]
+    Capped {
+        /// Series with samples in the range.
+        series: usize,
+        /// Samples.
+        samples: usize,
+    },
+}
 
 /// The series a [`Source::select`] returns: each key with its samples.
 pub type Selection = Vec<(SeriesKey, Vec<Sample>)>;
@@ -19,12 +30,15 @@ pub trait Source: Sync {
     /// `[start_ms, end_ms]`, with those samples sorted by time and without duplicate
     /// timestamps. Returning more (series without samples in range, samples outside the range)
     /// is allowed; the engine trims. `filter` lets storage skip reading non-matching series.
+    /// Stops with [`SourceError::Capped`] once what it read (the series with samples in the
+    /// range, and their samples) is more than `cap` allows.
     fn select(
         &self,
         metric: &str,
         filter: &dyn Fn(&SeriesKey) -> bool,
         start_ms: i64,
         end_ms: i64,
+        cap: ReadCap,
     ) -> Result<Selection, SourceError>;
 
     /// Every metric name, sorted.
@@ -65,11 +79,13 @@ impl Source for MemorySource {
         filter: &dyn Fn(&SeriesKey) -> bool,
         start_ms: i64,
         end_ms: i64,
+        cap: ReadCap,
     ) -> Result<Selection, SourceError> {
         let mut out = Vec::new();
         if start_ms > end_ms {
             return Ok(out);
         }
+        let mut samples_read = 0usize;
         for (key, samples) in &self.series {
             if key.metric() != metric || !filter(key) {
                 continue;
@@ -79,7 +95,14 @@ impl Source for MemorySource {
                 .map(|(&ts_ms, &value)| Sample { ts_ms, value })
                 .collect();
             if !picked.is_empty() {
+                samples_read += picked.len();
                 out.push((key.clone(), picked));
+                if cap.exceeded_by(out.len(), samples_read) {
+                    return Err(SourceError::Capped {
+                        series: out.len(),
+                        samples: samples_read,
+                    });
+                }
             }
         }
         Ok(out)
@@ -152,11 +175,12 @@ impl Source for RecordingSource {
         filter: &dyn Fn(&SeriesKey) -> bool,
         start_ms: i64,
         end_ms: i64,
+        cap: ReadCap,
     ) -> Result<Selection, SourceError> {
         if self.fail_metric == Some(metric) {
-            return Err(SourceError("block 2 fails its checksum".into()));
+            return Err(SourceError::Failed("block 2 fails its checksum".into()));
         }
-        let mut selection = self.inner.select(metric, filter, start_ms, end_ms)?;
+        let mut selection = self.inner.select(metric, filter, start_ms, end_ms, cap)?;
         if self.reverse_samples {
             for (_, samples) in &mut selection {
                 samples.reverse();

@@ -13,9 +13,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tsvault_ingest::parse_opentsdb_put;
-use tsvault_model::SeriesKey;
+use tsvault_model::{ReadCap, SeriesKey};
 use tsvault_query::{LastRequest, Limits, QueryRequest, Selection, Source, SourceError};
-use tsvault_storage::{Engine, system_clock_ms};
+use tsvault_storage::{Engine, Error as StorageError, system_clock_ms};
 
 use crate::app::{Shared, blocking};
 use crate::body::{BodyError, Received};
@@ -236,15 +236,19 @@ impl Source for EngineSource {
         filter: &dyn Fn(&SeriesKey) -> bool,
         start_ms: i64,
         end_ms: i64,
+        cap: ReadCap,
     ) -> Result<Selection, SourceError> {
         if self.cancelled.load(Ordering::Relaxed) {
-            return Err(SourceError(
+            return Err(SourceError::Failed(
                 "the client went away; the query was stopped".into(),
             ));
         }
         self.engine
-            .select(metric, filter, start_ms, end_ms)
-            .map_err(|e| SourceError(e.to_string()))
+            .select(metric, filter, (start_ms, end_ms), cap)
+            .map_err(|e| match e {
+                StorageError::Capped { series, samples } => SourceError::Capped { series, samples },
+                e => SourceError::Failed(e.to_string()),
+            })
     }
 
     fn metric_names(&self) -> Vec<String> {
@@ -275,13 +279,9 @@ pub(crate) trait ReadRequest: Sized + Send + 'static {
     const FROM_PARAMS: ParseParams<Self>;
     /// Parses a POST body.
     const FROM_JSON: ParseBody<Self>;
-    /// Runs the request against `source` within `limits` (blocking) and builds the response
-    /// body.
-    fn answer(
-        self,
-        source: &dyn Source,
-        limits: &Limits,
-    ) -> Result<serde_json::Value, tsvault_query::Error>;
+    /// Runs the request against `source` within `limits` (blocking) and encodes the
+    /// response body.
+    fn answer(self, source: &dyn Source, limits: &Limits) -> Result<Vec<u8>, tsvault_query::Error>;
 }
 
 /// `/api/query`.
@@ -290,13 +290,9 @@ impl ReadRequest for QueryRequest {
     const FROM_PARAMS: ParseParams<Self> = QueryRequest::from_params;
     const FROM_JSON: ParseBody<Self> = QueryRequest::from_json;
 
-    fn answer(
-        self,
-        source: &dyn Source,
-        limits: &Limits,
-    ) -> Result<serde_json::Value, tsvault_query::Error> {
+    fn answer(self, source: &dyn Source, limits: &Limits) -> Result<Vec<u8>, tsvault_query::Error> {
         let results = tsvault_query::execute_with_limits(source, &self, limits)?;
-        Ok(tsvault_query::results_to_json(&results, &self))
+        Ok(tsvault_query::results_to_bytes(&results, &self))
     }
 }
 
@@ -306,13 +302,10 @@ impl ReadRequest for LastRequest {
     const FROM_PARAMS: ParseParams<Self> = LastRequest::from_params;
     const FROM_JSON: ParseBody<Self> = LastRequest::from_json;
 
-    fn answer(
-        self,
-        source: &dyn Source,
-        limits: &Limits,
-    ) -> Result<serde_json::Value, tsvault_query::Error> {
+    fn answer(self, source: &dyn Source, limits: &Limits) -> Result<Vec<u8>, tsvault_query::Error> {
         let points = tsvault_query::execute_last(source, &self, limits)?;
-        Ok(tsvault_query::last_points_to_json(&points))
+        let answer = tsvault_query::last_points_to_json(&points);
+        Ok(serde_json::to_vec(&answer).expect("a JSON value encodes"))
     }
 }
 
@@ -334,11 +327,12 @@ async fn run_read<R: ReadRequest>(st: Shared, parsed: Result<R, tsvault_query::E
         samples_max: st.queries.samples_max(),
         ..Limits::default()
     };
-    // The answer is encoded there too: a large one takes milliseconds of CPU.
+    // The answer is encoded there too (a large one takes milliseconds of CPU), within the
+    // query's turn: its memory is the query's.
     let result = blocking(move || {
-        let answer = req.answer(&source, &limits)?;
+        let answer = req.answer(&source, &limits);
         drop(slot);
-        Ok::<_, tsvault_query::Error>(serde_json::to_vec(&answer).expect("a JSON value encodes"))
+        answer
     })
     .await;
     st.metrics
@@ -358,10 +352,10 @@ async fn run_read<R: ReadRequest>(st: Shared, parsed: Result<R, tsvault_query::E
             }
         },
         Err(tsvault_query::Error::Source(e)) => {
-            tracing::error!(error = %e.0, "query failed reading storage");
+            tracing::error!(error = %e, "query failed reading storage");
             tsdb_error(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                format!("reading stored data failed: {}", e.0),
+                format!("reading stored data failed: {e}"),
                 None,
             )
         }

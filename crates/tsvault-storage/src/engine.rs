@@ -4,14 +4,14 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{SyncSender, sync_channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, RwLock};
 use rayon::prelude::*;
-use tsvault_model::{Point, Sample, SeriesKey};
+use tsvault_model::{Point, ReadCap, Sample, SeriesKey};
 
 use crate::commit::Wal;
 use crate::commit::{self, CommitRequest};
@@ -1033,16 +1033,17 @@ impl Engine {
     }
 
     /// Every series of `metric` accepted by `filter`, with its samples in
-    /// `[start_ms, end_ms]`, sorted and deduplicated (the last written value wins).
+    /// `[start_ms, end_ms]`, sorted and deduplicated (the last written value wins). Stops with
+    /// [`Error::Capped`] as soon as what it has read is more than `cap` allows.
     pub fn select(
         &self,
         metric: &str,
         filter: &dyn Fn(&SeriesKey) -> bool,
-        start_ms: i64,
-        end_ms: i64,
+        (start_ms, end_ms): (i64, i64),
+        cap: ReadCap,
     ) -> Result<Vec<(SeriesKey, Vec<Sample>)>> {
         self.handle()
-            .select(metric, filter, start_ms, end_ms)
+            .select(metric, filter, start_ms, end_ms, cap)
             .inspect_err(|e| self.inner.note_corruption(e))
     }
 
@@ -1942,6 +1943,7 @@ impl EngineHandle {
         filter: &dyn Fn(&SeriesKey) -> bool,
         start_ms: i64,
         end_ms: i64,
+        cap: ReadCap,
     ) -> Result<Vec<(SeriesKey, Vec<Sample>)>> {
         let start_ms = self
             .retention_cutoff()
@@ -1976,6 +1978,17 @@ impl EngineHandle {
             }
             (state.segments.clone(), head)
         };
+        // What has been read, across the threads, against `cap`: counted block by block, so
+        // that a read past it stops holding about the cap, not everything that matched.
+        let (series_read, samples_read) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        let take = |series: usize, samples: usize| {
+            let series = series_read.fetch_add(series, Ordering::Relaxed) + series;
+            let samples = samples_read.fetch_add(samples, Ordering::Relaxed) + samples;
+            if cap.exceeded_by(series, samples) {
+                return Err(Error::Capped { series, samples });
+            }
+            Ok(())
+        };
         // Series are read in parallel (rayon's pool, one thread per core): decoding blocks is
         // most of a large query's time.
         let read_one = |((id, key), head_copy): ((SeriesId, SeriesKey), HeadCopy)| {
@@ -1983,6 +1996,7 @@ impl EngineHandle {
             for h in head_copy.iter().flatten() {
                 h.collect(start_ms, end_ms, &mut head_samples);
             }
+            take(0, head_samples.len())?;
             let mut samples: Vec<Sample> = Vec::new();
             let mut unsorted = false;
             for s in segments.iter() {
@@ -2005,6 +2019,7 @@ impl EngineHandle {
                 let appended_from = samples.len();
                 s.seg
                     .read_block_into(b as usize, start_ms, end_ms, &mut samples)?;
+                take(0, samples.len() - appended_from)?;
                 if let (Some(last), Some(first)) = (last_before, samples.get(appended_from)) {
                     unsorted |= first.ts_ms <= last;
                 }
@@ -2021,7 +2036,11 @@ impl EngineHandle {
             if unsorted {
                 normalize(&mut samples);
             }
-            Ok((!samples.is_empty()).then_some((key, samples)))
+            if samples.is_empty() {
+                return Ok(None);
+            }
+            take(1, 0)?;
+            Ok(Some((key, samples)))
         };
         let read: Result<Vec<Option<SelectedSeries>>> = if ids.len() >= PARALLEL_SERIES_MIN {
             ids.into_par_iter()

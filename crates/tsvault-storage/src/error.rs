@@ -48,6 +48,14 @@ pub enum Error {
     /// A bound was reached (too many snapshots): nothing was done; retry once below it.
     #[error("{0}")]
     Limit(String),
+    /// A read stopped at its [`tsvault_model::ReadCap`], having read at least this much.
+    #[error("the read stopped at its limit after {series} series and {samples} samples")]
+    Capped {
+        /// Series with samples in the range read so far.
+        series: usize,
+        /// Samples read so far.
+        samples: usize,
+    },
     /// A configuration value is out of range.
     #[error("invalid storage configuration: {0}")]
     Config(String),

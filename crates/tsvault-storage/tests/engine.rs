@@ -10,7 +10,7 @@ mod common;
 
 use common::{HOUR, all, key, open, pt, s};
 use proptest::prelude::*;
-use tsvault_model::{Point, SeriesKey};
+use tsvault_model::{Point, ReadCap, SeriesKey};
 use tsvault_storage::{Engine, EngineConfig, Error};
 
 #[test]
@@ -100,11 +100,71 @@ fn select_filters_by_metric_tags_and_time() {
     ])
     .unwrap();
     let got = e
-        .select("m", &|k| k.tag("host") == Some("a"), 15, 25)
+        .select(
+            "m",
+            &|k| k.tag("host") == Some("a"),
+            (15, 25),
+            ReadCap::NONE,
+        )
         .unwrap();
     assert_eq!(got, vec![(a.clone(), vec![s(20, 2.0)])]);
     assert_eq!(e.metric_names(), vec!["m".to_string(), "other".to_string()]);
     assert_eq!(e.tag_values(), vec!["a".to_string(), "b".to_string()]);
+}
+
+/// A read past its cap stops having read about the cap, not everything that matched (a
+/// query of 200,000 series once held 625 MB before its limits were checked), from the head
+/// and from segments alike.
+#[test]
+fn a_select_stops_at_its_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path());
+    let points: Vec<Point> = (0..400)
+        .flat_map(|i| {
+            let k = key("m", &format!("h{i:03}"));
+            (0..10).map(move |t| pt(&k, t * 1000, t as f64))
+        })
+        .collect();
+    e.write(&points).unwrap();
+    let cap = ReadCap {
+        series_max: usize::MAX,
+        budget: 3_000,
+        series_weight: 20,
+    };
+    let mut stopped_at = Vec::new();
+    for flushed in [false, true] {
+        if flushed {
+            e.flush().unwrap();
+        }
+        match e.select("m", &|_| true, (0, HOUR), cap) {
+            Err(Error::Capped { series, samples }) => {
+                assert!(
+                    series * 20 + samples > 3_000,
+                    "{series} series, {samples} samples"
+                );
+                // Each of the pool's threads may finish the series it holds: a few over.
+                assert!(
+                    series < 200 && samples < 2_000,
+                    "{series} series, {samples} samples"
+                );
+                stopped_at.push(series);
+            }
+            other => panic!("flushed {flushed}: {other:?}"),
+        }
+        let by_series = ReadCap {
+            series_max: 399,
+            ..ReadCap::NONE
+        };
+        assert!(matches!(
+            e.select("m", &|_| true, (0, HOUR), by_series),
+            Err(Error::Capped { series: 400, .. })
+        ));
+        let all = ReadCap {
+            budget: 400 * 30,
+            ..cap
+        };
+        assert_eq!(e.select("m", &|_| true, (0, HOUR), all).unwrap().len(), 400);
+    }
 }
 
 #[test]
@@ -246,14 +306,15 @@ fn corrupt_segment_body_is_found_after_start_never_served_and_quarantined_on_req
     assert_eq!(e.stats().segments_unverified, 1);
     // A read that needs it is refused, naming it; the other partition is served.
     let err = e
-        .select("m", &|_| true, 0, HOUR)
+        .select("m", &|_| true, (0, HOUR), ReadCap::NONE)
         .expect_err("damaged data must not be served");
     assert!(
         err.to_string().contains(&victim.display().to_string()),
         "{err}"
     );
     assert_eq!(
-        e.select("m", &|_| true, 7 * HOUR, 8 * HOUR).unwrap(),
+        e.select("m", &|_| true, (7 * HOUR, 8 * HOUR), ReadCap::NONE)
+            .unwrap(),
         vec![(key("m", "b"), vec![s(7 * HOUR, 2.0)])]
     );
     e.close().unwrap();

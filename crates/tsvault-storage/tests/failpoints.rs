@@ -6,7 +6,7 @@
 //! is an error naming the file, never data.
 
 use fail::FailScenario;
-use tsvault_model::{Point, Sample, SeriesKey};
+use tsvault_model::{Point, ReadCap, Sample, SeriesKey};
 use tsvault_storage::{Engine, EngineConfig, Error};
 
 fn pt(ts_ms: i64, value: f64) -> Point {
@@ -18,7 +18,7 @@ fn pt(ts_ms: i64, value: f64) -> Point {
 }
 
 fn samples(e: &Engine) -> Vec<Sample> {
-    e.select("m", &|_| true, i64::MIN, i64::MAX)
+    e.select("m", &|_| true, (i64::MIN, i64::MAX), ReadCap::NONE)
         .unwrap()
         .into_iter()
         .flat_map(|(_, s)| s)
@@ -173,7 +173,7 @@ fn a_read_error_is_named_and_never_served_as_data() {
     let seg = e.segments()[0].clone();
     fail::cfg("segment-read", "return(eio)").unwrap();
     let err = e
-        .select("m", &|_| true, i64::MIN, i64::MAX)
+        .select("m", &|_| true, (i64::MIN, i64::MAX), ReadCap::NONE)
         .unwrap_err()
         .to_string();
     assert!(

@@ -16,6 +16,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use common::{HOUR, key, open, pt};
+use tsvault_model::ReadCap;
 use tsvault_storage::{Engine, EngineConfig};
 
 /// A stopped directory with two segments and three WAL files, and every acknowledged
@@ -191,7 +192,7 @@ fn any_one_file_deleted_cut_or_reordered_is_reported_or_loses_nothing() {
             let opened = Engine::open(EngineConfig::new(&work));
             let whole = |e: &Engine| {
                 let got: BTreeMap<(String, i64), f64> = e
-                    .select("m", &|_| true, i64::MIN, i64::MAX)
+                    .select("m", &|_| true, (i64::MIN, i64::MAX), ReadCap::NONE)
                     .unwrap()
                     .into_iter()
                     .flat_map(|(k, samples)| {

@@ -487,7 +487,8 @@ fn storage_errors_and_limits_are_those_of_api_query() {
         reverse_samples: true,
         ..RecordingSource::new(bounds_source())
     };
-    // "cpu" has 6 samples in the window over 3 series, "mem" 1.
+    // "cpu" has 6 samples in the window over 3 series, "mem" 1 (each series counted as
+    // SERIES_WEIGHT samples more).
     let cpu_then_mem = |edit: fn(&mut Limits)| {
         let mut limits = Limits::default();
         edit(&mut limits);
@@ -500,8 +501,8 @@ fn storage_errors_and_limits_are_those_of_api_query() {
     let got = [
         run_get(&failing, &["timeseries=cpu"], &Limits::default()),
         run_get(&unsorted, &["timeseries=cpu{host=b}"], &Limits::default()),
-        cpu_then_mem(|l| l.samples_max = 6),
-        cpu_then_mem(|l| l.samples_max = 7),
+        cpu_then_mem(|l| l.samples_max = 6 + 4 * SERIES_WEIGHT),
+        cpu_then_mem(|l| l.samples_max = 7 + 4 * SERIES_WEIGHT),
         cpu_then_mem(|l| l.series_max = 2),
         cpu_then_mem(|l| l.sub_queries_max = 1),
     ]
@@ -512,14 +513,14 @@ fn storage_errors_and_limits_are_those_of_api_query() {
         timeseries=cpu{host=b}
         error: storage error: query 1, metric 'cpu': samples of cpu{dc="eu",host="b"} are not sorted by time
         timeseries=cpu&timeseries=mem
-        error: query 2: the number of samples read (7 so far) exceeds the limit of 6 (samples_max); narrow the time range, add filters or downsample
+        error: query 2: the number of samples read, each series counted as 20 more (at least 87 so far) exceeds the limit of 86 (samples_max); narrow the time range, add filters or downsample
         timeseries=cpu&timeseries=mem
         cpu{dc="eu",host="a"} +59m59.999s 3
         cpu{dc="eu",host="b"} +20m 0.25
         cpu{dc="us"} +5m -1.5
         mem{host="a"} +0s 1000000000000000000000
         timeseries=cpu&timeseries=mem
-        error: query 1: the number of matching series (3) exceeds the limit of 2 (series_max); narrow the time range, add filters or downsample
+        error: query 1: the number of matching series (more than 2) exceeds the limit of 2 (series_max); narrow the time range, add filters or downsample
         timeseries=cpu&timeseries=mem
         error: the request has 2 sub-queries; the limit is 1 (sub_queries_max)
     "#]]
@@ -688,7 +689,7 @@ fn queries_together_are_bounded_and_an_unknown_metric_is_an_error() {
         cpu{dc="eu",host="b"} +20m 0.25
         cpu{dc="us"} +5m -1.5
         timeseries=cpu&timeseries=cpu{dc=*}&timeseries=cpu{dc=eu|us}
-        error: query 3: the number of series read by this request's queries together (9) exceeds the limit of 8 (series_max); narrow the time range, add filters or downsample
+        error: query 3: the number of series read by this request's queries together (more than 8) exceeds the limit of 8 (series_max); narrow the time range, add filters or downsample
         timeseries=cpu_typo
         error: query 1: no such metric 'cpu_typo'
         timeseries=cpu&timeseries=cpu}

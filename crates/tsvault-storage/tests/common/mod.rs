@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use tsvault_model::{Point, Sample, SeriesKey};
+use tsvault_model::{Point, ReadCap, Sample, SeriesKey};
 use tsvault_storage::{Engine, EngineConfig};
 
 pub const HOUR: i64 = 3_600_000;
@@ -28,7 +28,8 @@ pub fn open(dir: &Path) -> Engine {
 
 /// Every series of `metric` with all its samples.
 pub fn all(e: &Engine, metric: &str) -> Vec<(SeriesKey, Vec<Sample>)> {
-    e.select(metric, &|_| true, i64::MIN, i64::MAX).unwrap()
+    e.select(metric, &|_| true, (i64::MIN, i64::MAX), ReadCap::NONE)
+        .unwrap()
 }
 
 pub fn s(ts_ms: i64, value: f64) -> Sample {
