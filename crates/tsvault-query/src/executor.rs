@@ -139,6 +139,8 @@ struct Prepared {
 pub(crate) struct Allowance {
     pub(crate) used: usize,
     pub(crate) series_used: usize,
+    /// What is read, for a refusal ("the number of samples read").
+    pub(crate) reading: &'static str,
 }
 
 impl Allowance {
@@ -182,7 +184,8 @@ impl Allowance {
             SourceError::Capped { series, samples } => Error::LimitExceeded {
                 query,
                 what: format!(
-                    "the number of samples read, each series counted as {SERIES_WEIGHT} more (at least {} so far)",
+                    "{}, each series counted as {SERIES_WEIGHT} more (at least {} so far)",
+                    self.reading,
                     self.used
                         .saturating_add(series.saturating_mul(SERIES_WEIGHT))
                         .saturating_add(samples)
@@ -367,6 +370,7 @@ fn prepare_sub_query(
         Allowance {
             used: limits.samples_max.saturating_sub(samples_left),
             series_used: 0,
+            reading: "the number of samples read",
         },
     )?;
     let mut prepared = Prepared {
@@ -399,6 +403,7 @@ fn prepare_sub_query(
                 .saturating_sub(samples_left)
                 .saturating_add(prepared.charges.iter().map(|(n, _)| n).sum()),
             series_used: 0,
+            reading: "the number of samples read, with the 'where' metric's",
         };
         match apply_row_filter(
             source,

@@ -343,6 +343,7 @@ pub fn execute_last(
             Allowance {
                 used: budget.samples,
                 series_used: series_read,
+                reading: "the number of samples read",
             },
         )?;
         if series.is_empty() {

@@ -1096,7 +1096,7 @@ fn where_execution_errors() {
     .collect();
     expect![[r#"
         storage error: query 1, where metric 'cpu_usage_user': block 2 fails its checksum
-        query 1: the number of samples read, each series counted as 20 more (at least 53 so far) exceeds the limit of 52 (samples_max); narrow the time range, add filters or downsample
+        query 1: the number of samples read, with the 'where' metric's, each series counted as 20 more (at least 53 so far) exceeds the limit of 52 (samples_max); narrow the time range, add filters or downsample
         ok: 1 results
     "#]]
     .assert_eq(&got);
