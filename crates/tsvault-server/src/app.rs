@@ -211,12 +211,12 @@ pub async fn serve(config: ServerConfig, stop: Stop) -> Result<(), ServerError> 
             }
         }
     }
-    tracing::info!("stopped accepting requests; flushing");
+    tracing::info!("stopped accepting requests; closing the store");
     let engine = state.engine.clone();
     tokio::task::spawn_blocking(move || engine.close())
         .await
         .expect("engine close task does not panic")?;
-    tracing::info!("flushed; bye");
+    tracing::info!("closed; bye");
     Ok(())
 }
 

@@ -1205,9 +1205,16 @@ impl Engine {
                     tracing::warn!(error = %e, "the flush at shutdown found the disk full; the WAL holds the data and the next start replays it");
                     Ok(())
                 }
+                Ok(()) => {
+                    tracing::info!("the head is flushed");
+                    Ok(())
+                }
                 r => r,
             }
         } else {
+            if let Some(why) = self.inner.poisoned().filter(|_| flush) {
+                tracing::warn!(%why, "no flush at shutdown in a store that refuses writes; the WAL holds the data and the next start replays it");
+            }
             Ok(())
         };
         let _ = self.commit_tx.send(CommitRequest::Shutdown);
@@ -2250,6 +2257,13 @@ fn create_dir_durable(d: &Path) -> Result<()> {
         .ancestors()
         .take_while(|a| !a.as_os_str().is_empty() && !a.is_dir())
         .collect();
+    // A file where a directory is wanted would otherwise be "create ...: File exists".
+    if let Some(file) = d.ancestors().find(|a| a.is_file()) {
+        return Err(Error::Config(format!(
+            "{} is a file, not a directory",
+            file.display()
+        )));
+    }
     fs::create_dir_all(d).ctx("create", d)?;
     // Each new entry is durable once its parent is fsynced. The immediate parent is synced
     // even when `d` already existed: an earlier run may have crashed before its fsync.

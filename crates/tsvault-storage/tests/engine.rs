@@ -87,6 +87,28 @@ fn out_of_order_late_and_duplicate_samples_merge_last_write_wins() {
     assert_eq!(all(&open(dir.path()), "m")[0].1, want, "after restart");
 }
 
+/// A data directory that is a file (or under one) is refused naming the file, not with
+/// "create ...: File exists".
+#[test]
+fn a_data_directory_that_is_a_file_is_refused_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("data");
+    std::fs::write(&file, "not a directory").unwrap();
+    for data_dir in [file.clone(), file.join("below")] {
+        let Err(err) = Engine::open(EngineConfig::new(&data_dir)) else {
+            panic!("{} opened", data_dir.display());
+        };
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "invalid storage configuration: {} is a file, not a directory",
+                file.display()
+            )
+        );
+    }
+    assert_eq!(std::fs::read(&file).unwrap(), b"not a directory");
+}
+
 #[test]
 fn select_filters_by_metric_tags_and_time() {
     let dir = tempfile::tempdir().unwrap();

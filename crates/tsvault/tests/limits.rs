@@ -365,7 +365,9 @@ fn shutdown_has_a_deadline_and_a_second_signal_ends_the_wait() {
         assert!(status.success(), "{log}");
         assert!(started.elapsed() < Duration::from_secs(30), "{log}");
         assert!(
-            log.contains("cut off") && log.contains("flushed; bye"),
+            log.contains("cut off")
+                && log.contains("the head is flushed")
+                && log.contains("closed; bye"),
             "{log}"
         );
         drop(stalled);
