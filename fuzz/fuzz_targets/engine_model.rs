@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use tsvault_model::{Point, SeriesKey};
+use tsvault_model::{Point, ReadCap, SeriesKey};
 use tsvault_storage::{Engine, EngineConfig, FsyncMode};
 
 #[derive(Arbitrary, Debug)]
@@ -58,7 +58,7 @@ fn open(dir: &std::path::Path) -> Engine {
 
 fn check(e: &Engine, model: &BTreeMap<(u8, i64), f64>) {
     let got: BTreeMap<(u8, i64), f64> = e
-        .select("m", &|_| true, i64::MIN / 4, i64::MAX / 4)
+        .select("m", &|_| true, (i64::MIN / 4, i64::MAX / 4), ReadCap::NONE)
         .expect("select")
         .into_iter()
         .flat_map(|(k, samples)| {

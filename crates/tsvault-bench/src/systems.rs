@@ -222,6 +222,10 @@ impl Running {
                     // A query may match a million series (the start-up runs count every
                     // series' last hour), as tsvault's may there; the default is 300,000.
                     .arg("-search.maxUniqueTimeseries=10000000")
+                    // Counting a million series' last hour (360 M samples) took over the
+                    // default 30 s once on this shared machine; tsvault's queries have no
+                    // time limit.
+                    .arg("-search.maxQueryDuration=10m")
                     .arg("-loggerLevel=ERROR");
                 started_as = command_line(&cmd);
                 let mut child = cmd
